@@ -1,0 +1,53 @@
+//! The database the service runs on: `DATABASE_URL`, or a private cluster it manages itself.
+
+use anyhow::Context;
+use pg_cluster::{ClusterOptions, PgCluster};
+
+use crate::cli::DatabaseArgs;
+
+/// The database in use, and the private cluster behind it when there is one.
+pub struct Database {
+    url: String,
+    cluster: Option<PgCluster>,
+}
+
+impl Database {
+    pub async fn open(args: &DatabaseArgs) -> anyhow::Result<Self> {
+        if let Some(url) = &args.database_url {
+            return Ok(Self {
+                url: url.expose().to_owned(),
+                cluster: None,
+            });
+        }
+        let data_dir = std::path::absolute(args.data_dir.join("pgdata"))
+            .context("cannot resolve the data directory")?;
+        tracing::info!(data_dir = %data_dir.display(), "DATABASE_URL is not set; starting a private PostgreSQL cluster");
+        let cluster = tokio::task::spawn_blocking(move || {
+            PgCluster::start(ClusterOptions {
+                data_dir,
+                port: None,
+                fsync: true,
+            })
+        })
+        .await
+        .context("the PostgreSQL start-up task failed")??;
+        Ok(Self {
+            url: cluster.url("postgres"),
+            cluster: Some(cluster),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops the private cluster, if any.
+    pub async fn close(self) -> anyhow::Result<()> {
+        if let Some(mut cluster) = self.cluster {
+            tokio::task::spawn_blocking(move || cluster.stop())
+                .await
+                .context("the PostgreSQL shutdown task failed")??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,38 @@
+//! `switchbord`: runs the core and the gateway together (the default), the gateway alone
+//! against a remote core, or operator commands.
+
+mod cli;
+mod database;
+mod logging;
+mod secret;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("switchbord: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "switchbord stopped with an error"
+            );
+            eprintln!("switchbord: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

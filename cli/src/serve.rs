@@ -1,0 +1,70 @@
+//! `switchbord serve`: the core and the gateway in one process, or the gateway alone.
+
+use anyhow::Context;
+use switchbord_core::CoreServer;
+use switchbord_gateway::GatewayServer;
+use tokio::sync::watch;
+
+use crate::cli::ServeArgs;
+use crate::database::Database;
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight work");
+        let _ = stop.send(true);
+    });
+    let shutdown = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|&stop| stop).await;
+        }
+    };
+
+    if let Some(core_url) = &args.core_url {
+        let gateway = GatewayServer::build(&args.gateway, core_url).await?;
+        return Ok(gateway.run_until_stopped(shutdown()).await?);
+    }
+
+    let database = Database::open(&args.database).await?;
+    let result = async {
+        let core = CoreServer::build(&args.core, database.url()).await?;
+        let core_url = format!("http://{}", core.local_addr());
+        let gateway = GatewayServer::build(&args.gateway, &core_url).await?;
+        let (core_result, gateway_result) = tokio::join!(
+            core.run_until_stopped(shutdown()),
+            gateway.run_until_stopped(shutdown()),
+        );
+        core_result.context("the gRPC core failed")?;
+        gateway_result.context("the HTTP gateway failed")?;
+        anyhow::Ok(())
+    }
+    .await;
+    let closed = database.close().await;
+    result.and(closed)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the service");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

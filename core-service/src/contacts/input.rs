@@ -1,0 +1,312 @@
+//! Validation of an upsert request into a [`ContactUpsert`] the rest of the feature can trust.
+//!
+//! Charles-era aliases are resolved here, in the core, so that every caller (REST, gRPC,
+//! integrations) gets the same rules:
+//! - `phone` stands in for `phone_number` when `phone_number` is empty;
+//! - `custom_properties` is merged under `person_properties` (keys in `person_properties` win);
+//! - `first_name`/`last_name` compose `name` unless the properties carry a `name` key;
+//! - `tags`, when sent, replaces the contact's tags.
+
+use email_address::EmailAddress;
+use phonenumber::country;
+use serde_json::{Map, Value as Json};
+use switchbord_api::json::json_from_struct;
+use switchbord_api::v1::UpsertContactRequest;
+
+use super::phone::{self, PhoneNumber};
+use crate::error::FieldViolation;
+
+/// The property keys that are first-class contact fields rather than free-form properties.
+const NAME_KEY: &str = "name";
+const EMAIL_KEY: &str = "email";
+const LOCALE_KEY: &str = "locale";
+
+const MAX_REFERENCE_LEN: usize = 255;
+const MAX_NAME_LEN: usize = 255;
+const MAX_EMAIL_LEN: usize = 320;
+const MAX_LOCALE_LEN: usize = 35;
+const MAX_SOURCE_TYPE_LEN: usize = 64;
+const MAX_TAG_LEN: usize = 100;
+const MAX_TAGS: usize = 100;
+const MAX_PROPERTY_KEY_LEN: usize = 128;
+
+/// PostgreSQL cannot store U+0000 in text or JSONB, so it is refused up front.
+const NUL_PROBLEM: &str = "must not contain the NUL character (U+0000)";
+
+/// The source type that opts a contact out.
+const OPT_OUT_SOURCE: &str = "opt_out";
+
+/// What to do with one optional first-class field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldUpdate {
+    Keep,
+    Set(String),
+    Clear,
+}
+
+impl FieldUpdate {
+    /// The field's value after applying this update to `current`.
+    pub fn apply(&self, current: Option<&str>) -> Option<String> {
+        match self {
+            Self::Keep => current.map(str::to_owned),
+            Self::Set(value) => Some(value.clone()),
+            Self::Clear => None,
+        }
+    }
+}
+
+/// Whether the contact may be messaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriberStatus {
+    Subscribed,
+    Blocked,
+}
+
+impl SubscriberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subscribed => "subscribed",
+            Self::Blocked => "blocked",
+        }
+    }
+
+    pub fn from_db(value: &str) -> Self {
+        if value == "blocked" {
+            Self::Blocked
+        } else {
+            Self::Subscribed
+        }
+    }
+}
+
+/// A validated upsert.
+#[derive(Debug, Clone)]
+pub struct ContactUpsert {
+    pub phone_number: PhoneNumber,
+    pub external_reference_id: Option<String>,
+    pub subscriber_status: SubscriberStatus,
+    pub name: FieldUpdate,
+    pub email: FieldUpdate,
+    pub locale: FieldUpdate,
+    /// Property changes: a `null` value removes the key.
+    pub properties: Map<String, Json>,
+    pub tags: Option<Vec<String>>,
+}
+
+/// Collects every violation of a request, so that the caller can fix them all at once.
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+}
+
+/// Validates and normalises `request`; every wrong field is reported.
+pub fn validate_upsert(
+    request: UpsertContactRequest,
+    default_region: Option<country::Id>,
+) -> Result<ContactUpsert, Vec<FieldViolation>> {
+    let mut violations = Violations::default();
+
+    let (phone_field, phone_raw) = if request.phone_number.trim().is_empty() {
+        match request.phone.as_deref() {
+            Some(alias) if !alias.trim().is_empty() => ("phone", alias.to_owned()),
+            _ => ("phone_number", String::new()),
+        }
+    } else {
+        ("phone_number", request.phone_number.clone())
+    };
+    let phone_number = phone::normalize(&phone_raw, default_region)
+        .map_err(|error| violations.add(phone_field, error.to_string()))
+        .ok();
+
+    let external_reference_id = bounded_text(
+        &mut violations,
+        "external_reference_id",
+        request.external_reference_id.as_deref(),
+        MAX_REFERENCE_LEN,
+    );
+
+    let source_type = bounded_text(
+        &mut violations,
+        "source_type",
+        request.source_type.as_deref(),
+        MAX_SOURCE_TYPE_LEN,
+    );
+    let subscriber_status = match source_type.as_deref() {
+        Some(OPT_OUT_SOURCE) => SubscriberStatus::Blocked,
+        _ => SubscriberStatus::Subscribed,
+    };
+
+    let mut properties = request
+        .custom_properties
+        .map(json_from_struct)
+        .unwrap_or_default();
+    properties.extend(
+        request
+            .person_properties
+            .map(json_from_struct)
+            .unwrap_or_default(),
+    );
+
+    let composed_name = compose_name(request.first_name.as_deref(), request.last_name.as_deref());
+    let name = match properties.remove(NAME_KEY) {
+        Some(value) => text_update(&mut violations, "person_properties.name", value, |name| {
+            (name.chars().count() > MAX_NAME_LEN)
+                .then(|| format!("must be at most {MAX_NAME_LEN} characters"))
+        }),
+        None => composed_name.map_or(FieldUpdate::Keep, FieldUpdate::Set),
+    };
+    let email = properties
+        .remove(EMAIL_KEY)
+        .map_or(FieldUpdate::Keep, |value| {
+            text_update(&mut violations, "person_properties.email", value, |email| {
+                (email.len() > MAX_EMAIL_LEN || !EmailAddress::is_valid(email))
+                    .then(|| "must be an email address such as jane@example.com".to_owned())
+            })
+        });
+    let locale = properties
+        .remove(LOCALE_KEY)
+        .map_or(FieldUpdate::Keep, |value| {
+            text_update(
+                &mut violations,
+                "person_properties.locale",
+                value,
+                |locale| {
+                    (locale.len() > MAX_LOCALE_LEN
+                        || language_tags::LanguageTag::parse(locale).is_err())
+                    .then(|| "must be a BCP 47 language tag such as de-DE".to_owned())
+                },
+            )
+        });
+    for (key, value) in &properties {
+        let field = format!("person_properties.{}", key.replace('\0', "\\0"));
+        if key.trim().is_empty() || key.chars().count() > MAX_PROPERTY_KEY_LEN {
+            violations.add(
+                field,
+                format!("property names must be 1 to {MAX_PROPERTY_KEY_LEN} characters"),
+            );
+        } else if key.contains('\0') || contains_nul(value) {
+            violations.add(field, NUL_PROBLEM);
+        }
+    }
+
+    let tags = request
+        .tags
+        .map(|list| validate_tags(&mut violations, list.values));
+
+    match (violations.0.is_empty(), phone_number) {
+        (true, Some(phone_number)) => Ok(ContactUpsert {
+            phone_number,
+            external_reference_id,
+            subscriber_status,
+            name,
+            email,
+            locale,
+            properties,
+            tags,
+        }),
+        _ => Err(violations.0),
+    }
+}
+
+/// Trims `value`; empty means "not sent". Longer than `max` characters is a violation.
+fn bounded_text(
+    violations: &mut Violations,
+    field: &str,
+    value: Option<&str>,
+    max: usize,
+) -> Option<String> {
+    let trimmed = value.map(str::trim).filter(|text| !text.is_empty())?;
+    if trimmed.contains('\0') {
+        violations.add(field, NUL_PROBLEM);
+        return None;
+    }
+    if trimmed.chars().count() > max {
+        violations.add(field, format!("must be at most {max} characters"));
+        return None;
+    }
+    Some(trimmed.to_owned())
+}
+
+/// A first-class field sent inside the properties: a string sets it (after `check`), `null` or
+/// an empty string clears it, anything else is a violation.
+fn text_update(
+    violations: &mut Violations,
+    field: &str,
+    value: Json,
+    check: impl FnOnce(&str) -> Option<String>,
+) -> FieldUpdate {
+    match value {
+        Json::Null => FieldUpdate::Clear,
+        Json::String(text) => {
+            let trimmed = text.trim();
+            if trimmed.is_empty() {
+                return FieldUpdate::Clear;
+            }
+            if trimmed.contains('\0') {
+                violations.add(field, NUL_PROBLEM);
+                return FieldUpdate::Keep;
+            }
+            match check(trimmed) {
+                Some(problem) => {
+                    violations.add(field, problem);
+                    FieldUpdate::Keep
+                }
+                None => FieldUpdate::Set(trimmed.to_owned()),
+            }
+        }
+        _ => {
+            violations.add(field, "must be a string or null");
+            FieldUpdate::Keep
+        }
+    }
+}
+
+fn compose_name(first: Option<&str>, last: Option<&str>) -> Option<String> {
+    let parts: Vec<&str> = [first, last]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// Tags are trimmed, de-duplicated and sorted, so that equal sets compare equal.
+fn validate_tags(violations: &mut Violations, tags: Vec<String>) -> Vec<String> {
+    if tags.len() > MAX_TAGS {
+        violations.add("tags", format!("at most {MAX_TAGS} tags are allowed"));
+    }
+    let mut clean = Vec::with_capacity(tags.len());
+    for (index, tag) in tags.iter().enumerate() {
+        let trimmed = tag.trim();
+        if trimmed.contains('\0') {
+            violations.add(format!("tags[{index}]"), NUL_PROBLEM);
+        } else if trimmed.is_empty() || trimmed.chars().count() > MAX_TAG_LEN {
+            violations.add(
+                format!("tags[{index}]"),
+                format!("must be 1 to {MAX_TAG_LEN} characters"),
+            );
+        } else {
+            clean.push(trimmed.to_owned());
+        }
+    }
+    clean.sort();
+    clean.dedup();
+    clean
+}
+
+/// Whether a NUL character appears anywhere in `value` (keys included).
+fn contains_nul(value: &Json) -> bool {
+    match value {
+        Json::String(text) => text.contains('\0'),
+        Json::Array(items) => items.iter().any(contains_nul),
+        Json::Object(object) => object
+            .iter()
+            .any(|(key, value)| key.contains('\0') || contains_nul(value)),
+        Json::Null | Json::Bool(_) | Json::Number(_) => false,
+    }
+}

@@ -1,0 +1,61 @@
+//! The stored contact and its conversion to the API type.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde_json::Value as Json;
+use switchbord_api::json::struct_from_json;
+use switchbord_api::v1;
+use uuid::Uuid;
+
+use super::input::SubscriberStatus;
+use crate::schema::contacts;
+
+/// One row of `contacts`.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = contacts, check_for_backend(diesel::pg::Pg))]
+pub struct ContactRow {
+    pub id: Uuid,
+    pub phone_number: String,
+    pub external_reference_id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub locale: Option<String>,
+    pub subscriber_status: String,
+    pub properties: Json,
+    pub tags: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ContactRow> for v1::Contact {
+    fn from(row: ContactRow) -> Self {
+        let status = match SubscriberStatus::from_db(&row.subscriber_status) {
+            SubscriberStatus::Subscribed => v1::SubscriberStatus::Subscribed,
+            SubscriberStatus::Blocked => v1::SubscriberStatus::Blocked,
+        };
+        let properties = match row.properties {
+            Json::Object(object) => object,
+            _ => Default::default(),
+        };
+        Self {
+            id: row.id.to_string(),
+            phone_number: row.phone_number,
+            external_reference_id: row.external_reference_id,
+            name: row.name,
+            email: row.email,
+            locale: row.locale,
+            subscriber_status: status.into(),
+            properties: Some(struct_from_json(properties)),
+            tags: row.tags,
+            created_at: Some(timestamp(row.created_at)),
+            updated_at: Some(timestamp(row.updated_at)),
+        }
+    }
+}
+
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,72 @@
+//! The `ContactService` gRPC implementation: decode, call the operation, encode.
+
+use std::sync::Arc;
+
+use switchbord_api::v1::contact_service_server::ContactService;
+use switchbord_api::v1::{
+    self, GetContactRequest, GetContactResponse, UpsertContactRequest, UpsertContactResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::error::ContactError;
+use super::get::get_contact;
+use super::input::validate_upsert;
+use super::upsert::{Operation, upsert_contact};
+use crate::error::ServiceError;
+use crate::request::RequestId;
+use crate::state::AppState;
+
+pub struct ContactsService {
+    state: Arc<AppState>,
+}
+
+impl ContactsService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn status(error: ContactError) -> Status {
+    ServiceError::from(error).into()
+}
+
+#[tonic::async_trait]
+impl ContactService for ContactsService {
+    async fn upsert_contact(
+        &self,
+        request: Request<UpsertContactRequest>,
+    ) -> Result<Response<UpsertContactResponse>, Status> {
+        let request_id = RequestId::from_metadata(request.metadata());
+        let upsert = validate_upsert(request.into_inner(), self.state.default_region)
+            .map_err(|violations| status(ContactError::Invalid(violations)))?;
+        let outcome = upsert_contact(&self.state.pool, request_id, &upsert)
+            .await
+            .map_err(status)?;
+        let operation = match outcome.operation {
+            Operation::Created => v1::UpsertOperation::Created,
+            Operation::Updated => v1::UpsertOperation::Updated,
+        };
+        Ok(Response::new(UpsertContactResponse {
+            operation: operation.into(),
+            contact: Some(outcome.contact.into()),
+            request_id: request_id.0.to_string(),
+            changed_fields: outcome
+                .changed_fields
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        }))
+    }
+
+    async fn get_contact(
+        &self,
+        request: Request<GetContactRequest>,
+    ) -> Result<Response<GetContactResponse>, Status> {
+        let contact = get_contact(&self.state, request.into_inner().lookup)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GetContactResponse {
+            contact: Some(contact.into()),
+        }))
+    }
+}

@@ -1,0 +1,91 @@
+//! Queries on `contacts`.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::model::ContactRow;
+use crate::schema::contacts;
+
+/// The contacts that match a phone number or an external reference id, locked for update so
+/// that concurrent upserts of the same person serialise.
+pub async fn lock_matching(
+    connection: &mut AsyncPgConnection,
+    phone_number: &str,
+    external_reference_id: Option<&str>,
+) -> QueryResult<Vec<ContactRow>> {
+    let by_phone = contacts::phone_number.eq(phone_number);
+    let query = contacts::table.select(ContactRow::as_select()).for_update();
+    match external_reference_id {
+        Some(reference) => {
+            query
+                .filter(by_phone.or(contacts::external_reference_id.eq(reference)))
+                .load(connection)
+                .await
+        }
+        None => query.filter(by_phone).load(connection).await,
+    }
+}
+
+pub async fn insert(
+    connection: &mut AsyncPgConnection,
+    row: &ContactRow,
+) -> QueryResult<ContactRow> {
+    diesel::insert_into(contacts::table)
+        .values(row)
+        .returning(ContactRow::as_returning())
+        .get_result(connection)
+        .await
+}
+
+/// Writes every mutable column of `row`.
+pub async fn update(
+    connection: &mut AsyncPgConnection,
+    row: &ContactRow,
+) -> QueryResult<ContactRow> {
+    diesel::update(contacts::table.find(row.id))
+        .set((
+            contacts::phone_number.eq(&row.phone_number),
+            contacts::external_reference_id.eq(&row.external_reference_id),
+            contacts::name.eq(&row.name),
+            contacts::email.eq(&row.email),
+            contacts::locale.eq(&row.locale),
+            contacts::subscriber_status.eq(&row.subscriber_status),
+            contacts::properties.eq(&row.properties),
+            contacts::tags.eq(&row.tags),
+            contacts::updated_at.eq(row.updated_at),
+        ))
+        .returning(ContactRow::as_returning())
+        .get_result(connection)
+        .await
+}
+
+pub async fn find_by_id(connection: &mut AsyncPgConnection, id: Uuid) -> QueryResult<ContactRow> {
+    contacts::table
+        .find(id)
+        .select(ContactRow::as_select())
+        .first(connection)
+        .await
+}
+
+pub async fn find_by_phone(
+    connection: &mut AsyncPgConnection,
+    phone_number: &str,
+) -> QueryResult<ContactRow> {
+    contacts::table
+        .filter(contacts::phone_number.eq(phone_number))
+        .select(ContactRow::as_select())
+        .first(connection)
+        .await
+}
+
+pub async fn find_by_reference(
+    connection: &mut AsyncPgConnection,
+    external_reference_id: &str,
+) -> QueryResult<ContactRow> {
+    contacts::table
+        .filter(contacts::external_reference_id.eq(external_reference_id))
+        .select(ContactRow::as_select())
+        .first(connection)
+        .await
+}

@@ -1,0 +1,238 @@
+//! `UpsertContact`: find the contact by phone number, else by external reference id, then create
+//! or update it, with its audit entry, in one transaction.
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde_json::{Map, Value as Json};
+use uuid::Uuid;
+
+use super::error::ContactError;
+use super::input::ContactUpsert;
+use super::model::ContactRow;
+use super::store;
+use crate::audit::{self, AuditRecord};
+use crate::db::{self, DbError, DbPool};
+use crate::request::RequestId;
+
+/// Two upserts that create the same new contact at once race on the unique keys; the loser
+/// retries and then finds the winner's row. More than this many losses in a row is a bug.
+const MAX_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Created,
+    Updated,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone)]
+pub struct UpsertOutcome {
+    pub operation: Operation,
+    pub contact: ContactRow,
+    pub changed_fields: Vec<&'static str>,
+}
+
+#[tracing::instrument(skip_all, fields(request_id = %request_id.0))]
+pub async fn upsert_contact(
+    pool: &DbPool,
+    request_id: RequestId,
+    upsert: &ContactUpsert,
+) -> Result<UpsertOutcome, ContactError> {
+    let mut connection = db::connection(pool).await?;
+    let mut attempt = 1;
+    loop {
+        match write(&mut connection, request_id, upsert).await {
+            Err(ContactError::Db(DbError::UniqueViolation { .. })) if attempt < MAX_ATTEMPTS => {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn write(
+    connection: &mut AsyncPgConnection,
+    request_id: RequestId,
+    upsert: &ContactUpsert,
+) -> Result<UpsertOutcome, ContactError> {
+    connection
+        .transaction(async |connection| {
+            let matches = store::lock_matching(
+                connection,
+                upsert.phone_number.as_str(),
+                upsert.external_reference_id.as_deref(),
+            )
+            .await?;
+            let now = Utc::now();
+            let (operation, contact, changed_fields) = match identify(&matches, upsert)? {
+                None => {
+                    let row = new_contact(upsert, now);
+                    let changed_fields = changed_fields(None, &row);
+                    (
+                        Operation::Created,
+                        store::insert(connection, &row).await?,
+                        changed_fields,
+                    )
+                }
+                Some(existing) => {
+                    let row = apply(existing.clone(), upsert, now);
+                    let changed_fields = changed_fields(Some(existing), &row);
+                    let stored = if changed_fields.is_empty() {
+                        existing.clone()
+                    } else {
+                        store::update(connection, &row).await?
+                    };
+                    (Operation::Updated, stored, changed_fields)
+                }
+            };
+            audit::record(
+                connection,
+                AuditRecord {
+                    request_id,
+                    action: match operation {
+                        Operation::Created => "contact.create",
+                        Operation::Updated => "contact.update",
+                    },
+                    target_type: "contact",
+                    target_id: Some(contact.id.to_string()),
+                    changed_fields: changed_fields
+                        .iter()
+                        .map(|&field| field.to_owned())
+                        .collect(),
+                },
+            )
+            .await?;
+            Ok(UpsertOutcome {
+                operation,
+                contact,
+                changed_fields,
+            })
+        })
+        .await
+}
+
+/// The contact this upsert addresses: the one with the phone number, else the one with the
+/// external reference id. Both existing but different is a conflict.
+fn identify<'a>(
+    matches: &'a [ContactRow],
+    upsert: &ContactUpsert,
+) -> Result<Option<&'a ContactRow>, ContactError> {
+    let by_phone = matches
+        .iter()
+        .find(|row| row.phone_number == upsert.phone_number.as_str());
+    let by_reference = upsert
+        .external_reference_id
+        .as_deref()
+        .and_then(|reference| {
+            matches
+                .iter()
+                .find(|row| row.external_reference_id.as_deref() == Some(reference))
+        });
+    match (by_phone, by_reference) {
+        (Some(phone), Some(reference)) if phone.id != reference.id => {
+            Err(ContactError::IdentityConflict {
+                phone_contact: phone.id,
+                reference_contact: reference.id,
+            })
+        }
+        (Some(found), _) | (None, Some(found)) => Ok(Some(found)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn new_contact(upsert: &ContactUpsert, now: DateTime<Utc>) -> ContactRow {
+    let empty = ContactRow {
+        id: Uuid::now_v7(),
+        phone_number: String::new(),
+        external_reference_id: None,
+        name: None,
+        email: None,
+        locale: None,
+        subscriber_status: String::new(),
+        properties: Json::Object(Map::new()),
+        tags: Vec::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    apply(empty, upsert, now)
+}
+
+fn apply(mut row: ContactRow, upsert: &ContactUpsert, now: DateTime<Utc>) -> ContactRow {
+    row.phone_number = upsert.phone_number.as_str().to_owned();
+    if let Some(reference) = &upsert.external_reference_id {
+        row.external_reference_id = Some(reference.clone());
+    }
+    row.name = upsert.name.apply(row.name.as_deref());
+    row.email = upsert.email.apply(row.email.as_deref());
+    row.locale = upsert.locale.apply(row.locale.as_deref());
+    row.subscriber_status = upsert.subscriber_status.as_str().to_owned();
+    let mut properties = match row.properties {
+        Json::Object(object) => object,
+        _ => Map::new(),
+    };
+    merge_properties(&mut properties, &upsert.properties);
+    row.properties = Json::Object(properties);
+    if let Some(tags) = &upsert.tags {
+        row.tags = tags.clone();
+    }
+    row.updated_at = now;
+    row
+}
+
+/// Merges `changes` into `properties`: a `null` removes the key, anything else replaces it.
+fn merge_properties(properties: &mut Map<String, Json>, changes: &Map<String, Json>) {
+    for (key, value) in changes {
+        if value.is_null() {
+            properties.remove(key);
+        } else {
+            properties.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+/// The API names of the fields that differ between `before` and `after` (every set field for a
+/// new contact).
+fn changed_fields(before: Option<&ContactRow>, after: &ContactRow) -> Vec<&'static str> {
+    let empty_properties = Json::Object(Map::new());
+    let (phone, reference, name, email, locale, status, properties, tags) = match before {
+        Some(row) => (
+            Some(row.phone_number.as_str()),
+            row.external_reference_id.as_deref(),
+            row.name.as_deref(),
+            row.email.as_deref(),
+            row.locale.as_deref(),
+            Some(row.subscriber_status.as_str()),
+            &row.properties,
+            row.tags.as_slice(),
+        ),
+        None => (
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            &empty_properties,
+            &[][..],
+        ),
+    };
+    [
+        ("phone_number", phone != Some(after.phone_number.as_str())),
+        (
+            "external_reference_id",
+            reference != after.external_reference_id.as_deref(),
+        ),
+        ("name", name != after.name.as_deref()),
+        ("email", email != after.email.as_deref()),
+        ("locale", locale != after.locale.as_deref()),
+        (
+            "subscriber_status",
+            status != Some(after.subscriber_status.as_str()),
+        ),
+        ("properties", *properties != after.properties),
+        ("tags", tags != after.tags.as_slice()),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect()
+}

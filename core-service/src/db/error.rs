@@ -1,0 +1,48 @@
+//! One classification of database failures, by SQLSTATE-derived kind, for every feature.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::deadpool::PoolError;
+
+/// A database failure, classified so that callers can map it without reading messages.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// A unique constraint rejected the write (SQLSTATE 23505).
+    #[error("unique constraint `{constraint}` violated")]
+    UniqueViolation {
+        constraint: String,
+        #[source]
+        source: DieselError,
+    },
+    /// The query expected a row and found none.
+    #[error("row not found")]
+    NotFound,
+    /// No connection could be had, or the connection broke: the caller may retry later.
+    #[error("database unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else: a bug or a schema mismatch.
+    #[error("database error")]
+    Other(#[source] DieselError),
+}
+
+impl From<DieselError> for DbError {
+    fn from(error: DieselError) -> Self {
+        match error {
+            DieselError::NotFound => Self::NotFound,
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, ref info) => {
+                Self::UniqueViolation {
+                    constraint: info.constraint_name().unwrap_or_default().to_owned(),
+                    source: error,
+                }
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            | DieselError::BrokenTransactionManager => Self::Unavailable(Box::new(error)),
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl From<PoolError> for DbError {
+    fn from(error: PoolError) -> Self {
+        Self::Unavailable(Box::new(error))
+    }
+}

@@ -1,0 +1,11 @@
+//! Shared state of the core's services: built once at start and handed out behind an `Arc`.
+
+use phonenumber::country;
+
+use crate::db::DbPool;
+
+/// What every RPC needs: the connection pool and the validated configuration.
+pub struct AppState {
+    pub pool: DbPool,
+    pub default_region: Option<country::Id>,
+}

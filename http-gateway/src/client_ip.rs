@@ -1,0 +1,104 @@
+//! Who the client is: the socket peer, unless the peer is a trusted proxy, in which case the
+//! nearest untrusted address in `X-Forwarded-For` (read from the right, since every proxy
+//! appends the address it saw) is the client.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request};
+use ipnet::IpNet;
+use tower_governor::GovernorError;
+use tower_governor::key_extractor::KeyExtractor;
+
+/// The rate limiter's key: the client IP as defined above.
+#[derive(Debug, Clone)]
+pub struct ClientIpKey {
+    trusted_proxies: Arc<[IpNet]>,
+}
+
+impl ClientIpKey {
+    pub fn new(trusted_proxies: &[IpNet]) -> Self {
+        Self {
+            trusted_proxies: trusted_proxies.into(),
+        }
+    }
+}
+
+impl KeyExtractor for ClientIpKey {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<IpAddr, GovernorError> {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip())
+            .ok_or(GovernorError::UnableToExtractKey)?;
+        Ok(client_ip(peer, request.headers(), &self.trusted_proxies))
+    }
+}
+
+/// The client address of a request that arrived from `peer`.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|entry| entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(forwarded: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", forwarded.parse().expect("valid header"));
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("valid ip")
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_forwards() {
+        let trusted = ["10.0.0.0/8".parse().expect("net")];
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn trusted_peer_yields_the_nearest_untrusted_forwarded_address() {
+        let trusted = ["10.0.0.0/8".parse().expect("net")];
+        let forwarded = headers("6.6.6.6, 198.51.100.7, 10.1.1.1");
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &forwarded, &trusted),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn garbage_forwarded_header_falls_back_to_the_peer() {
+        let trusted = ["10.0.0.0/8".parse().expect("net")];
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &headers("not-an-ip"), &trusted),
+            ip("10.0.0.2")
+        );
+    }
+}

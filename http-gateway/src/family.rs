@@ -1,0 +1,35 @@
+//! Route families: each answers errors in the body shape its callers were built for.
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::error::ApiError;
+use crate::rate_limit::RateLimited;
+use crate::request_id::RequestId;
+
+/// Who calls a route, and so which body shape it answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `/compat/*`: `{"success": false, "mode": "compatibility", "error": {…}}`.
+    Compat,
+    /// Charles' own paths: `{"status": "error", "message": …}`.
+    Legacy,
+}
+
+/// Middleware around a family's routes: rewrites a rate-limit rejection (produced by the
+/// limiter, which knows nothing of families) into the family's error shape.
+pub async fn render_rejections(
+    State(family): State<Family>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let request_id = request.extensions().get::<RequestId>().copied();
+    let response = next.run(request).await;
+    match (response.extensions().get::<RateLimited>(), request_id) {
+        (Some(rejection), Some(request_id)) => {
+            ApiError::rate_limited(rejection.retry_after).render(family, request_id)
+        }
+        _ => response,
+    }
+}

@@ -1,0 +1,22 @@
+//! The Switchbord HTTP/JSON gateway.
+//!
+//! Every route decodes JSON, calls the core over gRPC, and shapes the answer the way its caller
+//! expects (Charles-compatible bodies on the legacy and compat paths). The gateway has no
+//! database and no business rules: validation, identity and storage belong to the core.
+//! `google.rpc` status codes become HTTP statuses in one place, [`error`].
+
+pub mod config;
+pub mod error;
+
+mod body;
+mod client_ip;
+mod contacts;
+mod core_client;
+mod family;
+mod rate_limit;
+mod request_id;
+mod server;
+
+pub use config::GatewayConfig;
+pub use request_id::RequestId;
+pub use server::{GatewayServer, GatewayStartupError};

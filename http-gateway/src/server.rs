@@ -1,0 +1,117 @@
+//! Building and running the gateway's HTTP server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post, put};
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::config::GatewayConfig;
+use crate::contacts;
+use crate::core_client::CoreClient;
+use crate::family::{Family, render_rejections};
+use crate::rate_limit;
+use crate::request_id::assign_request_id;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayStartupError {
+    #[error("invalid core URL `{url}`")]
+    CoreUrl {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A gateway bound to its port, ready to serve.
+pub struct GatewayServer {
+    router: Router,
+    listener: TcpListener,
+}
+
+impl GatewayServer {
+    /// Binds `config.http_addr` (port 0 picks a free port) and prepares a lazy gRPC connection
+    /// to the core at `core_url`.
+    pub async fn build(
+        config: &GatewayConfig,
+        core_url: &str,
+    ) -> Result<Self, GatewayStartupError> {
+        let core =
+            CoreClient::connect_lazy(core_url).map_err(|source| GatewayStartupError::CoreUrl {
+                url: core_url.to_owned(),
+                source,
+            })?;
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| GatewayStartupError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        Ok(Self {
+            router: router(config, core),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayStartupError> {
+        tracing::info!(addr = %self.local_addr(), "HTTP gateway listening");
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(GatewayStartupError::Serve)
+    }
+}
+
+/// Every route of the gateway. Legacy paths are served with and without their trailing slash,
+/// because a redirect would turn an upstream's POST into a GET.
+fn router(config: &GatewayConfig, core: CoreClient) -> Router {
+    let limiter = rate_limit::layer(config);
+    let family_routes = |family: Family, routes: Router<CoreClient>| {
+        let routes = match &limiter {
+            Some(limiter) => routes.layer(limiter.clone()),
+            None => routes,
+        };
+        routes.layer(from_fn_with_state(family, render_rejections))
+    };
+
+    let compat = Router::new()
+        .route("/compat/contact", post(contacts::upsert_contact_compat))
+        .route("/compat/contact/", post(contacts::upsert_contact_compat));
+    let legacy = Router::new()
+        .route("/api/v1beta/contact/", put(contacts::upsert_contact_legacy))
+        .route("/api/v1beta/contact", put(contacts::upsert_contact_legacy));
+
+    Router::new()
+        .merge(family_routes(Family::Compat, compat))
+        .merge(family_routes(Family::Legacy, legacy))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(core)
+        .layer(from_fn(assign_request_id))
+        .layer(TraceLayer::new_for_http())
+}

@@ -1,0 +1,209 @@
+//! The real core and gateway, started in-process on ephemeral loopback ports.
+
+use std::net::SocketAddr;
+use std::sync::Once;
+
+use ipnet::IpNet;
+use reqwest::header::HeaderMap;
+use serde_json::Value as Json;
+use switchbord_api::v1::contact_service_client::ContactServiceClient;
+use switchbord_core::{CoreConfig, CoreServer};
+use switchbord_gateway::{GatewayConfig, GatewayServer};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use super::database::TestDatabase;
+
+/// A running core + gateway on a database of its own. Dropping it stops both.
+pub struct TestApp {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub database: TestDatabase,
+    stop: watch::Sender<bool>,
+}
+
+/// A response, read completely.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Json,
+    pub text: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+/// Settings that differ between tests.
+pub struct TestAppBuilder {
+    core: CoreConfig,
+    gateway: GatewayConfig,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::builder().spawn().await
+    }
+
+    pub fn builder() -> TestAppBuilder {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
+        TestAppBuilder {
+            core: CoreConfig::with_addr(loopback),
+            gateway: GatewayConfig {
+                // Most tests send more than the production limit; rate_limit.rs turns it on.
+                rate_limit_per_minute: 0,
+                ..GatewayConfig::with_addr(loopback)
+            },
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// Sends `body` as raw bytes with the given method and headers.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> HttpReply {
+        let mut request = self.http.request(method, self.url(path)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .send()
+            .await
+            .expect("HTTP request reaches the gateway");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("read the response body");
+        let body = serde_json::from_str(&text).unwrap_or(Json::Null);
+        HttpReply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Json) -> HttpReply {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Json) -> HttpReply {
+        self.send(
+            reqwest::Method::PUT,
+            path,
+            &[("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+
+    /// `POST /compat/contact`, asserting a 200.
+    pub async fn upsert_contact(&self, body: &Json) -> Json {
+        let reply = self.post_json("/compat/contact", body).await;
+        assert_eq!(reply.status, 200, "upsert failed: {}", reply.text);
+        reply.body
+    }
+
+    pub async fn contacts_client(&self) -> ContactServiceClient<Channel> {
+        ContactServiceClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .expect("connect to the gRPC core")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .expect("core URL")
+            .connect()
+            .await
+            .expect("connect to the gRPC core")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl TestAppBuilder {
+    pub fn rate_limit_per_minute(mut self, limit: u32) -> Self {
+        self.gateway.rate_limit_per_minute = limit;
+        self
+    }
+
+    pub fn trusted_proxies(mut self, proxies: &[&str]) -> Self {
+        self.gateway.trusted_proxies = proxies
+            .iter()
+            .map(|proxy| proxy.parse::<IpNet>().expect("CIDR range"))
+            .collect();
+        self
+    }
+
+    pub fn default_region(mut self, region: &str) -> Self {
+        self.core.default_region =
+            Some(switchbord_core::config::parse_region(region).expect("region code"));
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        init_logging();
+        let database = TestDatabase::create().await;
+        let core = CoreServer::build(&self.core, database.url())
+            .await
+            .expect("core starts");
+        let grpc_addr = core.local_addr();
+        let gateway = GatewayServer::build(&self.gateway, &format!("http://{grpc_addr}"))
+            .await
+            .expect("gateway starts");
+        let http_addr = gateway.local_addr();
+
+        let (stop, stopped) = watch::channel(false);
+        let shutdown = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|&stop| stop).await;
+            }
+        };
+        tokio::spawn(core.run_until_stopped(shutdown()));
+        tokio::spawn(gateway.run_until_stopped(shutdown()));
+
+        TestApp {
+            http_addr,
+            grpc_addr,
+            http: reqwest::Client::new(),
+            database,
+            stop,
+        }
+    }
+}
+
+fn init_logging() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}

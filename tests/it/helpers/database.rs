@@ -1,0 +1,194 @@
+//! A fresh database per test, cloned from a template that is migrated once per test process.
+
+use std::sync::OnceLock;
+
+use diesel::sql_query;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use pg_cluster::PgCluster;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+/// The PostgreSQL server the tests use: `DATABASE_URL`'s, or a private one for this process.
+struct Server {
+    /// URL without the database name, for example `postgres://postgres@127.0.0.1:5432`.
+    base_url: String,
+    _cluster: Option<PgCluster>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+/// Name of the migrated template; looked up or created on first use.
+static TEMPLATE: Mutex<Option<String>> = Mutex::const_new(None);
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) => Server {
+            base_url: strip_database(&url),
+            _cluster: None,
+        },
+        Err(_) => {
+            let cluster = PgCluster::start_ephemeral()
+                .unwrap_or_else(|error| panic!("cannot start a private PostgreSQL: {error}"));
+            Server {
+                base_url: strip_database(&cluster.url("postgres")),
+                _cluster: Some(cluster),
+            }
+        }
+    })
+}
+
+fn strip_database(url: &str) -> String {
+    let without_query = url.split('?').next().unwrap_or(url);
+    match without_query.rsplit_once('/') {
+        Some((base, _database)) if base.contains("://") && !base.ends_with('/') => base.to_owned(),
+        _ => without_query.trim_end_matches('/').to_owned(),
+    }
+}
+
+async fn admin_connection() -> AsyncPgConnection {
+    let url = format!("{}/postgres", server().base_url);
+    AsyncPgConnection::establish(&url)
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to {url}: {error}"))
+}
+
+/// A database that exists for one test and is dropped with it.
+pub struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Clones the migrated template into a new database.
+    pub async fn create() -> Self {
+        let mut template = TEMPLATE.lock().await;
+        if template.is_none() {
+            *template = Some(create_template().await);
+        }
+        let template_name = template.as_deref().expect("template was just created");
+        let name = format!("switchbord_test_{}", Uuid::new_v4().simple());
+        let mut admin = admin_connection().await;
+        // Cloning is serialised by the template lock: PostgreSQL refuses to copy a template
+        // that another session is reading.
+        sql_query(format!(
+            "CREATE DATABASE {name} TEMPLATE {template_name} STRATEGY FILE_COPY"
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("clone the template database");
+        drop(template);
+        let url = format!("{}/{name}", server().base_url);
+        Self { name, url }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn connect(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+/// The template is named after the migrations it holds, so it is migrated once per schema
+/// version and shared by every test process (even parallel ones) on the same server.
+async fn create_template() -> String {
+    let name = format!("switchbord_template_{:016x}", migrations_fingerprint());
+    let mut admin = admin_connection().await;
+    sql_query("SELECT pg_advisory_lock(7262531700)")
+        .execute(&mut admin)
+        .await
+        .expect("take the template lock");
+    let exists: Vec<DatabaseName> = sql_query(format!(
+        "SELECT datname FROM pg_database WHERE datname = '{name}'"
+    ))
+    .load(&mut admin)
+    .await
+    .expect("look for the template database");
+    if exists.is_empty() {
+        // Built under a temporary name and renamed when complete, so that a crash half-way
+        // never leaves a broken template behind.
+        let building = format!("{name}_building_{}", Uuid::new_v4().simple());
+        sql_query(format!("CREATE DATABASE {building}"))
+            .execute(&mut admin)
+            .await
+            .expect("create the template database");
+        let url = format!("{}/{building}", server().base_url);
+        switchbord_core::db::run_migrations(&url)
+            .await
+            .expect("migrate the template database");
+        sql_query(format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("publish the template database");
+    }
+    sql_query("SELECT pg_advisory_unlock(7262531700)")
+        .execute(&mut admin)
+        .await
+        .expect("release the template lock");
+    name
+}
+
+#[derive(diesel::QueryableByName)]
+struct DatabaseName {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    #[allow(dead_code)]
+    datname: String,
+}
+
+/// FNV-1a over every migration file, in name order.
+fn migrations_fingerprint() -> u64 {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<_> = walk(&root);
+    files.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for file in files {
+        let bytes = std::fs::read(&file).expect("read a migration file");
+        for byte in file.to_string_lossy().bytes().chain(bytes) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .expect("read the migrations directory")
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot block on itself: use a thread with
+        // a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for dropping a test database");
+            runtime.block_on(async move {
+                let mut admin = admin_connection().await;
+                sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(_))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}

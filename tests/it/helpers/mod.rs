@@ -1,0 +1,6 @@
+//! Shared test scaffolding.
+
+mod app;
+mod database;
+
+pub use app::{HttpReply, TestApp};

@@ -1,0 +1,101 @@
+//! No input, however malformed, produces a 500: a few hundred random, truncated and mistyped
+//! bodies, generated from a fixed seed so that a failure can be reproduced.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{Value as Json, json};
+
+use crate::helpers::TestApp;
+
+const VALID: &str = r#"{"phone_number":"+4915112345678","external_reference_id":"crm-4711","source_type":"internal","person_properties":{"name":"Jane Doe","email":"jane@example.com","locale":"de-DE","plan":"gold"},"tags":["vip"],"first_name":"Jane","last_name":"Doe","custom_properties":{"x":1},"phone":"+4915112345678"}"#;
+
+fn odd_values(rng: &mut StdRng) -> Json {
+    match rng.random_range(0..10) {
+        0 => Json::Null,
+        1 => json!(rng.random::<bool>()),
+        2 => json!(rng.random::<i64>()),
+        3 => json!(rng.random::<f64>() * 1e300),
+        4 => json!("\u{0000}\u{202e}😀"),
+        5 => json!([1, "a", null, {"b": []}]),
+        6 => json!({"nested": {"deeper": [[[[]]]]}}),
+        7 => json!("x".repeat(rng.random_range(0..2000))),
+        8 => json!(""),
+        _ => json!("+49 (0) 151-123"),
+    }
+}
+
+fn bodies() -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut bodies: Vec<String> = (0..VALID.len())
+        .step_by(2)
+        .map(|end| VALID[..end].to_owned())
+        .collect();
+    let fields = [
+        "phone_number",
+        "phone",
+        "external_reference_id",
+        "source_type",
+        "person_properties",
+        "custom_properties",
+        "first_name",
+        "last_name",
+        "tags",
+    ];
+    let valid: Json = serde_json::from_str(VALID).expect("valid json");
+    for _ in 0..150 {
+        let mut body = valid.clone();
+        for field in fields {
+            if rng.random_bool(0.3) {
+                body[field] = odd_values(&mut rng);
+            }
+        }
+        if rng.random_bool(0.3) {
+            body["person_properties"] = json!({"email": odd_values(&mut rng), "locale": odd_values(&mut rng), "name": odd_values(&mut rng), "": 1});
+        }
+        bodies.push(body.to_string());
+    }
+    for _ in 0..60 {
+        let length = rng.random_range(0..200);
+        let bytes: Vec<u8> = (0..length).map(|_| rng.random::<u8>()).collect();
+        bodies.push(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_body_produces_a_server_error() {
+    let app = TestApp::spawn().await;
+    let all = bodies();
+    assert!(all.len() >= 300, "{}", all.len());
+
+    for chunk in all.chunks(16) {
+        let replies = futures::future::join_all(chunk.iter().enumerate().map(|(index, body)| {
+            let (method, path) = if index % 2 == 0 {
+                (Method::POST, "/compat/contact")
+            } else {
+                (Method::PUT, "/api/v1beta/contact/")
+            };
+            app.send(
+                method,
+                path,
+                &[("content-type", "application/json")],
+                body.clone(),
+            )
+        }))
+        .await;
+        for (body, reply) in chunk.iter().zip(replies) {
+            assert!(
+                reply.status < 500,
+                "{} for {body:?}: {}",
+                reply.status,
+                reply.text
+            );
+            assert!(
+                reply.body.is_object(),
+                "non-JSON reply for {body:?}: {}",
+                reply.text
+            );
+        }
+    }
+}
