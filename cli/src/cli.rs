@@ -6,8 +6,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchbord_core::CoreConfig;
 use switchbord_gateway::GatewayConfig;
 
-use crate::secret::Secret;
-use crate::{database, serve};
+use switchbord_core::config::Secret;
+
+use crate::keys::KeysArgs;
+use crate::{database, keys, serve};
 
 /// Switchbord integration layer: Charles-compatible REST gateway and gRPC core.
 ///
@@ -38,6 +40,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Create, list and revoke API keys, on a running core or directly on the database.
+    Keys(KeysArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -81,9 +85,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => serve::serve(cli.serve).await,
         Some(Command::Serve(args)) => serve::serve(args).await,
         Some(Command::Migrate(args)) => {
-            let database = database::Database::open(&args).await?;
+            let database = database::Database::attach_or_open(&args).await?;
             switchbord_core::db::run_migrations(database.url()).await?;
             database.close().await
         }
+        Some(Command::Keys(args)) => keys::run(args).await,
     }
 }

@@ -12,7 +12,21 @@ pub struct Database {
 }
 
 impl Database {
+    /// For `serve`: the private cluster is started (and restarted if a crashed run left it
+    /// running) and stopped again by [`Database::close`].
     pub async fn open(args: &DatabaseArgs) -> anyhow::Result<Self> {
+        Self::connect(args, PgCluster::start).await
+    }
+
+    /// For one-off commands: a private cluster that a running `serve` owns is used as it is.
+    pub async fn attach_or_open(args: &DatabaseArgs) -> anyhow::Result<Self> {
+        Self::connect(args, PgCluster::attach_or_start).await
+    }
+
+    async fn connect(
+        args: &DatabaseArgs,
+        start: fn(ClusterOptions) -> Result<PgCluster, pg_cluster::PgClusterError>,
+    ) -> anyhow::Result<Self> {
         if let Some(url) = &args.database_url {
             return Ok(Self {
                 url: url.expose().to_owned(),
@@ -23,7 +37,7 @@ impl Database {
             .context("cannot resolve the data directory")?;
         tracing::info!(data_dir = %data_dir.display(), "DATABASE_URL is not set; starting a private PostgreSQL cluster");
         let cluster = tokio::task::spawn_blocking(move || {
-            PgCluster::start(ClusterOptions {
+            start(ClusterOptions {
                 data_dir,
                 port: None,
                 fsync: true,

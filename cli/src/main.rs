@@ -3,8 +3,9 @@
 
 mod cli;
 mod database;
+mod keys;
+mod local_state;
 mod logging;
-mod secret;
 mod serve;
 
 use std::process::ExitCode;

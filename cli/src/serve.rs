@@ -1,12 +1,16 @@
 //! `switchbord serve`: the core and the gateway in one process, or the gateway alone.
 
 use anyhow::Context;
+use std::path::Path;
+
 use switchbord_core::CoreServer;
+use switchbord_core::access::Bootstrap;
 use switchbord_gateway::GatewayServer;
 use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
 use crate::database::Database;
+use crate::local_state::{ADMIN_KEY_FILE, load_or_create_pepper, write_private};
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
@@ -27,9 +31,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(gateway.run_until_stopped(shutdown()).await?);
     }
 
+    let mut core_config = args.core.clone();
+    if core_config.key_pepper.is_none() {
+        core_config.key_pepper = Some(load_or_create_pepper(&args.database.data_dir)?);
+    }
     let database = Database::open(&args.database).await?;
     let result = async {
-        let core = CoreServer::build(&args.core, database.url()).await?;
+        let core = CoreServer::build(&core_config, database.url()).await?;
+        announce_bootstrap_key(core.bootstrap(), &args.database.data_dir)?;
         let core_url = format!("http://{}", core.local_addr());
         let gateway = GatewayServer::build(&args.gateway, &core_url).await?;
         let (core_result, gateway_result) = tokio::join!(
@@ -67,4 +76,23 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+/// Shows a generated first admin key once, on stderr, and keeps it in the data directory
+/// (mode 0600) for scripts.
+fn announce_bootstrap_key(bootstrap: &Bootstrap, data_dir: &Path) -> anyhow::Result<()> {
+    match bootstrap {
+        Bootstrap::Generated(key) => {
+            let path = write_private(&data_dir.join(ADMIN_KEY_FILE), key)?;
+            eprintln!(
+                "switchbord: created the first admin API key (shown only this once; also saved to {}):\n{key}",
+                path.display()
+            );
+        }
+        Bootstrap::Configured => {
+            tracing::info!("installed the admin API key from SWITCHBORD_BOOTSTRAP_ADMIN_KEY");
+        }
+        Bootstrap::KeysExist => {}
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,21 +29,28 @@ struct Running {
     child: Child,
     http_port: u16,
     grpc_port: u16,
+    log: PathBuf,
+    api_key: Option<String>,
 }
 
 impl Running {
     fn start(data_dir: &Path, extra_env: &[(&str, String)]) -> Self {
         let http_port = free_port();
         let grpc_port = free_port();
+        let log = data_dir.join(format!("server-{http_port}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(BINARY);
         command
             .env_remove("DATABASE_URL")
+            .env_remove("SWITCHBORD_BOOTSTRAP_ADMIN_KEY")
+            .env_remove("SWITCHBORD_KEY_PEPPER")
+            .env("RUST_LOG", "debug")
             .env("SWITCHBORD_DATA_DIR", data_dir)
             .env("SWITCHBORD_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("SWITCHBORD_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file);
         for (name, value) in extra_env {
             command.env(name, value);
         }
@@ -52,7 +59,17 @@ impl Running {
             child,
             http_port,
             grpc_port,
+            log,
+            api_key: None,
         }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     async fn wait_until_serving(&mut self) {
@@ -78,15 +95,16 @@ impl Running {
     }
 
     async fn upsert(&self, body: &Json) -> (u16, Json) {
-        let reply = reqwest::Client::new()
+        let mut request = reqwest::Client::new()
             .post(format!(
                 "http://127.0.0.1:{}/compat/contact",
                 self.http_port
             ))
-            .json(body)
-            .send()
-            .await
-            .expect("request reaches the gateway");
+            .json(body);
+        if let Some(key) = &self.api_key {
+            request = request.header("x-api-key", key);
+        }
+        let reply = request.send().await.expect("request reaches the gateway");
         let status = reply.status().as_u16();
         (status, reply.json().await.unwrap_or(Json::Null))
     }
@@ -112,17 +130,121 @@ impl Running {
     }
 }
 
+/// Runs `switchbord keys …` and returns its JSON output.
+fn keys_command(data_dir: &Path, args: &[&str]) -> Json {
+    let output = Command::new(BINARY)
+        .env_remove("DATABASE_URL")
+        .env_remove("SWITCHBORD_KEY_PEPPER")
+        .env("SWITCHBORD_DATA_DIR", data_dir)
+        .arg("keys")
+        .args(args)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchbord keys");
+    assert!(
+        output.status.success(),
+        "switchbord keys {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// The bootstrap key printed on stderr: the line after the announcement.
+fn printed_admin_key(logs: &str) -> Option<String> {
+    let mut lines = logs.lines();
+    lines.find(|line| line.contains("created the first admin API key"))?;
+    lines.next().map(|line| line.trim().to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_with_no_configuration_stops_cleanly_and_keeps_data_across_restarts() {
     let data = data_dir();
 
     let mut first = Running::start(data.path(), &[]);
     first.wait_until_serving().await;
+    let admin_key = printed_admin_key(&first.logs()).expect("the first start prints an admin key");
+    let key_file = data.path().join("admin-key");
+    assert_eq!(
+        std::fs::read_to_string(&key_file)
+            .expect("admin-key file")
+            .trim(),
+        admin_key
+    );
+    let mode = std::fs::metadata(&key_file)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let (status, _) = first
+        .upsert(&json!({"phone_number": "+4915112345678"}))
+        .await;
+    assert_eq!(status, 401, "keys are required by default");
+    first.api_key = Some(admin_key.clone());
     let (status, created) = first
         .upsert(&json!({"phone_number": "+4915112345678", "external_reference_id": "crm-4711"}))
         .await;
     assert_eq!(status, 200, "{created}");
     assert_eq!(created["operation"], "created");
+
+    // A user key made through the running core, then used, listed (directly on the database
+    // the server is running) and revoked.
+    let grpc_url = first.grpc_url();
+    let made = keys_command(
+        data.path(),
+        &[
+            "create",
+            "--role",
+            "user",
+            "--name",
+            "crm-sync",
+            "--core-url",
+            &grpc_url,
+            "--api-key",
+            &admin_key,
+        ],
+    );
+    let user_key = made["secret"].as_str().expect("secret").to_owned();
+    first.api_key = Some(user_key.clone());
+    let (status, _) = first
+        .upsert(&json!({"phone_number": "+4915112345678"}))
+        .await;
+    assert_eq!(status, 200);
+    let listed = keys_command(data.path(), &["list"]);
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|key| key["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"crm-sync") && names.contains(&"bootstrap-admin"),
+        "{names:?}"
+    );
+    assert!(
+        !listed.to_string().contains(&user_key),
+        "listings never show secrets"
+    );
+    let id = made["api_key"]["id"].as_str().expect("id");
+    keys_command(
+        data.path(),
+        &[
+            "revoke",
+            id,
+            "--core-url",
+            &grpc_url,
+            "--api-key",
+            &admin_key,
+        ],
+    );
+    let (status, _) = first
+        .upsert(&json!({"phone_number": "+4915112345678"}))
+        .await;
+    assert_eq!(status, 401, "revoked");
+
+    let logs = first.logs();
     let exit = first.terminate();
     assert!(exit.success(), "{exit}");
     assert!(data.path().join("pgdata/PG_VERSION").exists());
@@ -130,9 +252,25 @@ async fn runs_with_no_configuration_stops_cleanly_and_keeps_data_across_restarts
         !data.path().join("pgdata/postmaster.pid").exists(),
         "the private PostgreSQL is stopped on shutdown"
     );
+    assert_eq!(
+        logs.matches(&admin_key).count(),
+        1,
+        "the admin key is printed once and never logged"
+    );
+    assert!(!logs.contains(&user_key), "API keys never appear in logs");
+    let pepper = std::fs::read_to_string(data.path().join("key-pepper")).expect("pepper file");
+    assert!(
+        !logs.contains(pepper.trim()),
+        "the pepper never appears in logs"
+    );
 
     let mut second = Running::start(data.path(), &[]);
     second.wait_until_serving().await;
+    assert!(
+        printed_admin_key(&second.logs()).is_none(),
+        "no second bootstrap key"
+    );
+    second.api_key = Some(admin_key.clone());
     let (status, updated) = second
         .upsert(&json!({"phone_number": "+4915112345678"}))
         .await;
@@ -141,14 +279,9 @@ async fn runs_with_no_configuration_stops_cleanly_and_keeps_data_across_restarts
     assert_eq!(updated["contact"]["id"], created["contact"]["id"]);
 
     // The gateway alone, in front of the running core.
-    let mut gateway = Running::start(
-        data.path(),
-        &[(
-            "SWITCHBORD_CORE_URL",
-            format!("http://127.0.0.1:{}", second.grpc_port),
-        )],
-    );
+    let mut gateway = Running::start(data.path(), &[("SWITCHBORD_CORE_URL", second.grpc_url())]);
     gateway.wait_until_serving().await;
+    gateway.api_key = Some(admin_key.clone());
     let (status, through_gateway) = gateway
         .upsert(&json!({"phone_number": "+4915112345678"}))
         .await;
@@ -158,6 +291,42 @@ async fn runs_with_no_configuration_stops_cleanly_and_keeps_data_across_restarts
     assert!(second.terminate().success());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_bootstrap_key_is_installed_and_not_printed() {
+    let data = data_dir();
+    let configured = "automation-admin-key-0123456789-abcdefghij".to_owned();
+
+    let mut running = Running::start(
+        data.path(),
+        &[("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", configured.clone())],
+    );
+    running.wait_until_serving().await;
+    running.api_key = Some(configured.clone());
+    let (status, body) = running
+        .upsert(&json!({"phone_number": "+4915112345678"}))
+        .await;
+    let listed = keys_command(
+        data.path(),
+        &[
+            "list",
+            "--core-url",
+            &running.grpc_url(),
+            "--api-key",
+            &configured,
+        ],
+    );
+    let logs = running.logs();
+    assert!(running.terminate().success());
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(listed[0]["name"], "bootstrap-admin");
+    assert!(
+        !logs.contains(&configured),
+        "the configured key is never printed"
+    );
+    assert!(!data.path().join("admin-key").exists());
+}
+
 #[test]
 fn without_postgresql_it_says_so_in_one_line() {
     let data = data_dir();
@@ -165,6 +334,10 @@ fn without_postgresql_it_says_so_in_one_line() {
         .env_remove("DATABASE_URL")
         .env("SWITCHBORD_DATA_DIR", data.path())
         .env("PG_BIN_DIR", data.path().join("no-postgres-here"))
+        .env(
+            "SWITCHBORD_KEY_PEPPER",
+            "a-pepper-long-enough-for-the-check-0123456789",
+        )
         .env("SWITCHBORD_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("SWITCHBORD_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
         .stdin(Stdio::null())
@@ -198,6 +371,9 @@ fn help_explains_flags_and_their_environment_variables() {
         "SWITCHBORD_RATE_LIMIT_PER_MINUTE",
         "SWITCHBORD_TRUSTED_PROXIES",
         "SWITCHBORD_LOG_FORMAT",
+        "SWITCHBORD_KEY_PEPPER",
+        "SWITCHBORD_BOOTSTRAP_ADMIN_KEY",
+        "SWITCHBORD_AUTH_LEGACY_PATHS",
     ] {
         assert!(
             help.contains(variable),

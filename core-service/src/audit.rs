@@ -1,15 +1,20 @@
-//! Audit entries: one per accepted write, inserted in the write's own transaction.
+//! Audit entries: one per accepted write or configuration change, inserted in the change's own
+//! transaction, naming who (key id, name, role), what (action, RPC, target, changed fields),
+//! when, from where, and under which request id. Secrets are never among the changed values:
+//! only field *names* are recorded.
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::access::Caller;
 use crate::request::RequestId;
 use crate::schema::audit_entries;
 
 /// What one write changed, for the audit trail.
 pub struct AuditRecord<'a> {
     pub request_id: RequestId,
+    pub actor: &'a Caller,
     pub action: &'a str,
     pub target_type: &'a str,
     pub target_id: Option<String>,
@@ -25,6 +30,11 @@ struct NewAuditEntry<'a> {
     target_type: &'a str,
     target_id: Option<String>,
     changed_fields: Vec<String>,
+    actor_key_id: Option<Uuid>,
+    actor_name: Option<&'a str>,
+    actor_role: Option<&'static str>,
+    source_ip: Option<String>,
+    rpc: &'a str,
 }
 
 /// Stores the entry on `connection`, which is expected to be inside the write's transaction.
@@ -32,6 +42,7 @@ pub async fn record(
     connection: &mut AsyncPgConnection,
     record: AuditRecord<'_>,
 ) -> QueryResult<()> {
+    let actor = record.actor;
     diesel::insert_into(audit_entries::table)
         .values(NewAuditEntry {
             id: Uuid::now_v7(),
@@ -40,6 +51,11 @@ pub async fn record(
             target_type: record.target_type,
             target_id: record.target_id,
             changed_fields: record.changed_fields,
+            actor_key_id: actor.key_id,
+            actor_name: actor.key_name.as_deref(),
+            actor_role: actor.role.map(|role| role.as_str()),
+            source_ip: actor.source_ip.map(|ip| ip.to_string()),
+            rpc: &actor.rpc,
         })
         .execute(connection)
         .await

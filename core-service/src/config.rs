@@ -1,6 +1,8 @@
 //! Configuration of the core, from flags and environment variables.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 
 use phonenumber::country;
 
@@ -19,6 +21,23 @@ pub struct CoreConfig {
     /// Largest number of pooled PostgreSQL connections.
     #[arg(long, env = "SWITCHBORD_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+
+    /// Server secret mixed into API key hashes (at least 32 characters). Every instance that
+    /// shares a database needs the same value. Unset: read from (or created in)
+    /// `$SWITCHBORD_DATA_DIR/key-pepper`.
+    #[arg(long, env = "SWITCHBORD_KEY_PEPPER", hide_env_values = true)]
+    pub key_pepper: Option<Secret>,
+
+    /// The first admin key, installed when the database has no keys (at least 32 printable
+    /// ASCII characters, no spaces). Unset: one is generated, printed once and written to
+    /// `$SWITCHBORD_DATA_DIR/admin-key`.
+    #[arg(long, env = "SWITCHBORD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
+    pub bootstrap_admin_key: Option<Secret>,
+
+    /// `off` accepts calls without a key on the Charles legacy and compat ingestion paths
+    /// (contact upsert, journey triggers) during a migration. Keys are still checked when sent.
+    #[arg(long, env = "SWITCHBORD_AUTH_LEGACY_PATHS", default_value = "on")]
+    pub auth_legacy_paths: OnOff,
 }
 
 impl CoreConfig {
@@ -28,7 +47,57 @@ impl CoreConfig {
             grpc_addr,
             default_region: None,
             db_pool_size: 16,
+            key_pepper: None,
+            bootstrap_admin_key: None,
+            auth_legacy_paths: OnOff::On,
         }
+    }
+}
+
+/// A switch written `on`/`off` (also `true`/`false`, `1`/`0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl FromStr for OnOff {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => Ok(Self::On),
+            "off" | "false" | "0" | "no" => Ok(Self::Off),
+            other => Err(format!("`{other}` is neither on nor off")),
+        }
+    }
+}
+
+/// A configuration value that must never be printed (keys, peppers, URLs with passwords).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
     }
 }
 

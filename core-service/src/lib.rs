@@ -17,8 +17,9 @@ pub mod db;
 pub mod error;
 pub mod server;
 
+pub mod access;
 mod audit;
-mod request;
+pub mod request;
 mod schema;
 mod state;
 

@@ -3,24 +3,40 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use switchbord_api::v1::access_service_server::AccessServiceServer;
 use switchbord_api::v1::contact_service_server::ContactServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::config::CoreConfig;
+use crate::access::{
+    AccessGrpc, AuthLayer, Authenticator, Bootstrap, BootstrapError, KeyHasher, bootstrap_admin_key,
+};
+use crate::config::{CoreConfig, OnOff};
 use crate::contacts::ContactsService;
 use crate::db::{self, MigrationError};
 use crate::state::AppState;
 
+/// Shortest accepted `SWITCHBORD_KEY_PEPPER`.
+pub const MIN_PEPPER_LEN: usize = 32;
+/// How often gathered API key last-used times are written.
+const LAST_USED_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Why the core could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error(
+        "SWITCHBORD_KEY_PEPPER must be set to at least {MIN_PEPPER_LEN} characters (the switchbord binary creates one in the data directory)"
+    )]
+    Pepper,
     #[error(transparent)]
     Migrations(#[from] MigrationError),
     #[error("cannot build the database pool")]
     Pool(#[from] diesel_async::pooled_connection::deadpool::BuildError),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -36,15 +52,37 @@ pub enum StartupError {
 /// A core that has migrated its database and bound its port, ready to serve.
 pub struct CoreServer {
     state: Arc<AppState>,
+    authenticator: Arc<Authenticator>,
+    bootstrap: Bootstrap,
     listener: TcpListener,
 }
 
 impl CoreServer {
-    /// Runs pending migrations, builds the pool and binds `config.grpc_addr` (port 0 picks a
-    /// free port; see [`CoreServer::local_addr`]).
+    /// Runs pending migrations, builds the pool, creates the first admin key when there is
+    /// none, and binds `config.grpc_addr` (port 0 picks a free port; see
+    /// [`CoreServer::local_addr`]).
     pub async fn build(config: &CoreConfig, database_url: &str) -> Result<Self, StartupError> {
+        let pepper = config
+            .key_pepper
+            .as_ref()
+            .filter(|pepper| pepper.expose().len() >= MIN_PEPPER_LEN)
+            .ok_or(StartupError::Pepper)?;
         db::run_migrations(database_url).await?;
         let pool = db::build_pool(database_url, config.db_pool_size)?;
+        let hasher = KeyHasher::new(pepper.expose().as_bytes().to_vec());
+        let bootstrap = bootstrap_admin_key(
+            &pool,
+            &hasher,
+            config.bootstrap_admin_key.as_ref().map(|key| key.expose()),
+        )
+        .await?;
+        let legacy_paths_open = config.auth_legacy_paths == OnOff::Off;
+        if legacy_paths_open {
+            tracing::warn!(
+                "SWITCHBORD_AUTH_LEGACY_PATHS=off: contact upserts and journey triggers are accepted without an API key"
+            );
+        }
+        let authenticator = Arc::new(Authenticator::new(pool.clone(), hasher, legacy_paths_open));
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -55,13 +93,24 @@ impl CoreServer {
             pool,
             default_region: config.default_region,
         });
-        Ok(Self { state, listener })
+        Ok(Self {
+            state,
+            authenticator,
+            bootstrap,
+            listener,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound TCP listener has a local address")
+    }
+
+    /// What the first-start bootstrap did; a generated admin key is for the operator's eyes
+    /// only, once.
+    pub fn bootstrap(&self) -> &Bootstrap {
+        &self.bootstrap
     }
 
     /// Serves until `shutdown` completes, then lets in-flight calls finish.
@@ -73,6 +122,9 @@ impl CoreServer {
         health_reporter
             .set_serving::<ContactServiceServer<ContactsService>>()
             .await;
+        health_reporter
+            .set_serving::<AccessServiceServer<AccessGrpc>>()
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(switchbord_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -82,16 +134,34 @@ impl CoreServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
+        let flusher = tokio::spawn({
+            let authenticator = self.authenticator.clone();
+            async move {
+                let mut ticks = tokio::time::interval(LAST_USED_FLUSH_INTERVAL);
+                loop {
+                    ticks.tick().await;
+                    authenticator.flush_last_used().await;
+                }
+            }
+        });
+
         tracing::info!(addr = %self.local_addr(), "gRPC core listening");
-        Server::builder()
+        let served = Server::builder()
+            .layer(AuthLayer::new(self.authenticator.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(ContactServiceServer::new(ContactsService::new(
                 self.state.clone(),
             )))
+            .add_service(AccessServiceServer::new(AccessGrpc::new(
+                self.state.pool.clone(),
+                self.authenticator.clone(),
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await?;
-        Ok(())
+            .await;
+        flusher.abort();
+        self.authenticator.flush_last_used().await;
+        Ok(served?)
     }
 }

@@ -5,36 +5,47 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
 use ipnet::IpNet;
 use tower_governor::GovernorError;
 use tower_governor::key_extractor::KeyExtractor;
 
-/// The rate limiter's key: the client IP as defined above.
-#[derive(Debug, Clone)]
-pub struct ClientIpKey {
-    trusted_proxies: Arc<[IpNet]>,
+use crate::call::ClientIp;
+
+/// Middleware: decides the client address once per request and stores it as [`ClientIp`], for
+/// the rate limiter and for the audit trail in the core.
+pub async fn assign_client_ip(
+    State(trusted_proxies): State<Arc<[IpNet]>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    if let Some(peer) = peer {
+        let client = client_ip(peer, request.headers(), &trusted_proxies);
+        request.extensions_mut().insert(ClientIp(client));
+    }
+    next.run(request).await
 }
 
-impl ClientIpKey {
-    pub fn new(trusted_proxies: &[IpNet]) -> Self {
-        Self {
-            trusted_proxies: trusted_proxies.into(),
-        }
-    }
-}
+/// The rate limiter's key: the client address stored by [`assign_client_ip`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIpKey;
 
 impl KeyExtractor for ClientIpKey {
     type Key = IpAddr;
 
-    fn extract<T>(&self, request: &Request<T>) -> Result<IpAddr, GovernorError> {
-        let peer = request
+    fn extract<T>(&self, request: &http::Request<T>) -> Result<IpAddr, GovernorError> {
+        request
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip())
-            .ok_or(GovernorError::UnableToExtractKey)?;
-        Ok(client_ip(peer, request.headers(), &self.trusted_proxies))
+            .get::<ClientIp>()
+            .map(|ip| ip.0)
+            .ok_or(GovernorError::UnableToExtractKey)
     }
 }
 

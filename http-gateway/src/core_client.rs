@@ -1,10 +1,7 @@
-//! The gateway's gRPC connection to the core, and the metadata every call carries.
+//! The gateway's gRPC connection to the core.
 
 use switchbord_api::v1::contact_service_client::ContactServiceClient;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
-
-use crate::request_id::RequestId;
 
 /// Clients of the core's services over one shared HTTP/2 channel (cheap to clone).
 #[derive(Clone)]
@@ -22,13 +19,4 @@ impl CoreClient {
             contacts: ContactServiceClient::new(channel),
         })
     }
-}
-
-/// Wraps `message` in a gRPC request that carries the caller's request id.
-pub fn grpc_request<T>(message: T, request_id: RequestId) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = MetadataValue::try_from(request_id.to_string()) {
-        request.metadata_mut().insert("x-request-id", value);
-    }
-    request
 }

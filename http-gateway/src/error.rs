@@ -135,6 +135,12 @@ impl ApiError {
             }),
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="switchbord""#),
+            );
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

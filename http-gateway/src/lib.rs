@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 
 mod body;
+mod call;
 mod client_ip;
 mod contacts;
 mod core_client;

@@ -31,7 +31,7 @@ pub fn layer(config: &GatewayConfig) -> Option<RateLimitLayer> {
     // A bucket of `per_minute` requests that refills evenly over a minute.
     let refill = Duration::from_millis((60_000 / u64::from(per_minute)).max(1));
     let governor: GovernorConfig<ClientIpKey, NoOpMiddleware> = GovernorConfigBuilder::default()
-        .key_extractor(ClientIpKey::new(&config.trusted_proxies))
+        .key_extractor(ClientIpKey)
         .period(refill)
         .burst_size(per_minute)
         .finish()?;

@@ -2,13 +2,16 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post, put};
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
+use crate::client_ip::assign_client_ip;
 use crate::config::GatewayConfig;
 use crate::contacts;
 use crate::core_client::CoreClient;
@@ -112,6 +115,10 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
         .merge(family_routes(Family::Legacy, legacy))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(core)
+        .layer(from_fn_with_state(
+            Arc::<[IpNet]>::from(config.trusted_proxies.as_slice()),
+            assign_client_ip,
+        ))
         .layer(from_fn(assign_request_id))
         .layer(TraceLayer::new_for_http())
 }

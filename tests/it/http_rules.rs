@@ -166,7 +166,7 @@ struct AuditRow {
 
 async fn audit_rows(app: &TestApp) -> Vec<AuditRow> {
     let mut connection = app.database.connect().await;
-    sql_query("SELECT request_id, action, changed_fields FROM audit_entries ORDER BY occurred_at")
+    sql_query("SELECT request_id, action, changed_fields FROM audit_entries WHERE target_type = 'contact' ORDER BY occurred_at")
         .load(&mut connection)
         .await
         .expect("read audit entries")

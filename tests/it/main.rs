@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod access;
 mod contact_aliases;
 mod contact_identity;
 mod contact_phone_numbers;

@@ -12,5 +12,6 @@ pub mod phone;
 
 pub use error::ContactError;
 pub use input::{ContactUpsert, FieldUpdate, SubscriberStatus, validate_upsert};
+pub use model::timestamp;
 pub use service::ContactsService;
 pub use upsert::{Operation, UpsertOutcome, upsert_contact};

@@ -13,7 +13,7 @@ use super::get::get_contact;
 use super::input::validate_upsert;
 use super::upsert::{Operation, upsert_contact};
 use crate::error::ServiceError;
-use crate::request::RequestId;
+use crate::request::RequestContext;
 use crate::state::AppState;
 
 pub struct ContactsService {
@@ -36,10 +36,10 @@ impl ContactService for ContactsService {
         &self,
         request: Request<UpsertContactRequest>,
     ) -> Result<Response<UpsertContactResponse>, Status> {
-        let request_id = RequestId::from_metadata(request.metadata());
+        let context = RequestContext::from_request(&request)?;
         let upsert = validate_upsert(request.into_inner(), self.state.default_region)
             .map_err(|violations| status(ContactError::Invalid(violations)))?;
-        let outcome = upsert_contact(&self.state.pool, request_id, &upsert)
+        let outcome = upsert_contact(&self.state.pool, &context, &upsert)
             .await
             .map_err(status)?;
         let operation = match outcome.operation {
@@ -49,7 +49,7 @@ impl ContactService for ContactsService {
         Ok(Response::new(UpsertContactResponse {
             operation: operation.into(),
             contact: Some(outcome.contact.into()),
-            request_id: request_id.0.to_string(),
+            request_id: context.request_id.0.to_string(),
             changed_fields: outcome
                 .changed_fields
                 .into_iter()

@@ -12,7 +12,7 @@ use super::model::ContactRow;
 use super::store;
 use crate::audit::{self, AuditRecord};
 use crate::db::{self, DbError, DbPool};
-use crate::request::RequestId;
+use crate::request::RequestContext;
 
 /// Two upserts that create the same new contact at once race on the unique keys; the loser
 /// retries and then finds the winner's row. More than this many losses in a row is a bug.
@@ -32,16 +32,16 @@ pub struct UpsertOutcome {
     pub changed_fields: Vec<&'static str>,
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %request_id.0))]
+#[tracing::instrument(skip_all, fields(request_id = %context.request_id.0))]
 pub async fn upsert_contact(
     pool: &DbPool,
-    request_id: RequestId,
+    context: &RequestContext,
     upsert: &ContactUpsert,
 ) -> Result<UpsertOutcome, ContactError> {
     let mut connection = db::connection(pool).await?;
     let mut attempt = 1;
     loop {
-        match write(&mut connection, request_id, upsert).await {
+        match write(&mut connection, context, upsert).await {
             Err(ContactError::Db(DbError::UniqueViolation { .. })) if attempt < MAX_ATTEMPTS => {
                 attempt += 1;
             }
@@ -52,7 +52,7 @@ pub async fn upsert_contact(
 
 async fn write(
     connection: &mut AsyncPgConnection,
-    request_id: RequestId,
+    context: &RequestContext,
     upsert: &ContactUpsert,
 ) -> Result<UpsertOutcome, ContactError> {
     connection
@@ -88,7 +88,8 @@ async fn write(
             audit::record(
                 connection,
                 AuditRecord {
-                    request_id,
+                    request_id: context.request_id,
+                    actor: &context.caller,
                     action: match operation {
                         Operation::Created => "contact.create",
                         Operation::Updated => "contact.update",

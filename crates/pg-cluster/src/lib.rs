@@ -70,6 +70,8 @@ pub struct PgCluster {
 enum Kind {
     /// Started by `pg_ctl`; stopped by `pg_ctl stop`.
     Persistent,
+    /// Started by someone else; left running.
+    Attached,
     /// A child `postgres` process; its directory is removed when it stops.
     Ephemeral(ephemeral::Handle),
 }
@@ -128,6 +130,28 @@ impl PgCluster {
                 "no attempt",
             ))),
         )
+    }
+
+    /// Uses the server already running on `options.data_dir` (without taking over its
+    /// lifetime), or starts one as [`PgCluster::start`] does. For one-off commands that must not
+    /// disturb a running service.
+    pub fn attach_or_start(options: ClusterOptions) -> Result<Self, PgClusterError> {
+        let bin_dir = find_bin_dir()?;
+        let run_as = RunAs::for_current_user();
+        let data = options.data_dir.to_string_lossy().into_owned();
+        let running = options.data_dir.join("PG_VERSION").exists()
+            && Tool::new(&bin_dir, "pg_ctl", run_as.as_ref()).succeeds(&["status", "-D", &data]);
+        match running.then(|| running_port(&options.data_dir)).flatten() {
+            Some(port) => Ok(Self {
+                bin_dir,
+                data_dir: options.data_dir,
+                port,
+                run_as,
+                kind: Kind::Attached,
+                running: true,
+            }),
+            None => Self::start(options),
+        }
     }
 
     /// Starts a throw-away cluster in a new temporary directory, tuned for speed (no fsync).
@@ -201,6 +225,7 @@ impl PgCluster {
                 handle.stop();
                 Ok(())
             }
+            Kind::Attached => Ok(()),
         }
     }
 }
@@ -260,6 +285,17 @@ fn server_settings(data_dir: &Path, port: u16, fsync: bool, max_connections: u32
         "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c max_connections={max_connections}{durability}",
         data_dir.display()
     )
+}
+
+/// The port of the server running on `data_dir`: line 4 of `postmaster.pid`.
+fn running_port(data_dir: &Path) -> Option<u16> {
+    std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .nth(3)?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A port that was free a moment ago; the caller retries if someone takes it in between.

@@ -66,8 +66,15 @@ fn persistent_cluster_is_reused_across_restarts() {
     first.stop().expect("stop");
     assert!(!is_ready(first.port()));
 
-    let mut second = PgCluster::start(options).expect("second start");
+    let mut second = PgCluster::start(options.clone()).expect("second start");
     assert!(is_ready(second.port()));
+    let mut attached = PgCluster::attach_or_start(options).expect("attach");
+    assert_eq!(attached.port(), second.port());
+    attached.stop().expect("detach");
+    assert!(
+        is_ready(second.port()),
+        "detaching leaves the server running"
+    );
     assert_eq!(
         std::fs::read_to_string(data_dir.join("marker"))
             .ok()

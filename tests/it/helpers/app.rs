@@ -6,10 +6,16 @@ use std::sync::Once;
 use ipnet::IpNet;
 use reqwest::header::HeaderMap;
 use serde_json::Value as Json;
+use switchbord_api::v1::access_service_client::AccessServiceClient;
 use switchbord_api::v1::contact_service_client::ContactServiceClient;
+use switchbord_api::v1::{CreateApiKeyRequest, Role};
+use switchbord_core::config::{OnOff, Secret};
 use switchbord_core::{CoreConfig, CoreServer};
 use switchbord_gateway::{GatewayConfig, GatewayServer};
 use tokio::sync::watch;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::database::TestDatabase;
@@ -20,8 +26,50 @@ pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http: reqwest::Client,
     pub database: TestDatabase,
+    pub keys: Keys,
     stop: watch::Sender<bool>,
 }
+
+/// One working key per role; `admin` is the bootstrap key.
+pub struct Keys {
+    pub admin: String,
+    pub manager: String,
+    pub user: String,
+}
+
+impl Keys {
+    pub fn for_role(&self, role: Role) -> &str {
+        match role {
+            Role::Admin => &self.admin,
+            Role::Manager => &self.manager,
+            _ => &self.user,
+        }
+    }
+}
+
+/// Adds `x-api-key` to every gRPC call (or nothing, for anonymous calls).
+#[derive(Clone)]
+pub struct WithKey(Option<AsciiMetadataValue>);
+
+impl WithKey {
+    pub fn new(key: Option<&str>) -> Self {
+        Self(key.map(|key| key.parse().expect("a key is valid metadata")))
+    }
+}
+
+impl Interceptor for WithKey {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(key) = &self.0 {
+            request.metadata_mut().insert("x-api-key", key.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, WithKey>;
 
 /// A response, read completely.
 #[derive(Debug)]
@@ -44,6 +92,9 @@ pub struct TestAppBuilder {
     gateway: GatewayConfig,
 }
 
+/// The pepper every test core uses (tests never share a database, so one value is enough).
+pub const TEST_PEPPER: &str = "test-pepper-0123456789abcdef0123456789";
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::builder().spawn().await
@@ -51,8 +102,13 @@ impl TestApp {
 
     pub fn builder() -> TestAppBuilder {
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
+        let admin_key = format!("test-admin-{}", uuid::Uuid::new_v4().simple());
         TestAppBuilder {
-            core: CoreConfig::with_addr(loopback),
+            core: CoreConfig {
+                key_pepper: Some(Secret::new(TEST_PEPPER)),
+                bootstrap_admin_key: Some(Secret::new(admin_key)),
+                ..CoreConfig::with_addr(loopback)
+            },
             gateway: GatewayConfig {
                 // Most tests send more than the production limit; rate_limit.rs turns it on.
                 rate_limit_per_minute: 0,
@@ -65,8 +121,27 @@ impl TestApp {
         format!("http://{}{path}", self.http_addr)
     }
 
-    /// Sends `body` as raw bytes with the given method and headers.
+    /// Sends `body` with the given method and headers, authenticated with the user key unless
+    /// `headers` carry a credential of their own.
     pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> HttpReply {
+        let has_credential = headers.iter().any(|(name, _)| {
+            name.eq_ignore_ascii_case("x-api-key") || name.eq_ignore_ascii_case("authorization")
+        });
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !has_credential {
+            all.push(("x-api-key", &self.keys.user));
+        }
+        self.send_anonymous(method, path, &all, body).await
+    }
+
+    /// Sends exactly the given headers (no credential is added).
+    pub async fn send_anonymous(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -120,10 +195,17 @@ impl TestApp {
         reply.body
     }
 
-    pub async fn contacts_client(&self) -> ContactServiceClient<Channel> {
-        ContactServiceClient::connect(format!("http://{}", self.grpc_addr))
-            .await
-            .expect("connect to the gRPC core")
+    /// A contacts client authenticated with the user key.
+    pub async fn contacts_client(&self) -> ContactServiceClient<Authed> {
+        self.contacts_client_with(Some(&self.keys.user)).await
+    }
+
+    pub async fn contacts_client_with(&self, key: Option<&str>) -> ContactServiceClient<Authed> {
+        ContactServiceClient::with_interceptor(self.channel().await, WithKey::new(key))
+    }
+
+    pub async fn access_client_with(&self, key: Option<&str>) -> AccessServiceClient<Authed> {
+        AccessServiceClient::with_interceptor(self.channel().await, WithKey::new(key))
     }
 
     pub async fn channel(&self) -> Channel {
@@ -155,6 +237,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn legacy_paths_without_keys(mut self) -> Self {
+        self.core.auth_legacy_paths = OnOff::Off;
+        self
+    }
+
     pub fn default_region(mut self, region: &str) -> Self {
         self.core.default_region =
             Some(switchbord_core::config::parse_region(region).expect("region code"));
@@ -183,11 +270,46 @@ impl TestAppBuilder {
         tokio::spawn(core.run_until_stopped(shutdown()));
         tokio::spawn(gateway.run_until_stopped(shutdown()));
 
+        let admin = self
+            .core
+            .bootstrap_admin_key
+            .as_ref()
+            .expect("tests configure a bootstrap key")
+            .expose()
+            .to_owned();
+        let mut access = AccessServiceClient::with_interceptor(
+            Channel::from_shared(format!("http://{grpc_addr}"))
+                .expect("core URL")
+                .connect()
+                .await
+                .expect("connect to the gRPC core"),
+            WithKey::new(Some(&admin)),
+        );
+        let mut create = async |role: Role| {
+            access
+                .create_api_key(CreateApiKeyRequest {
+                    name: format!("test-{}", role.as_str_name()),
+                    role: role.into(),
+                    expires_at: None,
+                })
+                .await
+                .expect("create a test key")
+                .into_inner()
+                .secret
+        };
+        let manager = create(Role::Manager).await;
+        let user = create(Role::User).await;
+
         TestApp {
             http_addr,
             grpc_addr,
             http: reqwest::Client::new(),
             database,
+            keys: Keys {
+                admin,
+                manager,
+                user,
+            },
             stop,
         }
     }

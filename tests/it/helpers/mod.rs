@@ -3,4 +3,4 @@
 mod app;
 mod database;
 
-pub use app::{HttpReply, TestApp};
+pub use app::{HttpReply, TestApp, WithKey};

@@ -1,0 +1,200 @@
+//! Checking the credential of each call against the key store.
+//!
+//! Verified keys are cached for [`CACHE_TTL`], so a busy caller costs no query per call; a
+//! revocation takes effect at once on the instance that revoked, and within the TTL on others.
+//! Last-used times are gathered in memory and written every few seconds, off the request path.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use http::HeaderMap;
+use tonic::Status;
+use uuid::Uuid;
+
+use super::caller::Caller;
+use super::key::KeyHasher;
+use super::rules::{Access, access_for};
+use super::store::{self, ApiKeyRow};
+use crate::db::{self, DbPool};
+
+/// How long a verified key is trusted without asking the database again.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Beyond this many cached keys the cache starts over (a bound, not an expected size).
+const CACHE_LIMIT: usize = 10_000;
+
+/// Metadata carrying the client address seen by the gateway.
+pub const CLIENT_IP_METADATA: &str = "x-switchbord-client-ip";
+
+pub struct Authenticator {
+    pool: DbPool,
+    hasher: KeyHasher,
+    legacy_paths_open: bool,
+    cache: Mutex<HashMap<String, (ApiKeyRow, Instant)>>,
+    last_used: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+}
+
+impl Authenticator {
+    pub fn new(pool: DbPool, hasher: KeyHasher, legacy_paths_open: bool) -> Self {
+        Self {
+            pool,
+            hasher,
+            legacy_paths_open,
+            cache: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.hasher
+    }
+
+    /// Decides whether the call to `path` with `headers` may proceed, and as whom.
+    pub async fn authorize(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, Status> {
+        let source_ip = headers
+            .get(CLIENT_IP_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse().ok())
+            .or(peer);
+        let rule = match access_for(path) {
+            Access::Public | Access::Unknown => return Ok(Caller::anonymous(path, source_ip)),
+            Access::NoRule => {
+                return Err(Status::permission_denied("this RPC has no access rule"));
+            }
+            Access::Protected(rule) => rule,
+        };
+        let Some(token) = credential(headers) else {
+            if rule.legacy_ingestion && self.legacy_paths_open {
+                return Ok(Caller::anonymous(path, source_ip));
+            }
+            return Err(Status::unauthenticated(
+                "missing API key: send it as X-API-Key or Authorization: Bearer",
+            ));
+        };
+        let key = self.verify(token).await?;
+        let role = key
+            .role()
+            .ok_or_else(|| Status::permission_denied("the API key has no valid role"))?;
+        if !rule.allows(role) {
+            return Err(Status::permission_denied(format!(
+                "role {role} may not call {path}"
+            )));
+        }
+        self.note_use(key.id);
+        Ok(Caller {
+            key_id: Some(key.id),
+            key_name: Some(key.name),
+            role: Some(role),
+            rpc: path.to_owned(),
+            source_ip,
+        })
+    }
+
+    async fn verify(&self, token: &str) -> Result<ApiKeyRow, Status> {
+        let invalid = || Status::unauthenticated("invalid API key");
+        let prefix = self.hasher.lookup_prefix(token);
+        let key = match self.cached(&prefix) {
+            Some(key) => key,
+            None => {
+                let mut connection = db::connection(&self.pool).await.map_err(|_| {
+                    Status::unavailable("the key store is unavailable; retry later")
+                })?;
+                let key = store::find_by_prefix(&mut connection, &prefix)
+                    .await
+                    .map_err(|_| Status::unavailable("the key store is unavailable; retry later"))?
+                    .ok_or_else(invalid)?;
+                self.remember(&prefix, &key);
+                key
+            }
+        };
+        if !self.hasher.matches(token, &key.secret_hash) {
+            return Err(invalid());
+        }
+        if key.revoked_at.is_some() {
+            return Err(Status::unauthenticated("the API key was revoked"));
+        }
+        if key.expires_at.is_some_and(|expiry| expiry <= Utc::now()) {
+            return Err(Status::unauthenticated("the API key has expired"));
+        }
+        Ok(key)
+    }
+
+    fn cached(&self, prefix: &str) -> Option<ApiKeyRow> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(prefix)
+            .filter(|(_, fetched)| fetched.elapsed() < CACHE_TTL)
+            .map(|(key, _)| key.clone())
+    }
+
+    fn remember(&self, prefix: &str, key: &ApiKeyRow) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(prefix.to_owned(), (key.clone(), Instant::now()));
+        }
+    }
+
+    /// Drops a key from the cache, so that its revocation applies here at once.
+    pub fn forget(&self, prefix: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(prefix);
+        }
+    }
+
+    fn note_use(&self, key_id: Uuid) {
+        if let Ok(mut used) = self.last_used.lock() {
+            used.insert(key_id, Utc::now());
+        }
+    }
+
+    /// Writes the gathered last-used times.
+    pub async fn flush_last_used(&self) {
+        let used: Vec<(Uuid, DateTime<Utc>)> = match self.last_used.lock() {
+            Ok(mut used) => used.drain().collect(),
+            Err(_) => return,
+        };
+        if used.is_empty() {
+            return;
+        }
+        let written = async {
+            let mut connection = db::connection(&self.pool).await.ok()?;
+            store::touch_last_used(&mut connection, &used).await.ok()
+        }
+        .await;
+        if written.is_none() {
+            tracing::warn!(
+                keys = used.len(),
+                "could not record API key last-used times"
+            );
+        }
+    }
+}
+
+/// The key sent as `x-api-key` (any case) or `authorization: Bearer <key>`.
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers
+        .get("x-api-key")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+    {
+        return Some(key);
+    }
+    let authorization = headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, token) = authorization.split_once(char::is_whitespace)?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}

@@ -1,0 +1,140 @@
+//! Which roles may call which RPC: the one table that `docs/access.md` reproduces.
+
+use super::role::Role;
+
+const ANY_ROLE: &[Role] = &[Role::Admin, Role::Manager, Role::User];
+const ADMIN: &[Role] = &[Role::Admin];
+
+/// The access rule of one RPC.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// Full gRPC method path, `/package.Service/Method`.
+    pub method: &'static str,
+    /// Roles allowed to call it.
+    pub roles: &'static [Role],
+    /// An ingestion RPC behind the Charles legacy/compat paths: with
+    /// `SWITCHBORD_AUTH_LEGACY_PATHS=off` it also accepts calls without a key.
+    pub legacy_ingestion: bool,
+}
+
+impl Rule {
+    const fn new(method: &'static str, roles: &'static [Role]) -> Self {
+        Self {
+            method,
+            roles,
+            legacy_ingestion: false,
+        }
+    }
+
+    const fn ingestion(method: &'static str) -> Self {
+        Self {
+            method,
+            roles: ANY_ROLE,
+            legacy_ingestion: true,
+        }
+    }
+
+    pub fn allows(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Every Switchbord RPC. A method missing here is refused (and fails a test).
+pub const RULES: &[Rule] = &[
+    Rule::ingestion("/switchbord.v1.ContactService/UpsertContact"),
+    Rule::new("/switchbord.v1.ContactService/GetContact", ANY_ROLE),
+    Rule::new("/switchbord.v1.AccessService/CreateApiKey", ADMIN),
+    Rule::new("/switchbord.v1.AccessService/ListApiKeys", ADMIN),
+    Rule::new("/switchbord.v1.AccessService/RevokeApiKey", ADMIN),
+    Rule::new("/switchbord.v1.AccessService/ListAuditEntries", ADMIN),
+];
+
+/// Services anyone may call: health checking and reflection, so that generic tools and load
+/// balancers work without a key.
+pub const PUBLIC_SERVICES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// How a request path is protected.
+#[derive(Debug, Clone, Copy)]
+pub enum Access {
+    Public,
+    Protected(&'static Rule),
+    /// A Switchbord method with no rule: refused.
+    NoRule,
+    /// Not a Switchbord method: left to the server (which answers UNIMPLEMENTED).
+    Unknown,
+}
+
+pub fn access_for(path: &str) -> Access {
+    if PUBLIC_SERVICES
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+    {
+        return Access::Public;
+    }
+    match RULES.iter().find(|rule| rule.method == path) {
+        Some(rule) => Access::Protected(rule),
+        None if path.starts_with("/switchbord.") => Access::NoRule,
+        None => Access::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use prost_types::FileDescriptorSet;
+
+    use super::*;
+
+    fn switchbord_methods() -> Vec<String> {
+        let descriptors = FileDescriptorSet::decode(switchbord_api::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set decodes");
+        descriptors
+            .file
+            .iter()
+            .flat_map(|file| {
+                let package = file.package().to_owned();
+                file.service.iter().flat_map(move |service| {
+                    let package = package.clone();
+                    service.method.iter().map(move |method| {
+                        format!("/{package}.{}/{}", service.name(), method.name())
+                    })
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_rpc_in_proto_has_a_rule_and_every_rule_an_rpc() {
+        let methods = switchbord_methods();
+        for method in &methods {
+            assert!(
+                matches!(access_for(method), Access::Protected(_)),
+                "{method} has no access rule in access::rules::RULES"
+            );
+        }
+        for rule in RULES {
+            assert!(
+                methods.iter().any(|method| method == rule.method),
+                "{} is not in proto/",
+                rule.method
+            );
+        }
+    }
+
+    #[test]
+    fn docs_reproduce_the_table() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/access.md"))
+                .expect("docs/access.md exists");
+        for rule in RULES {
+            let method = rule.method.trim_start_matches("/switchbord.v1.");
+            let roles: Vec<&str> = rule.roles.iter().map(|role| role.as_str()).collect();
+            let row = format!("| `{method}` | {} |", roles.join(", "));
+            assert!(docs.contains(&row), "docs/access.md lacks the row: {row}");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! What every call to the core carries from the HTTP request: request id, client address and
+//! the caller's credential. The gateway only forwards the credential; the core decides.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+
+use crate::request_id::RequestId;
+
+/// The client address, as decided by [`crate::client_ip`] and stored by the middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+pub struct CallContext {
+    pub request_id: RequestId,
+    client_ip: Option<IpAddr>,
+    api_key: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
+}
+
+impl CallContext {
+    fn from_parts(parts: &Parts) -> Self {
+        let header = |headers: &HeaderMap, name| headers.get(name).cloned();
+        Self {
+            request_id: parts
+                .extensions
+                .get::<RequestId>()
+                .copied()
+                .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4())),
+            client_ip: parts.extensions.get::<ClientIp>().map(|ip| ip.0),
+            api_key: header(&parts.headers, "x-api-key"),
+            authorization: header(&parts.headers, header::AUTHORIZATION.as_str()),
+        }
+    }
+
+    /// Wraps `message` in a gRPC request with the request id, client address and credential.
+    pub fn grpc_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        if let Ok(value) = MetadataValue::try_from(self.request_id.to_string()) {
+            metadata.insert("x-request-id", value);
+        }
+        if let Some(ip) = self.client_ip
+            && let Ok(value) = MetadataValue::try_from(ip.to_string())
+        {
+            metadata.insert("x-switchbord-client-ip", value);
+        }
+        for (name, value) in [
+            ("x-api-key", &self.api_key),
+            ("authorization", &self.authorization),
+        ] {
+            if let Some(value) = value
+                && let Ok(value) = AsciiMetadataValue::try_from(value.as_bytes())
+            {
+                metadata.insert(name, value);
+            }
+        }
+        request
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CallContext {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::from_parts(parts))
+    }
+}

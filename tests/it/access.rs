@@ -1,0 +1,498 @@
+//! API keys, roles and the audit trail (SPEC §7): every role against every RPC, every way of
+//! sending a key, and the audit entries of writes and configuration changes.
+
+use diesel::sql_query;
+use diesel::sql_types::{Array, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use reqwest::Method;
+use serde_json::json;
+use switchbord_api::v1::{
+    CreateApiKeyRequest, ListAuditEntriesRequest, RevokeApiKeyRequest, Role, UpsertContactRequest,
+};
+use switchbord_core::access::rules::RULES;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_prost::ProstCodec;
+
+use crate::helpers::{TestApp, WithKey};
+
+const CONTACT: &str = r#"{"phone_number": "+4915112345678"}"#;
+
+/// Calls `method` with an empty message (valid for every proto3 request) and returns the
+/// status code; the answer is decoded as `Empty`, which ignores every field.
+async fn call_code(channel: Channel, method: &'static str, key: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("channel ready");
+    let request =
+        tonic::service::Interceptor::call(&mut WithKey::new(key), tonic::Request::new(()))
+            .expect("add the key");
+    let codec: ProstCodec<(), ()> = ProstCodec::default();
+    let path = http::uri::PathAndQuery::from_static(method);
+    match grpc.unary(request, path, codec).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_role_against_every_rpc_follows_the_role_table() {
+    let app = TestApp::spawn().await;
+    let channel = app.channel().await;
+
+    for rule in RULES {
+        let anonymous = call_code(channel.clone(), rule.method, None).await;
+        assert_eq!(
+            anonymous,
+            Code::Unauthenticated,
+            "anonymous {}",
+            rule.method
+        );
+        for role in [Role::Admin, Role::Manager, Role::User] {
+            let code = call_code(channel.clone(), rule.method, Some(app.keys.for_role(role))).await;
+            let core_role: switchbord_core::access::Role =
+                switchbord_core::access::Role::from_proto(role).expect("role");
+            if rule.allows(core_role) {
+                assert!(
+                    !matches!(code, Code::PermissionDenied | Code::Unauthenticated),
+                    "{role:?} should reach {} but got {code:?}",
+                    rule.method
+                );
+            } else {
+                assert_eq!(code, Code::PermissionDenied, "{role:?} on {}", rule.method);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_is_accepted_in_any_header_case_and_as_bearer() {
+    let app = TestApp::spawn().await;
+    let key = app.keys.user.clone();
+    let bearer = format!("Bearer {key}");
+    let lower_bearer = format!("bearer {key}");
+    let sent: [(&str, &str); 5] = [
+        ("x-api-key", &key),
+        ("X-API-KEY", &key),
+        ("X-Api-Key", &key),
+        ("Authorization", &bearer),
+        ("authorization", &lower_bearer),
+    ];
+    for (name, value) in sent {
+        let reply = app
+            .send(Method::POST, "/compat/contact", &[(name, value)], CONTACT)
+            .await;
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_or_bad_keys_are_401_in_the_family_shape_with_www_authenticate() {
+    let app = TestApp::spawn().await;
+    let bad_keys = [
+        "sbk_000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "sbk_zzzzzzzzzzzz_notakey",
+        "not-a-key",
+        "Bearer",
+    ];
+
+    let missing = app
+        .send_anonymous(Method::POST, "/compat/contact", &[], CONTACT)
+        .await;
+    assert_eq!(missing.status, 401, "{}", missing.text);
+    assert_eq!(missing.body["error"]["code"], "unauthenticated");
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some(r#"Bearer realm="switchbord""#)
+    );
+    let legacy = app
+        .send_anonymous(Method::PUT, "/api/v1beta/contact/", &[], CONTACT)
+        .await;
+    assert_eq!(legacy.status, 401);
+    assert_eq!(legacy.body["status"], "error");
+    assert!(legacy.header("www-authenticate").is_some());
+    for key in bad_keys {
+        let reply = app
+            .send(
+                Method::POST,
+                "/compat/contact",
+                &[("x-api-key", key)],
+                CONTACT,
+            )
+            .await;
+        assert_eq!(reply.status, 401, "{key}: {}", reply.text);
+    }
+    let basic = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("authorization", "Basic dXNlcjpwYXNz")],
+            CONTACT,
+        )
+        .await;
+    assert_eq!(basic.status, 401);
+    // The user key works with one character changed nowhere.
+    let mut tampered = app.keys.user.clone();
+    let last = tampered.pop().expect("non-empty key");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let reply = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("x-api-key", &tampered)],
+            CONTACT,
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_and_revoked_keys_stop_working() {
+    let app = TestApp::spawn().await;
+    let mut access = app.access_client_with(Some(&app.keys.admin)).await;
+    let create = |name: &str| CreateApiKeyRequest {
+        name: name.to_owned(),
+        role: Role::User.into(),
+        expires_at: None,
+    };
+    let to_expire = access
+        .create_api_key(create("soon-expired"))
+        .await
+        .expect("create")
+        .into_inner();
+    let to_revoke = access
+        .create_api_key(create("soon-revoked"))
+        .await
+        .expect("create")
+        .into_inner();
+    let mut connection = app.database.connect().await;
+    sql_query(
+        "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE name = 'soon-expired'",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("expire the key");
+
+    let expired = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("x-api-key", &to_expire.secret)],
+            CONTACT,
+        )
+        .await;
+    let before_revoke = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("x-api-key", &to_revoke.secret)],
+            CONTACT,
+        )
+        .await;
+    access
+        .revoke_api_key(RevokeApiKeyRequest {
+            id: to_revoke.api_key.expect("key").id,
+        })
+        .await
+        .expect("revoke");
+    let after_revoke = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("x-api-key", &to_revoke.secret)],
+            CONTACT,
+        )
+        .await;
+
+    assert_eq!(expired.status, 401);
+    assert!(
+        expired.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired")
+    );
+    assert_eq!(before_revoke.status, 200);
+    assert_eq!(
+        after_revoke.status, 401,
+        "revocation applies at once on this instance"
+    );
+    assert!(
+        after_revoke.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn creating_keys_validates_and_shows_the_secret_only_once() {
+    let app = TestApp::spawn().await;
+    let mut access = app.access_client_with(Some(&app.keys.admin)).await;
+
+    let created = access
+        .create_api_key(CreateApiKeyRequest {
+            name: "crm-sync".to_owned(),
+            role: Role::User.into(),
+            expires_at: None,
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let listed = access
+        .list_api_keys(switchbord_api::v1::ListApiKeysRequest {
+            include_revoked: true,
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let no_role = access
+        .create_api_key(CreateApiKeyRequest {
+            name: "x".to_owned(),
+            role: Role::Unspecified.into(),
+            expires_at: None,
+        })
+        .await
+        .expect_err("role required");
+    let past = access
+        .create_api_key(CreateApiKeyRequest {
+            name: "x".to_owned(),
+            role: Role::User.into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect_err("expiry in the past");
+
+    let key = created.api_key.expect("key");
+    assert!(created.secret.starts_with(&format!("{}_", key.prefix)));
+    assert!(key.prefix.starts_with("sbk_"));
+    let listed_text = format!("{listed:?}");
+    assert!(listed_text.contains(&key.prefix));
+    assert!(
+        !listed_text.contains(&created.secret),
+        "a listing never shows a secret"
+    );
+    assert_eq!(no_role.code(), Code::InvalidArgument);
+    assert_eq!(past.code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_opt_out_accepts_anonymous_ingestion_only() {
+    let app = TestApp::builder().legacy_paths_without_keys().spawn().await;
+
+    let compat = app
+        .send_anonymous(Method::POST, "/compat/contact", &[], CONTACT)
+        .await;
+    let legacy = app
+        .send_anonymous(Method::PUT, "/api/v1beta/contact/", &[], CONTACT)
+        .await;
+    let wrong_key = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("x-api-key", "wrong-key")],
+            CONTACT,
+        )
+        .await;
+    let read = call_code(
+        app.channel().await,
+        "/switchbord.v1.ContactService/GetContact",
+        None,
+    )
+    .await;
+    let admin_rpc = call_code(
+        app.channel().await,
+        "/switchbord.v1.AccessService/ListApiKeys",
+        None,
+    )
+    .await;
+
+    assert_eq!(compat.status, 200, "{}", compat.text);
+    assert_eq!(legacy.status, 200, "{}", legacy.text);
+    assert_eq!(wrong_key.status, 401, "a key that is sent is still checked");
+    assert_eq!(read, Code::Unauthenticated);
+    assert_eq!(admin_rpc, Code::Unauthenticated);
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct AuditRow {
+    #[diesel(sql_type = Text)]
+    action: String,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    actor_key_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Nullable<Text>)]
+    actor_name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    actor_role: Option<String>,
+    #[diesel(sql_type = SqlUuid)]
+    request_id: uuid::Uuid,
+    #[diesel(sql_type = Nullable<Text>)]
+    source_ip: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    rpc: Option<String>,
+    #[diesel(sql_type = Array<Text>)]
+    changed_fields: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_and_config_changes_are_audited_with_actor_and_request_id() {
+    let app = TestApp::spawn().await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+
+    let upsert = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("x-request-id", &request_id)],
+            CONTACT,
+        )
+        .await;
+    assert_eq!(upsert.status, 200);
+    let mut access = app.access_client_with(Some(&app.keys.admin)).await;
+    let config_request_id = uuid::Uuid::new_v4();
+    let mut create = tonic::Request::new(CreateApiKeyRequest {
+        name: "audited".to_owned(),
+        role: Role::Manager.into(),
+        expires_at: None,
+    });
+    create.metadata_mut().insert(
+        "x-request-id",
+        config_request_id.to_string().parse().expect("metadata"),
+    );
+    let created = access
+        .create_api_key(create)
+        .await
+        .expect("create")
+        .into_inner();
+
+    let mut connection = app.database.connect().await;
+    let rows: Vec<AuditRow> = sql_query(
+        "SELECT action, actor_key_id, actor_name, actor_role, request_id, source_ip, rpc, changed_fields
+         FROM audit_entries WHERE request_id = ANY($1) ORDER BY occurred_at",
+    )
+    .bind::<Array<SqlUuid>, _>(vec![
+        uuid::Uuid::parse_str(&request_id).expect("uuid"),
+        config_request_id,
+    ])
+    .load(&mut connection)
+    .await
+    .expect("audit rows");
+
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let contact = &rows[0];
+    assert_eq!(contact.action, "contact.create");
+    assert_eq!(contact.actor_name.as_deref(), Some("test-ROLE_USER"));
+    assert_eq!(contact.actor_role.as_deref(), Some("user"));
+    assert!(contact.actor_key_id.is_some());
+    assert_eq!(contact.source_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        contact.rpc.as_deref(),
+        Some("/switchbord.v1.ContactService/UpsertContact")
+    );
+    let config = &rows[1];
+    assert_eq!(config.action, "api_key.create");
+    assert_eq!(config.actor_name.as_deref(), Some("bootstrap-admin"));
+    assert_eq!(config.actor_role.as_deref(), Some("admin"));
+    assert_eq!(config.request_id, config_request_id);
+    assert!(config.changed_fields.contains(&"role".to_owned()));
+    let secret = created.secret;
+    let everything: Vec<AuditRow> = sql_query(
+        "SELECT action, actor_key_id, actor_name, actor_role, request_id, source_ip, rpc, changed_fields FROM audit_entries",
+    )
+    .load(&mut connection)
+    .await
+    .expect("all audit rows");
+    assert!(
+        !format!("{everything:?}").contains(&secret),
+        "no secret in the audit trail"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_entries_are_listed_filtered_and_paginated() {
+    let app = TestApp::spawn().await;
+    for index in 0..5 {
+        let body = json!({"phone_number": format!("+491511234567{index}")});
+        assert_eq!(app.post_json("/compat/contact", &body).await.status, 200);
+    }
+    let mut access = app.access_client_with(Some(&app.keys.admin)).await;
+
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = access
+            .list_audit_entries(ListAuditEntriesRequest {
+                action: "contact.create".to_owned(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages.push(page.entries.len());
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let by_actor = access
+        .list_audit_entries(ListAuditEntriesRequest {
+            actor_key_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let bad_token = access
+        .list_audit_entries(ListAuditEntriesRequest {
+            page_token: "garbage".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad token");
+    let as_manager = app
+        .access_client_with(Some(&app.keys.manager))
+        .await
+        .list_audit_entries(ListAuditEntriesRequest::default())
+        .await
+        .expect_err("managers may not read the audit trail");
+
+    assert_eq!(pages, [2, 2, 1]);
+    assert!(by_actor.entries.is_empty());
+    assert_eq!(bad_token.code(), Code::InvalidArgument);
+    assert_eq!(as_manager.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_callers_get_the_same_checks() {
+    let app = TestApp::spawn().await;
+
+    let anonymous = app
+        .contacts_client_with(None)
+        .await
+        .upsert_contact(UpsertContactRequest {
+            phone_number: "+4915112345678".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no key");
+    let bearer = {
+        let mut client = app.contacts_client_with(None).await;
+        let mut request = tonic::Request::new(UpsertContactRequest {
+            phone_number: "+4915112345678".to_owned(),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", app.keys.manager)
+                .parse()
+                .expect("metadata"),
+        );
+        client.upsert_contact(request).await
+    };
+
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    assert!(bearer.is_ok(), "{bearer:?}");
+}
