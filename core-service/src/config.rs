@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use phonenumber::country;
 
@@ -34,6 +35,23 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     pub bootstrap_admin_key: Option<Secret>,
 
+    /// How long a journey trigger's deduplication key holds (for example 24h, 90m).
+    #[arg(long, env = "SWITCHBORD_TRIGGER_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub trigger_dedup_window: Duration,
+
+    /// Outbox jobs this instance runs at once.
+    #[arg(long, env = "SWITCHBORD_OUTBOX_WORKERS", default_value_t = 16)]
+    pub outbox_workers: usize,
+
+    /// Longest wait between looks for due outbox jobs (new jobs wake the workers at once
+    /// through LISTEN/NOTIFY; this is the fallback).
+    #[arg(long, env = "SWITCHBORD_OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub outbox_poll_interval: Duration,
+
+    /// On shutdown, how long running outbox jobs may take before they are released.
+    #[arg(long, env = "SWITCHBORD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// `off` accepts calls without a key on the Charles legacy and compat ingestion paths
     /// (contact upsert, journey triggers) during a migration. Keys are still checked when sent.
     #[arg(long, env = "SWITCHBORD_AUTH_LEGACY_PATHS", default_value = "on")]
@@ -50,6 +68,10 @@ impl CoreConfig {
             key_pepper: None,
             bootstrap_admin_key: None,
             auth_legacy_paths: OnOff::On,
+            trigger_dedup_window: Duration::from_secs(24 * 3600),
+            outbox_workers: 16,
+            outbox_poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

@@ -33,6 +33,8 @@ pub enum ServiceError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("service unavailable")]
     Unavailable(#[source] DbError),
     #[error("internal error")]
@@ -73,6 +75,7 @@ impl From<ServiceError> for Status {
             }
             ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
             ServiceError::Conflict(message) => Status::already_exists(message),
+            ServiceError::FailedPrecondition(message) => Status::failed_precondition(message),
             ServiceError::Unavailable(cause) => {
                 tracing::warn!(error = &cause as &dyn StdError, "database unavailable");
                 Status::unavailable("the service is temporarily unavailable; retry later")

@@ -15,13 +15,18 @@ pub mod config;
 pub mod contacts;
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod journeys;
 pub mod server;
 
 pub mod access;
 mod audit;
+pub mod outbox;
+mod pagination;
 pub mod request;
 mod schema;
 mod state;
+mod validation;
 
 pub use config::CoreConfig;
 pub use server::{CoreServer, StartupError};

@@ -47,3 +47,80 @@ diesel::table! {
         revoked_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    outbox_jobs (id) {
+        id -> Uuid,
+        kind -> Text,
+        payload -> Jsonb,
+        status -> Text,
+        attempts -> Int4,
+        max_attempts -> Int4,
+        run_after -> Timestamptz,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        request_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox_job_errors (job_id, attempt) {
+        job_id -> Uuid,
+        attempt -> Int4,
+        error -> Text,
+        occurred_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    event_types (name) {
+        name -> Text,
+        description -> Text,
+        schema -> Jsonb,
+        example -> Jsonb,
+        builtin -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> Text,
+        #[sql_name = "type"]
+        event_type -> Text,
+        occurred_at -> Timestamptz,
+        data -> Jsonb,
+        source -> Text,
+        request_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    journey_trigger_keys (dedup_key) {
+        dedup_key -> Text,
+        trigger_id -> Uuid,
+        outbox_job_id -> Uuid,
+        accepted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    journey_runs (id) {
+        id -> Uuid,
+        trigger_id -> Uuid,
+        org -> Nullable<Text>,
+        flow -> Nullable<Text>,
+        legacy_path -> Nullable<Text>,
+        trigger_ref -> Nullable<Text>,
+        contact_id -> Uuid,
+        data -> Jsonb,
+        status -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(journey_runs -> contacts (contact_id));
+diesel::allow_tables_to_appear_in_same_query!(contacts, journey_runs);

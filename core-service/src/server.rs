@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use switchbord_api::v1::access_service_server::AccessServiceServer;
 use switchbord_api::v1::contact_service_server::ContactServiceServer;
+use switchbord_api::v1::event_service_server::EventServiceServer;
+use switchbord_api::v1::journey_service_server::JourneyServiceServer;
+use switchbord_api::v1::outbox_service_server::OutboxServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
@@ -17,6 +21,10 @@ use crate::access::{
 use crate::config::{CoreConfig, OnOff};
 use crate::contacts::ContactsService;
 use crate::db::{self, MigrationError};
+use crate::events::{DispatchHandler, EventsGrpc};
+use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
+use crate::outbox::admin::OutboxGrpc;
+use crate::outbox::{Registry, SystemClock, Worker, WorkerConfig};
 use crate::state::AppState;
 
 /// Shortest accepted `SWITCHBORD_KEY_PEPPER`.
@@ -55,6 +63,17 @@ pub struct CoreServer {
     authenticator: Arc<Authenticator>,
     bootstrap: Bootstrap,
     listener: TcpListener,
+    database_url: String,
+    worker_config: WorkerConfig,
+}
+
+/// The job kinds this build runs, each registered by the feature that owns it.
+pub fn job_registry() -> Registry {
+    let mut registry = Registry::default();
+    registry
+        .register(DispatchHandler::default())
+        .register(JourneyTriggerHandler);
+    registry
 }
 
 impl CoreServer {
@@ -92,12 +111,21 @@ impl CoreServer {
         let state = Arc::new(AppState {
             pool,
             default_region: config.default_region,
+            trigger_dedup_window: config.trigger_dedup_window,
         });
+        let worker_config = WorkerConfig {
+            concurrency: config.outbox_workers,
+            poll_interval: config.outbox_poll_interval,
+            shutdown_grace: config.shutdown_grace,
+            ..WorkerConfig::default()
+        };
         Ok(Self {
             state,
             authenticator,
             bootstrap,
             listener,
+            database_url: database_url.to_owned(),
+            worker_config,
         })
     }
 
@@ -113,17 +141,47 @@ impl CoreServer {
         &self.bootstrap
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight calls finish.
+    /// Serves and runs the outbox workers until `shutdown` completes; then in-flight calls
+    /// finish, running jobs get the grace period, and unfinished claims are released.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartupError> {
+        let (stop, stopped) = watch::channel(false);
+        let stopped_signal = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|&stop| stop).await;
+            }
+        };
+        let worker = Worker::new(
+            self.state.pool.clone(),
+            &self.database_url,
+            job_registry(),
+            Arc::new(SystemClock),
+            self.worker_config.clone(),
+        );
+        let worker = tokio::spawn(worker.run(stopped_signal()));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<ContactServiceServer<ContactsService>>()
             .await;
         health_reporter
             .set_serving::<AccessServiceServer<AccessGrpc>>()
+            .await;
+        health_reporter
+            .set_serving::<JourneyServiceServer<JourneysGrpc>>()
+            .await;
+        health_reporter
+            .set_serving::<EventServiceServer<EventsGrpc>>()
+            .await;
+        health_reporter
+            .set_serving::<OutboxServiceServer<OutboxGrpc>>()
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(switchbord_api::FILE_DESCRIPTOR_SET)
@@ -158,10 +216,22 @@ impl CoreServer {
                 self.state.pool.clone(),
                 self.authenticator.clone(),
             )))
+            .add_service(JourneyServiceServer::new(JourneysGrpc::new(
+                self.state.clone(),
+            )))
+            .add_service(EventServiceServer::new(EventsGrpc::new(
+                self.state.pool.clone(),
+            )))
+            .add_service(OutboxServiceServer::new(OutboxGrpc::new(
+                self.state.pool.clone(),
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;
         flusher.abort();
         self.authenticator.flush_last_used().await;
+        if worker.await.is_err() {
+            tracing::warn!("the outbox worker stopped abnormally");
+        }
         Ok(served?)
     }
 }

@@ -8,4 +8,6 @@ use crate::db::DbPool;
 pub struct AppState {
     pub pool: DbPool,
     pub default_region: Option<country::Id>,
+    /// How long a journey trigger's deduplication key holds.
+    pub trigger_dedup_window: std::time::Duration,
 }

@@ -1,12 +1,14 @@
 //! The gateway's gRPC connection to the core.
 
 use switchbord_api::v1::contact_service_client::ContactServiceClient;
+use switchbord_api::v1::journey_service_client::JourneyServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// Clients of the core's services over one shared HTTP/2 channel (cheap to clone).
 #[derive(Clone)]
 pub struct CoreClient {
     pub contacts: ContactServiceClient<Channel>,
+    pub journeys: JourneyServiceClient<Channel>,
 }
 
 impl CoreClient {
@@ -16,7 +18,8 @@ impl CoreClient {
             .tcp_nodelay(true)
             .connect_lazy();
         Ok(Self {
-            contacts: ContactServiceClient::new(channel),
+            contacts: ContactServiceClient::new(channel.clone()),
+            journeys: JourneyServiceClient::new(channel),
         })
     }
 }

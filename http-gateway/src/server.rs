@@ -13,11 +13,11 @@ use tower_http::trace::TraceLayer;
 
 use crate::client_ip::assign_client_ip;
 use crate::config::GatewayConfig;
-use crate::contacts;
 use crate::core_client::CoreClient;
 use crate::family::{Family, render_rejections};
 use crate::rate_limit;
 use crate::request_id::assign_request_id;
+use crate::{contacts, journeys};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,12 +103,27 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
         routes.layer(from_fn_with_state(family, render_rejections))
     };
 
+    const REST_TRIGGER: &str = "/webhooks/v0/rest-trigger/organization/{org}/flow/{flow}/trigger";
     let compat = Router::new()
         .route("/compat/contact", post(contacts::upsert_contact_compat))
-        .route("/compat/contact/", post(contacts::upsert_contact_compat));
+        .route("/compat/contact/", post(contacts::upsert_contact_compat))
+        .route(
+            "/compat/journey-trigger/{*legacy_path}",
+            post(journeys::trigger_compat),
+        );
     let legacy = Router::new()
         .route("/api/v1beta/contact/", put(contacts::upsert_contact_legacy))
-        .route("/api/v1beta/contact", put(contacts::upsert_contact_legacy));
+        .route("/api/v1beta/contact", put(contacts::upsert_contact_legacy))
+        .route(REST_TRIGGER, post(journeys::trigger_rest))
+        .route(&format!("{REST_TRIGGER}/"), post(journeys::trigger_rest))
+        .route(
+            &format!("{REST_TRIGGER}/{{trigger_id}}"),
+            post(journeys::trigger_rest_with_id),
+        )
+        .route(
+            &format!("{REST_TRIGGER}/{{trigger_id}}/"),
+            post(journeys::trigger_rest_with_id),
+        );
 
     Router::new()
         .merge(family_routes(Family::Compat, compat))

@@ -1,7 +1,5 @@
 //! `ListAuditEntries`: the audit trail, newest first, with keyset pagination.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -13,10 +11,8 @@ use super::role::Role;
 use super::service::datetime;
 use crate::contacts::timestamp;
 use crate::db::{self, DbPool};
+use crate::pagination;
 use crate::schema::audit_entries;
-
-const DEFAULT_PAGE_SIZE: i64 = 50;
-const MAX_PAGE_SIZE: i64 = 500;
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = audit_entries, check_for_backend(diesel::pg::Pg))]
@@ -62,38 +58,12 @@ impl From<AuditRow> for AuditEntry {
     }
 }
 
-/// Where the previous page ended: its last entry's time and id.
-fn encode_cursor(occurred_at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{id}", occurred_at.timestamp_micros()))
-}
-
-fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), AccessError> {
-    let invalid = || AccessError::invalid("page_token", "is not a token from a previous page");
-    let text = URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(invalid)?;
-    let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
-    let micros: i64 = micros.parse().map_err(|_| invalid())?;
-    let time = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
-    Ok((time, Uuid::parse_str(id).map_err(|_| invalid())?))
-}
-
 pub async fn list(
     pool: &DbPool,
     request: ListAuditEntriesRequest,
 ) -> Result<ListAuditEntriesResponse, AccessError> {
-    let page_size = match i64::from(request.page_size) {
-        0 => DEFAULT_PAGE_SIZE,
-        size if (1..=MAX_PAGE_SIZE).contains(&size) => size,
-        _ => {
-            return Err(AccessError::invalid(
-                "page_size",
-                format!("must be between 1 and {MAX_PAGE_SIZE}"),
-            ));
-        }
-    };
+    let page_size =
+        pagination::page_size(request.page_size).map_err(|v| AccessError::Invalid(vec![v]))?;
     let mut query = audit_entries::table
         .select(AuditRow::as_select())
         .order((audit_entries::occurred_at.desc(), audit_entries::id.desc()))
@@ -120,7 +90,8 @@ pub async fn list(
         query = query.filter(audit_entries::occurred_at.lt(datetime("until", until)?));
     }
     if !request.page_token.is_empty() {
-        let (time, id) = decode_cursor(&request.page_token)?;
+        let (time, id) = pagination::decode_cursor(&request.page_token)
+            .map_err(|violation| AccessError::Invalid(vec![violation]))?;
         query = query.filter(
             audit_entries::occurred_at
                 .lt(time)
@@ -131,12 +102,8 @@ pub async fn list(
     }
     let mut connection = db::connection(pool).await?;
     let mut rows: Vec<AuditRow> = query.load(&mut connection).await?;
-    let has_more = rows.len() > usize::try_from(page_size).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
-    let next_page_token = match rows.last() {
-        Some(last) if has_more => encode_cursor(last.occurred_at, last.id),
-        _ => String::new(),
-    };
+    let next_page_token =
+        pagination::finish_page(&mut rows, page_size, |row| (row.occurred_at, row.id));
     Ok(ListAuditEntriesResponse {
         entries: rows.into_iter().map(AuditEntry::from).collect(),
         next_page_token,

@@ -4,6 +4,7 @@ use super::role::Role;
 
 const ANY_ROLE: &[Role] = &[Role::Admin, Role::Manager, Role::User];
 const ADMIN: &[Role] = &[Role::Admin];
+const OPERATORS: &[Role] = &[Role::Admin, Role::Manager];
 
 /// The access rule of one RPC.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,13 @@ impl Rule {
 pub const RULES: &[Rule] = &[
     Rule::ingestion("/switchbord.v1.ContactService/UpsertContact"),
     Rule::new("/switchbord.v1.ContactService/GetContact", ANY_ROLE),
+    Rule::ingestion("/switchbord.v1.JourneyService/TriggerJourney"),
+    Rule::new("/switchbord.v1.EventService/PublishEvent", ANY_ROLE),
+    Rule::new("/switchbord.v1.EventService/ListEventTypes", ANY_ROLE),
+    Rule::new("/switchbord.v1.OutboxService/ListOutboxJobs", OPERATORS),
+    Rule::new("/switchbord.v1.OutboxService/GetOutboxJob", OPERATORS),
+    Rule::new("/switchbord.v1.OutboxService/GetOutboxStats", OPERATORS),
+    Rule::new("/switchbord.v1.OutboxService/RetryOutboxJob", ADMIN),
     Rule::new("/switchbord.v1.AccessService/CreateApiKey", ADMIN),
     Rule::new("/switchbord.v1.AccessService/ListApiKeys", ADMIN),
     Rule::new("/switchbord.v1.AccessService/RevokeApiKey", ADMIN),

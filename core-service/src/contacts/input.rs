@@ -15,6 +15,7 @@ use switchbord_api::v1::UpsertContactRequest;
 
 use super::phone::{self, PhoneNumber};
 use crate::error::FieldViolation;
+use crate::validation::{NUL_PROBLEM, contains_nul};
 
 /// The property keys that are first-class contact fields rather than free-form properties.
 const NAME_KEY: &str = "name";
@@ -29,9 +30,6 @@ const MAX_SOURCE_TYPE_LEN: usize = 64;
 const MAX_TAG_LEN: usize = 100;
 const MAX_TAGS: usize = 100;
 const MAX_PROPERTY_KEY_LEN: usize = 128;
-
-/// PostgreSQL cannot store U+0000 in text or JSONB, so it is refused up front.
-const NUL_PROBLEM: &str = "must not contain the NUL character (U+0000)";
 
 /// The source type that opts a contact out.
 const OPT_OUT_SOURCE: &str = "opt_out";
@@ -297,16 +295,4 @@ fn validate_tags(violations: &mut Violations, tags: Vec<String>) -> Vec<String> 
     clean.sort();
     clean.dedup();
     clean
-}
-
-/// Whether a NUL character appears anywhere in `value` (keys included).
-fn contains_nul(value: &Json) -> bool {
-    match value {
-        Json::String(text) => text.contains('\0'),
-        Json::Array(items) => items.iter().any(contains_nul),
-        Json::Object(object) => object
-            .iter()
-            .any(|(key, value)| key.contains('\0') || contains_nul(value)),
-        Json::Null | Json::Bool(_) | Json::Number(_) => false,
-    }
 }

@@ -1,17 +1,20 @@
 //! Contacts: validation, identity rules and storage of the people Switchbord messages.
 
+mod ensure;
 mod error;
 mod get;
 mod input;
 mod model;
+mod notify;
 mod service;
 mod store;
 mod upsert;
 
 pub mod phone;
 
+pub use ensure::find_or_create_by_phone;
 pub use error::ContactError;
 pub use input::{ContactUpsert, FieldUpdate, SubscriberStatus, validate_upsert};
-pub use model::timestamp;
+pub use model::{ContactRow, contact_json, timestamp};
 pub use service::ContactsService;
 pub use upsert::{Operation, UpsertOutcome, upsert_contact};

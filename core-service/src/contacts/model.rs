@@ -59,3 +59,21 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
         nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or_default(),
     }
 }
+
+/// The contact as event payloads carry it (the same shape as the REST responses).
+pub fn contact_json(row: &ContactRow) -> serde_json::Value {
+    let time = |at: DateTime<Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    serde_json::json!({
+        "id": row.id,
+        "phone_number": row.phone_number,
+        "external_reference_id": row.external_reference_id,
+        "name": row.name,
+        "email": row.email,
+        "locale": row.locale,
+        "subscriber_status": row.subscriber_status,
+        "properties": row.properties,
+        "tags": row.tags,
+        "created_at": time(row.created_at),
+        "updated_at": time(row.updated_at),
+    })
+}

@@ -89,3 +89,18 @@ pub async fn find_by_reference(
         .first(connection)
         .await
 }
+
+/// Inserts `row` unless its phone number exists; `None` when another write got there first.
+pub async fn insert_if_absent(
+    connection: &mut AsyncPgConnection,
+    row: &ContactRow,
+) -> QueryResult<Option<ContactRow>> {
+    diesel::insert_into(contacts::table)
+        .values(row)
+        .on_conflict(contacts::phone_number)
+        .do_nothing()
+        .returning(ContactRow::as_returning())
+        .get_result(connection)
+        .await
+        .optional()
+}

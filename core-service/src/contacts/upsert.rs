@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::error::ContactError;
 use super::input::ContactUpsert;
 use super::model::ContactRow;
+use super::notify::record_contact_events;
 use super::store;
 use crate::audit::{self, AuditRecord};
 use crate::db::{self, DbError, DbPool};
@@ -64,7 +65,9 @@ async fn write(
             )
             .await?;
             let now = Utc::now();
-            let (operation, contact, changed_fields) = match identify(&matches, upsert)? {
+            let existing = identify(&matches, upsert)?;
+            let previous_status = existing.map(|row| row.subscriber_status.as_str());
+            let (operation, contact, changed_fields) = match existing {
                 None => {
                     let row = new_contact(upsert, now);
                     let changed_fields = changed_fields(None, &row);
@@ -85,6 +88,14 @@ async fn write(
                     (Operation::Updated, stored, changed_fields)
                 }
             };
+            record_contact_events(
+                connection,
+                context.request_id,
+                previous_status,
+                &contact,
+                &changed_fields,
+            )
+            .await?;
             audit::record(
                 connection,
                 AuditRecord {

@@ -1,0 +1,66 @@
+//! Finding a contact by phone number, creating a bare one when there is none (journey triggers
+//! and integrations enrol people who may not be contacts yet).
+
+use chrono::Utc;
+use diesel::OptionalExtension;
+use diesel_async::AsyncPgConnection;
+use serde_json::{Map, Value as Json};
+use uuid::Uuid;
+
+use super::error::ContactError;
+use super::model::ContactRow;
+use super::notify::record_contact_events;
+use super::phone::PhoneNumber;
+use super::store;
+use crate::audit::{self, AuditRecord};
+use crate::request::RequestContext;
+
+/// The contact with `phone_number`, created (subscribed, no other fields) when missing. Runs on
+/// `connection`, inside the caller's transaction; an existing contact is not changed.
+pub async fn find_or_create_by_phone(
+    connection: &mut AsyncPgConnection,
+    context: &RequestContext,
+    phone_number: &PhoneNumber,
+) -> Result<ContactRow, ContactError> {
+    if let Some(existing) = store::find_by_phone(connection, phone_number.as_str())
+        .await
+        .optional()?
+    {
+        return Ok(existing);
+    }
+    let now = Utc::now();
+    let row = ContactRow {
+        id: Uuid::now_v7(),
+        phone_number: phone_number.as_str().to_owned(),
+        external_reference_id: None,
+        name: None,
+        email: None,
+        locale: None,
+        subscriber_status: "subscribed".to_owned(),
+        properties: Json::Object(Map::new()),
+        tags: Vec::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    match store::insert_if_absent(connection, &row).await? {
+        Some(created) => {
+            let changed = ["phone_number", "subscriber_status"];
+            audit::record(
+                connection,
+                AuditRecord {
+                    request_id: context.request_id,
+                    actor: &context.caller,
+                    action: "contact.create",
+                    target_type: "contact",
+                    target_id: Some(created.id.to_string()),
+                    changed_fields: changed.map(str::to_owned).to_vec(),
+                },
+            )
+            .await?;
+            record_contact_events(connection, context.request_id, None, &created, &changed).await?;
+            Ok(created)
+        }
+        // A concurrent write created it between our look and our insert.
+        None => Ok(store::find_by_phone(connection, phone_number.as_str()).await?),
+    }
+}

@@ -1,0 +1,163 @@
+//! The `EventService` gRPC implementation.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde_json::{Map, Value as Json};
+use switchbord_api::json::{json_from_struct, struct_from_json};
+use switchbord_api::v1::event_service_server::EventService;
+use switchbord_api::v1::{
+    Event, EventType, ListEventTypesRequest, ListEventTypesResponse, PublishEventRequest,
+    PublishEventResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::store::{EventDraft, record};
+use crate::audit::{self, AuditRecord};
+use crate::contacts::timestamp;
+use crate::db::{self, DbError, DbPool};
+use crate::error::{FieldViolation, ServiceError};
+use crate::request::RequestContext;
+use crate::schema::event_types;
+use crate::validation::{NUL_PROBLEM, contains_nul};
+
+const MAX_SOURCE_LEN: usize = 100;
+
+pub struct EventsGrpc {
+    pool: DbPool,
+}
+
+impl EventsGrpc {
+    pub fn new(pool: DbPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn invalid(field: &str, description: impl Into<String>) -> Status {
+    ServiceError::InvalidArgument(vec![FieldViolation::new(field, description)]).into()
+}
+
+fn db_status(error: impl Into<DbError>) -> Status {
+    ServiceError::from(error.into()).into()
+}
+
+fn object(value: Option<prost_types::Struct>) -> Map<String, Json> {
+    value.map(json_from_struct).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl EventService for EventsGrpc {
+    async fn publish_event(
+        &self,
+        request: Request<PublishEventRequest>,
+    ) -> Result<Response<PublishEventResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let body = request.into_inner();
+        let event_type = body.r#type.trim().to_owned();
+        if event_type.is_empty() {
+            return Err(invalid("type", "is required"));
+        }
+        let source = match body.source.trim() {
+            "" => "api".to_owned(),
+            source if source.chars().count() > MAX_SOURCE_LEN || source.contains('\0') => {
+                return Err(invalid(
+                    "source",
+                    format!("must be 1 to {MAX_SOURCE_LEN} characters"),
+                ));
+            }
+            source => source.to_owned(),
+        };
+        let data = Json::Object(object(body.data));
+        if contains_nul(&data) {
+            return Err(invalid("data", NUL_PROBLEM));
+        }
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let known: Option<String> = event_types::table
+            .find(&event_type)
+            .select(event_types::name)
+            .first(&mut connection)
+            .await
+            .optional()
+            .map_err(db_status)?;
+        if known.is_none() {
+            return Err(invalid(
+                "type",
+                "is not in the event catalog (see ListEventTypes)",
+            ));
+        }
+        let (id, occurred_at) = connection
+            .transaction(async |connection| {
+                let stored = record(
+                    connection,
+                    EventDraft {
+                        event_type: &event_type,
+                        data: data.clone(),
+                        source: &source,
+                        request_id: Some(context.request_id.0),
+                    },
+                )
+                .await?;
+                audit::record(
+                    connection,
+                    AuditRecord {
+                        request_id: context.request_id,
+                        actor: &context.caller,
+                        action: "event.publish",
+                        target_type: "event",
+                        target_id: Some(stored.0.clone()),
+                        changed_fields: Vec::new(),
+                    },
+                )
+                .await?;
+                Ok::<_, diesel::result::Error>(stored)
+            })
+            .await
+            .map_err(db_status)?;
+        let Json::Object(data) = data else {
+            unreachable!("built as an object above")
+        };
+        Ok(Response::new(PublishEventResponse {
+            event: Some(Event {
+                id,
+                r#type: event_type,
+                timestamp: Some(timestamp(occurred_at)),
+                data: Some(struct_from_json(data)),
+                source,
+            }),
+        }))
+    }
+
+    async fn list_event_types(
+        &self,
+        _request: Request<ListEventTypesRequest>,
+    ) -> Result<Response<ListEventTypesResponse>, Status> {
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let rows: Vec<(String, String, Json, Json, bool)> = event_types::table
+            .select((
+                event_types::name,
+                event_types::description,
+                event_types::schema,
+                event_types::example,
+                event_types::builtin,
+            ))
+            .order(event_types::name)
+            .load(&mut connection)
+            .await
+            .map_err(db_status)?;
+        let as_struct = |value: Json| match value {
+            Json::Object(object) => Some(struct_from_json(object)),
+            _ => None,
+        };
+        Ok(Response::new(ListEventTypesResponse {
+            event_types: rows
+                .into_iter()
+                .map(|(name, description, schema, example, builtin)| EventType {
+                    name,
+                    description,
+                    schema: as_struct(schema),
+                    example: as_struct(example),
+                    builtin,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,186 @@
+//! Validation of a trigger, and the deduplication key it is known by.
+
+use phonenumber::country;
+use serde_json::{Map, Value as Json, json};
+use switchbord_api::json::json_from_struct;
+use switchbord_api::v1::TriggerJourneyRequest;
+use switchbord_api::v1::trigger_journey_request::Route as ProtoRoute;
+use uuid::Uuid;
+
+use crate::contacts::phone::{self, PhoneNumber};
+use crate::error::FieldViolation;
+use crate::validation::{NUL_PROBLEM, contains_nul};
+
+const MAX_ID_LEN: usize = 255;
+const MAX_PATH_LEN: usize = 1024;
+/// Separates the parts of a deduplication key; it cannot occur in any part.
+const KEY_SEPARATOR: char = '\u{1f}';
+
+/// Which journey a trigger is for: the route it came through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/compat/journey-trigger/{legacyPath}`.
+    Compat { legacy_path: String },
+    /// `/webhooks/v0/rest-trigger/organization/{org}/flow/{flow}/trigger/[{triggerId}/]`.
+    Rest { organization: String, flow: String },
+}
+
+/// A validated trigger.
+#[derive(Debug, Clone)]
+pub struct TriggerInput {
+    pub route: Route,
+    pub phone_number: PhoneNumber,
+    pub flow_id: Option<String>,
+    /// The effective trigger id: the URL's when it has one, else the body's.
+    pub trigger_id: Option<String>,
+    pub data: Map<String, Json>,
+    pub idempotency_key: Option<String>,
+}
+
+impl TriggerInput {
+    fn route_identity(&self) -> String {
+        match &self.route {
+            Route::Compat { legacy_path } => format!("compat:{legacy_path}"),
+            Route::Rest { organization, flow } => format!("rest:{organization}/{flow}"),
+        }
+    }
+
+    /// Route identity, then `trigger_id` or else `flow_id`, then the phone number; or, when the
+    /// caller sent an idempotency key, the route identity and that key.
+    pub fn dedup_key(&self) -> String {
+        let route = self.route_identity();
+        if let Some(key) = &self.idempotency_key {
+            return format!("{route}{KEY_SEPARATOR}idempotency:{key}");
+        }
+        let discriminator = match (&self.trigger_id, &self.flow_id) {
+            (Some(trigger), _) => format!("trigger:{trigger}"),
+            (None, Some(flow)) => format!("flow:{flow}"),
+            (None, None) => String::new(),
+        };
+        format!(
+            "{route}{KEY_SEPARATOR}{discriminator}{KEY_SEPARATOR}{}",
+            self.phone_number
+        )
+    }
+
+    /// The job payload: everything the journey engine needs.
+    pub fn payload(&self, trigger_event_id: Uuid, contact_id: Uuid) -> Json {
+        let (legacy_path, organization, flow) = match &self.route {
+            Route::Compat { legacy_path } => (Some(legacy_path), None, None),
+            Route::Rest { organization, flow } => (None, Some(organization), Some(flow)),
+        };
+        json!({
+            "trigger_event_id": trigger_event_id,
+            "contact_id": contact_id,
+            "phone_number": self.phone_number.as_str(),
+            "legacy_path": legacy_path,
+            "organization": organization,
+            "flow": flow,
+            "flow_id": self.flow_id,
+            "trigger_id": self.trigger_id,
+            "data": self.data,
+        })
+    }
+}
+
+fn optional_id(
+    violations: &mut Vec<FieldViolation>,
+    field: &str,
+    value: &str,
+    max: usize,
+) -> Option<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if value.chars().count() > max || value.contains('\0') || value.contains(KEY_SEPARATOR) {
+        violations.push(FieldViolation::new(
+            field,
+            format!("must be 1 to {max} printable characters"),
+        ));
+        return None;
+    }
+    Some(value.to_owned())
+}
+
+pub fn validate_trigger(
+    request: TriggerJourneyRequest,
+    default_region: Option<country::Id>,
+) -> Result<TriggerInput, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let mut route_trigger_id = None;
+    let route = match request.route {
+        None => {
+            violations.push(FieldViolation::new(
+                "route",
+                "either legacy_path or rest_trigger is required",
+            ));
+            None
+        }
+        Some(ProtoRoute::LegacyPath(path)) => {
+            let path = path.trim().trim_matches('/').to_owned();
+            match optional_id(&mut violations, "legacy_path", &path, MAX_PATH_LEN) {
+                Some(legacy_path) => Some(Route::Compat { legacy_path }),
+                None => {
+                    if path.is_empty() {
+                        violations.push(FieldViolation::new("legacy_path", "is required"));
+                    }
+                    None
+                }
+            }
+        }
+        Some(ProtoRoute::RestTrigger(rest)) => {
+            let organization = optional_id(
+                &mut violations,
+                "organization",
+                &rest.organization,
+                MAX_ID_LEN,
+            );
+            let flow = optional_id(&mut violations, "flow", &rest.flow, MAX_ID_LEN);
+            route_trigger_id =
+                optional_id(&mut violations, "trigger_id", &rest.trigger_id, MAX_ID_LEN);
+            for (field, value) in [("organization", &organization), ("flow", &flow)] {
+                if value.is_none() && !violations.iter().any(|v| v.field == field) {
+                    violations.push(FieldViolation::new(field, "is required"));
+                }
+            }
+            organization
+                .zip(flow)
+                .map(|(organization, flow)| Route::Rest { organization, flow })
+        }
+    };
+    let phone_number = phone::normalize(&request.phone_number, default_region)
+        .map_err(|error| violations.push(FieldViolation::new("phone_number", error.to_string())))
+        .ok();
+    let flow_id = optional_id(&mut violations, "flow_id", &request.flow_id, MAX_ID_LEN);
+    let body_trigger_id = optional_id(
+        &mut violations,
+        "trigger_id",
+        &request.trigger_id,
+        MAX_ID_LEN,
+    );
+    let idempotency_key = optional_id(
+        &mut violations,
+        "idempotency_key",
+        &request.idempotency_key,
+        MAX_ID_LEN,
+    );
+    let data = request.data.map(json_from_struct).unwrap_or_default();
+    if data
+        .iter()
+        .any(|(key, value)| key.contains('\0') || contains_nul(value))
+    {
+        violations.push(FieldViolation::new("data", NUL_PROBLEM));
+    }
+    match (violations.is_empty(), route, phone_number) {
+        (true, Some(route), Some(phone_number)) => Ok(TriggerInput {
+            route,
+            phone_number,
+            flow_id,
+            trigger_id: route_trigger_id.or(body_trigger_id),
+            data,
+            idempotency_key,
+        }),
+        _ => Err(violations),
+    }
+}

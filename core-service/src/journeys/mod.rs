@@ -1,0 +1,14 @@
+//! Journey triggers: accepted with deduplication, handed to the journey engine by a
+//! `journey.trigger` outbox job that records the journey run and emits `journey.triggered`.
+
+mod error;
+mod input;
+mod run;
+mod service;
+mod trigger;
+
+pub use error::JourneyError;
+pub use input::{Route, TriggerInput, validate_trigger};
+pub use run::{JourneyTriggerHandler, TRIGGER_JOB};
+pub use service::JourneysGrpc;
+pub use trigger::{TriggerOutcome, accept_trigger};

@@ -1,0 +1,60 @@
+//! The `JourneyService` gRPC implementation.
+
+use std::sync::Arc;
+
+use switchbord_api::v1::journey_service_server::JourneyService;
+use switchbord_api::v1::{TriggerJourneyRequest, TriggerJourneyResponse, TriggerStatus};
+use tonic::{Request, Response, Status};
+
+use super::error::JourneyError;
+use super::input::validate_trigger;
+use super::trigger::accept_trigger;
+use crate::error::ServiceError;
+use crate::request::RequestContext;
+use crate::state::AppState;
+
+pub struct JourneysGrpc {
+    state: Arc<AppState>,
+}
+
+impl JourneysGrpc {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn status(error: JourneyError) -> Status {
+    ServiceError::from(error).into()
+}
+
+#[tonic::async_trait]
+impl JourneyService for JourneysGrpc {
+    async fn trigger_journey(
+        &self,
+        request: Request<TriggerJourneyRequest>,
+    ) -> Result<Response<TriggerJourneyResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let input = validate_trigger(request.into_inner(), self.state.default_region)
+            .map_err(|violations| status(JourneyError::Invalid(violations)))?;
+        let outcome = accept_trigger(
+            &self.state.pool,
+            &context,
+            &input,
+            self.state.trigger_dedup_window,
+        )
+        .await
+        .map_err(status)?;
+        let trigger_status = if outcome.duplicate {
+            TriggerStatus::Duplicate
+        } else {
+            TriggerStatus::Queued
+        };
+        Ok(Response::new(TriggerJourneyResponse {
+            status: trigger_status.into(),
+            trigger_event_id: outcome.trigger_event_id.to_string(),
+            outbox_job_id: outcome.outbox_job_id.to_string(),
+            contact_id: outcome.contact_id.to_string(),
+            request_id: context.request_id.0.to_string(),
+        }))
+    }
+}

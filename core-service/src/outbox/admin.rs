@@ -1,0 +1,253 @@
+//! The `OutboxService` gRPC implementation: what operators see of the queue.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::{count_star, min};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde_json::Value as Json;
+use switchbord_api::json::struct_from_json;
+use switchbord_api::v1::outbox_service_server::OutboxService;
+use switchbord_api::v1::{
+    GetOutboxJobRequest, GetOutboxJobResponse, GetOutboxStatsRequest, GetOutboxStatsResponse,
+    ListOutboxJobsRequest, ListOutboxJobsResponse, OutboxCount, OutboxJob, OutboxJobError,
+    RetryOutboxJobRequest, RetryOutboxJobResponse,
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::store::JobRow;
+use crate::audit::{self, AuditRecord};
+use crate::contacts::timestamp;
+use crate::db::{self, DbError, DbPool};
+use crate::error::{FieldViolation, ServiceError};
+use crate::pagination;
+use crate::request::RequestContext;
+use crate::schema::{outbox_job_errors, outbox_jobs};
+
+const STATUSES: [&str; 4] = ["pending", "running", "succeeded", "dead"];
+
+pub struct OutboxGrpc {
+    pool: DbPool,
+}
+
+impl OutboxGrpc {
+    pub fn new(pool: DbPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn invalid(violation: FieldViolation) -> Status {
+    ServiceError::InvalidArgument(vec![violation]).into()
+}
+
+fn db_status(error: impl Into<DbError>) -> Status {
+    ServiceError::from(error.into()).into()
+}
+
+fn job_id(raw: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(raw.trim()).map_err(|_| invalid(FieldViolation::new("id", "must be a UUID")))
+}
+
+fn job_proto(row: JobRow) -> OutboxJob {
+    OutboxJob {
+        id: row.id.to_string(),
+        kind: row.kind,
+        payload: match row.payload {
+            Json::Object(object) => Some(struct_from_json(object)),
+            _ => None,
+        },
+        status: row.status,
+        attempts: row.attempts,
+        max_attempts: row.max_attempts,
+        run_after: Some(timestamp(row.run_after)),
+        lease_owner: row.lease_owner.unwrap_or_default(),
+        lease_expires_at: row.lease_expires_at.map(timestamp),
+        last_error: row.last_error.unwrap_or_default(),
+        request_id: row.request_id.map(|id| id.to_string()).unwrap_or_default(),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl OutboxService for OutboxGrpc {
+    async fn list_outbox_jobs(
+        &self,
+        request: Request<ListOutboxJobsRequest>,
+    ) -> Result<Response<ListOutboxJobsResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = pagination::page_size(request.page_size).map_err(invalid)?;
+        let mut query = outbox_jobs::table
+            .select(JobRow::as_select())
+            .order((outbox_jobs::created_at.desc(), outbox_jobs::id.desc()))
+            .limit(page_size + 1)
+            .into_boxed();
+        if !request.status.is_empty() {
+            if !STATUSES.contains(&request.status.as_str()) {
+                return Err(invalid(FieldViolation::new(
+                    "status",
+                    "must be pending, running, succeeded or dead",
+                )));
+            }
+            query = query.filter(outbox_jobs::status.eq(request.status));
+        }
+        if !request.kind.is_empty() {
+            query = query.filter(outbox_jobs::kind.eq(request.kind));
+        }
+        if !request.page_token.is_empty() {
+            let (time, id) = pagination::decode_cursor(&request.page_token).map_err(invalid)?;
+            query = query.filter(
+                outbox_jobs::created_at
+                    .lt(time)
+                    .or(outbox_jobs::created_at.eq(time).and(outbox_jobs::id.lt(id))),
+            );
+        }
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let mut rows: Vec<JobRow> = query.load(&mut connection).await.map_err(db_status)?;
+        let next_page_token =
+            pagination::finish_page(&mut rows, page_size, |row| (row.created_at, row.id));
+        Ok(Response::new(ListOutboxJobsResponse {
+            jobs: rows.into_iter().map(job_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_outbox_job(
+        &self,
+        request: Request<GetOutboxJobRequest>,
+    ) -> Result<Response<GetOutboxJobResponse>, Status> {
+        let id = job_id(&request.get_ref().id)?;
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let job: Option<JobRow> = outbox_jobs::table
+            .find(id)
+            .select(JobRow::as_select())
+            .first(&mut connection)
+            .await
+            .optional()
+            .map_err(db_status)?;
+        let job = job.ok_or_else(|| Status::from(ServiceError::NotFound("outbox job")))?;
+        let errors: Vec<(i32, String, DateTime<Utc>)> = outbox_job_errors::table
+            .filter(outbox_job_errors::job_id.eq(id))
+            .select((
+                outbox_job_errors::attempt,
+                outbox_job_errors::error,
+                outbox_job_errors::occurred_at,
+            ))
+            .order(outbox_job_errors::attempt)
+            .load(&mut connection)
+            .await
+            .map_err(db_status)?;
+        Ok(Response::new(GetOutboxJobResponse {
+            job: Some(job_proto(job)),
+            errors: errors
+                .into_iter()
+                .map(|(attempt, error, occurred_at)| OutboxJobError {
+                    attempt,
+                    error,
+                    occurred_at: Some(timestamp(occurred_at)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn retry_outbox_job(
+        &self,
+        request: Request<RetryOutboxJobRequest>,
+    ) -> Result<Response<RetryOutboxJobResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let id = job_id(&request.get_ref().id)?;
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let retried: Option<JobRow> = connection
+            .transaction(async |connection| {
+                let now = Utc::now();
+                let row: Option<JobRow> = diesel::update(
+                    outbox_jobs::table
+                        .find(id)
+                        .filter(outbox_jobs::status.eq("dead")),
+                )
+                .set((
+                    outbox_jobs::status.eq("pending"),
+                    outbox_jobs::attempts.eq(0),
+                    outbox_jobs::run_after.eq(now),
+                    outbox_jobs::updated_at.eq(now),
+                ))
+                .returning(JobRow::as_returning())
+                .get_result(connection)
+                .await
+                .optional()?;
+                if row.is_some() {
+                    audit::record(
+                        connection,
+                        AuditRecord {
+                            request_id: context.request_id,
+                            actor: &context.caller,
+                            action: "outbox_job.retry",
+                            target_type: "outbox_job",
+                            target_id: Some(id.to_string()),
+                            changed_fields: ["status", "attempts", "run_after"]
+                                .map(str::to_owned)
+                                .to_vec(),
+                        },
+                    )
+                    .await?;
+                }
+                Ok::<_, diesel::result::Error>(row)
+            })
+            .await
+            .map_err(db_status)?;
+        match retried {
+            Some(job) => Ok(Response::new(RetryOutboxJobResponse {
+                job: Some(job_proto(job)),
+            })),
+            None => {
+                let exists: i64 = outbox_jobs::table
+                    .find(id)
+                    .count()
+                    .get_result(&mut connection)
+                    .await
+                    .map_err(db_status)?;
+                Err(if exists == 0 {
+                    ServiceError::NotFound("outbox job").into()
+                } else {
+                    ServiceError::FailedPrecondition("only dead jobs can be retried".to_owned())
+                        .into()
+                })
+            }
+        }
+    }
+
+    async fn get_outbox_stats(
+        &self,
+        _request: Request<GetOutboxStatsRequest>,
+    ) -> Result<Response<GetOutboxStatsResponse>, Status> {
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let counts: Vec<(String, String, i64)> = outbox_jobs::table
+            .group_by((outbox_jobs::status, outbox_jobs::kind))
+            .select((outbox_jobs::status, outbox_jobs::kind, count_star()))
+            .order((outbox_jobs::status, outbox_jobs::kind))
+            .load(&mut connection)
+            .await
+            .map_err(db_status)?;
+        let now = Utc::now();
+        let oldest_due: Option<DateTime<Utc>> = outbox_jobs::table
+            .filter(outbox_jobs::status.eq("pending"))
+            .filter(outbox_jobs::run_after.le(now))
+            .select(min(outbox_jobs::run_after))
+            .first(&mut connection)
+            .await
+            .map_err(db_status)?;
+        Ok(Response::new(GetOutboxStatsResponse {
+            counts: counts
+                .into_iter()
+                .map(|(status, kind, count)| OutboxCount {
+                    status,
+                    kind,
+                    count,
+                })
+                .collect(),
+            oldest_due_age_seconds: oldest_due
+                .map(|oldest| (now - oldest).num_milliseconds().max(0) as f64 / 1000.0)
+                .unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,58 @@
+//! Retry delays: exponential with jitter, capped, and never shorter than the handler asks for.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BackoffPolicy {
+    /// Delay after the first failure.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The delay before attempt `attempts + 1`, after `attempts` failures: `base · 2^(attempts-1)`,
+/// capped at `max`, times a random factor in [0.8, 1.2) so that failing jobs spread out; at
+/// least `requested` (a handler's `Retry-After`).
+pub fn retry_delay(policy: BackoffPolicy, attempts: i32, requested: Option<Duration>) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    let exponential = policy
+        .base
+        .saturating_mul(2_u32.saturating_pow(exponent))
+        .min(policy.max);
+    let jittered = exponential.mul_f64(rand::rng().random_range(0.8..1.2));
+    requested.map_or(jittered, |requested| jittered.max(requested))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_within_the_jitter_band_and_stop_at_the_cap() {
+        let policy = BackoffPolicy::default();
+        for (attempts, nominal) in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (20, 3600.0)] {
+            let delay = retry_delay(policy, attempts, None).as_secs_f64();
+            assert!(
+                (nominal * 0.8..nominal * 1.2).contains(&delay),
+                "{attempts}: {delay}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_requested_delay_is_honoured_when_longer() {
+        let delay = retry_delay(BackoffPolicy::default(), 1, Some(Duration::from_secs(120)));
+        assert_eq!(delay, Duration::from_secs(120));
+    }
+}

@@ -1,0 +1,24 @@
+//! The transactional outbox: the spine that makes every accepted write's effects durable.
+//!
+//! A feature inserts its job with [`enqueue`] inside the same transaction as its domain rows, so
+//! a job exists exactly when its cause was committed. Workers ([`Worker`]) claim due jobs with
+//! `FOR UPDATE SKIP LOCKED` under a lease, run the handler registered for the job's kind, and
+//! finish, reschedule with exponential backoff and jitter, or dead-letter the job after its
+//! kind's last attempt. A job whose lease expired (its worker died) is claimed again, so
+//! delivery is at least once and handlers must be idempotent. Workers wake on `LISTEN/NOTIFY`
+//! and poll as a fallback; any number of instances can share one database. See
+//! `docs/outbox.md`.
+
+mod backoff;
+mod clock;
+mod handler;
+mod store;
+mod worker;
+
+pub mod admin;
+
+pub use backoff::{BackoffPolicy, retry_delay};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry};
+pub use store::{ClaimedJob, JobRow, NewJob, enqueue};
+pub use worker::{Worker, WorkerConfig};

@@ -1,0 +1,214 @@
+//! Queries on `outbox_jobs`: enqueue, claim, finish, release.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+use super::handler::JobKind;
+use crate::schema::{outbox_job_errors, outbox_jobs};
+
+/// A job to insert alongside the rows that cause it. Its id is known before the insert, so
+/// that the enqueuing write can store or return it.
+pub struct NewJob {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub payload: Json,
+    pub request_id: Option<Uuid>,
+}
+
+impl NewJob {
+    pub fn new(kind: JobKind, payload: Json, request_id: Option<Uuid>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind,
+            payload,
+            request_id,
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = outbox_jobs)]
+struct InsertJob<'a> {
+    id: Uuid,
+    kind: &'a str,
+    payload: &'a Json,
+    max_attempts: i32,
+    run_after: DateTime<Utc>,
+    request_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// Inserts `job`, due now. Call it inside the transaction of the change that causes it.
+pub async fn enqueue(connection: &mut AsyncPgConnection, job: &NewJob) -> QueryResult<Uuid> {
+    let id = job.id;
+    let now = Utc::now();
+    diesel::insert_into(outbox_jobs::table)
+        .values(InsertJob {
+            id,
+            kind: job.kind.name,
+            payload: &job.payload,
+            max_attempts: job.kind.max_attempts,
+            run_after: now,
+            request_id: job.request_id,
+            created_at: now,
+            updated_at: now,
+        })
+        .execute(connection)
+        .await?;
+    Ok(id)
+}
+
+/// A job a worker holds under its lease.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ClaimedJob {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Jsonb)]
+    pub payload: Json,
+    /// Attempts including this one.
+    #[diesel(sql_type = Int4)]
+    pub attempts: i32,
+    #[diesel(sql_type = Int4)]
+    pub max_attempts: i32,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub request_id: Option<Uuid>,
+}
+
+/// One row of `outbox_jobs`, for operators.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = outbox_jobs, check_for_backend(diesel::pg::Pg))]
+pub struct JobRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: Json,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub run_after: DateTime<Utc>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub request_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due jobs (pending and due, or running with an expired lease) for
+/// `owner` until `lease_until`. `SKIP LOCKED` lets concurrent workers take disjoint sets.
+pub async fn claim(
+    connection: &mut AsyncPgConnection,
+    owner: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<ClaimedJob>> {
+    diesel::sql_query(
+        "UPDATE outbox_jobs
+         SET status = 'running', lease_owner = $1, lease_expires_at = $2,
+             attempts = attempts + 1, updated_at = $3
+         WHERE id IN (
+             SELECT id FROM outbox_jobs
+             WHERE (status = 'pending' AND run_after <= $3)
+                OR (status = 'running' AND lease_expires_at < $3)
+             ORDER BY run_after
+             LIMIT $4
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, kind, payload, attempts, max_attempts, request_id",
+    )
+    .bind::<Text, _>(owner)
+    .bind::<Timestamptz, _>(lease_until)
+    .bind::<Timestamptz, _>(now)
+    .bind::<BigInt, _>(limit)
+    .load(connection)
+    .await
+}
+
+/// How a claimed job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    RetryAt { at: DateTime<Utc>, error: String },
+    Dead { error: String },
+}
+
+/// Records `outcome` if `owner` still holds the job's lease (a worker that lost its lease to
+/// another must not overwrite that worker's result). A failure also goes into the job's error
+/// history, in the same transaction.
+pub async fn finish(
+    connection: &mut AsyncPgConnection,
+    job: &ClaimedJob,
+    owner: &str,
+    now: DateTime<Utc>,
+    outcome: &Outcome,
+) -> QueryResult<()> {
+    let (status, run_after, error) = match outcome {
+        Outcome::Succeeded => ("succeeded", now, None),
+        Outcome::RetryAt { at, error } => ("pending", *at, Some(error.as_str())),
+        Outcome::Dead { error } => ("dead", now, Some(error.as_str())),
+    };
+    let update = diesel::update(
+        outbox_jobs::table
+            .find(job.id)
+            .filter(outbox_jobs::lease_owner.eq(owner))
+            .filter(outbox_jobs::status.eq("running")),
+    )
+    .set((
+        outbox_jobs::status.eq(status),
+        outbox_jobs::run_after.eq(run_after),
+        outbox_jobs::last_error.eq(error),
+        outbox_jobs::lease_owner.eq(None::<String>),
+        outbox_jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+        outbox_jobs::updated_at.eq(now),
+    ));
+    let Some(error) = error else {
+        // The common path stays one statement, with no transaction around it.
+        return update.execute(connection).await.map(drop);
+    };
+    connection
+        .transaction(async |connection| {
+            if update.execute(connection).await? > 0 {
+                diesel::insert_into(outbox_job_errors::table)
+                    .values((
+                        outbox_job_errors::job_id.eq(job.id),
+                        outbox_job_errors::attempt.eq(job.attempts),
+                        outbox_job_errors::error.eq(error),
+                        outbox_job_errors::occurred_at.eq(now),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(connection)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
+}
+
+/// Hands every job `owner` still holds back to the queue, not counting the interrupted attempt.
+pub async fn release(
+    connection: &mut AsyncPgConnection,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::update(
+        outbox_jobs::table
+            .filter(outbox_jobs::lease_owner.eq(owner))
+            .filter(outbox_jobs::status.eq("running")),
+    )
+    .set((
+        outbox_jobs::status.eq("pending"),
+        outbox_jobs::run_after.eq(now),
+        outbox_jobs::attempts.eq(diesel::dsl::sql::<Int4>("GREATEST(attempts - 1, 0)")),
+        outbox_jobs::lease_owner.eq(None::<String>),
+        outbox_jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+        outbox_jobs::updated_at.eq(now),
+    ))
+    .execute(connection)
+    .await
+}

@@ -1,0 +1,236 @@
+//! The worker pool of one instance: claims due jobs, runs them with bounded concurrency, and
+//! records each outcome.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::StreamExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use super::backoff::{BackoffPolicy, retry_delay};
+use super::clock::Clock;
+use super::handler::{JobContext, JobError, Registry};
+use super::store::{self, ClaimedJob, Outcome};
+use crate::db::{self, DbPool};
+
+/// The channel the `outbox_jobs` insert trigger notifies.
+const CHANNEL: &str = "outbox_jobs";
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs run at once by this instance.
+    pub concurrency: usize,
+    /// Longest wait between looks for due jobs when no notification arrives.
+    pub poll_interval: Duration,
+    /// How long a claim holds; a job still running after it may be claimed by another worker,
+    /// so handlers are cut off a little before.
+    pub lease: Duration,
+    /// On shutdown, how long running jobs may take to finish before they are released.
+    pub shutdown_grace: Duration,
+    pub backoff: BackoffPolicy,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            backoff: BackoffPolicy::default(),
+        }
+    }
+}
+
+struct Inner {
+    owner: String,
+    registry: Registry,
+    context: JobContext,
+    config: WorkerConfig,
+}
+
+pub struct Worker {
+    inner: Arc<Inner>,
+    database_url: String,
+}
+
+impl Worker {
+    pub fn new(
+        pool: DbPool,
+        database_url: &str,
+        registry: Registry,
+        clock: Arc<dyn Clock>,
+        config: WorkerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                owner: format!("worker-{}", Uuid::new_v4()),
+                registry,
+                context: JobContext { pool, clock },
+                config,
+            }),
+            database_url: database_url.to_owned(),
+        }
+    }
+
+    /// The name this worker's leases carry.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Runs until `shutdown` completes; then stops claiming, gives running jobs the grace
+    /// period, and releases what is still held.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let inner = self.inner;
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(self.database_url, wake.clone()));
+        let permits = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
+        let mut running = JoinSet::new();
+        let mut backlog = false;
+        tokio::pin!(shutdown);
+        loop {
+            while running.try_join_next().is_some() {}
+            let free = permits.available_permits();
+            if free > 0 {
+                match claim(&inner, free).await {
+                    Ok(jobs) => {
+                        backlog = jobs.len() == free;
+                        for job in jobs {
+                            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                                break;
+                            };
+                            running.spawn(execute(inner.clone(), job, permit));
+                        }
+                        if backlog && permits.available_permits() > 0 {
+                            continue;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            error = &error as &dyn std::error::Error,
+                            "cannot claim outbox jobs"
+                        );
+                        backlog = false;
+                    }
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(inner.config.poll_interval) => {}
+                Some(_) = running.join_next(), if backlog && !running.is_empty() => {}
+            }
+        }
+
+        listener.abort();
+        let drained = tokio::time::timeout(inner.config.shutdown_grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            running.abort_all();
+        }
+        let now = inner.context.clock.now();
+        match db::connection(&inner.context.pool).await {
+            Ok(mut connection) => match store::release(&mut connection, &inner.owner, now).await {
+                Ok(0) => {}
+                Ok(released) => tracing::info!(released, "released unfinished outbox jobs"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot release outbox jobs; their leases will expire")
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot release outbox jobs; their leases will expire")
+            }
+        }
+    }
+}
+
+async fn claim(inner: &Inner, limit: usize) -> Result<Vec<ClaimedJob>, db::DbError> {
+    let now = inner.context.clock.now();
+    let lease_until = now + chrono::Duration::from_std(inner.config.lease).unwrap_or_default();
+    let mut connection = db::connection(&inner.context.pool).await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    Ok(store::claim(&mut connection, &inner.owner, now, lease_until, limit).await?)
+}
+
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = %job.kind, attempt = job.attempts, request_id = ?job.request_id))]
+async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
+    let result = match inner.registry.get(&job.kind) {
+        None => Err(JobError::retry(format!(
+            "no handler for job kind `{}` on this instance",
+            job.kind
+        ))),
+        Some(handler) => {
+            // Stop well inside the lease, so that no other worker starts the same job meanwhile.
+            let limit = inner.config.lease.mul_f64(0.9);
+            match tokio::time::timeout(limit, handler.run(&job, &inner.context)).await {
+                Ok(result) => result,
+                Err(_) => Err(JobError::retry(format!(
+                    "timed out after {} s",
+                    limit.as_secs()
+                ))),
+            }
+        }
+    };
+    let now = inner.context.clock.now();
+    let outcome = match result {
+        Ok(()) => Outcome::Succeeded,
+        Err(JobError::Permanent(error)) => Outcome::Dead { error },
+        Err(JobError::Retry { message, .. }) if job.attempts >= job.max_attempts => {
+            Outcome::Dead { error: message }
+        }
+        Err(JobError::Retry { message, after }) => {
+            let delay = retry_delay(inner.config.backoff, job.attempts, after);
+            Outcome::RetryAt {
+                at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
+                error: message,
+            }
+        }
+    };
+    match &outcome {
+        Outcome::Succeeded => tracing::debug!("outbox job succeeded"),
+        Outcome::RetryAt { at, error } => tracing::info!(%at, error, "outbox job failed; retrying"),
+        Outcome::Dead { error } => tracing::warn!(error, "outbox job dead-lettered"),
+    }
+    let recorded = async {
+        let mut connection = db::connection(&inner.context.pool).await?;
+        store::finish(&mut connection, &job, &inner.owner, now, &outcome)
+            .await
+            .map_err(db::DbError::from)
+    }
+    .await;
+    if let Err(error) = recorded {
+        tracing::warn!(
+            error = &error as &dyn std::error::Error,
+            "cannot record the job outcome; its lease will expire and it will run again"
+        );
+    }
+}
+
+/// Wakes the claim loop whenever jobs are committed, reconnecting after failures.
+async fn listen(database_url: String, wake: Arc<Notify>) {
+    loop {
+        match AsyncPgConnection::establish(&database_url).await {
+            Ok(mut connection) => {
+                let listening = diesel::sql_query(format!("LISTEN {CHANNEL}"))
+                    .execute(&mut connection)
+                    .await;
+                if listening.is_ok() {
+                    // Anything committed while (re)connecting is picked up now.
+                    wake.notify_one();
+                    let mut notifications = std::pin::pin!(connection.notifications_stream());
+                    while let Some(Ok(_)) = notifications.next().await {
+                        wake.notify_one();
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot LISTEN for outbox jobs; polling only"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

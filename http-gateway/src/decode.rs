@@ -1,0 +1,97 @@
+//! Typed reads of JSON body fields. Only types are checked here (a wrong type is named as a
+//! field error); what the values mean is the core's business.
+
+use serde_json::{Map, Value as Json};
+use switchbord_api::json::struct_from_json;
+
+use crate::error::{ApiError, Violation};
+
+/// Collects type errors across the whole body so the caller sees all of them at once.
+#[derive(Default)]
+pub struct Decoder {
+    violations: Vec<Violation>,
+}
+
+impl Decoder {
+    /// `value` when every field decoded, else a 400 naming each wrong one.
+    pub fn finish<T>(self, value: T) -> Result<T, ApiError> {
+        if self.violations.is_empty() {
+            Ok(value)
+        } else {
+            Err(ApiError::invalid_fields(self.violations))
+        }
+    }
+
+    fn wrong_type(&mut self, field: &str, expected: &str) {
+        self.violations.push(Violation {
+            field: field.to_owned(),
+            description: format!("must be {expected}"),
+        });
+    }
+
+    /// A string, or absent/null.
+    pub fn string(&mut self, body: &mut Map<String, Json>, field: &str) -> Option<String> {
+        match body.remove(field) {
+            None | Some(Json::Null) => None,
+            Some(Json::String(text)) => Some(text),
+            Some(_) => {
+                self.wrong_type(field, "a string");
+                None
+            }
+        }
+    }
+
+    /// An identifier: a string, or a whole number (CRMs often have numeric ids).
+    pub fn identifier(&mut self, body: &mut Map<String, Json>, field: &str) -> Option<String> {
+        match body.remove(field) {
+            None | Some(Json::Null) => None,
+            Some(Json::String(text)) => Some(text),
+            Some(Json::Number(number)) if number.is_i64() || number.is_u64() => {
+                Some(number.to_string())
+            }
+            Some(_) => {
+                self.wrong_type(field, "a string");
+                None
+            }
+        }
+    }
+
+    pub fn object(
+        &mut self,
+        body: &mut Map<String, Json>,
+        field: &str,
+    ) -> Option<prost_types::Struct> {
+        match body.remove(field) {
+            None | Some(Json::Null) => None,
+            Some(Json::Object(object)) => Some(struct_from_json(object)),
+            Some(_) => {
+                self.wrong_type(field, "an object");
+                None
+            }
+        }
+    }
+
+    pub fn string_list(
+        &mut self,
+        body: &mut Map<String, Json>,
+        field: &str,
+    ) -> Option<Vec<String>> {
+        match body.remove(field) {
+            None | Some(Json::Null) => None,
+            Some(Json::Array(items)) => {
+                let mut values = Vec::with_capacity(items.len());
+                for (index, item) in items.into_iter().enumerate() {
+                    match item {
+                        Json::String(text) => values.push(text),
+                        _ => self.wrong_type(&format!("{field}[{index}]"), "a string"),
+                    }
+                }
+                Some(values)
+            }
+            Some(_) => {
+                self.wrong_type(field, "an array of strings");
+                None
+            }
+        }
+    }
+}
