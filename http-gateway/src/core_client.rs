@@ -2,6 +2,7 @@
 
 use switchbord_api::v1::contact_service_client::ContactServiceClient;
 use switchbord_api::v1::journey_service_client::JourneyServiceClient;
+use switchbord_api::v1::outbox_service_client::OutboxServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// Clients of the core's services over one shared HTTP/2 channel (cheap to clone).
@@ -9,6 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 pub struct CoreClient {
     pub contacts: ContactServiceClient<Channel>,
     pub journeys: JourneyServiceClient<Channel>,
+    pub outbox: OutboxServiceClient<Channel>,
 }
 
 impl CoreClient {
@@ -19,7 +21,8 @@ impl CoreClient {
             .connect_lazy();
         Ok(Self {
             contacts: ContactServiceClient::new(channel.clone()),
-            journeys: JourneyServiceClient::new(channel),
+            journeys: JourneyServiceClient::new(channel.clone()),
+            outbox: OutboxServiceClient::new(channel),
         })
     }
 }

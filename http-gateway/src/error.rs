@@ -50,6 +50,8 @@ pub struct ApiError {
     pub violations: Vec<Violation>,
     /// Seconds the client should wait before retrying (429, 503).
     pub retry_after: Option<u64>,
+    /// The gRPC code the admin body reports.
+    pub grpc_code: Code,
 }
 
 impl ApiError {
@@ -60,6 +62,14 @@ impl ApiError {
             message: message.into(),
             violations: Vec::new(),
             retry_after: None,
+            grpc_code: match status {
+                StatusCode::BAD_REQUEST => Code::InvalidArgument,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => {
+                    Code::ResourceExhausted
+                }
+                StatusCode::NOT_FOUND => Code::NotFound,
+                _ => Code::Unknown,
+            },
         }
     }
 
@@ -124,6 +134,12 @@ impl ApiError {
                 },
                 "request_id": request_id.to_string(),
             }),
+            Family::Admin => json!({
+                "code": self.grpc_code as i32,
+                "message": self.message,
+                "details": details,
+                "request_id": request_id.to_string(),
+            }),
             Family::Legacy => json!({
                 "success": false,
                 "status": "error",
@@ -181,6 +197,7 @@ impl From<tonic::Status> for ApiError {
             message,
             violations,
             retry_after: (status.code() == Code::Unavailable).then_some(1),
+            grpc_code: status.code(),
         }
     }
 }

@@ -15,6 +15,8 @@ pub enum Family {
     Compat,
     /// Charles' own paths: `{"status": "error", "message": …}`.
     Legacy,
+    /// New REST routes (admin): grpc-gateway's `{"code", "message", "details"}`.
+    Admin,
 }
 
 /// Middleware around a family's routes: rewrites a rate-limit rejection (produced by the

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 
+mod admin;
 mod body;
 mod call;
 mod client_ip;
@@ -19,6 +20,7 @@ mod journeys;
 mod rate_limit;
 mod request_id;
 mod server;
+mod time;
 
 pub use config::GatewayConfig;
 pub use request_id::RequestId;

@@ -17,7 +17,7 @@ use crate::core_client::CoreClient;
 use crate::family::{Family, render_rejections};
 use crate::rate_limit;
 use crate::request_id::assign_request_id;
-use crate::{contacts, journeys};
+use crate::{admin, contacts, journeys};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,17 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
             post(journeys::trigger_rest_with_id),
         );
 
+    let admin = Router::new()
+        .route("/api/v1/admin/outbox/jobs", get(admin::list_jobs))
+        .route("/api/v1/admin/outbox/jobs/{id}", get(admin::get_job))
+        .route(
+            "/api/v1/admin/outbox/jobs/{id}/retry",
+            post(admin::retry_job),
+        )
+        .route("/api/v1/admin/outbox/stats", get(admin::stats));
+
     Router::new()
+        .merge(admin)
         .merge(family_routes(Family::Compat, compat))
         .merge(family_routes(Family::Legacy, legacy))
         .route("/healthz", get(|| async { "ok" }))

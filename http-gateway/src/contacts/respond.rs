@@ -1,12 +1,12 @@
 //! `UpsertContactResponse` → the Charles-shaped JSON bodies of SPEC §2.1.
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value as Json, json};
 use switchbord_api::json::json_from_struct;
 use switchbord_api::v1::{Contact, SubscriberStatus, UpsertContactResponse, UpsertOperation};
 
 use crate::family::Family;
 use crate::request_id::RequestId;
+use crate::time::rfc3339;
 
 /// The success body of a contact upsert for `family`.
 pub fn upsert_body(response: UpsertContactResponse, family: Family, request_id: RequestId) -> Json {
@@ -46,11 +46,4 @@ pub fn contact_json(contact: Contact) -> Json {
         "created_at": contact.created_at.map(rfc3339),
         "updated_at": contact.updated_at.map(rfc3339),
     })
-}
-
-fn rfc3339(timestamp: prost_types::Timestamp) -> String {
-    let nanos = u32::try_from(timestamp.nanos).unwrap_or_default();
-    DateTime::<Utc>::from_timestamp(timestamp.seconds, nanos)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Micros, true)
 }

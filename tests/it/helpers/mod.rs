@@ -4,3 +4,4 @@ mod app;
 mod database;
 
 pub use app::{HttpReply, TestApp, WithKey};
+pub use database::TestDatabase;

@@ -1,0 +1,142 @@
+//! Operator routes under `/api/v1/admin/`: REST mappings of `OutboxService`.
+
+use axum::Json as JsonBody;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use switchbord_api::json::json_from_struct;
+use switchbord_api::v1::{
+    GetOutboxJobRequest, GetOutboxStatsRequest, ListOutboxJobsRequest, OutboxJob,
+    RetryOutboxJobRequest,
+};
+
+use crate::call::CallContext;
+use crate::core_client::CoreClient;
+use crate::error::ApiError;
+use crate::family::Family;
+use crate::time::rfc3339;
+
+#[derive(Debug, Deserialize)]
+pub struct JobFilter {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    page_size: i32,
+    #[serde(default)]
+    page_token: String,
+}
+
+fn job_json(job: OutboxJob) -> Json {
+    json!({
+        "id": job.id,
+        "kind": job.kind,
+        "payload": job.payload.map(json_from_struct).unwrap_or_default(),
+        "status": job.status,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "run_after": job.run_after.map(rfc3339),
+        "lease_owner": job.lease_owner,
+        "lease_expires_at": job.lease_expires_at.map(rfc3339),
+        "last_error": job.last_error,
+        "request_id": job.request_id,
+        "created_at": job.created_at.map(rfc3339),
+        "updated_at": job.updated_at.map(rfc3339),
+    })
+}
+
+fn respond(context: &CallContext, result: Result<Json, ApiError>) -> Response {
+    match result {
+        Ok(body) => JsonBody(body).into_response(),
+        Err(error) => error.render(Family::Admin, context.request_id),
+    }
+}
+
+pub async fn list_jobs(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    filter: Result<Query<JobFilter>, QueryRejection>,
+) -> Response {
+    let result = async {
+        let Query(filter) =
+            filter.map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))?;
+        let page = core
+            .outbox
+            .list_outbox_jobs(context.grpc_request(ListOutboxJobsRequest {
+                status: filter.status,
+                kind: filter.kind,
+                page_size: filter.page_size,
+                page_token: filter.page_token,
+            }))
+            .await?
+            .into_inner();
+        Ok(json!({
+            "jobs": page.jobs.into_iter().map(job_json).collect::<Vec<_>>(),
+            "next_page_token": page.next_page_token,
+        }))
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn get_job(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let found = core
+            .outbox
+            .get_outbox_job(context.grpc_request(GetOutboxJobRequest { id }))
+            .await?
+            .into_inner();
+        let errors: Vec<Json> = found
+            .errors
+            .into_iter()
+            .map(|error| {
+                json!({"attempt": error.attempt, "error": error.error, "occurred_at": error.occurred_at.map(rfc3339)})
+            })
+            .collect();
+        Ok(json!({"job": found.job.map(job_json), "errors": errors}))
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn retry_job(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let retried = core
+            .outbox
+            .retry_outbox_job(context.grpc_request(RetryOutboxJobRequest { id }))
+            .await?
+            .into_inner();
+        Ok(json!({"job": retried.job.map(job_json)}))
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn stats(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+    let result = async {
+        let stats = core
+            .outbox
+            .get_outbox_stats(context.grpc_request(GetOutboxStatsRequest {}))
+            .await?
+            .into_inner();
+        let counts: Vec<Json> = stats
+            .counts
+            .into_iter()
+            .map(|count| json!({"status": count.status, "kind": count.kind, "count": count.count}))
+            .collect();
+        Ok(json!({"counts": counts, "oldest_due_age_seconds": stats.oldest_due_age_seconds}))
+    }
+    .await;
+    respond(&context, result)
+}

@@ -1,0 +1,265 @@
+//! PublishEvent and the event catalog, and the operator view of the outbox.
+
+use std::time::Duration;
+
+use diesel::sql_query;
+use diesel_async::RunQueryDsl;
+use switchbord_api::json::struct_from_json;
+use switchbord_api::v1::event_service_client::EventServiceClient;
+use switchbord_api::v1::outbox_service_client::OutboxServiceClient;
+use switchbord_api::v1::{
+    GetOutboxJobRequest, GetOutboxStatsRequest, ListEventTypesRequest, ListOutboxJobsRequest,
+    PublishEventRequest, RetryOutboxJobRequest,
+};
+use tonic::Code;
+
+use crate::helpers::{TestApp, WithKey};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_services_publish_catalogued_events_only() {
+    let app = TestApp::spawn().await;
+    let mut events = EventServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.user)),
+    );
+    let data = serde_json::json!({"message_id": "wamid.1", "phone_number": "+4915112345678"});
+
+    let published = events
+        .publish_event(PublishEventRequest {
+            r#type: "message.delivered".to_owned(),
+            data: Some(struct_from_json(
+                data.as_object().cloned().unwrap_or_default(),
+            )),
+            source: "sender".to_owned(),
+        })
+        .await
+        .expect("publish")
+        .into_inner()
+        .event
+        .expect("event");
+    let unknown = events
+        .publish_event(PublishEventRequest {
+            r#type: "message.exploded".to_owned(),
+            data: None,
+            source: String::new(),
+        })
+        .await
+        .expect_err("not in the catalog");
+    let catalog = events
+        .list_event_types(ListEventTypesRequest {})
+        .await
+        .expect("catalog")
+        .into_inner();
+
+    assert!(published.id.starts_with("evt_"));
+    assert_eq!(published.r#type, "message.delivered");
+    assert_eq!(published.source, "sender");
+    assert_eq!(unknown.code(), Code::InvalidArgument);
+    let names: Vec<&str> = catalog
+        .event_types
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    for builtin in [
+        "contact.created",
+        "contact.updated",
+        "contact.opted_out",
+        "message.received",
+        "message.delivered",
+        "message.failed",
+        "journey.triggered",
+        "integration.emarsys.event_received",
+        "crm.twenty.sync_failed",
+        "webhook.test",
+    ] {
+        assert!(names.contains(&builtin), "{builtin} missing from {names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_list_inspect_count_and_retry_dead_jobs() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .post_json(
+            "/compat/journey-trigger/welcome",
+            &serde_json::json!({"phone_number": "+4915112345678"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let job_id = reply.body["outboxJobId"]
+        .as_str()
+        .expect("job id")
+        .to_owned();
+    let mut outbox = OutboxServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.admin)),
+    );
+
+    // Make the job dead, as if every attempt had failed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = outbox
+            .get_outbox_job(GetOutboxJobRequest { id: job_id.clone() })
+            .await
+            .expect("get job")
+            .into_inner()
+            .job
+            .expect("job");
+        if job.status == "succeeded" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trigger job did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "UPDATE outbox_jobs SET status = 'dead', attempts = 10, last_error = 'boom' WHERE id = '{job_id}'"
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("kill the job");
+
+    let dead = outbox
+        .list_outbox_jobs(ListOutboxJobsRequest {
+            status: "dead".to_owned(),
+            kind: "journey.trigger".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let stats = outbox
+        .get_outbox_stats(GetOutboxStatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    let retried = outbox
+        .retry_outbox_job(RetryOutboxJobRequest { id: job_id.clone() })
+        .await
+        .expect("retry")
+        .into_inner()
+        .job
+        .expect("job");
+    let again = outbox
+        .retry_outbox_job(RetryOutboxJobRequest { id: job_id.clone() })
+        .await
+        .expect_err("only dead jobs");
+    let missing = outbox
+        .get_outbox_job(GetOutboxJobRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .expect_err("no such job");
+    let manager_retry = OutboxServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.manager)),
+    )
+    .retry_outbox_job(RetryOutboxJobRequest { id: job_id.clone() })
+    .await
+    .expect_err("managers only look");
+
+    assert_eq!(dead.jobs.len(), 1);
+    assert_eq!(dead.jobs[0].id, job_id);
+    assert_eq!(dead.jobs[0].last_error, "boom");
+    assert!(stats.counts.iter().any(|count| count.status == "dead"
+        && count.kind == "journey.trigger"
+        && count.count == 1));
+    assert_eq!(retried.status, "pending");
+    assert_eq!(retried.attempts, 0);
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(manager_retry.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_admin_rest_routes_map_the_rpcs_and_their_errors() {
+    use reqwest::Method;
+    let app = TestApp::spawn().await;
+    let reply = app
+        .post_json(
+            "/compat/journey-trigger/welcome",
+            &serde_json::json!({"phone_number": "+4915112345678"}),
+        )
+        .await;
+    let job_id = reply.body["outboxJobId"]
+        .as_str()
+        .expect("job id")
+        .to_owned();
+    let admin = [("x-api-key", app.keys.admin.as_str())];
+    let manager = [("x-api-key", app.keys.manager.as_str())];
+    let user = [("x-api-key", app.keys.user.as_str())];
+
+    let stats = app
+        .send(Method::GET, "/api/v1/admin/outbox/stats", &manager, "")
+        .await;
+    let list = app
+        .send(
+            Method::GET,
+            "/api/v1/admin/outbox/jobs?kind=journey.trigger&page_size=10",
+            &admin,
+            "",
+        )
+        .await;
+    let one = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/admin/outbox/jobs/{job_id}"),
+            &admin,
+            "",
+        )
+        .await;
+    let bad_filter = app
+        .send(
+            Method::GET,
+            "/api/v1/admin/outbox/jobs?status=bogus",
+            &admin,
+            "",
+        )
+        .await;
+    let not_dead = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/admin/outbox/jobs/{job_id}/retry"),
+            &admin,
+            "",
+        )
+        .await;
+    let as_user = app
+        .send(Method::GET, "/api/v1/admin/outbox/stats", &user, "")
+        .await;
+    let anonymous = app
+        .send_anonymous(Method::GET, "/api/v1/admin/outbox/stats", &[], "")
+        .await;
+    let missing = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/admin/outbox/jobs/{}", uuid::Uuid::new_v4()),
+            &admin,
+            "",
+        )
+        .await;
+
+    assert_eq!(stats.status, 200, "{}", stats.text);
+    assert!(stats.body["counts"].is_array());
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.body["jobs"][0]["id"], job_id.as_str());
+    assert_eq!(one.status, 200, "{}", one.text);
+    assert_eq!(one.body["job"]["kind"], "journey.trigger");
+    assert_eq!(bad_filter.status, 400);
+    assert_eq!(bad_filter.body["code"], 3, "INVALID_ARGUMENT");
+    assert_eq!(bad_filter.body["details"][0]["field"], "status");
+    assert_eq!(
+        not_dead.status, 400,
+        "FAILED_PRECONDITION maps to 400: {}",
+        not_dead.text
+    );
+    assert_eq!(not_dead.body["code"], 9);
+    assert_eq!(as_user.status, 403);
+    assert_eq!(as_user.body["code"], 7, "PERMISSION_DENIED");
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.header("www-authenticate").is_some());
+    assert_eq!(missing.status, 404);
+}

@@ -1,0 +1,385 @@
+//! Journey triggers (SPEC §2.2) on all three paths: queueing, deduplication, validation, and
+//! the `journey.trigger` job's run and event.
+
+use std::time::Duration;
+
+use diesel::sql_query;
+use diesel::sql_types::{BigInt, Jsonb, Text};
+use diesel_async::RunQueryDsl;
+use reqwest::Method;
+use serde_json::{Value as Json, json};
+
+use crate::helpers::{HttpReply, TestApp};
+
+const PHONE: &str = "+4915112345678";
+
+async fn trigger(app: &TestApp, path: &str, body: &Json, headers: &[(&str, &str)]) -> HttpReply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    app.send(Method::POST, path, &all, body.to_string()).await
+}
+
+fn queued(reply: &HttpReply) -> (String, String) {
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["status"], "queued", "{}", reply.text);
+    ids(reply)
+}
+
+fn ids(reply: &HttpReply) -> (String, String) {
+    let id = |field: &str| reply.body[field].as_str().expect(field).to_owned();
+    (id("triggerEventId"), id("outboxJobId"))
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+async fn trigger_jobs(app: &TestApp) -> i64 {
+    let mut connection = app.database.connect().await;
+    sql_query("SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'journey.trigger'")
+        .get_result::<Count>(&mut connection)
+        .await
+        .expect("count")
+        .count
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_three_paths_queue_with_and_without_trailing_slash() {
+    let app = TestApp::spawn().await;
+    let body = json!({"phone_number": PHONE});
+    let paths = [
+        "/compat/journey-trigger/welcome/spring",
+        "/compat/journey-trigger/welcome/summer/",
+        "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/",
+        "/webhooks/v0/rest-trigger/organization/acme/flow/onboarding/trigger",
+        "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/t-1/",
+        "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/t-2",
+    ];
+
+    for path in paths {
+        let reply = trigger(&app, path, &body, &[]).await;
+        let (trigger_id, job_id) = queued(&reply);
+        assert!(uuid::Uuid::parse_str(&trigger_id).is_ok());
+        assert!(uuid::Uuid::parse_str(&job_id).is_ok());
+        assert!(reply.body["message"].is_string());
+    }
+    assert_eq!(trigger_jobs(&app).await, paths.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_trigger_is_a_duplicate_with_the_first_ids() {
+    let app = TestApp::spawn().await;
+    let path = "/compat/journey-trigger/welcome";
+    let body = json!({"phone_number": PHONE, "flow_id": "f-1", "data": {"coupon": "X1"}});
+
+    let first = trigger(&app, path, &body, &[]).await;
+    let again = trigger(
+        &app,
+        path,
+        &json!({"phone_number": "+49 151 12345678", "flow_id": "f-1"}),
+        &[],
+    )
+    .await;
+    let other_phone = trigger(
+        &app,
+        path,
+        &json!({"phone_number": "+4915199999999", "flow_id": "f-1"}),
+        &[],
+    )
+    .await;
+    let other_flow = trigger(
+        &app,
+        path,
+        &json!({"phone_number": PHONE, "flow_id": "f-2"}),
+        &[],
+    )
+    .await;
+    let other_route = trigger(&app, "/compat/journey-trigger/goodbye", &body, &[]).await;
+
+    let first_ids = queued(&first);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["status"], "duplicate", "{}", again.text);
+    assert_eq!(ids(&again), first_ids, "the first trigger's ids");
+    queued(&other_phone);
+    queued(&other_flow);
+    queued(&other_route);
+    assert_eq!(trigger_jobs(&app).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_id_beats_flow_id_and_the_path_trigger_id_beats_the_body() {
+    let app = TestApp::spawn().await;
+    let path = "/compat/journey-trigger/welcome";
+
+    let first = trigger(
+        &app,
+        path,
+        &json!({"phone_number": PHONE, "trigger_id": "t-1", "flow_id": "a"}),
+        &[],
+    )
+    .await;
+    let same_trigger = trigger(
+        &app,
+        path,
+        &json!({"phone_number": PHONE, "trigger_id": "t-1", "flow_id": "b"}),
+        &[],
+    )
+    .await;
+    let same_flow = trigger(
+        &app,
+        path,
+        &json!({"phone_number": PHONE, "trigger_id": "t-2", "flow_id": "a"}),
+        &[],
+    )
+    .await;
+    let rest = "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/t-9/";
+    let by_path = trigger(
+        &app,
+        rest,
+        &json!({"phone_number": PHONE, "trigger_id": "x"}),
+        &[],
+    )
+    .await;
+    let by_path_again = trigger(
+        &app,
+        rest,
+        &json!({"phone_number": PHONE, "trigger_id": "y"}),
+        &[],
+    )
+    .await;
+
+    queued(&first);
+    assert_eq!(
+        same_trigger.body["status"], "duplicate",
+        "{}",
+        same_trigger.text
+    );
+    queued(&same_flow);
+    queued(&by_path);
+    assert_eq!(
+        by_path_again.body["status"], "duplicate",
+        "{}",
+        by_path_again.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_replaces_the_computed_key() {
+    let app = TestApp::spawn().await;
+    let path = "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/";
+
+    let first = trigger(
+        &app,
+        path,
+        &json!({"phone_number": PHONE}),
+        &[("Idempotency-Key", "k-1")],
+    )
+    .await;
+    let retried = trigger(
+        &app,
+        path,
+        &json!({"phone_number": "+4915199999999"}),
+        &[("Idempotency-Key", "k-1")],
+    )
+    .await;
+    let new_key = trigger(
+        &app,
+        path,
+        &json!({"phone_number": PHONE}),
+        &[("Idempotency-Key", "k-2")],
+    )
+    .await;
+
+    let first_ids = queued(&first);
+    assert_eq!(retried.body["status"], "duplicate", "{}", retried.text);
+    assert_eq!(ids(&retried), first_ids);
+    queued(&new_key);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_identical_triggers_queue_exactly_one_job() {
+    let app = TestApp::spawn().await;
+    let body = json!({"phone_number": PHONE, "trigger_id": "race"});
+
+    let replies = futures::future::join_all(
+        (0..50).map(|_| trigger(&app, "/compat/journey-trigger/race", &body, &[])),
+    )
+    .await;
+
+    let mut queued_count = 0;
+    let mut all_ids = Vec::new();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        if reply.body["status"] == "queued" {
+            queued_count += 1;
+        }
+        all_ids.push(ids(reply));
+    }
+    all_ids.dedup();
+    assert_eq!(queued_count, 1);
+    assert_eq!(
+        all_ids.len(),
+        1,
+        "every duplicate answers with the same ids"
+    );
+    assert_eq!(trigger_jobs(&app).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_triggers_are_400_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        ("/compat/journey-trigger/welcome", json!({}), "phone_number"),
+        (
+            "/compat/journey-trigger/welcome",
+            json!({"phone_number": "call me"}),
+            "phone_number",
+        ),
+        (
+            "/compat/journey-trigger/welcome",
+            json!({"phone_number": 4915112345678_u64}),
+            "phone_number",
+        ),
+        (
+            "/compat/journey-trigger/welcome",
+            json!({"phone_number": PHONE, "data": [1]}),
+            "data",
+        ),
+        (
+            "/compat/journey-trigger/welcome",
+            json!({"phone_number": PHONE, "data": "x"}),
+            "data",
+        ),
+        (
+            "/compat/journey-trigger/welcome",
+            json!({"phone_number": PHONE, "flow_id": {"a": 1}}),
+            "flow_id",
+        ),
+        (
+            "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/",
+            json!({"phone_number": ""}),
+            "phone_number",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let reply = trigger(&app, path, &body, &[]).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
+        let named = if path.starts_with("/compat") {
+            &reply.body["error"]["field"]
+        } else {
+            &reply.body["field"]
+        };
+        assert_eq!(named, field, "{body}: {}", reply.text);
+    }
+    assert_eq!(trigger_jobs(&app).await, 0);
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct EventRow {
+    #[diesel(sql_type = Text)]
+    r#type: String,
+    #[diesel(sql_type = Jsonb)]
+    data: Json,
+}
+
+async fn events(app: &TestApp) -> Vec<EventRow> {
+    let mut connection = app.database.connect().await;
+    sql_query("SELECT type, data FROM events ORDER BY id")
+        .load(&mut connection)
+        .await
+        .expect("events")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_job_records_a_run_and_emits_journey_triggered_with_the_data() {
+    let app = TestApp::spawn().await;
+    let reply = trigger(
+        &app,
+        "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/t-7",
+        &json!({"phone_number": PHONE, "flow_id": "f-1", "data": {"coupon": "X1"}}),
+        &[],
+    )
+    .await;
+    let (trigger_id, _) = queued(&reply);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let triggered = loop {
+        let found = events(&app)
+            .await
+            .into_iter()
+            .find(|event| event.r#type == "journey.triggered");
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "journey.triggered was not emitted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let all = events(&app).await;
+
+    let data = &triggered.data;
+    assert_eq!(data["trigger_event_id"], trigger_id.as_str());
+    assert_eq!(data["phone_number"], PHONE);
+    assert_eq!(data["organization"], "acme");
+    assert_eq!(data["flow"], "welcome");
+    assert_eq!(data["trigger_id"], "t-7");
+    assert_eq!(data["flow_id"], "f-1");
+    assert_eq!(data["data"], json!({"coupon": "X1"}));
+    assert!(data["journey_run_id"].is_string());
+    let created = all
+        .iter()
+        .find(|event| event.r#type == "contact.created")
+        .expect("contact.created");
+    assert_eq!(created.data["contact"]["phone_number"], PHONE);
+    assert_eq!(
+        all.iter()
+            .filter(|event| event.r#type == "journey.triggered")
+            .count(),
+        1
+    );
+    let mut connection = app.database.connect().await;
+    let runs = sql_query("SELECT count(*) AS count FROM journey_runs")
+        .get_result::<Count>(&mut connection)
+        .await
+        .expect("runs");
+    assert_eq!(runs.count, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contact_writes_emit_created_updated_and_opted_out_once_each() {
+    let app = TestApp::spawn().await;
+
+    app.upsert_contact(&json!({"phone_number": PHONE, "person_properties": {"plan": "gold"}}))
+        .await;
+    app.upsert_contact(&json!({"phone_number": PHONE, "person_properties": {"plan": "gold"}}))
+        .await;
+    app.upsert_contact(&json!({"phone_number": PHONE, "person_properties": {"plan": "platinum"}}))
+        .await;
+    app.upsert_contact(&json!({"phone_number": PHONE, "source_type": "opt_out"}))
+        .await;
+    app.upsert_contact(&json!({"phone_number": PHONE, "source_type": "opt_out"}))
+        .await;
+
+    let all = events(&app).await;
+    let types: Vec<&str> = all.iter().map(|event| event.r#type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "contact.created",
+            "contact.updated",
+            "contact.updated",
+            "contact.opted_out"
+        ],
+        "a no-op upsert emits nothing"
+    );
+    assert_eq!(all[1].data["changed_fields"], json!(["properties"]));
+    assert_eq!(
+        all[1].data["contact"]["properties"],
+        json!({"plan": "platinum"})
+    );
+    assert_eq!(all[3].data["contact"]["subscriber_status"], "blocked");
+}
