@@ -35,6 +35,11 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     pub bootstrap_admin_key: Option<Secret>,
 
+    /// Shared secret of the Emarsys webhook: callers send it as the `secret` query parameter
+    /// (or sign an HS256 JWT with it). Unset: the Emarsys path accepts every call.
+    #[arg(long, env = "EMARSYS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub emarsys_webhook_secret: Option<Secret>,
+
     /// How long a journey trigger's deduplication key holds (for example 24h, 90m).
     #[arg(long, env = "SWITCHBORD_TRIGGER_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     pub trigger_dedup_window: Duration,
@@ -68,6 +73,7 @@ impl CoreConfig {
             key_pepper: None,
             bootstrap_admin_key: None,
             auth_legacy_paths: OnOff::On,
+            emarsys_webhook_secret: None,
             trigger_dedup_window: Duration::from_secs(24 * 3600),
             outbox_workers: 16,
             outbox_poll_interval: Duration::from_secs(1),

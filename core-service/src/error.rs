@@ -54,6 +54,12 @@ impl From<DbError> for ServiceError {
     }
 }
 
+impl From<diesel::result::Error> for ServiceError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::from(DbError::from(error))
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
         match error {

@@ -14,8 +14,10 @@
 pub mod config;
 pub mod contacts;
 pub mod db;
+pub mod emarsys;
 pub mod error;
 pub mod events;
+pub mod flows;
 pub mod journeys;
 pub mod server;
 

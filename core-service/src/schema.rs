@@ -124,3 +124,50 @@ diesel::table! {
 
 diesel::joinable!(journey_runs -> contacts (contact_id));
 diesel::allow_tables_to_appear_in_same_query!(contacts, journey_runs);
+
+diesel::table! {
+    webhook_events (id) {
+        id -> Uuid,
+        source -> Text,
+        event_name -> Text,
+        raw_body -> Text,
+        normalized -> Jsonb,
+        received_at -> Timestamptz,
+        source_ip -> Nullable<Text>,
+        request_id -> Uuid,
+        contact_id -> Nullable<Uuid>,
+        outbox_job_id -> Uuid,
+    }
+}
+
+diesel::table! {
+    webhook_event_keys (dedup_key) {
+        dedup_key -> Text,
+        webhook_event_id -> Uuid,
+        outbox_job_id -> Uuid,
+        accepted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    flows (id) {
+        id -> Text,
+        org -> Text,
+        name -> Text,
+        enabled -> Bool,
+        event_names -> Array<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    event_rules (event_name) {
+        event_name -> Text,
+        add_tags -> Array<Text>,
+        remove_tags -> Array<Text>,
+        set_properties -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}

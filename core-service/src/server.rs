@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use switchbord_api::v1::access_service_server::AccessServiceServer;
 use switchbord_api::v1::contact_service_server::ContactServiceServer;
+use switchbord_api::v1::emarsys_service_server::EmarsysServiceServer;
 use switchbord_api::v1::event_service_server::EventServiceServer;
+use switchbord_api::v1::flow_service_server::FlowServiceServer;
 use switchbord_api::v1::journey_service_server::JourneyServiceServer;
 use switchbord_api::v1::outbox_service_server::OutboxServiceServer;
 use tokio::net::TcpListener;
@@ -21,7 +23,9 @@ use crate::access::{
 use crate::config::{CoreConfig, OnOff};
 use crate::contacts::ContactsService;
 use crate::db::{self, MigrationError};
+use crate::emarsys::{CustomEventHandler, EmarsysAuth, EmarsysGrpc};
 use crate::events::{DispatchHandler, EventsGrpc};
+use crate::flows::FlowsGrpc;
 use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
 use crate::outbox::admin::OutboxGrpc;
 use crate::outbox::{Registry, SystemClock, Worker, WorkerConfig};
@@ -72,7 +76,8 @@ pub fn job_registry() -> Registry {
     let mut registry = Registry::default();
     registry
         .register(DispatchHandler::default())
-        .register(JourneyTriggerHandler);
+        .register(JourneyTriggerHandler)
+        .register(CustomEventHandler);
     registry
 }
 
@@ -101,7 +106,12 @@ impl CoreServer {
                 "SWITCHBORD_AUTH_LEGACY_PATHS=off: contact upserts and journey triggers are accepted without an API key"
             );
         }
-        let authenticator = Arc::new(Authenticator::new(pool.clone(), hasher, legacy_paths_open));
+        let authenticator = Arc::new(Authenticator::new(
+            pool.clone(),
+            hasher,
+            legacy_paths_open,
+            EmarsysAuth::new(config.emarsys_webhook_secret.clone()),
+        ));
         let listener = TcpListener::bind(config.grpc_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -183,6 +193,12 @@ impl CoreServer {
         health_reporter
             .set_serving::<OutboxServiceServer<OutboxGrpc>>()
             .await;
+        health_reporter
+            .set_serving::<EmarsysServiceServer<EmarsysGrpc>>()
+            .await;
+        health_reporter
+            .set_serving::<FlowServiceServer<FlowsGrpc>>()
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(switchbord_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -223,6 +239,12 @@ impl CoreServer {
                 self.state.pool.clone(),
             )))
             .add_service(OutboxServiceServer::new(OutboxGrpc::new(
+                self.state.pool.clone(),
+            )))
+            .add_service(EmarsysServiceServer::new(EmarsysGrpc::new(
+                self.state.clone(),
+            )))
+            .add_service(FlowServiceServer::new(FlowsGrpc::new(
                 self.state.pool.clone(),
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)

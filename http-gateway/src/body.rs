@@ -4,7 +4,7 @@
 //! content type at all, so every body is read as JSON. It must be a JSON object of at most
 //! [`MAX_BODY_BYTES`].
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value as Json};
 
@@ -15,6 +15,11 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Reads `body` as a JSON object.
 pub async fn read_json_object(body: Body) -> Result<Map<String, Json>, ApiError> {
+    read_json_bytes(body).await.map(|(_, object)| object)
+}
+
+/// Reads `body` as a JSON object, keeping the bytes as received.
+pub async fn read_json_bytes(body: Body) -> Result<(Bytes, Map<String, Json>), ApiError> {
     let bytes = Limited::new(body, MAX_BODY_BYTES)
         .collect()
         .await
@@ -33,7 +38,7 @@ pub async fn read_json_object(body: Body) -> Result<Map<String, Json>, ApiError>
         ));
     }
     match serde_json::from_slice::<Json>(&bytes) {
-        Ok(Json::Object(object)) => Ok(object),
+        Ok(Json::Object(object)) => Ok((bytes, object)),
         Ok(_) => Err(ApiError::invalid_field("body", "must be a JSON object")),
         Err(error) => Err(ApiError::invalid_field(
             "body",

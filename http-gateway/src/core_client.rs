@@ -1,6 +1,8 @@
 //! The gateway's gRPC connection to the core.
 
 use switchbord_api::v1::contact_service_client::ContactServiceClient;
+use switchbord_api::v1::emarsys_service_client::EmarsysServiceClient;
+use switchbord_api::v1::flow_service_client::FlowServiceClient;
 use switchbord_api::v1::journey_service_client::JourneyServiceClient;
 use switchbord_api::v1::outbox_service_client::OutboxServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -9,6 +11,8 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone)]
 pub struct CoreClient {
     pub contacts: ContactServiceClient<Channel>,
+    pub emarsys: EmarsysServiceClient<Channel>,
+    pub flows: FlowServiceClient<Channel>,
     pub journeys: JourneyServiceClient<Channel>,
     pub outbox: OutboxServiceClient<Channel>,
 }
@@ -21,6 +25,8 @@ impl CoreClient {
             .connect_lazy();
         Ok(Self {
             contacts: ContactServiceClient::new(channel.clone()),
+            emarsys: EmarsysServiceClient::new(channel.clone()),
+            flows: FlowServiceClient::new(channel.clone()),
             journeys: JourneyServiceClient::new(channel.clone()),
             outbox: OutboxServiceClient::new(channel),
         })

@@ -17,7 +17,7 @@ use crate::core_client::CoreClient;
 use crate::family::{Family, render_rejections};
 use crate::rate_limit;
 use crate::request_id::assign_request_id;
-use crate::{admin, contacts, journeys};
+use crate::{admin, contacts, emarsys, flows, journeys};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +132,30 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
             "/api/v1/admin/outbox/jobs/{id}/retry",
             post(admin::retry_job),
         )
-        .route("/api/v1/admin/outbox/stats", get(admin::stats));
+        .route("/api/v1/admin/outbox/stats", get(admin::stats))
+        .route("/api/v1/admin/flows", get(flows::list_flows))
+        .route(
+            "/api/v1/admin/flows/{id}",
+            get(flows::get_flow)
+                .put(flows::put_flow)
+                .delete(flows::delete_flow),
+        )
+        .route("/api/v1/admin/event-rules", get(flows::list_rules))
+        .route(
+            "/api/v1/admin/event-rules/{event_name}",
+            get(flows::get_rule)
+                .put(flows::put_rule)
+                .delete(flows::delete_rule),
+        );
+
+    const EMARSYS: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
+    let integrations = Router::new()
+        .route(EMARSYS, post(emarsys::ingest))
+        .route(&format!("{EMARSYS}/"), post(emarsys::ingest));
 
     Router::new()
         .merge(admin)
+        .merge(integrations)
         .merge(family_routes(Family::Compat, compat))
         .merge(family_routes(Family::Legacy, legacy))
         .route("/healthz", get(|| async { "ok" }))

@@ -11,6 +11,7 @@ mod contact_aliases;
 mod contact_identity;
 mod contact_phone_numbers;
 mod contact_validation;
+mod emarsys;
 mod events_api;
 mod grpc_api;
 mod http_rules;

@@ -16,9 +16,10 @@ use uuid::Uuid;
 
 use super::caller::Caller;
 use super::key::KeyHasher;
-use super::rules::{Access, access_for};
+use super::rules::{Access, Credential, access_for};
 use super::store::{self, ApiKeyRow};
 use crate::db::{self, DbPool};
+use crate::emarsys::EmarsysAuth;
 
 /// How long a verified key is trusted without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
@@ -32,16 +33,23 @@ pub struct Authenticator {
     pool: DbPool,
     hasher: KeyHasher,
     legacy_paths_open: bool,
+    emarsys: EmarsysAuth,
     cache: Mutex<HashMap<String, (ApiKeyRow, Instant)>>,
     last_used: Mutex<HashMap<Uuid, DateTime<Utc>>>,
 }
 
 impl Authenticator {
-    pub fn new(pool: DbPool, hasher: KeyHasher, legacy_paths_open: bool) -> Self {
+    pub fn new(
+        pool: DbPool,
+        hasher: KeyHasher,
+        legacy_paths_open: bool,
+        emarsys: EmarsysAuth,
+    ) -> Self {
         Self {
             pool,
             hasher,
             legacy_paths_open,
+            emarsys,
             cache: Mutex::new(HashMap::new()),
             last_used: Mutex::new(HashMap::new()),
         }
@@ -70,6 +78,12 @@ impl Authenticator {
             }
             Access::Protected(rule) => rule,
         };
+        if rule.credential == Credential::EmarsysSecret {
+            self.emarsys.verify(headers)?;
+            let mut caller = Caller::anonymous(path, source_ip);
+            caller.key_name = Some("emarsys-webhook".to_owned());
+            return Ok(caller);
+        }
         let Some(token) = credential(headers) else {
             if rule.legacy_ingestion && self.legacy_paths_open {
                 return Ok(Caller::anonymous(path, source_ip));

@@ -16,6 +16,17 @@ pub struct Rule {
     /// An ingestion RPC behind the Charles legacy/compat paths: with
     /// `SWITCHBORD_AUTH_LEGACY_PATHS=off` it also accepts calls without a key.
     pub legacy_ingestion: bool,
+    /// How callers prove who they are.
+    pub credential: Credential,
+}
+
+/// The credential an RPC accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An API key whose role is in [`Rule::roles`].
+    ApiKey,
+    /// The Emarsys shared secret (or a JWT signed with it); roles do not apply.
+    EmarsysSecret,
 }
 
 impl Rule {
@@ -24,6 +35,16 @@ impl Rule {
             method,
             roles,
             legacy_ingestion: false,
+            credential: Credential::ApiKey,
+        }
+    }
+
+    const fn emarsys(method: &'static str) -> Self {
+        Self {
+            method,
+            roles: &[],
+            legacy_ingestion: false,
+            credential: Credential::EmarsysSecret,
         }
     }
 
@@ -32,6 +53,7 @@ impl Rule {
             method,
             roles: ANY_ROLE,
             legacy_ingestion: true,
+            credential: Credential::ApiKey,
         }
     }
 
@@ -51,6 +73,15 @@ pub const RULES: &[Rule] = &[
     Rule::new("/switchbord.v1.OutboxService/GetOutboxJob", OPERATORS),
     Rule::new("/switchbord.v1.OutboxService/GetOutboxStats", OPERATORS),
     Rule::new("/switchbord.v1.OutboxService/RetryOutboxJob", ADMIN),
+    Rule::emarsys("/switchbord.v1.EmarsysService/IngestEmarsysEvent"),
+    Rule::new("/switchbord.v1.FlowService/PutFlow", OPERATORS),
+    Rule::new("/switchbord.v1.FlowService/GetFlow", OPERATORS),
+    Rule::new("/switchbord.v1.FlowService/ListFlows", OPERATORS),
+    Rule::new("/switchbord.v1.FlowService/DeleteFlow", OPERATORS),
+    Rule::new("/switchbord.v1.FlowService/PutEventRule", OPERATORS),
+    Rule::new("/switchbord.v1.FlowService/GetEventRule", OPERATORS),
+    Rule::new("/switchbord.v1.FlowService/ListEventRules", OPERATORS),
+    Rule::new("/switchbord.v1.FlowService/DeleteEventRule", OPERATORS),
     Rule::new("/switchbord.v1.AccessService/CreateApiKey", ADMIN),
     Rule::new("/switchbord.v1.AccessService/ListApiKeys", ADMIN),
     Rule::new("/switchbord.v1.AccessService/RevokeApiKey", ADMIN),
@@ -141,7 +172,11 @@ mod tests {
         for rule in RULES {
             let method = rule.method.trim_start_matches("/switchbord.v1.");
             let roles: Vec<&str> = rule.roles.iter().map(|role| role.as_str()).collect();
-            let row = format!("| `{method}` | {} |", roles.join(", "));
+            let who = match rule.credential {
+                Credential::ApiKey => roles.join(", "),
+                Credential::EmarsysSecret => "Emarsys shared secret (no API key)".to_owned(),
+            };
+            let row = format!("| `{method}` | {who} |");
             assert!(docs.contains(&row), "docs/access.md lacks the row: {row}");
         }
     }

@@ -77,26 +77,59 @@ impl SubscriberStatus {
     }
 }
 
+/// What to do with a contact's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagUpdate {
+    Keep,
+    /// Replace the set (the Charles `tags` field).
+    Replace(Vec<String>),
+    /// Add and remove individual tags (event rules).
+    Modify {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+}
+
+impl TagUpdate {
+    /// The tags after applying this update to `current`: sorted, without duplicates.
+    pub fn apply(&self, current: &[String]) -> Vec<String> {
+        let mut tags = match self {
+            Self::Keep => return current.to_vec(),
+            Self::Replace(tags) => tags.clone(),
+            Self::Modify { add, remove } => current
+                .iter()
+                .chain(add)
+                .filter(|tag| !remove.contains(tag))
+                .cloned()
+                .collect(),
+        };
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+}
+
 /// A validated upsert.
 #[derive(Debug, Clone)]
 pub struct ContactUpsert {
     pub phone_number: PhoneNumber,
     pub external_reference_id: Option<String>,
-    pub subscriber_status: SubscriberStatus,
+    /// `None` keeps the current status (new contacts are subscribed).
+    pub subscriber_status: Option<SubscriberStatus>,
     pub name: FieldUpdate,
     pub email: FieldUpdate,
     pub locale: FieldUpdate,
     /// Property changes: a `null` value removes the key.
     pub properties: Map<String, Json>,
-    pub tags: Option<Vec<String>>,
+    pub tags: TagUpdate,
 }
 
 /// Collects every violation of a request, so that the caller can fix them all at once.
 #[derive(Default)]
-struct Violations(Vec<FieldViolation>);
+pub struct Violations(pub Vec<FieldViolation>);
 
 impl Violations {
-    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation::new(field, description));
     }
 }
@@ -191,15 +224,16 @@ pub fn validate_upsert(
         }
     }
 
-    let tags = request
-        .tags
-        .map(|list| validate_tags(&mut violations, list.values));
+    let tags = match request.tags {
+        Some(list) => TagUpdate::Replace(validate_tags(&mut violations, list.values)),
+        None => TagUpdate::Keep,
+    };
 
     match (violations.0.is_empty(), phone_number) {
         (true, Some(phone_number)) => Ok(ContactUpsert {
             phone_number,
             external_reference_id,
-            subscriber_status,
+            subscriber_status: Some(subscriber_status),
             name,
             email,
             locale,
@@ -274,7 +308,7 @@ fn compose_name(first: Option<&str>, last: Option<&str>) -> Option<String> {
 }
 
 /// Tags are trimmed, de-duplicated and sorted, so that equal sets compare equal.
-fn validate_tags(violations: &mut Violations, tags: Vec<String>) -> Vec<String> {
+pub fn validate_tags(violations: &mut Violations, tags: Vec<String>) -> Vec<String> {
     if tags.len() > MAX_TAGS {
         violations.add("tags", format!("at most {MAX_TAGS} tags are allowed"));
     }

@@ -14,7 +14,10 @@ pub mod phone;
 
 pub use ensure::find_or_create_by_phone;
 pub use error::ContactError;
-pub use input::{ContactUpsert, FieldUpdate, SubscriberStatus, validate_upsert};
+pub use input::{
+    ContactUpsert, FieldUpdate, SubscriberStatus, TagUpdate, Violations, validate_tags,
+    validate_upsert,
+};
 pub use model::{ContactRow, contact_json, timestamp};
 pub use service::ContactsService;
-pub use upsert::{Operation, UpsertOutcome, upsert_contact};
+pub use upsert::{Operation, UpsertOutcome, upsert_contact, upsert_on};

@@ -7,7 +7,7 @@ use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
 use super::error::ContactError;
-use super::input::ContactUpsert;
+use super::input::{ContactUpsert, SubscriberStatus};
 use super::model::ContactRow;
 use super::notify::record_contact_events;
 use super::store;
@@ -40,9 +40,19 @@ pub async fn upsert_contact(
     upsert: &ContactUpsert,
 ) -> Result<UpsertOutcome, ContactError> {
     let mut connection = db::connection(pool).await?;
+    upsert_on(&mut connection, context, upsert).await
+}
+
+/// The upsert on `connection`; inside a caller's transaction it runs as a savepoint, so the
+/// caller's other rows commit or roll back with it.
+pub async fn upsert_on(
+    connection: &mut AsyncPgConnection,
+    context: &RequestContext,
+    upsert: &ContactUpsert,
+) -> Result<UpsertOutcome, ContactError> {
     let mut attempt = 1;
     loop {
-        match write(&mut connection, context, upsert).await {
+        match write(connection, context, upsert).await {
             Err(ContactError::Db(DbError::UniqueViolation { .. })) if attempt < MAX_ATTEMPTS => {
                 attempt += 1;
             }
@@ -160,7 +170,7 @@ fn new_contact(upsert: &ContactUpsert, now: DateTime<Utc>) -> ContactRow {
         name: None,
         email: None,
         locale: None,
-        subscriber_status: String::new(),
+        subscriber_status: SubscriberStatus::Subscribed.as_str().to_owned(),
         properties: Json::Object(Map::new()),
         tags: Vec::new(),
         created_at: now,
@@ -177,16 +187,16 @@ fn apply(mut row: ContactRow, upsert: &ContactUpsert, now: DateTime<Utc>) -> Con
     row.name = upsert.name.apply(row.name.as_deref());
     row.email = upsert.email.apply(row.email.as_deref());
     row.locale = upsert.locale.apply(row.locale.as_deref());
-    row.subscriber_status = upsert.subscriber_status.as_str().to_owned();
+    if let Some(status) = upsert.subscriber_status {
+        row.subscriber_status = status.as_str().to_owned();
+    }
     let mut properties = match row.properties {
         Json::Object(object) => object,
         _ => Map::new(),
     };
     merge_properties(&mut properties, &upsert.properties);
     row.properties = Json::Object(properties);
-    if let Some(tags) = &upsert.tags {
-        row.tags = tags.clone();
-    }
+    row.tags = upsert.tags.apply(&row.tags);
     row.updated_at = now;
     row
 }

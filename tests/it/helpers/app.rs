@@ -237,6 +237,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn emarsys_secret(mut self, secret: &str) -> Self {
+        self.core.emarsys_webhook_secret = Some(Secret::new(secret));
+        self
+    }
+
     pub fn legacy_paths_without_keys(mut self) -> Self {
         self.core.auth_legacy_paths = OnOff::Off;
         self

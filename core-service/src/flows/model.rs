@@ -1,0 +1,237 @@
+//! Stored flows and rules, their validation, and their API form.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use switchbord_api::json::{json_from_value, value_from_json};
+use switchbord_api::v1::{self, property_assignment};
+
+use crate::contacts::timestamp;
+use crate::error::FieldViolation;
+use crate::schema::{event_rules, flows};
+
+const MAX_ID_LEN: usize = 255;
+const MAX_PROPERTY_LEN: usize = 128;
+/// Fields a rule may not set as free-form properties (they are first-class contact fields).
+const FIRST_CLASS: [&str; 3] = ["name", "email", "locale"];
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = flows, check_for_backend(diesel::pg::Pg))]
+pub struct FlowRow {
+    pub id: String,
+    pub org: String,
+    pub name: String,
+    pub enabled: bool,
+    pub event_names: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where a rule takes a property's value from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PropertySource {
+    Value(Json),
+    /// A JSON pointer (RFC 6901) into the event's payload.
+    FromPayload(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleProperty {
+    pub property: String,
+    #[serde(flatten)]
+    pub source: PropertySource,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = event_rules, check_for_backend(diesel::pg::Pg))]
+pub struct EventRuleRow {
+    pub event_name: String,
+    pub add_tags: Vec<String>,
+    pub remove_tags: Vec<String>,
+    pub set_properties: Json,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl EventRuleRow {
+    pub fn properties(&self) -> Vec<RuleProperty> {
+        serde_json::from_value(self.set_properties.clone()).unwrap_or_default()
+    }
+}
+
+fn check_id(violations: &mut Vec<FieldViolation>, field: &str, value: &str) -> String {
+    let value = value.trim();
+    let valid = !value.is_empty()
+        && value.chars().count() <= MAX_ID_LEN
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if !valid {
+        violations.push(FieldViolation::new(
+            field,
+            format!("must be 1 to {MAX_ID_LEN} characters of A-Z, a-z, 0-9, '-', '_', '.', ':'"),
+        ));
+    }
+    value.to_owned()
+}
+
+fn check_event_name(violations: &mut Vec<FieldViolation>, field: &str, value: &str) -> String {
+    if value.is_empty()
+        || value.chars().any(char::is_whitespace)
+        || value.contains('\0')
+        || value.chars().count() > MAX_ID_LEN
+    {
+        violations.push(FieldViolation::new(
+            field,
+            "must be a non-empty event name without whitespace",
+        ));
+    }
+    value.to_owned()
+}
+
+/// Validates a flow from the API.
+pub fn flow_from_proto(flow: v1::Flow, now: DateTime<Utc>) -> Result<FlowRow, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let id = check_id(&mut violations, "flow.id", &flow.id);
+    let org = check_id(&mut violations, "flow.org", &flow.org);
+    let name = flow.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_ID_LEN || name.contains('\0') {
+        violations.push(FieldViolation::new(
+            "flow.name",
+            format!("must be 1 to {MAX_ID_LEN} characters"),
+        ));
+    }
+    let mut event_names: Vec<String> = flow
+        .event_names
+        .iter()
+        .enumerate()
+        .map(|(index, event)| {
+            check_event_name(
+                &mut violations,
+                &format!("flow.event_names[{index}]"),
+                event,
+            )
+        })
+        .collect();
+    event_names.sort();
+    event_names.dedup();
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    Ok(FlowRow {
+        id,
+        org,
+        name,
+        enabled: flow.enabled,
+        event_names,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+pub fn flow_to_proto(row: FlowRow) -> v1::Flow {
+    v1::Flow {
+        id: row.id,
+        org: row.org,
+        name: row.name,
+        enabled: row.enabled,
+        event_names: row.event_names,
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
+    }
+}
+
+/// Validates a rule from the API.
+pub fn rule_from_proto(
+    rule: v1::EventRule,
+    now: DateTime<Utc>,
+) -> Result<EventRuleRow, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let event_name = check_event_name(&mut violations, "rule.event_name", &rule.event_name);
+    let mut tags = crate::contacts::Violations::default();
+    let add_tags = crate::contacts::validate_tags(&mut tags, rule.add_tags);
+    let remove_tags = crate::contacts::validate_tags(&mut tags, rule.remove_tags);
+    violations.extend(tags.0.into_iter().map(|violation| {
+        FieldViolation::new(format!("rule.{}", violation.field), violation.description)
+    }));
+    let mut properties = Vec::new();
+    for (index, assignment) in rule.set_properties.into_iter().enumerate() {
+        let field = format!("rule.set_properties[{index}]");
+        let property = assignment.property.trim().to_owned();
+        if property.is_empty()
+            || property.chars().count() > MAX_PROPERTY_LEN
+            || property.contains('\0')
+        {
+            violations.push(FieldViolation::new(
+                format!("{field}.property"),
+                format!("must be 1 to {MAX_PROPERTY_LEN} characters"),
+            ));
+        } else if FIRST_CLASS.contains(&property.as_str()) {
+            violations.push(FieldViolation::new(
+                format!("{field}.property"),
+                "is a first-class contact field; rules set free-form properties only",
+            ));
+        }
+        let source = match assignment.source {
+            Some(property_assignment::Source::Value(value)) => {
+                PropertySource::Value(json_from_value(value))
+            }
+            Some(property_assignment::Source::FromPayload(pointer))
+                if pointer.starts_with('/') || pointer.is_empty() =>
+            {
+                PropertySource::FromPayload(pointer)
+            }
+            Some(property_assignment::Source::FromPayload(_)) => {
+                violations.push(FieldViolation::new(
+                    format!("{field}.from_payload"),
+                    "must be a JSON pointer such as /order/total",
+                ));
+                continue;
+            }
+            None => {
+                violations.push(FieldViolation::new(field, "needs a value or from_payload"));
+                continue;
+            }
+        };
+        properties.push(RuleProperty { property, source });
+    }
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    Ok(EventRuleRow {
+        event_name,
+        add_tags,
+        remove_tags,
+        set_properties: serde_json::to_value(properties).unwrap_or(Json::Array(Vec::new())),
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+pub fn rule_to_proto(row: EventRuleRow) -> v1::EventRule {
+    let set_properties = row
+        .properties()
+        .into_iter()
+        .map(|assignment| v1::PropertyAssignment {
+            property: assignment.property,
+            source: Some(match assignment.source {
+                PropertySource::Value(value) => {
+                    property_assignment::Source::Value(value_from_json(value))
+                }
+                PropertySource::FromPayload(pointer) => {
+                    property_assignment::Source::FromPayload(pointer)
+                }
+            }),
+        })
+        .collect();
+    v1::EventRule {
+        event_name: row.event_name,
+        add_tags: row.add_tags,
+        remove_tags: row.remove_tags,
+        set_properties,
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
+    }
+}

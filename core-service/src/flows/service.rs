@@ -1,0 +1,229 @@
+//! The `FlowService` gRPC implementation.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use switchbord_api::v1::flow_service_server::FlowService;
+use switchbord_api::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::model::{
+    EventRuleRow, FlowRow, flow_from_proto, flow_to_proto, rule_from_proto, rule_to_proto,
+};
+use super::store;
+use crate::audit::{self, AuditRecord};
+use crate::db::{self, DbError, DbPool};
+use crate::error::{FieldViolation, ServiceError};
+use crate::outbox::BoxFuture;
+use crate::request::RequestContext;
+use crate::schema::{event_rules, flows};
+
+pub struct FlowsGrpc {
+    pool: DbPool,
+}
+
+impl FlowsGrpc {
+    pub fn new(pool: DbPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn db_status(error: impl Into<DbError>) -> Status {
+    ServiceError::from(error.into()).into()
+}
+
+fn invalid(violations: Vec<FieldViolation>) -> Status {
+    ServiceError::InvalidArgument(violations).into()
+}
+
+fn not_found(what: &'static str) -> Status {
+    ServiceError::NotFound(what).into()
+}
+
+/// Runs `write` and its audit entry in one transaction.
+async fn audited<T: Send>(
+    pool: &DbPool,
+    context: &RequestContext,
+    action: &'static str,
+    target_type: &'static str,
+    target_id: String,
+    write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
+) -> Result<T, Status> {
+    let mut connection = db::connection(pool).await.map_err(db_status)?;
+    connection
+        .transaction(async |connection| {
+            let written = write(connection).await?;
+            audit::record(
+                connection,
+                AuditRecord {
+                    request_id: context.request_id,
+                    actor: &context.caller,
+                    action,
+                    target_type,
+                    target_id: Some(target_id),
+                    changed_fields: Vec::new(),
+                },
+            )
+            .await?;
+            Ok::<_, diesel::result::Error>(written)
+        })
+        .await
+        .map_err(db_status)
+}
+
+#[tonic::async_trait]
+impl FlowService for FlowsGrpc {
+    async fn put_flow(
+        &self,
+        request: Request<PutFlowRequest>,
+    ) -> Result<Response<PutFlowResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let flow = request.into_inner().flow.unwrap_or_default();
+        let row = flow_from_proto(flow, Utc::now()).map_err(invalid)?;
+        let stored = audited(
+            &self.pool,
+            &context,
+            "flow.put",
+            "flow",
+            row.id.clone(),
+            move |connection| Box::pin(async move { store::put_flow(connection, &row).await }),
+        )
+        .await?;
+        Ok(Response::new(PutFlowResponse {
+            flow: Some(flow_to_proto(stored)),
+        }))
+    }
+
+    async fn get_flow(
+        &self,
+        request: Request<GetFlowRequest>,
+    ) -> Result<Response<GetFlowResponse>, Status> {
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let flow: Option<FlowRow> = flows::table
+            .find(request.get_ref().id.trim())
+            .select(FlowRow::as_select())
+            .first(&mut connection)
+            .await
+            .optional()
+            .map_err(db_status)?;
+        let flow = flow.ok_or_else(|| not_found("flow"))?;
+        Ok(Response::new(GetFlowResponse {
+            flow: Some(flow_to_proto(flow)),
+        }))
+    }
+
+    async fn list_flows(
+        &self,
+        _request: Request<ListFlowsRequest>,
+    ) -> Result<Response<ListFlowsResponse>, Status> {
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let rows: Vec<FlowRow> = flows::table
+            .select(FlowRow::as_select())
+            .order(flows::id)
+            .load(&mut connection)
+            .await
+            .map_err(db_status)?;
+        Ok(Response::new(ListFlowsResponse {
+            flows: rows.into_iter().map(flow_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_flow(
+        &self,
+        request: Request<DeleteFlowRequest>,
+    ) -> Result<Response<DeleteFlowResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let id = request.into_inner().id.trim().to_owned();
+        let deleted = audited(
+            &self.pool,
+            &context,
+            "flow.delete",
+            "flow",
+            id.clone(),
+            |connection| {
+                Box::pin(diesel::delete(flows::table.find(id.clone())).execute(connection))
+            },
+        )
+        .await?;
+        if deleted == 0 {
+            return Err(not_found("flow"));
+        }
+        Ok(Response::new(DeleteFlowResponse {}))
+    }
+
+    async fn put_event_rule(
+        &self,
+        request: Request<PutEventRuleRequest>,
+    ) -> Result<Response<PutEventRuleResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let rule = request.into_inner().rule.unwrap_or_default();
+        let row = rule_from_proto(rule, Utc::now()).map_err(invalid)?;
+        let stored = audited(
+            &self.pool,
+            &context,
+            "event_rule.put",
+            "event_rule",
+            row.event_name.clone(),
+            move |connection| Box::pin(async move { store::put_rule(connection, &row).await }),
+        )
+        .await?;
+        Ok(Response::new(PutEventRuleResponse {
+            rule: Some(rule_to_proto(stored)),
+        }))
+    }
+
+    async fn get_event_rule(
+        &self,
+        request: Request<GetEventRuleRequest>,
+    ) -> Result<Response<GetEventRuleResponse>, Status> {
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let rule = store::rule_for(&mut connection, request.get_ref().event_name.trim())
+            .await
+            .map_err(db_status)?
+            .ok_or_else(|| not_found("event rule"))?;
+        Ok(Response::new(GetEventRuleResponse {
+            rule: Some(rule_to_proto(rule)),
+        }))
+    }
+
+    async fn list_event_rules(
+        &self,
+        _request: Request<ListEventRulesRequest>,
+    ) -> Result<Response<ListEventRulesResponse>, Status> {
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let rows: Vec<EventRuleRow> = event_rules::table
+            .select(EventRuleRow::as_select())
+            .order(event_rules::event_name)
+            .load(&mut connection)
+            .await
+            .map_err(db_status)?;
+        Ok(Response::new(ListEventRulesResponse {
+            rules: rows.into_iter().map(rule_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_event_rule(
+        &self,
+        request: Request<DeleteEventRuleRequest>,
+    ) -> Result<Response<DeleteEventRuleResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let event_name = request.into_inner().event_name.trim().to_owned();
+        let deleted = audited(
+            &self.pool,
+            &context,
+            "event_rule.delete",
+            "event_rule",
+            event_name.clone(),
+            |connection| {
+                Box::pin(
+                    diesel::delete(event_rules::table.find(event_name.clone())).execute(connection),
+                )
+            },
+        )
+        .await?;
+        if deleted == 0 {
+            return Err(not_found("event rule"));
+        }
+        Ok(Response::new(DeleteEventRuleResponse {}))
+    }
+}

@@ -1,0 +1,123 @@
+//! `POST /api/v0/webhooks/incoming/emarsys/custom_external_event?secret=…`.
+//!
+//! The body is decoded into both payload styles as sent (flat fields, and the `contact` or
+//! `contact_data` object); the core merges them and checks the secret, which the gateway only
+//! forwards. Errors use the Charles `{"status": "error", …}` shape.
+
+use axum::Json as JsonBody;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+use switchbord_api::v1::{EmarsysContact, IngestEmarsysEventRequest};
+use tonic::metadata::AsciiMetadataValue;
+
+use crate::body::read_json_bytes;
+use crate::call::CallContext;
+use crate::core_client::CoreClient;
+use crate::decode::Decoder;
+use crate::error::ApiError;
+use crate::family::Family;
+
+#[derive(Debug, Deserialize)]
+pub struct SecretQuery {
+    secret: Option<String>,
+}
+
+fn contact_fields(
+    decoder: &mut Decoder,
+    body: &mut Map<String, Json>,
+    prefix: &str,
+) -> EmarsysContact {
+    let field = |name: &str| format!("{prefix}{name}");
+    let mut named = |decoder: &mut Decoder, name: &str| -> Option<String> {
+        let value = body.remove(name)?;
+        let mut single = Map::new();
+        single.insert(field(name), value);
+        decoder.identifier(&mut single, &field(name))
+    };
+    let phone_number = named(decoder, "phone_number").or_else(|| named(decoder, "phone"));
+    EmarsysContact {
+        phone_number: phone_number.unwrap_or_default(),
+        external_reference_id: named(decoder, "external_reference_id").unwrap_or_default(),
+        email: named(decoder, "email").unwrap_or_default(),
+    }
+}
+
+pub async fn ingest(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    query: Result<Query<SecretQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result: Result<_, ApiError> = async {
+        let secret = query.ok().and_then(|Query(query)| query.secret);
+        let (raw, mut body) = read_json_bytes(body).await?;
+        let mut decoder = Decoder::default();
+        let event_name = match body.remove("event_name") {
+            None | Some(Json::Null) => String::new(),
+            Some(Json::String(name)) => name,
+            Some(_) => {
+                return Err(ApiError::invalid_field("event_name", "must be a string"));
+            }
+        };
+        let nested_object = match (body.remove("contact"), body.remove("contact_data")) {
+            (Some(Json::Object(object)), _) | (None, Some(Json::Object(object))) => Some(object),
+            (None, None) | (Some(Json::Null), _) | (None, Some(Json::Null)) => None,
+            (Some(_), _) => return Err(ApiError::invalid_field("contact", "must be an object")),
+            (None, Some(_)) => {
+                return Err(ApiError::invalid_field("contact_data", "must be an object"));
+            }
+        };
+        let delivery_id = decoder
+            .identifier(&mut body, "event_id")
+            .or_else(|| decoder.identifier(&mut body, "request_id"))
+            .unwrap_or_default();
+        let flat = contact_fields(&mut decoder, &mut body, "");
+        let nested =
+            nested_object.map(|mut object| contact_fields(&mut decoder, &mut object, "contact."));
+        let request = IngestEmarsysEventRequest {
+            event_name,
+            flat: Some(flat),
+            nested,
+            payload: decoder.object(&mut body, "payload"),
+            voucher_pool: decoder
+                .string(&mut body, "voucher_pool")
+                .unwrap_or_default(),
+            raw_body: String::from_utf8_lossy(&raw).into_owned(),
+            delivery_id,
+            idempotency_key: headers
+                .get("idempotency-key")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let request = decoder.finish(request)?;
+        let mut grpc = context.grpc_request(request);
+        if let Some(secret) = secret
+            && let Ok(value) = AsciiMetadataValue::try_from(secret.as_bytes())
+        {
+            grpc.metadata_mut().insert("x-emarsys-secret", value);
+        }
+        Ok(core.emarsys.ingest_emarsys_event(grpc).await?.into_inner())
+    }
+    .await;
+    match result {
+        Ok(response) => JsonBody(json!({
+            "status": "accepted",
+            "message": if response.duplicate {
+                "event already received; the first delivery's ids are returned"
+            } else {
+                "event accepted"
+            },
+            "webhookEventId": response.webhook_event_id,
+            "outboxJobId": response.outbox_job_id,
+            "request_id": context.request_id.to_string(),
+        }))
+        .into_response(),
+        Err(error) => error.render(Family::Legacy, context.request_id),
+    }
+}

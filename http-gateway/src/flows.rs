@@ -1,0 +1,277 @@
+//! Operator routes for flows and event rules: REST mappings of `FlowService` under
+//! `/api/v1/admin/`.
+
+use axum::Json as JsonBody;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value as Json, json};
+use switchbord_api::json::{json_from_value, value_from_json};
+use switchbord_api::v1::property_assignment::Source;
+use switchbord_api::v1::{
+    DeleteEventRuleRequest, DeleteFlowRequest, EventRule, Flow, GetEventRuleRequest,
+    GetFlowRequest, ListEventRulesRequest, ListFlowsRequest, PropertyAssignment,
+    PutEventRuleRequest, PutFlowRequest,
+};
+
+use crate::body::read_json_object;
+use crate::call::CallContext;
+use crate::core_client::CoreClient;
+use crate::decode::Decoder;
+use crate::error::ApiError;
+use crate::family::Family;
+use crate::time::rfc3339;
+
+fn respond(context: &CallContext, result: Result<Json, ApiError>) -> Response {
+    match result {
+        Ok(body) => JsonBody(body).into_response(),
+        Err(error) => error.render(Family::Admin, context.request_id),
+    }
+}
+
+fn flow_json(flow: Flow) -> Json {
+    json!({
+        "id": flow.id,
+        "org": flow.org,
+        "name": flow.name,
+        "enabled": flow.enabled,
+        "event_names": flow.event_names,
+        "created_at": flow.created_at.map(rfc3339),
+        "updated_at": flow.updated_at.map(rfc3339),
+    })
+}
+
+fn rule_json(rule: EventRule) -> Json {
+    let properties: Vec<Json> = rule
+        .set_properties
+        .into_iter()
+        .map(|assignment| match assignment.source {
+            Some(Source::FromPayload(pointer)) => {
+                json!({"property": assignment.property, "from_payload": pointer})
+            }
+            Some(Source::Value(value)) => {
+                json!({"property": assignment.property, "value": json_from_value(value)})
+            }
+            None => json!({"property": assignment.property}),
+        })
+        .collect();
+    json!({
+        "event_name": rule.event_name,
+        "add_tags": rule.add_tags,
+        "remove_tags": rule.remove_tags,
+        "set_properties": properties,
+        "created_at": rule.created_at.map(rfc3339),
+        "updated_at": rule.updated_at.map(rfc3339),
+    })
+}
+
+fn decode_flow(id: String, mut body: Map<String, Json>) -> Result<Flow, ApiError> {
+    let mut decoder = Decoder::default();
+    let flow = Flow {
+        id,
+        org: decoder.string(&mut body, "org").unwrap_or_default(),
+        name: decoder.string(&mut body, "name").unwrap_or_default(),
+        enabled: match body.remove("enabled") {
+            None | Some(Json::Null) => true,
+            Some(Json::Bool(enabled)) => enabled,
+            Some(_) => return Err(ApiError::invalid_field("enabled", "must be a boolean")),
+        },
+        event_names: decoder
+            .string_list(&mut body, "event_names")
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    decoder.finish(flow)
+}
+
+fn decode_rule(event_name: String, mut body: Map<String, Json>) -> Result<EventRule, ApiError> {
+    let mut decoder = Decoder::default();
+    let add_tags = decoder
+        .string_list(&mut body, "add_tags")
+        .unwrap_or_default();
+    let remove_tags = decoder
+        .string_list(&mut body, "remove_tags")
+        .unwrap_or_default();
+    let mut set_properties = Vec::new();
+    match body.remove("set_properties") {
+        None | Some(Json::Null) => {}
+        Some(Json::Array(items)) => {
+            for (index, item) in items.into_iter().enumerate() {
+                let field = format!("set_properties[{index}]");
+                let Json::Object(mut item) = item else {
+                    return Err(ApiError::invalid_field(field, "must be an object"));
+                };
+                let property = match item.remove("property") {
+                    Some(Json::String(property)) => property,
+                    _ => {
+                        return Err(ApiError::invalid_field(
+                            format!("{field}.property"),
+                            "must be a string",
+                        ));
+                    }
+                };
+                let source = match (item.remove("value"), item.remove("from_payload")) {
+                    (Some(value), None) => Source::Value(value_from_json(value)),
+                    (None, Some(Json::String(pointer))) => Source::FromPayload(pointer),
+                    _ => {
+                        return Err(ApiError::invalid_field(
+                            field,
+                            "needs exactly one of value or from_payload (a string)",
+                        ));
+                    }
+                };
+                set_properties.push(PropertyAssignment {
+                    property,
+                    source: Some(source),
+                });
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "set_properties",
+                "must be an array",
+            ));
+        }
+    }
+    decoder.finish(EventRule {
+        event_name,
+        add_tags,
+        remove_tags,
+        set_properties,
+        ..Default::default()
+    })
+}
+
+pub async fn list_flows(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+    let result = async {
+        let flows = core
+            .flows
+            .list_flows(context.grpc_request(ListFlowsRequest {}))
+            .await?
+            .into_inner()
+            .flows;
+        Ok(json!({"flows": flows.into_iter().map(flow_json).collect::<Vec<_>>()}))
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn get_flow(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let flow = core
+            .flows
+            .get_flow(context.grpc_request(GetFlowRequest { id }))
+            .await?
+            .into_inner()
+            .flow;
+        Ok(flow.map(flow_json).unwrap_or_default())
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn put_flow(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let flow = decode_flow(id, read_json_object(body).await?)?;
+        let stored = core
+            .flows
+            .put_flow(context.grpc_request(PutFlowRequest { flow: Some(flow) }))
+            .await?
+            .into_inner()
+            .flow;
+        Ok(stored.map(flow_json).unwrap_or_default())
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn delete_flow(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        core.flows
+            .delete_flow(context.grpc_request(DeleteFlowRequest { id }))
+            .await?;
+        Ok(json!({}))
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn list_rules(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+    let result = async {
+        let rules = core
+            .flows
+            .list_event_rules(context.grpc_request(ListEventRulesRequest {}))
+            .await?
+            .into_inner()
+            .rules;
+        Ok(json!({"rules": rules.into_iter().map(rule_json).collect::<Vec<_>>()}))
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn get_rule(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    Path(event_name): Path<String>,
+) -> Response {
+    let result = async {
+        let rule = core
+            .flows
+            .get_event_rule(context.grpc_request(GetEventRuleRequest { event_name }))
+            .await?
+            .into_inner()
+            .rule;
+        Ok(rule.map(rule_json).unwrap_or_default())
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn put_rule(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    Path(event_name): Path<String>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let rule = decode_rule(event_name, read_json_object(body).await?)?;
+        let stored = core
+            .flows
+            .put_event_rule(context.grpc_request(PutEventRuleRequest { rule: Some(rule) }))
+            .await?
+            .into_inner()
+            .rule;
+        Ok(stored.map(rule_json).unwrap_or_default())
+    }
+    .await;
+    respond(&context, result)
+}
+
+pub async fn delete_rule(
+    State(mut core): State<CoreClient>,
+    context: CallContext,
+    Path(event_name): Path<String>,
+) -> Response {
+    let result = async {
+        core.flows
+            .delete_event_rule(context.grpc_request(DeleteEventRuleRequest { event_name }))
+            .await?;
+        Ok(json!({}))
+    }
+    .await;
+    respond(&context, result)
+}

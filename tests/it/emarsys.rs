@@ -1,0 +1,596 @@
+//! Emarsys custom external events (SPEC §2.3): authentication, validation, both payload
+//! styles, contact sync, event rules, listening flows and redeliveries.
+
+use std::time::Duration;
+
+use diesel::sql_query;
+use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use reqwest::Method;
+use serde_json::{Value as Json, json};
+use switchbord_api::json::value_from_json;
+use switchbord_api::v1::flow_service_client::FlowServiceClient;
+use switchbord_api::v1::property_assignment::Source;
+use switchbord_api::v1::{
+    EventRule, Flow, PropertyAssignment, PutEventRuleRequest, PutFlowRequest,
+};
+
+use crate::helpers::{HttpReply, TestApp, WithKey};
+
+const PATH: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
+const SECRET: &str = "emarsys-shared-secret-123";
+const PHONE: &str = "+4915112345678";
+
+async fn post(app: &TestApp, query: &str, body: &str, headers: &[(&str, &str)]) -> HttpReply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    app.send_anonymous(
+        Method::POST,
+        &format!("{PATH}{query}"),
+        &all,
+        body.to_owned(),
+    )
+    .await
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    let mut connection = app.database.connect().await;
+    sql_query(sql)
+        .get_result::<Count>(&mut connection)
+        .await
+        .expect("count")
+        .count
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn jwt(secret: &str, claims: Json) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign a JWT")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_configured_secret_the_path_is_open() {
+    let app = TestApp::spawn().await;
+
+    let reply = post(
+        &app,
+        "",
+        r#"{"event_name": "order_placed", "phone_number": "+4915112345678"}"#,
+        &[],
+    )
+    .await;
+
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["status"], "accepted");
+    assert!(reply.body["message"].is_string());
+    assert!(
+        uuid::Uuid::parse_str(reply.body["webhookEventId"].as_str().unwrap_or_default()).is_ok()
+    );
+    assert!(uuid::Uuid::parse_str(reply.body["outboxJobId"].as_str().unwrap_or_default()).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
+    let app = TestApp::builder().emarsys_secret(SECRET).spawn().await;
+    let body = r#"{"event_name": "order_placed"}"#;
+    let good = jwt(SECRET, json!({"iat": now(), "exp": now() + 300}));
+    let forged = jwt("another-secret", json!({"iat": now()}));
+    let expired = jwt(SECRET, json!({"exp": now() - 3600}));
+    let future = jwt(SECRET, json!({"iat": now() + 3600}));
+
+    let missing = post(&app, "", body, &[]).await;
+    let wrong = post(&app, "?secret=nope", body, &[]).await;
+    let forged_reply = post(
+        &app,
+        "",
+        body,
+        &[("authorization", &format!("Bearer {forged}"))],
+    )
+    .await;
+    let expired_reply = post(
+        &app,
+        "",
+        body,
+        &[("authorization", &format!("Bearer {expired}"))],
+    )
+    .await;
+    let future_reply = post(
+        &app,
+        "",
+        body,
+        &[("authorization", &format!("Bearer {future}"))],
+    )
+    .await;
+    let garbage = post(&app, "", body, &[("authorization", "Bearer not.a.jwt")]).await;
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM webhook_events").await,
+        0,
+        "rejected calls store nothing"
+    );
+
+    let right = post(&app, &format!("?secret={SECRET}"), body, &[]).await;
+    let with_jwt = post(
+        &app,
+        "",
+        r#"{"event_name": "order_shipped"}"#,
+        &[("authorization", &format!("Bearer {good}"))],
+    )
+    .await;
+
+    for (name, reply) in [
+        ("missing", &missing),
+        ("wrong", &wrong),
+        ("forged", &forged_reply),
+        ("expired", &expired_reply),
+        ("future iat", &future_reply),
+        ("garbage", &garbage),
+    ] {
+        assert_eq!(reply.status, 401, "{name}: {}", reply.text);
+        assert_eq!(reply.body["status"], "error", "{name}");
+    }
+    assert_eq!(right.status, 200, "{}", right.text);
+    assert_eq!(with_jwt.status, 200, "{}", with_jwt.text);
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM webhook_events").await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_name_is_required_and_has_no_whitespace() {
+    let app = TestApp::spawn().await;
+    let bodies = [
+        json!({}),
+        json!({"event_name": ""}),
+        json!({"event_name": "order placed"}),
+        json!({"event_name": "order\tplaced"}),
+        json!({"event_name": "order\nplaced"}),
+        json!({"event_name": 42}),
+        json!({"event_name": null}),
+    ];
+    for body in bodies {
+        let reply = post(&app, "", &body.to_string(), &[]).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
+        assert_eq!(reply.body["field"], "event_name", "{body}");
+    }
+    let bad_payload = post(&app, "", r#"{"event_name": "x", "payload": [1]}"#, &[]).await;
+    assert_eq!(bad_payload.status, 400);
+    assert_eq!(bad_payload.body["field"], "payload");
+    for malformed in [
+        "",
+        "[]",
+        "{",
+        "\"x\"",
+        r#"{"event_name": "x", "contact": 5}"#,
+        r#"{"event_name": "x", "contact_data": "y"}"#,
+    ] {
+        let reply = post(&app, "", malformed, &[]).await;
+        assert_eq!(reply.status, 400, "{malformed:?}: {}", reply.text);
+    }
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct Stored {
+    #[diesel(sql_type = Jsonb)]
+    normalized: Json,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    contact_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Text)]
+    raw_body: String,
+}
+
+async fn stored(app: &TestApp, id: &str) -> Stored {
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "SELECT normalized, contact_id, raw_body FROM webhook_events WHERE id = '{id}'"
+    ))
+    .get_result(&mut connection)
+    .await
+    .expect("stored event")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flat_nested_and_contact_data_styles_store_the_same_shape() {
+    let app = TestApp::spawn().await;
+    let payload = json!({"order": {"id": 7, "total": 19.5}, "items": ["a", "b"]});
+    let bodies = [
+        json!({"event_name": "order_placed", "phone": PHONE, "external_reference_id": "crm-1", "email": "jane@example.com", "payload": payload, "voucher_pool": "spring"}),
+        json!({"event_name": "order_placed", "contact": {"phone_number": PHONE, "external_reference_id": "crm-1", "email": "jane@example.com"}, "payload": payload, "voucher_pool": "spring"}),
+        json!({"event_name": "order_placed", "contact_data": {"phone": PHONE, "external_reference_id": "crm-1", "email": "jane@example.com"}, "payload": payload, "voucher_pool": "spring"}),
+    ];
+    let mut shapes = Vec::new();
+    for (index, body) in bodies.iter().enumerate() {
+        let key = format!("style-{index}");
+        let reply = post(&app, "", &body.to_string(), &[("Idempotency-Key", &key)]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let event = stored(&app, reply.body["webhookEventId"].as_str().expect("id")).await;
+        assert_eq!(
+            event.raw_body,
+            body.to_string(),
+            "the raw body is kept as sent"
+        );
+        assert!(event.contact_id.is_some());
+        shapes.push(event.normalized);
+    }
+    assert_eq!(shapes[0], shapes[1]);
+    assert_eq!(shapes[1], shapes[2]);
+    assert_eq!(shapes[0]["contact"]["phone_number"], PHONE);
+    assert_eq!(shapes[0]["payload"], payload);
+    assert_eq!(shapes[0]["voucher_pool"], "spring");
+    let mut connection = app.database.connect().await;
+    #[derive(diesel::QueryableByName)]
+    struct JobPayload {
+        #[diesel(sql_type = Jsonb)]
+        payload: Json,
+    }
+    let jobs: Vec<JobPayload> = sql_query(
+        "SELECT payload FROM outbox_jobs WHERE kind = 'integration.emarsys.custom_event'",
+    )
+    .load(&mut connection)
+    .await
+    .expect("jobs");
+    assert_eq!(jobs.len(), 3);
+    assert_eq!(
+        jobs[0].payload["payload"], payload,
+        "the payload reaches the job untouched"
+    );
+    assert_eq!(jobs[0].payload["voucher_pool"], "spring");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS count FROM events WHERE type = 'integration.emarsys.event_received'"
+        )
+        .await,
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_fields_win_over_flat_ones() {
+    let app = TestApp::spawn().await;
+    let reply = post(
+        &app,
+        "",
+        &json!({"event_name": "x", "phone": "+4915199999999", "email": "flat@example.com", "contact": {"phone_number": PHONE}}).to_string(),
+        &[],
+    )
+    .await;
+    let event = stored(&app, reply.body["webhookEventId"].as_str().expect("id")).await;
+    assert_eq!(event.normalized["contact"]["phone_number"], PHONE);
+    assert_eq!(event.normalized["contact"]["email"], "flat@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_contact_is_synced_only_with_a_phone_number_or_a_known_reference() {
+    let app = TestApp::spawn().await;
+
+    let email_only = post(
+        &app,
+        "",
+        r#"{"event_name": "x", "email": "jane@example.com"}"#,
+        &[],
+    )
+    .await;
+    let unknown_reference = post(
+        &app,
+        "",
+        r#"{"event_name": "x", "external_reference_id": "crm-9"}"#,
+        &[],
+    )
+    .await;
+    let with_phone = post(&app, "", r#"{"event_name": "x", "phone_number": "+4915112345678", "external_reference_id": "crm-9", "email": "jane@example.com"}"#, &[]).await;
+    let by_reference = post(
+        &app,
+        "",
+        r#"{"event_name": "y", "external_reference_id": "crm-9", "email": "new@example.com"}"#,
+        &[],
+    )
+    .await;
+    let bad_phone = post(
+        &app,
+        "",
+        r#"{"event_name": "x", "phone_number": "nope"}"#,
+        &[],
+    )
+    .await;
+
+    assert!(
+        stored(
+            &app,
+            email_only.body["webhookEventId"].as_str().expect("id")
+        )
+        .await
+        .contact_id
+        .is_none()
+    );
+    assert!(
+        stored(
+            &app,
+            unknown_reference.body["webhookEventId"]
+                .as_str()
+                .expect("id")
+        )
+        .await
+        .contact_id
+        .is_none()
+    );
+    let synced = stored(
+        &app,
+        with_phone.body["webhookEventId"].as_str().expect("id"),
+    )
+    .await
+    .contact_id;
+    assert!(synced.is_some());
+    assert_eq!(
+        stored(
+            &app,
+            by_reference.body["webhookEventId"].as_str().expect("id")
+        )
+        .await
+        .contact_id,
+        synced
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM contacts").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS count FROM contacts WHERE email = 'new@example.com'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(bad_phone.status, 400);
+    assert_eq!(bad_phone.body["field"], "phone_number");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
+    let app = TestApp::spawn().await;
+    let mut flows = FlowServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.manager)),
+    );
+    for (id, enabled, events) in [
+        ("welcome", true, vec!["order_placed"]),
+        ("upsell", true, vec!["order_placed", "x"]),
+        ("paused", false, vec!["order_placed"]),
+        ("other", true, vec!["newsletter"]),
+    ] {
+        flows
+            .put_flow(PutFlowRequest {
+                flow: Some(Flow {
+                    id: id.to_owned(),
+                    org: "acme".to_owned(),
+                    name: format!("{id} flow"),
+                    enabled,
+                    event_names: events.into_iter().map(str::to_owned).collect(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("put flow");
+    }
+    flows
+        .put_event_rule(PutEventRuleRequest {
+            rule: Some(EventRule {
+                event_name: "order_placed".to_owned(),
+                add_tags: vec!["customer".to_owned()],
+                remove_tags: vec!["prospect".to_owned()],
+                set_properties: vec![
+                    PropertyAssignment {
+                        property: "last_order_total".to_owned(),
+                        source: Some(Source::FromPayload("/order/total".to_owned())),
+                    },
+                    PropertyAssignment {
+                        property: "segment".to_owned(),
+                        source: Some(Source::Value(value_from_json(json!("buyer")))),
+                    },
+                ],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("put rule");
+    app.upsert_contact(&json!({"phone_number": PHONE, "tags": ["prospect", "vip"]}))
+        .await;
+
+    let reply = post(&app, "", &json!({"event_name": "order_placed", "phone_number": PHONE, "payload": {"order": {"total": 42.5}}}).to_string(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let job_id = reply.body["outboxJobId"].as_str().expect("job").to_owned();
+
+    eventually("both listening flows ran", async || {
+        count(&app, "SELECT count(*) AS count FROM journey_runs").await == 2
+    })
+    .await;
+    let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
+    assert_eq!(contact["contact"]["tags"], json!(["customer", "vip"]));
+    assert_eq!(contact["contact"]["properties"]["last_order_total"], 42.5);
+    assert_eq!(contact["contact"]["properties"]["segment"], "buyer");
+    assert_eq!(count(&app, "SELECT count(*) AS count FROM journey_runs WHERE flow IN ('welcome', 'upsell') AND org = 'acme'").await, 2);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS count FROM events WHERE type = 'contact.updated'"
+        )
+        .await,
+        1,
+        "the rule's change emits contact.updated"
+    );
+
+    // The job runs again (as after a crash before it recorded success): no second trigger.
+    let mut connection = app.database.connect().await;
+    sql_query(format!("UPDATE outbox_jobs SET status = 'pending', run_after = now(), attempts = 1 WHERE id = '{job_id}'"))
+        .execute(&mut connection)
+        .await
+        .expect("requeue");
+    eventually("the job ran again", async || {
+        count(&app, &format!("SELECT count(*) AS count FROM outbox_jobs WHERE id = '{job_id}' AND status = 'succeeded' AND attempts = 2")).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM journey_runs").await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_request_is_not_stored_twice() {
+    let app = TestApp::spawn().await;
+    let body = json!({"event_name": "order_placed", "phone_number": PHONE, "payload": {"n": 1}})
+        .to_string();
+
+    let first = post(&app, "", &body, &[]).await;
+    let again = post(&app, "", &body, &[]).await;
+    let with_id = post(&app, "", r#"{"event_name": "a", "event_id": "em-1"}"#, &[]).await;
+    let same_id = post(
+        &app,
+        "",
+        r#"{"event_name": "a", "event_id": "em-1", "payload": {"changed": true}}"#,
+        &[],
+    )
+    .await;
+    let keyed = post(
+        &app,
+        "",
+        r#"{"event_name": "b"}"#,
+        &[("Idempotency-Key", "k")],
+    )
+    .await;
+    let same_key = post(
+        &app,
+        "",
+        r#"{"event_name": "c"}"#,
+        &[("Idempotency-Key", "k")],
+    )
+    .await;
+
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["webhookEventId"], first.body["webhookEventId"]);
+    assert_eq!(again.body["outboxJobId"], first.body["outboxJobId"]);
+    assert_eq!(
+        same_id.body["webhookEventId"],
+        with_id.body["webhookEventId"]
+    );
+    assert_eq!(
+        same_key.body["webhookEventId"],
+        keyed.body["webhookEventId"]
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM webhook_events").await,
+        3
+    );
+    assert_eq!(count(&app, "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'integration.emarsys.custom_event'").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_configure_flows_and_rules_over_rest() {
+    let app = TestApp::spawn().await;
+    let manager = [
+        ("x-api-key", app.keys.manager.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let user = [("x-api-key", app.keys.user.as_str())];
+
+    let flow = app
+        .send(
+            Method::PUT,
+            "/api/v1/admin/flows/welcome",
+            &manager,
+            r#"{"org": "acme", "name": "Welcome", "event_names": ["order_placed"]}"#,
+        )
+        .await;
+    let rule = app
+        .send(
+            Method::PUT,
+            "/api/v1/admin/event-rules/order_placed",
+            &manager,
+            r#"{"add_tags": ["customer"], "set_properties": [{"property": "total", "from_payload": "/order/total"}, {"property": "segment", "value": "buyer"}]}"#,
+        )
+        .await;
+    let flows = app
+        .send(Method::GET, "/api/v1/admin/flows", &manager, "")
+        .await;
+    let fetched_rule = app
+        .send(
+            Method::GET,
+            "/api/v1/admin/event-rules/order_placed",
+            &manager,
+            "",
+        )
+        .await;
+    let bad_rule = app
+        .send(
+            Method::PUT,
+            "/api/v1/admin/event-rules/x",
+            &manager,
+            r#"{"set_properties": [{"property": "name", "value": "x"}]}"#,
+        )
+        .await;
+    let bad_flow = app
+        .send(
+            Method::PUT,
+            "/api/v1/admin/flows/bad%20id",
+            &manager,
+            r#"{"org": "acme", "name": "x"}"#,
+        )
+        .await;
+    let as_user = app
+        .send(Method::GET, "/api/v1/admin/flows", &user, "")
+        .await;
+    let deleted = app
+        .send(Method::DELETE, "/api/v1/admin/flows/welcome", &manager, "")
+        .await;
+    let gone = app
+        .send(Method::GET, "/api/v1/admin/flows/welcome", &manager, "")
+        .await;
+
+    assert_eq!(flow.status, 200, "{}", flow.text);
+    assert_eq!(flow.body["enabled"], true);
+    assert_eq!(rule.status, 200, "{}", rule.text);
+    assert_eq!(flows.body["flows"][0]["id"], "welcome");
+    assert_eq!(
+        fetched_rule.body["set_properties"][0]["from_payload"],
+        "/order/total"
+    );
+    assert_eq!(fetched_rule.body["set_properties"][1]["value"], "buyer");
+    assert_eq!(bad_rule.status, 400, "{}", bad_rule.text);
+    assert_eq!(
+        bad_rule.body["details"][0]["field"],
+        "rule.set_properties[0].property"
+    );
+    assert_eq!(bad_flow.status, 400, "{}", bad_flow.text);
+    assert_eq!(as_user.status, 403);
+    assert_eq!(deleted.status, 200);
+    assert_eq!(gone.status, 404);
+}
