@@ -334,6 +334,7 @@ fn without_postgresql_it_says_so_in_one_line() {
         .env_remove("DATABASE_URL")
         .env("SWITCHBORD_DATA_DIR", data.path())
         .env("PG_BIN_DIR", data.path().join("no-postgres-here"))
+        .env("SWITCHBORD_LOG_FORMAT", "json")
         .env(
             "SWITCHBORD_KEY_PEPPER",
             "a-pepper-long-enough-for-the-check-0123456789",
@@ -352,6 +353,18 @@ fn without_postgresql_it_says_so_in_one_line() {
         .unwrap_or_else(|| panic!("no error line in: {stderr}"));
     assert!(line.contains("no PostgreSQL installation found"), "{line}");
     assert!(line.contains("DATABASE_URL"), "{line}");
+    let logged = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Json>(line).ok())
+        .find(|entry| entry["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("SWITCHBORD_LOG_FORMAT=json logs JSON lines: {stderr}"));
+    assert!(
+        logged["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no PostgreSQL"),
+        "{logged}"
+    );
 }
 
 #[test]

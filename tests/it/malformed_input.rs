@@ -8,7 +8,7 @@ use serde_json::{Value as Json, json};
 
 use crate::helpers::TestApp;
 
-const VALID: &str = r#"{"phone_number":"+4915112345678","external_reference_id":"crm-4711","source_type":"internal","person_properties":{"name":"Jane Doe","email":"jane@example.com","locale":"de-DE","plan":"gold"},"tags":["vip"],"first_name":"Jane","last_name":"Doe","custom_properties":{"x":1},"phone":"+4915112345678"}"#;
+const VALID: &str = r#"{"phone_number":"+4915112345678","external_reference_id":"crm-4711","source_type":"internal","person_properties":{"name":"Jane Doe","email":"jane@example.com","locale":"de-DE","plan":"gold"},"tags":["vip"],"first_name":"Jane","last_name":"Doe","custom_properties":{"x":1},"phone":"+4915112345678","event_name":"order_placed","payload":{"a":1},"contact":{"phone":"+4915112345678"},"data":{"coupon":"X1"},"flow_id":"f","trigger_id":"t","voucher_pool":"v"}"#;
 
 fn odd_values(rng: &mut StdRng) -> Json {
     match rng.random_range(0..10) {
@@ -71,10 +71,18 @@ async fn no_body_produces_a_server_error() {
 
     for chunk in all.chunks(16) {
         let replies = futures::future::join_all(chunk.iter().enumerate().map(|(index, body)| {
-            let (method, path) = if index % 2 == 0 {
-                (Method::POST, "/compat/contact")
-            } else {
-                (Method::PUT, "/api/v1beta/contact/")
+            let (method, path) = match index % 5 {
+                0 => (Method::POST, "/compat/contact"),
+                1 => (Method::PUT, "/api/v1beta/contact/"),
+                2 => (Method::POST, "/compat/journey-trigger/welcome"),
+                3 => (
+                    Method::POST,
+                    "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/t-1",
+                ),
+                _ => (
+                    Method::POST,
+                    "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+                ),
             };
             app.send(
                 method,
