@@ -57,6 +57,27 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Allow webhook endpoints on loopback, private, link-local and other non-public addresses
+    /// (development and tests only).
+    #[arg(long, env = "SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    pub webhook_allow_private: bool,
+
+    /// Allow plain-http webhook endpoints (development and tests only).
+    #[arg(long, env = "SWITCHBORD_WEBHOOK_ALLOW_HTTP", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    pub webhook_allow_http: bool,
+
+    /// How long a webhook receiver has to answer.
+    #[arg(long, env = "SWITCHBORD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Delay before each delivery attempt, comma-separated; its length is the number of attempts.
+    #[arg(long, env = "SWITCHBORD_WEBHOOK_RETRY_SCHEDULE", default_value = "0s,5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
+    pub webhook_retry_schedule: Schedule,
+
+    /// An endpoint whose deliveries all fail for this long is disabled automatically.
+    #[arg(long, env = "SWITCHBORD_WEBHOOK_DISABLE_AFTER", default_value = "5days", value_parser = humantime::parse_duration)]
+    pub webhook_disable_after: Duration,
+
     /// `off` accepts calls without a key on the Charles legacy and compat ingestion paths
     /// (contact upsert, journey triggers) during a migration. Keys are still checked when sent.
     #[arg(long, env = "SWITCHBORD_AUTH_LEGACY_PATHS", default_value = "on")]
@@ -74,6 +95,12 @@ impl CoreConfig {
             bootstrap_admin_key: None,
             auth_legacy_paths: OnOff::On,
             emarsys_webhook_secret: None,
+            webhook_allow_private: false,
+            webhook_allow_http: false,
+            webhook_timeout: Duration::from_secs(15),
+            webhook_retry_schedule: parse_schedule("0s,5s,5m,30m,2h,5h,10h,10h")
+                .unwrap_or_default(),
+            webhook_disable_after: Duration::from_secs(5 * 24 * 3600),
             trigger_dedup_window: Duration::from_secs(24 * 3600),
             outbox_workers: 16,
             outbox_poll_interval: Duration::from_secs(1),
@@ -127,6 +154,24 @@ impl FromStr for Secret {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         Ok(Self(value.to_owned()))
     }
+}
+
+/// Delays before successive delivery attempts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+/// Parses `0s,5s,5m` into a schedule of at least one attempt.
+pub fn parse_schedule(raw: &str) -> Result<Schedule, String> {
+    let delays = raw
+        .split(',')
+        .map(|part| {
+            humantime::parse_duration(part.trim()).map_err(|error| format!("`{part}`: {error}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.is_empty() {
+        return Err("needs at least one attempt".to_owned());
+    }
+    Ok(Schedule(delays))
 }
 
 /// Parses a region code such as `DE`, case-insensitively.

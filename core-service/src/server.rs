@@ -12,6 +12,7 @@ use switchbord_api::v1::event_service_server::EventServiceServer;
 use switchbord_api::v1::flow_service_server::FlowServiceServer;
 use switchbord_api::v1::journey_service_server::JourneyServiceServer;
 use switchbord_api::v1::outbox_service_server::OutboxServiceServer;
+use switchbord_api::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -28,8 +29,11 @@ use crate::events::{DispatchHandler, EventsGrpc};
 use crate::flows::FlowsGrpc;
 use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
 use crate::outbox::admin::OutboxGrpc;
-use crate::outbox::{Registry, SystemClock, Worker, WorkerConfig};
+use crate::outbox::{Clock, Registry, SystemClock, Worker, WorkerConfig};
 use crate::state::AppState;
+use crate::webhooks::{
+    DeliverHandler, DeliveryPolicy, Sender, UrlPolicy, WebhookFanout, WebhooksGrpc,
+};
 
 /// Shortest accepted `SWITCHBORD_KEY_PEPPER`.
 pub const MIN_PEPPER_LEN: usize = 32;
@@ -59,10 +63,15 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot build the webhook HTTP client")]
+    HttpClient(#[source] reqwest::Error),
 }
 
 /// A core that has migrated its database and bound its port, ready to serve.
 pub struct CoreServer {
+    clock: Arc<dyn Clock>,
+    sender: Sender,
+    delivery_policy: DeliveryPolicy,
     state: Arc<AppState>,
     authenticator: Arc<Authenticator>,
     bootstrap: Bootstrap,
@@ -71,13 +80,15 @@ pub struct CoreServer {
     worker_config: WorkerConfig,
 }
 
-/// The job kinds this build runs, each registered by the feature that owns it.
-pub fn job_registry() -> Registry {
+/// The job kinds this build runs, each registered by the feature that owns it, and the
+/// consumers that stored events are handed to.
+pub fn job_registry(sender: Sender, delivery_policy: DeliveryPolicy) -> Registry {
     let mut registry = Registry::default();
     registry
-        .register(DispatchHandler::default())
+        .register(DispatchHandler::default().with_consumer(WebhookFanout))
         .register(JourneyTriggerHandler)
-        .register(CustomEventHandler);
+        .register(CustomEventHandler)
+        .register(DeliverHandler::new(sender, delivery_policy));
     registry
 }
 
@@ -123,6 +134,19 @@ impl CoreServer {
             default_region: config.default_region,
             trigger_dedup_window: config.trigger_dedup_window,
         });
+        let sender = Sender::new(
+            UrlPolicy {
+                allow_private: config.webhook_allow_private,
+                allow_http: config.webhook_allow_http,
+            },
+            config.webhook_timeout,
+        )
+        .map_err(StartupError::HttpClient)?;
+        let delivery_policy = DeliveryPolicy {
+            schedule: config.webhook_retry_schedule.0.clone(),
+            disable_after: config.webhook_disable_after,
+            ..DeliveryPolicy::default()
+        };
         let worker_config = WorkerConfig {
             concurrency: config.outbox_workers,
             poll_interval: config.outbox_poll_interval,
@@ -130,6 +154,9 @@ impl CoreServer {
             ..WorkerConfig::default()
         };
         Ok(Self {
+            clock: Arc::new(SystemClock),
+            sender,
+            delivery_policy,
             state,
             authenticator,
             bootstrap,
@@ -143,6 +170,12 @@ impl CoreServer {
         self.listener
             .local_addr()
             .expect("a bound TCP listener has a local address")
+    }
+
+    /// Replaces the clock the outbox and webhooks read (tests move time forward with it).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// What the first-start bootstrap did; a generated admin key is for the operator's eyes
@@ -167,8 +200,8 @@ impl CoreServer {
         let worker = Worker::new(
             self.state.pool.clone(),
             &self.database_url,
-            job_registry(),
-            Arc::new(SystemClock),
+            job_registry(self.sender.clone(), self.delivery_policy.clone()),
+            self.clock.clone(),
             self.worker_config.clone(),
         );
         let worker = tokio::spawn(worker.run(stopped_signal()));
@@ -198,6 +231,9 @@ impl CoreServer {
             .await;
         health_reporter
             .set_serving::<FlowServiceServer<FlowsGrpc>>()
+            .await;
+        health_reporter
+            .set_serving::<WebhookServiceServer<WebhooksGrpc>>()
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(switchbord_api::FILE_DESCRIPTOR_SET)
@@ -246,6 +282,12 @@ impl CoreServer {
             )))
             .add_service(FlowServiceServer::new(FlowsGrpc::new(
                 self.state.pool.clone(),
+            )))
+            .add_service(WebhookServiceServer::new(WebhooksGrpc::new(
+                self.state.pool.clone(),
+                self.sender.clone(),
+                self.delivery_policy.clone(),
+                self.clock.clone(),
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;

@@ -19,3 +19,4 @@ mod journeys;
 mod malformed_input;
 mod outbox;
 mod rate_limit;
+mod webhooks;

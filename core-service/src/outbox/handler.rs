@@ -31,6 +31,10 @@ pub enum JobError {
     /// Retrying cannot help: dead-letter the job now.
     #[error("{0}")]
     Permanent(String),
+    /// Not now, and not the job's fault (a per-receiver limit): run it again after `after`
+    /// without counting this attempt.
+    #[error("deferred")]
+    Defer { after: Duration },
 }
 
 impl JobError {

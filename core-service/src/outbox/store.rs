@@ -134,8 +134,17 @@ pub async fn claim(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Succeeded,
-    RetryAt { at: DateTime<Utc>, error: String },
-    Dead { error: String },
+    /// Run again at `at`; the attempt does not count.
+    Deferred {
+        at: DateTime<Utc>,
+    },
+    RetryAt {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
 }
 
 /// Records `outcome` if `owner` still holds the job's lease (a worker that lost its lease to
@@ -148,7 +157,27 @@ pub async fn finish(
     now: DateTime<Utc>,
     outcome: &Outcome,
 ) -> QueryResult<()> {
+    if let Outcome::Deferred { at } = outcome {
+        return diesel::update(
+            outbox_jobs::table
+                .find(job.id)
+                .filter(outbox_jobs::lease_owner.eq(owner))
+                .filter(outbox_jobs::status.eq("running")),
+        )
+        .set((
+            outbox_jobs::status.eq("pending"),
+            outbox_jobs::run_after.eq(at),
+            outbox_jobs::attempts.eq(diesel::dsl::sql::<Int4>("GREATEST(attempts - 1, 0)")),
+            outbox_jobs::lease_owner.eq(None::<String>),
+            outbox_jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+            outbox_jobs::updated_at.eq(now),
+        ))
+        .execute(connection)
+        .await
+        .map(drop);
+    }
     let (status, run_after, error) = match outcome {
+        Outcome::Deferred { .. } => unreachable!("handled above"),
         Outcome::Succeeded => ("succeeded", now, None),
         Outcome::RetryAt { at, error } => ("pending", *at, Some(error.as_str())),
         Outcome::Dead { error } => ("dead", now, Some(error.as_str())),

@@ -181,6 +181,9 @@ async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePerm
     let outcome = match result {
         Ok(()) => Outcome::Succeeded,
         Err(JobError::Permanent(error)) => Outcome::Dead { error },
+        Err(JobError::Defer { after }) => Outcome::Deferred {
+            at: now + chrono::Duration::from_std(after).unwrap_or_default(),
+        },
         Err(JobError::Retry { message, .. }) if job.attempts >= job.max_attempts => {
             Outcome::Dead { error: message }
         }
@@ -194,6 +197,7 @@ async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePerm
     };
     match &outcome {
         Outcome::Succeeded => tracing::debug!("outbox job succeeded"),
+        Outcome::Deferred { at } => tracing::debug!(%at, "outbox job deferred"),
         Outcome::RetryAt { at, error } => tracing::info!(%at, error, "outbox job failed; retrying"),
         Outcome::Dead { error } => tracing::warn!(error, "outbox job dead-lettered"),
     }

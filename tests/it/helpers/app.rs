@@ -1,7 +1,9 @@
 //! The real core and gateway, started in-process on ephemeral loopback ports.
 
 use std::net::SocketAddr;
-use std::sync::Once;
+use std::sync::{Arc, Once};
+
+use switchbord_core::outbox::Clock;
 
 use ipnet::IpNet;
 use reqwest::header::HeaderMap;
@@ -90,6 +92,7 @@ impl HttpReply {
 pub struct TestAppBuilder {
     core: CoreConfig,
     gateway: GatewayConfig,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 /// The pepper every test core uses (tests never share a database, so one value is enough).
@@ -107,8 +110,13 @@ impl TestApp {
             core: CoreConfig {
                 key_pepper: Some(Secret::new(TEST_PEPPER)),
                 bootstrap_admin_key: Some(Secret::new(admin_key)),
+                // Receivers in tests listen on plain-http loopback ports.
+                webhook_allow_private: true,
+                webhook_allow_http: true,
+                outbox_poll_interval: std::time::Duration::from_millis(50),
                 ..CoreConfig::with_addr(loopback)
             },
+            clock: None,
             gateway: GatewayConfig {
                 // Most tests send more than the production limit; rate_limit.rs turns it on.
                 rate_limit_per_minute: 0,
@@ -242,6 +250,29 @@ impl TestAppBuilder {
         self
     }
 
+    /// The production SSRF guard: https only, public addresses only.
+    pub fn webhook_guard_on(mut self) -> Self {
+        self.core.webhook_allow_private = false;
+        self.core.webhook_allow_http = false;
+        self
+    }
+
+    pub fn webhook_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.core.webhook_timeout = timeout;
+        self
+    }
+
+    pub fn webhook_schedule(mut self, schedule: &str) -> Self {
+        self.core.webhook_retry_schedule =
+            switchbord_core::config::parse_schedule(schedule).expect("schedule");
+        self
+    }
+
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     pub fn legacy_paths_without_keys(mut self) -> Self {
         self.core.auth_legacy_paths = OnOff::Off;
         self
@@ -256,9 +287,12 @@ impl TestAppBuilder {
     pub async fn spawn(self) -> TestApp {
         init_logging();
         let database = TestDatabase::create().await;
-        let core = CoreServer::build(&self.core, database.url())
+        let mut core = CoreServer::build(&self.core, database.url())
             .await
             .expect("core starts");
+        if let Some(clock) = self.clock.clone() {
+            core = core.with_clock(clock);
+        }
         let grpc_addr = core.local_addr();
         let gateway = GatewayServer::build(&self.gateway, &format!("http://{grpc_addr}"))
             .await

@@ -2,6 +2,8 @@
 
 mod app;
 mod database;
+mod receiver;
 
-pub use app::{HttpReply, TestApp, WithKey};
+pub use app::{Authed, HttpReply, TestApp, WithKey};
 pub use database::TestDatabase;
+pub use receiver::{Answer, Receiver};

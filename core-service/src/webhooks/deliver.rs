@@ -1,0 +1,347 @@
+//! The `webhook.deliver` job: one attempt of one delivery, its record, and what comes next.
+//!
+//! Policy: success is a 2xx within the timeout. A failure is retried on the configured schedule
+//! (by default immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), with up to 10 %
+//! jitter and never sooner than a `Retry-After` the receiver sent with 429 or 503; after the
+//! last attempt the delivery is failed. A 410 Gone disables the endpoint at once; so does a
+//! failure when every delivery has failed for the whole failure window (5 days by default).
+//! Both emit `webhook.endpoint_disabled`. A delivery whose endpoint is disabled is skipped and
+//! can be recovered later.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use serde_json::{Value as Json, json};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::model::{AttemptRow, DeliveryRow, EndpointRow};
+use super::sender::{AttemptResult, Sender};
+use crate::db;
+use crate::events::{EventDraft, StoredEvent, record};
+use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
+use crate::schema::{events, webhook_attempts, webhook_deliveries, webhook_endpoints};
+
+pub const DELIVER_JOB: JobKind = JobKind {
+    name: "webhook.deliver",
+    // The handler follows the delivery schedule and ends the job itself; this is a backstop.
+    max_attempts: 100,
+};
+
+/// Delivery policy, from configuration.
+#[derive(Debug, Clone)]
+pub struct DeliveryPolicy {
+    /// Delay before each attempt; the first is normally zero. Its length is the attempt count.
+    pub schedule: Vec<Duration>,
+    /// An endpoint whose deliveries all fail for this long is disabled.
+    pub disable_after: Duration,
+    /// Deliveries in flight to one endpoint at once.
+    pub per_endpoint_concurrency: usize,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            schedule: vec![
+                Duration::ZERO,
+                Duration::from_secs(5),
+                minutes(5),
+                minutes(30),
+                minutes(120),
+                minutes(300),
+                minutes(600),
+                minutes(600),
+            ],
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+            per_endpoint_concurrency: 8,
+        }
+    }
+}
+
+/// What happens after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Done,
+    RetryAfter(Duration),
+}
+
+pub struct DeliverHandler {
+    sender: Sender,
+    policy: DeliveryPolicy,
+    in_flight: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    rate_limits: Mutex<HashMap<Uuid, (i32, Arc<DefaultDirectRateLimiter>)>>,
+}
+
+impl DeliverHandler {
+    pub fn new(sender: Sender, policy: DeliveryPolicy) -> Self {
+        Self {
+            sender,
+            policy,
+            in_flight: Mutex::default(),
+            rate_limits: Mutex::default(),
+        }
+    }
+
+    fn slots(&self, endpoint: Uuid) -> Arc<Semaphore> {
+        let mut slots = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots
+            .entry(endpoint)
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(self.policy.per_endpoint_concurrency.max(1)))
+            })
+            .clone()
+    }
+
+    /// `Some(wait)` when the endpoint's rate limit says not yet.
+    fn rate_limited(&self, endpoint: &EndpointRow) -> Option<Duration> {
+        let rate = endpoint.rate_limit_per_second.filter(|rate| *rate > 0)?;
+        let per_second = NonZeroU32::new(u32::try_from(rate).ok()?)?;
+        let mut limits = self
+            .rate_limits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = limits.entry(endpoint.id).or_insert_with(|| {
+            (
+                rate,
+                Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+            )
+        });
+        if entry.0 != rate {
+            *entry = (
+                rate,
+                Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+            );
+        }
+        entry.1.check().err().map(|_| {
+            Duration::from_millis(1000 / u64::from(per_second.get())).max(Duration::from_millis(10))
+        })
+    }
+}
+
+fn retry(error: impl std::fmt::Display) -> JobError {
+    JobError::retry(error.to_string())
+}
+
+impl JobHandler for DeliverHandler {
+    fn kind(&self) -> JobKind {
+        DELIVER_JOB
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let delivery_id = job
+                .payload
+                .get("delivery_id")
+                .and_then(Json::as_str)
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .ok_or_else(|| JobError::Permanent("payload has no delivery_id".to_owned()))?;
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+            let found: Option<(DeliveryRow, EndpointRow, StoredEvent)> = webhook_deliveries::table
+                .inner_join(webhook_endpoints::table)
+                .inner_join(events::table.on(events::id.eq(webhook_deliveries::event_id)))
+                .filter(webhook_deliveries::id.eq(delivery_id))
+                .select((
+                    DeliveryRow::as_select(),
+                    EndpointRow::as_select(),
+                    StoredEvent::as_select(),
+                ))
+                .first(&mut connection)
+                .await
+                .optional()
+                .map_err(retry)?;
+            // Deleted endpoint, or already finished (a manual retry raced this job).
+            let Some((delivery, endpoint, event)) = found else {
+                return Ok(());
+            };
+            if delivery.status != "pending" {
+                return Ok(());
+            }
+            if !endpoint.enabled {
+                mark_skipped(&mut connection, delivery.id)
+                    .await
+                    .map_err(retry)?;
+                return Ok(());
+            }
+            let slots = self.slots(endpoint.id);
+            let Ok(_slot) = slots.try_acquire_owned() else {
+                return Err(JobError::Defer {
+                    after: Duration::from_millis(200),
+                });
+            };
+            if let Some(wait) = self.rate_limited(&endpoint) {
+                return Err(JobError::Defer { after: wait });
+            }
+            // No connection is held across the network call.
+            drop(connection);
+            let now = context.clock.now();
+            let result = self.sender.send(&endpoint, &event, now).await;
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+            let next = record_attempt(
+                &mut connection,
+                &self.policy,
+                &delivery,
+                &endpoint,
+                &result,
+                now,
+                true,
+            )
+            .await
+            .map_err(retry)?;
+            match next {
+                Next::Done => Ok(()),
+                Next::RetryAfter(after) => Err(JobError::Retry {
+                    message: result.error.unwrap_or_else(|| "delivery failed".to_owned()),
+                    after: Some(after),
+                }),
+            }
+        })
+    }
+}
+
+async fn mark_skipped(connection: &mut AsyncPgConnection, delivery: Uuid) -> QueryResult<()> {
+    diesel::update(webhook_deliveries::table.find(delivery))
+        .set((
+            webhook_deliveries::status.eq("skipped"),
+            webhook_deliveries::last_error.eq("endpoint disabled"),
+            webhook_deliveries::updated_at.eq(Utc::now()),
+        ))
+        .execute(connection)
+        .await
+        .map(drop)
+}
+
+/// Stores the attempt and its consequences in one transaction. With `retries` off (a test
+/// send), a failure ends the delivery at once.
+pub async fn record_attempt(
+    connection: &mut AsyncPgConnection,
+    policy: &DeliveryPolicy,
+    delivery: &DeliveryRow,
+    endpoint: &EndpointRow,
+    result: &AttemptResult,
+    now: DateTime<Utc>,
+    retries: bool,
+) -> QueryResult<Next> {
+    connection
+        .transaction(async |connection| {
+            let attempt = delivery.attempts + 1;
+            diesel::insert_into(webhook_attempts::table)
+                .values(AttemptRow {
+                    id: Uuid::now_v7(),
+                    delivery_id: delivery.id,
+                    endpoint_id: endpoint.id,
+                    attempt,
+                    attempted_at: now,
+                    status_code: result.status_code.map(i32::from),
+                    duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
+                    response_excerpt: result.excerpt.clone(),
+                    error: result.error.clone(),
+                    succeeded: result.succeeded(),
+                })
+                .execute(connection)
+                .await?;
+
+            let (status, next) = if result.succeeded() {
+                diesel::update(webhook_endpoints::table.find(endpoint.id))
+                    .set(webhook_endpoints::failing_since.eq(None::<DateTime<Utc>>))
+                    .execute(connection)
+                    .await?;
+                ("succeeded", Next::Done)
+            } else {
+                let failing_since = endpoint.failing_since.unwrap_or(now);
+                if endpoint.failing_since.is_none() {
+                    diesel::update(webhook_endpoints::table.find(endpoint.id))
+                        .set(webhook_endpoints::failing_since.eq(now))
+                        .execute(connection)
+                        .await?;
+                }
+                let window = chrono::Duration::from_std(policy.disable_after)
+                    .unwrap_or(chrono::Duration::MAX);
+                let disable_reason = if result.status_code == Some(410) {
+                    Some("the receiver answered 410 Gone".to_owned())
+                } else if now - failing_since >= window {
+                    Some(format!(
+                        "every delivery failed since {}",
+                        failing_since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ))
+                } else {
+                    None
+                };
+                match disable_reason {
+                    Some(reason) => {
+                        disable(connection, endpoint, &reason, now).await?;
+                        ("failed", Next::Done)
+                    }
+                    None if !retries => ("failed", Next::Done),
+                    None => match policy
+                        .schedule
+                        .get(usize::try_from(attempt).unwrap_or(usize::MAX))
+                    {
+                        None => ("failed", Next::Done),
+                        Some(delay) => {
+                            let jittered = delay.mul_f64(rand::rng().random_range(1.0..1.1));
+                            let after = result
+                                .retry_after
+                                .map_or(jittered, |asked| asked.max(jittered));
+                            ("pending", Next::RetryAfter(after))
+                        }
+                    },
+                }
+            };
+            diesel::update(webhook_deliveries::table.find(delivery.id))
+                .set((
+                    webhook_deliveries::status.eq(status),
+                    webhook_deliveries::attempts.eq(attempt),
+                    webhook_deliveries::last_status_code.eq(result.status_code.map(i32::from)),
+                    webhook_deliveries::last_error.eq(&result.error),
+                    webhook_deliveries::updated_at.eq(now),
+                ))
+                .execute(connection)
+                .await?;
+            Ok(next)
+        })
+        .await
+}
+
+/// Disables `endpoint` with `reason` and emits `webhook.endpoint_disabled`.
+async fn disable(
+    connection: &mut AsyncPgConnection,
+    endpoint: &EndpointRow,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(webhook_endpoints::table.find(endpoint.id))
+        .set((
+            webhook_endpoints::enabled.eq(false),
+            webhook_endpoints::disabled_reason.eq(reason),
+            webhook_endpoints::updated_at.eq(now),
+        ))
+        .execute(connection)
+        .await?;
+    tracing::warn!(endpoint_id = %endpoint.id, reason, "webhook endpoint disabled");
+    record(
+        connection,
+        EventDraft {
+            event_type: "webhook.endpoint_disabled",
+            data: json!({"endpoint_id": endpoint.id, "url": endpoint.url, "reason": reason}),
+            source: "webhooks",
+            request_id: None,
+        },
+    )
+    .await
+    .map(drop)
+}

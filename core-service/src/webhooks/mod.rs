@@ -1,0 +1,18 @@
+//! Outbound webhooks: endpoints, fan-out of events into deliveries, signed delivery with
+//! retries, health, test sends and recovery. See `docs/webhooks.md`.
+
+mod deliver;
+mod fanout;
+mod health;
+mod model;
+mod sender;
+mod service;
+mod ssrf;
+
+pub mod signing;
+
+pub use deliver::{DELIVER_JOB, DeliverHandler, DeliveryPolicy};
+pub use fanout::WebhookFanout;
+pub use sender::{Sender, USER_AGENT};
+pub use service::WebhooksGrpc;
+pub use ssrf::{UrlPolicy, is_forbidden};

@@ -1,0 +1,924 @@
+//! The `WebhookService` gRPC implementation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value as Json, json};
+use switchbord_api::json::json_from_struct;
+use switchbord_api::v1::webhook_service_server::WebhookService;
+use switchbord_api::v1::*;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::deliver::{DELIVER_JOB, DeliveryPolicy, record_attempt};
+use super::health;
+use super::model::{AttemptRow, DeliveryRow, EndpointRow};
+use super::sender::Sender;
+use super::signing::{generate_secret, secret_key};
+use crate::audit::{self, AuditRecord};
+use crate::contacts::timestamp;
+use crate::db::{self, DbError, DbPool};
+use crate::error::{FieldViolation, ServiceError};
+use crate::events::{EventDraft, StoredEvent, record};
+use crate::outbox::{self, Clock, NewJob};
+use crate::pagination;
+use crate::request::RequestContext;
+use crate::schema::{event_types, webhook_attempts, webhook_deliveries, webhook_endpoints};
+
+/// How long a rotated-out secret keeps signing.
+const ROTATION_OVERLAP_HOURS: i64 = 24;
+const MAX_HEADERS: usize = 20;
+const MAX_RATE_PER_SECOND: i32 = 10_000;
+/// Headers the service sets itself; an endpoint cannot override them.
+const RESERVED_HEADERS: [&str; 9] = [
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-signature-256",
+    "transfer-encoding",
+];
+
+pub struct WebhooksGrpc {
+    pool: DbPool,
+    sender: Sender,
+    policy: DeliveryPolicy,
+    clock: Arc<dyn Clock>,
+}
+
+impl WebhooksGrpc {
+    pub fn new(
+        pool: DbPool,
+        sender: Sender,
+        policy: DeliveryPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            pool,
+            sender,
+            policy,
+            clock,
+        }
+    }
+
+    async fn connection(&self) -> Result<db::DbConnection, Status> {
+        db::connection(&self.pool).await.map_err(db_status)
+    }
+
+    async fn endpoint(
+        &self,
+        connection: &mut AsyncPgConnection,
+        id: &str,
+    ) -> Result<EndpointRow, Status> {
+        let id = parse_id("id", id)?;
+        webhook_endpoints::table
+            .find(id)
+            .select(EndpointRow::as_select())
+            .first(connection)
+            .await
+            .optional()
+            .map_err(db_status)?
+            .ok_or_else(|| ServiceError::NotFound("endpoint").into())
+    }
+
+    async fn describe(
+        &self,
+        connection: &mut AsyncPgConnection,
+        row: EndpointRow,
+    ) -> Result<Endpoint, Status> {
+        let stats = health::stats(connection, row.id, self.clock.now())
+            .await
+            .map_err(db_status)?;
+        Ok(endpoint_proto(row, &stats))
+    }
+
+    async fn validated_url(&self, raw: &str) -> Result<String, Status> {
+        let policy = self.sender.policy();
+        let url = policy
+            .check_url(raw)
+            .map_err(|problem| invalid("url", problem))?;
+        policy
+            .check_resolves(&url)
+            .await
+            .map_err(|problem| invalid("url", problem))?;
+        Ok(url.to_string())
+    }
+
+    /// Runs `write` and its audit entry in one transaction.
+    async fn audited<T: Send>(
+        &self,
+        context: &RequestContext,
+        action: &'static str,
+        target: Uuid,
+        changed: &[&str],
+        write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> outbox::BoxFuture<'c, QueryResult<T>>
+        + Send,
+    ) -> Result<T, Status> {
+        let mut connection = self.connection().await?;
+        connection
+            .transaction(async |connection| {
+                let written = write(connection).await?;
+                audit::record(
+                    connection,
+                    AuditRecord {
+                        request_id: context.request_id,
+                        actor: &context.caller,
+                        action,
+                        target_type: "webhook_endpoint",
+                        target_id: Some(target.to_string()),
+                        changed_fields: changed.iter().map(|field| (*field).to_owned()).collect(),
+                    },
+                )
+                .await?;
+                Ok::<_, diesel::result::Error>(written)
+            })
+            .await
+            .map_err(db_status)
+    }
+}
+
+fn db_status(error: impl Into<DbError>) -> Status {
+    ServiceError::from(error.into()).into()
+}
+
+fn invalid(field: &str, description: impl Into<String>) -> Status {
+    ServiceError::InvalidArgument(vec![FieldViolation::new(field, description)]).into()
+}
+
+fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(raw.trim()).map_err(|_| invalid(field, "must be a UUID"))
+}
+
+fn proto_time(field: &str, value: prost_types::Timestamp) -> Result<DateTime<Utc>, Status> {
+    DateTime::from_timestamp(value.seconds, u32::try_from(value.nanos).unwrap_or(0))
+        .ok_or_else(|| invalid(field, "is not a valid timestamp"))
+}
+
+fn validate_headers(headers: HashMap<String, String>) -> Result<Json, Status> {
+    if headers.len() > MAX_HEADERS {
+        return Err(invalid("headers", format!("at most {MAX_HEADERS} headers")));
+    }
+    let mut clean = Map::new();
+    for (name, value) in headers {
+        let field = format!("headers.{name}");
+        let lower = name.trim().to_ascii_lowercase();
+        if HeaderName::try_from(lower.as_str()).is_err() {
+            return Err(invalid(&field, "is not a valid header name"));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(invalid(
+                &field,
+                "is set by Switchbord and cannot be overridden",
+            ));
+        }
+        if value.len() > 4096 || HeaderValue::try_from(value.as_str()).is_err() {
+            return Err(invalid(&field, "is not a valid header value"));
+        }
+        clean.insert(lower, Json::String(value));
+    }
+    Ok(Json::Object(clean))
+}
+
+fn validate_rate(rate: i32) -> Result<Option<i32>, Status> {
+    match rate {
+        0 => Ok(None),
+        1..=MAX_RATE_PER_SECOND => Ok(Some(rate)),
+        _ => Err(invalid(
+            "rate_limit_per_second",
+            format!("must be 0 to {MAX_RATE_PER_SECOND}"),
+        )),
+    }
+}
+
+async fn validate_event_types(
+    connection: &mut AsyncPgConnection,
+    names: Vec<String>,
+) -> Result<Vec<String>, Status> {
+    let mut names: Vec<String> = names
+        .into_iter()
+        .map(|name| name.trim().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let known: Vec<String> = event_types::table
+        .filter(event_types::name.eq_any(&names))
+        .select(event_types::name)
+        .load(connection)
+        .await
+        .map_err(db_status)?;
+    match names.iter().position(|name| !known.contains(name)) {
+        Some(index) => Err(invalid(
+            &format!("event_types[{index}]"),
+            "is not in the event catalog",
+        )),
+        None => Ok(names),
+    }
+}
+
+fn endpoint_proto(row: EndpointRow, stats: &health::HealthStats) -> Endpoint {
+    let health = stats.health(&row);
+    Endpoint {
+        id: row.id.to_string(),
+        url: row.url.clone(),
+        description: row.description.clone(),
+        event_types: row.event_types.clone(),
+        enabled: row.enabled,
+        disabled_reason: row.disabled_reason.clone().unwrap_or_default(),
+        headers: row
+            .header_pairs()
+            .into_iter()
+            .map(|(name, _)| (name, "***".to_owned()))
+            .collect(),
+        rate_limit_per_second: row.rate_limit_per_second.unwrap_or(0),
+        health: health.into(),
+        success_rate: stats.success_rate(),
+        last_success_at: stats.last_success_at.map(timestamp),
+        last_failure_at: stats.last_failure_at.map(timestamp),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
+    }
+}
+
+fn delivery_proto(row: DeliveryRow) -> Delivery {
+    Delivery {
+        id: row.id.to_string(),
+        endpoint_id: row.endpoint_id.to_string(),
+        event_id: row.event_id,
+        event_type: row.event_type,
+        status: row.status,
+        attempts: row.attempts,
+        last_status_code: row.last_status_code.unwrap_or(0),
+        last_error: row.last_error.unwrap_or_default(),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
+    }
+}
+
+fn attempt_proto(row: AttemptRow) -> DeliveryAttempt {
+    DeliveryAttempt {
+        attempt: row.attempt,
+        attempted_at: Some(timestamp(row.attempted_at)),
+        status_code: row.status_code.unwrap_or(0),
+        duration_ms: row.duration_ms,
+        response_excerpt: row.response_excerpt,
+        error: row.error.unwrap_or_default(),
+        succeeded: row.succeeded,
+    }
+}
+
+/// Puts deliveries back in the queue with a fresh schedule, each with its own job.
+async fn requeue(
+    connection: &mut AsyncPgConnection,
+    deliveries: &[Uuid],
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(deliveries)))
+        .set((
+            webhook_deliveries::status.eq("pending"),
+            webhook_deliveries::attempts.eq(0),
+            webhook_deliveries::updated_at.eq(now),
+        ))
+        .execute(connection)
+        .await?;
+    for delivery in deliveries {
+        outbox::enqueue(
+            connection,
+            &NewJob::new(DELIVER_JOB, json!({"delivery_id": delivery}), None),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl WebhookService for WebhooksGrpc {
+    async fn create_endpoint(
+        &self,
+        request: Request<CreateEndpointRequest>,
+    ) -> Result<Response<CreateEndpointResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let body = request.into_inner();
+        let url = self.validated_url(&body.url).await?;
+        let secret = if body.secret.is_empty() {
+            generate_secret()
+        } else {
+            secret_key(&body.secret).map_err(|problem| invalid("secret", problem))?;
+            body.secret
+        };
+        let headers = validate_headers(body.headers)?;
+        let rate = validate_rate(body.rate_limit_per_second)?;
+        let description = body.description.trim().to_owned();
+        if description.chars().count() > 1000 || description.contains('\0') {
+            return Err(invalid("description", "must be at most 1000 characters"));
+        }
+        let mut connection = self.connection().await?;
+        let event_types = validate_event_types(&mut connection, body.event_types).await?;
+        drop(connection);
+        let now = Utc::now();
+        let row = EndpointRow {
+            id: Uuid::now_v7(),
+            url,
+            description,
+            event_types,
+            enabled: true,
+            disabled_reason: None,
+            secret: secret.clone(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            headers,
+            rate_limit_per_second: rate,
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let id = row.id;
+        let stored = self
+            .audited(
+                &context,
+                "webhook_endpoint.create",
+                id,
+                &["url", "event_types", "headers", "secret"],
+                move |connection| {
+                    Box::pin(async move {
+                        diesel::insert_into(webhook_endpoints::table)
+                            .values(&row)
+                            .returning(EndpointRow::as_returning())
+                            .get_result(connection)
+                            .await
+                    })
+                },
+            )
+            .await?;
+        let mut connection = self.connection().await?;
+        let endpoint = self.describe(&mut connection, stored).await?;
+        Ok(Response::new(CreateEndpointResponse {
+            endpoint: Some(endpoint),
+            secret,
+        }))
+    }
+
+    async fn get_endpoint(
+        &self,
+        request: Request<GetEndpointRequest>,
+    ) -> Result<Response<GetEndpointResponse>, Status> {
+        let mut connection = self.connection().await?;
+        let row = self
+            .endpoint(&mut connection, &request.get_ref().id)
+            .await?;
+        let endpoint = self.describe(&mut connection, row).await?;
+        Ok(Response::new(GetEndpointResponse {
+            endpoint: Some(endpoint),
+        }))
+    }
+
+    async fn list_endpoints(
+        &self,
+        _request: Request<ListEndpointsRequest>,
+    ) -> Result<Response<ListEndpointsResponse>, Status> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<EndpointRow> = webhook_endpoints::table
+            .select(EndpointRow::as_select())
+            .order(webhook_endpoints::created_at)
+            .load(&mut connection)
+            .await
+            .map_err(db_status)?;
+        let mut endpoints = Vec::with_capacity(rows.len());
+        for row in rows {
+            endpoints.push(self.describe(&mut connection, row).await?);
+        }
+        Ok(Response::new(ListEndpointsResponse { endpoints }))
+    }
+
+    async fn update_endpoint(
+        &self,
+        request: Request<UpdateEndpointRequest>,
+    ) -> Result<Response<UpdateEndpointResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let body = request.into_inner();
+        let mut connection = self.connection().await?;
+        let mut row = self.endpoint(&mut connection, &body.id).await?;
+        let mut changed = Vec::new();
+        if let Some(url) = body.url {
+            row.url = self.validated_url(&url).await?;
+            changed.push("url");
+        }
+        if let Some(description) = body.description {
+            row.description = description.trim().to_owned();
+            changed.push("description");
+        }
+        if body.replace_event_types {
+            row.event_types = validate_event_types(&mut connection, body.event_types).await?;
+            changed.push("event_types");
+        }
+        if body.replace_headers {
+            row.headers = validate_headers(body.headers)?;
+            changed.push("headers");
+        }
+        if let Some(rate) = body.rate_limit_per_second {
+            row.rate_limit_per_second = validate_rate(rate)?;
+            changed.push("rate_limit_per_second");
+        }
+        drop(connection);
+        row.updated_at = Utc::now();
+        let id = row.id;
+        let stored = self
+            .audited(
+                &context,
+                "webhook_endpoint.update",
+                id,
+                &changed,
+                move |connection| {
+                    Box::pin(async move {
+                        diesel::update(webhook_endpoints::table.find(row.id))
+                            .set((
+                                webhook_endpoints::url.eq(&row.url),
+                                webhook_endpoints::description.eq(&row.description),
+                                webhook_endpoints::event_types.eq(&row.event_types),
+                                webhook_endpoints::headers.eq(&row.headers),
+                                webhook_endpoints::rate_limit_per_second
+                                    .eq(row.rate_limit_per_second),
+                                webhook_endpoints::updated_at.eq(row.updated_at),
+                            ))
+                            .returning(EndpointRow::as_returning())
+                            .get_result(connection)
+                            .await
+                    })
+                },
+            )
+            .await?;
+        let mut connection = self.connection().await?;
+        let endpoint = self.describe(&mut connection, stored).await?;
+        Ok(Response::new(UpdateEndpointResponse {
+            endpoint: Some(endpoint),
+        }))
+    }
+
+    async fn delete_endpoint(
+        &self,
+        request: Request<DeleteEndpointRequest>,
+    ) -> Result<Response<DeleteEndpointResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let deleted = self
+            .audited(
+                &context,
+                "webhook_endpoint.delete",
+                id,
+                &[],
+                move |connection| {
+                    Box::pin(async move {
+                        diesel::delete(webhook_endpoints::table.find(id))
+                            .execute(connection)
+                            .await
+                    })
+                },
+            )
+            .await?;
+        if deleted == 0 {
+            return Err(ServiceError::NotFound("endpoint").into());
+        }
+        Ok(Response::new(DeleteEndpointResponse {}))
+    }
+
+    async fn enable_endpoint(
+        &self,
+        request: Request<EnableEndpointRequest>,
+    ) -> Result<Response<EnableEndpointResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let stored: Option<EndpointRow> = self
+            .audited(
+                &context,
+                "webhook_endpoint.enable",
+                id,
+                &["enabled"],
+                move |connection| {
+                    Box::pin(async move {
+                        diesel::update(webhook_endpoints::table.find(id))
+                            .set((
+                                webhook_endpoints::enabled.eq(true),
+                                webhook_endpoints::disabled_reason.eq(None::<String>),
+                                webhook_endpoints::failing_since.eq(None::<DateTime<Utc>>),
+                                webhook_endpoints::updated_at.eq(Utc::now()),
+                            ))
+                            .returning(EndpointRow::as_returning())
+                            .get_result(connection)
+                            .await
+                            .optional()
+                    })
+                },
+            )
+            .await?;
+        let row = stored.ok_or_else(|| Status::from(ServiceError::NotFound("endpoint")))?;
+        let mut connection = self.connection().await?;
+        let endpoint = self.describe(&mut connection, row).await?;
+        Ok(Response::new(EnableEndpointResponse {
+            endpoint: Some(endpoint),
+        }))
+    }
+
+    async fn disable_endpoint(
+        &self,
+        request: Request<DisableEndpointRequest>,
+    ) -> Result<Response<DisableEndpointResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let body = request.into_inner();
+        let id = parse_id("id", &body.id)?;
+        let reason = match body.reason.trim() {
+            "" => "disabled by an operator".to_owned(),
+            reason if reason.chars().count() > 500 || reason.contains('\0') => {
+                return Err(invalid("reason", "must be at most 500 characters"));
+            }
+            reason => reason.to_owned(),
+        };
+        let stored: Option<EndpointRow> = self
+            .audited(
+                &context,
+                "webhook_endpoint.disable",
+                id,
+                &["enabled", "disabled_reason"],
+                move |connection| {
+                    Box::pin(async move {
+                        diesel::update(webhook_endpoints::table.find(id))
+                            .set((
+                                webhook_endpoints::enabled.eq(false),
+                                webhook_endpoints::disabled_reason.eq(reason),
+                                webhook_endpoints::updated_at.eq(Utc::now()),
+                            ))
+                            .returning(EndpointRow::as_returning())
+                            .get_result(connection)
+                            .await
+                            .optional()
+                    })
+                },
+            )
+            .await?;
+        let row = stored.ok_or_else(|| Status::from(ServiceError::NotFound("endpoint")))?;
+        let mut connection = self.connection().await?;
+        let endpoint = self.describe(&mut connection, row).await?;
+        Ok(Response::new(DisableEndpointResponse {
+            endpoint: Some(endpoint),
+        }))
+    }
+
+    async fn rotate_endpoint_secret(
+        &self,
+        request: Request<RotateEndpointSecretRequest>,
+    ) -> Result<Response<RotateEndpointSecretResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let body = request.into_inner();
+        let mut connection = self.connection().await?;
+        let row = self.endpoint(&mut connection, &body.id).await?;
+        drop(connection);
+        let secret = if body.secret.is_empty() {
+            generate_secret()
+        } else {
+            secret_key(&body.secret).map_err(|problem| invalid("secret", problem))?;
+            body.secret
+        };
+        let now = self.clock.now();
+        let new_secret = secret.clone();
+        self.audited(
+            &context,
+            "webhook_endpoint.rotate_secret",
+            row.id,
+            &["secret"],
+            move |connection| {
+                Box::pin(async move {
+                    diesel::update(webhook_endpoints::table.find(row.id))
+                        .set((
+                            webhook_endpoints::secret.eq(&new_secret),
+                            webhook_endpoints::previous_secret.eq(&row.secret),
+                            webhook_endpoints::previous_secret_expires_at
+                                .eq(now + Duration::hours(ROTATION_OVERLAP_HOURS)),
+                            webhook_endpoints::updated_at.eq(now),
+                        ))
+                        .execute(connection)
+                        .await
+                })
+            },
+        )
+        .await?;
+        Ok(Response::new(RotateEndpointSecretResponse { secret }))
+    }
+
+    async fn get_endpoint_secret(
+        &self,
+        request: Request<GetEndpointSecretRequest>,
+    ) -> Result<Response<GetEndpointSecretResponse>, Status> {
+        let mut connection = self.connection().await?;
+        let row = self
+            .endpoint(&mut connection, &request.get_ref().id)
+            .await?;
+        Ok(Response::new(GetEndpointSecretResponse {
+            secret: row.secret,
+        }))
+    }
+
+    async fn register_event_type(
+        &self,
+        request: Request<RegisterEventTypeRequest>,
+    ) -> Result<Response<RegisterEventTypeResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let body = request.into_inner();
+        let name = body.name.trim().to_owned();
+        let well_formed = name.len() <= 100
+            && name.split('.').count() >= 2
+            && name.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            });
+        if !well_formed {
+            return Err(invalid(
+                "name",
+                "must be dot-separated lower-case words, for example order.shipped",
+            ));
+        }
+        let description = body.description.trim().to_owned();
+        if description.is_empty() || description.len() > 1000 || description.contains('\0') {
+            return Err(invalid("description", "must be 1 to 1000 characters"));
+        }
+        let schema = Json::Object(body.schema.map(json_from_struct).unwrap_or_else(|| {
+            let mut object = Map::new();
+            object.insert("type".to_owned(), json!("object"));
+            object
+        }));
+        let example = Json::Object(body.example.map(json_from_struct).unwrap_or_default());
+        let mut connection = self.connection().await?;
+        let inserted = connection
+            .transaction(async |connection| {
+                let inserted = diesel::insert_into(event_types::table)
+                    .values((
+                        event_types::name.eq(&name),
+                        event_types::description.eq(&description),
+                        event_types::schema.eq(&schema),
+                        event_types::example.eq(&example),
+                        event_types::builtin.eq(false),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(connection)
+                    .await?;
+                audit::record(
+                    connection,
+                    AuditRecord {
+                        request_id: context.request_id,
+                        actor: &context.caller,
+                        action: "event_type.register",
+                        target_type: "event_type",
+                        target_id: Some(name.clone()),
+                        changed_fields: vec![
+                            "description".to_owned(),
+                            "schema".to_owned(),
+                            "example".to_owned(),
+                        ],
+                    },
+                )
+                .await?;
+                Ok::<_, diesel::result::Error>(inserted)
+            })
+            .await
+            .map_err(db_status)?;
+        if inserted == 0 {
+            return Err(ServiceError::Conflict(format!("event type {name} exists already")).into());
+        }
+        Ok(Response::new(RegisterEventTypeResponse {}))
+    }
+
+    async fn send_test_event(
+        &self,
+        request: Request<SendTestEventRequest>,
+    ) -> Result<Response<SendTestEventResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let mut connection = self.connection().await?;
+        let endpoint = self
+            .endpoint(&mut connection, &request.get_ref().id)
+            .await?;
+        let now = self.clock.now();
+        let (event, delivery) = connection
+            .transaction(async |connection| {
+                let data = json!({"message": "This is a test event from Switchbord.", "endpoint_id": endpoint.id});
+                let (event_id, occurred_at) = record(
+                    connection,
+                    EventDraft {
+                        event_type: "webhook.test",
+                        data: data.clone(),
+                        source: "webhooks",
+                        request_id: Some(context.request_id.0),
+                    },
+                )
+                .await?;
+                let delivery = DeliveryRow {
+                    id: Uuid::now_v7(),
+                    endpoint_id: endpoint.id,
+                    event_id: event_id.clone(),
+                    event_type: "webhook.test".to_owned(),
+                    status: "pending".to_owned(),
+                    attempts: 0,
+                    last_status_code: None,
+                    last_error: None,
+                    created_at: now,
+                    updated_at: now,
+                };
+                diesel::insert_into(webhook_deliveries::table).values(&delivery).execute(connection).await?;
+                let event = StoredEvent { id: event_id, event_type: "webhook.test".to_owned(), occurred_at, data, source: "webhooks".to_owned() };
+                Ok::<_, diesel::result::Error>((event, delivery))
+            })
+            .await
+            .map_err(db_status)?;
+        drop(connection);
+        let result = self.sender.send(&endpoint, &event, now).await;
+        let mut connection = self.connection().await?;
+        record_attempt(
+            &mut connection,
+            &self.policy,
+            &delivery,
+            &endpoint,
+            &result,
+            now,
+            false,
+        )
+        .await
+        .map_err(db_status)?;
+        let attempt: AttemptRow = webhook_attempts::table
+            .filter(webhook_attempts::delivery_id.eq(delivery.id))
+            .select(AttemptRow::as_select())
+            .first(&mut connection)
+            .await
+            .map_err(db_status)?;
+        Ok(Response::new(SendTestEventResponse {
+            attempt: Some(attempt_proto(attempt)),
+            event_id: event.id,
+        }))
+    }
+
+    async fn list_deliveries(
+        &self,
+        request: Request<ListDeliveriesRequest>,
+    ) -> Result<Response<ListDeliveriesResponse>, Status> {
+        let body = request.into_inner();
+        let page_size = pagination::page_size(body.page_size)
+            .map_err(|v| Status::from(ServiceError::InvalidArgument(vec![v])))?;
+        let mut query = webhook_deliveries::table
+            .select(DeliveryRow::as_select())
+            .order((
+                webhook_deliveries::created_at.desc(),
+                webhook_deliveries::id.desc(),
+            ))
+            .limit(page_size + 1)
+            .into_boxed();
+        if !body.endpoint_id.is_empty() {
+            query = query.filter(
+                webhook_deliveries::endpoint_id.eq(parse_id("endpoint_id", &body.endpoint_id)?),
+            );
+        }
+        if !body.event_type.is_empty() {
+            query = query.filter(webhook_deliveries::event_type.eq(body.event_type));
+        }
+        if !body.status.is_empty() {
+            if !["pending", "succeeded", "failed", "skipped"].contains(&body.status.as_str()) {
+                return Err(invalid(
+                    "status",
+                    "must be pending, succeeded, failed or skipped",
+                ));
+            }
+            query = query.filter(webhook_deliveries::status.eq(body.status));
+        }
+        if let Some(since) = body.since {
+            query = query.filter(webhook_deliveries::created_at.ge(proto_time("since", since)?));
+        }
+        if let Some(until) = body.until {
+            query = query.filter(webhook_deliveries::created_at.lt(proto_time("until", until)?));
+        }
+        if !body.page_token.is_empty() {
+            let (time, id) = pagination::decode_cursor(&body.page_token)
+                .map_err(|v| Status::from(ServiceError::InvalidArgument(vec![v])))?;
+            query = query.filter(
+                webhook_deliveries::created_at
+                    .lt(time)
+                    .or(webhook_deliveries::created_at
+                        .eq(time)
+                        .and(webhook_deliveries::id.lt(id))),
+            );
+        }
+        let mut connection = self.connection().await?;
+        let mut rows: Vec<DeliveryRow> = query.load(&mut connection).await.map_err(db_status)?;
+        let next_page_token =
+            pagination::finish_page(&mut rows, page_size, |row| (row.created_at, row.id));
+        Ok(Response::new(ListDeliveriesResponse {
+            deliveries: rows.into_iter().map(delivery_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_delivery_attempts(
+        &self,
+        request: Request<ListDeliveryAttemptsRequest>,
+    ) -> Result<Response<ListDeliveryAttemptsResponse>, Status> {
+        let id = parse_id("delivery_id", &request.get_ref().delivery_id)?;
+        let mut connection = self.connection().await?;
+        let rows: Vec<AttemptRow> = webhook_attempts::table
+            .filter(webhook_attempts::delivery_id.eq(id))
+            .select(AttemptRow::as_select())
+            .order((webhook_attempts::attempted_at, webhook_attempts::id))
+            .load(&mut connection)
+            .await
+            .map_err(db_status)?;
+        Ok(Response::new(ListDeliveryAttemptsResponse {
+            attempts: rows.into_iter().map(attempt_proto).collect(),
+        }))
+    }
+
+    async fn retry_delivery(
+        &self,
+        request: Request<RetryDeliveryRequest>,
+    ) -> Result<Response<RetryDeliveryResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let id = parse_id("delivery_id", &request.get_ref().delivery_id)?;
+        let mut connection = self.connection().await?;
+        let delivery: DeliveryRow = webhook_deliveries::table
+            .find(id)
+            .select(DeliveryRow::as_select())
+            .first(&mut connection)
+            .await
+            .optional()
+            .map_err(db_status)?
+            .ok_or_else(|| Status::from(ServiceError::NotFound("delivery")))?;
+        if !["failed", "skipped"].contains(&delivery.status.as_str()) {
+            return Err(ServiceError::FailedPrecondition(
+                "only failed or skipped deliveries can be retried".to_owned(),
+            )
+            .into());
+        }
+        drop(connection);
+        let now = Utc::now();
+        self.audited(
+            &context,
+            "webhook_delivery.retry",
+            delivery.endpoint_id,
+            &["status"],
+            move |connection| Box::pin(async move { requeue(connection, &[id], now).await }),
+        )
+        .await?;
+        let mut connection = self.connection().await?;
+        let delivery = webhook_deliveries::table
+            .find(id)
+            .select(DeliveryRow::as_select())
+            .first(&mut connection)
+            .await
+            .map_err(db_status)?;
+        Ok(Response::new(RetryDeliveryResponse {
+            delivery: Some(delivery_proto(delivery)),
+        }))
+    }
+
+    async fn recover_deliveries(
+        &self,
+        request: Request<RecoverDeliveriesRequest>,
+    ) -> Result<Response<RecoverDeliveriesResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let body = request.into_inner();
+        let endpoint = parse_id("endpoint_id", &body.endpoint_id)?;
+        let since = proto_time(
+            "since",
+            body.since.ok_or_else(|| invalid("since", "is required"))?,
+        )?;
+        let now = Utc::now();
+        let recovered = self
+            .audited(
+                &context,
+                "webhook_endpoint.recover",
+                endpoint,
+                &[],
+                move |connection| {
+                    Box::pin(async move {
+                        let ids: Vec<Uuid> = webhook_deliveries::table
+                            .filter(webhook_deliveries::endpoint_id.eq(endpoint))
+                            .filter(webhook_deliveries::status.eq_any(["failed", "skipped"]))
+                            .filter(webhook_deliveries::created_at.ge(since))
+                            .select(webhook_deliveries::id)
+                            .for_update()
+                            .load(connection)
+                            .await?;
+                        requeue(connection, &ids, now).await?;
+                        Ok(ids.len())
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(RecoverDeliveriesResponse {
+            recovered: i64::try_from(recovered).unwrap_or(i64::MAX),
+        }))
+    }
+}

@@ -1,0 +1,214 @@
+//! Where webhooks may go: https URLs whose addresses are public. Checked when an endpoint is
+//! saved and again on every connection, on the addresses DNS actually returned, so that a name
+//! that later resolves somewhere private (DNS rebinding) is still refused.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use reqwest::Url;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// What the operator allows (both off in production; on for development and tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UrlPolicy {
+    pub allow_private: bool,
+    pub allow_http: bool,
+}
+
+impl UrlPolicy {
+    /// Parses and checks an endpoint URL's form, and its address when the host is an IP.
+    pub fn check_url(&self, raw: &str) -> Result<Url, String> {
+        let url = Url::parse(raw.trim()).map_err(|_| "must be an absolute URL".to_owned())?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            _ => return Err("must use https".to_owned()),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not carry credentials; use a custom header".to_owned());
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| "must have a host".to_owned())?;
+        if let Some(ip) = literal_ip(host) {
+            self.check_ip(ip)?;
+        }
+        Ok(url)
+    }
+
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
+        if !self.allow_private && is_forbidden(ip) {
+            return Err(format!("points at a non-public address ({ip})"));
+        }
+        Ok(())
+    }
+
+    /// Resolves the URL's host now and refuses it when no public address comes back.
+    pub async fn check_resolves(&self, url: &Url) -> Result<(), String> {
+        let host = url.host_str().unwrap_or_default();
+        if literal_ip(host).is_some() || self.allow_private {
+            return Ok(());
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| format!("host {host} does not resolve"))?
+            .collect();
+        match addresses.iter().find(|addr| is_forbidden(addr.ip())) {
+            Some(addr) => Err(format!(
+                "host {host} resolves to a non-public address ({})",
+                addr.ip()
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+fn literal_ip(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Loopback, private, link-local (including cloud metadata at 169.254.169.254), CGNAT,
+/// multicast, unspecified, broadcast, reserved and documentation ranges, for IPv4 and IPv6
+/// (IPv4-mapped and NAT64 addresses are judged by their IPv4 part).
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..=127).contains(&b)) // CGNAT 100.64.0.0/10
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240 // reserved
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return forbidden_v4(v4);
+    }
+    let segments = ip.segments();
+    if segments[0] == 0x64 && segments[1] == 0xff9b {
+        // NAT64 (64:ff9b::/96): the last 32 bits are an IPv4 address.
+        let [_, _, _, _, _, _, high, low] = segments;
+        return forbidden_v4(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)));
+    }
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+}
+
+/// A resolver for the delivery client that drops forbidden addresses and fails when none is
+/// left, so the check applies to the address actually connected to.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    policy: UrlPolicy,
+}
+
+impl GuardedResolver {
+    pub fn new(policy: UrlPolicy) -> Arc<Self> {
+        Arc::new(Self { policy })
+    }
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|addr| policy.check_ip(addr.ip()).is_ok())
+                .collect();
+            if allowed.is_empty() {
+                return Err(
+                    format!("blocked: {host} resolves only to non-public addresses").into(),
+                );
+            }
+            let addresses: Addrs = Box::new(allowed.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_non_public_range_is_forbidden() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "198.18.0.1",
+        ] {
+            assert!(
+                is_forbidden(ip.parse().expect("ip")),
+                "{ip} should be forbidden"
+            );
+        }
+        for ip in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:93.184.216.34",
+        ] {
+            assert!(
+                !is_forbidden(ip.parse().expect("ip")),
+                "{ip} should be allowed"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_must_be_https_public_and_without_credentials() {
+        let strict = UrlPolicy::default();
+        assert!(strict.check_url("https://example.com/hook").is_ok());
+        assert!(strict.check_url("http://example.com/hook").is_err());
+        assert!(strict.check_url("https://127.0.0.1/hook").is_err());
+        assert!(strict.check_url("https://[::1]/hook").is_err());
+        assert!(strict.check_url("https://user:pw@example.com/").is_err());
+        assert!(strict.check_url("ftp://example.com/").is_err());
+        let open = UrlPolicy {
+            allow_private: true,
+            allow_http: true,
+        };
+        assert!(open.check_url("http://127.0.0.1:8080/hook").is_ok());
+    }
+}
