@@ -398,3 +398,102 @@ fn help_explains_flags_and_their_environment_variables() {
         );
     }
 }
+
+/// A minimal HTTP receiver on a thread: answers 200 to every request.
+fn start_receiver() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Read, Write};
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        let mut body = vec![0; length];
+                        let _ = reader.read_exact(&mut body);
+                        let _ = reader
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        length = 0;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_secrets_and_custom_headers_never_reach_the_logs() {
+    let data = data_dir();
+    let admin_key = "log-test-admin-key-0123456789abcdefghij".to_owned();
+    let mut running = Running::start(
+        data.path(),
+        &[
+            ("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
+            ("SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+            ("SWITCHBORD_WEBHOOK_ALLOW_HTTP", "true".to_owned()),
+        ],
+    );
+    running.wait_until_serving().await;
+    let receiver = start_receiver();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", running.http_port);
+    let created: Json = http
+        .post(format!("{base}/api/v1/webhooks/endpoints"))
+        .header("x-api-key", &admin_key)
+        .json(&json!({"url": format!("http://127.0.0.1:{receiver}/hook"), "headers": {"Authorization": "Bearer receiver-token-do-not-log"}}))
+        .send()
+        .await
+        .expect("create endpoint")
+        .json()
+        .await
+        .expect("JSON");
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+    let id = created["endpoint"]["id"].as_str().expect("id").to_owned();
+    let tested: Json = http
+        .post(format!("{base}/api/v1/webhooks/endpoints/{id}/test"))
+        .header("x-api-key", &admin_key)
+        .send()
+        .await
+        .expect("test send")
+        .json()
+        .await
+        .expect("JSON");
+    let rotated: Json = http
+        .post(format!(
+            "{base}/api/v1/webhooks/endpoints/{id}/rotate-secret"
+        ))
+        .header("x-api-key", &admin_key)
+        .send()
+        .await
+        .expect("rotate")
+        .json()
+        .await
+        .expect("JSON");
+    let logs = running.logs();
+    assert!(running.terminate().success());
+
+    assert_eq!(tested["attempt"]["succeeded"], true, "{tested}");
+    assert!(
+        logs.contains("DEBUG") || logs.contains("INFO"),
+        "logs were captured"
+    );
+    for needle in [
+        secret.as_str(),
+        rotated["secret"].as_str().expect("rotated secret"),
+        "receiver-token-do-not-log",
+        admin_key.as_str(),
+    ] {
+        assert!(!logs.contains(needle), "{needle} appeared in the logs");
+    }
+}

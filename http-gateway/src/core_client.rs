@@ -2,9 +2,11 @@
 
 use switchbord_api::v1::contact_service_client::ContactServiceClient;
 use switchbord_api::v1::emarsys_service_client::EmarsysServiceClient;
+use switchbord_api::v1::event_service_client::EventServiceClient;
 use switchbord_api::v1::flow_service_client::FlowServiceClient;
 use switchbord_api::v1::journey_service_client::JourneyServiceClient;
 use switchbord_api::v1::outbox_service_client::OutboxServiceClient;
+use switchbord_api::v1::webhook_service_client::WebhookServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// Clients of the core's services over one shared HTTP/2 channel (cheap to clone).
@@ -13,6 +15,8 @@ pub struct CoreClient {
     pub contacts: ContactServiceClient<Channel>,
     pub emarsys: EmarsysServiceClient<Channel>,
     pub flows: FlowServiceClient<Channel>,
+    pub events: EventServiceClient<Channel>,
+    pub webhooks: WebhookServiceClient<Channel>,
     pub journeys: JourneyServiceClient<Channel>,
     pub outbox: OutboxServiceClient<Channel>,
 }
@@ -27,6 +31,8 @@ impl CoreClient {
             contacts: ContactServiceClient::new(channel.clone()),
             emarsys: EmarsysServiceClient::new(channel.clone()),
             flows: FlowServiceClient::new(channel.clone()),
+            events: EventServiceClient::new(channel.clone()),
+            webhooks: WebhookServiceClient::new(channel.clone()),
             journeys: JourneyServiceClient::new(channel.clone()),
             outbox: OutboxServiceClient::new(channel),
         })

@@ -17,7 +17,7 @@ use crate::core_client::CoreClient;
 use crate::family::{Family, render_rejections};
 use crate::rate_limit;
 use crate::request_id::assign_request_id;
-use crate::{admin, contacts, emarsys, flows, journeys};
+use crate::{admin, contacts, emarsys, flows, journeys, webhooks};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +148,58 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
                 .delete(flows::delete_rule),
         );
 
+    let webhook_routes = Router::new()
+        .route(
+            "/api/v1/webhooks/endpoints",
+            get(webhooks::list_endpoints).post(webhooks::create_endpoint),
+        )
+        .route(
+            "/api/v1/webhooks/endpoints/{id}",
+            get(webhooks::get_endpoint)
+                .patch(webhooks::update_endpoint)
+                .delete(webhooks::delete_endpoint),
+        )
+        .route(
+            "/api/v1/webhooks/endpoints/{id}/enable",
+            post(webhooks::enable_endpoint),
+        )
+        .route(
+            "/api/v1/webhooks/endpoints/{id}/disable",
+            post(webhooks::disable_endpoint),
+        )
+        .route(
+            "/api/v1/webhooks/endpoints/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/api/v1/webhooks/endpoints/{id}/secret",
+            get(webhooks::get_secret),
+        )
+        .route(
+            "/api/v1/webhooks/endpoints/{id}/test",
+            post(webhooks::send_test),
+        )
+        .route(
+            "/api/v1/webhooks/endpoints/{id}/recover",
+            post(webhooks::recover),
+        )
+        .route(
+            "/api/v1/webhooks/event-types",
+            get(webhooks::list_event_types).post(webhooks::register_event_type),
+        )
+        .route(
+            "/api/v1/webhooks/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/api/v1/webhooks/deliveries/{id}/attempts",
+            get(webhooks::list_attempts),
+        )
+        .route(
+            "/api/v1/webhooks/deliveries/{id}/retry",
+            post(webhooks::retry_delivery),
+        );
+
     const EMARSYS: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
     let integrations = Router::new()
         .route(EMARSYS, post(emarsys::ingest))
@@ -155,6 +207,7 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
 
     Router::new()
         .merge(admin)
+        .merge(webhook_routes)
         .merge(integrations)
         .merge(family_routes(Family::Compat, compat))
         .merge(family_routes(Family::Legacy, legacy))

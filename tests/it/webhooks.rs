@@ -814,3 +814,139 @@ async fn only_admins_configure_webhooks_and_event_types_can_be_registered() {
     assert_eq!(subscribed.0.event_types, ["order.shipped"]);
     assert_eq!(unknown.code(), Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_mapping_covers_configuration_and_the_delivery_log() {
+    use reqwest::Method;
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let admin = [
+        ("x-api-key", app.keys.admin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let manager = [("x-api-key", app.keys.manager.as_str())];
+
+    let created = app
+        .send(Method::POST, "/api/v1/webhooks/endpoints", &admin, json!({"url": receiver.url(), "event_types": ["webhook.test"], "headers": {"X-Token": "t-1"}}).to_string())
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    let id = created.body["endpoint"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert!(
+        created.body["secret"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("whsec_")
+    );
+    assert_eq!(created.body["endpoint"]["health"], "ready");
+    assert_eq!(created.body["endpoint"]["headers"]["x-token"], "***");
+
+    let patched = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/webhooks/endpoints/{id}"),
+            &admin,
+            json!({"description": "CRM", "rate_limit_per_second": 5}).to_string(),
+        )
+        .await;
+    let tested = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/webhooks/endpoints/{id}/test"),
+            &admin,
+            "",
+        )
+        .await;
+    let deliveries = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/webhooks/deliveries?endpoint_id={id}&status=succeeded"),
+            &admin,
+            "",
+        )
+        .await;
+    let delivery = deliveries.body["deliveries"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let attempts = app
+        .send(
+            Method::GET,
+            &format!("/api/v1/webhooks/deliveries/{delivery}/attempts"),
+            &admin,
+            "",
+        )
+        .await;
+    let not_failed = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/webhooks/deliveries/{delivery}/retry"),
+            &admin,
+            "",
+        )
+        .await;
+    let disabled = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/webhooks/endpoints/{id}/disable"),
+            &admin,
+            json!({"reason": "paused"}).to_string(),
+        )
+        .await;
+    let catalog = app
+        .send(Method::GET, "/api/v1/webhooks/event-types", &admin, "")
+        .await;
+    let bad_url = app
+        .send(
+            Method::POST,
+            "/api/v1/webhooks/endpoints",
+            &admin,
+            json!({"url": "not a url"}).to_string(),
+        )
+        .await;
+    let as_manager = app
+        .send(Method::GET, "/api/v1/webhooks/endpoints", &manager, "")
+        .await;
+    let bad_since = app
+        .send(
+            Method::POST,
+            &format!("/api/v1/webhooks/endpoints/{id}/recover"),
+            &admin,
+            json!({"since": "yesterday"}).to_string(),
+        )
+        .await;
+    let deleted = app
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/webhooks/endpoints/{id}"),
+            &admin,
+            "",
+        )
+        .await;
+
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    assert_eq!(patched.body["description"], "CRM");
+    assert_eq!(patched.body["rate_limit_per_second"], 5);
+    assert_eq!(tested.status, 200, "{}", tested.text);
+    assert_eq!(tested.body["attempt"]["succeeded"], true);
+    assert_eq!(
+        deliveries.body["deliveries"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(attempts.body["attempts"][0]["status_code"], 200);
+    assert_eq!(not_failed.status, 400, "{}", not_failed.text);
+    assert_eq!(disabled.body["enabled"], false);
+    assert_eq!(disabled.body["disabled_reason"], "paused");
+    assert!(
+        catalog.body["event_types"]
+            .as_array()
+            .is_some_and(|types| types.len() >= 10)
+    );
+    assert_eq!(bad_url.status, 400);
+    assert_eq!(bad_url.body["details"][0]["field"], "url");
+    assert_eq!(as_manager.status, 403);
+    assert_eq!(bad_since.status, 400);
+    assert_eq!(deleted.status, 200);
+}
