@@ -24,7 +24,7 @@ pub struct AttemptResult {
     pub duration: Duration,
     pub excerpt: String,
     pub error: Option<String>,
-    /// The receiver's `Retry-After`, in seconds form, on 429 and 503.
+    /// The receiver's `Retry-After` (seconds or HTTP date) on 429 and 503.
     pub retry_after: Option<Duration>,
 }
 
@@ -131,8 +131,7 @@ impl Sender {
             .then(|| response.headers().get(RETRY_AFTER))
             .flatten()
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(retry_after_delay);
         let mut excerpt = Vec::new();
         let mut read_error = None;
         while excerpt.len() < EXCERPT_BYTES {
@@ -164,6 +163,19 @@ impl Sender {
             retry_after,
         }
     }
+}
+
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 allows both).
+fn retry_after_delay(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -219,4 +231,23 @@ fn signed_headers(
         headers.insert(HeaderName::from_static(name), value);
     }
     Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(retry_after_delay("120"), Some(Duration::from_secs(120)));
+        let in_an_hour =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        let delay = retry_after_delay(&in_an_hour).expect("an HTTP date");
+        assert!((3590..=3600).contains(&delay.as_secs()), "{delay:?}");
+        assert_eq!(
+            retry_after_delay("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after_delay("soon"), None);
+    }
 }
