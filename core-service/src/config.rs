@@ -45,7 +45,7 @@ pub struct CoreConfig {
     pub trigger_dedup_window: Duration,
 
     /// Outbox jobs this instance runs at once.
-    #[arg(long, env = "SWITCHBORD_OUTBOX_WORKERS", default_value_t = 16)]
+    #[arg(long, env = "SWITCHBORD_OUTBOX_WORKERS", default_value_t = 32)]
     pub outbox_workers: usize,
 
     /// Longest wait between looks for due outbox jobs (new jobs wake the workers at once
@@ -102,7 +102,7 @@ impl CoreConfig {
                 .unwrap_or_default(),
             webhook_disable_after: Duration::from_secs(5 * 24 * 3600),
             trigger_dedup_window: Duration::from_secs(24 * 3600),
-            outbox_workers: 16,
+            outbox_workers: 32,
             outbox_poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
         }

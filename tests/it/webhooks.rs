@@ -950,3 +950,46 @@ async fn the_rest_mapping_covers_configuration_and_the_delivery_log() {
     assert_eq!(bad_since.status, 400);
     assert_eq!(deleted.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
+    use switchbord_api::v1::event_service_client::EventServiceClient;
+    let app = TestApp::builder()
+        .webhook_timeout(Duration::from_secs(5))
+        .spawn()
+        .await;
+    let (healthy, hanging) = (Receiver::start().await, Receiver::start().await);
+    hanging.answer(Answer {
+        delay: Duration::from_secs(30),
+        ..Answer::default()
+    });
+    create(&app, &hanging.url(), &["message.delivered"]).await;
+    create(&app, &healthy.url(), &["message.delivered"]).await;
+    let mut events = EventServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.user)),
+    );
+
+    let started = std::time::Instant::now();
+    for index in 0..40 {
+        events
+            .publish_event(PublishEventRequest {
+                r#type: "message.delivered".to_owned(),
+                data: json!({"n": index})
+                    .as_object()
+                    .cloned()
+                    .map(switchbord_api::json::struct_from_json),
+                source: "test".to_owned(),
+            })
+            .await
+            .expect("publish");
+    }
+    healthy.wait_for(40).await;
+
+    // Every healthy delivery arrived before the hanging receiver's first attempt even timed out.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

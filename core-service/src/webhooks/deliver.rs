@@ -42,8 +42,13 @@ pub struct DeliveryPolicy {
     pub schedule: Vec<Duration>,
     /// An endpoint whose deliveries all fail for this long is disabled.
     pub disable_after: Duration,
-    /// Deliveries in flight to one endpoint at once.
+    /// Deliveries in flight to one endpoint that answers quickly.
     pub per_endpoint_concurrency: usize,
+    /// Deliveries in flight to one endpoint whose last attempt was slow or timed out, so that a
+    /// hanging receiver holds only this many workers.
+    pub slow_endpoint_concurrency: usize,
+    /// An attempt that takes longer than this marks its endpoint slow.
+    pub slow_attempt: Duration,
 }
 
 impl Default for DeliveryPolicy {
@@ -61,7 +66,9 @@ impl Default for DeliveryPolicy {
                 minutes(600),
             ],
             disable_after: Duration::from_secs(5 * 24 * 3600),
-            per_endpoint_concurrency: 8,
+            per_endpoint_concurrency: 16,
+            slow_endpoint_concurrency: 2,
+            slow_attempt: Duration::from_secs(1),
         }
     }
 }
@@ -77,6 +84,8 @@ pub struct DeliverHandler {
     sender: Sender,
     policy: DeliveryPolicy,
     in_flight: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Endpoints whose last attempt was slow.
+    slow: Mutex<std::collections::HashSet<Uuid>>,
     rate_limits: Mutex<HashMap<Uuid, (i32, Arc<DefaultDirectRateLimiter>)>>,
 }
 
@@ -86,6 +95,7 @@ impl DeliverHandler {
             sender,
             policy,
             in_flight: Mutex::default(),
+            slow: Mutex::default(),
             rate_limits: Mutex::default(),
         }
     }
@@ -101,6 +111,29 @@ impl DeliverHandler {
                 Arc::new(Semaphore::new(self.policy.per_endpoint_concurrency.max(1)))
             })
             .clone()
+    }
+
+    fn is_slow(&self, endpoint: Uuid) -> bool {
+        self.slow
+            .lock()
+            .map(|slow| slow.contains(&endpoint))
+            .unwrap_or(false)
+    }
+
+    /// Remembers whether `endpoint` answered slowly; a fast answer clears the mark.
+    fn note_speed(&self, endpoint: Uuid, result: &AttemptResult) {
+        let slow = result.duration >= self.policy.slow_attempt
+            || result
+                .error
+                .as_deref()
+                .is_some_and(|error| error.contains("timed out"));
+        if let Ok(mut marked) = self.slow.lock() {
+            if slow {
+                marked.insert(endpoint);
+            } else {
+                marked.remove(&endpoint);
+            }
+        }
     }
 
     /// `Some(wait)` when the endpoint's rate limit says not yet.
@@ -178,10 +211,20 @@ impl JobHandler for DeliverHandler {
                 return Ok(());
             }
             let slots = self.slots(endpoint.id);
+            // A slow endpoint may use only a few of its slots: the other workers stay free for
+            // endpoints that answer.
+            let in_use = self
+                .policy
+                .per_endpoint_concurrency
+                .saturating_sub(slots.available_permits());
+            let defer = || JobError::Defer {
+                after: Duration::from_millis(200),
+            };
+            if self.is_slow(endpoint.id) && in_use >= self.policy.slow_endpoint_concurrency {
+                return Err(defer());
+            }
             let Ok(_slot) = slots.try_acquire_owned() else {
-                return Err(JobError::Defer {
-                    after: Duration::from_millis(200),
-                });
+                return Err(defer());
             };
             if let Some(wait) = self.rate_limited(&endpoint) {
                 return Err(JobError::Defer { after: wait });
@@ -190,6 +233,7 @@ impl JobHandler for DeliverHandler {
             drop(connection);
             let now = context.clock.now();
             let result = self.sender.send(&endpoint, &event, now).await;
+            self.note_speed(endpoint.id, &result);
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
             let next = record_attempt(
                 &mut connection,
@@ -256,10 +300,13 @@ pub async fn record_attempt(
                 .await?;
 
             let (status, next) = if result.succeeded() {
-                diesel::update(webhook_endpoints::table.find(endpoint.id))
-                    .set(webhook_endpoints::failing_since.eq(None::<DateTime<Utc>>))
-                    .execute(connection)
-                    .await?;
+                // Only a recovering endpoint needs its row written; a healthy one costs nothing.
+                if endpoint.failing_since.is_some() {
+                    diesel::update(webhook_endpoints::table.find(endpoint.id))
+                        .set(webhook_endpoints::failing_since.eq(None::<DateTime<Utc>>))
+                        .execute(connection)
+                        .await?;
+                }
                 ("succeeded", Next::Done)
             } else {
                 let failing_since = endpoint.failing_since.unwrap_or(now);

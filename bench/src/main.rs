@@ -1,0 +1,266 @@
+//! `switchbord-bench`: starts the release server on a fresh database and measures it against
+//! the database's own ceiling. See `docs/performance.md`.
+
+mod load;
+mod receiver;
+mod scenarios;
+mod server;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use diesel::sql_query;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+
+use crate::load::Figures;
+use crate::scenarios::Outbound;
+use crate::server::Server;
+
+/// Benchmarks the release switchbord server: upserts over gRPC and REST, journey triggers and
+/// Emarsys events against the same-run database ceiling, and outbound webhook delivery.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Client concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
+    concurrency: Vec<usize>,
+    /// How long each measured step runs.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Events published per outbound run.
+    #[arg(long, default_value_t = 5000)]
+    events: u64,
+    /// A few seconds in all: tiny steps, for CI (checks the harness, not the numbers).
+    #[arg(long)]
+    quick: bool,
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Use this PostgreSQL server (a fresh database is created on it); unset: a private cluster.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    scenario: &'static str,
+    concurrency: usize,
+    #[serde(flatten)]
+    figures: Figures,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    ratio_to_ceiling: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct OutboundRow {
+    #[serde(flatten)]
+    outbound: Outbound,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cores: usize,
+    outbox_drain_seconds: f64,
+    step_seconds: f64,
+    rows: Vec<Row>,
+    outbound: Vec<OutboundRow>,
+}
+
+async fn fresh_database(
+    base: Option<String>,
+) -> anyhow::Result<(String, Option<pg_cluster::PgCluster>)> {
+    let (admin_url, cluster) = match base {
+        Some(url) => (url, None),
+        None => {
+            let cluster =
+                tokio::task::spawn_blocking(pg_cluster::PgCluster::start_ephemeral).await??;
+            (cluster.url("postgres"), Some(cluster))
+        }
+    };
+    let name = format!("switchbord_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&admin_url)
+        .await
+        .context("connect to PostgreSQL")?;
+    sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(base, _)| base)
+        .to_owned();
+    Ok((format!("{base}/{name}"), cluster))
+}
+
+fn print_row(row: &Row) {
+    let ratio = row
+        .ratio_to_ceiling
+        .map_or("".to_owned(), |ratio| format!("{:.0} %", ratio * 100.0));
+    println!(
+        "{:<22} {:>5} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>6} {:>8.1} {:>7.2} {:>8}",
+        row.scenario,
+        row.concurrency,
+        row.figures.per_second,
+        row.figures.p50_ms,
+        row.figures.p95_ms,
+        row.figures.p99_ms,
+        row.figures.max_ms,
+        row.figures.errors,
+        row.peak_rss_mib,
+        row.cpu_seconds,
+        ratio
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.concurrency = vec![1, 4];
+        args.duration = Duration::from_millis(700);
+        args.events = 200;
+    }
+    let (database_url, _cluster) = fresh_database(args.database_url.clone()).await?;
+    let data_dir = std::env::temp_dir().join(format!("switchbord-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)?;
+    switchbord_core::db::run_migrations(&database_url).await?;
+    scenarios::seed(&database_url).await?;
+    let server = Server::start(&database_url, &data_dir).await?;
+
+    println!(
+        "{:<22} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8} {:>7} {:>8}",
+        "scenario",
+        "conc",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "RSS MiB",
+        "CPU s",
+        "ceiling"
+    );
+    let mut rows = Vec::new();
+    for &concurrency in &args.concurrency {
+        let mut ceiling = None;
+        for scenario in [
+            "ceiling (SQL only)",
+            "grpc upsert",
+            "rest upsert",
+            "rest trigger (unique)",
+            "rest trigger (dup)",
+            "rest emarsys",
+        ] {
+            server.reset_peak();
+            let cpu_before = server.cpu_seconds();
+            let figures = match scenario {
+                "ceiling (SQL only)" => {
+                    scenarios::ceiling(&database_url, concurrency, args.duration).await?
+                }
+                "grpc upsert" => {
+                    scenarios::grpc_upsert(&server, concurrency, args.duration).await?
+                }
+                "rest upsert" => {
+                    scenarios::rest_upsert(&server, concurrency, args.duration).await?
+                }
+                "rest trigger (unique)" => {
+                    scenarios::triggers(&server, concurrency, args.duration, false).await?
+                }
+                "rest trigger (dup)" => {
+                    scenarios::triggers(&server, concurrency, args.duration, true).await?
+                }
+                _ => scenarios::emarsys(&server, concurrency, args.duration).await?,
+            };
+            let is_ceiling = ceiling.is_none();
+            if is_ceiling {
+                ceiling = Some(figures.per_second);
+            }
+            let row = Row {
+                scenario,
+                concurrency,
+                ratio_to_ceiling: (!is_ceiling)
+                    .then(|| figures.per_second / ceiling.unwrap_or(1.0).max(1e-9)),
+                figures,
+                peak_rss_mib: server.peak_rss_mib(),
+                cpu_seconds: server.cpu_seconds() - cpu_before,
+            };
+            print_row(&row);
+            rows.push(row);
+        }
+    }
+
+    let drained = scenarios::drain_outbox(&server).await?;
+    println!(
+        "\noutbox drained in {:.1} s (the dispatch jobs of every contact event above)",
+        drained.as_secs_f64()
+    );
+    println!();
+    println!(
+        "{:<34} {:>12} {:>14} {:>10} {:>10} {:>8} {:>7}",
+        "outbound", "accepted/s", "deliveries/s", "p50 ms", "p99 ms", "RSS MiB", "CPU s"
+    );
+    let mut outbound = Vec::new();
+    let publishers: Vec<usize> = if args.quick { vec![4] } else { vec![8, 32] };
+    for &endpoints in &[1_usize, 4] {
+        for &clients in &publishers {
+            for hanging in [false, true] {
+                if hanging && endpoints == 1 {
+                    continue;
+                }
+                server.reset_peak();
+                let cpu_before = server.cpu_seconds();
+                scenarios::drain_outbox(&server).await?;
+                let figures =
+                    scenarios::outbound(&server, endpoints, clients, args.events, hanging).await?;
+                let row = OutboundRow {
+                    outbound: figures,
+                    peak_rss_mib: server.peak_rss_mib(),
+                    cpu_seconds: server.cpu_seconds() - cpu_before,
+                };
+                println!(
+                    "{:<34} {:>12.0} {:>14.0} {:>10.1} {:>10.1} {:>8.1} {:>7.2}",
+                    format!(
+                        "{} endpoint(s), {} clients{}",
+                        endpoints,
+                        clients,
+                        if hanging { " + hanging" } else { "" }
+                    ),
+                    row.outbound.accepted_per_second,
+                    row.outbound.deliveries_per_second,
+                    row.outbound.latency_p50_ms,
+                    row.outbound.latency_p99_ms,
+                    row.peak_rss_mib,
+                    row.cpu_seconds
+                );
+                outbound.push(row);
+            }
+        }
+    }
+
+    let errors: u64 = rows.iter().map(|row| row.figures.errors).sum::<u64>()
+        + outbound
+            .iter()
+            .map(|row| row.outbound.publish_errors)
+            .sum::<u64>();
+    let report = Report {
+        outbox_drain_seconds: drained.as_secs_f64(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        step_seconds: args.duration.as_secs_f64(),
+        rows,
+        outbound,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        println!("\nfigures written to {}", path.display());
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if errors > 0 {
+        anyhow::bail!("{errors} requests failed");
+    }
+    Ok(())
+}

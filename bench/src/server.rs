@@ -1,0 +1,137 @@
+//! The release `switchbord` binary, started on its own database, and its resource use.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub const ADMIN_KEY: &str = "bench-admin-key-0123456789abcdefghijklmnop";
+pub const EMARSYS_SECRET: &str = "bench-emarsys-secret";
+
+pub struct Server {
+    child: Child,
+    pub http: String,
+    pub grpc: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// `target/release/switchbord`, built first when missing.
+fn binary() -> anyhow::Result<PathBuf> {
+    let directory = std::env::current_exe()?
+        .parent()
+        .context("the bench executable has a directory")?
+        .to_path_buf();
+    let path = directory.join("switchbord");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "switchbord"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build --release -p switchbord failed");
+        }
+    }
+    Ok(path)
+}
+
+impl Server {
+    pub async fn start(database_url: &str, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let (http_port, grpc_port) = (free_port()?, free_port()?);
+        let child = Command::new(binary()?)
+            .env("DATABASE_URL", database_url)
+            .env("SWITCHBORD_DATA_DIR", data_dir)
+            .env("SWITCHBORD_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("SWITCHBORD_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+            .env("SWITCHBORD_RATE_LIMIT_PER_MINUTE", "0")
+            .env("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+            .env(
+                "SWITCHBORD_KEY_PEPPER",
+                "bench-pepper-0123456789abcdefghijklmnopqrstuv",
+            )
+            .env("SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", "true")
+            .env("SWITCHBORD_WEBHOOK_ALLOW_HTTP", "true")
+            .env("SWITCHBORD_WEBHOOK_TIMEOUT", "2s")
+            .env("EMARSYS_WEBHOOK_SECRET", EMARSYS_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start the release server")?;
+        let server = Self {
+            child,
+            http: format!("http://127.0.0.1:{http_port}"),
+            grpc: format!("http://127.0.0.1:{grpc_port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client
+            .get(format!("{}/healthz", server.http))
+            .send()
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("the server did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resets the peak-RSS mark, so that the next reading covers one scenario.
+    pub fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+
+    /// Peak resident memory since the last reset, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|line| line.starts_with("VmHWM:"))
+                    .and_then(|line| line.split_whitespace().nth(1))
+                    .and_then(|kib| kib.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+
+    /// User plus system CPU seconds used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|stat| {
+                let after_name = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = after_name.split_whitespace().collect();
+                let user: f64 = fields.get(11)?.parse().ok()?;
+                let system: f64 = fields.get(12)?.parse().ok()?;
+                Some((user + system) / ticks)
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
