@@ -1,9 +1,8 @@
 //! Operator routes under `/api/v1/admin/`: REST mappings of `OutboxService`.
 
-use axum::Json as JsonBody;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use switchbord_api::json::json_from_struct;
@@ -15,7 +14,6 @@ use switchbord_api::v1::{
 use crate::call::CallContext;
 use crate::core_client::CoreClient;
 use crate::error::ApiError;
-use crate::family::Family;
 use crate::time::rfc3339;
 
 #[derive(Debug, Deserialize)]
@@ -48,13 +46,6 @@ fn job_json(job: OutboxJob) -> Json {
     })
 }
 
-fn respond(context: &CallContext, result: Result<Json, ApiError>) -> Response {
-    match result {
-        Ok(body) => JsonBody(body).into_response(),
-        Err(error) => error.render(Family::Admin, context.request_id),
-    }
-}
-
 pub async fn list_jobs(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -79,7 +70,7 @@ pub async fn list_jobs(
         }))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn get_job(
@@ -103,7 +94,7 @@ pub async fn get_job(
         Ok(json!({"job": found.job.map(job_json), "errors": errors}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn retry_job(
@@ -120,7 +111,7 @@ pub async fn retry_job(
         Ok(json!({"job": retried.job.map(job_json)}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn stats(State(mut core): State<CoreClient>, context: CallContext) -> Response {
@@ -138,5 +129,5 @@ pub async fn stats(State(mut core): State<CoreClient>, context: CallContext) -> 
         Ok(json!({"counts": counts, "oldest_due_age_seconds": stats.oldest_due_age_seconds}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }

@@ -70,3 +70,18 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
         Ok(Self::from_parts(parts))
     }
 }
+
+impl CallContext {
+    /// The response of an admin route: the JSON on success, else the error in the admin body
+    /// shape, both carrying this call's request id.
+    pub fn admin_response(
+        &self,
+        result: Result<serde_json::Value, crate::error::ApiError>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        match result {
+            Ok(body) => axum::Json(body).into_response(),
+            Err(error) => error.render(crate::family::Family::Admin, self.request_id),
+        }
+    }
+}

@@ -1,10 +1,9 @@
 //! Operator routes for flows and event rules: REST mappings of `FlowService` under
 //! `/api/v1/admin/`.
 
-use axum::Json as JsonBody;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value as Json, json};
 use switchbord_api::json::{json_from_value, value_from_json};
 use switchbord_api::v1::property_assignment::Source;
@@ -19,15 +18,7 @@ use crate::call::CallContext;
 use crate::core_client::CoreClient;
 use crate::decode::Decoder;
 use crate::error::ApiError;
-use crate::family::Family;
 use crate::time::rfc3339;
-
-fn respond(context: &CallContext, result: Result<Json, ApiError>) -> Response {
-    match result {
-        Ok(body) => JsonBody(body).into_response(),
-        Err(error) => error.render(Family::Admin, context.request_id),
-    }
-}
 
 fn flow_json(flow: Flow) -> Json {
     json!({
@@ -153,7 +144,7 @@ pub async fn list_flows(State(mut core): State<CoreClient>, context: CallContext
         Ok(json!({"flows": flows.into_iter().map(flow_json).collect::<Vec<_>>()}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn get_flow(
@@ -171,7 +162,7 @@ pub async fn get_flow(
         Ok(flow.map(flow_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn put_flow(
@@ -191,7 +182,7 @@ pub async fn put_flow(
         Ok(stored.map(flow_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn delete_flow(
@@ -206,7 +197,7 @@ pub async fn delete_flow(
         Ok(json!({}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn list_rules(State(mut core): State<CoreClient>, context: CallContext) -> Response {
@@ -220,7 +211,7 @@ pub async fn list_rules(State(mut core): State<CoreClient>, context: CallContext
         Ok(json!({"rules": rules.into_iter().map(rule_json).collect::<Vec<_>>()}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn get_rule(
@@ -238,7 +229,7 @@ pub async fn get_rule(
         Ok(rule.map(rule_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn put_rule(
@@ -258,7 +249,7 @@ pub async fn put_rule(
         Ok(stored.map(rule_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn delete_rule(
@@ -273,5 +264,5 @@ pub async fn delete_rule(
         Ok(json!({}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }

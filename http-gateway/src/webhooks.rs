@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use axum::Json as JsonBody;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::DateTime;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
@@ -19,15 +18,7 @@ use crate::call::CallContext;
 use crate::core_client::CoreClient;
 use crate::decode::Decoder;
 use crate::error::ApiError;
-use crate::family::Family;
 use crate::time::rfc3339;
-
-fn respond(context: &CallContext, result: Result<Json, ApiError>) -> Response {
-    match result {
-        Ok(body) => JsonBody(body).into_response(),
-        Err(error) => error.render(Family::Admin, context.request_id),
-    }
-}
 
 fn health_name(health: EndpointHealth) -> &'static str {
     match health {
@@ -163,7 +154,7 @@ pub async fn create_endpoint(
         Ok(json!({"endpoint": created.endpoint.map(endpoint_json), "secret": created.secret}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn list_endpoints(State(mut core): State<CoreClient>, context: CallContext) -> Response {
@@ -172,7 +163,7 @@ pub async fn list_endpoints(State(mut core): State<CoreClient>, context: CallCon
         Ok(json!({"endpoints": listed.endpoints.into_iter().map(endpoint_json).collect::<Vec<_>>()}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn get_endpoint(
@@ -189,7 +180,7 @@ pub async fn get_endpoint(
         Ok(found.endpoint.map(endpoint_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn update_endpoint(
@@ -222,7 +213,7 @@ pub async fn update_endpoint(
         Ok(updated.endpoint.map(endpoint_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn delete_endpoint(
@@ -237,7 +228,7 @@ pub async fn delete_endpoint(
         Ok(json!({}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn enable_endpoint(
@@ -254,7 +245,7 @@ pub async fn enable_endpoint(
         Ok(enabled.endpoint.map(endpoint_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 /// The body is optional: `{"reason": "…"}`.
@@ -287,7 +278,7 @@ pub async fn disable_endpoint(
         Ok(disabled.endpoint.map(endpoint_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn rotate_secret(
@@ -309,7 +300,7 @@ pub async fn rotate_secret(
         Ok(json!({"secret": rotated.secret}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn get_secret(
@@ -326,7 +317,7 @@ pub async fn get_secret(
         Ok(json!({"secret": secret.secret}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn send_test(
@@ -343,7 +334,7 @@ pub async fn send_test(
         Ok(json!({"event_id": sent.event_id, "attempt": sent.attempt.map(attempt_json)}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn recover(
@@ -369,7 +360,7 @@ pub async fn recover(
         Ok(json!({"recovered": recovered.recovered}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn list_event_types(
@@ -398,7 +389,7 @@ pub async fn list_event_types(
         Ok(json!({"event_types": types}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn register_event_type(
@@ -422,7 +413,7 @@ pub async fn register_event_type(
         Ok(json!({}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 #[derive(Debug, Deserialize)]
@@ -477,7 +468,7 @@ pub async fn list_deliveries(
         }))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn list_attempts(
@@ -496,7 +487,7 @@ pub async fn list_attempts(
         Ok(json!({"attempts": attempts.attempts.into_iter().map(attempt_json).collect::<Vec<_>>()}))
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }
 
 pub async fn retry_delivery(
@@ -513,5 +504,5 @@ pub async fn retry_delivery(
         Ok(retried.delivery.map(delivery_json).unwrap_or_default())
     }
     .await;
-    respond(&context, result)
+    context.admin_response(result)
 }

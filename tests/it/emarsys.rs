@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use diesel::sql_query;
-use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Jsonb, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use reqwest::Method;
 use serde_json::{Value as Json, json};
@@ -15,7 +15,7 @@ use switchbord_api::v1::{
     EventRule, Flow, PropertyAssignment, PutEventRuleRequest, PutFlowRequest,
 };
 
-use crate::helpers::{HttpReply, TestApp, WithKey};
+use crate::helpers::{HttpReply, TestApp, WithKey, eventually};
 
 const PATH: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
 const SECRET: &str = "emarsys-shared-secret-123";
@@ -31,32 +31,6 @@ async fn post(app: &TestApp, query: &str, body: &str, headers: &[(&str, &str)]) 
         body.to_owned(),
     )
     .await
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    count: i64,
-}
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    let mut connection = app.database.connect().await;
-    sql_query(sql)
-        .get_result::<Count>(&mut connection)
-        .await
-        .expect("count")
-        .count
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn jwt(secret: &str, claims: Json) -> String {
@@ -593,4 +567,8 @@ async fn operators_configure_flows_and_rules_over_rest() {
     assert_eq!(as_user.status, 403);
     assert_eq!(deleted.status, 200);
     assert_eq!(gone.status, 404);
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    crate::helpers::count(&app.database, sql).await
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use diesel::sql_query;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -19,7 +19,7 @@ use switchbord_api::v1::*;
 use switchbord_core::outbox::ManualClock;
 use tonic::Code;
 
-use crate::helpers::{Answer, Authed, Receiver, TestApp, WithKey};
+use crate::helpers::{Answer, Authed, Receiver, TestApp, WithKey, eventually};
 
 /// Standard Webhooks verification, from the specification's text: the key is the base64
 /// part of `whsec_…`; the signed content is `{webhook-id}.{webhook-timestamp}.{body}`; the header
@@ -64,32 +64,6 @@ async fn create(app: &TestApp, url: &str, event_types: &[&str]) -> (Endpoint, St
 
 async fn new_contact(app: &TestApp, phone: &str) {
     app.upsert_contact(&json!({"phone_number": phone})).await;
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    count: i64,
-}
-
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    let mut connection = app.database.connect().await;
-    sql_query(sql)
-        .get_result::<Count>(&mut connection)
-        .await
-        .expect("count")
-        .count
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -992,4 +966,8 @@ async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
         "{:?}",
         started.elapsed()
     );
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    crate::helpers::count(&app.database, sql).await
 }

@@ -3,7 +3,9 @@
 mod app;
 mod database;
 mod receiver;
+mod wait;
 
 pub use app::{Authed, HttpReply, TestApp, WithKey};
 pub use database::TestDatabase;
 pub use receiver::{Answer, Receiver};
+pub use wait::{count, eventually};
