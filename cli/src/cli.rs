@@ -37,7 +37,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the core and the gateway (the default), or the gateway alone with --core-url.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Create, list and revoke API keys, on a running core or directly on the database.
@@ -83,7 +83,7 @@ pub struct ServeArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve::serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve::serve(args).await,
+        Some(Command::Serve(args)) => serve::serve(*args).await,
         Some(Command::Migrate(args)) => {
             let database = database::Database::attach_or_open(&args).await?;
             switchbord_core::db::run_migrations(database.url()).await?;

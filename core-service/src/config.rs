@@ -70,6 +70,11 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
 
+    /// How far a Twenty webhook's signed timestamp may be from now; replays of a nonce are
+    /// refused within it.
+    #[arg(long, env = "SWITCHBORD_TWENTY_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub twenty_webhook_tolerance: Duration,
+
     /// Delay before each delivery attempt, comma-separated; its length is the number of attempts.
     #[arg(long, env = "SWITCHBORD_WEBHOOK_RETRY_SCHEDULE", default_value = "0s,5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
     pub webhook_retry_schedule: Schedule,
@@ -98,6 +103,7 @@ impl CoreConfig {
             webhook_allow_private: false,
             webhook_allow_http: false,
             webhook_timeout: Duration::from_secs(15),
+            twenty_webhook_tolerance: Duration::from_secs(300),
             webhook_retry_schedule: parse_schedule("0s,5s,5m,30m,2h,5h,10h,10h")
                 .unwrap_or_default(),
             webhook_disable_after: Duration::from_secs(5 * 24 * 3600),

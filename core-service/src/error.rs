@@ -31,6 +31,9 @@ pub enum ServiceError {
     InvalidArgument(Vec<FieldViolation>),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A credential checked by the feature itself (a webhook signature) was refused.
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -80,6 +83,7 @@ impl From<ServiceError> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
+            ServiceError::Unauthenticated(message) => Status::unauthenticated(message),
             ServiceError::Conflict(message) => Status::already_exists(message),
             ServiceError::FailedPrecondition(message) => Status::failed_precondition(message),
             ServiceError::Unavailable(cause) => {

@@ -20,6 +20,7 @@ pub mod events;
 pub mod flows;
 pub mod journeys;
 pub mod server;
+pub mod twenty;
 pub mod webhooks;
 
 pub mod access;

@@ -221,5 +221,68 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    twenty_connection (id) {
+        id -> Bool,
+        base_url -> Text,
+        api_key -> Text,
+        webhook_secret -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    twenty_field_mappings (contact_field) {
+        contact_field -> Text,
+        twenty_field -> Text,
+        direction -> Text,
+    }
+}
+
+diesel::table! {
+    twenty_contact_syncs (contact_id) {
+        contact_id -> Uuid,
+        person_id -> Nullable<Text>,
+        status -> Text,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        last_attempt_at -> Nullable<Timestamptz>,
+        synced_at -> Nullable<Timestamptz>,
+        synced_values -> Jsonb,
+        remote_updated_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    twenty_webhook_nonces (nonce) {
+        nonce -> Text,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    twenty_backfill (id) {
+        id -> Bool,
+        run_id -> Uuid,
+        status -> Text,
+        page_size -> Int4,
+        cursor -> Nullable<Text>,
+        pages -> Int8,
+        people_seen -> Int8,
+        linked -> Int8,
+        created -> Int8,
+        skipped -> Int8,
+        last_error -> Nullable<Text>,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(twenty_contact_syncs -> contacts (contact_id));
+
 diesel::joinable!(webhook_deliveries -> webhook_endpoints (endpoint_id));
 diesel::allow_tables_to_appear_in_same_query!(webhook_deliveries, webhook_endpoints, events);
+diesel::allow_tables_to_appear_in_same_query!(twenty_contact_syncs, contacts);

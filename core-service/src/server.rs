@@ -12,6 +12,7 @@ use switchbord_api::v1::event_service_server::EventServiceServer;
 use switchbord_api::v1::flow_service_server::FlowServiceServer;
 use switchbord_api::v1::journey_service_server::JourneyServiceServer;
 use switchbord_api::v1::outbox_service_server::OutboxServiceServer;
+use switchbord_api::v1::twenty_service_server::TwentyServiceServer;
 use switchbord_api::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,6 +32,7 @@ use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
 use crate::outbox::admin::OutboxGrpc;
 use crate::outbox::{Clock, Registry, SystemClock, Worker, WorkerConfig};
 use crate::state::AppState;
+use crate::twenty::{BackfillHandler, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer};
 use crate::webhooks::{
     DeliverHandler, DeliveryPolicy, Sender, UrlPolicy, WebhookFanout, WebhooksGrpc,
 };
@@ -63,7 +65,7 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed")]
     Serve(#[from] tonic::transport::Error),
-    #[error("cannot build the webhook HTTP client")]
+    #[error("cannot build the outbound HTTP client")]
     HttpClient(#[source] reqwest::Error),
 }
 
@@ -72,6 +74,8 @@ pub struct CoreServer {
     clock: Arc<dyn Clock>,
     sender: Sender,
     delivery_policy: DeliveryPolicy,
+    twenty: TwentyClient,
+    twenty_webhook_tolerance: Duration,
     state: Arc<AppState>,
     authenticator: Arc<Authenticator>,
     bootstrap: Bootstrap,
@@ -82,13 +86,24 @@ pub struct CoreServer {
 
 /// The job kinds this build runs, each registered by the feature that owns it, and the
 /// consumers that stored events are handed to.
-pub fn job_registry(sender: Sender, delivery_policy: DeliveryPolicy) -> Registry {
+pub fn job_registry(
+    sender: Sender,
+    delivery_policy: DeliveryPolicy,
+    twenty: TwentyClient,
+    default_region: Option<phonenumber::country::Id>,
+) -> Registry {
     let mut registry = Registry::default();
     registry
-        .register(DispatchHandler::default().with_consumer(WebhookFanout))
+        .register(
+            DispatchHandler::default()
+                .with_consumer(WebhookFanout)
+                .with_consumer(TwentySyncConsumer),
+        )
         .register(JourneyTriggerHandler)
         .register(CustomEventHandler)
-        .register(DeliverHandler::new(sender, delivery_policy));
+        .register(DeliverHandler::new(sender, delivery_policy))
+        .register(SyncHandler::new(twenty.clone()))
+        .register(BackfillHandler::new(twenty, default_region));
     registry
 }
 
@@ -134,14 +149,14 @@ impl CoreServer {
             default_region: config.default_region,
             trigger_dedup_window: config.trigger_dedup_window,
         });
-        let sender = Sender::new(
-            UrlPolicy {
-                allow_private: config.webhook_allow_private,
-                allow_http: config.webhook_allow_http,
-            },
-            config.webhook_timeout,
-        )
-        .map_err(StartupError::HttpClient)?;
+        let url_policy = UrlPolicy {
+            allow_private: config.webhook_allow_private,
+            allow_http: config.webhook_allow_http,
+        };
+        let sender =
+            Sender::new(url_policy, config.webhook_timeout).map_err(StartupError::HttpClient)?;
+        let twenty = TwentyClient::new(url_policy, config.webhook_timeout)
+            .map_err(StartupError::HttpClient)?;
         let delivery_policy = DeliveryPolicy {
             schedule: config.webhook_retry_schedule.0.clone(),
             disable_after: config.webhook_disable_after,
@@ -157,6 +172,8 @@ impl CoreServer {
             clock: Arc::new(SystemClock),
             sender,
             delivery_policy,
+            twenty,
+            twenty_webhook_tolerance: config.twenty_webhook_tolerance,
             state,
             authenticator,
             bootstrap,
@@ -200,7 +217,12 @@ impl CoreServer {
         let worker = Worker::new(
             self.state.pool.clone(),
             &self.database_url,
-            job_registry(self.sender.clone(), self.delivery_policy.clone()),
+            job_registry(
+                self.sender.clone(),
+                self.delivery_policy.clone(),
+                self.twenty.clone(),
+                self.state.default_region,
+            ),
             self.clock.clone(),
             self.worker_config.clone(),
         );
@@ -234,6 +256,9 @@ impl CoreServer {
             .await;
         health_reporter
             .set_serving::<WebhookServiceServer<WebhooksGrpc>>()
+            .await;
+        health_reporter
+            .set_serving::<TwentyServiceServer<TwentyGrpc>>()
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(switchbord_api::FILE_DESCRIPTOR_SET)
@@ -291,6 +316,13 @@ impl CoreServer {
                 self.sender.clone(),
                 self.delivery_policy.clone(),
                 self.clock.clone(),
+            )))
+            .add_service(TwentyServiceServer::new(TwentyGrpc::new(
+                self.state.pool.clone(),
+                self.twenty.clone(),
+                self.clock.clone(),
+                self.twenty_webhook_tolerance,
+                self.state.default_region,
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;

@@ -6,6 +6,7 @@ use switchbord_api::v1::event_service_client::EventServiceClient;
 use switchbord_api::v1::flow_service_client::FlowServiceClient;
 use switchbord_api::v1::journey_service_client::JourneyServiceClient;
 use switchbord_api::v1::outbox_service_client::OutboxServiceClient;
+use switchbord_api::v1::twenty_service_client::TwentyServiceClient;
 use switchbord_api::v1::webhook_service_client::WebhookServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -19,6 +20,7 @@ pub struct CoreClient {
     pub webhooks: WebhookServiceClient<Channel>,
     pub journeys: JourneyServiceClient<Channel>,
     pub outbox: OutboxServiceClient<Channel>,
+    pub twenty: TwentyServiceClient<Channel>,
 }
 
 impl CoreClient {
@@ -34,7 +36,8 @@ impl CoreClient {
             events: EventServiceClient::new(channel.clone()),
             webhooks: WebhookServiceClient::new(channel.clone()),
             journeys: JourneyServiceClient::new(channel.clone()),
-            outbox: OutboxServiceClient::new(channel),
+            outbox: OutboxServiceClient::new(channel.clone()),
+            twenty: TwentyServiceClient::new(channel),
         })
     }
 }

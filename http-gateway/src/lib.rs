@@ -23,6 +23,7 @@ mod rate_limit;
 mod request_id;
 mod server;
 mod time;
+mod twenty;
 mod webhooks;
 
 pub use config::GatewayConfig;

@@ -17,7 +17,7 @@ use crate::core_client::CoreClient;
 use crate::family::{Family, render_rejections};
 use crate::rate_limit;
 use crate::request_id::assign_request_id;
-use crate::{admin, contacts, emarsys, flows, journeys, webhooks};
+use crate::{admin, contacts, emarsys, flows, journeys, twenty, webhooks};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -200,14 +200,43 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
             post(webhooks::retry_delivery),
         );
 
+    const TWENTY: &str = "/api/v1/integrations/twenty";
+    let twenty_routes = Router::new()
+        .route(
+            &format!("{TWENTY}/connection"),
+            get(twenty::get_connection)
+                .put(twenty::set_connection)
+                .delete(twenty::delete_connection),
+        )
+        .route(
+            &format!("{TWENTY}/connection/test"),
+            post(twenty::test_connection),
+        )
+        .route(
+            &format!("{TWENTY}/mapping"),
+            get(twenty::get_mapping).patch(twenty::update_mapping),
+        )
+        .route(&format!("{TWENTY}/sync/health"), get(twenty::sync_health))
+        .route(&format!("{TWENTY}/sync/failed"), get(twenty::failed_syncs))
+        .route(
+            &format!("{TWENTY}/sync/contacts/{{contact_id}}"),
+            get(twenty::contact_sync),
+        )
+        .route(&format!("{TWENTY}/sync/retry"), post(twenty::retry_syncs))
+        .route(&format!("{TWENTY}/backfill"), post(twenty::start_backfill));
+
     const EMARSYS: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
+    const TWENTY_WEBHOOK: &str = "/api/v0/webhooks/incoming/twenty";
     let integrations = Router::new()
         .route(EMARSYS, post(emarsys::ingest))
-        .route(&format!("{EMARSYS}/"), post(emarsys::ingest));
+        .route(&format!("{EMARSYS}/"), post(emarsys::ingest))
+        .route(TWENTY_WEBHOOK, post(twenty::incoming))
+        .route(&format!("{TWENTY_WEBHOOK}/"), post(twenty::incoming));
 
     Router::new()
         .merge(admin)
         .merge(webhook_routes)
+        .merge(twenty_routes)
         .merge(integrations)
         .merge(family_routes(Family::Compat, compat))
         .merge(family_routes(Family::Legacy, legacy))

@@ -19,4 +19,5 @@ mod journeys;
 mod malformed_input;
 mod outbox;
 mod rate_limit;
+mod twenty;
 mod webhooks;

@@ -84,6 +84,11 @@ impl Authenticator {
             caller.key_name = Some("emarsys-webhook".to_owned());
             return Ok(caller);
         }
+        if rule.credential == Credential::TwentySignature {
+            let mut caller = Caller::anonymous(path, source_ip);
+            caller.key_name = Some("twenty-webhook".to_owned());
+            return Ok(caller);
+        }
         let Some(token) = credential(headers) else {
             if rule.legacy_ingestion && self.legacy_paths_open {
                 return Ok(Caller::anonymous(path, source_ip));

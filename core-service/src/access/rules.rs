@@ -27,6 +27,9 @@ pub enum Credential {
     ApiKey,
     /// The Emarsys shared secret (or a JWT signed with it); roles do not apply.
     EmarsysSecret,
+    /// Twenty's webhook signature, which covers the body and so is verified by the RPC itself;
+    /// roles do not apply.
+    TwentySignature,
 }
 
 impl Rule {
@@ -45,6 +48,15 @@ impl Rule {
             roles: &[],
             legacy_ingestion: false,
             credential: Credential::EmarsysSecret,
+        }
+    }
+
+    const fn twenty_webhook(method: &'static str) -> Self {
+        Self {
+            method,
+            roles: &[],
+            legacy_ingestion: false,
+            credential: Credential::TwentySignature,
         }
     }
 
@@ -89,6 +101,18 @@ pub const RULES: &[Rule] = &[
     Rule::new("/switchbord.v1.WebhookService/ListDeliveryAttempts", ADMIN),
     Rule::new("/switchbord.v1.WebhookService/RetryDelivery", ADMIN),
     Rule::new("/switchbord.v1.WebhookService/RecoverDeliveries", ADMIN),
+    Rule::new("/switchbord.v1.TwentyService/SetTwentyConnection", ADMIN),
+    Rule::new("/switchbord.v1.TwentyService/GetTwentyConnection", ADMIN),
+    Rule::new("/switchbord.v1.TwentyService/TestTwentyConnection", ADMIN),
+    Rule::new("/switchbord.v1.TwentyService/DeleteTwentyConnection", ADMIN),
+    Rule::new("/switchbord.v1.TwentyService/GetFieldMapping", ADMIN),
+    Rule::new("/switchbord.v1.TwentyService/UpdateFieldMapping", ADMIN),
+    Rule::new("/switchbord.v1.TwentyService/StartBackfill", ADMIN),
+    Rule::new("/switchbord.v1.TwentyService/GetSyncHealth", OPERATORS),
+    Rule::new("/switchbord.v1.TwentyService/GetContactSync", OPERATORS),
+    Rule::new("/switchbord.v1.TwentyService/ListFailedSyncs", OPERATORS),
+    Rule::new("/switchbord.v1.TwentyService/RetryFailedSyncs", OPERATORS),
+    Rule::twenty_webhook("/switchbord.v1.TwentyService/ReceiveTwentyWebhook"),
     Rule::new("/switchbord.v1.FlowService/PutFlow", OPERATORS),
     Rule::new("/switchbord.v1.FlowService/GetFlow", OPERATORS),
     Rule::new("/switchbord.v1.FlowService/ListFlows", OPERATORS),
@@ -190,6 +214,7 @@ mod tests {
             let who = match rule.credential {
                 Credential::ApiKey => roles.join(", "),
                 Credential::EmarsysSecret => "Emarsys shared secret (no API key)".to_owned(),
+                Credential::TwentySignature => "Twenty webhook signature (no API key)".to_owned(),
             };
             let row = format!("| `{method}` | {who} |");
             assert!(docs.contains(&row), "docs/access.md lacks the row: {row}");

@@ -20,4 +20,5 @@ pub use input::{
 };
 pub use model::{ContactRow, contact_json, timestamp};
 pub use service::ContactsService;
-pub use upsert::{Operation, UpsertOutcome, upsert_contact, upsert_on};
+pub use store::{find_by_id, find_by_phone, lock_by_id};
+pub use upsert::{Operation, UpsertOutcome, update_by_id_on, upsert_contact, upsert_on};

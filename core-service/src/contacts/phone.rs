@@ -45,6 +45,33 @@ pub enum PhoneError {
     TooLong,
 }
 
+/// An E.164 number taken apart the way CRMs such as Twenty store it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhoneParts {
+    /// Country calling code digits, `49`.
+    pub calling_code: u16,
+    /// The national significant number, `15112345678` (leading zeros kept).
+    pub national_number: String,
+    /// ISO 3166 region, `DE`, when the number identifies one.
+    pub region: Option<String>,
+}
+
+/// Splits an E.164 number into calling code, national number and region.
+pub fn split(e164: &str) -> Option<PhoneParts> {
+    let parsed = phonenumber::parse(None, e164).ok()?;
+    let calling_code = parsed.code().value();
+    let national_number = e164
+        .strip_prefix('+')?
+        .strip_prefix(&calling_code.to_string())?
+        .to_owned();
+    let region = parsed.country().id().map(|id| id.as_ref().to_owned());
+    Some(PhoneParts {
+        calling_code,
+        national_number,
+        region,
+    })
+}
+
 /// E.164 allows at most 15 digits after the `+`.
 const MAX_E164_DIGITS: usize = 15;
 
@@ -141,6 +168,19 @@ fn check_possible(international: &str) -> Result<PhoneNumber, PhoneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_split_into_calling_code_national_number_and_region() {
+        let german = split("+4915112345678").expect("splits");
+        assert_eq!(german.calling_code, 49);
+        assert_eq!(german.national_number, "15112345678");
+        assert_eq!(german.region.as_deref(), Some("DE"));
+        // Italian landlines keep their leading zero inside the national number.
+        assert_eq!(
+            split("+390612345678").expect("splits").national_number,
+            "0612345678"
+        );
+    }
 
     fn ok(raw: &str) -> String {
         normalize(raw, None)

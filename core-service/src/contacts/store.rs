@@ -27,6 +27,20 @@ pub async fn lock_matching(
     }
 }
 
+/// The contact with `id`, locked for update.
+pub async fn lock_by_id(
+    connection: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<ContactRow>> {
+    contacts::table
+        .find(id)
+        .select(ContactRow::as_select())
+        .for_update()
+        .first(connection)
+        .await
+        .optional()
+}
+
 pub async fn insert(
     connection: &mut AsyncPgConnection,
     row: &ContactRow,

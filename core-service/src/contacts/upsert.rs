@@ -74,63 +74,93 @@ async fn write(
                 upsert.external_reference_id.as_deref(),
             )
             .await?;
-            let now = Utc::now();
             let existing = identify(&matches, upsert)?;
-            let previous_status = existing.map(|row| row.subscriber_status.as_str());
-            let (operation, contact, changed_fields) = match existing {
-                None => {
-                    let row = new_contact(upsert, now);
-                    let changed_fields = changed_fields(None, &row);
-                    (
-                        Operation::Created,
-                        store::insert(connection, &row).await?,
-                        changed_fields,
-                    )
-                }
-                Some(existing) => {
-                    let row = apply(existing.clone(), upsert, now);
-                    let changed_fields = changed_fields(Some(existing), &row);
-                    let stored = if changed_fields.is_empty() {
-                        existing.clone()
-                    } else {
-                        store::update(connection, &row).await?
-                    };
-                    (Operation::Updated, stored, changed_fields)
-                }
-            };
-            record_contact_events(
-                connection,
-                context.request_id,
-                previous_status,
-                &contact,
-                &changed_fields,
-            )
-            .await?;
-            audit::record(
-                connection,
-                AuditRecord {
-                    request_id: context.request_id,
-                    actor: &context.caller,
-                    action: match operation {
-                        Operation::Created => "contact.create",
-                        Operation::Updated => "contact.update",
-                    },
-                    target_type: "contact",
-                    target_id: Some(contact.id.to_string()),
-                    changed_fields: changed_fields
-                        .iter()
-                        .map(|&field| field.to_owned())
-                        .collect(),
-                },
-            )
-            .await?;
-            Ok(UpsertOutcome {
-                operation,
-                contact,
-                changed_fields,
-            })
+            save(connection, context, existing, upsert).await
         })
         .await
+}
+
+/// Applies `upsert` to the contact with `contact_id`, whatever its phone number and reference
+/// were (an integration that keeps its own link changes them). Another contact already holding
+/// the new phone number or reference is a conflict.
+pub async fn update_by_id_on(
+    connection: &mut AsyncPgConnection,
+    context: &RequestContext,
+    contact_id: Uuid,
+    upsert: &ContactUpsert,
+) -> Result<UpsertOutcome, ContactError> {
+    connection
+        .transaction(async |connection| {
+            let existing = store::lock_by_id(connection, contact_id)
+                .await?
+                .ok_or(ContactError::NotFound)?;
+            save(connection, context, Some(&existing), upsert).await
+        })
+        .await
+}
+
+/// Creates or updates the row, with its events and audit entry, on `connection` (inside the
+/// caller's transaction).
+async fn save(
+    connection: &mut AsyncPgConnection,
+    context: &RequestContext,
+    existing: Option<&ContactRow>,
+    upsert: &ContactUpsert,
+) -> Result<UpsertOutcome, ContactError> {
+    let now = Utc::now();
+    let previous_status = existing.map(|row| row.subscriber_status.as_str());
+    let (operation, contact, changed_fields) = match existing {
+        None => {
+            let row = new_contact(upsert, now);
+            let changed_fields = changed_fields(None, &row);
+            (
+                Operation::Created,
+                store::insert(connection, &row).await?,
+                changed_fields,
+            )
+        }
+        Some(existing) => {
+            let row = apply(existing.clone(), upsert, now);
+            let changed_fields = changed_fields(Some(existing), &row);
+            let stored = if changed_fields.is_empty() {
+                existing.clone()
+            } else {
+                store::update(connection, &row).await?
+            };
+            (Operation::Updated, stored, changed_fields)
+        }
+    };
+    record_contact_events(
+        connection,
+        context.request_id,
+        previous_status,
+        &contact,
+        &changed_fields,
+    )
+    .await?;
+    audit::record(
+        connection,
+        AuditRecord {
+            request_id: context.request_id,
+            actor: &context.caller,
+            action: match operation {
+                Operation::Created => "contact.create",
+                Operation::Updated => "contact.update",
+            },
+            target_type: "contact",
+            target_id: Some(contact.id.to_string()),
+            changed_fields: changed_fields
+                .iter()
+                .map(|&field| field.to_owned())
+                .collect(),
+        },
+    )
+    .await?;
+    Ok(UpsertOutcome {
+        operation,
+        contact,
+        changed_fields,
+    })
 }
 
 /// The contact this upsert addresses: the one with the phone number, else the one with the

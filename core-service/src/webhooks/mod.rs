@@ -14,5 +14,6 @@ pub mod signing;
 pub use deliver::{DELIVER_JOB, DeliverHandler, DeliveryPolicy};
 pub use fanout::WebhookFanout;
 pub use sender::{Sender, USER_AGENT};
+pub(crate) use sender::{error_chain, retry_after_delay};
 pub use service::WebhooksGrpc;
-pub use ssrf::{UrlPolicy, is_forbidden};
+pub use ssrf::{GuardedResolver, UrlPolicy, is_forbidden};

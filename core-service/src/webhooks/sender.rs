@@ -166,7 +166,7 @@ impl Sender {
 }
 
 /// `Retry-After` as seconds or as an HTTP date (RFC 9110 allows both).
-fn retry_after_delay(value: &str) -> Option<Duration> {
+pub(crate) fn retry_after_delay(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
@@ -178,7 +178,7 @@ fn retry_after_delay(value: &str) -> Option<Duration> {
     )
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

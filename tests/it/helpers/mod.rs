@@ -2,6 +2,7 @@
 
 mod app;
 mod database;
+pub mod fake_twenty;
 mod receiver;
 mod wait;
 

@@ -1,0 +1,429 @@
+//! Inbound sync: Twenty's person webhooks, verified, applied to contacts through the mapping.
+//!
+//! Conflict rule (docs/twenty.md): an event is applied only when its person version
+//! (`record.updatedAt`) is newer than the newest version already seen, and, when the contact has
+//! local changes Twenty does not have yet, newer than the contact's last change. The losing side
+//! is then corrected by the next outbound sync.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use phonenumber::country;
+use serde_json::Value as Json;
+use switchbord_api::v1::{
+    ReceiveTwentyWebhookRequest, TwentyWebhookOutcome as Outcome, TwentyWebhookResult,
+};
+use uuid::Uuid;
+
+use super::mapping::Mapping;
+use super::records::{self, SyncRow};
+use super::signature::{self, SignatureError};
+use super::sync::{person_id, queue_sync, updated_at, values_json};
+use super::{connection, mapping_store};
+use crate::contacts::{
+    self, ContactError, ContactRow, ContactUpsert, Operation, update_by_id_on, upsert_on,
+    validate_upsert,
+};
+use crate::db;
+use crate::error::{FieldViolation, ServiceError};
+use crate::request::RequestContext;
+use crate::schema::twenty_webhook_nonces as nonces;
+
+/// One person event out of a webhook call.
+#[derive(Debug)]
+struct PersonEvent {
+    name: String,
+    record: Json,
+}
+
+/// What the inbound path needs besides the request.
+pub struct InboundSettings {
+    pub tolerance: Duration,
+    pub default_region: Option<country::Id>,
+}
+
+/// Verifies the call, refuses replays, and applies each record, all in one transaction.
+pub async fn receive(
+    pool: &db::DbPool,
+    context: &RequestContext,
+    settings: &InboundSettings,
+    now: DateTime<Utc>,
+    request: &ReceiveTwentyWebhookRequest,
+) -> Result<Vec<TwentyWebhookResult>, ServiceError> {
+    let mut connection = db::connection(pool).await?;
+    let twenty = connection::load(&mut connection)
+        .await?
+        .ok_or_else(|| ServiceError::FailedPrecondition("Twenty is not connected".to_owned()))?;
+    let secret = twenty.webhook_secret.ok_or_else(|| {
+        ServiceError::FailedPrecondition("no Twenty webhook secret is configured".to_owned())
+    })?;
+    let signed_at = signature::verify(
+        &secret,
+        &request.timestamp,
+        &request.signature,
+        &request.body,
+        now,
+        settings.tolerance,
+    )
+    .map_err(|error: SignatureError| ServiceError::Unauthenticated(error.to_string()))?;
+    let events =
+        parse(&request.body).map_err(|violation| ServiceError::InvalidArgument(vec![violation]))?;
+    let replay_key = match request.nonce.trim() {
+        "" => format!("signature:{}", request.signature.trim()),
+        nonce => format!("nonce:{nonce}"),
+    };
+    let mapping = mapping_store::load(&mut connection).await?;
+    let forget_before =
+        now - chrono::Duration::from_std(settings.tolerance * 2).unwrap_or_default();
+
+    connection
+        .transaction(async |connection| {
+            diesel::delete(nonces::table.filter(nonces::received_at.lt(forget_before)))
+                .execute(connection)
+                .await?;
+            let fresh = diesel::insert_into(nonces::table)
+                .values((nonces::nonce.eq(&replay_key), nonces::received_at.eq(now)))
+                .on_conflict_do_nothing()
+                .execute(connection)
+                .await?;
+            if fresh == 0 {
+                return Err(ServiceError::Unauthenticated(
+                    "this webhook call was already received (replayed nonce)".to_owned(),
+                ));
+            }
+            let mut results = Vec::with_capacity(events.len());
+            for event in &events {
+                let apply = Apply {
+                    context,
+                    mapping: &mapping,
+                    default_region: settings.default_region,
+                    signed_at,
+                    now,
+                };
+                results.push(apply.event(connection, event).await?);
+            }
+            Ok(results)
+        })
+        .await
+}
+
+/// Accepts the single-record shape (`record`) and the batched one (`items[].record`).
+fn parse(body: &[u8]) -> Result<Vec<PersonEvent>, FieldViolation> {
+    let body: Json = serde_json::from_slice(body)
+        .ok()
+        .filter(Json::is_object)
+        .ok_or_else(|| FieldViolation::new("body", "must be a JSON object"))?;
+    let name = body
+        .get("eventName")
+        .and_then(Json::as_str)
+        .ok_or_else(|| FieldViolation::new("eventName", "is required"))?
+        .to_owned();
+    let records: Vec<Json> = match (body.get("items"), body.get("record")) {
+        (Some(Json::Array(items)), _) => items
+            .iter()
+            .map(|item| item.get("record").cloned().unwrap_or(Json::Null))
+            .collect(),
+        (_, Some(record)) => vec![record.clone()],
+        _ => return Err(FieldViolation::new("record", "is required")),
+    };
+    if let Some(index) = records.iter().position(|record| !record.is_object()) {
+        return Err(FieldViolation::new(
+            format!("items[{index}].record"),
+            "must be an object",
+        ));
+    }
+    Ok(records
+        .into_iter()
+        .map(|record| PersonEvent {
+            name: name.clone(),
+            record,
+        })
+        .collect())
+}
+
+pub(super) struct Apply<'a> {
+    pub context: &'a RequestContext,
+    pub mapping: &'a Mapping,
+    pub default_region: Option<country::Id>,
+    /// The version assumed for records without `updatedAt`.
+    pub signed_at: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+impl Apply<'_> {
+    async fn event(
+        &self,
+        connection: &mut AsyncPgConnection,
+        event: &PersonEvent,
+    ) -> Result<TwentyWebhookResult, ServiceError> {
+        let Some(person_id) = person_id(&event.record).map(str::to_owned) else {
+            return Ok(result("", None, Outcome::Skipped, "the record has no id"));
+        };
+        let link = records::lock_by_person(connection, &person_id).await?;
+        match event.name.as_str() {
+            "person.deleted" | "person.destroyed" => Ok(match link {
+                Some(link) => {
+                    records::unlink(
+                        connection,
+                        link.contact_id,
+                        "the person was deleted in Twenty",
+                        self.now,
+                    )
+                    .await?;
+                    result(&person_id, Some(link.contact_id), Outcome::Unlinked, "")
+                }
+                None => result(
+                    &person_id,
+                    None,
+                    Outcome::Skipped,
+                    "not linked to a contact",
+                ),
+            }),
+            "person.created" | "person.updated" | "person.restored" => match link {
+                Some(link) => {
+                    self.linked(connection, &person_id, &event.record, link)
+                        .await
+                }
+                None => Ok(self
+                    .unlinked(connection, &person_id, &event.record)
+                    .await?
+                    .0),
+            },
+            other => Ok(result(
+                &person_id,
+                None,
+                Outcome::Skipped,
+                &format!("{other} is not a person event"),
+            )),
+        }
+    }
+
+    /// The person version the event carries.
+    fn version(&self, record: &Json) -> DateTime<Utc> {
+        updated_at(record).unwrap_or(self.signed_at)
+    }
+
+    async fn linked(
+        &self,
+        connection: &mut AsyncPgConnection,
+        person_id: &str,
+        record: &Json,
+        link: SyncRow,
+    ) -> Result<TwentyWebhookResult, ServiceError> {
+        let version = self.version(record);
+        let contact_id = link.contact_id;
+        if link.remote_updated_at.is_some_and(|seen| version <= seen) {
+            return Ok(result(
+                person_id,
+                Some(contact_id),
+                Outcome::Stale,
+                "an equal or newer version of this person was already applied",
+            ));
+        }
+        let Some(contact) = contacts::lock_by_id(connection, contact_id).await? else {
+            return Ok(result(
+                person_id,
+                None,
+                Outcome::Skipped,
+                "the contact no longer exists",
+            ));
+        };
+        if self.local_change_wins(&contact, Some(&link), version) {
+            return Ok(result(
+                person_id,
+                Some(contact_id),
+                Outcome::Stale,
+                "the contact has a newer local change, which will be written to Twenty",
+            ));
+        }
+        let upsert = match self.upsert(record, Some(&contact.phone_number)) {
+            Ok(upsert) => upsert,
+            Err(reason) => {
+                return Ok(result(
+                    person_id,
+                    Some(contact_id),
+                    Outcome::Skipped,
+                    &reason,
+                ));
+            }
+        };
+        match update_by_id_on(connection, self.context, contact_id, &upsert).await {
+            Ok(_) => {}
+            Err(ContactError::Db(db::DbError::UniqueViolation { .. })) => {
+                return Ok(result(
+                    person_id,
+                    Some(contact_id),
+                    Outcome::Skipped,
+                    "another contact has this phone number or external reference id",
+                ));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        self.link(connection, contact_id, person_id, record, version)
+            .await?;
+        Ok(result(person_id, Some(contact_id), Outcome::Applied, ""))
+    }
+
+    /// Links the person to the contact with its phone number (created when there is none) and
+    /// applies its values unless the contact's own are newer. The flag says a contact was created.
+    pub async fn unlinked(
+        &self,
+        connection: &mut AsyncPgConnection,
+        person_id: &str,
+        record: &Json,
+    ) -> Result<(TwentyWebhookResult, bool), ServiceError> {
+        let version = self.version(record);
+        let upsert = match self.upsert(record, None) {
+            Ok(upsert) => upsert,
+            Err(reason) => return Ok((result(person_id, None, Outcome::Skipped, &reason), false)),
+        };
+        let existing = contacts::find_by_phone(connection, upsert.phone_number.as_str())
+            .await
+            .optional()?;
+        if let Some(existing) = &existing {
+            let link = records::find(connection, existing.id).await?;
+            if let Some(other) = link.as_ref().and_then(|link| link.person_id.as_deref()) {
+                return Ok((
+                    result(
+                        person_id,
+                        Some(existing.id),
+                        Outcome::Skipped,
+                        &format!("the contact with this phone number is linked to person {other}"),
+                    ),
+                    false,
+                ));
+            }
+            if self.local_change_wins(existing, link.as_ref(), version) {
+                // Link now; the contact's newer values go to Twenty with the next sync.
+                self.link(connection, existing.id, person_id, record, version)
+                    .await?;
+                records::mark_pending(connection, existing.id, self.now).await?;
+                queue_sync(connection, existing.id).await?;
+                return Ok((
+                    result(
+                        person_id,
+                        Some(existing.id),
+                        Outcome::Stale,
+                        "linked; the contact has a newer local change, which will be written to Twenty",
+                    ),
+                    false,
+                ));
+            }
+        }
+        let (contact, created) = match upsert_on(connection, self.context, &upsert).await {
+            Ok(outcome) => (outcome.contact, outcome.operation == Operation::Created),
+            Err(ContactError::IdentityConflict { .. }) => {
+                return Ok((
+                    result(
+                        person_id,
+                        None,
+                        Outcome::Skipped,
+                        "the phone number and the external reference id belong to different contacts",
+                    ),
+                    false,
+                ));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.link(connection, contact.id, person_id, record, version)
+            .await?;
+        Ok((
+            result(person_id, Some(contact.id), Outcome::Applied, ""),
+            created,
+        ))
+    }
+
+    /// Whether the contact holds local changes Twenty does not have, made after `version`.
+    fn local_change_wins(
+        &self,
+        contact: &ContactRow,
+        link: Option<&SyncRow>,
+        version: DateTime<Utc>,
+    ) -> bool {
+        let outbound = values_json(self.mapping.outbound_values(contact));
+        let unsynced = link.is_none_or(|link| link.synced_values != outbound);
+        unsynced && contact.updated_at > version
+    }
+
+    /// The record's mapped values as a validated upsert that keeps the subscriber status.
+    fn upsert(&self, record: &Json, current_phone: Option<&str>) -> Result<ContactUpsert, String> {
+        let request = self
+            .mapping
+            .contact_request(record, current_phone)
+            .ok_or_else(|| "the person has no phone number, which a contact needs".to_owned())?;
+        let mut upsert = validate_upsert(request, self.default_region).map_err(|violations| {
+            let problems: Vec<String> = violations
+                .iter()
+                .map(|violation| format!("{}: {}", violation.field, violation.description))
+                .collect();
+            format!(
+                "Twenty's values are not valid for a contact: {}",
+                problems.join("; ")
+            )
+        })?;
+        upsert.subscriber_status = None;
+        Ok(upsert)
+    }
+
+    async fn link(
+        &self,
+        connection: &mut AsyncPgConnection,
+        contact_id: Uuid,
+        person_id: &str,
+        record: &Json,
+        version: DateTime<Utc>,
+    ) -> Result<(), ServiceError> {
+        let holds = values_json(self.mapping.twenty_holds(record));
+        records::record_synced(
+            connection,
+            contact_id,
+            person_id,
+            &holds,
+            Some(version),
+            self.now,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+pub(super) fn result(
+    person_id: &str,
+    contact_id: Option<Uuid>,
+    outcome: Outcome,
+    reason: &str,
+) -> TwentyWebhookResult {
+    TwentyWebhookResult {
+        person_id: person_id.to_owned(),
+        contact_id: contact_id.map(|id| id.to_string()).unwrap_or_default(),
+        outcome: outcome.into(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_payload_shapes_are_read() {
+        let single = parse(br#"{"eventName":"person.updated","record":{"id":"p1"}}"#).unwrap();
+        assert_eq!(single.len(), 1);
+        let batched = parse(
+            br#"{"eventName":"person.created","batchSize":2,"items":[{"record":{"id":"a"}},{"record":{"id":"b"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(batched.len(), 2);
+        assert_eq!(batched[1].record["id"], "b");
+        assert_eq!(parse(b"[]").unwrap_err().field, "body");
+        assert_eq!(parse(br#"{"record":{}}"#).unwrap_err().field, "eventName");
+        assert_eq!(
+            parse(br#"{"eventName":"person.created","items":[{"record":1}]}"#)
+                .unwrap_err()
+                .field,
+            "items[0].record"
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! Twenty CRM sync, both ways: the connection and field mapping, outbound sync jobs fed by
+//! contact events, inbound person webhooks, per-contact sync health and the initial import.
+//! See `docs/twenty.md`.
+
+mod backfill;
+mod client;
+mod connection;
+mod inbound;
+mod mapping;
+mod mapping_store;
+mod records;
+mod service;
+mod sync;
+
+pub mod signature;
+
+pub use backfill::{BACKFILL_JOB, BackfillHandler};
+pub use client::TwentyClient;
+pub use service::TwentyGrpc;
+pub use sync::{SYNC_JOB, SyncHandler, TwentySyncConsumer};
+
+/// Emitted when a contact could not be written to Twenty for good.
+pub const SYNC_FAILED_EVENT: &str = "crm.twenty.sync_failed";

@@ -1,0 +1,296 @@
+//! Each contact's link to a Twenty person and its sync status (`twenty_contact_syncs`).
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde_json::Value as Json;
+use switchbord_api::v1;
+use uuid::Uuid;
+
+use crate::contacts::timestamp;
+use crate::schema::twenty_contact_syncs as syncs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStatus {
+    Pending,
+    Synced,
+    Failed,
+    Unlinked,
+}
+
+impl SyncStatus {
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Synced, Self::Failed, Self::Unlinked];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Synced => "synced",
+            Self::Failed => "failed",
+            Self::Unlinked => "unlinked",
+        }
+    }
+
+    fn from_db(text: &str) -> Self {
+        match text {
+            "synced" => Self::Synced,
+            "failed" => Self::Failed,
+            "unlinked" => Self::Unlinked,
+            _ => Self::Pending,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = syncs, check_for_backend(diesel::pg::Pg))]
+pub struct SyncRow {
+    pub contact_id: Uuid,
+    pub person_id: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub synced_at: Option<DateTime<Utc>>,
+    pub synced_values: Json,
+    pub remote_updated_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl SyncRow {
+    pub fn status(&self) -> SyncStatus {
+        SyncStatus::from_db(&self.status)
+    }
+}
+
+impl From<SyncRow> for v1::ContactSync {
+    fn from(row: SyncRow) -> Self {
+        let status = match row.status() {
+            SyncStatus::Pending => v1::SyncStatus::Pending,
+            SyncStatus::Synced => v1::SyncStatus::Synced,
+            SyncStatus::Failed => v1::SyncStatus::Failed,
+            SyncStatus::Unlinked => v1::SyncStatus::Unlinked,
+        };
+        Self {
+            contact_id: row.contact_id.to_string(),
+            person_id: row.person_id.unwrap_or_default(),
+            status: status.into(),
+            last_error: row.last_error.unwrap_or_default(),
+            attempts: row.attempts,
+            last_attempt_at: row.last_attempt_at.map(timestamp),
+            synced_at: row.synced_at.map(timestamp),
+            updated_at: Some(timestamp(row.updated_at)),
+        }
+    }
+}
+
+pub async fn find(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+) -> QueryResult<Option<SyncRow>> {
+    syncs::table
+        .find(contact_id)
+        .select(SyncRow::as_select())
+        .first(connection)
+        .await
+        .optional()
+}
+
+/// The link of `person_id`, locked so that concurrent webhooks about one person serialise.
+pub async fn lock_by_person(
+    connection: &mut AsyncPgConnection,
+    person_id: &str,
+) -> QueryResult<Option<SyncRow>> {
+    syncs::table
+        .filter(syncs::person_id.eq(person_id))
+        .select(SyncRow::as_select())
+        .for_update()
+        .first(connection)
+        .await
+        .optional()
+}
+
+/// Marks the contact as waiting for a sync; unlinked contacts stay unlinked (their person was
+/// deleted in Twenty and is not silently recreated). Returns whether a sync should be queued.
+pub async fn mark_pending(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    now: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let existing = find(connection, contact_id).await?;
+    match existing.map(|row| row.status()) {
+        Some(SyncStatus::Unlinked) => Ok(false),
+        Some(_) => {
+            diesel::update(syncs::table.find(contact_id))
+                .set((
+                    syncs::status.eq(SyncStatus::Pending.as_str()),
+                    syncs::updated_at.eq(now),
+                ))
+                .execute(connection)
+                .await?;
+            Ok(true)
+        }
+        None => {
+            diesel::insert_into(syncs::table)
+                .values((
+                    syncs::contact_id.eq(contact_id),
+                    syncs::status.eq(SyncStatus::Pending.as_str()),
+                    syncs::updated_at.eq(now),
+                ))
+                .on_conflict_do_nothing()
+                .execute(connection)
+                .await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Twenty holds `values` for the contact, as person `person_id` last changed at `remote_updated_at`.
+pub async fn record_synced(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    person_id: &str,
+    values: &Json,
+    remote_updated_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::insert_into(syncs::table)
+        .values((
+            syncs::contact_id.eq(contact_id),
+            syncs::person_id.eq(person_id),
+            syncs::status.eq(SyncStatus::Synced.as_str()),
+            syncs::attempts.eq(0),
+            syncs::last_error.eq(None::<String>),
+            syncs::synced_at.eq(now),
+            syncs::synced_values.eq(values),
+            syncs::remote_updated_at.eq(remote_updated_at),
+            syncs::updated_at.eq(now),
+        ))
+        .on_conflict(syncs::contact_id)
+        .do_update()
+        .set((
+            syncs::person_id.eq(excluded(syncs::person_id)),
+            syncs::status.eq(excluded(syncs::status)),
+            syncs::attempts.eq(0),
+            syncs::last_error.eq(None::<String>),
+            syncs::synced_at.eq(now),
+            syncs::synced_values.eq(excluded(syncs::synced_values)),
+            // Never move the known Twenty version backwards.
+            syncs::remote_updated_at.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >(
+                "GREATEST(twenty_contact_syncs.remote_updated_at, excluded.remote_updated_at)",
+            )),
+            syncs::updated_at.eq(now),
+        ))
+        .execute(connection)
+        .await
+        .map(drop)
+}
+
+/// A sync attempt failed; `status` is pending (to be retried) or failed (for good).
+pub async fn record_failure(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    status: SyncStatus,
+    error: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(syncs::table.find(contact_id))
+        .set((
+            syncs::status.eq(status.as_str()),
+            syncs::attempts.eq(syncs::attempts + 1),
+            syncs::last_error.eq(error),
+            syncs::last_attempt_at.eq(now),
+            syncs::updated_at.eq(now),
+        ))
+        .execute(connection)
+        .await
+        .map(drop)
+}
+
+/// The person is gone from Twenty: drop the link, keep the contact.
+pub async fn unlink(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(syncs::table.find(contact_id))
+        .set((
+            syncs::person_id.eq(None::<String>),
+            syncs::status.eq(SyncStatus::Unlinked.as_str()),
+            syncs::last_error.eq(reason),
+            syncs::synced_values.eq(Json::Object(Default::default())),
+            syncs::updated_at.eq(now),
+        ))
+        .execute(connection)
+        .await
+        .map(drop)
+}
+
+/// Contacts per status.
+pub async fn counts(connection: &mut AsyncPgConnection) -> QueryResult<Vec<(String, i64)>> {
+    syncs::table
+        .group_by(syncs::status)
+        .select((syncs::status, count_star()))
+        .load(connection)
+        .await
+}
+
+/// One page of failed syncs, most recently changed first, after the `(updated_at, contact_id)`
+/// cursor.
+pub async fn failed_page(
+    connection: &mut AsyncPgConnection,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> QueryResult<Vec<SyncRow>> {
+    let mut query = syncs::table
+        .filter(syncs::status.eq(SyncStatus::Failed.as_str()))
+        .select(SyncRow::as_select())
+        .order((syncs::updated_at.desc(), syncs::contact_id.desc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some((time, id)) = after {
+        query = query.filter(
+            syncs::updated_at
+                .lt(time)
+                .or(syncs::updated_at.eq(time).and(syncs::contact_id.lt(id))),
+        );
+    }
+    query.load(connection).await
+}
+
+/// Sets failed (or, when `contact_id` names one, failed or unlinked) syncs back to pending and
+/// returns their contacts.
+pub async fn requeue(
+    connection: &mut AsyncPgConnection,
+    contact_id: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<Uuid>> {
+    let update = diesel::update(syncs::table).set((
+        syncs::status.eq(SyncStatus::Pending.as_str()),
+        syncs::attempts.eq(0),
+        syncs::updated_at.eq(now),
+    ));
+    match contact_id {
+        Some(id) => {
+            update
+                .filter(syncs::contact_id.eq(id))
+                .filter(
+                    syncs::status
+                        .eq_any([SyncStatus::Failed.as_str(), SyncStatus::Unlinked.as_str()]),
+                )
+                .returning(syncs::contact_id)
+                .get_results(connection)
+                .await
+        }
+        None => {
+            update
+                .filter(syncs::status.eq(SyncStatus::Failed.as_str()))
+                .returning(syncs::contact_id)
+                .get_results(connection)
+                .await
+        }
+    }
+}

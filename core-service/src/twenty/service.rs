@@ -1,0 +1,497 @@
+//! The `TwentyService` gRPC implementation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use phonenumber::country;
+use switchbord_api::v1::twenty_service_server::TwentyService;
+use switchbord_api::v1::*;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::backfill::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::client::{TwentyClient, TwentyError};
+use super::inbound::{self, InboundSettings};
+use super::mapping::{
+    ContactField, Direction, Mapping, MappingEntry, TwentyField, default_entries,
+};
+use super::records::{self, SyncStatus};
+use super::sync::queue_sync;
+use super::{connection, mapping_store};
+use crate::audit::{self, AuditRecord};
+use crate::db::{self, DbPool};
+use crate::error::{FieldViolation, ServiceError};
+use crate::outbox::Clock;
+use crate::pagination::{decode_cursor, encode_cursor, page_size};
+use crate::request::RequestContext;
+
+pub struct TwentyGrpc {
+    pool: DbPool,
+    client: TwentyClient,
+    clock: Arc<dyn Clock>,
+    inbound: InboundSettings,
+}
+
+impl TwentyGrpc {
+    pub fn new(
+        pool: DbPool,
+        client: TwentyClient,
+        clock: Arc<dyn Clock>,
+        webhook_tolerance: Duration,
+        default_region: Option<country::Id>,
+    ) -> Self {
+        Self {
+            pool,
+            client,
+            clock,
+            inbound: InboundSettings {
+                tolerance: webhook_tolerance,
+                default_region,
+            },
+        }
+    }
+
+    async fn db(&self) -> Result<db::DbConnection, ServiceError> {
+        Ok(db::connection(&self.pool).await?)
+    }
+}
+
+/// Records a configuration change in the audit trail (field names only, never values).
+async fn audit_change(
+    connection: &mut AsyncPgConnection,
+    context: &RequestContext,
+    action: &str,
+    target_id: Option<String>,
+    changed_fields: &[&str],
+) -> diesel::QueryResult<()> {
+    audit::record(
+        connection,
+        AuditRecord {
+            request_id: context.request_id,
+            actor: &context.caller,
+            action,
+            target_type: "twenty",
+            target_id,
+            changed_fields: changed_fields
+                .iter()
+                .map(|&field| field.to_owned())
+                .collect(),
+        },
+    )
+    .await
+}
+
+fn mapping_response(mapping: &Mapping) -> Vec<FieldMappingEntry> {
+    mapping
+        .entries()
+        .iter()
+        .map(|entry| FieldMappingEntry {
+            contact_field: entry.contact.as_string(),
+            twenty_field: entry.twenty.as_str().to_owned(),
+            direction: match entry.direction {
+                Direction::ToTwenty => MappingDirection::ToTwenty,
+                Direction::FromTwenty => MappingDirection::FromTwenty,
+                Direction::Both => MappingDirection::Both,
+                Direction::None => MappingDirection::None,
+            }
+            .into(),
+        })
+        .collect()
+}
+
+fn parse_entry(
+    index: usize,
+    entry: &FieldMappingEntry,
+) -> Result<MappingEntry, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let field = |name: &str| format!("entries[{index}].{name}");
+    let contact = ContactField::parse(entry.contact_field.trim());
+    if contact.is_none() {
+        violations.push(FieldViolation::new(
+            field("contact_field"),
+            "must be name, email, phone_number, external_reference_id, locale, tags or properties.<key>",
+        ));
+    }
+    let twenty = TwentyField::parse(entry.twenty_field.trim());
+    if twenty.is_none() {
+        violations.push(FieldViolation::new(
+            field("twenty_field"),
+            "must be name, emails.primaryEmail, phones.primaryPhoneNumber or a field's camelCase API name",
+        ));
+    }
+    let direction = match MappingDirection::try_from(entry.direction) {
+        Ok(MappingDirection::ToTwenty) => Some(Direction::ToTwenty),
+        Ok(MappingDirection::FromTwenty) => Some(Direction::FromTwenty),
+        Ok(MappingDirection::Both) => Some(Direction::Both),
+        Ok(MappingDirection::None) => Some(Direction::None),
+        _ => {
+            violations.push(FieldViolation::new(
+                field("direction"),
+                "must be to_twenty, from_twenty, both or none",
+            ));
+            None
+        }
+    };
+    match (contact, twenty, direction) {
+        (Some(contact), Some(twenty), Some(direction)) => Ok(MappingEntry {
+            contact,
+            twenty,
+            direction,
+        }),
+        _ => Err(violations),
+    }
+}
+
+fn parse_contact_id(text: &str) -> Result<Uuid, ServiceError> {
+    Uuid::parse_str(text.trim()).map_err(|_| {
+        ServiceError::InvalidArgument(vec![FieldViolation::new("contact_id", "must be a UUID")])
+    })
+}
+
+#[tonic::async_trait]
+impl TwentyService for TwentyGrpc {
+    async fn set_twenty_connection(
+        &self,
+        request: Request<SetTwentyConnectionRequest>,
+    ) -> Result<Response<SetTwentyConnectionResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let request = request.into_inner();
+        let now = self.clock.now();
+        let policy = self.client.policy();
+        let mut connection = self.db().await?;
+        let stored = connection
+            .transaction(async |connection| {
+                let current = connection::load(connection).await?;
+                let row = connection::apply(current, &request, policy, now)
+                    .map_err(ServiceError::InvalidArgument)?;
+                connection::save(connection, &row).await?;
+                let mut changed = vec!["base_url"];
+                if request.api_key.is_some() {
+                    changed.push("api_key");
+                }
+                if request.webhook_secret.is_some() {
+                    changed.push("webhook_secret");
+                }
+                audit_change(
+                    connection,
+                    &context,
+                    "twenty.connection.set",
+                    None,
+                    &changed,
+                )
+                .await?;
+                Ok::<_, ServiceError>(row)
+            })
+            .await?;
+        Ok(Response::new(SetTwentyConnectionResponse {
+            connection: Some((&stored).into()),
+        }))
+    }
+
+    async fn get_twenty_connection(
+        &self,
+        _request: Request<GetTwentyConnectionRequest>,
+    ) -> Result<Response<GetTwentyConnectionResponse>, Status> {
+        let mut connection = self.db().await?;
+        let stored = connection::load(&mut connection)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or(ServiceError::NotFound("Twenty connection"))?;
+        Ok(Response::new(GetTwentyConnectionResponse {
+            connection: Some((&stored).into()),
+        }))
+    }
+
+    async fn test_twenty_connection(
+        &self,
+        _request: Request<TestTwentyConnectionRequest>,
+    ) -> Result<Response<TestTwentyConnectionResponse>, Status> {
+        let mut connection = self.db().await?;
+        let stored = connection::load(&mut connection)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or(ServiceError::NotFound("Twenty connection"))?;
+        drop(connection);
+        let (reachable, authenticated, status_code, message) = match self
+            .client
+            .probe(&stored)
+            .await
+        {
+            Ok(()) => (true, true, 200, "ok".to_owned()),
+            Err(error @ TwentyError::Unauthorized { status, .. }) => {
+                (true, false, i32::from(status), error.to_string())
+            }
+            Err(error @ (TwentyError::Unreachable(_) | TwentyError::Blocked(_))) => {
+                (false, false, 0, error.to_string())
+            }
+            Err(error @ TwentyError::RateLimited { .. }) => (true, true, 429, error.to_string()),
+            Err(
+                error @ (TwentyError::Server { status, .. } | TwentyError::Rejected { status, .. }),
+            ) => (true, false, i32::from(status), error.to_string()),
+            Err(error @ (TwentyError::NotFound | TwentyError::Malformed(_))) => (
+                true,
+                false,
+                0,
+                format!("{error}; is the base URL a Twenty server?"),
+            ),
+        };
+        Ok(Response::new(TestTwentyConnectionResponse {
+            reachable,
+            authenticated,
+            status_code,
+            message,
+        }))
+    }
+
+    async fn delete_twenty_connection(
+        &self,
+        request: Request<DeleteTwentyConnectionRequest>,
+    ) -> Result<Response<DeleteTwentyConnectionResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let mut connection = self.db().await?;
+        connection
+            .transaction(async |connection| {
+                if !connection::delete(connection).await? {
+                    return Err(ServiceError::NotFound("Twenty connection"));
+                }
+                audit_change(connection, &context, "twenty.connection.delete", None, &[]).await?;
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(DeleteTwentyConnectionResponse {}))
+    }
+
+    async fn get_field_mapping(
+        &self,
+        _request: Request<GetFieldMappingRequest>,
+    ) -> Result<Response<GetFieldMappingResponse>, Status> {
+        let mut connection = self.db().await?;
+        let mapping = mapping_store::load(&mut connection)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(GetFieldMappingResponse {
+            entries: mapping_response(&mapping),
+        }))
+    }
+
+    async fn update_field_mapping(
+        &self,
+        request: Request<UpdateFieldMappingRequest>,
+    ) -> Result<Response<UpdateFieldMappingResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        let mut changes = Vec::new();
+        for (index, entry) in request.entries.iter().enumerate() {
+            match parse_entry(index, entry) {
+                Ok(entry) => changes.push(entry),
+                Err(mut problems) => violations.append(&mut problems),
+            }
+        }
+        let mut removals = Vec::new();
+        for (index, field) in request.remove_contact_fields.iter().enumerate() {
+            match ContactField::parse(field.trim()) {
+                Some(field) => removals.push(field),
+                None => violations.push(FieldViolation::new(
+                    format!("remove_contact_fields[{index}]"),
+                    "is not a contact field",
+                )),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(ServiceError::InvalidArgument(violations).into());
+        }
+        let mut connection = self.db().await?;
+        let mapping = connection
+            .transaction(async |connection| {
+                let mut entries = if request.reset_to_default {
+                    default_entries()
+                } else {
+                    mapping_store::load(connection).await?.entries().to_vec()
+                };
+                entries.retain(|entry| {
+                    !removals.contains(&entry.contact)
+                        && !changes.iter().any(|change| change.contact == entry.contact)
+                });
+                entries.extend(changes.iter().cloned());
+                let mapping = Mapping::new(entries).map_err(ServiceError::InvalidArgument)?;
+                mapping_store::replace(connection, &mapping).await?;
+                audit_change(
+                    connection,
+                    &context,
+                    "twenty.mapping.update",
+                    None,
+                    &["mapping"],
+                )
+                .await?;
+                Ok::<_, ServiceError>(mapping)
+            })
+            .await?;
+        Ok(Response::new(UpdateFieldMappingResponse {
+            entries: mapping_response(&mapping),
+        }))
+    }
+
+    async fn receive_twenty_webhook(
+        &self,
+        request: Request<ReceiveTwentyWebhookRequest>,
+    ) -> Result<Response<ReceiveTwentyWebhookResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let request = request.into_inner();
+        let results = inbound::receive(
+            &self.pool,
+            &context,
+            &self.inbound,
+            self.clock.now(),
+            &request,
+        )
+        .await?;
+        Ok(Response::new(ReceiveTwentyWebhookResponse { results }))
+    }
+
+    async fn get_sync_health(
+        &self,
+        _request: Request<GetSyncHealthRequest>,
+    ) -> Result<Response<GetSyncHealthResponse>, Status> {
+        let mut connection = self.db().await?;
+        let counts = records::counts(&mut connection)
+            .await
+            .map_err(ServiceError::from)?;
+        let count = |status: SyncStatus| {
+            counts
+                .iter()
+                .find(|(name, _)| name == status.as_str())
+                .map_or(0, |(_, count)| *count)
+        };
+        let run = backfill::load(&mut connection)
+            .await
+            .map_err(ServiceError::from)?;
+        let connected = connection::load(&mut connection)
+            .await
+            .map_err(ServiceError::from)?
+            .is_some();
+        Ok(Response::new(GetSyncHealthResponse {
+            pending: count(SyncStatus::Pending),
+            synced: count(SyncStatus::Synced),
+            failed: count(SyncStatus::Failed),
+            unlinked: count(SyncStatus::Unlinked),
+            backfill: Some(backfill::to_api(run)),
+            connected,
+        }))
+    }
+
+    async fn get_contact_sync(
+        &self,
+        request: Request<GetContactSyncRequest>,
+    ) -> Result<Response<GetContactSyncResponse>, Status> {
+        let contact_id = parse_contact_id(&request.get_ref().contact_id)?;
+        let mut connection = self.db().await?;
+        let sync = records::find(&mut connection, contact_id)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or(ServiceError::NotFound("sync status of the contact"))?;
+        Ok(Response::new(GetContactSyncResponse {
+            sync: Some(sync.into()),
+        }))
+    }
+
+    async fn list_failed_syncs(
+        &self,
+        request: Request<ListFailedSyncsRequest>,
+    ) -> Result<Response<ListFailedSyncsResponse>, Status> {
+        let request = request.into_inner();
+        let size = page_size(request.page_size)
+            .map_err(|violation| ServiceError::InvalidArgument(vec![violation]))?;
+        let after = match request.page_token.trim() {
+            "" => None,
+            token => Some(
+                decode_cursor(token)
+                    .map_err(|violation| ServiceError::InvalidArgument(vec![violation]))?,
+            ),
+        };
+        let mut connection = self.db().await?;
+        let mut rows = records::failed_page(&mut connection, after, size + 1)
+            .await
+            .map_err(ServiceError::from)?;
+        let more = rows.len() > usize::try_from(size).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => encode_cursor(last.updated_at, last.contact_id),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListFailedSyncsResponse {
+            syncs: rows.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn retry_failed_syncs(
+        &self,
+        request: Request<RetryFailedSyncsRequest>,
+    ) -> Result<Response<RetryFailedSyncsResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let contact_id = match request.get_ref().contact_id.trim() {
+            "" => None,
+            id => Some(parse_contact_id(id)?),
+        };
+        let now = self.clock.now();
+        let mut connection = self.db().await?;
+        let retried = connection
+            .transaction(async |connection| {
+                let contacts = records::requeue(connection, contact_id, now).await?;
+                if contact_id.is_some() && contacts.is_empty() {
+                    return Err(ServiceError::FailedPrecondition(
+                        "the contact's sync has not failed".to_owned(),
+                    ));
+                }
+                for contact in &contacts {
+                    queue_sync(connection, *contact).await?;
+                }
+                audit_change(
+                    connection,
+                    &context,
+                    "twenty.sync.retry",
+                    contact_id.map(|id| id.to_string()),
+                    &[],
+                )
+                .await?;
+                Ok::<_, ServiceError>(contacts.len())
+            })
+            .await?;
+        Ok(Response::new(RetryFailedSyncsResponse {
+            retried: i64::try_from(retried).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn start_backfill(
+        &self,
+        request: Request<StartBackfillRequest>,
+    ) -> Result<Response<StartBackfillResponse>, Status> {
+        let context = RequestContext::from_request(&request)?;
+        let request = request.into_inner();
+        let size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size if (1..=MAX_PAGE_SIZE).contains(&size) => size,
+            _ => {
+                return Err(ServiceError::InvalidArgument(vec![FieldViolation::new(
+                    "page_size",
+                    format!("must be between 1 and {MAX_PAGE_SIZE}"),
+                )])
+                .into());
+            }
+        };
+        let now = self.clock.now();
+        let mut connection = self.db().await?;
+        let run = connection
+            .transaction(async |connection| {
+                let run = backfill::start(connection, size, request.restart, now).await?;
+                audit_change(connection, &context, "twenty.backfill.start", None, &[]).await?;
+                Ok::<_, ServiceError>(run)
+            })
+            .await?;
+        Ok(Response::new(StartBackfillResponse {
+            backfill: Some(backfill::to_api(run)),
+        }))
+    }
+}

@@ -1,0 +1,372 @@
+//! Outbound sync: every `contact.created`/`contact.updated` queues a `twenty.sync` job for the
+//! contact; the job finds the linked person (the stored link, else Twenty's person with the same
+//! phone number, else a new one) and writes only the mapped fields whose values Twenty does not
+//! already hold.
+
+use chrono::{DateTime, Utc};
+use diesel::OptionalExtension;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use serde_json::{Value as Json, json};
+use uuid::Uuid;
+
+use super::client::{TwentyClient, TwentyError};
+use super::connection::{self, Connection};
+use super::mapping::{Mapping, Values};
+use super::records::{self, SyncRow, SyncStatus};
+use super::{SYNC_FAILED_EVENT, mapping_store};
+use crate::contacts::{self, ContactRow, phone};
+use crate::db::{self, DbPool};
+use crate::events::{EventConsumer, EventDraft, StoredEvent, record};
+use crate::outbox::{
+    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
+};
+
+pub const SYNC_JOB: JobKind = JobKind {
+    name: "twenty.sync",
+    max_attempts: 8,
+};
+
+const EVENT_SOURCE: &str = "twenty";
+
+/// Queues a sync for every created or changed contact while a connection exists.
+pub struct TwentySyncConsumer;
+
+impl EventConsumer for TwentySyncConsumer {
+    fn consume<'a>(
+        &'a self,
+        event: &'a StoredEvent,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            if !matches!(
+                event.event_type.as_str(),
+                "contact.created" | "contact.updated"
+            ) {
+                return Ok(());
+            }
+            let Some(contact_id) = event
+                .data
+                .pointer("/contact/id")
+                .and_then(Json::as_str)
+                .and_then(|id| Uuid::parse_str(id).ok())
+            else {
+                return Ok(());
+            };
+            let now = context.clock.now();
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+            connection
+                .transaction(async |connection| {
+                    if connection::load(connection).await?.is_none() {
+                        return Ok(());
+                    }
+                    if records::mark_pending(connection, contact_id, now).await? {
+                        queue_sync(connection, contact_id).await?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|error: diesel::result::Error| retry(error))
+        })
+    }
+}
+
+pub async fn queue_sync(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+) -> diesel::QueryResult<()> {
+    outbox::enqueue(
+        connection,
+        &NewJob::new(SYNC_JOB, json!({"contact_id": contact_id}), None),
+    )
+    .await
+    .map(drop)
+}
+
+/// Runs `twenty.sync` jobs.
+pub struct SyncHandler {
+    client: TwentyClient,
+}
+
+impl SyncHandler {
+    pub fn new(client: TwentyClient) -> Self {
+        Self { client }
+    }
+}
+
+impl JobHandler for SyncHandler {
+    fn kind(&self) -> JobKind {
+        SYNC_JOB
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let contact_id = job
+                .payload
+                .get("contact_id")
+                .and_then(Json::as_str)
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .ok_or_else(|| JobError::Permanent("payload has no contact_id".to_owned()))?;
+            let mut db = db::connection(&context.pool).await.map_err(retry)?;
+            let Some(twenty) = connection::load(&mut db).await.map_err(retry)? else {
+                return Ok(());
+            };
+            let mapping = mapping_store::load(&mut db).await.map_err(retry)?;
+            let Some(contact) = contacts::find_by_id(&mut db, contact_id)
+                .await
+                .optional()
+                .map_err(retry)?
+            else {
+                return Ok(());
+            };
+            let record = records::find(&mut db, contact_id).await.map_err(retry)?;
+            if record.as_ref().map(SyncRow::status) == Some(SyncStatus::Unlinked) {
+                return Ok(());
+            }
+            drop(db);
+
+            let target = Target {
+                client: &self.client,
+                twenty: &twenty,
+                mapping: &mapping,
+                pool: &context.pool,
+            };
+            let pushed = target.push(&contact, record.as_ref()).await;
+            let now = context.clock.now();
+            let mut db = db::connection(&context.pool).await.map_err(retry)?;
+            match pushed {
+                Ok(Pushed::Person(person)) => {
+                    let person_id = person_id(&person).unwrap_or_default();
+                    let holds = values_json(mapping.twenty_holds(&person));
+                    records::record_synced(
+                        &mut db,
+                        contact_id,
+                        person_id,
+                        &holds,
+                        updated_at(&person),
+                        now,
+                    )
+                    .await
+                    .map_err(retry)
+                }
+                Ok(Pushed::Unchanged { person_id, values }) => {
+                    records::record_synced(&mut db, contact_id, &person_id, &values, None, now)
+                        .await
+                        .map_err(retry)
+                }
+                Err(PushError::Gone) => {
+                    records::unlink(&mut db, contact_id, "the person was deleted in Twenty", now)
+                        .await
+                        .map_err(retry)
+                }
+                Err(PushError::Db(error)) => Err(JobError::retry(error)),
+                Err(PushError::Twenty(error))
+                    if error.is_transient() && job.attempts < job.max_attempts =>
+                {
+                    let message = error.to_string();
+                    records::record_failure(
+                        &mut db,
+                        contact_id,
+                        SyncStatus::Pending,
+                        &message,
+                        now,
+                    )
+                    .await
+                    .map_err(retry)?;
+                    Err(JobError::Retry {
+                        message,
+                        after: error.retry_after(),
+                    })
+                }
+                Err(PushError::Twenty(error)) => {
+                    fail_for_good(&mut db, contact_id, &error, job.attempts, now)
+                        .await
+                        .map_err(retry)
+                }
+            }
+        })
+    }
+}
+
+/// Records the failure and emits `crm.twenty.sync_failed`, together.
+async fn fail_for_good(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    error: &TwentyError,
+    attempts: i32,
+    now: DateTime<Utc>,
+) -> diesel::QueryResult<()> {
+    let message = error.to_string();
+    connection
+        .transaction(async |connection| {
+            records::record_failure(connection, contact_id, SyncStatus::Failed, &message, now)
+                .await?;
+            record(
+                connection,
+                EventDraft {
+                    event_type: SYNC_FAILED_EVENT,
+                    data: json!({
+                        "contact_id": contact_id,
+                        "error": message,
+                        "attempts": attempts,
+                    }),
+                    source: EVENT_SOURCE,
+                    request_id: None,
+                },
+            )
+            .await
+            .map(drop)
+        })
+        .await
+}
+
+enum Pushed {
+    /// Twenty answered with the person as it now is.
+    Person(Json),
+    /// Twenty already holds every mapped value; nothing was sent.
+    Unchanged { person_id: String, values: Json },
+}
+
+enum PushError {
+    /// The linked person no longer exists.
+    Gone,
+    Twenty(TwentyError),
+    Db(String),
+}
+
+impl From<TwentyError> for PushError {
+    fn from(error: TwentyError) -> Self {
+        Self::Twenty(error)
+    }
+}
+
+struct Target<'a> {
+    client: &'a TwentyClient,
+    twenty: &'a Connection,
+    mapping: &'a Mapping,
+    pool: &'a DbPool,
+}
+
+impl Target<'_> {
+    async fn push(
+        &self,
+        contact: &ContactRow,
+        record: Option<&SyncRow>,
+    ) -> Result<Pushed, PushError> {
+        let desired = self.mapping.outbound_values(contact);
+        if let Some(record) = record
+            && let Some(person_id) = record.person_id.as_deref()
+        {
+            let known = values_from_json(&record.synced_values);
+            let changed = changed(&desired, &known);
+            if changed.is_empty() {
+                return Ok(Pushed::Unchanged {
+                    person_id: person_id.to_owned(),
+                    values: record.synced_values.clone(),
+                });
+            }
+            let body = self.mapping.request_body(&changed);
+            return match self
+                .client
+                .update_person(self.twenty, person_id, &body)
+                .await
+            {
+                Ok(person) => Ok(Pushed::Person(person)),
+                Err(TwentyError::NotFound) => Err(PushError::Gone),
+                Err(error) => Err(error.into()),
+            };
+        }
+        if let Some(person) = self.unlinked_person_with_phone(contact).await? {
+            let changed = changed(&desired, &self.mapping.twenty_holds(&person));
+            if changed.is_empty() {
+                return Ok(Pushed::Person(person));
+            }
+            let person_id = person_id(&person).unwrap_or_default();
+            let body = self.mapping.request_body(&changed);
+            return Ok(Pushed::Person(
+                self.client
+                    .update_person(self.twenty, person_id, &body)
+                    .await?,
+            ));
+        }
+        let body = self.mapping.request_body(&desired);
+        Ok(Pushed::Person(
+            self.client.create_person(self.twenty, &body).await?,
+        ))
+    }
+
+    /// Twenty's person with the contact's phone number, unless another contact links it.
+    async fn unlinked_person_with_phone(
+        &self,
+        contact: &ContactRow,
+    ) -> Result<Option<Json>, PushError> {
+        let Some(parts) = phone::split(&contact.phone_number) else {
+            return Ok(None);
+        };
+        let calling_code = format!("+{}", parts.calling_code);
+        let Some(person) = self
+            .client
+            .find_by_phone(self.twenty, &calling_code, &parts.national_number)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(person_id) = person_id(&person) else {
+            return Ok(None);
+        };
+        let mut db = db::connection(self.pool)
+            .await
+            .map_err(|error| PushError::Db(error.to_string()))?;
+        let link = records::lock_by_person(&mut db, person_id)
+            .await
+            .map_err(|error| PushError::Db(error.to_string()))?;
+        Ok(match link {
+            Some(link) if link.contact_id != contact.id => None,
+            _ => Some(person),
+        })
+    }
+}
+
+/// The entries of `desired` whose values differ from `known`.
+fn changed(desired: &Values, known: &Values) -> Values {
+    desired
+        .iter()
+        .filter(|(field, value)| known.get(*field) != Some(*value))
+        .map(|(field, value)| (field.clone(), value.clone()))
+        .collect()
+}
+
+pub fn values_json(values: Values) -> Json {
+    Json::Object(values.into_iter().collect())
+}
+
+fn values_from_json(json: &Json) -> Values {
+    json.as_object()
+        .map(|object| {
+            object
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn person_id(person: &Json) -> Option<&str> {
+    person.get("id").and_then(Json::as_str)
+}
+
+/// Twenty's `updatedAt` of a person.
+pub fn updated_at(person: &Json) -> Option<DateTime<Utc>> {
+    person
+        .get("updatedAt")
+        .and_then(Json::as_str)
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map(|time| time.with_timezone(&Utc))
+}
+
+fn retry(error: impl ToString) -> JobError {
+    JobError::retry(error.to_string())
+}

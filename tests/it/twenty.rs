@@ -1,0 +1,858 @@
+//! Twenty CRM sync (SPEC §5) against a fake Twenty on loopback: connection and access, default
+//! and custom mappings both ways, linking by stored id and by phone, 429 retried, 400 failing the
+//! record until retried, signed webhooks (good, bad, stale, replayed), echo suppression, the
+//! conflict rule, deletion, multi-page backfill and `crm.twenty.sync_failed`.
+
+use chrono::{Duration as TimeDelta, SecondsFormat, Utc};
+use reqwest::Method;
+use serde_json::{Value as Json, json};
+use switchbord_api::json::json_from_struct;
+use switchbord_api::v1::{GetContactRequest, get_contact_request};
+
+use crate::helpers::fake_twenty::{Failure, FakeTwenty, twenty_signature_headers};
+use crate::helpers::{HttpReply, TestApp, count, eventually};
+
+const API_KEY: &str = "twenty-api-key-0123456789abcdef";
+const SECRET: &str = "twenty-webhook-secret-value";
+const BASE: &str = "/api/v1/integrations/twenty";
+
+async fn call(
+    app: &TestApp,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: Option<Json>,
+) -> HttpReply {
+    let body = body.map(|body| body.to_string()).unwrap_or_default();
+    app.send(
+        method,
+        path,
+        &[("x-api-key", key), ("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Json>) -> HttpReply {
+    call(app, &app.keys.admin, method, path, body).await
+}
+
+/// A running app connected to a fresh fake Twenty.
+async fn connected() -> (TestApp, FakeTwenty) {
+    let app = TestApp::spawn().await;
+    let fake = FakeTwenty::start(API_KEY).await;
+    let reply = admin(
+        &app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    (app, fake)
+}
+
+async fn sync_of(app: &TestApp, contact_id: &str) -> Json {
+    let reply = admin(
+        app,
+        Method::GET,
+        &format!("{BASE}/sync/contacts/{contact_id}"),
+        None,
+    )
+    .await;
+    if reply.status == 404 {
+        return Json::Null;
+    }
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.body
+}
+
+async fn wait_for_status(app: &TestApp, contact_id: &str, status: &str) -> Json {
+    let mut last = Json::Null;
+    eventually(&format!("sync status {status}"), async || {
+        last = sync_of(app, contact_id).await;
+        last["status"] == status
+    })
+    .await;
+    last
+}
+
+/// Waits until the outbox has nothing left to do, so that "nothing was sent" can be asserted.
+async fn settled(app: &TestApp) {
+    eventually("the outbox to settle", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE status IN ('pending', 'running')",
+        )
+        .await
+            == 0
+    })
+    .await;
+}
+
+fn timestamp(time: chrono::DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn webhook_body(event_name: &str, record: &Json) -> String {
+    json!({
+        "targetUrl": "https://switchbord.example/api/v0/webhooks/incoming/twenty",
+        "eventName": event_name,
+        "objectMetadata": {"id": "0d6e0a3c-0000-4000-8000-000000000001", "nameSingular": "person"},
+        "workspaceId": "20202020-0000-4000-8000-000000000000",
+        "webhookId": "20202020-0000-4000-8000-000000000001",
+        "eventDate": timestamp(Utc::now()),
+        "record": record,
+        "updatedFields": ["name"],
+    })
+    .to_string()
+}
+
+async fn post_signed(
+    app: &TestApp,
+    body: &str,
+    secret: &str,
+    at_ms: i64,
+    nonce: &str,
+) -> HttpReply {
+    let headers = twenty_signature_headers(secret, at_ms, nonce, body);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    app.send_anonymous(
+        Method::POST,
+        "/api/v0/webhooks/incoming/twenty",
+        &headers,
+        body.to_owned(),
+    )
+    .await
+}
+
+async fn send_webhook(app: &TestApp, event_name: &str, record: &Json) -> HttpReply {
+    let body = webhook_body(event_name, record);
+    let nonce = uuid::Uuid::new_v4().to_string();
+    post_signed(app, &body, SECRET, Utc::now().timestamp_millis(), &nonce).await
+}
+
+fn person_record(id: &str, first: &str, last: &str, email: &str, national: &str) -> Json {
+    json!({
+        "id": id,
+        "name": {"firstName": first, "lastName": last},
+        "emails": {"primaryEmail": email, "additionalEmails": null},
+        "phones": {
+            "primaryPhoneNumber": national,
+            "primaryPhoneCountryCode": "DE",
+            "primaryPhoneCallingCode": "+49",
+            "additionalPhones": null,
+        },
+        "jobTitle": "",
+        "city": "Berlin",
+        "createdAt": timestamp(Utc::now() - TimeDelta::minutes(1)),
+        "updatedAt": timestamp(Utc::now()),
+        "deletedAt": null,
+    })
+}
+
+async fn contact_by_phone(app: &TestApp, phone: &str) -> Json {
+    let mut client = app.contacts_client().await;
+    let contact = client
+        .get_contact(GetContactRequest {
+            lookup: Some(get_contact_request::Lookup::PhoneNumber(phone.to_owned())),
+        })
+        .await
+        .expect("contact exists")
+        .into_inner()
+        .contact
+        .expect("contact");
+    json!({
+        "id": contact.id,
+        "name": contact.name,
+        "email": contact.email,
+        "phone_number": contact.phone_number,
+        "properties": json_from_struct(contact.properties.unwrap_or_default()),
+    })
+}
+
+#[tokio::test]
+async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
+    let app = TestApp::spawn().await;
+    let fake = FakeTwenty::start(API_KEY).await;
+    let path = format!("{BASE}/connection");
+
+    let missing_key = admin(
+        &app,
+        Method::PUT,
+        &path,
+        Some(json!({"base_url": fake.url()})),
+    )
+    .await;
+    assert_eq!(missing_key.status, 400, "{}", missing_key.text);
+    assert!(missing_key.text.contains("api_key"), "{}", missing_key.text);
+
+    let manager = call(
+        &app,
+        &app.keys.manager,
+        Method::PUT,
+        &path,
+        Some(json!({"base_url": fake.url(), "api_key": API_KEY})),
+    )
+    .await;
+    assert_eq!(manager.status, 403);
+
+    let set = admin(
+        &app,
+        Method::PUT,
+        &path,
+        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert!(!set.text.contains(API_KEY) && !set.text.contains(SECRET));
+    assert_eq!(set.body["api_key_hint"], "…cdef");
+    assert_eq!(set.body["webhook_secret_set"], true);
+
+    let tested = admin(&app, Method::POST, &format!("{path}/test"), None).await;
+    assert_eq!(tested.status, 200, "{}", tested.text);
+    assert_eq!(tested.body["reachable"], true);
+    assert_eq!(tested.body["authenticated"], true);
+
+    // Changing only the key keeps the webhook secret.
+    let rekeyed = admin(
+        &app,
+        Method::PUT,
+        &path,
+        Some(json!({"base_url": fake.url(), "api_key": "a-wrong-key-for-twenty"})),
+    )
+    .await;
+    assert_eq!(rekeyed.body["webhook_secret_set"], true);
+    let tested = admin(&app, Method::POST, &format!("{path}/test"), None).await;
+    assert_eq!(tested.body["reachable"], true);
+    assert_eq!(tested.body["authenticated"], false);
+    assert_eq!(tested.body["status_code"], 401);
+
+    let read = call(&app, &app.keys.manager, Method::GET, &path, None).await;
+    assert_eq!(read.status, 403);
+    let deleted = admin(&app, Method::DELETE, &path, None).await;
+    assert_eq!(deleted.status, 200);
+    assert_eq!(admin(&app, Method::GET, &path, None).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_new_contact_creates_a_person_and_later_changes_patch_only_what_changed() {
+    let (app, fake) = connected().await;
+    let created = app
+        .upsert_contact(&json!({
+            "phone_number": "+4915112345678",
+            "external_reference_id": "crm-7",
+            "tags": ["vip", "beta"],
+            "person_properties": {"name": "Mary Ann Smith", "email": "mary@example.com", "locale": "de-DE"},
+        }))
+        .await;
+    let contact_id = created["contact"]["id"]
+        .as_str()
+        .expect("contact id")
+        .to_owned();
+    let synced = wait_for_status(&app, &contact_id, "synced").await;
+
+    let people = fake.people();
+    assert_eq!(people.len(), 1);
+    let person = &people[0];
+    assert_eq!(synced["person_id"], person["id"]);
+    assert_eq!(
+        person["name"],
+        json!({"firstName": "Mary", "lastName": "Ann Smith"})
+    );
+    assert_eq!(person["emails"]["primaryEmail"], "mary@example.com");
+    assert_eq!(person["phones"]["primaryPhoneNumber"], "15112345678");
+    assert_eq!(person["phones"]["primaryPhoneCallingCode"], "+49");
+    assert_eq!(person["phones"]["primaryPhoneCountryCode"], "DE");
+    assert_eq!(person["externalReferenceId"], "crm-7");
+    assert_eq!(person["locale"], "de-DE");
+    assert_eq!(person["tags"], json!(["beta", "vip"]));
+
+    app.upsert_contact(&json!({
+        "phone_number": "+4915112345678",
+        "person_properties": {"email": "mary.smith@example.com"},
+    }))
+    .await;
+    eventually("the email reaches Twenty", async || {
+        fake.people()[0]["emails"]["primaryEmail"] == "mary.smith@example.com"
+    })
+    .await;
+    settled(&app).await;
+    let writes = fake.writes();
+    assert_eq!(fake.people().len(), 1, "the same person is updated");
+    let patch = writes.last().expect("a PATCH");
+    assert_eq!(patch.method, Method::PATCH);
+    assert_eq!(
+        patch.path,
+        format!("/rest/people/{}", person["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        patch.body,
+        json!({"emails": {"primaryEmail": "mary.smith@example.com"}})
+    );
+}
+
+#[tokio::test]
+async fn an_existing_person_with_the_same_phone_number_is_linked_not_duplicated() {
+    let (app, fake) = connected().await;
+    let existing = fake.insert_person(json!({
+        "name": {"firstName": "Jo", "lastName": "Beck"},
+        "emails": {"primaryEmail": "jo@example.com"},
+        "phones": {"primaryPhoneNumber": "15112345679", "primaryPhoneCallingCode": "+49", "primaryPhoneCountryCode": "DE"},
+    }));
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+49 151 12345679", "person_properties": {"name": "Jo Beck", "email": "jo@example.com", "plan": "gold"}}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    let synced = wait_for_status(&app, &contact_id, "synced").await;
+    assert_eq!(synced["person_id"], existing["id"]);
+    assert_eq!(fake.people().len(), 1);
+    assert!(
+        fake.writes()
+            .iter()
+            .all(|write| write.method != Method::POST),
+        "no person was created"
+    );
+    let lookups: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|request| request.query.contains("filter="))
+        .collect();
+    assert!(
+        lookups[0]
+            .query
+            .contains("phones.primaryPhoneNumber[eq]:\"15112345679\""),
+        "{:?}",
+        lookups[0]
+    );
+}
+
+#[tokio::test]
+async fn a_custom_mapping_is_validated_and_syncs_chosen_properties() {
+    let (app, fake) = connected().await;
+    let path = format!("{BASE}/mapping");
+    let defaults = admin(&app, Method::GET, &path, None).await;
+    assert_eq!(defaults.body["entries"].as_array().unwrap().len(), 6);
+
+    let two_sources = admin(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({"entries": [{"contact_field": "properties.plan", "twenty_field": "locale", "direction": "to_twenty"}]})),
+    )
+    .await;
+    assert_eq!(two_sources.status, 400, "{}", two_sources.text);
+    assert!(
+        two_sources.text.contains("locale is already written"),
+        "{}",
+        two_sources.text
+    );
+
+    let unknown = admin(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({"entries": [{"contact_field": "nickname", "twenty_field": "emails.other", "direction": "sideways"}]})),
+    )
+    .await;
+    assert_eq!(unknown.status, 400);
+    for field in [
+        "entries[0].contact_field",
+        "entries[0].twenty_field",
+        "entries[0].direction",
+    ] {
+        assert!(unknown.text.contains(field), "{field} in {}", unknown.text);
+    }
+
+    let updated = admin(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({
+            "entries": [
+                {"contact_field": "properties.plan", "twenty_field": "plan", "direction": "both"},
+                {"contact_field": "locale", "twenty_field": "locale", "direction": "none"},
+            ],
+            "remove_contact_fields": ["tags"],
+        })),
+    )
+    .await;
+    assert_eq!(updated.status, 200, "{}", updated.text);
+    let entries = updated.body["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(
+            |entry| entry["contact_field"] == "properties.plan" && entry["direction"] == "both"
+        )
+    );
+    assert!(entries.iter().all(|entry| entry["contact_field"] != "tags"));
+
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340001", "tags": ["x"], "person_properties": {"plan": "gold", "locale": "en-GB", "name": "Ann"}}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+    let person = &fake.people()[0];
+    assert_eq!(person["plan"], "gold");
+    assert!(
+        person.get("locale").is_none(),
+        "locale is not mapped: {person}"
+    );
+    assert!(
+        person.get("tags").is_none(),
+        "tags are not mapped: {person}"
+    );
+
+    // From Twenty, the custom field comes back into the property.
+    let mut record = person.clone();
+    record["plan"] = json!("platinum");
+    record["updatedAt"] = json!(timestamp(Utc::now() + TimeDelta::seconds(5)));
+    let reply = send_webhook(&app, "person.updated", &record).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "applied",
+        "{}",
+        reply.text
+    );
+    let contact = contact_by_phone(&app, "+4915112340001").await;
+    assert_eq!(contact["properties"]["plan"], "platinum");
+
+    let reset = admin(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({"reset_to_default": true})),
+    )
+    .await;
+    assert_eq!(reset.body["entries"].as_array().unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn a_rate_limited_sync_is_retried_after_the_requested_delay() {
+    let (app, fake) = connected().await;
+    fake.fail_next(Failure::RateLimited {
+        retry_after_secs: 1,
+    });
+    let created = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915112340002", "person_properties": {"name": "Rae Limit"}}),
+        )
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+    assert_eq!(fake.people().len(), 1);
+    // The first call was refused with 429 and retried, not dropped.
+    assert!(fake.requests().len() >= 3, "{:?}", fake.requests());
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried() {
+    let (app, fake) = connected().await;
+    fake.fail_next(Failure::ServerError);
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340003"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+    assert_eq!(fake.people().len(), 1);
+}
+
+#[tokio::test]
+async fn a_validation_error_fails_the_record_until_the_cause_is_fixed_and_it_is_retried() {
+    let (app, fake) = connected().await;
+    fake.refuse_field("locale");
+    let created = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915112340004", "person_properties": {"locale": "de-DE"}}),
+        )
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    let failed = wait_for_status(&app, &contact_id, "failed").await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Object person doesn't have any \"locale\" field."),
+        "{failed}"
+    );
+    assert_eq!(
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM events WHERE type = 'crm.twenty.sync_failed'"
+        )
+        .await,
+        1
+    );
+
+    let health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None).await;
+    assert_eq!(health.body["counts"]["failed"], 1, "{}", health.text);
+    let listed = call(
+        &app,
+        &app.keys.manager,
+        Method::GET,
+        &format!("{BASE}/sync/failed?page_size=10"),
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(listed.body["syncs"][0]["contact_id"], contact_id);
+
+    // The field is created in Twenty; a manager retries.
+    fake.accept_all_fields();
+    let retried = call(
+        &app,
+        &app.keys.manager,
+        Method::POST,
+        &format!("{BASE}/sync/retry"),
+        Some(json!({"contact_id": contact_id})),
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    assert_eq!(retried.body["retried"], 1);
+    wait_for_status(&app, &contact_id, "synced").await;
+    assert_eq!(fake.people()[0]["locale"], "de-DE");
+
+    let user = call(
+        &app,
+        &app.keys.user,
+        Method::POST,
+        &format!("{BASE}/sync/retry"),
+        None,
+    )
+    .await;
+    assert_eq!(user.status, 403);
+}
+
+#[tokio::test]
+async fn webhook_signatures_are_checked_with_a_tolerance_and_replays_are_refused() {
+    let (app, _fake) = connected().await;
+    let record = person_record(
+        "7b0c2b9e-0000-4000-8000-0000000000a1",
+        "Sig",
+        "Ned",
+        "sig@example.com",
+        "15112340005",
+    );
+    let body = webhook_body("person.created", &record);
+    let now_ms = Utc::now().timestamp_millis();
+
+    let wrong = post_signed(&app, &body, "not-the-secret", now_ms, "n1").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.text);
+    let stale = post_signed(&app, &body, SECRET, now_ms - 10 * 60 * 1000, "n2").await;
+    assert_eq!(stale.status, 401, "{}", stale.text);
+    assert!(stale.text.contains("tolerance"), "{}", stale.text);
+    let unsigned = app
+        .send_anonymous(
+            Method::POST,
+            "/api/v0/webhooks/incoming/twenty",
+            &[],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(unsigned.status, 401);
+    assert_eq!(
+        count(&app.database, "SELECT count(*) AS count FROM contacts").await,
+        0,
+        "nothing refused was applied"
+    );
+
+    let good = post_signed(&app, &body, SECRET, now_ms, "n3").await;
+    assert_eq!(good.status, 200, "{}", good.text);
+    assert_eq!(good.body["results"][0]["outcome"], "applied");
+    let replayed = post_signed(&app, &body, SECRET, now_ms, "n3").await;
+    assert_eq!(replayed.status, 401, "{}", replayed.text);
+    assert!(replayed.text.contains("replayed"), "{}", replayed.text);
+}
+
+#[tokio::test]
+async fn changes_from_twenty_apply_to_contacts_and_are_not_echoed_back() {
+    let (app, fake) = connected().await;
+    let person_id = "7b0c2b9e-0000-4000-8000-0000000000b1";
+    let record = person_record(person_id, "Ed", "Ko", "ed@example.com", "15112340006");
+    // The batched shape some Twenty versions send.
+    let body = json!({
+        "eventName": "person.created",
+        "objectMetadata": {"nameSingular": "person"},
+        "batchSize": 1,
+        "items": [{"record": record, "updatedFields": []}],
+    })
+    .to_string();
+    let reply = post_signed(
+        &app,
+        &body,
+        SECRET,
+        Utc::now().timestamp_millis(),
+        "batch-1",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["results"][0]["outcome"], "applied");
+    let contact = contact_by_phone(&app, "+4915112340006").await;
+    assert_eq!(contact["name"], "Ed Ko");
+    assert_eq!(contact["email"], "ed@example.com");
+
+    let mut updated = record.clone();
+    updated["name"]["lastName"] = json!("Koch");
+    updated["updatedAt"] = json!(timestamp(Utc::now() + TimeDelta::seconds(2)));
+    let reply = send_webhook(&app, "person.updated", &updated).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "applied",
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340006").await["name"],
+        "Ed Koch"
+    );
+
+    settled(&app).await;
+    assert!(
+        fake.writes().is_empty(),
+        "echoed to Twenty: {:?}",
+        fake.writes()
+    );
+    let contact_id = contact["id"].as_str().unwrap();
+    let sync = sync_of(&app, contact_id).await;
+    assert_eq!(sync["status"], "synced");
+    assert_eq!(sync["person_id"], person_id);
+
+    // A local change after that is written to the linked person.
+    app.upsert_contact(&json!({"phone_number": "+4915112340006", "person_properties": {"email": "ed.koch@example.com"}}))
+        .await;
+    eventually("the local change reaches Twenty", async || {
+        fake.writes().iter().any(|write| {
+            write.path == format!("/rest/people/{person_id}")
+                && write.body == json!({"emails": {"primaryEmail": "ed.koch@example.com"}})
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_older_twenty_event_does_not_overwrite_newer_data() {
+    let (app, _fake) = connected().await;
+    let person_id = "7b0c2b9e-0000-4000-8000-0000000000c1";
+    let mut newer = person_record(person_id, "New", "Name", "new@example.com", "15112340007");
+    newer["updatedAt"] = json!(timestamp(Utc::now()));
+    let reply = send_webhook(&app, "person.updated", &newer).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "applied",
+        "{}",
+        reply.text
+    );
+
+    let mut older = newer.clone();
+    older["name"] = json!({"firstName": "Old", "lastName": "Name"});
+    older["updatedAt"] = json!(timestamp(Utc::now() - TimeDelta::minutes(3)));
+    let reply = send_webhook(&app, "person.updated", &older).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "stale",
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340007").await["name"],
+        "New Name"
+    );
+
+    // A local change made after a Twenty edit wins over that edit arriving late.
+    let before_local = Utc::now();
+    app.upsert_contact(
+        &json!({"phone_number": "+4915112340007", "person_properties": {"name": "Local Change"}}),
+    )
+    .await;
+    let mut late = newer.clone();
+    late["name"] = json!({"firstName": "Late", "lastName": "Edit"});
+    late["updatedAt"] = json!(timestamp(before_local - TimeDelta::milliseconds(1)));
+    let reply = send_webhook(&app, "person.updated", &late).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "stale",
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340007").await["name"],
+        "Local Change"
+    );
+}
+
+#[tokio::test]
+async fn a_person_deleted_in_twenty_unlinks_the_contact_and_keeps_it() {
+    let (app, fake) = connected().await;
+    let person_id = "7b0c2b9e-0000-4000-8000-0000000000d1";
+    let record = person_record(person_id, "Del", "Eted", "del@example.com", "15112340008");
+    send_webhook(&app, "person.created", &record).await;
+    let contact = contact_by_phone(&app, "+4915112340008").await;
+    let contact_id = contact["id"].as_str().unwrap().to_owned();
+
+    let reply = send_webhook(&app, "person.deleted", &record).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "unlinked",
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.body["results"][0]["contact_id"], contact_id);
+    let sync = sync_of(&app, &contact_id).await;
+    assert_eq!(sync["status"], "unlinked");
+    assert!(sync["person_id"].is_null());
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340008").await["id"],
+        contact_id
+    );
+
+    // The deleted person is not recreated by the next local change.
+    app.upsert_contact(
+        &json!({"phone_number": "+4915112340008", "person_properties": {"plan": "x"}}),
+    )
+    .await;
+    settled(&app).await;
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    let health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None).await;
+    assert_eq!(health.body["counts"]["unlinked"], 1);
+}
+
+#[tokio::test]
+async fn backfill_links_and_creates_contacts_across_pages() {
+    let (app, fake) = connected().await;
+    // An existing contact that one Twenty person matches by phone.
+    let existing = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915112340010", "person_properties": {"name": "Known"}}),
+        )
+        .await;
+    let existing_id = existing["contact"]["id"].as_str().unwrap().to_owned();
+    settled(&app).await;
+    // The contact was synced out, so Twenty's first person is linked to it already.
+    let linked_person = fake.people()[0]["id"].clone();
+    let phones = ["15112340011", "15112340012", "15112340013", "15112340010"];
+    for (index, national) in phones.iter().enumerate() {
+        fake.insert_person(json!({
+            "name": {"firstName": format!("P{index}"), "lastName": "Imported"},
+            "emails": {"primaryEmail": format!("p{index}@example.com")},
+            "phones": {"primaryPhoneNumber": national, "primaryPhoneCallingCode": "+49", "primaryPhoneCountryCode": "DE"},
+        }));
+    }
+    fake.insert_person(json!({"name": {"firstName": "No", "lastName": "Phone"}}));
+    let started = admin(
+        &app,
+        Method::POST,
+        &format!("{BASE}/backfill"),
+        Some(json!({"page_size": 2})),
+    )
+    .await;
+    assert_eq!(started.status, 200, "{}", started.text);
+    assert_eq!(started.body["status"], "running");
+
+    let mut health = Json::Null;
+    eventually("the backfill completes", async || {
+        health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
+            .await
+            .body;
+        health["backfill"]["status"] == "completed"
+    })
+    .await;
+    let backfill = &health["backfill"];
+    // Six people: the one synced out earlier (already linked), three new ones, one with the
+    // known contact's phone (that contact is linked to another person), one without a phone.
+    assert_eq!(backfill["pages"], 3, "{backfill}");
+    assert_eq!(backfill["people_seen"], 6, "{backfill}");
+    assert_eq!(backfill["created"], 3, "{backfill}");
+    assert_eq!(backfill["skipped"], 3, "{backfill}");
+    for national in &phones[..3] {
+        let contact = contact_by_phone(&app, &format!("+49{national}")).await;
+        assert!(contact["name"].as_str().unwrap().ends_with("Imported"));
+        let sync = sync_of(&app, contact["id"].as_str().unwrap()).await;
+        assert_eq!(sync["status"], "synced");
+    }
+    assert_eq!(
+        sync_of(&app, &existing_id).await["person_id"],
+        linked_person
+    );
+
+    // Imported contacts are not written back.
+    settled(&app).await;
+    assert_eq!(
+        fake.writes()
+            .iter()
+            .filter(|write| write.method == Method::POST)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn backfill_links_an_unlinked_contact_by_phone() {
+    let app = TestApp::spawn().await;
+    let fake = FakeTwenty::start(API_KEY).await;
+    // Contacts that exist before Twenty is connected are not synced until they change.
+    let existing = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915112340020", "person_properties": {"name": "Before"}}),
+        )
+        .await;
+    let existing_id = existing["contact"]["id"].as_str().unwrap().to_owned();
+    settled(&app).await;
+    admin(
+        &app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    let person = fake.insert_person(json!({
+        "name": {"firstName": "In", "lastName": "Twenty"},
+        "phones": {"primaryPhoneNumber": "15112340020", "primaryPhoneCallingCode": "+49"},
+    }));
+    let started = admin(&app, Method::POST, &format!("{BASE}/backfill"), None).await;
+    assert_eq!(started.status, 200, "{}", started.text);
+    eventually("the backfill completes", async || {
+        admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
+            .await
+            .body["backfill"]["status"]
+            == "completed"
+    })
+    .await;
+    let sync = sync_of(&app, &existing_id).await;
+    assert_eq!(sync["person_id"], person["id"]);
+    let health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None).await;
+    assert_eq!(health.body["backfill"]["linked"], 1, "{}", health.text);
+    assert_eq!(health.body["backfill"]["created"], 0);
+}
+
+#[tokio::test]
+async fn a_tag_written_by_an_emarsys_event_rule_reaches_twenty() {
+    let (app, fake) = connected().await;
+    let manager = [
+        ("x-api-key", app.keys.manager.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let rule = app
+        .send(
+            Method::PUT,
+            "/api/v1/admin/event-rules/order_placed",
+            &manager,
+            r#"{"add_tags": ["customer"], "set_properties": [{"property": "segment", "value": "buyer"}]}"#,
+        )
+        .await;
+    assert_eq!(rule.status, 200, "{}", rule.text);
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340030", "tags": ["vip"]}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+
+    let event = app
+        .send_anonymous(
+            Method::POST,
+            "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+            &[("content-type", "application/json")],
+            json!({"event_name": "order_placed", "phone_number": "+4915112340030"}).to_string(),
+        )
+        .await;
+    assert_eq!(event.status, 200, "{}", event.text);
+    eventually("the rule's tag reaches Twenty", async || {
+        fake.people()[0]["tags"] == json!(["customer", "vip"])
+    })
+    .await;
+}
