@@ -856,3 +856,65 @@ async fn a_tag_written_by_an_emarsys_event_rule_reaches_twenty() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_failed_backfill_resumes_from_the_last_imported_page() {
+    let (app, fake) = connected().await;
+    for index in 0..5 {
+        fake.insert_person(json!({
+            "name": {"firstName": format!("R{index}"), "lastName": "Resume"},
+            "phones": {"primaryPhoneNumber": format!("1511234005{index}"), "primaryPhoneCallingCode": "+49"},
+        }));
+    }
+    // Page 1 succeeds; page 2 is refused for good.
+    fake.fail_next(Failure::Pass);
+    fake.fail_next(Failure::BadRequest("Invalid cursor".to_owned()));
+    let backfill = format!("{BASE}/backfill");
+    let health = format!("{BASE}/sync/health");
+    admin(&app, Method::POST, &backfill, Some(json!({"page_size": 2}))).await;
+    let mut state = Json::Null;
+    eventually("the backfill fails", async || {
+        state = admin(&app, Method::GET, &health, None).await.body["backfill"].clone();
+        state["status"] == "failed"
+    })
+    .await;
+    assert_eq!(state["pages"], 1, "{state}");
+    assert_eq!(state["created"], 2, "{state}");
+    assert!(
+        state["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid cursor"),
+        "{state}"
+    );
+
+    let resumed = admin(&app, Method::POST, &backfill, None).await;
+    assert_eq!(resumed.body["status"], "running", "{}", resumed.text);
+    eventually("the backfill completes", async || {
+        state = admin(&app, Method::GET, &health, None).await.body["backfill"].clone();
+        state["status"] == "completed"
+    })
+    .await;
+    assert_eq!(state["pages"], 3, "{state}");
+    assert_eq!(state["people_seen"], 5, "{state}");
+    assert_eq!(state["created"], 5, "{state}");
+    let first_page_end = fake.people()[1]["id"].as_str().unwrap().to_owned();
+    let page_reads: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == Method::GET)
+        .map(|request| request.query)
+        .collect();
+    assert_eq!(
+        page_reads
+            .iter()
+            .filter(|query| query.contains(&format!("starting_after={first_page_end}")))
+            .count(),
+        2,
+        "page 2 was read once, refused, and read again on resume: {page_reads:?}"
+    );
+    assert_eq!(
+        count(&app.database, "SELECT count(*) AS count FROM contacts").await,
+        5
+    );
+}

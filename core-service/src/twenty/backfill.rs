@@ -82,10 +82,10 @@ pub async fn load(connection: &mut AsyncPgConnection) -> QueryResult<Option<Back
 }
 
 /// Starts a run, resumes a failed one, or returns the running or completed one unchanged
-/// (unless `restart`).
+/// (unless `restart`). A resumed run keeps its page size unless `page_size` is given.
 pub async fn start(
     connection: &mut AsyncPgConnection,
-    page_size: i32,
+    page_size: Option<i32>,
     restart: bool,
     now: DateTime<Utc>,
 ) -> Result<Option<BackfillRow>, ServiceError> {
@@ -108,7 +108,7 @@ pub async fn start(
                     diesel::update(backfill::table)
                         .set((
                             backfill::status.eq("running"),
-                            backfill::page_size.eq(page_size),
+                            backfill::page_size.eq(page_size.unwrap_or(row.page_size)),
                             backfill::last_error.eq(None::<String>),
                             backfill::finished_at.eq(None::<DateTime<Utc>>),
                             backfill::updated_at.eq(now),
@@ -125,7 +125,7 @@ pub async fn start(
                             backfill::id.eq(true),
                             backfill::run_id.eq(run_id),
                             backfill::status.eq("running"),
-                            backfill::page_size.eq(page_size),
+                            backfill::page_size.eq(page_size.unwrap_or(DEFAULT_PAGE_SIZE)),
                             backfill::started_at.eq(now),
                             backfill::updated_at.eq(now),
                         ))

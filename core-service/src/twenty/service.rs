@@ -10,7 +10,7 @@ use switchbord_api::v1::*;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::backfill::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::backfill::{self, MAX_PAGE_SIZE};
 use super::client::{TwentyClient, TwentyError};
 use super::inbound::{self, InboundSettings};
 use super::mapping::{
@@ -471,8 +471,8 @@ impl TwentyService for TwentyGrpc {
         let context = RequestContext::from_request(&request)?;
         let request = request.into_inner();
         let size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size if (1..=MAX_PAGE_SIZE).contains(&size) => size,
+            0 => None,
+            size if (1..=MAX_PAGE_SIZE).contains(&size) => Some(size),
             _ => {
                 return Err(ServiceError::InvalidArgument(vec![FieldViolation::new(
                     "page_size",

@@ -27,8 +27,13 @@ pub struct TwentyRequest {
 /// An answer to give instead of doing the work.
 #[derive(Debug, Clone)]
 pub enum Failure {
-    RateLimited { retry_after_secs: u64 },
+    /// Answer this request normally (to fail a later one).
+    Pass,
+    RateLimited {
+        retry_after_secs: u64,
+    },
     ServerError,
+    BadRequest(String),
 }
 
 #[derive(Default)]
@@ -127,8 +132,10 @@ async fn handle(
             "Token invalid.",
         );
     }
-    if !world.failures.is_empty() {
-        return match world.failures.remove(0) {
+    let failure = (!world.failures.is_empty()).then(|| world.failures.remove(0));
+    if let Some(failure) = failure.filter(|failure| !matches!(failure, Failure::Pass)) {
+        return match failure {
+            Failure::Pass => unreachable!("filtered out"),
             Failure::RateLimited { retry_after_secs } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 [("retry-after", retry_after_secs.to_string())],
@@ -140,6 +147,9 @@ async fn handle(
                 "InternalServerError",
                 "Something went wrong.",
             ),
+            Failure::BadRequest(message) => {
+                twenty_error(StatusCode::BAD_REQUEST, "BadRequestException", &message)
+            }
         };
     }
     let query_value = |name: &str| {
