@@ -188,6 +188,42 @@ pub async fn record_synced(
         .map(drop)
 }
 
+/// Like [`record_synced`] for a link read at `read_at` (its `updated_at`): written only when
+/// nothing changed the record since, so that a sync job never overwrites what a concurrent
+/// webhook or sync stored. Returns whether it was written.
+pub async fn record_synced_if_unchanged(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    read_at: DateTime<Utc>,
+    person_id: &str,
+    values: &Json,
+    remote_updated_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> QueryResult<bool> {
+    diesel::update(
+        syncs::table
+            .find(contact_id)
+            .filter(syncs::updated_at.eq(read_at)),
+    )
+    .set((
+        syncs::person_id.eq(person_id),
+        syncs::status.eq(SyncStatus::Synced.as_str()),
+        syncs::attempts.eq(0),
+        syncs::last_error.eq(None::<String>),
+        syncs::synced_at.eq(now),
+        syncs::synced_values.eq(values),
+        syncs::remote_updated_at.eq(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+        >("GREATEST(twenty_contact_syncs.remote_updated_at, ")
+        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>, _>(remote_updated_at)
+        .sql(")")),
+        syncs::updated_at.eq(now),
+    ))
+    .execute(connection)
+    .await
+    .map(|updated| updated == 1)
+}
+
 /// A sync attempt failed; `status` is pending (to be retried) or failed (for good).
 pub async fn record_failure(
     connection: &mut AsyncPgConnection,

@@ -137,25 +137,41 @@ impl JobHandler for SyncHandler {
             let pushed = target.push(&contact, record.as_ref()).await;
             let now = context.clock.now();
             let mut db = db::connection(&context.pool).await.map_err(retry)?;
+            let read_at = record.as_ref().map(|record| record.updated_at);
+            let store = async |db: &mut AsyncPgConnection,
+                               person_id: &str,
+                               values: &Json,
+                               remote: Option<DateTime<Utc>>| {
+                let written = match read_at {
+                    Some(read_at) => {
+                        records::record_synced_if_unchanged(
+                            db, contact_id, read_at, person_id, values, remote, now,
+                        )
+                        .await
+                    }
+                    None => records::record_synced(db, contact_id, person_id, values, remote, now)
+                        .await
+                        .map(|()| true),
+                }
+                .map_err(retry)?;
+                if written {
+                    Ok(())
+                } else {
+                    // A webhook or another sync changed the link meanwhile: compare again with
+                    // what it stored (not an attempt of this job's).
+                    Err(JobError::Defer {
+                        after: std::time::Duration::ZERO,
+                    })
+                }
+            };
             match pushed {
                 Ok(Pushed::Person(person)) => {
                     let person_id = person_id(&person).unwrap_or_default();
                     let holds = values_json(mapping.twenty_holds(&person));
-                    records::record_synced(
-                        &mut db,
-                        contact_id,
-                        person_id,
-                        &holds,
-                        updated_at(&person),
-                        now,
-                    )
-                    .await
-                    .map_err(retry)
+                    store(&mut db, person_id, &holds, updated_at(&person)).await
                 }
                 Ok(Pushed::Unchanged { person_id, values }) => {
-                    records::record_synced(&mut db, contact_id, &person_id, &values, None, now)
-                        .await
-                        .map_err(retry)
+                    store(&mut db, &person_id, &values, None).await
                 }
                 Err(PushError::Gone) => {
                     records::unlink(&mut db, contact_id, "the person was deleted in Twenty", now)
