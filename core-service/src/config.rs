@@ -57,6 +57,11 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How often the gauges on `/metrics` (outbox depth, endpoint health, Twenty sync status)
+    /// are sampled from the database.
+    #[arg(long, env = "SWITCHBORD_METRICS_SAMPLE_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub metrics_sample_interval: Duration,
+
     /// Allow webhook endpoints on loopback, private, link-local and other non-public addresses
     /// (development and tests only).
     #[arg(long, env = "SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
@@ -111,6 +116,7 @@ impl CoreConfig {
             outbox_workers: 32,
             outbox_poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            metrics_sample_interval: Duration::from_secs(15),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod emarsys;
 pub mod error;
 pub mod events;
 pub mod flows;
+mod gauges;
 pub mod journeys;
 pub mod server;
 pub mod twenty;
@@ -25,8 +26,10 @@ pub mod webhooks;
 
 pub mod access;
 mod audit;
+mod call_observer;
 pub mod outbox;
 mod pagination;
+mod readiness;
 pub mod request;
 mod schema;
 mod state;

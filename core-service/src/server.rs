@@ -18,19 +18,24 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 
 use crate::access::{
     AccessGrpc, AuthLayer, Authenticator, Bootstrap, BootstrapError, KeyHasher, bootstrap_admin_key,
 };
+use crate::call_observer::CallObserverLayer;
 use crate::config::{CoreConfig, OnOff};
 use crate::contacts::ContactsService;
 use crate::db::{self, MigrationError};
 use crate::emarsys::{CustomEventHandler, EmarsysAuth, EmarsysGrpc};
 use crate::events::{DispatchHandler, EventsGrpc};
 use crate::flows::FlowsGrpc;
+use crate::gauges::GaugeSampler;
 use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
 use crate::outbox::admin::OutboxGrpc;
 use crate::outbox::{Clock, Registry, SystemClock, Worker, WorkerConfig};
+use crate::readiness::ReadinessHealth;
 use crate::state::AppState;
 use crate::twenty::{BackfillHandler, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer};
 use crate::webhooks::{
@@ -82,6 +87,7 @@ pub struct CoreServer {
     listener: TcpListener,
     database_url: String,
     worker_config: WorkerConfig,
+    metrics_sample_interval: Duration,
 }
 
 /// The job kinds this build runs, each registered by the feature that owns it, and the
@@ -117,6 +123,8 @@ impl CoreServer {
             .as_ref()
             .filter(|pepper| pepper.expose().len() >= MIN_PEPPER_LEN)
             .ok_or(StartupError::Pepper)?;
+        // Installs the metrics recorder before anything is recorded.
+        switchbord_telemetry::prometheus();
         db::run_migrations(database_url).await?;
         let pool = db::build_pool(database_url, config.db_pool_size)?;
         let hasher = KeyHasher::new(pepper.expose().as_bytes().to_vec());
@@ -180,6 +188,7 @@ impl CoreServer {
             listener,
             database_url: database_url.to_owned(),
             worker_config,
+            metrics_sample_interval: config.metrics_sample_interval,
         })
     }
 
@@ -232,7 +241,7 @@ impl CoreServer {
             let _ = stop.send(true);
         };
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health_reporter = tonic_health::server::HealthReporter::new();
         health_reporter
             .set_serving::<ContactServiceServer<ContactsService>>()
             .await;
@@ -260,6 +269,10 @@ impl CoreServer {
         health_reporter
             .set_serving::<TwentyServiceServer<TwentyGrpc>>()
             .await;
+        let health_service = HealthServer::new(ReadinessHealth::new(
+            HealthService::from_health_reporter(health_reporter),
+            self.state.pool.clone(),
+        ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(switchbord_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -280,11 +293,21 @@ impl CoreServer {
             }
         });
 
+        let sampler = tokio::spawn(
+            GaugeSampler::new(
+                self.state.pool.clone(),
+                self.clock.clone(),
+                self.metrics_sample_interval,
+            )
+            .run(),
+        );
+
         tracing::info!(addr = %self.local_addr(), "gRPC core listening");
         // Small request/response messages: without TCP_NODELAY, Nagle's algorithm and delayed
         // ACKs add milliseconds to every call (measured by switchbord-bench).
         let served = Server::builder()
             .tcp_nodelay(true)
+            .layer(CallObserverLayer)
             .layer(AuthLayer::new(self.authenticator.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -327,6 +350,7 @@ impl CoreServer {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;
         flusher.abort();
+        sampler.abort();
         self.authenticator.flush_last_used().await;
         if worker.await.is_err() {
             tracing::warn!("the outbox worker stopped abnormally");

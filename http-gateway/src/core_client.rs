@@ -9,6 +9,7 @@ use switchbord_api::v1::outbox_service_client::OutboxServiceClient;
 use switchbord_api::v1::twenty_service_client::TwentyServiceClient;
 use switchbord_api::v1::webhook_service_client::WebhookServiceClient;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
 
 /// Clients of the core's services over one shared HTTP/2 channel (cheap to clone).
 #[derive(Clone)]
@@ -21,6 +22,7 @@ pub struct CoreClient {
     pub journeys: JourneyServiceClient<Channel>,
     pub outbox: OutboxServiceClient<Channel>,
     pub twenty: TwentyServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
 }
 
 impl CoreClient {
@@ -37,7 +39,8 @@ impl CoreClient {
             webhooks: WebhookServiceClient::new(channel.clone()),
             journeys: JourneyServiceClient::new(channel.clone()),
             outbox: OutboxServiceClient::new(channel.clone()),
-            twenty: TwentyServiceClient::new(channel),
+            twenty: TwentyServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
         })
     }
 }

@@ -4,6 +4,8 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use switchbord_telemetry as telemetry;
+
 use crate::error::ApiError;
 use crate::rate_limit::RateLimited;
 use crate::request_id::RequestId;
@@ -19,6 +21,17 @@ pub enum Family {
     Admin,
 }
 
+impl Family {
+    /// The family's name in metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Compat => "compat",
+            Self::Legacy => "legacy",
+            Self::Admin => "admin",
+        }
+    }
+}
+
 /// Middleware around a family's routes: rewrites a rate-limit rejection (produced by the
 /// limiter, which knows nothing of families) into the family's error shape.
 pub async fn render_rejections(
@@ -30,6 +43,7 @@ pub async fn render_rejections(
     let response = next.run(request).await;
     match (response.extensions().get::<RateLimited>(), request_id) {
         (Some(rejection), Some(request_id)) => {
+            metrics::counter!(telemetry::RATE_LIMITED, "family" => family.label()).increment(1);
             ApiError::rate_limited(rejection.retry_after).render(family, request_id)
         }
         _ => response,

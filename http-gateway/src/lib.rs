@@ -19,6 +19,7 @@ mod emarsys;
 mod family;
 mod flows;
 mod journeys;
+mod operations;
 mod rate_limit;
 mod request_id;
 mod server;

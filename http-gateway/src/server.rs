@@ -17,7 +17,7 @@ use crate::core_client::CoreClient;
 use crate::family::{Family, render_rejections};
 use crate::rate_limit;
 use crate::request_id::assign_request_id;
-use crate::{admin, contacts, emarsys, flows, journeys, twenty, webhooks};
+use crate::{admin, contacts, emarsys, flows, journeys, operations, twenty, webhooks};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,8 @@ impl GatewayServer {
         config: &GatewayConfig,
         core_url: &str,
     ) -> Result<Self, GatewayStartupError> {
+        // Installs the metrics recorder before anything is recorded.
+        switchbord_telemetry::prometheus();
         let core =
             CoreClient::connect_lazy(core_url).map_err(|source| GatewayStartupError::CoreUrl {
                 url: core_url.to_owned(),
@@ -240,7 +242,10 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
         .merge(integrations)
         .merge(family_routes(Family::Compat, compat))
         .merge(family_routes(Family::Legacy, legacy))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(operations::healthz))
+        .route("/readyz", get(operations::readyz))
+        .route("/metrics", get(operations::metrics))
+        .route_layer(from_fn(operations::track_requests))
         .with_state(core)
         .layer(from_fn_with_state(
             Arc::<[IpNet]>::from(config.trusted_proxies.as_slice()),

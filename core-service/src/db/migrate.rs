@@ -1,5 +1,7 @@
 //! Embedded migrations, run at start so that one command brings up a working service.
 
+use diesel::migration::MigrationSource;
+use diesel::pg::Pg;
 use diesel::{Connection, RunQueryDsl};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -43,4 +45,17 @@ pub async fn run_migrations(database_url: &str) -> Result<(), MigrationError> {
     })
     .await
     .map_err(MigrationError::Task)?
+}
+
+/// The version of every migration this build embeds, as diesel records it once applied.
+pub fn embedded_versions() -> Vec<String> {
+    MigrationSource::<Pg>::migrations(&MIGRATIONS)
+        .map(|migrations| {
+            migrations
+                .iter()
+                .map(|migration| migration.name().version().to_string())
+                .collect()
+        })
+        // The migrations are compiled in; listing them cannot fail.
+        .unwrap_or_default()
 }

@@ -4,7 +4,7 @@ mod error;
 mod migrate;
 
 pub use error::DbError;
-pub use migrate::{MigrationError, run_migrations};
+pub use migrate::{MigrationError, embedded_versions, run_migrations};
 
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;

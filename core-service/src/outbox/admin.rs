@@ -1,7 +1,6 @@
 //! The `OutboxService` gRPC implementation: what operators see of the queue.
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::{count_star, min};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::Value as Json;
@@ -15,7 +14,7 @@ use switchbord_api::v1::{
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::store::JobRow;
+use super::store::{self, Depth, JobRow};
 use crate::audit::{self, AuditRecord};
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
@@ -221,19 +220,8 @@ impl OutboxService for OutboxGrpc {
         _request: Request<GetOutboxStatsRequest>,
     ) -> Result<Response<GetOutboxStatsResponse>, Status> {
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let counts: Vec<(String, String, i64)> = outbox_jobs::table
-            .group_by((outbox_jobs::status, outbox_jobs::kind))
-            .select((outbox_jobs::status, outbox_jobs::kind, count_star()))
-            .order((outbox_jobs::status, outbox_jobs::kind))
-            .load(&mut connection)
-            .await
-            .map_err(db_status)?;
         let now = Utc::now();
-        let oldest_due: Option<DateTime<Utc>> = outbox_jobs::table
-            .filter(outbox_jobs::status.eq("pending"))
-            .filter(outbox_jobs::run_after.le(now))
-            .select(min(outbox_jobs::run_after))
-            .first(&mut connection)
+        let Depth { counts, oldest_due } = store::depth(&mut connection, now)
             .await
             .map_err(db_status)?;
         Ok(Response::new(GetOutboxStatsResponse {

@@ -147,6 +147,18 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The outcome's name in metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Deferred { .. } => "deferred",
+            Self::RetryAt { .. } => "retry",
+            Self::Dead { .. } => "dead",
+        }
+    }
+}
+
 /// Records `outcome` if `owner` still holds the job's lease (a worker that lost its lease to
 /// another must not overwrite that worker's result). A failure also goes into the job's error
 /// history, in the same transaction.
@@ -240,4 +252,32 @@ pub async fn release(
     ))
     .execute(connection)
     .await
+}
+
+/// How many jobs there are, and how long the oldest due one has waited.
+pub struct Depth {
+    /// `(status, kind, count)`, ordered by status and kind.
+    pub counts: Vec<(String, String, i64)>,
+    /// `run_after` of the oldest pending job that is due at `now`.
+    pub oldest_due: Option<DateTime<Utc>>,
+}
+
+pub async fn depth(connection: &mut AsyncPgConnection, now: DateTime<Utc>) -> QueryResult<Depth> {
+    let counts = outbox_jobs::table
+        .group_by((outbox_jobs::status, outbox_jobs::kind))
+        .select((
+            outbox_jobs::status,
+            outbox_jobs::kind,
+            diesel::dsl::count_star(),
+        ))
+        .order((outbox_jobs::status, outbox_jobs::kind))
+        .load(connection)
+        .await?;
+    let oldest_due = outbox_jobs::table
+        .filter(outbox_jobs::status.eq("pending"))
+        .filter(outbox_jobs::run_after.le(now))
+        .select(diesel::dsl::min(outbox_jobs::run_after))
+        .first(connection)
+        .await?;
+    Ok(Depth { counts, oldest_due })
 }

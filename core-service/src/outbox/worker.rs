@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
+use switchbord_telemetry as telemetry;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -160,6 +161,7 @@ async fn claim(inner: &Inner, limit: usize) -> Result<Vec<ClaimedJob>, db::DbErr
 
 #[tracing::instrument(skip_all, fields(job_id = %job.id, kind = %job.kind, attempt = job.attempts, request_id = ?job.request_id))]
 async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
+    let started = std::time::Instant::now();
     let result = match inner.registry.get(&job.kind) {
         None => Err(JobError::retry(format!(
             "no handler for job kind `{}` on this instance",
@@ -195,6 +197,12 @@ async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePerm
             }
         }
     };
+    let labels = [
+        ("kind", job.kind.clone()),
+        ("outcome", outcome.label().to_owned()),
+    ];
+    metrics::histogram!(telemetry::JOB_DURATION, &labels).record(started.elapsed());
+    metrics::counter!(telemetry::JOB_RUNS, &labels).increment(1);
     match &outcome {
         Outcome::Succeeded => tracing::debug!("outbox job succeeded"),
         Outcome::Deferred { at } => tracing::debug!(%at, "outbox job deferred"),

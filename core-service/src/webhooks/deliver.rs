@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchbord_telemetry as telemetry;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -208,6 +209,8 @@ impl JobHandler for DeliverHandler {
                 mark_skipped(&mut connection, delivery.id)
                     .await
                     .map_err(retry)?;
+                metrics::counter!(telemetry::WEBHOOK_DELIVERIES, "outcome" => "skipped")
+                    .increment(1);
                 return Ok(());
             }
             let slots = self.slots(endpoint.id);
@@ -246,6 +249,7 @@ impl JobHandler for DeliverHandler {
             )
             .await
             .map_err(retry)?;
+            record_metrics(&result, &next);
             match next {
                 Next::Done => Ok(()),
                 Next::RetryAfter(after) => Err(JobError::Retry {
@@ -255,6 +259,23 @@ impl JobHandler for DeliverHandler {
             }
         })
     }
+}
+
+/// Counts the attempt by what it led to, and times it.
+fn record_metrics(result: &AttemptResult, next: &Next) {
+    let outcome = match (result.succeeded(), next) {
+        (true, _) => "delivered",
+        (false, Next::RetryAfter(_)) => "retrying",
+        (false, Next::Done) => "failed",
+    };
+    metrics::counter!(telemetry::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+    let label = if result.succeeded() {
+        "success"
+    } else {
+        "failure"
+    };
+    metrics::histogram!(telemetry::WEBHOOK_ATTEMPT_DURATION, "result" => label)
+        .record(result.duration);
 }
 
 async fn mark_skipped(connection: &mut AsyncPgConnection, delivery: Uuid) -> QueryResult<()> {

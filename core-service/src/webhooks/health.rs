@@ -74,3 +74,29 @@ pub async fn stats(
     .get_result(connection)
     .await
 }
+
+/// Endpoints per health state (every state present, zero when none), for the metrics gauges.
+/// Computed with [`HealthStats::health`], the same rule the API reports.
+pub async fn health_counts(
+    connection: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<(&'static str, i64)>> {
+    use crate::schema::webhook_endpoints;
+    let endpoints: Vec<EndpointRow> = webhook_endpoints::table
+        .select(EndpointRow::as_select())
+        .load(connection)
+        .await?;
+    let mut counts = vec![("setup", 0), ("ready", 0), ("live", 0), ("attention", 0)];
+    for endpoint in &endpoints {
+        let state = match stats(connection, endpoint.id, now).await?.health(endpoint) {
+            EndpointHealth::Setup => "setup",
+            EndpointHealth::Ready => "ready",
+            EndpointHealth::Live => "live",
+            EndpointHealth::Attention | EndpointHealth::Unspecified => "attention",
+        };
+        if let Some((_, count)) = counts.iter_mut().find(|(name, _)| *name == state) {
+            *count += 1;
+        }
+    }
+    Ok(counts)
+}

@@ -13,6 +13,7 @@ pub mod signing;
 
 pub use deliver::{DELIVER_JOB, DeliverHandler, DeliveryPolicy};
 pub use fanout::WebhookFanout;
+pub use health::health_counts;
 pub use sender::{Sender, USER_AGENT};
 pub(crate) use sender::{error_chain, retry_after_delay};
 pub use service::WebhooksGrpc;

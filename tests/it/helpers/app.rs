@@ -114,6 +114,7 @@ impl TestApp {
                 webhook_allow_private: true,
                 webhook_allow_http: true,
                 outbox_poll_interval: std::time::Duration::from_millis(50),
+                metrics_sample_interval: std::time::Duration::from_millis(100),
                 ..CoreConfig::with_addr(loopback)
             },
             clock: None,

@@ -84,6 +84,28 @@ impl TestDatabase {
         &self.url
     }
 
+    /// Makes the database refuse new connections and ends the open ones (as if its server
+    /// went away), or accept connections again.
+    pub async fn set_reachable(&self, reachable: bool) {
+        let mut admin = admin_connection().await;
+        sql_query(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {reachable}",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("change ALLOW_CONNECTIONS");
+        if !reachable {
+            sql_query(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await
+            .expect("end the database's connections");
+        }
+    }
+
     pub async fn connect(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.url)
             .await

@@ -1,0 +1,105 @@
+//! gRPC health checking with a real answer: the overall status (service `""`) is checked live
+//! against the database on every call, so load balancers and the gateway's `/readyz` see a
+//! core that cannot reach PostgreSQL, or runs on an unmigrated schema, as not serving.
+//! Per-service statuses stay those the server reports at start.
+
+use std::time::Duration;
+
+use diesel::sql_types::{Array, BigInt, Text};
+use diesel_async::RunQueryDsl;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::Health;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::HealthService;
+
+use crate::db::{self, DbPool};
+
+/// Longest a readiness check waits for the database.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct ReadinessHealth {
+    services: HealthService,
+    pool: DbPool,
+    migrations: Vec<String>,
+}
+
+impl ReadinessHealth {
+    pub fn new(services: HealthService, pool: DbPool) -> Self {
+        Self {
+            services,
+            pool,
+            migrations: db::embedded_versions(),
+        }
+    }
+
+    /// Why the core cannot serve, or `None` when it can.
+    async fn not_ready_reason(&self) -> Option<String> {
+        let checked = tokio::time::timeout(CHECK_TIMEOUT, async {
+            let mut connection = db::connection(&self.pool)
+                .await
+                .map_err(|error| format!("database unreachable: {error}"))?;
+            let applied: AppliedCount = diesel::sql_query(
+                "SELECT count(*) AS applied FROM __diesel_schema_migrations WHERE version = ANY($1)",
+            )
+            .bind::<Array<Text>, _>(&self.migrations)
+            .get_result(&mut connection)
+            .await
+            .map_err(|error| format!("cannot read the applied migrations: {error}"))?;
+            let expected = i64::try_from(self.migrations.len()).unwrap_or(i64::MAX);
+            if applied.applied < expected {
+                return Err(format!(
+                    "{} of {expected} migrations applied",
+                    applied.applied
+                ));
+            }
+            Ok(())
+        })
+        .await;
+        match checked {
+            Ok(Ok(())) => None,
+            Ok(Err(reason)) => Some(reason),
+            Err(_) => Some(format!(
+                "the database did not answer within {} s",
+                CHECK_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct AppliedCount {
+    #[diesel(sql_type = BigInt)]
+    applied: i64,
+}
+
+#[tonic::async_trait]
+impl Health for ReadinessHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        if !request.get_ref().service.is_empty() {
+            return self.services.check(request).await;
+        }
+        let status = match self.not_ready_reason().await {
+            None => ServingStatus::Serving,
+            Some(reason) => {
+                tracing::warn!(reason, "readiness check failed");
+                ServingStatus::NotServing
+            }
+        };
+        Ok(Response::new(HealthCheckResponse {
+            status: status.into(),
+        }))
+    }
+
+    type WatchStream = <HealthService as Health>::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.services.watch(request).await
+    }
+}

@@ -1,0 +1,327 @@
+//! What operators run the service with: `/healthz`, `/readyz` that follows the database,
+//! Prometheus metrics that move with traffic, and the request id carried into outbox jobs.
+//!
+//! Every test core in this process records into one metrics recorder, so the checks compare a
+//! series before and after this test's own requests instead of expecting exact values.
+
+use reqwest::Method;
+use serde_json::json;
+use switchbord_api::v1::UpsertContactRequest;
+
+use crate::helpers::{Receiver, TestApp, eventually};
+
+/// The sum of every sample of `name` whose labels include all of `labels` (`key="value"`).
+fn sample(page: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines().filter(|line| !line.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let metric = series.split('{').next().unwrap_or_default();
+        if metric != name || !labels.iter().all(|label| series.contains(label)) {
+            continue;
+        }
+        let value: f64 = value.parse().expect("a numeric sample");
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let reply = app.send_anonymous(Method::GET, "/metrics", &[], "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|value| value.starts_with("text/plain")),
+        "{:?}",
+        reply.header("content-type")
+    );
+    reply.text
+}
+
+fn contact(phone: &str) -> serde_json::Value {
+    json!({"phone_number": phone, "person_properties": {"plan": "gold"}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_answers_without_a_key() {
+    let app = TestApp::spawn().await;
+    let reply = app.send_anonymous(Method::GET, "/healthz", &[], "").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
+    let app = TestApp::spawn().await;
+    let ready = app.send_anonymous(Method::GET, "/readyz", &[], "").await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["status"], "ready");
+
+    app.database.set_reachable(false).await;
+    let down = app.send_anonymous(Method::GET, "/readyz", &[], "").await;
+    assert_eq!(down.status, 503, "{}", down.text);
+    assert_eq!(down.body["status"], "not_ready");
+    assert!(
+        down.body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{}",
+        down.text
+    );
+    // Liveness is not readiness: the process is still up.
+    let live = app.send_anonymous(Method::GET, "/healthz", &[], "").await;
+    assert_eq!(live.status, 200);
+
+    app.database.set_reachable(true).await;
+    eventually("readyz recovers", async || {
+        app.send_anonymous(Method::GET, "/readyz", &[], "")
+            .await
+            .status
+            == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_fails_when_a_migration_is_missing() {
+    let app = TestApp::spawn().await;
+    let mut connection = app.database.connect().await;
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "DELETE FROM __diesel_schema_migrations
+             WHERE version = (SELECT max(version) FROM __diesel_schema_migrations)",
+        ),
+        &mut connection,
+    )
+    .await
+    .expect("forget the newest migration");
+    let reply = app.send_anonymous(Method::GET, "/readyz", &[], "").await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_and_grpc_requests_are_counted_and_timed_per_route() {
+    let app = TestApp::spawn().await;
+    let http_series = [
+        "method=\"POST\"",
+        "route=\"/compat/contact\"",
+        "status=\"200\"",
+    ];
+    let grpc_series = [
+        "service=\"switchbord.v1.ContactService\"",
+        "method=\"UpsertContact\"",
+        "code=\"OK\"",
+    ];
+    let before = scrape(&app).await;
+    app.upsert_contact(&contact("+4915112340001")).await;
+    app.contacts_client()
+        .await
+        .upsert_contact(UpsertContactRequest {
+            phone_number: "+4915112340002".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("gRPC upsert");
+    let after = scrape(&app).await;
+
+    let count = |page: &str, name: &str, labels: &[&str]| sample(page, name, labels).unwrap_or(0.0);
+    assert!(
+        count(&after, "switchbord_http_requests_total", &http_series)
+            > count(&before, "switchbord_http_requests_total", &http_series),
+        "{after}"
+    );
+    assert!(
+        count(
+            &after,
+            "switchbord_http_request_duration_seconds_count",
+            &http_series
+        ) > count(
+            &before,
+            "switchbord_http_request_duration_seconds_count",
+            &http_series
+        )
+    );
+    // The gateway's own call and the direct one.
+    assert!(
+        count(&after, "switchbord_grpc_requests_total", &grpc_series)
+            >= count(&before, "switchbord_grpc_requests_total", &grpc_series) + 2.0,
+        "{after}"
+    );
+    assert!(
+        sample(
+            &after,
+            "switchbord_grpc_request_duration_seconds_bucket",
+            &grpc_series
+        )
+        .is_some()
+    );
+    assert!(after.contains("# HELP switchbord_http_requests_total"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_calls_are_labelled_by_status_code_and_only_known_services() {
+    let app = TestApp::spawn().await;
+    let mut client = app.contacts_client().await;
+    let _ = client
+        .upsert_contact(UpsertContactRequest::default())
+        .await
+        .expect_err("no phone number");
+    let page = scrape(&app).await;
+    assert!(
+        sample(
+            &page,
+            "switchbord_grpc_requests_total",
+            &["method=\"UpsertContact\"", "code=\"INVALID_ARGUMENT\""]
+        )
+        .is_some(),
+        "{page}"
+    );
+    for line in page
+        .lines()
+        .filter(|line| line.starts_with("switchbord_grpc_requests_total"))
+    {
+        assert!(
+            line.contains("service=\"switchbord.v1.")
+                || line.contains("service=\"grpc.")
+                || line.contains("service=\"unknown\""),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_rejections_are_counted() {
+    let app = TestApp::builder().rate_limit_per_minute(1).spawn().await;
+    let before = sample(
+        &scrape(&app).await,
+        "switchbord_http_rate_limited_total",
+        &["family=\"compat\""],
+    )
+    .unwrap_or(0.0);
+    let mut limited = false;
+    for attempt in 0..3 {
+        let reply = app
+            .post_json(
+                "/compat/contact",
+                &contact(&format!("+491511234000{attempt}")),
+            )
+            .await;
+        limited |= reply.status == 429;
+    }
+    assert!(limited, "the second request in a minute is refused");
+    let after = sample(
+        &scrape(&app).await,
+        "switchbord_http_rate_limited_total",
+        &["family=\"compat\""],
+    )
+    .unwrap_or(0.0);
+    assert!(after > before, "{before} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_webhook_and_sync_metrics_follow_the_work() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let admin = [
+        ("x-api-key", app.keys.admin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let created = app
+        .send(
+            Method::POST,
+            "/api/v1/webhooks/endpoints",
+            &admin,
+            json!({"url": receiver.url(), "event_types": ["contact.created"]}).to_string(),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+
+    let delivered = ["outcome=\"delivered\""];
+    let job_runs = ["kind=\"webhook.deliver\"", "outcome=\"succeeded\""];
+    let before = scrape(&app).await;
+    app.upsert_contact(&contact("+4915112340100")).await;
+    receiver.wait_for(1).await;
+
+    eventually("delivery and job metrics move", async || {
+        let page = scrape(&app).await;
+        let moved = |name: &str, labels: &[&str]| {
+            sample(&page, name, labels).unwrap_or(0.0)
+                > sample(&before, name, labels).unwrap_or(0.0)
+        };
+        moved("switchbord_webhook_deliveries_total", &delivered)
+            && moved("switchbord_outbox_job_runs_total", &job_runs)
+            && moved(
+                "switchbord_webhook_attempt_duration_seconds_count",
+                &["result=\"success\""],
+            )
+            && moved("switchbord_outbox_job_duration_seconds_count", &job_runs)
+    })
+    .await;
+
+    // The sampled gauges: present for every state, whatever other tests' cores last wrote.
+    eventually("sampled gauges appear", async || {
+        let page = scrape(&app).await;
+        ["setup", "ready", "live", "attention"].iter().all(|state| {
+            sample(
+                &page,
+                "switchbord_webhook_endpoints",
+                &[&format!("health=\"{state}\"")],
+            )
+            .is_some()
+        }) && ["pending", "synced", "failed", "unlinked"]
+            .iter()
+            .all(|status| {
+                sample(
+                    &page,
+                    "switchbord_twenty_contact_syncs",
+                    &[&format!("status=\"{status}\"")],
+                )
+                .is_some()
+            })
+            && sample(
+                &page,
+                "switchbord_outbox_jobs",
+                &["status=\"succeeded\"", "kind=\"event.dispatch\""],
+            )
+            .is_some()
+            && sample(&page, "switchbord_outbox_oldest_pending_seconds", &[]).is_some()
+            && sample(&page, "switchbord_metrics_sample_up", &[]).is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_id_follows_a_request_into_its_outbox_jobs() {
+    let app = TestApp::spawn().await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let reply = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[
+                ("content-type", "application/json"),
+                ("x-request-id", &request_id),
+            ],
+            contact("+4915112340200").to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.header("x-request-id"), Some(request_id.as_str()));
+
+    let jobs = app
+        .send(
+            Method::GET,
+            "/api/v1/admin/outbox/jobs?kind=event.dispatch",
+            &[("x-api-key", app.keys.admin.as_str())],
+            "",
+        )
+        .await;
+    assert_eq!(jobs.status, 200, "{}", jobs.text);
+    let carried = jobs.body["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter(|job| job["request_id"] == request_id.as_str())
+        .count();
+    assert!(carried >= 1, "{}", jobs.text);
+}
