@@ -14,7 +14,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(cli.log_format);
+    let span_export = match logging::init(cli.log_format) {
+        Ok(span_export) => span_export,
+        Err(error) => {
+            eprintln!("switchbord: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    let code = match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(
@@ -35,5 +41,7 @@ fn main() -> ExitCode {
             eprintln!("switchbord: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    span_export.shutdown();
+    code
 }

@@ -497,3 +497,111 @@ async fn webhook_secrets_and_custom_headers_never_reach_the_logs() {
         assert!(!logs.contains(needle), "{needle} appeared in the logs");
     }
 }
+
+/// A fake OpenTelemetry collector: records every OTLP/HTTP export it receives.
+#[derive(Clone, Default)]
+struct Collector {
+    exports: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>,
+}
+
+impl Collector {
+    async fn start(&self) -> String {
+        let exports = self.exports.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let exports = exports.clone();
+                async move {
+                    let content_type = headers
+                        .get("content-type")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    exports.lock().expect("exports").push((
+                        uri.path().to_owned(),
+                        content_type,
+                        body.to_vec(),
+                    ));
+                    axum::http::StatusCode::OK
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the collector");
+        let addr = listener.local_addr().expect("collector address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// Whether an export to `/v1/traces` in protobuf contains every one of `needles`.
+    fn saw_trace_with(&self, needles: &[&[u8]]) -> bool {
+        self.exports
+            .lock()
+            .expect("exports")
+            .iter()
+            .any(|(path, content_type, body)| {
+                path == "/v1/traces"
+                    && content_type == "application/x-protobuf"
+                    && needles
+                        .iter()
+                        .all(|needle| body.windows(needle.len()).any(|window| window == *needle))
+            })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_go_to_the_otlp_collector_when_an_endpoint_is_set() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let data = data_dir();
+    let mut running = Running::start(
+        data.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            // Export every 200 ms instead of every 5 s.
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+        ],
+    );
+    running.wait_until_serving().await;
+    let request_id = "7b0c1f4e-8a43-4c2e-9d55-0f6a3c2b1e90";
+    let reply = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/readyz", running.http_port))
+        .header("x-request-id", request_id)
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(reply.status(), 200);
+
+    // The gateway's span and the core's span of the health call, both with the request id,
+    // from a service named switchbord.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !collector.saw_trace_with(&[
+        b"switchbord",
+        b"grpc.health.v1.Health",
+        request_id.as_bytes(),
+    ]) {
+        assert!(
+            Instant::now() < deadline,
+            "no trace export with the request id reached the collector; logs:\n{}",
+            running.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(running.terminate().success());
+}
+
+#[test]
+fn an_unsupported_otlp_protocol_is_refused_at_start() {
+    let data = data_dir();
+    let output = Command::new(BINARY)
+        .env("SWITCHBORD_DATA_DIR", data.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .arg("migrate")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchbord");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
+}
