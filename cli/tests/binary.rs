@@ -498,10 +498,13 @@ async fn webhook_secrets_and_custom_headers_never_reach_the_logs() {
     }
 }
 
+/// One request to the collector: path, content type, body.
+type Export = (String, String, Vec<u8>);
+
 /// A fake OpenTelemetry collector: records every OTLP/HTTP export it receives.
 #[derive(Clone, Default)]
 struct Collector {
-    exports: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>,
+    exports: std::sync::Arc<std::sync::Mutex<Vec<Export>>>,
 }
 
 impl Collector {
