@@ -63,6 +63,32 @@ pub async fn enqueue(connection: &mut AsyncPgConnection, job: &NewJob) -> QueryR
     Ok(id)
 }
 
+/// Inserts several jobs in one statement (a fan-out's jobs cost one round trip, not one each).
+pub async fn enqueue_many(connection: &mut AsyncPgConnection, jobs: &[NewJob]) -> QueryResult<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let rows: Vec<InsertJob<'_>> = jobs
+        .iter()
+        .map(|job| InsertJob {
+            id: job.id,
+            kind: job.kind.name,
+            payload: &job.payload,
+            max_attempts: job.kind.max_attempts,
+            run_after: now,
+            request_id: job.request_id,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    diesel::insert_into(outbox_jobs::table)
+        .values(&rows)
+        .execute(connection)
+        .await
+        .map(drop)
+}
+
 /// A job a worker holds under its lease.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct ClaimedJob {

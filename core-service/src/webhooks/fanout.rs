@@ -39,11 +39,10 @@ impl EventConsumer for WebhookFanout {
                         .load(connection)
                         .await?;
                     let now = Utc::now();
-                    for endpoint in endpoints
+                    let deliveries: Vec<DeliveryRow> = endpoints
                         .iter()
                         .filter(|endpoint| endpoint.subscribes_to(&event.event_type))
-                    {
-                        let delivery = DeliveryRow {
+                        .map(|endpoint| DeliveryRow {
                             id: Uuid::now_v7(),
                             endpoint_id: endpoint.id,
                             event_id: event.id.clone(),
@@ -59,25 +58,26 @@ impl EventConsumer for WebhookFanout {
                             last_error: (!endpoint.enabled).then(|| "endpoint disabled".to_owned()),
                             created_at: now,
                             updated_at: now,
-                        };
-                        // The unique (endpoint, event) pair makes a repeated dispatch harmless.
-                        let inserted = diesel::insert_into(webhook_deliveries::table)
-                            .values(&delivery)
-                            .on_conflict_do_nothing()
-                            .execute(connection)
-                            .await?;
-                        if inserted == 1 && endpoint.enabled {
-                            outbox::enqueue(
-                                connection,
-                                &NewJob::new(
-                                    DELIVER_JOB,
-                                    json!({"delivery_id": delivery.id}),
-                                    None,
-                                ),
-                            )
-                            .await?;
-                        }
+                        })
+                        .collect();
+                    if deliveries.is_empty() {
+                        return Ok(());
                     }
+                    // The unique (endpoint, event) pair makes a repeated dispatch harmless:
+                    // only the deliveries inserted now get a job.
+                    let inserted: Vec<(Uuid, String)> =
+                        diesel::insert_into(webhook_deliveries::table)
+                            .values(&deliveries)
+                            .on_conflict_do_nothing()
+                            .returning((webhook_deliveries::id, webhook_deliveries::status))
+                            .get_results(connection)
+                            .await?;
+                    let jobs: Vec<NewJob> = inserted
+                        .into_iter()
+                        .filter(|(_, status)| status == "pending")
+                        .map(|(id, _)| NewJob::new(DELIVER_JOB, json!({"delivery_id": id}), None))
+                        .collect();
+                    outbox::enqueue_many(connection, &jobs).await?;
                     Ok(())
                 })
                 .await
