@@ -153,3 +153,40 @@ fn environment_variable_of(command: &clap::Command, shown: &str) -> Option<Strin
                 .find_map(|subcommand| environment_variable_of(subcommand, shown))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `--help` is the operator's manual: every argument of every command explains itself.
+    #[test]
+    fn every_argument_has_help() {
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "`{path}` argument `{}` has no doc comment",
+                    arg.get_id()
+                );
+            }
+            for subcommand in command.get_subcommands() {
+                assert!(
+                    subcommand.get_about().is_some(),
+                    "`{path} {}` has no doc comment",
+                    subcommand.get_name()
+                );
+                check(subcommand, &format!("{path} {}", subcommand.get_name()));
+            }
+        }
+        let mut command = Cli::command();
+        command.build();
+        check(&command, "switchbord");
+    }
+}

@@ -109,6 +109,8 @@ pub fn refused(status: tonic::Status) -> anyhow::Error {
                 .field_violations
                 .iter()
                 .map(|violation| format!("{}: {}", violation.field, violation.description))
+                // The core often says the one violation in its message already.
+                .filter(|violation| !status.message().contains(violation.as_str()))
                 .collect()
         })
         .unwrap_or_default();

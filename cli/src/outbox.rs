@@ -9,7 +9,7 @@ use switchbord_api::v1::{
 use uuid::Uuid;
 
 use crate::core_connection::{Core, CoreArgs, refused};
-use crate::render::{self, cell, field, fields, table};
+use crate::render::{self, cell, clipped, field, fields, table};
 
 #[derive(Debug, clap::Args)]
 pub struct OutboxArgs {
@@ -84,7 +84,7 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
                             format!("{}/{}", cell(&row["attempts"]), cell(&row["max_attempts"]))
                         }),
                         ("run after", &field("run_after")),
-                        ("last error", &field("last_error")),
+                        ("last error", &clipped("last_error")),
                     ],
                 );
                 if !response.next_page_token.is_empty() {

@@ -1,7 +1,7 @@
 //! How the admin commands print a response: `--json` prints the proto message in the
-//! protobuf JSON mapping with the proto's snake_case field names and every field present (a
-//! stable shape for scripts); text output is built from that same JSON, as `key: value` lines
-//! or aligned columns.
+//! protobuf JSON mapping with the proto's snake_case field names, scalar and list fields present
+//! even when empty (a stable shape for scripts; unset timestamps are left out, as the mapping
+//! says); text output is built from that same JSON, as `key: value` lines or aligned columns.
 
 use std::io::Write;
 use std::sync::LazyLock;
@@ -41,8 +41,8 @@ proto_messages!(
 static DESCRIPTORS: LazyLock<Result<DescriptorPool, prost_reflect::DescriptorError>> =
     LazyLock::new(|| DescriptorPool::decode(switchbord_api::FILE_DESCRIPTOR_SET));
 
-/// The message in the protobuf JSON mapping: snake_case names, defaults included, enums by
-/// name, timestamps in RFC 3339, 64-bit integers as numbers.
+/// The message in the protobuf JSON mapping: snake_case names, empty scalars and lists
+/// included, enums by name, timestamps in RFC 3339, 64-bit integers as numbers.
 pub fn to_json<M: ProtoMessage>(message: &M) -> anyhow::Result<Json> {
     let pool = DESCRIPTORS.as_ref().map_err(|error| {
         anyhow::anyhow!("the embedded proto descriptors are unreadable: {error}")
@@ -164,4 +164,20 @@ pub fn table(rows: &[Json], columns: &[Column<'_>]) -> String {
 /// A column that shows one field of the row.
 pub fn field(name: &'static str) -> impl Fn(&Json) -> String {
     move |row| cell(&row[name])
+}
+
+/// Longest text a [`clipped`] column shows.
+const CLIP_AT: usize = 60;
+
+/// A column for long free text (errors): cut at [`CLIP_AT`] characters, the full text is in
+/// the single-item view and in `--json`.
+pub fn clipped(name: &'static str) -> impl Fn(&Json) -> String {
+    move |row| {
+        let text = cell(&row[name]);
+        if text.chars().count() <= CLIP_AT {
+            return text;
+        }
+        let kept: String = text.chars().take(CLIP_AT - 1).collect();
+        format!("{kept}…")
+    }
 }
