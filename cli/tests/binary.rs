@@ -623,6 +623,46 @@ fn check_config_accepts_the_defaults_hides_secrets_and_names_bad_settings() {
     let stderr = String::from_utf8_lossy(&bad_url.stderr);
     assert!(!bad_url.status.success());
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+
+    // Every problem is reported, not only the first.
+    let several = check_config(
+        data.path(),
+        &[
+            ("SWITCHBORD_KEY_PEPPER", "pepper-too-short"),
+            ("SWITCHBORD_OUTBOX_WORKERS", "0"),
+            ("SWITCHBORD_WEBHOOK_TIMEOUT", "0s"),
+        ],
+        &["--json"],
+    );
+    assert!(!several.status.success());
+    let report: Json = serde_json::from_slice(&several.stdout).expect("JSON report");
+    let variables: Vec<&str> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|problem| problem["variable"].as_str())
+        .collect();
+    assert_eq!(
+        variables,
+        [
+            "SWITCHBORD_KEY_PEPPER",
+            "SWITCHBORD_OUTBOX_WORKERS",
+            "SWITCHBORD_WEBHOOK_TIMEOUT"
+        ]
+    );
+
+    let unreachable = check_config(
+        data.path(),
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/switchbord")],
+        &["--connect", "--json"],
+    );
+    assert!(!unreachable.status.success());
+    let report: Json = serde_json::from_slice(&unreachable.stdout).expect("JSON report");
+    assert_eq!(report["database_reachable"], false, "{report}");
+    assert_eq!(
+        report["problems"][0]["variable"], "DATABASE_URL",
+        "{report}"
+    );
 }
 
 /// Runs an operator command against `running`'s core with its admin key.
@@ -685,6 +725,23 @@ async fn operator_commands_manage_endpoints_and_the_outbox_of_a_running_core() {
     );
     running.wait_until_serving().await;
     running.api_key = Some(admin_key.clone());
+
+    // The settings of the running server check out, and its database is reachable.
+    let checked = check_config(data.path(), &[], &["--connect", "--json"]);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let report: Json = serde_json::from_slice(&checked.stdout).expect("JSON report");
+    assert_eq!(report["database_reachable"], true, "{report}");
+    assert!(
+        report["key_pepper"]
+            .as_str()
+            .is_some_and(|source| source.starts_with("read from")),
+        "{report}"
+    );
+
     let receiver = start_receiver();
     let hook = format!("http://127.0.0.1:{receiver}/hook");
 
