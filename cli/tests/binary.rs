@@ -64,6 +64,22 @@ impl Running {
         }
     }
 
+    /// A serving server with `admin_key` as its first admin key (and `api_key`), that accepts
+    /// webhook endpoints on loopback over plain http, where the tests' receivers listen.
+    async fn serving_loopback_webhooks(data_dir: &Path, admin_key: &str) -> Self {
+        let mut running = Self::start(
+            data_dir,
+            &[
+                ("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", admin_key.to_owned()),
+                ("SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+                ("SWITCHBORD_WEBHOOK_ALLOW_HTTP", "true".to_owned()),
+            ],
+        );
+        running.wait_until_serving().await;
+        running.api_key = Some(admin_key.to_owned());
+        running
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -463,15 +479,7 @@ fn start_receiver() -> u16 {
 async fn webhook_secrets_and_custom_headers_never_reach_the_logs() {
     let data = data_dir();
     let admin_key = "log-test-admin-key-0123456789abcdefghij".to_owned();
-    let mut running = Running::start(
-        data.path(),
-        &[
-            ("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
-            ("SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
-            ("SWITCHBORD_WEBHOOK_ALLOW_HTTP", "true".to_owned()),
-        ],
-    );
-    running.wait_until_serving().await;
+    let running = Running::serving_loopback_webhooks(data.path(), &admin_key).await;
     let receiver = start_receiver();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", running.http_port);
@@ -714,17 +722,7 @@ fn cluster_port(data_dir: &Path) -> u16 {
 async fn operator_commands_manage_endpoints_and_the_outbox_of_a_running_core() {
     let data = data_dir();
     let admin_key = "operator-test-admin-key-0123456789abcdef".to_owned();
-    let mut running = Running::start(
-        data.path(),
-        &[
-            ("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
-            // The receiver is on loopback, over plain http.
-            ("SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
-            ("SWITCHBORD_WEBHOOK_ALLOW_HTTP", "true".to_owned()),
-        ],
-    );
-    running.wait_until_serving().await;
-    running.api_key = Some(admin_key.clone());
+    let mut running = Running::serving_loopback_webhooks(data.path(), &admin_key).await;
 
     // The settings of the running server check out, and its database is reachable.
     let checked = check_config(data.path(), &[], &["--connect", "--json"]);
