@@ -139,26 +139,22 @@ fn check_writable(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Where the key pepper comes from when `serve` starts with these settings.
-enum PepperSource {
-    Configured,
-    DataDir,
-    CreatedOnStart,
-}
-
+/// Prints the effective settings and every problem; any problem makes it an error that names
+/// them all.
 pub async fn run(args: CheckConfigArgs) -> anyhow::Result<()> {
     let serve = &args.serve;
     let data_dir = &serve.database.data_dir;
     let mut core = serve.core.clone();
-    let pepper_source = if core.key_pepper.is_some() {
-        PepperSource::Configured
+    let pepper_file = pepper_path(data_dir);
+    let pepper_text = if core.key_pepper.is_some() {
+        "set by SWITCHBORD_KEY_PEPPER (hidden)".to_owned()
     } else if let Some(pepper) = read_pepper(data_dir) {
         core.key_pepper = Some(pepper);
-        PepperSource::DataDir
+        format!("read from {} (hidden)", pepper_file.display())
     } else {
-        // `serve` creates one of these; nothing is written by a check.
+        // What `serve` does, minus the writing: a check changes nothing.
         core.key_pepper = Some(new_pepper());
-        PepperSource::CreatedOnStart
+        format!("created in {} on first start", pepper_file.display())
     };
     let mut problems = startup_problems(serve, &core);
     let gateway_only = serve.core_url.is_some();
@@ -173,14 +169,6 @@ pub async fn run(args: CheckConfigArgs) -> anyhow::Result<()> {
     };
 
     let settings = settings()?;
-    let pepper_text = match pepper_source {
-        PepperSource::Configured => "set by SWITCHBORD_KEY_PEPPER (hidden)".to_owned(),
-        PepperSource::DataDir => format!("read from {} (hidden)", pepper_path(data_dir).display()),
-        PepperSource::CreatedOnStart => format!(
-            "created in {} on first start",
-            pepper_path(data_dir).display()
-        ),
-    };
     let database_text = match &serve.database.database_url {
         Some(url) => format!("DATABASE_URL, {}", describe_url(url)),
         None => format!(
@@ -217,7 +205,7 @@ pub async fn run(args: CheckConfigArgs) -> anyhow::Result<()> {
     } else {
         human_summary(
             &problems,
-            gateway_only.then_some(serve.core_url.as_deref().unwrap_or_default()),
+            serve.core_url.as_deref(),
             &database_text,
             reachable,
             &pepper_text,
