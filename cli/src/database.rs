@@ -65,3 +65,11 @@ impl Database {
         Ok(())
     }
 }
+
+/// One connection, as the core opens them.
+pub async fn connect(url: &str) -> anyhow::Result<diesel_async::AsyncPgConnection> {
+    use diesel_async::AsyncConnection;
+    diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .context("cannot connect to the database")
+}

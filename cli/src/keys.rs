@@ -1,11 +1,9 @@
 //! `switchbord keys`: API key administration, through a running core (`--core-url` with an
 //! admin key) or directly on the database (for the first key, or when no server runs).
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use serde_json::{Value as Json, json};
-use switchbord_api::v1::access_service_client::AccessServiceClient;
 use switchbord_api::v1::{
     self, ApiKey, CreateApiKeyRequest, ListApiKeysRequest, RevokeApiKeyRequest,
 };
@@ -15,7 +13,8 @@ use switchbord_core::request::RequestId;
 use uuid::Uuid;
 
 use crate::cli::DatabaseArgs;
-use crate::database::Database;
+use crate::core_connection::{Core, refused};
+use crate::database::{self, Database};
 use crate::local_state::load_or_create_pepper;
 
 #[derive(Debug, clap::Args)]
@@ -102,11 +101,7 @@ async fn through_core(
     api_key: Option<&Secret>,
     command: KeysCommand,
 ) -> anyhow::Result<Outcome> {
-    let api_key =
-        api_key.context("--core-url needs an admin key: set --api-key or SWITCHBORD_API_KEY")?;
-    let mut client = AccessServiceClient::connect(url.to_owned())
-        .await
-        .with_context(|| format!("cannot connect to the core at {url}"))?;
+    let mut client = Core::connect(url, api_key).await?.access();
     Ok(match command {
         KeysCommand::Create {
             name,
@@ -114,51 +109,37 @@ async fn through_core(
             expires_at,
         } => {
             let response = client
-                .create_api_key(authorized(
-                    CreateApiKeyRequest {
-                        name,
-                        role: role.to_proto().into(),
-                        expires_at: expires_at.map(|time| prost_types::Timestamp {
-                            seconds: time.timestamp(),
-                            nanos: 0,
-                        }),
-                    },
-                    api_key,
-                )?)
-                .await?
+                .create_api_key(CreateApiKeyRequest {
+                    name,
+                    role: role.to_proto().into(),
+                    expires_at: expires_at.map(|time| prost_types::Timestamp {
+                        seconds: time.timestamp(),
+                        nanos: 0,
+                    }),
+                })
+                .await
+                .map_err(refused)?
                 .into_inner();
             Outcome::Created(response.api_key.unwrap_or_default(), response.secret)
         }
         KeysCommand::List { include_revoked } => Outcome::Keys(
             client
-                .list_api_keys(authorized(ListApiKeysRequest { include_revoked }, api_key)?)
-                .await?
+                .list_api_keys(ListApiKeysRequest { include_revoked })
+                .await
+                .map_err(refused)?
                 .into_inner()
                 .api_keys,
         ),
         KeysCommand::Revoke { id } => Outcome::Revoked(
             client
-                .revoke_api_key(authorized(
-                    RevokeApiKeyRequest { id: id.to_string() },
-                    api_key,
-                )?)
-                .await?
+                .revoke_api_key(RevokeApiKeyRequest { id: id.to_string() })
+                .await
+                .map_err(refused)?
                 .into_inner()
                 .api_key
                 .unwrap_or_default(),
         ),
     })
-}
-
-/// A request that carries the admin key.
-fn authorized<T>(message: T, api_key: &Secret) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    let value = api_key
-        .expose()
-        .parse()
-        .context("the API key is not valid metadata")?;
-    request.metadata_mut().insert("x-api-key", value);
-    Ok(request)
 }
 
 async fn on_database(
@@ -174,7 +155,7 @@ async fn on_database(
     let opened = Database::attach_or_open(database).await?;
     let result = async {
         switchbord_core::db::run_migrations(opened.url()).await?;
-        let mut connection = diesel_connection(opened.url()).await?;
+        let mut connection = database::connect(opened.url()).await?;
         let actor = Caller::system("switchbord keys");
         let request_id = RequestId(Uuid::new_v4());
         anyhow::Ok(match command {
@@ -210,13 +191,6 @@ async fn on_database(
     let outcome = result?;
     closed?;
     Ok(outcome)
-}
-
-async fn diesel_connection(url: &str) -> anyhow::Result<diesel_async::AsyncPgConnection> {
-    use diesel_async::AsyncConnection;
-    diesel_async::AsyncPgConnection::establish(url)
-        .await
-        .context("cannot connect to the database")
 }
 
 fn key_json(key: &ApiKey) -> Json {

@@ -16,18 +16,31 @@ pub const ADMIN_KEY_FILE: &str = "admin-key";
 
 /// The pepper from `$SWITCHBORD_DATA_DIR/key-pepper`, created (mode 0600) on first use.
 pub fn load_or_create_pepper(data_dir: &Path) -> anyhow::Result<Secret> {
-    let path = data_dir.join(PEPPER_FILE);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let existing = existing.trim();
-        if !existing.is_empty() {
-            return Ok(Secret::new(existing));
-        }
+    if let Some(existing) = read_pepper(data_dir) {
+        return Ok(existing);
     }
+    let pepper = new_pepper();
+    write_private(&pepper_path(data_dir), pepper.expose())?;
+    Ok(pepper)
+}
+
+/// Where the data directory keeps the pepper.
+pub fn pepper_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(PEPPER_FILE)
+}
+
+/// The pepper kept in the data directory, if there is one.
+pub fn read_pepper(data_dir: &Path) -> Option<Secret> {
+    let existing = std::fs::read_to_string(pepper_path(data_dir)).ok()?;
+    let existing = existing.trim();
+    (!existing.is_empty()).then(|| Secret::new(existing))
+}
+
+/// A fresh random pepper: 32 bytes, base64url.
+pub fn new_pepper() -> Secret {
     let mut bytes = [0_u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let pepper = URL_SAFE_NO_PAD.encode(bytes);
-    write_private(&path, &pepper)?;
-    Ok(Secret::new(pepper))
+    Secret::new(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Writes `contents` to `path`, readable by the owner only.

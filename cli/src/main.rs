@@ -1,11 +1,16 @@
 //! `switchbord`: runs the core and the gateway together (the default), the gateway alone
 //! against a remote core, or operator commands.
 
+mod check_config;
 mod cli;
+mod core_connection;
 mod database;
+mod endpoints;
 mod keys;
 mod local_state;
 mod logging;
+mod outbox;
+mod render;
 mod serve;
 
 use std::process::ExitCode;
@@ -13,7 +18,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return cli::report_parse_error(&error),
+    };
     let span_export = match logging::init(cli.log_format) {
         Ok(span_export) => span_export,
         Err(error) => {

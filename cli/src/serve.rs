@@ -8,11 +8,21 @@ use switchbord_core::access::Bootstrap;
 use switchbord_gateway::GatewayServer;
 use tokio::sync::watch;
 
+use crate::check_config::startup_problems;
 use crate::cli::ServeArgs;
 use crate::database::Database;
 use crate::local_state::{ADMIN_KEY_FILE, load_or_create_pepper, write_private};
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut core_config = args.core.clone();
+    if args.core_url.is_none() && core_config.key_pepper.is_none() {
+        core_config.key_pepper = Some(load_or_create_pepper(&args.database.data_dir)?);
+    }
+    // The checks `switchbord check-config` reports, before anything starts.
+    if let Some(problem) = startup_problems(&args, &core_config).into_iter().next() {
+        anyhow::bail!(problem.message);
+    }
+
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -31,10 +41,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(gateway.run_until_stopped(shutdown()).await?);
     }
 
-    let mut core_config = args.core.clone();
-    if core_config.key_pepper.is_none() {
-        core_config.key_pepper = Some(load_or_create_pepper(&args.database.data_dir)?);
-    }
     let database = Database::open(&args.database).await?;
     let result = async {
         let core = CoreServer::build(&core_config, database.url()).await?;

@@ -64,6 +64,22 @@ impl Running {
         }
     }
 
+    /// A serving server with `admin_key` as its first admin key (and `api_key`), that accepts
+    /// webhook endpoints on loopback over plain http, where the tests' receivers listen.
+    async fn serving_loopback_webhooks(data_dir: &Path, admin_key: &str) -> Self {
+        let mut running = Self::start(
+            data_dir,
+            &[
+                ("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", admin_key.to_owned()),
+                ("SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+                ("SWITCHBORD_WEBHOOK_ALLOW_HTTP", "true".to_owned()),
+            ],
+        );
+        running.wait_until_serving().await;
+        running.api_key = Some(admin_key.to_owned());
+        running
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -397,6 +413,33 @@ fn help_explains_flags_and_their_environment_variables() {
             "--help does not mention {variable}:\n{help}"
         );
     }
+    for (command, variables) in [
+        (
+            "check-config",
+            &[
+                "DATABASE_URL",
+                "SWITCHBORD_KEY_PEPPER",
+                "SWITCHBORD_HTTP_ADDR",
+            ][..],
+        ),
+        (
+            "endpoints",
+            &["SWITCHBORD_CORE_URL", "SWITCHBORD_API_KEY"][..],
+        ),
+        ("outbox", &["SWITCHBORD_CORE_URL", "SWITCHBORD_API_KEY"][..]),
+    ] {
+        let output = Command::new(BINARY)
+            .args([command, "--help"])
+            .output()
+            .expect("run --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        for variable in variables {
+            assert!(
+                help.contains(variable),
+                "{command} --help does not mention {variable}:\n{help}"
+            );
+        }
+    }
 }
 
 /// A minimal HTTP receiver on a thread: answers 200 to every request.
@@ -436,15 +479,7 @@ fn start_receiver() -> u16 {
 async fn webhook_secrets_and_custom_headers_never_reach_the_logs() {
     let data = data_dir();
     let admin_key = "log-test-admin-key-0123456789abcdefghij".to_owned();
-    let mut running = Running::start(
-        data.path(),
-        &[
-            ("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", admin_key.clone()),
-            ("SWITCHBORD_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
-            ("SWITCHBORD_WEBHOOK_ALLOW_HTTP", "true".to_owned()),
-        ],
-    );
-    running.wait_until_serving().await;
+    let running = Running::serving_loopback_webhooks(data.path(), &admin_key).await;
     let receiver = start_receiver();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", running.http_port);
@@ -607,4 +642,345 @@ fn an_unsupported_otlp_protocol_is_refused_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
+}
+
+/// `switchbord check-config` with a clean environment plus `env`, in its own data directory.
+fn check_config(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(BINARY);
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("SWITCHBORD_KEY_PEPPER")
+        .env_remove("SWITCHBORD_BOOTSTRAP_ADMIN_KEY")
+        .env_remove("SWITCHBORD_CORE_URL")
+        .env_remove("SWITCHBORD_HTTP_ADDR")
+        .env("SWITCHBORD_DATA_DIR", data_dir)
+        .arg("check-config")
+        .args(args)
+        .stdin(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("run switchbord check-config")
+}
+
+#[test]
+fn check_config_accepts_the_defaults_hides_secrets_and_names_bad_settings() {
+    let data = data_dir();
+
+    let defaults = check_config(data.path(), &[], &["--json"]);
+    assert!(
+        defaults.status.success(),
+        "{}",
+        String::from_utf8_lossy(&defaults.stderr)
+    );
+    let report: Json = serde_json::from_slice(&defaults.stdout).expect("JSON report");
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(
+        report["settings"]["SWITCHBORD_GRPC_ADDR"]["value"],
+        "127.0.0.1:50051"
+    );
+    assert_eq!(
+        report["settings"]["SWITCHBORD_GRPC_ADDR"]["source"],
+        "default"
+    );
+    assert!(
+        !data.path().join("key-pepper").exists(),
+        "a check writes nothing"
+    );
+
+    let admin_key = "check-config-admin-key-0123456789abcdef";
+    let with_secrets = check_config(
+        data.path(),
+        &[
+            ("SWITCHBORD_BOOTSTRAP_ADMIN_KEY", admin_key),
+            (
+                "DATABASE_URL",
+                "postgres://app:db-password-never-shown@db.internal:5433/switchbord",
+            ),
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&with_secrets.stdout);
+    assert!(with_secrets.status.success(), "{text}");
+    assert!(text.contains("The configuration is valid."), "{text}");
+    assert!(text.contains("app@db.internal:5433/switchbord"), "{text}");
+    assert!(
+        !text.contains(admin_key) && !text.contains("db-password-never-shown"),
+        "secrets are hidden: {text}"
+    );
+
+    let short_pepper = check_config(
+        data.path(),
+        &[("SWITCHBORD_KEY_PEPPER", "pepper-too-short")],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&short_pepper.stderr);
+    assert!(!short_pepper.status.success());
+    assert!(
+        stderr.contains("SWITCHBORD_KEY_PEPPER") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pepper-too-short"), "{stderr}");
+
+    let bad_address = check_config(
+        data.path(),
+        &[("SWITCHBORD_HTTP_ADDR", "not-an-address")],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&bad_address.stderr);
+    assert!(!bad_address.status.success());
+    assert!(
+        stderr.contains("--http-addr") && stderr.contains("SWITCHBORD_HTTP_ADDR"),
+        "{stderr}"
+    );
+
+    let bad_url = check_config(
+        data.path(),
+        &[("DATABASE_URL", "postgres://h:notaport/db")],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&bad_url.stderr);
+    assert!(!bad_url.status.success());
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+
+    // Every problem is reported, not only the first.
+    let several = check_config(
+        data.path(),
+        &[
+            ("SWITCHBORD_KEY_PEPPER", "pepper-too-short"),
+            ("SWITCHBORD_OUTBOX_WORKERS", "0"),
+            ("SWITCHBORD_WEBHOOK_TIMEOUT", "0s"),
+        ],
+        &["--json"],
+    );
+    assert!(!several.status.success());
+    let report: Json = serde_json::from_slice(&several.stdout).expect("JSON report");
+    let variables: Vec<&str> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|problem| problem["variable"].as_str())
+        .collect();
+    assert_eq!(
+        variables,
+        [
+            "SWITCHBORD_KEY_PEPPER",
+            "SWITCHBORD_OUTBOX_WORKERS",
+            "SWITCHBORD_WEBHOOK_TIMEOUT"
+        ]
+    );
+
+    let unreachable = check_config(
+        data.path(),
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/switchbord")],
+        &["--connect", "--json"],
+    );
+    assert!(!unreachable.status.success());
+    let report: Json = serde_json::from_slice(&unreachable.stdout).expect("JSON report");
+    assert_eq!(report["database_reachable"], false, "{report}");
+    assert_eq!(
+        report["problems"][0]["variable"], "DATABASE_URL",
+        "{report}"
+    );
+}
+
+/// Runs an operator command against `running`'s core with its admin key.
+fn operator(running: &Running, args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .env_remove("SWITCHBORD_CORE_URL")
+        .env(
+            "SWITCHBORD_API_KEY",
+            running.api_key.as_deref().expect("an admin key"),
+        )
+        .args(args)
+        .arg("--core-url")
+        .arg(running.grpc_url())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchbord")
+}
+
+/// [`operator`] with `--json`, which must succeed.
+fn operator_json(running: &Running, args: &[&str]) -> Json {
+    let output = operator(running, &[args, &["--json"]].concat());
+    assert!(
+        output.status.success(),
+        "switchbord {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// [`operator`], which must fail; its stderr.
+fn operator_refused(running: &Running, args: &[&str]) -> String {
+    let output = operator(running, args);
+    assert!(!output.status.success(), "switchbord {args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The private cluster's port, from the `postmaster.pid` of a running server.
+fn cluster_port(data_dir: &Path) -> u16 {
+    let pid_file =
+        std::fs::read_to_string(data_dir.join("pgdata/postmaster.pid")).expect("postmaster.pid");
+    pid_file
+        .lines()
+        .nth(3)
+        .and_then(|line| line.trim().parse().ok())
+        .expect("the port line of postmaster.pid")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_commands_manage_endpoints_and_the_outbox_of_a_running_core() {
+    let data = data_dir();
+    let admin_key = "operator-test-admin-key-0123456789abcdef".to_owned();
+    let mut running = Running::serving_loopback_webhooks(data.path(), &admin_key).await;
+
+    // The settings of the running server check out, and its database is reachable.
+    let checked = check_config(data.path(), &[], &["--connect", "--json"]);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let report: Json = serde_json::from_slice(&checked.stdout).expect("JSON report");
+    assert_eq!(report["database_reachable"], true, "{report}");
+    assert!(
+        report["key_pepper"]
+            .as_str()
+            .is_some_and(|source| source.starts_with("read from")),
+        "{report}"
+    );
+
+    let receiver = start_receiver();
+    let hook = format!("http://127.0.0.1:{receiver}/hook");
+
+    let created = operator_json(
+        &running,
+        &[
+            "endpoints",
+            "create",
+            "--url",
+            &hook,
+            "--event-type",
+            "contact.created",
+            "--event-type",
+            "contact.updated",
+            "--description",
+            "CRM mirror",
+        ],
+    );
+    let id = created["endpoint"]["id"].as_str().expect("id").to_owned();
+    assert!(
+        created["secret"]
+            .as_str()
+            .is_some_and(|secret| secret.starts_with("whsec_")),
+        "{created}"
+    );
+    assert_eq!(
+        created["endpoint"]["event_types"],
+        json!(["contact.created", "contact.updated"])
+    );
+
+    let listed = operator_json(&running, &["endpoints", "list"]);
+    let endpoint = listed["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|endpoint| endpoint["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("the new endpoint is listed: {listed}"));
+    assert_eq!(endpoint["url"], hook.as_str());
+    assert_eq!(endpoint["description"], "CRM mirror");
+    assert_eq!(endpoint["enabled"], true);
+    let table = operator(&running, &["endpoints", "list"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("ID") && table.contains(&id), "{table}");
+
+    let tested = operator(&running, &["endpoints", "test", &id]);
+    let text = String::from_utf8_lossy(&tested.stdout);
+    assert!(tested.status.success(), "{text}");
+    assert!(text.contains("succeeded: HTTP 200"), "{text}");
+
+    let disabled = operator_json(
+        &running,
+        &["endpoints", "disable", &id, "--reason", "maintenance"],
+    );
+    assert_eq!(disabled["endpoint"]["enabled"], false);
+    assert_eq!(disabled["endpoint"]["disabled_reason"], "maintenance");
+    let enabled = operator_json(&running, &["endpoints", "enable", &id]);
+    assert_eq!(enabled["endpoint"]["enabled"], true);
+
+    // A contact makes background jobs: the event's dispatch and its delivery.
+    let (status, body) = running
+        .upsert(&json!({"phone_number": "+4915112345678"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let jobs = operator_json(&running, &["outbox", "list"]);
+    let job = jobs["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.first())
+        .unwrap_or_else(|| panic!("jobs after an upsert: {jobs}"))
+        .clone();
+    let job_id = job["id"].as_str().expect("job id").to_owned();
+    let stats = operator_json(&running, &["outbox", "stats"]);
+    assert!(
+        stats["counts"]
+            .as_array()
+            .is_some_and(|counts| !counts.is_empty()),
+        "{stats}"
+    );
+    let stats_text = operator(&running, &["outbox", "stats"]);
+    let stats_text = String::from_utf8_lossy(&stats_text.stdout);
+    assert!(
+        stats_text.contains("COUNT") && stats_text.contains("Oldest due job"),
+        "{stats_text}"
+    );
+    let shown = operator_json(&running, &["outbox", "get", &job_id]);
+    assert_eq!(shown["job"]["id"], job_id.as_str());
+
+    // Only dead jobs are retried; no public call kills a job, so the test marks one dead.
+    let refused = operator_refused(&running, &["outbox", "retry", &job_id]);
+    assert!(refused.contains("FAILED_PRECONDITION"), "{refused}");
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            cluster_port(data.path())
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the private cluster");
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE outbox_jobs SET status = 'dead', last_error = 'gave up' WHERE id::text = $1",
+            &[&job_id],
+        )
+        .await
+        .expect("mark the job dead");
+    let dead = operator_json(&running, &["outbox", "list", "--status", "dead"]);
+    assert_eq!(dead["jobs"][0]["id"], job_id.as_str(), "{dead}");
+    let retried = operator_json(&running, &["outbox", "retry", &job_id]);
+    assert_eq!(retried["job"]["status"], "pending", "{retried}");
+    assert_eq!(retried["job"]["attempts"], 0);
+
+    let refused = operator_refused(&running, &["outbox", "list", "--status", "bogus"]);
+    assert!(
+        refused.contains("INVALID_ARGUMENT") && refused.contains("status: must be"),
+        "field violations are shown: {refused}"
+    );
+
+    let deleted = operator(&running, &["endpoints", "delete", &id]);
+    assert!(deleted.status.success());
+    let refused = operator_refused(&running, &["endpoints", "get", &id]);
+    assert!(refused.contains("NOT_FOUND"), "{refused}");
+
+    running.api_key = Some("not-a-key-of-this-server-0123456789abcdef".to_owned());
+    let refused = operator_refused(&running, &["endpoints", "list"]);
+    let line = refused
+        .lines()
+        .find(|line| line.starts_with("switchbord: "))
+        .unwrap_or_else(|| panic!("no error line: {refused}"));
+    assert!(line.contains("UNAUTHENTICATED"), "{line}");
+
+    assert!(running.terminate().success());
 }

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use phonenumber::country;
 
+use crate::access::validate_custom_key;
+
+/// Shortest accepted `SWITCHBORD_KEY_PEPPER`.
+pub const MIN_PEPPER_LEN: usize = 32;
+
 /// Settings of the gRPC core. Each field is a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoreConfig {
@@ -118,6 +123,92 @@ impl CoreConfig {
             shutdown_grace: Duration::from_secs(10),
             metrics_sample_interval: Duration::from_secs(15),
         }
+    }
+}
+
+/// A setting the core refuses at start, named by its environment variable and flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable} (--{flag}) {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub flag: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, flag: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            variable,
+            flag,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl CoreConfig {
+    /// The rules that parsing cannot check. `CoreServer::build` refuses to start on the first
+    /// problem; `switchbord check-config` reports them all.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems: Vec<ConfigError> = self.pepper().err().into_iter().collect();
+        if let Some(key) = &self.bootstrap_admin_key
+            && let Err(problem) = validate_custom_key(key.expose())
+        {
+            problems.push(ConfigError::new(
+                "SWITCHBORD_BOOTSTRAP_ADMIN_KEY",
+                "bootstrap-admin-key",
+                problem,
+            ));
+        }
+        if self.outbox_workers == 0 {
+            problems.push(ConfigError::new(
+                "SWITCHBORD_OUTBOX_WORKERS",
+                "outbox-workers",
+                "must be at least 1 (with 0 no job would ever run)",
+            ));
+        }
+        for (variable, flag, duration) in [
+            (
+                "SWITCHBORD_OUTBOX_POLL_INTERVAL",
+                "outbox-poll-interval",
+                self.outbox_poll_interval,
+            ),
+            (
+                "SWITCHBORD_WEBHOOK_TIMEOUT",
+                "webhook-timeout",
+                self.webhook_timeout,
+            ),
+            (
+                "SWITCHBORD_TWENTY_WEBHOOK_TOLERANCE",
+                "twenty-webhook-tolerance",
+                self.twenty_webhook_tolerance,
+            ),
+        ] {
+            if duration.is_zero() {
+                problems.push(ConfigError::new(variable, flag, "must be longer than 0s"));
+            }
+        }
+        problems
+    }
+
+    /// The first of [`CoreConfig::problems`], if any.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// The key pepper, when it is set and long enough.
+    pub fn pepper(&self) -> Result<&Secret, ConfigError> {
+        self.key_pepper
+            .as_ref()
+            .filter(|pepper| pepper.expose().len() >= MIN_PEPPER_LEN)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "SWITCHBORD_KEY_PEPPER",
+                    "key-pepper",
+                    format!(
+                        "must be set to at least {MIN_PEPPER_LEN} characters (the switchbord binary creates one in the data directory)"
+                    ),
+                )
+            })
     }
 }
 

@@ -25,7 +25,8 @@ use crate::access::{
     AccessGrpc, AuthLayer, Authenticator, Bootstrap, BootstrapError, KeyHasher, bootstrap_admin_key,
 };
 use crate::call_observer::CallObserverLayer;
-use crate::config::{CoreConfig, OnOff};
+pub use crate::config::MIN_PEPPER_LEN;
+use crate::config::{ConfigError, CoreConfig, OnOff};
 use crate::contacts::ContactsService;
 use crate::db::{self, MigrationError};
 use crate::emarsys::{CustomEventHandler, EmarsysAuth, EmarsysGrpc};
@@ -42,18 +43,14 @@ use crate::webhooks::{
     DeliverHandler, DeliveryPolicy, Sender, UrlPolicy, WebhookFanout, WebhooksGrpc,
 };
 
-/// Shortest accepted `SWITCHBORD_KEY_PEPPER`.
-pub const MIN_PEPPER_LEN: usize = 32;
 /// How often gathered API key last-used times are written.
 const LAST_USED_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why the core could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error(
-        "SWITCHBORD_KEY_PEPPER must be set to at least {MIN_PEPPER_LEN} characters (the switchbord binary creates one in the data directory)"
-    )]
-    Pepper,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Migrations(#[from] MigrationError),
     #[error("cannot build the database pool")]
@@ -118,11 +115,8 @@ impl CoreServer {
     /// none, and binds `config.grpc_addr` (port 0 picks a free port; see
     /// [`CoreServer::local_addr`]).
     pub async fn build(config: &CoreConfig, database_url: &str) -> Result<Self, StartupError> {
-        let pepper = config
-            .key_pepper
-            .as_ref()
-            .filter(|pepper| pepper.expose().len() >= MIN_PEPPER_LEN)
-            .ok_or(StartupError::Pepper)?;
+        config.validate()?;
+        let pepper = config.pepper()?;
         // Installs the metrics recorder before anything is recorded.
         switchbord_telemetry::prometheus();
         db::run_migrations(database_url).await?;
