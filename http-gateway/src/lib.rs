@@ -19,8 +19,10 @@ mod emarsys;
 mod family;
 mod flows;
 mod journeys;
+mod openapi;
 mod rate_limit;
 mod request_id;
+mod routes;
 mod server;
 mod time;
 mod twenty;
@@ -28,4 +30,5 @@ mod webhooks;
 
 pub use config::GatewayConfig;
 pub use request_id::RequestId;
-pub use server::{GatewayServer, GatewayStartupError};
+pub use routes::ServedRoute;
+pub use server::{GatewayServer, GatewayStartupError, served_routes};
