@@ -97,9 +97,12 @@ use crate::{admin, contacts, emarsys, flows, journeys, server, twenty, webhooks}
         schemas::AdminError,
     )),
     tags(
-        (name = "compat", description = "`/compat/*`: new integrations; errors in the compat shape."),
+        (name = "compat", description = "`/compat/*`: new integrations; errors in the compat shape. \
+            An operator migrating from Charles may accept calls without a key here \
+            (`SWITCHBORD_AUTH_LEGACY_PATHS=off`)."),
         (name = "legacy", description = "Charles' own paths, unchanged for existing upstreams; \
-            served with and without the trailing slash."),
+            served with and without the trailing slash. An operator migrating from Charles may \
+            accept calls without a key here (`SWITCHBORD_AUTH_LEGACY_PATHS=off`)."),
         (name = "integrations", description = "Inbound webhooks of Emarsys and Twenty."),
         (name = "outbox", description = "Operators: the transactional outbox's jobs."),
         (name = "flows", description = "Journey flows and the events that trigger them."),
