@@ -56,7 +56,7 @@ fn contact_fields(
     description = "Syncs the contact when a phone number or external reference id is present, stores \
         the event and enqueues its job. Authenticated by the shared secret (query parameter or JWT) \
         when `EMARSYS_WEBHOOK_SECRET` is set; no API key.",
-    security(("emarsys_secret" = []), ("emarsys_jwt" = [])),
+    security(("emarsys_secret" = []), ("emarsys_jwt" = []), ()),
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Deduplicates repeated deliveries (as `event_id` does)."),
     ),
