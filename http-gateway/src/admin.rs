@@ -14,6 +14,8 @@ use switchbord_api::v1::{
 use crate::call::CallContext;
 use crate::core_client::CoreClient;
 use crate::error::ApiError;
+use crate::openapi::responses::AdminErrors;
+use crate::openapi::schemas;
 use crate::time::rfc3339;
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +48,22 @@ fn job_json(job: OutboxJob) -> Json {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/outbox/jobs",
+    tag = "outbox",
+    summary = "Lists outbox jobs, newest first",
+    params(
+        ("status" = Option<String>, Query, description = "`pending`, `running`, `succeeded` or `dead`."),
+        ("kind" = Option<String>, Query, description = "Job kind, e.g. `journey.trigger`."),
+        ("page_size" = Option<i32>, Query, description = "Page size; the core caps it."),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::OutboxJobPage),
+        AdminErrors,
+    )
+)]
 pub async fn list_jobs(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -73,6 +91,19 @@ pub async fn list_jobs(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/outbox/jobs/{id}",
+    tag = "outbox",
+    summary = "Shows a job and the error of each failed attempt",
+    params(
+        ("id" = String, Path, description = "Id of the job."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::OutboxJobDetail),
+        AdminErrors,
+    )
+)]
 pub async fn get_job(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -97,6 +128,19 @@ pub async fn get_job(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/outbox/jobs/{id}/retry",
+    tag = "outbox",
+    summary = "Puts a dead job back in the queue with fresh attempts",
+    params(
+        ("id" = String, Path, description = "Id of the job."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::OutboxJobRetried),
+        AdminErrors,
+    )
+)]
 pub async fn retry_job(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -114,6 +158,16 @@ pub async fn retry_job(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/outbox/stats",
+    tag = "outbox",
+    summary = "Counts jobs per status and kind",
+    responses(
+        (status = 200, description = "OK.", body = schemas::OutboxStats),
+        AdminErrors,
+    )
+)]
 pub async fn stats(State(mut core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let stats = core

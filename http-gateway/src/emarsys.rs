@@ -20,6 +20,8 @@ use crate::core_client::CoreClient;
 use crate::decode::Decoder;
 use crate::error::ApiError;
 use crate::family::Family;
+use crate::openapi::responses::EmarsysErrors;
+use crate::openapi::schemas;
 
 #[derive(Debug, Deserialize)]
 pub struct SecretQuery {
@@ -46,6 +48,24 @@ fn contact_fields(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+    tag = "integrations",
+    summary = "Receives an Emarsys custom external event",
+    description = "Syncs the contact when a phone number or external reference id is present, stores \
+        the event and enqueues its job. Authenticated by the shared secret (query parameter or JWT) \
+        when `EMARSYS_WEBHOOK_SECRET` is set; no API key.",
+    security(("emarsys_secret" = []), ("emarsys_jwt" = []), ()),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Deduplicates repeated deliveries (as `event_id` does)."),
+    ),
+    request_body(content = schemas::EmarsysEvent, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "Accepted (also a repeated delivery).", body = schemas::EmarsysEventAccepted),
+        EmarsysErrors,
+    )
+)]
 pub async fn ingest(
     State(mut core): State<CoreClient>,
     context: CallContext,

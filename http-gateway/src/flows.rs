@@ -18,6 +18,8 @@ use crate::call::CallContext;
 use crate::core_client::CoreClient;
 use crate::decode::Decoder;
 use crate::error::ApiError;
+use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors};
+use crate::openapi::schemas;
 use crate::time::rfc3339;
 
 fn flow_json(flow: Flow) -> Json {
@@ -133,6 +135,16 @@ fn decode_rule(event_name: String, mut body: Map<String, Json>) -> Result<EventR
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/flows",
+    tag = "flows",
+    summary = "Lists flows",
+    responses(
+        (status = 200, description = "OK.", body = schemas::FlowList),
+        AdminErrors,
+    )
+)]
 pub async fn list_flows(State(mut core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let flows = core
@@ -147,6 +159,19 @@ pub async fn list_flows(State(mut core): State<CoreClient>, context: CallContext
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/flows/{id}",
+    tag = "flows",
+    summary = "Shows a flow",
+    params(
+        ("id" = String, Path, description = "Id of the flow."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::Flow),
+        AdminErrors,
+    )
+)]
 pub async fn get_flow(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -165,6 +190,20 @@ pub async fn get_flow(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/admin/flows/{id}",
+    tag = "flows",
+    summary = "Creates or replaces a flow",
+    params(
+        ("id" = String, Path, description = "Id of the flow."),
+    ),
+    request_body(content = schemas::FlowInput, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "The stored flow.", body = schemas::Flow),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn put_flow(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -185,6 +224,19 @@ pub async fn put_flow(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/flows/{id}",
+    tag = "flows",
+    summary = "Deletes a flow",
+    params(
+        ("id" = String, Path, description = "Id of the flow."),
+    ),
+    responses(
+        (status = 200, description = "Deleted.", body = schemas::Empty),
+        AdminErrors,
+    )
+)]
 pub async fn delete_flow(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -200,6 +252,16 @@ pub async fn delete_flow(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/event-rules",
+    tag = "event-rules",
+    summary = "Lists event rules",
+    responses(
+        (status = 200, description = "OK.", body = schemas::EventRuleList),
+        AdminErrors,
+    )
+)]
 pub async fn list_rules(State(mut core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let rules = core
@@ -214,6 +276,19 @@ pub async fn list_rules(State(mut core): State<CoreClient>, context: CallContext
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/event-rules/{event_name}",
+    tag = "event-rules",
+    summary = "Shows an event rule",
+    params(
+        ("event_name" = String, Path, description = "The event name the rule applies to."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::EventRule),
+        AdminErrors,
+    )
+)]
 pub async fn get_rule(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -232,6 +307,20 @@ pub async fn get_rule(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/admin/event-rules/{event_name}",
+    tag = "event-rules",
+    summary = "Creates or replaces an event rule",
+    params(
+        ("event_name" = String, Path, description = "The event name the rule applies to."),
+    ),
+    request_body(content = schemas::EventRuleInput, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "The stored rule.", body = schemas::EventRule),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn put_rule(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -252,6 +341,19 @@ pub async fn put_rule(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/event-rules/{event_name}",
+    tag = "event-rules",
+    summary = "Deletes an event rule",
+    params(
+        ("event_name" = String, Path, description = "The event name the rule applies to."),
+    ),
+    responses(
+        (status = 200, description = "Deleted.", body = schemas::Empty),
+        AdminErrors,
+    )
+)]
 pub async fn delete_rule(
     State(mut core): State<CoreClient>,
     context: CallContext,

@@ -19,9 +19,11 @@ mod emarsys;
 mod family;
 mod flows;
 mod journeys;
+mod openapi;
 mod operations;
 mod rate_limit;
 mod request_id;
+mod routes;
 mod server;
 mod time;
 mod twenty;
@@ -29,4 +31,5 @@ mod webhooks;
 
 pub use config::GatewayConfig;
 pub use request_id::RequestId;
-pub use server::{GatewayServer, GatewayStartupError};
+pub use routes::ServedRoute;
+pub use server::{GatewayServer, GatewayStartupError, served_routes};

@@ -10,23 +10,53 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 use switchbord_telemetry as telemetry;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+use utoipa::ToSchema;
 
 use crate::core_client::CoreClient;
 
 /// How long `/readyz` waits for the core before calling it not ready.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `GET /healthz`: the process is up and serving HTTP.
+/// The answer of `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(example = "not_ready")]
+    status: &'static str,
+    /// Why not, when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "the core is not serving: its database is unreachable or not migrated")]
+    reason: Option<String>,
+}
+
+/// Liveness: the gateway process answers. Says nothing about the core or the database.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The gateway is up.", body = String, content_type = "text/plain", example = "ok"))
+)]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the core answers that it serves (database reachable, migrations
-/// applied), 503 with the reason otherwise.
+/// Readiness: 200 when the core answers that it serves (its database is reachable and every
+/// migration is applied), 503 with the reason otherwise.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The core serves: database reachable, migrations applied.", body = Readiness, example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready; `reason` says why.", body = Readiness),
+    )
+)]
 pub async fn readyz(State(core): State<CoreClient>) -> Response {
     let mut health = core.health.clone();
     let asked = tokio::time::timeout(
@@ -39,7 +69,10 @@ pub async fn readyz(State(core): State<CoreClient>) -> Response {
     let not_ready = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not_ready", "reason": reason})),
+            axum::Json(Readiness {
+                status: "not_ready",
+                reason: Some(reason),
+            }),
         )
             .into_response()
     };
@@ -50,7 +83,11 @@ pub async fn readyz(State(core): State<CoreClient>) -> Response {
         )),
         Ok(Err(status)) => not_ready(format!("the core is unreachable: {}", status.message())),
         Ok(Ok(answer)) if answer.get_ref().status() == ServingStatus::Serving => {
-            axum::Json(json!({"status": "ready"})).into_response()
+            axum::Json(Readiness {
+                status: "ready",
+                reason: None,
+            })
+            .into_response()
         }
         Ok(Ok(_)) => not_ready(
             "the core is not serving: its database is unreachable or not migrated".to_owned(),
@@ -58,7 +95,15 @@ pub async fn readyz(State(core): State<CoreClient>) -> Response {
     }
 }
 
-/// `GET /metrics`: every metric of this process in the Prometheus text format.
+/// Every metric of this process in the Prometheus text format (docs/operations.md).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain; version=0.0.4",
+        example = "switchbord_http_requests_total{method=\"POST\",route=\"/compat/contact\",status=\"200\"} 42"))
+)]
 pub async fn metrics() -> Response {
     (
         [(

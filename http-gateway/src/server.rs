@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::routing::{get, post, put};
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -17,7 +16,8 @@ use crate::core_client::CoreClient;
 use crate::family::{Family, render_rejections};
 use crate::rate_limit;
 use crate::request_id::assign_request_id;
-use crate::{admin, contacts, emarsys, flows, journeys, operations, twenty, webhooks};
+use crate::routes::{RouteTable, ServedRoute, get, post, put};
+use crate::{admin, contacts, emarsys, flows, journeys, openapi, operations, twenty, webhooks};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,27 +93,49 @@ impl GatewayServer {
     }
 }
 
-/// Every route of the gateway. Legacy paths are served with and without their trailing slash,
-/// because a redirect would turn an upstream's POST into a GET.
+/// Every (method, path) the gateway serves, for checking the OpenAPI document against.
+pub fn served_routes() -> Vec<ServedRoute> {
+    let config = GatewayConfig::with_addr(SocketAddr::from(([127, 0, 0, 1], 0)));
+    routes(&config).served()
+}
+
 fn router(config: &GatewayConfig, core: CoreClient) -> Router {
+    routes(config)
+        .into_router()
+        .route_layer(from_fn(operations::track_requests))
+        .with_state(core)
+        .layer(from_fn_with_state(
+            Arc::<[IpNet]>::from(config.trusted_proxies.as_slice()),
+            assign_client_ip,
+        ))
+        .layer(from_fn(assign_request_id))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Every route of the gateway. Legacy paths are served with and without their trailing slash,
+/// because a redirect would turn an upstream's POST into a GET. Each route needs an entry in the
+/// OpenAPI document (docs/openapi.md), which a test checks.
+fn routes(config: &GatewayConfig) -> RouteTable {
     let limiter = rate_limit::layer(config);
-    let family_routes = |family: Family, routes: Router<CoreClient>| {
-        let routes = match &limiter {
-            Some(limiter) => routes.layer(limiter.clone()),
-            None => routes,
-        };
-        routes.layer(from_fn_with_state(family, render_rejections))
+    let family_routes = |family: Family, routes: RouteTable| {
+        routes.map_router(|routes| {
+            let routes = match &limiter {
+                Some(limiter) => routes.layer(limiter.clone()),
+                None => routes,
+            };
+            routes.layer(from_fn_with_state(family, render_rejections))
+        })
     };
 
     const REST_TRIGGER: &str = "/webhooks/v0/rest-trigger/organization/{org}/flow/{flow}/trigger";
-    let compat = Router::new()
+    let compat = RouteTable::new()
         .route("/compat/contact", post(contacts::upsert_contact_compat))
         .route("/compat/contact/", post(contacts::upsert_contact_compat))
         .route(
             "/compat/journey-trigger/{*legacy_path}",
             post(journeys::trigger_compat),
         );
-    let legacy = Router::new()
+    let legacy = RouteTable::new()
         .route("/api/v1beta/contact/", put(contacts::upsert_contact_legacy))
         .route("/api/v1beta/contact", put(contacts::upsert_contact_legacy))
         .route(REST_TRIGGER, post(journeys::trigger_rest))
@@ -127,7 +149,7 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
             post(journeys::trigger_rest_with_id),
         );
 
-    let admin = Router::new()
+    let admin = RouteTable::new()
         .route("/api/v1/admin/outbox/jobs", get(admin::list_jobs))
         .route("/api/v1/admin/outbox/jobs/{id}", get(admin::get_job))
         .route(
@@ -150,7 +172,7 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
                 .delete(flows::delete_rule),
         );
 
-    let webhook_routes = Router::new()
+    let webhook_routes = RouteTable::new()
         .route(
             "/api/v1/webhooks/endpoints",
             get(webhooks::list_endpoints).post(webhooks::create_endpoint),
@@ -203,7 +225,7 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
         );
 
     const TWENTY: &str = "/api/v1/integrations/twenty";
-    let twenty_routes = Router::new()
+    let twenty_routes = RouteTable::new()
         .route(
             &format!("{TWENTY}/connection"),
             get(twenty::get_connection)
@@ -229,28 +251,31 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
 
     const EMARSYS: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
     const TWENTY_WEBHOOK: &str = "/api/v0/webhooks/incoming/twenty";
-    let integrations = Router::new()
+    let integrations = RouteTable::new()
         .route(EMARSYS, post(emarsys::ingest))
         .route(&format!("{EMARSYS}/"), post(emarsys::ingest))
         .route(TWENTY_WEBHOOK, post(twenty::incoming))
         .route(&format!("{TWENTY_WEBHOOK}/"), post(twenty::incoming));
 
-    Router::new()
+    RouteTable::new()
         .merge(admin)
         .merge(webhook_routes)
         .merge(twenty_routes)
         .merge(integrations)
         .merge(family_routes(Family::Compat, compat))
         .merge(family_routes(Family::Legacy, legacy))
+        .merge(operational_routes())
+}
+
+/// Routes for operators and tooling rather than API clients: no family, no rate limit, and no
+/// API key.
+fn operational_routes() -> RouteTable {
+    RouteTable::new()
         .route("/healthz", get(operations::healthz))
         .route("/readyz", get(operations::readyz))
         .route("/metrics", get(operations::metrics))
-        .route_layer(from_fn(operations::track_requests))
-        .with_state(core)
-        .layer(from_fn_with_state(
-            Arc::<[IpNet]>::from(config.trusted_proxies.as_slice()),
-            assign_client_ip,
-        ))
-        .layer(from_fn(assign_request_id))
-        .layer(TraceLayer::new_for_http())
+        .route("/openapi.json", get(openapi::get_openapi))
+        .route("/docs", get(openapi::docs_redirect))
+        .route("/docs/", get(openapi::docs_index))
+        .route("/docs/{*asset}", get(openapi::docs_asset))
 }

@@ -17,6 +17,8 @@ use crate::call::CallContext;
 use crate::core_client::CoreClient;
 use crate::decode::Decoder;
 use crate::error::ApiError;
+use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors, TwentyWebhookErrors};
+use crate::openapi::schemas;
 use crate::time::rfc3339;
 
 fn connection_json(connection: Option<TwentyConnection>) -> Json {
@@ -140,6 +142,17 @@ async fn optional_object(body: Body) -> Result<Map<String, Json>, ApiError> {
     read_json_object(Body::from(bytes)).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/integrations/twenty/connection",
+    tag = "twenty",
+    summary = "Sets the Twenty connection",
+    request_body(content = schemas::TwentyConnectionInput, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "The stored connection.", body = schemas::TwentyConnection),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn set_connection(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -165,6 +178,16 @@ pub async fn set_connection(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/integrations/twenty/connection",
+    tag = "twenty",
+    summary = "Shows the Twenty connection",
+    responses(
+        (status = 200, description = "The connection, or `null` when none is set.", body = schemas::TwentyConnection),
+        AdminErrors,
+    )
+)]
 pub async fn get_connection(State(mut core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let found = core
@@ -178,6 +201,16 @@ pub async fn get_connection(State(mut core): State<CoreClient>, context: CallCon
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/integrations/twenty/connection",
+    tag = "twenty",
+    summary = "Removes the Twenty connection",
+    responses(
+        (status = 200, description = "Removed.", body = schemas::Empty),
+        AdminErrors,
+    )
+)]
 pub async fn delete_connection(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -192,6 +225,16 @@ pub async fn delete_connection(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/integrations/twenty/connection/test",
+    tag = "twenty",
+    summary = "Calls Twenty with the stored connection",
+    responses(
+        (status = 200, description = "OK.", body = schemas::TwentyConnectionTest),
+        AdminErrors,
+    )
+)]
 pub async fn test_connection(State(mut core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let tested = core
@@ -210,6 +253,16 @@ pub async fn test_connection(State(mut core): State<CoreClient>, context: CallCo
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/integrations/twenty/mapping",
+    tag = "twenty",
+    summary = "Shows the field mapping",
+    responses(
+        (status = 200, description = "OK.", body = schemas::FieldMapping),
+        AdminErrors,
+    )
+)]
 pub async fn get_mapping(State(mut core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let mapping = core
@@ -257,6 +310,17 @@ fn mapping_entry(index: usize, value: Json) -> Result<FieldMappingEntry, ApiErro
     })
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/integrations/twenty/mapping",
+    tag = "twenty",
+    summary = "Changes the field mapping",
+    request_body(content = schemas::FieldMappingUpdate, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "The whole mapping after the change.", body = schemas::FieldMapping),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn update_mapping(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -294,6 +358,16 @@ pub async fn update_mapping(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/integrations/twenty/sync/health",
+    tag = "twenty",
+    summary = "Counts contacts by sync status; shows the backfill",
+    responses(
+        (status = 200, description = "OK.", body = schemas::SyncHealth),
+        AdminErrors,
+    )
+)]
 pub async fn sync_health(State(mut core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let health = core
@@ -316,6 +390,19 @@ pub async fn sync_health(State(mut core): State<CoreClient>, context: CallContex
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/integrations/twenty/sync/contacts/{contact_id}",
+    tag = "twenty",
+    summary = "Shows one contact's sync status",
+    params(
+        ("contact_id" = String, Path, description = "Id of the contact."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::ContactSync),
+        AdminErrors,
+    )
+)]
 pub async fn contact_sync(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -341,6 +428,20 @@ pub struct PageQuery {
     page_token: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/integrations/twenty/sync/failed",
+    tag = "twenty",
+    summary = "Lists contacts whose sync failed",
+    params(
+        ("page_size" = Option<i32>, Query, description = "Page size; the core caps it."),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::ContactSyncPage),
+        AdminErrors,
+    )
+)]
 pub async fn failed_syncs(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -366,6 +467,17 @@ pub async fn failed_syncs(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/integrations/twenty/sync/retry",
+    tag = "twenty",
+    summary = "Retries failed syncs",
+    request_body(content = Option<schemas::SyncRetry>, description = "Optional; an empty body is read as `{}`."),
+    responses(
+        (status = 200, description = "OK.", body = schemas::SyncsRetried),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn retry_syncs(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -387,6 +499,17 @@ pub async fn retry_syncs(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/integrations/twenty/backfill",
+    tag = "twenty",
+    summary = "Starts or resumes linking Twenty's people to contacts",
+    request_body(content = Option<schemas::BackfillStart>, description = "Optional; an empty body is read as `{}`."),
+    responses(
+        (status = 200, description = "The backfill's progress.", body = schemas::Backfill),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn start_backfill(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -410,6 +533,26 @@ pub async fn start_backfill(
 }
 
 /// Twenty's webhook: the raw body and its signature headers go to the core unchanged.
+#[utoipa::path(
+    post,
+    path = "/api/v0/webhooks/incoming/twenty",
+    tag = "integrations",
+    summary = "Receives Twenty's person webhooks",
+    description = "Verifies the signature over the raw body, then applies created, updated and \
+        deleted people to their contacts through the field mapping. No API key: Twenty's signature \
+        authenticates the call.",
+    security(()),
+    params(
+        ("X-Twenty-Webhook-Signature" = String, Header, description = "HMAC-SHA256 of `timestamp:body` with the webhook secret, hex."),
+        ("X-Twenty-Webhook-Timestamp" = String, Header, description = "Milliseconds since the epoch; must be recent."),
+        ("X-Twenty-Webhook-Nonce" = Option<String>, Header, description = "Rejected when seen before."),
+    ),
+    request_body(content = schemas::TwentyWebhook, description = "Passed to the core byte for byte."),
+    responses(
+        (status = 200, description = "What happened to each record.", body = schemas::TwentyWebhookReceived),
+        TwentyWebhookErrors,
+    )
+)]
 pub async fn incoming(
     State(mut core): State<CoreClient>,
     context: CallContext,

@@ -18,6 +18,8 @@ use crate::call::CallContext;
 use crate::core_client::CoreClient;
 use crate::decode::Decoder;
 use crate::error::ApiError;
+use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors};
+use crate::openapi::schemas;
 use crate::time::rfc3339;
 
 fn health_name(health: EndpointHealth) -> &'static str {
@@ -125,6 +127,17 @@ fn timestamp_field(field: &str, raw: &str) -> Result<prost_types::Timestamp, Api
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/endpoints",
+    tag = "webhooks",
+    summary = "Creates an endpoint",
+    request_body(content = schemas::EndpointCreate, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "The endpoint and its signing secret.", body = schemas::EndpointCreated),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn create_endpoint(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -157,6 +170,16 @@ pub async fn create_endpoint(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/endpoints",
+    tag = "webhooks",
+    summary = "Lists endpoints",
+    responses(
+        (status = 200, description = "OK.", body = schemas::EndpointList),
+        AdminErrors,
+    )
+)]
 pub async fn list_endpoints(State(mut core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let listed = core.webhooks.list_endpoints(context.grpc_request(ListEndpointsRequest {})).await?.into_inner();
@@ -166,6 +189,19 @@ pub async fn list_endpoints(State(mut core): State<CoreClient>, context: CallCon
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/endpoints/{id}",
+    tag = "webhooks",
+    summary = "Shows an endpoint with its health",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::Endpoint),
+        AdminErrors,
+    )
+)]
 pub async fn get_endpoint(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -183,6 +219,20 @@ pub async fn get_endpoint(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/webhooks/endpoints/{id}",
+    tag = "webhooks",
+    summary = "Changes an endpoint",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    request_body(content = schemas::EndpointUpdate, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "The changed endpoint.", body = schemas::Endpoint),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn update_endpoint(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -216,6 +266,19 @@ pub async fn update_endpoint(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/webhooks/endpoints/{id}",
+    tag = "webhooks",
+    summary = "Deletes an endpoint",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    responses(
+        (status = 200, description = "Deleted.", body = schemas::Empty),
+        AdminErrors,
+    )
+)]
 pub async fn delete_endpoint(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -231,6 +294,19 @@ pub async fn delete_endpoint(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/endpoints/{id}/enable",
+    tag = "webhooks",
+    summary = "Enables an endpoint",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::Endpoint),
+        AdminErrors,
+    )
+)]
 pub async fn enable_endpoint(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -259,6 +335,20 @@ async fn optional_object(body: Body) -> Result<Map<String, Json>, ApiError> {
     read_json_object(Body::from(bytes)).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/endpoints/{id}/disable",
+    tag = "webhooks",
+    summary = "Disables an endpoint; events meanwhile are kept as skipped deliveries",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    request_body(content = Option<schemas::EndpointDisable>, description = "Optional; an empty body is read as `{}`."),
+    responses(
+        (status = 200, description = "OK.", body = schemas::Endpoint),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn disable_endpoint(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -281,6 +371,20 @@ pub async fn disable_endpoint(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/endpoints/{id}/rotate-secret",
+    tag = "webhooks",
+    summary = "Rotates the signing secret; the old one keeps signing for 24 h",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    request_body(content = Option<schemas::SecretRotation>, description = "Optional; an empty body is read as `{}`."),
+    responses(
+        (status = 200, description = "The new secret.", body = schemas::EndpointSecret),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn rotate_secret(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -303,6 +407,19 @@ pub async fn rotate_secret(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/endpoints/{id}/secret",
+    tag = "webhooks",
+    summary = "Shows the signing secret",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::EndpointSecret),
+        AdminErrors,
+    )
+)]
 pub async fn get_secret(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -320,6 +437,19 @@ pub async fn get_secret(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/endpoints/{id}/test",
+    tag = "webhooks",
+    summary = "Delivers a webhook.test event now",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    responses(
+        (status = 200, description = "The attempt's outcome.", body = schemas::TestEventSent),
+        AdminErrors,
+    )
+)]
 pub async fn send_test(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -337,6 +467,20 @@ pub async fn send_test(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/endpoints/{id}/recover",
+    tag = "webhooks",
+    summary = "Sends again every failed or skipped delivery since a time",
+    params(
+        ("id" = String, Path, description = "Id of the endpoint."),
+    ),
+    request_body(content = schemas::Recovery, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "How many deliveries were queued again.", body = schemas::Recovered),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn recover(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -363,6 +507,16 @@ pub async fn recover(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/event-types",
+    tag = "webhooks",
+    summary = "Lists event types, built in and registered",
+    responses(
+        (status = 200, description = "OK.", body = schemas::EventTypeList),
+        AdminErrors,
+    )
+)]
 pub async fn list_event_types(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -392,6 +546,17 @@ pub async fn list_event_types(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/event-types",
+    tag = "webhooks",
+    summary = "Registers an event type",
+    request_body(content = schemas::EventTypeRegistration, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "Registered.", body = schemas::Empty),
+        AdminErrors, AdminBodyTooLarge,
+    )
+)]
 pub async fn register_event_type(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -432,6 +597,25 @@ pub struct DeliveryFilter {
     page_token: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/deliveries",
+    tag = "webhooks",
+    summary = "Lists deliveries, newest first",
+    params(
+        ("endpoint_id" = Option<String>, Query, description = "Only this endpoint's."),
+        ("event_type" = Option<String>, Query, description = "Only this event type."),
+        ("status" = Option<String>, Query, description = "Only this status."),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339; created at or after."),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339; created before."),
+        ("page_size" = Option<i32>, Query, description = "Page size; the core caps it."),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::DeliveryPage),
+        AdminErrors,
+    )
+)]
 pub async fn list_deliveries(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -471,6 +655,19 @@ pub async fn list_deliveries(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/deliveries/{id}/attempts",
+    tag = "webhooks",
+    summary = "Lists a delivery's attempts",
+    params(
+        ("id" = String, Path, description = "Id of the delivery."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::AttemptList),
+        AdminErrors,
+    )
+)]
 pub async fn list_attempts(
     State(mut core): State<CoreClient>,
     context: CallContext,
@@ -490,6 +687,19 @@ pub async fn list_attempts(
     context.admin_response(result)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/deliveries/{id}/retry",
+    tag = "webhooks",
+    summary = "Sends a failed or skipped delivery again",
+    params(
+        ("id" = String, Path, description = "Id of the delivery."),
+    ),
+    responses(
+        (status = 200, description = "OK.", body = schemas::Delivery),
+        AdminErrors,
+    )
+)]
 pub async fn retry_delivery(
     State(mut core): State<CoreClient>,
     context: CallContext,

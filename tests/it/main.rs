@@ -17,6 +17,7 @@ mod grpc_api;
 mod http_rules;
 mod journeys;
 mod malformed_input;
+mod openapi;
 mod operations;
 mod outbox;
 mod rate_limit;

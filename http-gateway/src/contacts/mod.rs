@@ -13,7 +13,20 @@ use crate::call::CallContext;
 use crate::core_client::CoreClient;
 use crate::error::ApiError;
 use crate::family::Family;
+use crate::openapi::responses::{CompatErrors, LegacyErrors};
+use crate::openapi::schemas;
 
+/// Creates or updates a contact, found by phone number, else by external reference id.
+#[utoipa::path(
+    post,
+    path = "/compat/contact",
+    tag = "compat",
+    request_body(content = schemas::ContactUpsert, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "The contact, created or updated.", body = schemas::CompatContactUpserted),
+        CompatErrors,
+    )
+)]
 pub async fn upsert_contact_compat(
     State(core): State<CoreClient>,
     context: CallContext,
@@ -22,6 +35,17 @@ pub async fn upsert_contact_compat(
     upsert_contact(core, context, body, Family::Compat).await
 }
 
+/// Charles' contact upsert: the compat behaviour with Charles' `status` and `message` fields.
+#[utoipa::path(
+    put,
+    path = "/api/v1beta/contact/",
+    tag = "legacy",
+    request_body(content = schemas::ContactUpsert, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "The contact, created or updated.", body = schemas::LegacyContactUpserted),
+        LegacyErrors,
+    )
+)]
 pub async fn upsert_contact_legacy(
     State(core): State<CoreClient>,
     context: CallContext,

@@ -16,7 +16,25 @@ use crate::core_client::CoreClient;
 use crate::decode::Decoder;
 use crate::error::ApiError;
 use crate::family::Family;
+use crate::openapi::responses::{CompatErrors, LegacyErrors};
+use crate::openapi::schemas;
 
+/// Triggers the journey named by the path; a repeat within the deduplication window (24 h by
+/// default) enqueues nothing and answers with the first trigger's ids.
+#[utoipa::path(
+    post,
+    path = "/compat/journey-trigger/{legacy_path}",
+    tag = "compat",
+    params(
+        ("legacy_path" = String, Path, description = "Every path segment after `/compat/journey-trigger/` (slashes included); identifies the journey."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Used as the deduplication key instead of the route, trigger id and phone number."),
+    ),
+    request_body(content = schemas::JourneyTrigger, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "Queued, or a duplicate of an earlier trigger.", body = schemas::JourneyTriggered),
+        CompatErrors,
+    )
+)]
 pub async fn trigger_compat(
     State(core): State<CoreClient>,
     Path(legacy_path): Path<String>,
@@ -28,6 +46,22 @@ pub async fn trigger_compat(
     trigger(core, context, &headers, body, route, Family::Compat).await
 }
 
+/// Charles' REST trigger of a flow.
+#[utoipa::path(
+    post,
+    path = "/webhooks/v0/rest-trigger/organization/{org}/flow/{flow}/trigger/",
+    tag = "legacy",
+    params(
+        ("org" = String, Path, description = "Organization, forwarded into the job payload."),
+        ("flow" = String, Path, description = "Flow, forwarded into the job payload."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Used as the deduplication key instead of the route, trigger id and phone number."),
+    ),
+    request_body(content = schemas::JourneyTrigger, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "Queued, or a duplicate of an earlier trigger.", body = schemas::JourneyTriggered),
+        LegacyErrors,
+    )
+)]
 pub async fn trigger_rest(
     State(core): State<CoreClient>,
     Path((organization, flow)): Path<(String, String)>,
@@ -43,6 +77,24 @@ pub async fn trigger_rest(
     trigger(core, context, &headers, body, route, Family::Legacy).await
 }
 
+/// Charles' REST trigger of a flow, with the trigger id in the path (it takes precedence over
+/// the body's in the deduplication key).
+#[utoipa::path(
+    post,
+    path = "/webhooks/v0/rest-trigger/organization/{org}/flow/{flow}/trigger/{trigger_id}/",
+    tag = "legacy",
+    params(
+        ("org" = String, Path, description = "Organization, forwarded into the job payload."),
+        ("flow" = String, Path, description = "Flow, forwarded into the job payload."),
+        ("trigger_id" = String, Path, description = "Trigger id, part of the deduplication key."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Used as the deduplication key instead of the route, trigger id and phone number."),
+    ),
+    request_body(content = schemas::JourneyTrigger, description = "JSON; any content type is read as JSON."),
+    responses(
+        (status = 200, description = "Queued, or a duplicate of an earlier trigger.", body = schemas::JourneyTriggered),
+        LegacyErrors,
+    )
+)]
 pub async fn trigger_rest_with_id(
     State(core): State<CoreClient>,
     Path((organization, flow, trigger_id)): Path<(String, String, String)>,
