@@ -85,6 +85,8 @@ pub struct CoreServer {
     database_url: String,
     worker_config: WorkerConfig,
     metrics_sample_interval: Duration,
+    /// The outbox workers' own pool (asynchronous commit; see [`db::build_job_pool`]).
+    job_pool: db::DbPool,
 }
 
 /// The job kinds this build runs, each registered by the feature that owns it, and the
@@ -121,6 +123,7 @@ impl CoreServer {
         switchbord_telemetry::prometheus();
         db::run_migrations(database_url).await?;
         let pool = db::build_pool(database_url, config.db_pool_size)?;
+        let job_pool = db::build_job_pool(database_url, config.db_pool_size)?;
         let hasher = KeyHasher::new(pepper.expose().as_bytes().to_vec());
         let bootstrap = bootstrap_admin_key(
             &pool,
@@ -183,6 +186,7 @@ impl CoreServer {
             database_url: database_url.to_owned(),
             worker_config,
             metrics_sample_interval: config.metrics_sample_interval,
+            job_pool,
         })
     }
 
@@ -218,7 +222,7 @@ impl CoreServer {
             }
         };
         let worker = Worker::new(
-            self.state.pool.clone(),
+            self.job_pool.clone(),
             &self.database_url,
             job_registry(
                 self.sender.clone(),

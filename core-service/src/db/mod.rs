@@ -6,8 +6,8 @@ mod migrate;
 pub use error::DbError;
 pub use migrate::{MigrationError, embedded_versions, run_migrations};
 
-use diesel_async::AsyncPgConnection;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_async::pooled_connection::deadpool::{self, Pool};
 
 /// The one pool of the process.
@@ -19,6 +19,36 @@ pub type DbConnection = deadpool::Object<AsyncPgConnection>;
 /// Builds the pool. Connections are opened lazily, on first use.
 pub fn build_pool(database_url: &str, max_size: usize) -> Result<DbPool, deadpool::BuildError> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    Pool::builder(manager).max_size(max_size.max(1)).build()
+}
+
+/// Builds the outbox workers' pool, whose commits do not wait for the WAL flush
+/// (`synchronous_commit = off`).
+///
+/// Why this is safe: a job only processes work that an API call already committed durably,
+/// and PostgreSQL loses at most a suffix of asynchronously committed transactions in a crash.
+/// A job's effects are committed before its outcome, so a lost outcome means the job runs
+/// again, which at-least-once delivery allows anyway; a surviving outcome implies surviving
+/// effects. What it buys: workers stop waiting on fsync for every attempt record and every
+/// finished job, and their load no longer competes with API calls for one pool.
+pub fn build_job_pool(
+    database_url: &str,
+    max_size: usize,
+) -> Result<DbPool, deadpool::BuildError> {
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.custom_setup = Box::new(|url| {
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut connection = AsyncPgConnection::establish(&url).await?;
+            diesel::sql_query("SET synchronous_commit = off")
+                .execute(&mut connection)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(connection)
+        })
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     Pool::builder(manager).max_size(max_size.max(1)).build()
 }
 
