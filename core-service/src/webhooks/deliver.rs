@@ -301,22 +301,28 @@ pub async fn record_attempt(
     now: DateTime<Utc>,
     retries: bool,
 ) -> QueryResult<Next> {
+    let attempt = delivery.attempts + 1;
+    let row = AttemptRow {
+        id: Uuid::now_v7(),
+        delivery_id: delivery.id,
+        endpoint_id: endpoint.id,
+        attempt,
+        attempted_at: now,
+        status_code: result.status_code.map(i32::from),
+        duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
+        response_excerpt: result.excerpt.clone(),
+        error: result.error.clone(),
+        succeeded: result.succeeded(),
+    };
+    if result.succeeded() && endpoint.failing_since.is_none() {
+        // The common case, a healthy endpoint answering 2xx, is one statement in one round
+        // trip: the attempt and the delivery's new state commit together without BEGIN/COMMIT.
+        return record_success(connection, &row).await.map(|()| Next::Done);
+    }
     connection
         .transaction(async |connection| {
-            let attempt = delivery.attempts + 1;
             diesel::insert_into(webhook_attempts::table)
-                .values(AttemptRow {
-                    id: Uuid::now_v7(),
-                    delivery_id: delivery.id,
-                    endpoint_id: endpoint.id,
-                    attempt,
-                    attempted_at: now,
-                    status_code: result.status_code.map(i32::from),
-                    duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
-                    response_excerpt: result.excerpt.clone(),
-                    error: result.error.clone(),
-                    succeeded: result.succeeded(),
-                })
+                .values(&row)
                 .execute(connection)
                 .await?;
 
@@ -383,6 +389,34 @@ pub async fn record_attempt(
             Ok(next)
         })
         .await
+}
+
+/// Stores a successful attempt and marks its delivery succeeded, in one statement.
+async fn record_success(connection: &mut AsyncPgConnection, row: &AttemptRow) -> QueryResult<()> {
+    use diesel::sql_types::{Bool, Int4, Int8, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    diesel::sql_query(
+        "WITH attempt AS (
+             INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, attempt, attempted_at,
+                 status_code, duration_ms, response_excerpt, error, succeeded)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)
+         )
+         UPDATE webhook_deliveries
+         SET status = 'succeeded', attempts = $4, last_status_code = $6, last_error = NULL,
+             updated_at = $5
+         WHERE id = $2",
+    )
+    .bind::<SqlUuid, _>(row.id)
+    .bind::<SqlUuid, _>(row.delivery_id)
+    .bind::<SqlUuid, _>(row.endpoint_id)
+    .bind::<Int4, _>(row.attempt)
+    .bind::<Timestamptz, _>(row.attempted_at)
+    .bind::<Nullable<Int4>, _>(row.status_code)
+    .bind::<Int8, _>(row.duration_ms)
+    .bind::<Text, _>(&row.response_excerpt)
+    .bind::<Bool, _>(row.succeeded)
+    .execute(connection)
+    .await
+    .map(drop)
 }
 
 /// Disables `endpoint` with `reason` and emits `webhook.endpoint_disabled`.
