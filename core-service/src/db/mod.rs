@@ -6,9 +6,9 @@ mod migrate;
 pub use error::DbError;
 pub use migrate::{MigrationError, embedded_versions, run_migrations};
 
+use diesel_async::pooled_connection::deadpool::{self, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use diesel_async::pooled_connection::deadpool::{self, Pool};
 
 /// The one pool of the process.
 pub type DbPool = Pool<AsyncPgConnection>;
@@ -31,10 +31,7 @@ pub fn build_pool(database_url: &str, max_size: usize) -> Result<DbPool, deadpoo
 /// again, which at-least-once delivery allows anyway; a surviving outcome implies surviving
 /// effects. What it buys: workers stop waiting on fsync for every attempt record and every
 /// finished job, and their load no longer competes with API calls for one pool.
-pub fn build_job_pool(
-    database_url: &str,
-    max_size: usize,
-) -> Result<DbPool, deadpool::BuildError> {
+pub fn build_job_pool(database_url: &str, max_size: usize) -> Result<DbPool, deadpool::BuildError> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.custom_setup = Box::new(|url| {
         let url = url.to_owned();

@@ -257,6 +257,32 @@ pub async fn finish(
         .await
 }
 
+/// Marks `jobs` succeeded, those of them that `owner` still holds, in one statement.
+pub async fn finish_succeeded(
+    connection: &mut AsyncPgConnection,
+    jobs: &[Uuid],
+    owner: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(
+        outbox_jobs::table
+            .filter(outbox_jobs::id.eq_any(jobs))
+            .filter(outbox_jobs::lease_owner.eq(owner))
+            .filter(outbox_jobs::status.eq("running")),
+    )
+    .set((
+        outbox_jobs::status.eq("succeeded"),
+        outbox_jobs::run_after.eq(now),
+        outbox_jobs::last_error.eq(None::<String>),
+        outbox_jobs::lease_owner.eq(None::<String>),
+        outbox_jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+        outbox_jobs::updated_at.eq(now),
+    ))
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
 /// Hands every job `owner` still holds back to the queue, not counting the interrupted attempt.
 pub async fn release(
     connection: &mut AsyncPgConnection,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
 use switchbord_telemetry as telemetry;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -90,6 +90,8 @@ impl Worker {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.database_url, wake.clone()));
         let permits = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
+        let (succeeded, finished) = mpsc::unbounded_channel();
+        let finisher = tokio::spawn(record_successes(inner.clone(), finished));
         let mut running = JoinSet::new();
         let mut backlog = false;
         tokio::pin!(shutdown);
@@ -104,7 +106,7 @@ impl Worker {
                             let Ok(permit) = permits.clone().try_acquire_owned() else {
                                 break;
                             };
-                            running.spawn(execute(inner.clone(), job, permit));
+                            running.spawn(execute(inner.clone(), job, permit, succeeded.clone()));
                         }
                         if backlog && permits.available_permits() > 0 {
                             continue;
@@ -134,7 +136,12 @@ impl Worker {
         .await;
         if drained.is_err() {
             running.abort_all();
+            while running.join_next().await.is_some() {}
         }
+        // Successes still waiting to be written go in before the release, which would
+        // otherwise hand those jobs back to run again.
+        drop(succeeded);
+        let _ = finisher.await;
         let now = inner.context.clock.now();
         match db::connection(&inner.context.pool).await {
             Ok(mut connection) => match store::release(&mut connection, &inner.owner, now).await {
@@ -160,7 +167,12 @@ async fn claim(inner: &Inner, limit: usize) -> Result<Vec<ClaimedJob>, db::DbErr
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job.id, kind = %job.kind, attempt = job.attempts, request_id = ?job.request_id))]
-async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
+async fn execute(
+    inner: Arc<Inner>,
+    job: ClaimedJob,
+    _permit: OwnedSemaphorePermit,
+    succeeded: mpsc::UnboundedSender<Uuid>,
+) {
     let started = std::time::Instant::now();
     let result = match inner.registry.get(&job.kind) {
         None => Err(JobError::retry(format!(
@@ -209,6 +221,9 @@ async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePerm
         Outcome::RetryAt { at, error } => tracing::info!(%at, error, "outbox job failed; retrying"),
         Outcome::Dead { error } => tracing::warn!(error, "outbox job dead-lettered"),
     }
+    if outcome == Outcome::Succeeded && succeeded.send(job.id).is_ok() {
+        return;
+    }
     let recorded = async {
         let mut connection = db::connection(&inner.context.pool).await?;
         store::finish(&mut connection, &job, &inner.owner, now, &outcome)
@@ -221,6 +236,32 @@ async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePerm
             error = &error as &dyn std::error::Error,
             "cannot record the job outcome; its lease will expire and it will run again"
         );
+    }
+}
+
+/// Writes succeeded outcomes in batches: whatever finished while the previous batch was being
+/// written goes in the next one, so a busy worker spends one statement on many jobs and an
+/// idle one adds no delay. Ends when every sender is gone and the queue is written.
+async fn record_successes(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Uuid>) {
+    const MOST_PER_BATCH: usize = 512;
+    let mut batch = Vec::with_capacity(MOST_PER_BATCH);
+    while finished.recv_many(&mut batch, MOST_PER_BATCH).await > 0 {
+        let now = inner.context.clock.now();
+        let recorded = async {
+            let mut connection = db::connection(&inner.context.pool).await?;
+            store::finish_succeeded(&mut connection, &batch, &inner.owner, now)
+                .await
+                .map_err(db::DbError::from)
+        }
+        .await;
+        if let Err(error) = recorded {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                jobs = batch.len(),
+                "cannot record finished jobs; their leases will expire and they will run again"
+            );
+        }
+        batch.clear();
     }
 }
 
