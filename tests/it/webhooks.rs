@@ -968,6 +968,56 @@ async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_waiting_deliveries_of_a_hanging_endpoint_are_parked_not_polled() {
+    use switchbord_api::v1::event_service_client::EventServiceClient;
+    let app = TestApp::builder()
+        .webhook_timeout(Duration::from_millis(1500))
+        .spawn()
+        .await;
+    let hanging = Receiver::start().await;
+    hanging.answer(Answer {
+        delay: Duration::from_secs(30),
+        ..Answer::default()
+    });
+    create(&app, &hanging.url(), &["message.delivered"]).await;
+    let mut events = EventServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.user)),
+    );
+    for index in 0..30 {
+        events
+            .publish_event(PublishEventRequest {
+                r#type: "message.delivered".to_owned(),
+                data: json!({"n": index})
+                    .as_object()
+                    .cloned()
+                    .map(switchbord_api::json::struct_from_json),
+                source: "test".to_owned(),
+            })
+            .await
+            .expect("publish");
+    }
+
+    // Once the first attempts time out and mark the endpoint slow, its other deliveries wait
+    // out a park period together instead of being claimed and deferred every few milliseconds.
+    crate::helpers::eventually("the waiting deliveries are parked", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM outbox_jobs
+             WHERE kind = 'webhook.deliver' AND status = 'pending'
+               AND run_after > now() + interval '500 milliseconds'",
+        )
+        .await
+            >= 20
+    })
+    .await;
+    // Until the first timeout shows the endpoint is slow it has a healthy endpoint's 16 slots;
+    // after that, only its 2 slow slots try.
+    let attempts = count(&app, "SELECT count(*) FROM webhook_attempts").await;
+    assert!(attempts <= 18, "{attempts} attempts");
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     crate::helpers::count(&app.database, sql).await
 }

@@ -257,6 +257,27 @@ pub async fn finish(
         .await
 }
 
+/// Moves the pending jobs of `kind` whose payload has `key` = `value` to run no earlier than
+/// `until`: a handler's way to set aside every job waiting on the same busy resource at once.
+pub async fn postpone(
+    connection: &mut AsyncPgConnection,
+    kind: JobKind,
+    key: &str,
+    value: &str,
+    until: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE outbox_jobs SET run_after = $4
+         WHERE status = 'pending' AND kind = $1 AND payload ->> $2 = $3 AND run_after < $4",
+    )
+    .bind::<Text, _>(kind.name)
+    .bind::<Text, _>(key)
+    .bind::<Text, _>(value)
+    .bind::<Timestamptz, _>(until)
+    .execute(connection)
+    .await
+}
+
 /// Marks `jobs` succeeded, those of them that `owner` still holds, in one statement.
 pub async fn finish_succeeded(
     connection: &mut AsyncPgConnection,

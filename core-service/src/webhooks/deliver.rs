@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use switchbord_telemetry as telemetry;
 
 use chrono::{DateTime, Utc};
@@ -27,7 +27,9 @@ use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::{AttemptResult, Sender};
 use crate::db;
 use crate::events::{EventDraft, StoredEvent, record};
-use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
+use crate::outbox::{
+    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
+};
 use crate::schema::{events, webhook_attempts, webhook_deliveries, webhook_endpoints};
 
 pub const DELIVER_JOB: JobKind = JobKind {
@@ -35,6 +37,16 @@ pub const DELIVER_JOB: JobKind = JobKind {
     // The handler follows the delivery schedule and ends the job itself; this is a backstop.
     max_attempts: 100,
 };
+
+/// The job that makes one attempt of `delivery`. The endpoint travels along so that the jobs
+/// of a saturated slow endpoint can be parked together (see [`DeliverHandler`]).
+pub fn deliver_job(delivery: Uuid, endpoint: Uuid) -> NewJob {
+    NewJob::new(
+        DELIVER_JOB,
+        json!({"delivery_id": delivery, "endpoint_id": endpoint}),
+        None,
+    )
+}
 
 /// Delivery policy, from configuration.
 #[derive(Debug, Clone)]
@@ -50,6 +62,8 @@ pub struct DeliveryPolicy {
     pub slow_endpoint_concurrency: usize,
     /// An attempt that takes longer than this marks its endpoint slow.
     pub slow_attempt: Duration,
+    /// How long the waiting deliveries of a slow endpoint that has no free slot are set aside.
+    pub slow_park: Duration,
 }
 
 impl Default for DeliveryPolicy {
@@ -70,6 +84,7 @@ impl Default for DeliveryPolicy {
             per_endpoint_concurrency: 16,
             slow_endpoint_concurrency: 2,
             slow_attempt: Duration::from_secs(1),
+            slow_park: Duration::from_secs(2),
         }
     }
 }
@@ -88,6 +103,8 @@ pub struct DeliverHandler {
     /// Endpoints whose last attempt was slow.
     slow: Mutex<std::collections::HashSet<Uuid>>,
     rate_limits: Mutex<HashMap<Uuid, (i32, Arc<DefaultDirectRateLimiter>)>>,
+    /// When each slow endpoint's waiting jobs were last parked.
+    parked: Mutex<HashMap<Uuid, Instant>>,
 }
 
 impl DeliverHandler {
@@ -98,6 +115,7 @@ impl DeliverHandler {
             in_flight: Mutex::default(),
             slow: Mutex::default(),
             rate_limits: Mutex::default(),
+            parked: Mutex::default(),
         }
     }
 
@@ -133,6 +151,23 @@ impl DeliverHandler {
                 marked.insert(endpoint);
             } else {
                 marked.remove(&endpoint);
+            }
+        }
+    }
+
+    /// Whether this call should park `endpoint`'s waiting jobs: at most once per half park
+    /// period, however many of its jobs are deferred meanwhile.
+    fn should_park(&self, endpoint: Uuid) -> bool {
+        let now = Instant::now();
+        let mut parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match parked.get(&endpoint) {
+            Some(last) if now.duration_since(*last) < self.policy.slow_park / 2 => false,
+            _ => {
+                parked.insert(endpoint, now);
+                true
             }
         }
     }
@@ -224,7 +259,26 @@ impl JobHandler for DeliverHandler {
                 after: Duration::from_millis(200),
             };
             if self.is_slow(endpoint.id) && in_use >= self.policy.slow_endpoint_concurrency {
-                return Err(defer());
+                // A slow endpoint can take only a few deliveries at a time. Deferring each of
+                // its waiting jobs by a fraction of a second would have every worker claim and
+                // defer them over and over (thousands per second behind a hanging receiver),
+                // starving healthy endpoints; instead they all wait out one park period.
+                if self.should_park(endpoint.id) {
+                    let until = context.clock.now()
+                        + chrono::Duration::from_std(self.policy.slow_park).unwrap_or_default();
+                    outbox::postpone(
+                        &mut connection,
+                        DELIVER_JOB,
+                        "endpoint_id",
+                        &endpoint.id.to_string(),
+                        until,
+                    )
+                    .await
+                    .map_err(retry)?;
+                }
+                return Err(JobError::Defer {
+                    after: self.policy.slow_park,
+                });
             }
             let Ok(_slot) = slots.try_acquire_owned() else {
                 return Err(defer());

@@ -5,10 +5,9 @@
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use serde_json::json;
 use uuid::Uuid;
 
-use super::deliver::DELIVER_JOB;
+use super::deliver::deliver_job;
 use super::model::{DeliveryRow, EndpointRow};
 use crate::db;
 use crate::events::{EventConsumer, StoredEvent};
@@ -65,17 +64,21 @@ impl EventConsumer for WebhookFanout {
                     }
                     // The unique (endpoint, event) pair makes a repeated dispatch harmless:
                     // only the deliveries inserted now get a job.
-                    let inserted: Vec<(Uuid, String)> =
+                    let inserted: Vec<(Uuid, Uuid, String)> =
                         diesel::insert_into(webhook_deliveries::table)
                             .values(&deliveries)
                             .on_conflict_do_nothing()
-                            .returning((webhook_deliveries::id, webhook_deliveries::status))
+                            .returning((
+                                webhook_deliveries::id,
+                                webhook_deliveries::endpoint_id,
+                                webhook_deliveries::status,
+                            ))
                             .get_results(connection)
                             .await?;
                     let jobs: Vec<NewJob> = inserted
                         .into_iter()
-                        .filter(|(_, status)| status == "pending")
-                        .map(|(id, _)| NewJob::new(DELIVER_JOB, json!({"delivery_id": id}), None))
+                        .filter(|(_, _, status)| status == "pending")
+                        .map(|(id, endpoint_id, _)| deliver_job(id, endpoint_id))
                         .collect();
                     outbox::enqueue_many(connection, &jobs).await?;
                     Ok(())

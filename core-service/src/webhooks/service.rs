@@ -14,7 +14,7 @@ use switchbord_api::v1::*;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::deliver::{DELIVER_JOB, DeliveryPolicy, record_attempt};
+use super::deliver::{DeliveryPolicy, deliver_job, record_attempt};
 use super::health;
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::Sender;
@@ -282,22 +282,21 @@ async fn requeue(
     deliveries: &[Uuid],
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(deliveries)))
-        .set((
-            webhook_deliveries::status.eq("pending"),
-            webhook_deliveries::attempts.eq(0),
-            webhook_deliveries::updated_at.eq(now),
-        ))
-        .execute(connection)
-        .await?;
-    for delivery in deliveries {
-        outbox::enqueue(
-            connection,
-            &NewJob::new(DELIVER_JOB, json!({"delivery_id": delivery}), None),
-        )
-        .await?;
-    }
-    Ok(())
+    let requeued: Vec<(Uuid, Uuid)> =
+        diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(deliveries)))
+            .set((
+                webhook_deliveries::status.eq("pending"),
+                webhook_deliveries::attempts.eq(0),
+                webhook_deliveries::updated_at.eq(now),
+            ))
+            .returning((webhook_deliveries::id, webhook_deliveries::endpoint_id))
+            .get_results(connection)
+            .await?;
+    let jobs: Vec<NewJob> = requeued
+        .into_iter()
+        .map(|(delivery, endpoint)| deliver_job(delivery, endpoint))
+        .collect();
+    outbox::enqueue_many(connection, &jobs).await
 }
 
 #[tonic::async_trait]
