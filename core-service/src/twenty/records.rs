@@ -112,37 +112,32 @@ pub async fn lock_by_person(
 
 /// Marks the contact as waiting for a sync; unlinked contacts stay unlinked (their person was
 /// deleted in Twenty and is not silently recreated). Returns whether a sync should be queued.
+///
+/// One statement, so that a webhook unlinking the contact concurrently is never overwritten: the
+/// conflict update locks the row and re-checks its status after any concurrent change commits.
 pub async fn mark_pending(
     connection: &mut AsyncPgConnection,
     contact_id: Uuid,
     now: DateTime<Utc>,
 ) -> QueryResult<bool> {
-    let existing = find(connection, contact_id).await?;
-    match existing.map(|row| row.status()) {
-        Some(SyncStatus::Unlinked) => Ok(false),
-        Some(_) => {
-            diesel::update(syncs::table.find(contact_id))
-                .set((
-                    syncs::status.eq(SyncStatus::Pending.as_str()),
-                    syncs::updated_at.eq(now),
-                ))
-                .execute(connection)
-                .await?;
-            Ok(true)
-        }
-        None => {
-            diesel::insert_into(syncs::table)
-                .values((
-                    syncs::contact_id.eq(contact_id),
-                    syncs::status.eq(SyncStatus::Pending.as_str()),
-                    syncs::updated_at.eq(now),
-                ))
-                .on_conflict_do_nothing()
-                .execute(connection)
-                .await?;
-            Ok(true)
-        }
-    }
+    // `ON CONFLICT … DO UPDATE … WHERE` is this trait's `filter`, not `QueryDsl`'s.
+    use diesel::query_dsl::methods::FilterDsl;
+    diesel::insert_into(syncs::table)
+        .values((
+            syncs::contact_id.eq(contact_id),
+            syncs::status.eq(SyncStatus::Pending.as_str()),
+            syncs::updated_at.eq(now),
+        ))
+        .on_conflict(syncs::contact_id)
+        .do_update()
+        .set((
+            syncs::status.eq(SyncStatus::Pending.as_str()),
+            syncs::updated_at.eq(now),
+        ))
+        .filter(syncs::status.ne(SyncStatus::Unlinked.as_str()))
+        .execute(connection)
+        .await
+        .map(|written| written == 1)
 }
 
 /// Twenty holds `values` for the contact, as person `person_id` last changed at `remote_updated_at`.
@@ -224,7 +219,8 @@ pub async fn record_synced_if_unchanged(
     .map(|updated| updated == 1)
 }
 
-/// A sync attempt failed; `status` is pending (to be retried) or failed (for good).
+/// A sync attempt failed; `status` is pending (to be retried) or failed (for good). A link that
+/// a webhook unlinked meanwhile stays unlinked.
 pub async fn record_failure(
     connection: &mut AsyncPgConnection,
     contact_id: Uuid,
@@ -232,17 +228,21 @@ pub async fn record_failure(
     error: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    diesel::update(syncs::table.find(contact_id))
-        .set((
-            syncs::status.eq(status.as_str()),
-            syncs::attempts.eq(syncs::attempts + 1),
-            syncs::last_error.eq(error),
-            syncs::last_attempt_at.eq(now),
-            syncs::updated_at.eq(now),
-        ))
-        .execute(connection)
-        .await
-        .map(drop)
+    diesel::update(
+        syncs::table
+            .find(contact_id)
+            .filter(syncs::status.ne(SyncStatus::Unlinked.as_str())),
+    )
+    .set((
+        syncs::status.eq(status.as_str()),
+        syncs::attempts.eq(syncs::attempts + 1),
+        syncs::last_error.eq(error),
+        syncs::last_attempt_at.eq(now),
+        syncs::updated_at.eq(now),
+    ))
+    .execute(connection)
+    .await
+    .map(drop)
 }
 
 /// The person is gone from Twenty: drop the link, keep the contact.
