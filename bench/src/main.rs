@@ -129,6 +129,8 @@ async fn main() -> anyhow::Result<()> {
     switchbord_core::db::run_migrations(&database_url).await?;
     scenarios::seed(&database_url).await?;
     let server = Server::start(&database_url, &data_dir).await?;
+    // The seed's own dispatch jobs would otherwise run during the first measured steps.
+    scenarios::drain_outbox(&server).await?;
 
     println!(
         "{:<22} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8} {:>7} {:>8}",
