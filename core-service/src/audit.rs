@@ -38,8 +38,10 @@ struct NewAuditEntry<'a> {
 }
 
 /// Stores the entry on `connection`, which is expected to be inside the write's transaction.
+/// Takes it by shared reference so that the insert can be pipelined with the write's other
+/// statements.
 pub async fn record(
-    connection: &mut AsyncPgConnection,
+    mut connection: &AsyncPgConnection,
     record: AuditRecord<'_>,
 ) -> QueryResult<()> {
     let actor = record.actor;
@@ -57,7 +59,7 @@ pub async fn record(
             source_ip: actor.source_ip.map(|ip| ip.to_string()),
             rpc: &actor.rpc,
         })
-        .execute(connection)
+        .execute(&mut connection)
         .await
         .map(drop)
 }

@@ -13,7 +13,7 @@ const SOURCE: &str = "contacts";
 /// `contact.created` for a new contact, `contact.updated` when fields changed, and
 /// `contact.opted_out` when the contact became blocked.
 pub async fn record_contact_events(
-    connection: &mut AsyncPgConnection,
+    connection: &AsyncPgConnection,
     request_id: RequestId,
     previous_status: Option<&str>,
     contact: &ContactRow,
@@ -33,7 +33,8 @@ pub async fn record_contact_events(
         return Ok(());
     }
     let data = json!({"contact": contact_json(contact), "changed_fields": changed_fields});
-    for event_type in types {
+    // Pipelined, like each event's own inserts.
+    futures::future::try_join_all(types.into_iter().map(|event_type| {
         record(
             connection,
             EventDraft {
@@ -43,7 +44,7 @@ pub async fn record_contact_events(
                 request_id: Some(request_id.0),
             },
         )
-        .await?;
-    }
-    Ok(())
+    }))
+    .await
+    .map(drop)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::error::JourneyError;
@@ -92,8 +92,9 @@ pub async fn accept_trigger(
                     contact_id: contact.id,
                 });
             }
-            outbox::enqueue(connection, &job).await?;
-            audit::record(
+            // The job and the audit entry go together (pipelined): one round trip for both.
+            let connection: &AsyncPgConnection = connection;
+            let audit_entry = audit::record(
                 connection,
                 AuditRecord {
                     request_id: context.request_id,
@@ -103,8 +104,8 @@ pub async fn accept_trigger(
                     target_id: Some(trigger_event_id.to_string()),
                     changed_fields: Vec::new(),
                 },
-            )
-            .await?;
+            );
+            futures::try_join!(outbox::enqueue(connection, &job), audit_entry)?;
             Ok(TriggerOutcome {
                 duplicate: false,
                 trigger_event_id,

@@ -44,7 +44,10 @@ struct InsertJob<'a> {
 }
 
 /// Inserts `job`, due now. Call it inside the transaction of the change that causes it.
-pub async fn enqueue(connection: &mut AsyncPgConnection, job: &NewJob) -> QueryResult<Uuid> {
+///
+/// Takes the connection by shared reference so that the insert can be pipelined with the other
+/// statements of the caller's transaction.
+pub async fn enqueue(mut connection: &AsyncPgConnection, job: &NewJob) -> QueryResult<Uuid> {
     let id = job.id;
     let now = Utc::now();
     diesel::insert_into(outbox_jobs::table)
@@ -58,7 +61,7 @@ pub async fn enqueue(connection: &mut AsyncPgConnection, job: &NewJob) -> QueryR
             created_at: now,
             updated_at: now,
         })
-        .execute(connection)
+        .execute(&mut connection)
         .await?;
     Ok(id)
 }
