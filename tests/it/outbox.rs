@@ -177,8 +177,8 @@ where
 }
 
 async fn enqueue_one(setup: &Setup) -> Uuid {
-    let mut connection = setup.database.connect().await;
-    enqueue(&mut connection, &NewJob::new(KIND, json!({"n": 1}), None))
+    let connection = setup.database.connect().await;
+    enqueue(&connection, &NewJob::new(KIND, json!({"n": 1}), None))
         .await
         .expect("enqueue")
 }
