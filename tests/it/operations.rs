@@ -83,6 +83,33 @@ async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pooled_connections_the_database_ended_are_replaced_not_used() {
+    let app = TestApp::spawn().await;
+    // Several at once, so that the pool holds several connections.
+    let bodies: Vec<_> = (0..6)
+        .map(|index| json!({"phone_number": format!("+49151123460{index:02}")}))
+        .collect();
+    let first: Vec<_> = bodies
+        .iter()
+        .map(|body| app.post_json("/compat/contact", body))
+        .collect();
+    for reply in futures::future::join_all(first).await {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+
+    app.database.end_connections().await;
+    // The pool hands out connections without a test query; it must still notice the closed
+    // sockets (given a moment to read them) and open new ones instead of failing requests.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for index in 0..8 {
+        app.upsert_contact(&json!({"phone_number": format!("+49151123461{index:02}")}))
+            .await;
+    }
+    let ready = app.send_anonymous(Method::GET, "/readyz", &[], "").await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn readyz_fails_when_a_migration_is_missing() {
     let app = TestApp::spawn().await;
     let mut connection = app.database.connect().await;

@@ -106,6 +106,50 @@ impl TestDatabase {
         }
     }
 
+    /// Ends every connection to this database, as a server restart does, and returns once
+    /// those backends are gone; the database stays reachable (new connections may open).
+    pub async fn end_connections(&self) {
+        #[derive(diesel::QueryableByName)]
+        struct Backend {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            pid: i32,
+        }
+        let mut admin = admin_connection().await;
+        // Listed first, ended second: in one query PostgreSQL may call pg_terminate_backend
+        // before filtering by database, ending unrelated connections (this one included).
+        let backends: Vec<Backend> = sql_query(format!(
+            "SELECT pid FROM pg_stat_activity WHERE datname = '{}'",
+            self.name
+        ))
+        .load(&mut admin)
+        .await
+        .expect("list the database's connections");
+        let pids = backends
+            .iter()
+            .map(|backend| backend.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        if pids.is_empty() {
+            return;
+        }
+        sql_query(format!(
+            "SELECT pg_terminate_backend(pid) FROM unnest(ARRAY[{pids}]) AS pid"
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("end the database's connections");
+        crate::helpers::eventually("the ended backends exit", async || {
+            sql_query(format!(
+                "SELECT 1 FROM pg_stat_activity WHERE pid IN ({pids})"
+            ))
+            .execute(&mut admin)
+            .await
+            .expect("list the database's connections")
+                == 0
+        })
+        .await;
+    }
+
     pub async fn connect(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.url)
             .await
