@@ -34,7 +34,12 @@ impl From<DieselError> for DbError {
                     source: error,
                 }
             }
-            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            // UnableToSendCommand is how diesel-async reports a connection whose socket closed
+            // (PostgreSQL restarted, or ended the backend), a failure to retry, not a bug.
+            DieselError::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            )
             | DieselError::BrokenTransactionManager => Self::Unavailable(Box::new(error)),
             other => Self::Other(other),
         }
@@ -44,5 +49,29 @@ impl From<DieselError> for DbError {
 impl From<PoolError> for DbError {
     fn from(error: PoolError) -> Self {
         Self::Unavailable(Box::new(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_connection_is_unavailable_not_a_bug() {
+        for kind in [
+            DatabaseErrorKind::ClosedConnection,
+            DatabaseErrorKind::UnableToSendCommand,
+        ] {
+            let error = DieselError::DatabaseError(kind, Box::new("connection closed".to_owned()));
+            assert!(
+                matches!(DbError::from(error), DbError::Unavailable(_)),
+                "{kind:?}"
+            );
+        }
+        let other = DieselError::DatabaseError(
+            DatabaseErrorKind::CheckViolation,
+            Box::new("check".to_owned()),
+        );
+        assert!(matches!(DbError::from(other), DbError::Other(_)));
     }
 }
