@@ -96,13 +96,7 @@ impl TestDatabase {
         .await
         .expect("change ALLOW_CONNECTIONS");
         if !reachable {
-            sql_query(format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-                self.name
-            ))
-            .execute(&mut admin)
-            .await
-            .expect("end the database's connections");
+            self.end_connections().await;
         }
     }
 
