@@ -64,6 +64,82 @@ impl JobHandler for Recorder {
     }
 }
 
+const STARTER: JobKind = JobKind {
+    name: "test.start",
+    max_attempts: 3,
+};
+
+/// Inserts `test.record` jobs as already claimed, one per entry of its list, and runs them
+/// itself: `Some(result)` is finished with that result, `None` is left as if the process died.
+struct Starter(Vec<Option<Result<(), &'static str>>>);
+
+/// Inserts one `test.record` job as already claimed and finishes it in the background, after
+/// its own job has ended.
+struct BackgroundStarter(Duration);
+
+impl JobHandler for BackgroundStarter {
+    fn kind(&self) -> JobKind {
+        STARTER
+    }
+
+    fn run<'a>(
+        &'a self,
+        _job: &'a ClaimedJob,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let mut connection = db::connection(&context.pool).await.expect("connection");
+            let jobs = [NewJob::new(KIND, json!({"n": 0}), None)];
+            let mut started = context
+                .enqueue_started(&mut connection, &jobs)
+                .await
+                .expect("enqueue a started job");
+            let job = started.pop().expect("one job");
+            let (delay, background) = (self.0, context.clone());
+            context.spawn(async move {
+                tokio::time::sleep(delay).await;
+                background
+                    .finish_started(&job, Ok(()), std::time::Instant::now())
+                    .await;
+            });
+            Ok(())
+        })
+    }
+}
+
+impl JobHandler for Starter {
+    fn kind(&self) -> JobKind {
+        STARTER
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let mut connection = db::connection(&context.pool).await.expect("connection");
+            let jobs: Vec<NewJob> = (0..self.0.len())
+                .map(|n| NewJob::new(KIND, json!({"started_by": job.id, "n": n}), None))
+                .collect();
+            let started = connection
+                .transaction(async |connection| context.enqueue_started(connection, &jobs).await)
+                .await
+                .expect("enqueue started jobs");
+            drop(connection);
+            for (job, result) in started.iter().zip(&self.0) {
+                if let Some(result) = result {
+                    let result = (*result).map_err(JobError::retry);
+                    context
+                        .finish_started(job, result, std::time::Instant::now())
+                        .await;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 struct Setup {
     database: TestDatabase,
     pool: DbPool,
@@ -94,6 +170,15 @@ impl RunningWorker {
     ) -> Self {
         let mut registry = Registry::default();
         registry.register(Recorder(behaviour));
+        Self::start_with(setup, registry, clock, config)
+    }
+
+    fn start_with(
+        setup: &Setup,
+        registry: Registry,
+        clock: Arc<dyn Clock>,
+        config: WorkerConfig,
+    ) -> Self {
         let worker = Worker::new(
             setup.pool.clone(),
             setup.database.url(),
@@ -396,4 +481,130 @@ async fn shutdown_releases_jobs_that_did_not_finish_in_the_grace_period() {
     assert_eq!(state.status, "pending", "{state:?}");
     assert_eq!(state.lease_owner, None);
     assert_eq!(state.attempts, 0, "the interrupted attempt does not count");
+}
+
+async fn started_job_ids(setup: &Setup) -> Vec<Uuid> {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+    }
+    let mut connection = setup.database.connect().await;
+    sql_query("SELECT id FROM outbox_jobs WHERE kind = 'test.record' ORDER BY payload ->> 'n'")
+        .load::<Id>(&mut connection)
+        .await
+        .expect("started jobs")
+        .into_iter()
+        .map(|row| row.id)
+        .collect()
+}
+
+async fn enqueue_starter(setup: &Setup) -> Uuid {
+    let connection = setup.database.connect().await;
+    enqueue(&connection, &NewJob::new(STARTER, json!({}), None))
+        .await
+        .expect("enqueue")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_a_handler_starts_itself_skip_the_queue_and_end_like_claimed_ones() {
+    let setup = setup().await;
+    let clock = Arc::new(ManualClock::default());
+    let mut registry = Registry::default();
+    registry
+        .register(Starter(vec![Some(Ok(())), Some(Err("receiver said no"))]))
+        .register(Recorder(Behaviour::Succeed));
+    let worker = RunningWorker::start_with(&setup, registry, clock.clone(), fast());
+    let starter = enqueue_starter(&setup).await;
+
+    eventually("the starting job finished", || async {
+        job_state(&setup, starter).await.status == "succeeded"
+    })
+    .await;
+    let ids = started_job_ids(&setup).await;
+    assert_eq!(ids.len(), 2);
+    eventually("the started jobs are recorded", || async {
+        job_state(&setup, ids[0]).await.status == "succeeded"
+    })
+    .await;
+    worker.stop().await;
+
+    let failed = job_state(&setup, ids[1]).await;
+    assert_eq!(
+        (failed.status.as_str(), failed.attempts),
+        ("pending", 1),
+        "{failed:?}"
+    );
+    let delay = (failed.run_after - failed.updated_at).num_milliseconds();
+    assert!((800..1200).contains(&delay), "backoff {delay} ms");
+    assert_eq!(job_state(&setup, ids[0]).await.attempts, 1);
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM outbox_job_errors").await,
+        1,
+        "the failed attempt is kept"
+    );
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_job_runs").await,
+        0,
+        "the queue never ran the started jobs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_started_job_left_unfinished_runs_again_after_its_lease_expires() {
+    let setup = setup().await;
+    let clock = Arc::new(ManualClock::default());
+    let mut registry = Registry::default();
+    registry
+        .register(Starter(vec![None]))
+        .register(Recorder(Behaviour::Succeed));
+    let worker = RunningWorker::start_with(&setup, registry, clock.clone(), fast());
+    let starter = enqueue_starter(&setup).await;
+    eventually("the starting job finished", || async {
+        job_state(&setup, starter).await.status == "succeeded"
+    })
+    .await;
+    let id = started_job_ids(&setup).await[0];
+
+    // While the lease holds, the job is left alone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(job_state(&setup, id).await.status, "running");
+    clock.advance(Duration::from_secs(61));
+    eventually("the job ran again", || async {
+        job_state(&setup, id).await.status == "succeeded"
+    })
+    .await;
+    worker.stop().await;
+
+    assert_eq!(job_state(&setup, id).await.attempts, 2);
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_job_runs").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_waits_for_started_jobs_running_in_the_background() {
+    let setup = setup().await;
+    let mut registry = Registry::default();
+    registry
+        .register(BackgroundStarter(Duration::from_secs(2)))
+        .register(Recorder(Behaviour::Succeed));
+    let worker = RunningWorker::start_with(&setup, registry, Arc::new(SystemClock), fast());
+    let starter = enqueue_starter(&setup).await;
+    eventually("the starting job finished", || async {
+        job_state(&setup, starter).await.status == "succeeded"
+    })
+    .await;
+    let id = started_job_ids(&setup).await[0];
+    assert_eq!(job_state(&setup, id).await.status, "running");
+
+    worker.stop().await;
+
+    let state = job_state(&setup, id).await;
+    assert_eq!(
+        (state.status.as_str(), state.attempts),
+        ("succeeded", 1),
+        "{state:?}"
+    );
 }

@@ -6,8 +6,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
+
 use super::clock::Clock;
-use super::store::ClaimedJob;
+use super::store::{self, ClaimedJob, NewJob};
+use super::worker::{self, Lease};
 use crate::db::DbPool;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -17,6 +21,51 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct JobContext {
     pub pool: DbPool,
     pub clock: Arc<dyn Clock>,
+    /// The lease of the worker running the handler, for jobs the handler starts itself.
+    pub(super) lease: Arc<Lease>,
+}
+
+impl JobContext {
+    /// Inserts `jobs` as already claimed by this worker, for a handler that runs them itself at
+    /// once: they skip the queue's claim, and still run again elsewhere if this process dies
+    /// before [`JobContext::finish_started`] (their lease expires like any other). Call it in the
+    /// transaction of the rows that cause them, and run them only after that commits.
+    ///
+    /// Run them in the handler's own job, which the worker's concurrency covers, or with
+    /// [`JobContext::spawn`], which only its shutdown covers: the handler must bound them.
+    pub async fn enqueue_started(
+        &self,
+        connection: &mut AsyncPgConnection,
+        jobs: &[NewJob],
+    ) -> QueryResult<Vec<ClaimedJob>> {
+        let now = self.clock.now();
+        store::enqueue_started(
+            connection,
+            jobs,
+            &self.lease.owner,
+            now,
+            self.lease.until(now),
+        )
+        .await
+    }
+
+    /// Runs `task` (started jobs, see [`JobContext::enqueue_started`]) apart from the
+    /// handler's own job, which can then end at once. The worker waits for it on shutdown, as
+    /// for the jobs it claimed.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.lease.spawn(task);
+    }
+
+    /// Records how a job from [`JobContext::enqueue_started`] ended, exactly as the worker
+    /// records the jobs it claims: retries with backoff, dead-lettering, metrics.
+    pub async fn finish_started(
+        &self,
+        job: &ClaimedJob,
+        result: Result<(), JobError>,
+        started: std::time::Instant,
+    ) {
+        worker::conclude(self, job, result, started).await;
+    }
 }
 
 /// Why a job did not succeed.

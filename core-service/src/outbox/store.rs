@@ -43,6 +43,18 @@ struct InsertJob<'a> {
     updated_at: DateTime<Utc>,
 }
 
+/// A job inserted as claimed: running, its first attempt counted, under a lease.
+#[derive(Insertable)]
+#[diesel(table_name = outbox_jobs)]
+struct InsertStartedJob<'a> {
+    #[diesel(embed)]
+    job: InsertJob<'a>,
+    status: &'static str,
+    attempts: i32,
+    lease_owner: &'a str,
+    lease_expires_at: DateTime<Utc>,
+}
+
 /// Inserts `job`, due now. Call it inside the transaction of the change that causes it.
 ///
 /// Takes the connection by shared reference so that the insert can be pipelined with the other
@@ -90,6 +102,54 @@ pub async fn enqueue_many(connection: &mut AsyncPgConnection, jobs: &[NewJob]) -
         .execute(connection)
         .await
         .map(drop)
+}
+
+/// Inserts `jobs` as claimed by `owner` until `lease_until` (see
+/// [`super::JobContext::enqueue_started`]) and returns them as claimed jobs.
+pub async fn enqueue_started(
+    connection: &mut AsyncPgConnection,
+    jobs: &[NewJob],
+    owner: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> QueryResult<Vec<ClaimedJob>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<InsertStartedJob<'_>> = jobs
+        .iter()
+        .map(|job| InsertStartedJob {
+            job: InsertJob {
+                id: job.id,
+                kind: job.kind.name,
+                payload: &job.payload,
+                max_attempts: job.kind.max_attempts,
+                run_after: now,
+                request_id: job.request_id,
+                created_at: now,
+                updated_at: now,
+            },
+            status: "running",
+            attempts: 1,
+            lease_owner: owner,
+            lease_expires_at: lease_until,
+        })
+        .collect();
+    diesel::insert_into(outbox_jobs::table)
+        .values(&rows)
+        .execute(connection)
+        .await?;
+    Ok(jobs
+        .iter()
+        .map(|job| ClaimedJob {
+            id: job.id,
+            kind: job.kind.name.to_owned(),
+            payload: job.payload.clone(),
+            attempts: 1,
+            max_attempts: job.kind.max_attempts,
+            request_id: job.request_id,
+        })
+        .collect())
 }
 
 /// A job a worker holds under its lease.

@@ -3,12 +3,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
 use switchbord_telemetry as telemetry;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -48,15 +49,52 @@ impl Default for WorkerConfig {
 }
 
 struct Inner {
-    owner: String,
     registry: Registry,
     context: JobContext,
     config: WorkerConfig,
 }
 
+/// What the jobs of one worker are claimed under, and where their successes are queued to be
+/// written in batches. Handlers reach it through [`JobContext`] for jobs they start themselves.
+pub(super) struct Lease {
+    pub(super) owner: String,
+    duration: Duration,
+    backoff: BackoffPolicy,
+    succeeded: mpsc::UnboundedSender<Uuid>,
+    /// Started jobs that handlers run in the background; shutdown waits for them as for
+    /// claimed jobs.
+    background: std::sync::Mutex<JoinSet<()>>,
+}
+
+impl Lease {
+    pub(super) fn until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.duration).unwrap_or_default()
+    }
+
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut background = self
+            .background
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Finished tasks keep their slot in the set until joined.
+        while background.try_join_next().is_some() {}
+        background.spawn(task);
+    }
+
+    fn take_background(&self) -> JoinSet<()> {
+        std::mem::take(
+            &mut *self
+                .background
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
 pub struct Worker {
     inner: Arc<Inner>,
     database_url: String,
+    succeeded: mpsc::UnboundedReceiver<Uuid>,
 }
 
 impl Worker {
@@ -67,20 +105,28 @@ impl Worker {
         clock: Arc<dyn Clock>,
         config: WorkerConfig,
     ) -> Self {
+        let (sender, succeeded) = mpsc::unbounded_channel();
+        let lease = Arc::new(Lease {
+            owner: format!("worker-{}", Uuid::new_v4()),
+            duration: config.lease,
+            backoff: config.backoff,
+            succeeded: sender,
+            background: std::sync::Mutex::default(),
+        });
         Self {
             inner: Arc::new(Inner {
-                owner: format!("worker-{}", Uuid::new_v4()),
                 registry,
-                context: JobContext { pool, clock },
+                context: JobContext { pool, clock, lease },
                 config,
             }),
             database_url: database_url.to_owned(),
+            succeeded,
         }
     }
 
     /// The name this worker's leases carry.
     pub fn owner(&self) -> &str {
-        &self.inner.owner
+        &self.inner.context.lease.owner
     }
 
     /// Runs until `shutdown` completes; then stops claiming, gives running jobs the grace
@@ -90,8 +136,12 @@ impl Worker {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.database_url, wake.clone()));
         let permits = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
-        let (succeeded, finished) = mpsc::unbounded_channel();
-        let finisher = tokio::spawn(record_successes(inner.clone(), finished));
+        let (stop_finisher, finisher_stopped) = oneshot::channel();
+        let finisher = tokio::spawn(record_successes(
+            inner.clone(),
+            self.succeeded,
+            finisher_stopped,
+        ));
         let mut running = JoinSet::new();
         let mut backlog = false;
         tokio::pin!(shutdown);
@@ -106,7 +156,7 @@ impl Worker {
                             let Ok(permit) = permits.clone().try_acquire_owned() else {
                                 break;
                             };
-                            running.spawn(execute(inner.clone(), job, permit, succeeded.clone()));
+                            running.spawn(execute(inner.clone(), job, permit));
                         }
                         if backlog && permits.available_permits() > 0 {
                             continue;
@@ -130,21 +180,30 @@ impl Worker {
         }
 
         listener.abort();
+        // Claimed jobs first: they may still start background ones.
+        let mut background = JoinSet::new();
         let drained = tokio::time::timeout(inner.config.shutdown_grace, async {
             while running.join_next().await.is_some() {}
+            background = inner.context.lease.take_background();
+            while background.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             running.abort_all();
             while running.join_next().await.is_some() {}
+            for mut tasks in [background, inner.context.lease.take_background()] {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+            }
         }
         // Successes still waiting to be written go in before the release, which would
         // otherwise hand those jobs back to run again.
-        drop(succeeded);
+        let _ = stop_finisher.send(());
         let _ = finisher.await;
         let now = inner.context.clock.now();
+        let owner = &inner.context.lease.owner;
         match db::connection(&inner.context.pool).await {
-            Ok(mut connection) => match store::release(&mut connection, &inner.owner, now).await {
+            Ok(mut connection) => match store::release(&mut connection, owner, now).await {
                 Ok(0) => {}
                 Ok(released) => tracing::info!(released, "released unfinished outbox jobs"),
                 Err(error) => {
@@ -159,21 +218,16 @@ impl Worker {
 }
 
 async fn claim(inner: &Inner, limit: usize) -> Result<Vec<ClaimedJob>, db::DbError> {
+    let lease = &inner.context.lease;
     let now = inner.context.clock.now();
-    let lease_until = now + chrono::Duration::from_std(inner.config.lease).unwrap_or_default();
     let mut connection = db::connection(&inner.context.pool).await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    Ok(store::claim(&mut connection, &inner.owner, now, lease_until, limit).await?)
+    Ok(store::claim(&mut connection, &lease.owner, now, lease.until(now), limit).await?)
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job.id, kind = %job.kind, attempt = job.attempts, request_id = ?job.request_id))]
-async fn execute(
-    inner: Arc<Inner>,
-    job: ClaimedJob,
-    _permit: OwnedSemaphorePermit,
-    succeeded: mpsc::UnboundedSender<Uuid>,
-) {
-    let started = std::time::Instant::now();
+async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
+    let started = Instant::now();
     let result = match inner.registry.get(&job.kind) {
         None => Err(JobError::retry(format!(
             "no handler for job kind `{}` on this instance",
@@ -191,7 +245,19 @@ async fn execute(
             }
         }
     };
-    let now = inner.context.clock.now();
+    conclude(&inner.context, &job, result, started).await;
+}
+
+/// Turns a handler's result into the job's outcome (retry with backoff, dead-letter after the
+/// kind's last attempt), counts it, and records it under the worker's lease.
+pub(super) async fn conclude(
+    context: &JobContext,
+    job: &ClaimedJob,
+    result: Result<(), JobError>,
+    started: Instant,
+) {
+    let lease = &context.lease;
+    let now = context.clock.now();
     let outcome = match result {
         Ok(()) => Outcome::Succeeded,
         Err(JobError::Permanent(error)) => Outcome::Dead { error },
@@ -202,7 +268,7 @@ async fn execute(
             Outcome::Dead { error: message }
         }
         Err(JobError::Retry { message, after }) => {
-            let delay = retry_delay(inner.config.backoff, job.attempts, after);
+            let delay = retry_delay(lease.backoff, job.attempts, after);
             Outcome::RetryAt {
                 at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
                 error: message,
@@ -221,12 +287,12 @@ async fn execute(
         Outcome::RetryAt { at, error } => tracing::info!(%at, error, "outbox job failed; retrying"),
         Outcome::Dead { error } => tracing::warn!(error, "outbox job dead-lettered"),
     }
-    if outcome == Outcome::Succeeded && succeeded.send(job.id).is_ok() {
+    if outcome == Outcome::Succeeded && lease.succeeded.send(job.id).is_ok() {
         return;
     }
     let recorded = async {
-        let mut connection = db::connection(&inner.context.pool).await?;
-        store::finish(&mut connection, &job, &inner.owner, now, &outcome)
+        let mut connection = db::connection(&context.pool).await?;
+        store::finish(&mut connection, job, &lease.owner, now, &outcome)
             .await
             .map_err(db::DbError::from)
     }
@@ -241,15 +307,36 @@ async fn execute(
 
 /// Writes succeeded outcomes in batches: whatever finished while the previous batch was being
 /// written goes in the next one, so a busy worker spends one statement on many jobs and an
-/// idle one adds no delay. Ends when every sender is gone and the queue is written.
-async fn record_successes(inner: Arc<Inner>, mut finished: mpsc::UnboundedReceiver<Uuid>) {
+/// idle one adds no delay. After `stop`, writes what is queued and ends.
+async fn record_successes(
+    inner: Arc<Inner>,
+    mut finished: mpsc::UnboundedReceiver<Uuid>,
+    stop: oneshot::Receiver<()>,
+) {
     const MOST_PER_BATCH: usize = 512;
     let mut batch = Vec::with_capacity(MOST_PER_BATCH);
-    while finished.recv_many(&mut batch, MOST_PER_BATCH).await > 0 {
+    let mut stop = std::pin::pin!(stop);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            biased;
+            received = finished.recv_many(&mut batch, MOST_PER_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+            }
+            _ = &mut stop, if !stopping => {
+                // The worker's context holds a sender too; closing lets the queue run dry.
+                finished.close();
+                stopping = true;
+                continue;
+            }
+        }
         let now = inner.context.clock.now();
+        let owner = &inner.context.lease.owner;
         let recorded = async {
             let mut connection = db::connection(&inner.context.pool).await?;
-            store::finish_succeeded(&mut connection, &batch, &inner.owner, now)
+            store::finish_succeeded(&mut connection, &batch, owner, now)
                 .await
                 .map_err(db::DbError::from)
         }

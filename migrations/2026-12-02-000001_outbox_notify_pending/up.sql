@@ -1,0 +1,14 @@
+-- Jobs inserted already claimed (a handler that runs them at once) need no worker woken: only
+-- a statement that inserted a pending job notifies.
+CREATE OR REPLACE FUNCTION outbox_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM inserted WHERE status = 'pending') THEN
+        PERFORM pg_notify('outbox_jobs', '');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+DROP TRIGGER outbox_jobs_notify ON outbox_jobs;
+CREATE TRIGGER outbox_jobs_notify AFTER INSERT ON outbox_jobs
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_jobs_notify();
