@@ -40,7 +40,7 @@ use crate::readiness::ReadinessHealth;
 use crate::state::AppState;
 use crate::twenty::{BackfillHandler, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer};
 use crate::webhooks::{
-    DeliverHandler, DeliveryPolicy, Sender, UrlPolicy, WebhookFanout, WebhooksGrpc,
+    DeliverHandler, Deliverer, DeliveryPolicy, Sender, UrlPolicy, WebhookFanout, WebhooksGrpc,
 };
 
 /// How often gathered API key last-used times are written.
@@ -97,16 +97,17 @@ pub fn job_registry(
     twenty: TwentyClient,
     default_region: Option<phonenumber::country::Id>,
 ) -> Registry {
+    let deliverer = Arc::new(Deliverer::new(sender, delivery_policy));
     let mut registry = Registry::default();
     registry
         .register(
             DispatchHandler::default()
-                .with_consumer(WebhookFanout)
+                .with_consumer(WebhookFanout::new(deliverer.clone()))
                 .with_consumer(TwentySyncConsumer),
         )
         .register(JourneyTriggerHandler)
         .register(CustomEventHandler)
-        .register(DeliverHandler::new(sender, delivery_policy))
+        .register(DeliverHandler::new(deliverer))
         .register(SyncHandler::new(twenty.clone()))
         .register(BackfillHandler::new(twenty, default_region));
     registry

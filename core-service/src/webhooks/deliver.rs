@@ -20,7 +20,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use serde_json::{Value as Json, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
@@ -96,7 +96,9 @@ pub enum Next {
     RetryAfter(Duration),
 }
 
-pub struct DeliverHandler {
+/// Sends deliveries and records their attempts, within each endpoint's slots and rate limit.
+/// Shared by the `webhook.deliver` job and the fan-out, which makes first attempts at once.
+pub struct Deliverer {
     sender: Sender,
     policy: DeliveryPolicy,
     in_flight: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
@@ -107,7 +109,7 @@ pub struct DeliverHandler {
     parked: Mutex<HashMap<Uuid, Instant>>,
 }
 
-impl DeliverHandler {
+impl Deliverer {
     pub fn new(sender: Sender, policy: DeliveryPolicy) -> Self {
         Self {
             sender,
@@ -196,9 +198,89 @@ impl DeliverHandler {
             Duration::from_millis(1000 / u64::from(per_second.get())).max(Duration::from_millis(10))
         })
     }
+
+    /// A slot for an attempt at once to `endpoint`: when it is enabled, not marked slow, has a
+    /// free slot and its rate limit allows one more. Otherwise its delivery waits in the queue.
+    pub(super) fn admit_now(&self, endpoint: &EndpointRow) -> Option<OwnedSemaphorePermit> {
+        if !endpoint.enabled || self.is_slow(endpoint.id) {
+            return None;
+        }
+        let slot = self.slots(endpoint.id).try_acquire_owned().ok()?;
+        self.rate_limited(endpoint).is_none().then_some(slot)
+    }
+
+    /// Sends one attempt of `delivery` and records it; the caller holds one of the endpoint's
+    /// slots. `Err(Retry)` carries the schedule's delay before the next attempt.
+    pub(super) async fn attempt(
+        &self,
+        delivery: &DeliveryRow,
+        endpoint: &EndpointRow,
+        event: &StoredEvent,
+        context: &JobContext,
+    ) -> Result<(), JobError> {
+        let now = context.clock.now();
+        let result = self.send(endpoint, event, now).await;
+        self.record(delivery, endpoint, result, now, context).await
+    }
+
+    /// Sends one attempt (the caller holds one of the endpoint's slots) and notes how fast the
+    /// endpoint answered.
+    pub(super) async fn send(
+        &self,
+        endpoint: &EndpointRow,
+        event: &StoredEvent,
+        now: DateTime<Utc>,
+    ) -> AttemptResult {
+        let result = self.sender.send(endpoint, event, now).await;
+        self.note_speed(endpoint.id, &result);
+        result
+    }
+
+    /// Records the attempt made at `now` and what follows it.
+    pub(super) async fn record(
+        &self,
+        delivery: &DeliveryRow,
+        endpoint: &EndpointRow,
+        result: AttemptResult,
+        now: DateTime<Utc>,
+        context: &JobContext,
+    ) -> Result<(), JobError> {
+        let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+        let next = record_attempt(
+            &mut connection,
+            &self.policy,
+            delivery,
+            endpoint,
+            &result,
+            now,
+            true,
+        )
+        .await
+        .map_err(retry)?;
+        record_metrics(&result, &next);
+        match next {
+            Next::Done => Ok(()),
+            Next::RetryAfter(after) => Err(JobError::Retry {
+                message: result.error.unwrap_or_else(|| "delivery failed".to_owned()),
+                after: Some(after),
+            }),
+        }
+    }
 }
 
-fn retry(error: impl std::fmt::Display) -> JobError {
+/// Runs `webhook.deliver` jobs: the first attempts the fan-out could not make at once, and
+/// every retry.
+pub struct DeliverHandler {
+    deliverer: Arc<Deliverer>,
+}
+
+impl DeliverHandler {
+    pub fn new(deliverer: Arc<Deliverer>) -> Self {
+        Self { deliverer }
+    }
+}
+
+pub(super) fn retry(error: impl std::fmt::Display) -> JobError {
     JobError::retry(error.to_string())
 }
 
@@ -248,24 +330,28 @@ impl JobHandler for DeliverHandler {
                     .increment(1);
                 return Ok(());
             }
-            let slots = self.slots(endpoint.id);
+            let deliverer = &*self.deliverer;
+            let slots = deliverer.slots(endpoint.id);
             // A slow endpoint may use only a few of its slots: the other workers stay free for
             // endpoints that answer.
-            let in_use = self
+            let in_use = deliverer
                 .policy
                 .per_endpoint_concurrency
                 .saturating_sub(slots.available_permits());
             let defer = || JobError::Defer {
                 after: Duration::from_millis(200),
             };
-            if self.is_slow(endpoint.id) && in_use >= self.policy.slow_endpoint_concurrency {
+            if deliverer.is_slow(endpoint.id)
+                && in_use >= deliverer.policy.slow_endpoint_concurrency
+            {
                 // A slow endpoint can take only a few deliveries at a time. Deferring each of
                 // its waiting jobs by a fraction of a second would have every worker claim and
                 // defer them over and over (thousands per second behind a hanging receiver),
                 // starving healthy endpoints; instead they all wait out one park period.
-                if self.should_park(endpoint.id) {
+                if deliverer.should_park(endpoint.id) {
                     let until = context.clock.now()
-                        + chrono::Duration::from_std(self.policy.slow_park).unwrap_or_default();
+                        + chrono::Duration::from_std(deliverer.policy.slow_park)
+                            .unwrap_or_default();
                     outbox::postpone(
                         &mut connection,
                         DELIVER_JOB,
@@ -277,46 +363,26 @@ impl JobHandler for DeliverHandler {
                     .map_err(retry)?;
                 }
                 return Err(JobError::Defer {
-                    after: self.policy.slow_park,
+                    after: deliverer.policy.slow_park,
                 });
             }
             let Ok(_slot) = slots.try_acquire_owned() else {
                 return Err(defer());
             };
-            if let Some(wait) = self.rate_limited(&endpoint) {
+            if let Some(wait) = deliverer.rate_limited(&endpoint) {
                 return Err(JobError::Defer { after: wait });
             }
             // No connection is held across the network call.
             drop(connection);
-            let now = context.clock.now();
-            let result = self.sender.send(&endpoint, &event, now).await;
-            self.note_speed(endpoint.id, &result);
-            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-            let next = record_attempt(
-                &mut connection,
-                &self.policy,
-                &delivery,
-                &endpoint,
-                &result,
-                now,
-                true,
-            )
-            .await
-            .map_err(retry)?;
-            record_metrics(&result, &next);
-            match next {
-                Next::Done => Ok(()),
-                Next::RetryAfter(after) => Err(JobError::Retry {
-                    message: result.error.unwrap_or_else(|| "delivery failed".to_owned()),
-                    after: Some(after),
-                }),
-            }
+            deliverer
+                .attempt(&delivery, &endpoint, &event, context)
+                .await
         })
     }
 }
 
 /// Counts the attempt by what it led to, and times it.
-fn record_metrics(result: &AttemptResult, next: &Next) {
+pub(super) fn record_metrics(result: &AttemptResult, next: &Next) {
     let outcome = match (result.succeeded(), next) {
         (true, _) => "delivered",
         (false, Next::RetryAfter(_)) => "retrying",
@@ -356,22 +422,11 @@ pub async fn record_attempt(
     retries: bool,
 ) -> QueryResult<Next> {
     let attempt = delivery.attempts + 1;
-    let row = AttemptRow {
-        id: Uuid::now_v7(),
-        delivery_id: delivery.id,
-        endpoint_id: endpoint.id,
-        attempt,
-        attempted_at: now,
-        status_code: result.status_code.map(i32::from),
-        duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
-        response_excerpt: result.excerpt.clone(),
-        error: result.error.clone(),
-        succeeded: result.succeeded(),
-    };
-    if result.succeeded() && endpoint.failing_since.is_none() {
-        // The common case, a healthy endpoint answering 2xx, is one statement in one round
-        // trip: the attempt and the delivery's new state commit together without BEGIN/COMMIT.
-        return record_success(connection, &row).await.map(|()| Next::Done);
+    let row = attempt_row(delivery, result, now);
+    if is_plain_success(endpoint, result) {
+        return record_successes(connection, std::slice::from_ref(&row))
+            .await
+            .map(|()| Next::Done);
     }
     connection
         .transaction(async |connection| {
@@ -445,29 +500,76 @@ pub async fn record_attempt(
         .await
 }
 
-/// Stores a successful attempt and marks its delivery succeeded, in one statement.
-async fn record_success(connection: &mut AsyncPgConnection, row: &AttemptRow) -> QueryResult<()> {
-    use diesel::sql_types::{Bool, Int4, Int8, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+/// The record of an attempt of `delivery` made at `now`.
+pub(super) fn attempt_row(
+    delivery: &DeliveryRow,
+    result: &AttemptResult,
+    now: DateTime<Utc>,
+) -> AttemptRow {
+    AttemptRow {
+        id: Uuid::now_v7(),
+        delivery_id: delivery.id,
+        endpoint_id: delivery.endpoint_id,
+        attempt: delivery.attempts + 1,
+        attempted_at: now,
+        status_code: result.status_code.map(i32::from),
+        duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
+        response_excerpt: result.excerpt.clone(),
+        error: result.error.clone(),
+        succeeded: result.succeeded(),
+    }
+}
+
+/// A 2xx from an endpoint that was not failing: the delivery is done and nothing else changes.
+pub(super) fn is_plain_success(endpoint: &EndpointRow, result: &AttemptResult) -> bool {
+    result.succeeded() && endpoint.failing_since.is_none()
+}
+
+/// Stores successful attempts ([`is_plain_success`]) and marks their deliveries succeeded, in
+/// one statement: one round trip with no BEGIN/COMMIT, however many deliveries there are.
+pub(super) async fn record_successes(
+    connection: &mut AsyncPgConnection,
+    rows: &[AttemptRow],
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Int4, Int8, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let deliveries: Vec<Uuid> = rows.iter().map(|row| row.delivery_id).collect();
+    let endpoints: Vec<Uuid> = rows.iter().map(|row| row.endpoint_id).collect();
+    let attempts: Vec<i32> = rows.iter().map(|row| row.attempt).collect();
+    let attempted_at: Vec<DateTime<Utc>> = rows.iter().map(|row| row.attempted_at).collect();
+    let status_codes: Vec<Option<i32>> = rows.iter().map(|row| row.status_code).collect();
+    let durations: Vec<i64> = rows.iter().map(|row| row.duration_ms).collect();
+    let excerpts: Vec<&str> = rows
+        .iter()
+        .map(|row| row.response_excerpt.as_str())
+        .collect();
     diesel::sql_query(
         "WITH attempt AS (
              INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, attempt, attempted_at,
                  status_code, duration_ms, response_excerpt, error, succeeded)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)
+             SELECT id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
+                 duration_ms, response_excerpt, NULL, true
+             FROM unnest($1, $2, $3, $4, $5, $6, $7, $8)
+                 AS a (id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
+                       duration_ms, response_excerpt)
          )
-         UPDATE webhook_deliveries
-         SET status = 'succeeded', attempts = $4, last_status_code = $6, last_error = NULL,
-             updated_at = $5
-         WHERE id = $2",
+         UPDATE webhook_deliveries AS d
+         SET status = 'succeeded', attempts = a.attempt, last_status_code = a.status_code,
+             last_error = NULL, updated_at = a.attempted_at
+         FROM unnest($2, $4, $6, $5) AS a (delivery_id, attempt, status_code, attempted_at)
+         WHERE d.id = a.delivery_id",
     )
-    .bind::<SqlUuid, _>(row.id)
-    .bind::<SqlUuid, _>(row.delivery_id)
-    .bind::<SqlUuid, _>(row.endpoint_id)
-    .bind::<Int4, _>(row.attempt)
-    .bind::<Timestamptz, _>(row.attempted_at)
-    .bind::<Nullable<Int4>, _>(row.status_code)
-    .bind::<Int8, _>(row.duration_ms)
-    .bind::<Text, _>(&row.response_excerpt)
-    .bind::<Bool, _>(row.succeeded)
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<SqlUuid>, _>(deliveries)
+    .bind::<Array<SqlUuid>, _>(endpoints)
+    .bind::<Array<Int4>, _>(attempts)
+    .bind::<Array<Timestamptz>, _>(attempted_at)
+    .bind::<Array<Nullable<Int4>>, _>(status_codes)
+    .bind::<Array<Int8>, _>(durations)
+    .bind::<Array<Text>, _>(excerpts)
     .execute(connection)
     .await
     .map(drop)

@@ -1,20 +1,52 @@
 //! Fan-out: every stored event becomes one delivery per endpoint subscribed to its type, each
 //! with its own `webhook.deliver` job. Endpoints that are disabled get a `skipped` delivery, so
 //! the event can be recovered once they are enabled again.
+//!
+//! The first attempt to an endpoint that has a free slot is made here, at once, on a job that is
+//! inserted already claimed: a delivery then costs no claim and no lookup of its delivery,
+//! endpoint and event, which this job already holds. Deliveries to busy, slow or rate-limited
+//! endpoints, and every retry, go through the queue.
 
-use chrono::Utc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use super::deliver::deliver_job;
+use super::deliver::{
+    Deliverer, Next, attempt_row, deliver_job, is_plain_success, record_metrics, record_successes,
+    retry,
+};
 use super::model::{DeliveryRow, EndpointRow};
+use super::sender::AttemptResult;
 use crate::db;
 use crate::events::{EventConsumer, StoredEvent};
-use crate::outbox::{self, BoxFuture, JobContext, JobError, NewJob};
+use crate::outbox::{self, BoxFuture, ClaimedJob, JobContext, JobError, NewJob};
 use crate::schema::{webhook_deliveries, webhook_endpoints};
 
-pub struct WebhookFanout;
+pub struct WebhookFanout {
+    deliverer: Arc<Deliverer>,
+}
+
+impl WebhookFanout {
+    pub fn new(deliverer: Arc<Deliverer>) -> Self {
+        Self { deliverer }
+    }
+}
+
+/// A delivery to attempt now, with its job (inserted as claimed) and the endpoint slot it holds.
+struct Immediate {
+    job: ClaimedJob,
+    delivery: DeliveryRow,
+    endpoint: EndpointRow,
+    _slot: OwnedSemaphorePermit,
+}
 
 impl EventConsumer for WebhookFanout {
     fn consume<'a>(
@@ -27,64 +59,197 @@ impl EventConsumer for WebhookFanout {
             if event.event_type == "webhook.test" {
                 return Ok(());
             }
-            let retry = |error: diesel::result::Error| JobError::retry(error.to_string());
-            let mut connection = db::connection(&context.pool)
-                .await
-                .map_err(|error| JobError::retry(error.to_string()))?;
-            connection
-                .transaction(async |connection| {
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+            let immediate = connection
+                .transaction::<_, diesel::result::Error, _>(async |connection| {
                     let endpoints: Vec<EndpointRow> = webhook_endpoints::table
                         .select(EndpointRow::as_select())
                         .load(connection)
                         .await?;
                     let now = Utc::now();
-                    let deliveries: Vec<DeliveryRow> = endpoints
-                        .iter()
+                    let mut planned: Vec<(DeliveryRow, EndpointRow)> = endpoints
+                        .into_iter()
                         .filter(|endpoint| endpoint.subscribes_to(&event.event_type))
-                        .map(|endpoint| DeliveryRow {
-                            id: Uuid::now_v7(),
-                            endpoint_id: endpoint.id,
-                            event_id: event.id.clone(),
-                            event_type: event.event_type.clone(),
-                            status: if endpoint.enabled {
-                                "pending"
-                            } else {
-                                "skipped"
-                            }
-                            .to_owned(),
-                            attempts: 0,
-                            last_status_code: None,
-                            last_error: (!endpoint.enabled).then(|| "endpoint disabled".to_owned()),
-                            created_at: now,
-                            updated_at: now,
-                        })
+                        .map(|endpoint| (new_delivery(&endpoint, event, now), endpoint))
                         .collect();
-                    if deliveries.is_empty() {
-                        return Ok(());
+                    if planned.is_empty() {
+                        return Ok(Vec::new());
                     }
+                    let rows: Vec<&DeliveryRow> =
+                        planned.iter().map(|(delivery, _)| delivery).collect();
                     // The unique (endpoint, event) pair makes a repeated dispatch harmless:
                     // only the deliveries inserted now get a job.
-                    let inserted: Vec<(Uuid, Uuid, String)> =
-                        diesel::insert_into(webhook_deliveries::table)
-                            .values(&deliveries)
-                            .on_conflict_do_nothing()
-                            .returning((
-                                webhook_deliveries::id,
-                                webhook_deliveries::endpoint_id,
-                                webhook_deliveries::status,
-                            ))
-                            .get_results(connection)
-                            .await?;
-                    let jobs: Vec<NewJob> = inserted
+                    let inserted: Vec<Uuid> = diesel::insert_into(webhook_deliveries::table)
+                        .values(rows)
+                        .on_conflict_do_nothing()
+                        .returning(webhook_deliveries::id)
+                        .get_results(connection)
+                        .await?;
+                    planned.retain(|(delivery, _)| {
+                        delivery.status == "pending" && inserted.contains(&delivery.id)
+                    });
+                    let mut queued: Vec<NewJob> = Vec::new();
+                    let mut started: Vec<NewJob> = Vec::new();
+                    let mut admitted = Vec::new();
+                    for (delivery, endpoint) in planned {
+                        let job = deliver_job(delivery.id, endpoint.id);
+                        match self.deliverer.admit_now(&endpoint) {
+                            Some(slot) => {
+                                started.push(job);
+                                admitted.push((delivery, endpoint, slot));
+                            }
+                            None => queued.push(job),
+                        }
+                    }
+                    outbox::enqueue_many(connection, &queued).await?;
+                    let claimed = context.enqueue_started(connection, &started).await?;
+                    Ok(claimed
                         .into_iter()
-                        .filter(|(_, _, status)| status == "pending")
-                        .map(|(id, endpoint_id, _)| deliver_job(id, endpoint_id))
-                        .collect();
-                    outbox::enqueue_many(connection, &jobs).await?;
-                    Ok(())
+                        .zip(admitted)
+                        .map(|(job, (delivery, endpoint, slot))| Immediate {
+                            job,
+                            delivery,
+                            endpoint,
+                            _slot: slot,
+                        })
+                        .collect())
                 })
                 .await
-                .map_err(retry)
+                .map_err(retry)?;
+            // The attempts run apart from this job, which ends now: a hanging receiver holds
+            // only its own endpoint's slots, never the fan-out of later events.
+            if !immediate.is_empty() {
+                context.spawn(attempt_now(
+                    self.deliverer.clone(),
+                    immediate,
+                    event.clone(),
+                    context.clone(),
+                ));
+            }
+            Ok(())
         })
+    }
+}
+
+/// An attempt made at once, waiting to be recorded.
+struct Sent {
+    immediate: Immediate,
+    result: AttemptResult,
+    at: DateTime<Utc>,
+    started: Instant,
+}
+
+/// Makes the first attempts of deliveries whose jobs this worker already holds, all at once,
+/// and ends or reschedules those jobs as the queue would. Whatever answers together is recorded
+/// together: the plain successes in one statement.
+async fn attempt_now(
+    deliverer: Arc<Deliverer>,
+    immediate: Vec<Immediate>,
+    event: StoredEvent,
+    context: JobContext,
+) {
+    let mut sending: FuturesUnordered<_> = immediate
+        .into_iter()
+        .map(|immediate| async {
+            let started = Instant::now();
+            let at = context.clock.now();
+            let result = deliverer.send(&immediate.endpoint, &event, at).await;
+            Sent {
+                immediate,
+                result,
+                at,
+                started,
+            }
+        })
+        .collect();
+    while let Some(first) = sending.next().await {
+        let mut answered = vec![first];
+        while let Some(Some(sent)) = sending.next().now_or_never() {
+            answered.push(sent);
+        }
+        record(&deliverer, answered, &context).await;
+    }
+}
+
+async fn record(deliverer: &Deliverer, answered: Vec<Sent>, context: &JobContext) {
+    let (plain, others): (Vec<Sent>, Vec<Sent>) = answered
+        .into_iter()
+        .partition(|sent| is_plain_success(&sent.immediate.endpoint, &sent.result));
+    let rows: Vec<_> = plain
+        .iter()
+        .map(|sent| attempt_row(&sent.immediate.delivery, &sent.result, sent.at))
+        .collect();
+    let recorded = async {
+        let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+        record_successes(&mut connection, &rows)
+            .await
+            .map_err(retry)
+    }
+    .await;
+    for sent in &plain {
+        let result = match &recorded {
+            Ok(()) => {
+                record_metrics(&sent.result, &Next::Done);
+                Ok(())
+            }
+            Err(error) => Err(retry(error)),
+        };
+        context
+            .finish_started(&sent.immediate.job, result, sent.started)
+            .instrument(job_span(&sent.immediate.job))
+            .await;
+    }
+    for sent in others {
+        let Sent {
+            immediate,
+            result,
+            at,
+            started,
+        } = sent;
+        let span = job_span(&immediate.job);
+        async {
+            let result = deliverer
+                .record(
+                    &immediate.delivery,
+                    &immediate.endpoint,
+                    result,
+                    at,
+                    context,
+                )
+                .await;
+            context
+                .finish_started(&immediate.job, result, started)
+                .await;
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+fn job_span(job: &ClaimedJob) -> tracing::Span {
+    tracing::info_span!("deliver at once", job_id = %job.id, kind = %job.kind)
+}
+
+fn new_delivery(
+    endpoint: &EndpointRow,
+    event: &StoredEvent,
+    now: chrono::DateTime<Utc>,
+) -> DeliveryRow {
+    DeliveryRow {
+        id: Uuid::now_v7(),
+        endpoint_id: endpoint.id,
+        event_id: event.id.clone(),
+        event_type: event.event_type.clone(),
+        status: if endpoint.enabled {
+            "pending"
+        } else {
+            "skipped"
+        }
+        .to_owned(),
+        attempts: 0,
+        last_status_code: None,
+        last_error: (!endpoint.enabled).then(|| "endpoint disabled".to_owned()),
+        created_at: now,
+        updated_at: now,
     }
 }

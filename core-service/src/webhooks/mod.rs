@@ -11,7 +11,7 @@ mod ssrf;
 
 pub mod signing;
 
-pub use deliver::{DELIVER_JOB, DeliverHandler, DeliveryPolicy};
+pub use deliver::{DELIVER_JOB, DeliverHandler, Deliverer, DeliveryPolicy};
 pub use fanout::WebhookFanout;
 pub use health::health_counts;
 pub use sender::{Sender, USER_AGENT};
