@@ -1021,3 +1021,44 @@ async fn the_waiting_deliveries_of_a_hanging_endpoint_are_parked_not_polled() {
 async fn count(app: &TestApp, sql: &str) -> i64 {
     crate::helpers::count(&app.database, sql).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_endpoint_gets_only_its_slow_slots_at_once() {
+    use switchbord_api::v1::event_service_client::EventServiceClient;
+    let app = TestApp::builder()
+        .webhook_timeout(Duration::from_secs(1))
+        .spawn()
+        .await;
+    let hanging = Receiver::start().await;
+    hanging.answer(Answer {
+        delay: Duration::from_secs(30),
+        ..Answer::default()
+    });
+    create(&app, &hanging.url(), &["message.delivered"]).await;
+    let mut events = EventServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.user)),
+    );
+    for index in 0..30 {
+        events
+            .publish_event(PublishEventRequest {
+                r#type: "message.delivered".to_owned(),
+                data: json!({"n": index})
+                    .as_object()
+                    .cloned()
+                    .map(switchbord_api::json::struct_from_json),
+                source: "test".to_owned(),
+            })
+            .await
+            .expect("publish");
+    }
+    // A healthy endpoint's 16 slots, before the first timeout marks it slow.
+    hanging.wait_for(16).await;
+
+    // Then 2 slow slots: in 3.5 s of 1 s timeouts, at most 8 more attempts begin, where the 14
+    // deliveries still waiting would all begin at once without the limit. The first ones'
+    // retries are not due before 5 s.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let arrived = hanging.received().len();
+    assert!((17..=24).contains(&arrived), "{arrived} requests arrived");
+}

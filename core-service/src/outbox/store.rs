@@ -17,6 +17,8 @@ pub struct NewJob {
     pub kind: JobKind,
     pub payload: Json,
     pub request_id: Option<Uuid>,
+    /// Not due before this; unset: due when inserted.
+    pub run_after: Option<DateTime<Utc>>,
 }
 
 impl NewJob {
@@ -26,6 +28,15 @@ impl NewJob {
             kind,
             payload,
             request_id,
+            run_after: None,
+        }
+    }
+
+    /// The same job, not due before `at`.
+    pub fn due_at(self, at: DateTime<Utc>) -> Self {
+        Self {
+            run_after: Some(at),
+            ..self
         }
     }
 }
@@ -68,7 +79,7 @@ pub async fn enqueue(mut connection: &AsyncPgConnection, job: &NewJob) -> QueryR
             kind: job.kind.name,
             payload: &job.payload,
             max_attempts: job.kind.max_attempts,
-            run_after: now,
+            run_after: job.run_after.unwrap_or(now),
             request_id: job.request_id,
             created_at: now,
             updated_at: now,
@@ -91,7 +102,7 @@ pub async fn enqueue_many(connection: &mut AsyncPgConnection, jobs: &[NewJob]) -
             kind: job.kind.name,
             payload: &job.payload,
             max_attempts: job.kind.max_attempts,
-            run_after: now,
+            run_after: job.run_after.unwrap_or(now),
             request_id: job.request_id,
             created_at: now,
             updated_at: now,

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::{AttemptResult, Sender};
+use super::success_log::SuccessLog;
 use crate::db;
 use crate::events::{EventDraft, StoredEvent, record};
 use crate::outbox::{
@@ -101,12 +102,13 @@ pub enum Next {
 pub struct Deliverer {
     sender: Sender,
     policy: DeliveryPolicy,
-    in_flight: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    in_flight: Mutex<HashMap<Uuid, Slots>>,
     /// Endpoints whose last attempt was slow.
     slow: Mutex<std::collections::HashSet<Uuid>>,
     rate_limits: Mutex<HashMap<Uuid, (i32, Arc<DefaultDirectRateLimiter>)>>,
     /// When each slow endpoint's waiting jobs were last parked.
     parked: Mutex<HashMap<Uuid, Instant>>,
+    successes: SuccessLog,
 }
 
 impl Deliverer {
@@ -118,20 +120,38 @@ impl Deliverer {
             slow: Mutex::default(),
             rate_limits: Mutex::default(),
             parked: Mutex::default(),
+            successes: SuccessLog::default(),
         }
     }
 
-    fn slots(&self, endpoint: Uuid) -> Arc<Semaphore> {
-        let mut slots = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slots
-            .entry(endpoint)
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(self.policy.per_endpoint_concurrency.max(1)))
-            })
-            .clone()
+    /// A slot for one attempt to `endpoint`, if it has one free. A slow endpoint also needs
+    /// one of its few slow slots, taken in the same step, so that concurrent jobs cannot all
+    /// see room and all start.
+    fn try_slot(&self, endpoint: Uuid) -> Result<Slot, Full> {
+        let slots = {
+            let mut slots = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            slots
+                .entry(endpoint)
+                .or_insert_with(|| Slots {
+                    any: Arc::new(Semaphore::new(self.policy.per_endpoint_concurrency.max(1))),
+                    slow: Arc::new(Semaphore::new(self.policy.slow_endpoint_concurrency.max(1))),
+                })
+                .clone()
+        };
+        let slow = self.is_slow(endpoint);
+        let full = Full { slow };
+        let any = slots.any.try_acquire_owned().map_err(|_| full)?;
+        let slow = match slow {
+            true => Some(slots.slow.try_acquire_owned().map_err(|_| full)?),
+            false => None,
+        };
+        Ok(Slot {
+            _any: any,
+            _slow: slow,
+        })
     }
 
     fn is_slow(&self, endpoint: Uuid) -> bool {
@@ -201,18 +221,29 @@ impl Deliverer {
 
     /// A slot for an attempt at once to `endpoint`: when it is enabled, not marked slow, has a
     /// free slot and its rate limit allows one more. Otherwise its delivery waits in the queue.
-    pub(super) fn admit_now(&self, endpoint: &EndpointRow) -> Option<OwnedSemaphorePermit> {
+    /// When a new delivery to `endpoint` should first be tried, if not at once: a slow
+    /// endpoint's deliveries start parked, so that they are not claimed only to be set aside.
+    pub(super) fn first_try(&self, endpoint: &EndpointRow, now: DateTime<Utc>) -> DateTime<Utc> {
+        if self.is_slow(endpoint.id) {
+            now + chrono::Duration::from_std(self.policy.slow_park).unwrap_or_default()
+        } else {
+            now
+        }
+    }
+
+    pub(super) fn admit_now(&self, endpoint: &EndpointRow) -> Option<Slot> {
         if !endpoint.enabled || self.is_slow(endpoint.id) {
             return None;
         }
-        let slot = self.slots(endpoint.id).try_acquire_owned().ok()?;
+        let slot = self.try_slot(endpoint.id).ok()?;
         self.rate_limited(endpoint).is_none().then_some(slot)
     }
 
-    /// Sends one attempt of `delivery` and records it; the caller holds one of the endpoint's
-    /// slots. `Err(Retry)` carries the schedule's delay before the next attempt.
+    /// Sends one attempt of `delivery` in one of its endpoint's slots, then records it.
+    /// `Err(Retry)` carries the schedule's delay before the next attempt.
     pub(super) async fn attempt(
         &self,
+        slot: Slot,
         delivery: &DeliveryRow,
         endpoint: &EndpointRow,
         event: &StoredEvent,
@@ -220,12 +251,13 @@ impl Deliverer {
     ) -> Result<(), JobError> {
         let now = context.clock.now();
         let result = self.send(endpoint, event, now).await;
+        // The slot bounds requests in flight to the receiver, not our own bookkeeping.
+        drop(slot);
         self.record(delivery, endpoint, result, now, context).await
     }
 
-    /// Sends one attempt (the caller holds one of the endpoint's slots) and notes how fast the
-    /// endpoint answered.
-    pub(super) async fn send(
+    /// Sends one attempt and notes how fast the endpoint answered.
+    async fn send(
         &self,
         endpoint: &EndpointRow,
         event: &StoredEvent,
@@ -237,7 +269,7 @@ impl Deliverer {
     }
 
     /// Records the attempt made at `now` and what follows it.
-    pub(super) async fn record(
+    async fn record(
         &self,
         delivery: &DeliveryRow,
         endpoint: &EndpointRow,
@@ -245,6 +277,15 @@ impl Deliverer {
         now: DateTime<Utc>,
         context: &JobContext,
     ) -> Result<(), JobError> {
+        if is_plain_success(endpoint, &result) {
+            let row = attempt_row(delivery, &result, now);
+            self.successes
+                .record(&context.pool, row)
+                .await
+                .map_err(JobError::retry)?;
+            record_metrics(&result, &Next::Done);
+            return Ok(());
+        }
         let mut connection = db::connection(&context.pool).await.map_err(retry)?;
         let next = record_attempt(
             &mut connection,
@@ -331,43 +372,26 @@ impl JobHandler for DeliverHandler {
                 return Ok(());
             }
             let deliverer = &*self.deliverer;
-            let slots = deliverer.slots(endpoint.id);
             // A slow endpoint may use only a few of its slots: the other workers stay free for
             // endpoints that answer.
-            let in_use = deliverer
-                .policy
-                .per_endpoint_concurrency
-                .saturating_sub(slots.available_permits());
-            let defer = || JobError::Defer {
-                after: Duration::from_millis(200),
-            };
-            if deliverer.is_slow(endpoint.id)
-                && in_use >= deliverer.policy.slow_endpoint_concurrency
-            {
-                // A slow endpoint can take only a few deliveries at a time. Deferring each of
-                // its waiting jobs by a fraction of a second would have every worker claim and
-                // defer them over and over (thousands per second behind a hanging receiver),
-                // starving healthy endpoints; instead they all wait out one park period.
-                if deliverer.should_park(endpoint.id) {
-                    let until = context.clock.now()
-                        + chrono::Duration::from_std(deliverer.policy.slow_park)
-                            .unwrap_or_default();
-                    outbox::postpone(
-                        &mut connection,
-                        DELIVER_JOB,
-                        "endpoint_id",
-                        &endpoint.id.to_string(),
-                        until,
-                    )
-                    .await
-                    .map_err(retry)?;
+            let slot = match deliverer.try_slot(endpoint.id) {
+                Ok(slot) => slot,
+                Err(Full { slow: false }) => {
+                    return Err(JobError::Defer {
+                        after: Duration::from_millis(200),
+                    });
                 }
-                return Err(JobError::Defer {
-                    after: deliverer.policy.slow_park,
-                });
-            }
-            let Ok(_slot) = slots.try_acquire_owned() else {
-                return Err(defer());
+                Err(Full { slow: true }) => {
+                    // A slow endpoint can take only a few deliveries at a time. Deferring each
+                    // of its waiting jobs by a fraction of a second would have every worker
+                    // claim and defer them over and over (thousands per second behind a
+                    // hanging receiver), starving healthy endpoints; instead they all wait out
+                    // one park period.
+                    park(deliverer, &mut connection, endpoint.id, context).await?;
+                    return Err(JobError::Defer {
+                        after: deliverer.policy.slow_park,
+                    });
+                }
             };
             if let Some(wait) = deliverer.rate_limited(&endpoint) {
                 return Err(JobError::Defer { after: wait });
@@ -375,10 +399,54 @@ impl JobHandler for DeliverHandler {
             // No connection is held across the network call.
             drop(connection);
             deliverer
-                .attempt(&delivery, &endpoint, &event, context)
+                .attempt(slot, &delivery, &endpoint, &event, context)
                 .await
         })
     }
+}
+
+/// Sets aside every waiting delivery of `endpoint` for one park period (at most once per half
+/// period, however many of its jobs come by meanwhile).
+async fn park(
+    deliverer: &Deliverer,
+    connection: &mut AsyncPgConnection,
+    endpoint: Uuid,
+    context: &JobContext,
+) -> Result<(), JobError> {
+    if deliverer.should_park(endpoint) {
+        let until = context.clock.now()
+            + chrono::Duration::from_std(deliverer.policy.slow_park).unwrap_or_default();
+        outbox::postpone(
+            connection,
+            DELIVER_JOB,
+            "endpoint_id",
+            &endpoint.to_string(),
+            until,
+        )
+        .await
+        .map_err(retry)?;
+    }
+    Ok(())
+}
+
+/// An endpoint's slots: any attempt takes one of `any`; an attempt to a slow endpoint also one
+/// of `slow`.
+#[derive(Clone)]
+struct Slots {
+    any: Arc<Semaphore>,
+    slow: Arc<Semaphore>,
+}
+
+/// What an attempt holds while it runs.
+pub(super) struct Slot {
+    _any: OwnedSemaphorePermit,
+    _slow: Option<OwnedSemaphorePermit>,
+}
+
+/// No slot was free; `slow` when the endpoint is marked slow.
+#[derive(Debug, Clone, Copy)]
+struct Full {
+    slow: bool,
 }
 
 /// Counts the attempt by what it led to, and times it.

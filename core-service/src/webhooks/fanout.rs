@@ -10,21 +10,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use futures::FutureExt;
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::OwnedSemaphorePermit;
+use futures::future::join_all;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::deliver::{
-    Deliverer, Next, attempt_row, deliver_job, is_plain_success, record_metrics, record_successes,
-    retry,
-};
+use super::deliver::{Deliverer, Slot, deliver_job, retry};
 use super::model::{DeliveryRow, EndpointRow};
-use super::sender::AttemptResult;
 use crate::db;
 use crate::events::{EventConsumer, StoredEvent};
 use crate::outbox::{self, BoxFuture, ClaimedJob, JobContext, JobError, NewJob};
@@ -45,7 +39,7 @@ struct Immediate {
     job: ClaimedJob,
     delivery: DeliveryRow,
     endpoint: EndpointRow,
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
 }
 
 impl EventConsumer for WebhookFanout {
@@ -98,7 +92,9 @@ impl EventConsumer for WebhookFanout {
                                 started.push(job);
                                 admitted.push((delivery, endpoint, slot));
                             }
-                            None => queued.push(job),
+                            None => {
+                                queued.push(job.due_at(self.deliverer.first_try(&endpoint, now)))
+                            }
                         }
                     }
                     outbox::enqueue_many(connection, &queued).await?;
@@ -110,7 +106,7 @@ impl EventConsumer for WebhookFanout {
                             job,
                             delivery,
                             endpoint,
-                            _slot: slot,
+                            slot,
                         })
                         .collect())
                 })
@@ -131,103 +127,33 @@ impl EventConsumer for WebhookFanout {
     }
 }
 
-/// An attempt made at once, waiting to be recorded.
-struct Sent {
-    immediate: Immediate,
-    result: AttemptResult,
-    at: DateTime<Utc>,
-    started: Instant,
-}
-
 /// Makes the first attempts of deliveries whose jobs this worker already holds, all at once,
-/// and ends or reschedules those jobs as the queue would. Whatever answers together is recorded
-/// together: the plain successes in one statement.
+/// and ends or reschedules those jobs as the queue would.
 async fn attempt_now(
     deliverer: Arc<Deliverer>,
     immediate: Vec<Immediate>,
     event: StoredEvent,
     context: JobContext,
 ) {
-    let mut sending: FuturesUnordered<_> = immediate
-        .into_iter()
-        .map(|immediate| async {
+    join_all(immediate.into_iter().map(|immediate| {
+        let Immediate {
+            job,
+            delivery,
+            endpoint,
+            slot,
+        } = immediate;
+        let span = tracing::info_span!("deliver at once", job_id = %job.id, kind = %job.kind);
+        let (deliverer, event, context) = (&deliverer, &event, &context);
+        async move {
             let started = Instant::now();
-            let at = context.clock.now();
-            let result = deliverer.send(&immediate.endpoint, &event, at).await;
-            Sent {
-                immediate,
-                result,
-                at,
-                started,
-            }
-        })
-        .collect();
-    while let Some(first) = sending.next().await {
-        let mut answered = vec![first];
-        while let Some(Some(sent)) = sending.next().now_or_never() {
-            answered.push(sent);
-        }
-        record(&deliverer, answered, &context).await;
-    }
-}
-
-async fn record(deliverer: &Deliverer, answered: Vec<Sent>, context: &JobContext) {
-    let (plain, others): (Vec<Sent>, Vec<Sent>) = answered
-        .into_iter()
-        .partition(|sent| is_plain_success(&sent.immediate.endpoint, &sent.result));
-    let rows: Vec<_> = plain
-        .iter()
-        .map(|sent| attempt_row(&sent.immediate.delivery, &sent.result, sent.at))
-        .collect();
-    let recorded = async {
-        let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-        record_successes(&mut connection, &rows)
-            .await
-            .map_err(retry)
-    }
-    .await;
-    for sent in &plain {
-        let result = match &recorded {
-            Ok(()) => {
-                record_metrics(&sent.result, &Next::Done);
-                Ok(())
-            }
-            Err(error) => Err(retry(error)),
-        };
-        context
-            .finish_started(&sent.immediate.job, result, sent.started)
-            .instrument(job_span(&sent.immediate.job))
-            .await;
-    }
-    for sent in others {
-        let Sent {
-            immediate,
-            result,
-            at,
-            started,
-        } = sent;
-        let span = job_span(&immediate.job);
-        async {
             let result = deliverer
-                .record(
-                    &immediate.delivery,
-                    &immediate.endpoint,
-                    result,
-                    at,
-                    context,
-                )
+                .attempt(slot, &delivery, &endpoint, event, context)
                 .await;
-            context
-                .finish_started(&immediate.job, result, started)
-                .await;
+            context.finish_started(&job, result, started).await;
         }
         .instrument(span)
-        .await;
-    }
-}
-
-fn job_span(job: &ClaimedJob) -> tracing::Span {
-    tracing::info_span!("deliver at once", job_id = %job.id, kind = %job.kind)
+    }))
+    .await;
 }
 
 fn new_delivery(

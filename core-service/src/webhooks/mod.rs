@@ -8,6 +8,7 @@ mod model;
 mod sender;
 mod service;
 mod ssrf;
+mod success_log;
 
 pub mod signing;
 
