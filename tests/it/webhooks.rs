@@ -1062,3 +1062,59 @@ async fn a_slow_endpoint_gets_only_its_slow_slots_at_once() {
     let arrived = hanging.received().len();
     assert!((17..=24).contains(&arrived), "{arrived} requests arrived");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_that_does_not_answer_is_slow_before_its_timeout() {
+    use switchbord_api::v1::event_service_client::EventServiceClient;
+    let app = TestApp::builder()
+        .webhook_timeout(Duration::from_secs(30))
+        .spawn()
+        .await;
+    let hanging = Receiver::start().await;
+    hanging.answer(Answer {
+        delay: Duration::from_secs(60),
+        ..Answer::default()
+    });
+    create(&app, &hanging.url(), &["message.delivered"]).await;
+    let mut events = EventServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.user)),
+    );
+    let started = std::time::Instant::now();
+    for index in 0..24 {
+        events
+            .publish_event(PublishEventRequest {
+                r#type: "message.delivered".to_owned(),
+                data: json!({"n": index})
+                    .as_object()
+                    .cloned()
+                    .map(switchbord_api::json::struct_from_json),
+                source: "test".to_owned(),
+            })
+            .await
+            .expect("publish");
+    }
+
+    // The 8 deliveries beyond the first 16 in flight are parked once the receiver has kept
+    // them waiting for a second (the slow-attempt threshold), long before the 30 s timeout.
+    crate::helpers::eventually("the waiting deliveries are parked", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM outbox_jobs
+             WHERE kind = 'webhook.deliver' AND status = 'pending'
+               AND run_after > now() + interval '500 milliseconds'",
+        )
+        .await
+            >= 8
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM webhook_attempts").await,
+        0
+    );
+}

@@ -63,8 +63,12 @@ pub struct DeliveryPolicy {
     pub slow_endpoint_concurrency: usize,
     /// An attempt that takes longer than this marks its endpoint slow.
     pub slow_attempt: Duration,
-    /// How long the waiting deliveries of a slow endpoint that has no free slot are set aside.
+    /// How long the waiting deliveries of a slow endpoint that has no free slot are set aside,
+    /// at first. The longer the endpoint stays slow, the longer they wait, up to
+    /// `slow_park_max`: a hanging receiver takes a few deliveries per timeout at most, and
+    /// claiming its backlog every few seconds would cost the healthy endpoints.
     pub slow_park: Duration,
+    pub slow_park_max: Duration,
 }
 
 impl Default for DeliveryPolicy {
@@ -86,9 +90,13 @@ impl Default for DeliveryPolicy {
             slow_endpoint_concurrency: 2,
             slow_attempt: Duration::from_secs(1),
             slow_park: Duration::from_secs(2),
+            slow_park_max: Duration::from_secs(30),
         }
     }
 }
+
+/// How long a delivery waits when every slot of its endpoint is taken.
+const BUSY_WAIT: Duration = Duration::from_millis(200);
 
 /// What happens after an attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,8 +111,8 @@ pub struct Deliverer {
     sender: Sender,
     policy: DeliveryPolicy,
     in_flight: Mutex<HashMap<Uuid, Slots>>,
-    /// Endpoints whose last attempt was slow.
-    slow: Mutex<std::collections::HashSet<Uuid>>,
+    /// Endpoints whose last attempt was slow, and since when.
+    slow: Mutex<HashMap<Uuid, Instant>>,
     rate_limits: Mutex<HashMap<Uuid, (i32, Arc<DefaultDirectRateLimiter>)>>,
     /// When each slow endpoint's waiting jobs were last parked.
     parked: Mutex<HashMap<Uuid, Instant>>,
@@ -157,8 +165,25 @@ impl Deliverer {
     fn is_slow(&self, endpoint: Uuid) -> bool {
         self.slow
             .lock()
-            .map(|slow| slow.contains(&endpoint))
+            .map(|slow| slow.contains_key(&endpoint))
             .unwrap_or(false)
+    }
+
+    /// How long `endpoint`'s waiting deliveries are set aside now: as long as it has been slow,
+    /// within the policy's bounds. `None` when it is not slow.
+    fn park_length(&self, endpoint: Uuid) -> Option<Duration> {
+        let since = *self.slow.lock().ok()?.get(&endpoint)?;
+        Some(
+            since
+                .elapsed()
+                .clamp(self.policy.slow_park, self.policy.slow_park_max),
+        )
+    }
+
+    fn mark_slow(&self, endpoint: Uuid) {
+        if let Ok(mut marked) = self.slow.lock() {
+            marked.entry(endpoint).or_insert_with(Instant::now);
+        }
     }
 
     /// Remembers whether `endpoint` answered slowly; a fast answer clears the mark.
@@ -168,12 +193,10 @@ impl Deliverer {
                 .error
                 .as_deref()
                 .is_some_and(|error| error.contains("timed out"));
-        if let Ok(mut marked) = self.slow.lock() {
-            if slow {
-                marked.insert(endpoint);
-            } else {
-                marked.remove(&endpoint);
-            }
+        if slow {
+            self.mark_slow(endpoint);
+        } else if let Ok(mut marked) = self.slow.lock() {
+            marked.remove(&endpoint);
         }
     }
 
@@ -219,24 +242,23 @@ impl Deliverer {
         })
     }
 
-    /// A slot for an attempt at once to `endpoint`: when it is enabled, not marked slow, has a
-    /// free slot and its rate limit allows one more. Otherwise its delivery waits in the queue.
-    /// When a new delivery to `endpoint` should first be tried, if not at once: a slow
-    /// endpoint's deliveries start parked, so that they are not claimed only to be set aside.
-    pub(super) fn first_try(&self, endpoint: &EndpointRow, now: DateTime<Utc>) -> DateTime<Utc> {
-        if self.is_slow(endpoint.id) {
-            now + chrono::Duration::from_std(self.policy.slow_park).unwrap_or_default()
-        } else {
-            now
+    /// A slot for an attempt at once to `endpoint`, when it is not marked slow, has a free slot
+    /// and its rate limit allows one more. Otherwise, how long its new delivery should wait in
+    /// the queue before it is first tried (the park period of a slow endpoint, the rate
+    /// limit's wait), so that it is not claimed only to be deferred. A busy endpoint's
+    /// delivery is due at once: its slots free as soon as its receiver answers.
+    pub(super) fn admit_now(&self, endpoint: &EndpointRow) -> Result<Slot, Duration> {
+        if !endpoint.enabled {
+            return Err(Duration::ZERO);
         }
-    }
-
-    pub(super) fn admit_now(&self, endpoint: &EndpointRow) -> Option<Slot> {
-        if !endpoint.enabled || self.is_slow(endpoint.id) {
-            return None;
+        if let Some(park) = self.park_length(endpoint.id) {
+            return Err(park);
         }
-        let slot = self.try_slot(endpoint.id).ok()?;
-        self.rate_limited(endpoint).is_none().then_some(slot)
+        let slot = self.try_slot(endpoint.id).map_err(|_| Duration::ZERO)?;
+        match self.rate_limited(endpoint) {
+            None => Ok(slot),
+            Some(wait) => Err(wait),
+        }
     }
 
     /// Sends one attempt of `delivery` in one of its endpoint's slots, then records it.
@@ -263,7 +285,18 @@ impl Deliverer {
         event: &StoredEvent,
         now: DateTime<Utc>,
     ) -> AttemptResult {
-        let result = self.sender.send(endpoint, event, now).await;
+        let sending = self.sender.send(endpoint, event, now);
+        tokio::pin!(sending);
+        // A receiver that has not answered within `slow_attempt` is slow already: waiting for
+        // the timeout to say so would let its waiting deliveries be claimed and deferred over
+        // and over meanwhile.
+        let result = tokio::select! {
+            result = &mut sending => result,
+            () = tokio::time::sleep(self.policy.slow_attempt) => {
+                self.mark_slow(endpoint.id);
+                sending.await
+            }
+        };
         self.note_speed(endpoint.id, &result);
         result
     }
@@ -376,21 +409,15 @@ impl JobHandler for DeliverHandler {
             // endpoints that answer.
             let slot = match deliverer.try_slot(endpoint.id) {
                 Ok(slot) => slot,
-                Err(Full { slow: false }) => {
-                    return Err(JobError::Defer {
-                        after: Duration::from_millis(200),
-                    });
-                }
+                Err(Full { slow: false }) => return Err(JobError::Defer { after: BUSY_WAIT }),
                 Err(Full { slow: true }) => {
                     // A slow endpoint can take only a few deliveries at a time. Deferring each
                     // of its waiting jobs by a fraction of a second would have every worker
                     // claim and defer them over and over (thousands per second behind a
                     // hanging receiver), starving healthy endpoints; instead they all wait out
                     // one park period.
-                    park(deliverer, &mut connection, endpoint.id, context).await?;
-                    return Err(JobError::Defer {
-                        after: deliverer.policy.slow_park,
-                    });
+                    let parked = park(deliverer, &mut connection, endpoint.id, context).await?;
+                    return Err(JobError::Defer { after: parked });
                 }
             };
             if let Some(wait) = deliverer.rate_limited(&endpoint) {
@@ -406,16 +433,18 @@ impl JobHandler for DeliverHandler {
 }
 
 /// Sets aside every waiting delivery of `endpoint` for one park period (at most once per half
-/// period, however many of its jobs come by meanwhile).
+/// period, however many of its jobs come by meanwhile), and returns the period.
 async fn park(
     deliverer: &Deliverer,
     connection: &mut AsyncPgConnection,
     endpoint: Uuid,
     context: &JobContext,
-) -> Result<(), JobError> {
+) -> Result<Duration, JobError> {
+    let length = deliverer
+        .park_length(endpoint)
+        .unwrap_or(deliverer.policy.slow_park);
     if deliverer.should_park(endpoint) {
-        let until = context.clock.now()
-            + chrono::Duration::from_std(deliverer.policy.slow_park).unwrap_or_default();
+        let until = context.clock.now() + chrono::Duration::from_std(length).unwrap_or_default();
         outbox::postpone(
             connection,
             DELIVER_JOB,
@@ -426,7 +455,7 @@ async fn park(
         .await
         .map_err(retry)?;
     }
-    Ok(())
+    Ok(length)
 }
 
 /// An endpoint's slots: any attempt takes one of `any`; an attempt to a slow endpoint also one

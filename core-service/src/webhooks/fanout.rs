@@ -88,13 +88,13 @@ impl EventConsumer for WebhookFanout {
                     for (delivery, endpoint) in planned {
                         let job = deliver_job(delivery.id, endpoint.id);
                         match self.deliverer.admit_now(&endpoint) {
-                            Some(slot) => {
+                            Ok(slot) => {
                                 started.push(job);
                                 admitted.push((delivery, endpoint, slot));
                             }
-                            None => {
-                                queued.push(job.due_at(self.deliverer.first_try(&endpoint, now)))
-                            }
+                            Err(wait) => queued.push(job.due_at(
+                                now + chrono::Duration::from_std(wait).unwrap_or_default(),
+                            )),
                         }
                     }
                     outbox::enqueue_many(connection, &queued).await?;
