@@ -1118,3 +1118,50 @@ async fn a_receiver_that_does_not_answer_is_slow_before_its_timeout() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_dispatch_of_an_event_delivers_it_once() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    create(&app, &receiver.url(), &["contact.created"]).await;
+    new_contact(&app, "+4915112345678").await;
+    receiver.wait_for(1).await;
+
+    // As if the dispatch job ran again (its worker died before recording its success).
+    let mut connection = app.database.connect().await;
+    diesel::sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at,
+                                  updated_at)
+         SELECT gen_random_uuid(), 'event.dispatch', jsonb_build_object('event_id', id), 10,
+                now(), now(), now()
+         FROM events WHERE type = 'contact.created'",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("enqueue the dispatch again");
+    crate::helpers::eventually("the repeated dispatch ran", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM outbox_jobs
+             WHERE kind = 'event.dispatch' AND status <> 'succeeded'",
+        )
+        .await
+            == 0
+    })
+    .await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM webhook_deliveries").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver'"
+        )
+        .await,
+        1
+    );
+}

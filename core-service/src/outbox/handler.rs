@@ -49,6 +49,16 @@ impl JobContext {
         .await
     }
 
+    /// The lease owner and expiry for jobs a handler inserts already claimed in a statement of
+    /// its own (status `running`, `attempts` 1; see [`ClaimedJob::started`]), where
+    /// [`JobContext::enqueue_started`] cannot be used.
+    pub fn started_lease(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (&str, chrono::DateTime<chrono::Utc>) {
+        (&self.lease.owner, self.lease.until(now))
+    }
+
     /// Runs `task` (started jobs, see [`JobContext::enqueue_started`]) apart from the
     /// handler's own job, which can then end at once. The worker waits for it on shutdown, as
     /// for the jobs it claimed.

@@ -150,17 +150,7 @@ pub async fn enqueue_started(
         .values(&rows)
         .execute(connection)
         .await?;
-    Ok(jobs
-        .iter()
-        .map(|job| ClaimedJob {
-            id: job.id,
-            kind: job.kind.name.to_owned(),
-            payload: job.payload.clone(),
-            attempts: 1,
-            max_attempts: job.kind.max_attempts,
-            request_id: job.request_id,
-        })
-        .collect())
+    Ok(jobs.iter().map(ClaimedJob::started).collect())
 }
 
 /// A job a worker holds under its lease.
@@ -179,6 +169,20 @@ pub struct ClaimedJob {
     pub max_attempts: i32,
     #[diesel(sql_type = Nullable<SqlUuid>)]
     pub request_id: Option<Uuid>,
+}
+
+impl ClaimedJob {
+    /// `job` as inserted already claimed: running, its first attempt counted.
+    pub fn started(job: &NewJob) -> Self {
+        Self {
+            id: job.id,
+            kind: job.kind.name.to_owned(),
+            payload: job.payload.clone(),
+            attempts: 1,
+            max_attempts: job.kind.max_attempts,
+            request_id: job.request_id,
+        }
+    }
 }
 
 /// One row of `outbox_jobs`, for operators.

@@ -10,19 +10,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::future::join_all;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::deliver::{Deliverer, Slot, deliver_job, retry};
+use super::deliver::{DELIVER_JOB, Deliverer, Slot, deliver_job, retry};
 use super::model::{DeliveryRow, EndpointRow};
 use crate::db;
 use crate::events::{EventConsumer, StoredEvent};
-use crate::outbox::{self, BoxFuture, ClaimedJob, JobContext, JobError, NewJob};
-use crate::schema::{webhook_deliveries, webhook_endpoints};
+use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, NewJob};
+use crate::schema::webhook_endpoints;
 
 pub struct WebhookFanout {
     deliverer: Arc<Deliverer>,
@@ -54,64 +54,53 @@ impl EventConsumer for WebhookFanout {
                 return Ok(());
             }
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-            let immediate = connection
-                .transaction::<_, diesel::result::Error, _>(async |connection| {
-                    let endpoints: Vec<EndpointRow> = webhook_endpoints::table
-                        .select(EndpointRow::as_select())
-                        .load(connection)
-                        .await?;
-                    let now = Utc::now();
-                    let mut planned: Vec<(DeliveryRow, EndpointRow)> = endpoints
-                        .into_iter()
-                        .filter(|endpoint| endpoint.subscribes_to(&event.event_type))
-                        .map(|endpoint| (new_delivery(&endpoint, event, now), endpoint))
-                        .collect();
-                    if planned.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let rows: Vec<&DeliveryRow> =
-                        planned.iter().map(|(delivery, _)| delivery).collect();
-                    // The unique (endpoint, event) pair makes a repeated dispatch harmless:
-                    // only the deliveries inserted now get a job.
-                    let inserted: Vec<Uuid> = diesel::insert_into(webhook_deliveries::table)
-                        .values(rows)
-                        .on_conflict_do_nothing()
-                        .returning(webhook_deliveries::id)
-                        .get_results(connection)
-                        .await?;
-                    planned.retain(|(delivery, _)| {
-                        delivery.status == "pending" && inserted.contains(&delivery.id)
-                    });
-                    let mut queued: Vec<NewJob> = Vec::new();
-                    let mut started: Vec<NewJob> = Vec::new();
-                    let mut admitted = Vec::new();
-                    for (delivery, endpoint) in planned {
-                        let job = deliver_job(delivery.id, endpoint.id);
-                        match self.deliverer.admit_now(&endpoint) {
-                            Ok(slot) => {
-                                started.push(job);
-                                admitted.push((delivery, endpoint, slot));
-                            }
-                            Err(wait) => queued.push(job.due_at(
-                                now + chrono::Duration::from_std(wait).unwrap_or_default(),
-                            )),
-                        }
-                    }
-                    outbox::enqueue_many(connection, &queued).await?;
-                    let claimed = context.enqueue_started(connection, &started).await?;
-                    Ok(claimed
-                        .into_iter()
-                        .zip(admitted)
-                        .map(|(job, (delivery, endpoint, slot))| Immediate {
-                            job,
-                            delivery,
-                            endpoint,
-                            slot,
-                        })
-                        .collect())
-                })
+            let endpoints: Vec<EndpointRow> = webhook_endpoints::table
+                .select(EndpointRow::as_select())
+                .load(&mut connection)
                 .await
                 .map_err(retry)?;
+            let now = Utc::now();
+            let deliveries: Vec<(DeliveryRow, EndpointRow)> = endpoints
+                .into_iter()
+                .filter(|endpoint| endpoint.subscribes_to(&event.event_type))
+                .map(|endpoint| (new_delivery(&endpoint, event, now), endpoint))
+                .collect();
+            if deliveries.is_empty() {
+                return Ok(());
+            }
+            // One job per pending delivery, with the slot of its attempt at once if it gets one.
+            let jobs: Vec<(usize, NewJob, Option<Slot>)> = deliveries
+                .iter()
+                .enumerate()
+                .filter(|(_, (delivery, _))| delivery.status == "pending")
+                .map(|(index, (delivery, endpoint))| {
+                    let job = deliver_job(delivery.id, endpoint.id);
+                    match self.deliverer.admit_now(endpoint) {
+                        Ok(slot) => (index, job, Some(slot)),
+                        Err(wait) => {
+                            let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                            (index, job.due_at(due), None)
+                        }
+                    }
+                })
+                .collect();
+            let inserted = insert(&mut connection, event, &deliveries, &jobs, context, now)
+                .await
+                .map_err(retry)?;
+            drop(connection);
+            let immediate: Vec<Immediate> = jobs
+                .into_iter()
+                .filter(|(_, job, _)| inserted.contains(&job.id))
+                .filter_map(|(index, job, slot)| {
+                    let (delivery, endpoint) = &deliveries[index];
+                    Some(Immediate {
+                        job: ClaimedJob::started(&job),
+                        delivery: delivery.clone(),
+                        endpoint: endpoint.clone(),
+                        slot: slot?,
+                    })
+                })
+                .collect();
             // The attempts run apart from this job, which ends now: a hanging receiver holds
             // only its own endpoint's slots, never the fan-out of later events.
             if !immediate.is_empty() {
@@ -154,6 +143,105 @@ async fn attempt_now(
         .instrument(span)
     }))
     .await;
+}
+
+/// Inserts `deliveries` and, in the same statement, the jobs of those that were new: the
+/// unique (endpoint, event) pair makes a repeated dispatch harmless, and only deliveries
+/// inserted now get a job. Jobs with a slot are inserted already claimed by this worker (see
+/// [`JobContext::enqueue_started`]). One statement, so the fan-out needs no BEGIN and COMMIT
+/// round trips. Returns the ids of the jobs inserted.
+async fn insert(
+    connection: &mut AsyncPgConnection,
+    event: &StoredEvent,
+    deliveries: &[(DeliveryRow, EndpointRow)],
+    jobs: &[(usize, NewJob, Option<Slot>)],
+    context: &JobContext,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<Uuid>> {
+    use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+    }
+
+    let (owner, lease_until) = context.started_lease(now);
+    let delivery_ids: Vec<Uuid> = deliveries.iter().map(|(row, _)| row.id).collect();
+    let endpoint_ids: Vec<Uuid> = deliveries.iter().map(|(row, _)| row.endpoint_id).collect();
+    let statuses: Vec<&str> = deliveries
+        .iter()
+        .map(|(row, _)| row.status.as_str())
+        .collect();
+    let errors: Vec<Option<&str>> = deliveries
+        .iter()
+        .map(|(row, _)| row.last_error.as_deref())
+        .collect();
+    let job_ids: Vec<Uuid> = jobs.iter().map(|(_, job, _)| job.id).collect();
+    let job_deliveries: Vec<Uuid> = jobs
+        .iter()
+        .map(|(index, _, _)| deliveries[*index].0.id)
+        .collect();
+    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|(_, job, _)| &job.payload).collect();
+    let job_statuses: Vec<&str> = jobs
+        .iter()
+        .map(|(_, _, slot)| if slot.is_some() { "running" } else { "pending" })
+        .collect();
+    let attempts: Vec<i32> = jobs
+        .iter()
+        .map(|(_, _, slot)| i32::from(slot.is_some()))
+        .collect();
+    let run_after: Vec<DateTime<Utc>> = jobs
+        .iter()
+        .map(|(_, job, _)| job.run_after.unwrap_or(now))
+        .collect();
+    let lease_owners: Vec<Option<&str>> = jobs
+        .iter()
+        .map(|(_, _, slot)| slot.as_ref().map(|_| owner))
+        .collect();
+    let lease_expiries: Vec<Option<DateTime<Utc>>> = jobs
+        .iter()
+        .map(|(_, _, slot)| slot.as_ref().map(|_| lease_until))
+        .collect();
+    diesel::sql_query(
+        "WITH inserted AS (
+             INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status,
+                 attempts, last_status_code, last_error, created_at, updated_at)
+             SELECT id, endpoint_id, $5, $6, status, 0, NULL, last_error, $7, $7
+             FROM unnest($1, $2, $3, $4) AS d (id, endpoint_id, status, last_error)
+             ON CONFLICT DO NOTHING
+             RETURNING id
+         )
+         INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             lease_owner, lease_expires_at, created_at, updated_at)
+         SELECT j.id, $8, j.payload, j.status, j.attempts, $9, j.run_after, j.lease_owner,
+             j.lease_expires_at, $7, $7
+         FROM unnest($10, $11, $12, $13, $14, $15, $16, $17)
+             AS j (id, delivery_id, payload, status, attempts, run_after, lease_owner,
+                   lease_expires_at)
+         JOIN inserted ON inserted.id = j.delivery_id
+         RETURNING id",
+    )
+    .bind::<Array<SqlUuid>, _>(delivery_ids)
+    .bind::<Array<SqlUuid>, _>(endpoint_ids)
+    .bind::<Array<Text>, _>(statuses)
+    .bind::<Array<Nullable<Text>>, _>(errors)
+    .bind::<Text, _>(&event.id)
+    .bind::<Text, _>(&event.event_type)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Text, _>(DELIVER_JOB.name)
+    .bind::<Int4, _>(DELIVER_JOB.max_attempts)
+    .bind::<Array<SqlUuid>, _>(job_ids)
+    .bind::<Array<SqlUuid>, _>(job_deliveries)
+    .bind::<Array<Jsonb>, _>(payloads)
+    .bind::<Array<Text>, _>(job_statuses)
+    .bind::<Array<Int4>, _>(attempts)
+    .bind::<Array<Timestamptz>, _>(run_after)
+    .bind::<Array<Nullable<Text>>, _>(lease_owners)
+    .bind::<Array<Nullable<Timestamptz>>, _>(lease_expiries)
+    .load::<Inserted>(connection)
+    .await
+    .map(|rows| rows.into_iter().map(|row| row.id).collect())
 }
 
 fn new_delivery(
