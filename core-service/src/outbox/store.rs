@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Int4, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value as Json;
 use uuid::Uuid;
@@ -154,20 +154,14 @@ pub async fn enqueue_started(
 }
 
 /// A job a worker holds under its lease.
-#[derive(Debug, Clone, QueryableByName)]
+#[derive(Debug, Clone, Queryable)]
 pub struct ClaimedJob {
-    #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
-    #[diesel(sql_type = Text)]
     pub kind: String,
-    #[diesel(sql_type = Jsonb)]
     pub payload: Json,
     /// Attempts including this one.
-    #[diesel(sql_type = Int4)]
     pub attempts: i32,
-    #[diesel(sql_type = Int4)]
     pub max_attempts: i32,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
     pub request_id: Option<Uuid>,
 }
 
@@ -204,8 +198,11 @@ pub struct JobRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Claims up to `limit` due jobs (pending and due, or running with an expired lease) for
-/// `owner` until `lease_until`. `SKIP LOCKED` lets concurrent workers take disjoint sets.
+/// Claims up to `limit` pending jobs that are due, oldest first, for `owner` until
+/// `lease_until`. `SKIP LOCKED` lets concurrent workers take disjoint sets. The scan follows the
+/// pending index in `run_after` order and stops at `limit`, so a claim costs the same however
+/// long the queue is (a query that also took expired leases scanned and sorted every due job).
+/// A DSL query, so that the connection keeps it prepared.
 pub async fn claim(
     connection: &mut AsyncPgConnection,
     owner: &str,
@@ -213,26 +210,73 @@ pub async fn claim(
     lease_until: DateTime<Utc>,
     limit: i64,
 ) -> QueryResult<Vec<ClaimedJob>> {
-    diesel::sql_query(
-        "UPDATE outbox_jobs
-         SET status = 'running', lease_owner = $1, lease_expires_at = $2,
-             attempts = attempts + 1, updated_at = $3
-         WHERE id IN (
-             SELECT id FROM outbox_jobs
-             WHERE (status = 'pending' AND run_after <= $3)
-                OR (status = 'running' AND lease_expires_at < $3)
-             ORDER BY run_after
-             LIMIT $4
-             FOR UPDATE SKIP LOCKED)
-         RETURNING id, kind, payload, attempts, max_attempts, request_id",
-    )
-    .bind::<Text, _>(owner)
-    .bind::<Timestamptz, _>(lease_until)
-    .bind::<Timestamptz, _>(now)
-    .bind::<BigInt, _>(limit)
-    .load(connection)
-    .await
+    let candidate = diesel::alias!(outbox_jobs as candidate);
+    let due = candidate
+        .filter(candidate.field(outbox_jobs::status).eq("pending"))
+        .filter(candidate.field(outbox_jobs::run_after).le(now))
+        .order(candidate.field(outbox_jobs::run_after))
+        .limit(limit)
+        .select(candidate.field(outbox_jobs::id))
+        .for_update()
+        .skip_locked();
+    diesel::update(outbox_jobs::table.filter(outbox_jobs::id.eq_any(due)))
+        .set((
+            outbox_jobs::status.eq("running"),
+            outbox_jobs::lease_owner.eq(owner),
+            outbox_jobs::lease_expires_at.eq(lease_until),
+            outbox_jobs::attempts.eq(outbox_jobs::attempts + 1),
+            outbox_jobs::updated_at.eq(now),
+        ))
+        .returning(CLAIMED)
+        .get_results(connection)
+        .await
 }
+
+/// Claims up to `limit` running jobs whose lease expired (their worker died), like [`claim`].
+pub async fn claim_expired(
+    connection: &mut AsyncPgConnection,
+    owner: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<ClaimedJob>> {
+    let candidate = diesel::alias!(outbox_jobs as candidate);
+    let expired = candidate
+        .filter(candidate.field(outbox_jobs::status).eq("running"))
+        .filter(candidate.field(outbox_jobs::lease_expires_at).lt(now))
+        .order(candidate.field(outbox_jobs::lease_expires_at))
+        .limit(limit)
+        .select(candidate.field(outbox_jobs::id))
+        .for_update()
+        .skip_locked();
+    diesel::update(outbox_jobs::table.filter(outbox_jobs::id.eq_any(expired)))
+        .set((
+            outbox_jobs::lease_owner.eq(owner),
+            outbox_jobs::lease_expires_at.eq(lease_until),
+            outbox_jobs::attempts.eq(outbox_jobs::attempts + 1),
+            outbox_jobs::updated_at.eq(now),
+        ))
+        .returning(CLAIMED)
+        .get_results(connection)
+        .await
+}
+
+/// The columns of a [`ClaimedJob`], in its field order.
+const CLAIMED: (
+    outbox_jobs::id,
+    outbox_jobs::kind,
+    outbox_jobs::payload,
+    outbox_jobs::attempts,
+    outbox_jobs::max_attempts,
+    outbox_jobs::request_id,
+) = (
+    outbox_jobs::id,
+    outbox_jobs::kind,
+    outbox_jobs::payload,
+    outbox_jobs::attempts,
+    outbox_jobs::max_attempts,
+    outbox_jobs::request_id,
+);
 
 /// How a claimed job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -144,12 +144,20 @@ impl Worker {
         ));
         let mut running = JoinSet::new();
         let mut backlog = false;
+        // Expired leases (a worker died) are rare; they are looked for once per poll interval
+        // rather than in every claim.
+        let mut expired_looked_for: Option<Instant> = None;
         tokio::pin!(shutdown);
         loop {
             while running.try_join_next().is_some() {}
             let free = permits.available_permits();
             if free > 0 {
-                match claim(&inner, free).await {
+                let look_for_expired = expired_looked_for
+                    .is_none_or(|last| last.elapsed() >= inner.config.poll_interval);
+                if look_for_expired {
+                    expired_looked_for = Some(Instant::now());
+                }
+                match claim(&inner, free, look_for_expired).await {
                     Ok(jobs) => {
                         backlog = jobs.len() == free;
                         for job in jobs {
@@ -217,12 +225,27 @@ impl Worker {
     }
 }
 
-async fn claim(inner: &Inner, limit: usize) -> Result<Vec<ClaimedJob>, db::DbError> {
+/// Claims up to `limit` jobs: first, when `look_for_expired`, jobs whose lease expired, then
+/// due pending ones.
+async fn claim(
+    inner: &Inner,
+    limit: usize,
+    look_for_expired: bool,
+) -> Result<Vec<ClaimedJob>, db::DbError> {
     let lease = &inner.context.lease;
     let now = inner.context.clock.now();
+    let until = lease.until(now);
     let mut connection = db::connection(&inner.context.pool).await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    Ok(store::claim(&mut connection, &lease.owner, now, lease.until(now), limit).await?)
+    let mut jobs = Vec::new();
+    if look_for_expired {
+        jobs = store::claim_expired(&mut connection, &lease.owner, now, until, limit).await?;
+    }
+    let left = limit - i64::try_from(jobs.len()).unwrap_or(limit);
+    if left > 0 {
+        jobs.extend(store::claim(&mut connection, &lease.owner, now, until, left).await?);
+    }
+    Ok(jobs)
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job.id, kind = %job.kind, attempt = job.attempts, request_id = ?job.request_id))]
