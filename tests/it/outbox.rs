@@ -29,6 +29,7 @@ enum Behaviour {
     Succeed,
     Fail,
     Block(Arc<Notify>),
+    Defer(Duration),
 }
 
 /// Records every run in `test_job_runs`, then behaves as told.
@@ -59,6 +60,7 @@ impl JobHandler for Recorder {
                     release.notified().await;
                     Ok(())
                 }
+                Behaviour::Defer(after) => Err(JobError::Defer { after: *after }),
             }
         })
     }
@@ -606,5 +608,40 @@ async fn shutdown_waits_for_started_jobs_running_in_the_background() {
         (state.status.as_str(), state.attempts),
         ("succeeded", 1),
         "{state:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deferred_job_waits_without_spending_an_attempt() {
+    let setup = setup().await;
+    let clock = Arc::new(ManualClock::default());
+    let worker = RunningWorker::start(
+        &setup,
+        Behaviour::Defer(Duration::from_secs(30)),
+        clock.clone(),
+        fast(),
+    );
+    let ids = [enqueue_one(&setup).await, enqueue_one(&setup).await];
+
+    for id in ids {
+        eventually("the job ran and was deferred", || async {
+            count(&setup, "SELECT count(*) AS count FROM test_job_runs").await == 2
+                && job_state(&setup, id).await.status == "pending"
+        })
+        .await;
+    }
+    worker.stop().await;
+
+    for id in ids {
+        let state = job_state(&setup, id).await;
+        assert_eq!(state.attempts, 0, "{state:?}");
+        assert_eq!(state.lease_owner, None);
+        let wait = (state.run_after - clock.now()).num_milliseconds();
+        assert!((29_000..=30_000).contains(&wait), "due in {wait} ms");
+    }
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM outbox_job_errors").await,
+        0,
+        "a deferral is not a failure"
     );
 }

@@ -426,6 +426,33 @@ pub async fn finish_succeeded(
     .map(drop)
 }
 
+/// Hands `jobs` back to the queue, each due at its time, not counting the attempt: those of them
+/// that `owner` still holds, in one statement.
+pub async fn finish_deferred(
+    connection: &mut AsyncPgConnection,
+    jobs: &[(Uuid, DateTime<Utc>)],
+    owner: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Uuid as SqlUuid};
+    let (ids, due): (Vec<Uuid>, Vec<DateTime<Utc>>) = jobs.iter().copied().unzip();
+    diesel::sql_query(
+        "UPDATE outbox_jobs AS job
+         SET status = 'pending', run_after = deferred.until,
+             attempts = GREATEST(job.attempts - 1, 0), lease_owner = NULL,
+             lease_expires_at = NULL, updated_at = $3
+         FROM unnest($1, $2) AS deferred (id, until)
+         WHERE job.id = deferred.id AND job.lease_owner = $4 AND job.status = 'running'",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<Timestamptz>, _>(due)
+    .bind::<Timestamptz, _>(now)
+    .bind::<Text, _>(owner)
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
 /// Hands every job `owner` still holds back to the queue, not counting the interrupted attempt.
 pub async fn release(
     connection: &mut AsyncPgConnection,

@@ -54,16 +54,23 @@ struct Inner {
     config: WorkerConfig,
 }
 
-/// What the jobs of one worker are claimed under, and where their successes are queued to be
-/// written in batches. Handlers reach it through [`JobContext`] for jobs they start themselves.
+/// What the jobs of one worker are claimed under, and where their common outcomes are queued to
+/// be written in batches. Handlers reach it through [`JobContext`] for jobs they start
+/// themselves.
 pub(super) struct Lease {
     pub(super) owner: String,
     duration: Duration,
     backoff: BackoffPolicy,
-    succeeded: mpsc::UnboundedSender<Uuid>,
+    batched: mpsc::UnboundedSender<Batched>,
     /// Started jobs that handlers run in the background; shutdown waits for them as for
     /// claimed jobs.
     background: std::sync::Mutex<JoinSet<()>>,
+}
+
+/// An outcome written in a batch with others: the common ones, which need no error history.
+enum Batched {
+    Succeeded(Uuid),
+    Deferred(Uuid, DateTime<Utc>),
 }
 
 impl Lease {
@@ -94,7 +101,7 @@ impl Lease {
 pub struct Worker {
     inner: Arc<Inner>,
     database_url: String,
-    succeeded: mpsc::UnboundedReceiver<Uuid>,
+    batched: mpsc::UnboundedReceiver<Batched>,
 }
 
 impl Worker {
@@ -105,12 +112,12 @@ impl Worker {
         clock: Arc<dyn Clock>,
         config: WorkerConfig,
     ) -> Self {
-        let (sender, succeeded) = mpsc::unbounded_channel();
+        let (sender, batched) = mpsc::unbounded_channel();
         let lease = Arc::new(Lease {
             owner: format!("worker-{}", Uuid::new_v4()),
             duration: config.lease,
             backoff: config.backoff,
-            succeeded: sender,
+            batched: sender,
             background: std::sync::Mutex::default(),
         });
         Self {
@@ -120,7 +127,7 @@ impl Worker {
                 config,
             }),
             database_url: database_url.to_owned(),
-            succeeded,
+            batched,
         }
     }
 
@@ -137,9 +144,9 @@ impl Worker {
         let listener = tokio::spawn(listen(self.database_url, wake.clone()));
         let permits = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
         let (stop_finisher, finisher_stopped) = oneshot::channel();
-        let finisher = tokio::spawn(record_successes(
+        let finisher = tokio::spawn(record_batches(
             inner.clone(),
-            self.succeeded,
+            self.batched,
             finisher_stopped,
         ));
         let mut running = JoinSet::new();
@@ -310,7 +317,14 @@ pub(super) async fn conclude(
         Outcome::RetryAt { at, error } => tracing::info!(%at, error, "outbox job failed; retrying"),
         Outcome::Dead { error } => tracing::warn!(error, "outbox job dead-lettered"),
     }
-    if outcome == Outcome::Succeeded && lease.succeeded.send(job.id).is_ok() {
+    let batched = match &outcome {
+        Outcome::Succeeded => Some(Batched::Succeeded(job.id)),
+        Outcome::Deferred { at } => Some(Batched::Deferred(job.id, *at)),
+        Outcome::RetryAt { .. } | Outcome::Dead { .. } => None,
+    };
+    if let Some(batched) = batched
+        && lease.batched.send(batched).is_ok()
+    {
         return;
     }
     let recorded = async {
@@ -328,12 +342,12 @@ pub(super) async fn conclude(
     }
 }
 
-/// Writes succeeded outcomes in batches: whatever finished while the previous batch was being
-/// written goes in the next one, so a busy worker spends one statement on many jobs and an
-/// idle one adds no delay. After `stop`, writes what is queued and ends.
-async fn record_successes(
+/// Writes successes and deferrals in batches: whatever finished while the previous batch was
+/// being written goes in the next one, so a busy worker spends one statement on many jobs and
+/// an idle one adds no delay. After `stop`, writes what is queued and ends.
+async fn record_batches(
     inner: Arc<Inner>,
-    mut finished: mpsc::UnboundedReceiver<Uuid>,
+    mut finished: mpsc::UnboundedReceiver<Batched>,
     stop: oneshot::Receiver<()>,
 ) {
     const MOST_PER_BATCH: usize = 512;
@@ -357,21 +371,32 @@ async fn record_successes(
         }
         let now = inner.context.clock.now();
         let owner = &inner.context.lease.owner;
+        let mut succeeded = Vec::new();
+        let mut deferred = Vec::new();
+        for outcome in batch.drain(..) {
+            match outcome {
+                Batched::Succeeded(id) => succeeded.push(id),
+                Batched::Deferred(id, at) => deferred.push((id, at)),
+            }
+        }
         let recorded = async {
             let mut connection = db::connection(&inner.context.pool).await?;
-            store::finish_succeeded(&mut connection, &batch, owner, now)
-                .await
-                .map_err(db::DbError::from)
+            if !succeeded.is_empty() {
+                store::finish_succeeded(&mut connection, &succeeded, owner, now).await?;
+            }
+            if !deferred.is_empty() {
+                store::finish_deferred(&mut connection, &deferred, owner, now).await?;
+            }
+            Ok::<_, db::DbError>(())
         }
         .await;
         if let Err(error) = recorded {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
-                jobs = batch.len(),
+                jobs = succeeded.len() + deferred.len(),
                 "cannot record finished jobs; their leases will expire and they will run again"
             );
         }
-        batch.clear();
     }
 }
 
