@@ -927,37 +927,17 @@ async fn the_rest_mapping_covers_configuration_and_the_delivery_log() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
-    use switchbord_api::v1::event_service_client::EventServiceClient;
     let app = TestApp::builder()
         .webhook_timeout(Duration::from_secs(5))
         .spawn()
         .await;
-    let (healthy, hanging) = (Receiver::start().await, Receiver::start().await);
-    hanging.answer(Answer {
-        delay: Duration::from_secs(30),
-        ..Answer::default()
-    });
+    let healthy = Receiver::start().await;
+    let hanging = hanging_receiver(Duration::from_secs(30)).await;
     create(&app, &hanging.url(), &["message.delivered"]).await;
     create(&app, &healthy.url(), &["message.delivered"]).await;
-    let mut events = EventServiceClient::with_interceptor(
-        app.channel().await,
-        WithKey::new(Some(&app.keys.user)),
-    );
 
     let started = std::time::Instant::now();
-    for index in 0..40 {
-        events
-            .publish_event(PublishEventRequest {
-                r#type: "message.delivered".to_owned(),
-                data: json!({"n": index})
-                    .as_object()
-                    .cloned()
-                    .map(switchbord_api::json::struct_from_json),
-                source: "test".to_owned(),
-            })
-            .await
-            .expect("publish");
-    }
+    publish_messages(&app, 40).await;
     healthy.wait_for(40).await;
 
     // Every healthy delivery arrived before the hanging receiver's first attempt even timed out.
@@ -970,34 +950,13 @@ async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_waiting_deliveries_of_a_hanging_endpoint_are_parked_not_polled() {
-    use switchbord_api::v1::event_service_client::EventServiceClient;
     let app = TestApp::builder()
         .webhook_timeout(Duration::from_millis(1500))
         .spawn()
         .await;
-    let hanging = Receiver::start().await;
-    hanging.answer(Answer {
-        delay: Duration::from_secs(30),
-        ..Answer::default()
-    });
+    let hanging = hanging_receiver(Duration::from_secs(30)).await;
     create(&app, &hanging.url(), &["message.delivered"]).await;
-    let mut events = EventServiceClient::with_interceptor(
-        app.channel().await,
-        WithKey::new(Some(&app.keys.user)),
-    );
-    for index in 0..30 {
-        events
-            .publish_event(PublishEventRequest {
-                r#type: "message.delivered".to_owned(),
-                data: json!({"n": index})
-                    .as_object()
-                    .cloned()
-                    .map(switchbord_api::json::struct_from_json),
-                source: "test".to_owned(),
-            })
-            .await
-            .expect("publish");
-    }
+    publish_messages(&app, 30).await;
 
     // Once the first attempts time out and mark the endpoint slow, its other deliveries wait
     // out a park period together instead of being claimed and deferred every few milliseconds.
@@ -1024,34 +983,13 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_endpoint_gets_only_its_slow_slots_at_once() {
-    use switchbord_api::v1::event_service_client::EventServiceClient;
     let app = TestApp::builder()
         .webhook_timeout(Duration::from_secs(1))
         .spawn()
         .await;
-    let hanging = Receiver::start().await;
-    hanging.answer(Answer {
-        delay: Duration::from_secs(30),
-        ..Answer::default()
-    });
+    let hanging = hanging_receiver(Duration::from_secs(30)).await;
     create(&app, &hanging.url(), &["message.delivered"]).await;
-    let mut events = EventServiceClient::with_interceptor(
-        app.channel().await,
-        WithKey::new(Some(&app.keys.user)),
-    );
-    for index in 0..30 {
-        events
-            .publish_event(PublishEventRequest {
-                r#type: "message.delivered".to_owned(),
-                data: json!({"n": index})
-                    .as_object()
-                    .cloned()
-                    .map(switchbord_api::json::struct_from_json),
-                source: "test".to_owned(),
-            })
-            .await
-            .expect("publish");
-    }
+    publish_messages(&app, 30).await;
     // A healthy endpoint's 16 slots, before the first timeout marks it slow.
     hanging.wait_for(16).await;
 
@@ -1065,35 +1003,14 @@ async fn a_slow_endpoint_gets_only_its_slow_slots_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_receiver_that_does_not_answer_is_slow_before_its_timeout() {
-    use switchbord_api::v1::event_service_client::EventServiceClient;
     let app = TestApp::builder()
         .webhook_timeout(Duration::from_secs(30))
         .spawn()
         .await;
-    let hanging = Receiver::start().await;
-    hanging.answer(Answer {
-        delay: Duration::from_secs(60),
-        ..Answer::default()
-    });
+    let hanging = hanging_receiver(Duration::from_secs(60)).await;
     create(&app, &hanging.url(), &["message.delivered"]).await;
-    let mut events = EventServiceClient::with_interceptor(
-        app.channel().await,
-        WithKey::new(Some(&app.keys.user)),
-    );
     let started = std::time::Instant::now();
-    for index in 0..24 {
-        events
-            .publish_event(PublishEventRequest {
-                r#type: "message.delivered".to_owned(),
-                data: json!({"n": index})
-                    .as_object()
-                    .cloned()
-                    .map(switchbord_api::json::struct_from_json),
-                source: "test".to_owned(),
-            })
-            .await
-            .expect("publish");
-    }
+    publish_messages(&app, 24).await;
 
     // The 8 deliveries beyond the first 16 in flight are parked once the receiver has kept
     // them waiting for a second (the slow-attempt threshold), long before the 30 s timeout.
@@ -1164,4 +1081,36 @@ async fn a_repeated_dispatch_of_an_event_delivers_it_once() {
         .await,
         1
     );
+}
+
+/// A receiver that answers only after `delay`.
+async fn hanging_receiver(delay: Duration) -> Receiver {
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer {
+        delay,
+        ..Answer::default()
+    });
+    receiver
+}
+
+/// Publishes `count` `message.delivered` events, one after another.
+async fn publish_messages(app: &TestApp, count: usize) {
+    use switchbord_api::v1::event_service_client::EventServiceClient;
+    let mut events = EventServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.user)),
+    );
+    for index in 0..count {
+        events
+            .publish_event(PublishEventRequest {
+                r#type: "message.delivered".to_owned(),
+                data: json!({"n": index})
+                    .as_object()
+                    .cloned()
+                    .map(switchbord_api::json::struct_from_json),
+                source: "test".to_owned(),
+            })
+            .await
+            .expect("publish");
+    }
 }
