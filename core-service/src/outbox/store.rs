@@ -39,6 +39,20 @@ impl NewJob {
             ..self
         }
     }
+
+    /// Its row, inserted at `now`.
+    fn row(&self, now: DateTime<Utc>) -> InsertJob<'_> {
+        InsertJob {
+            id: self.id,
+            kind: self.kind.name,
+            payload: &self.payload,
+            max_attempts: self.kind.max_attempts,
+            run_after: self.run_after.unwrap_or(now),
+            request_id: self.request_id,
+            created_at: now,
+            updated_at: now,
+        }
+    }
 }
 
 #[derive(Insertable)]
@@ -71,22 +85,11 @@ struct InsertStartedJob<'a> {
 /// Takes the connection by shared reference so that the insert can be pipelined with the other
 /// statements of the caller's transaction.
 pub async fn enqueue(mut connection: &AsyncPgConnection, job: &NewJob) -> QueryResult<Uuid> {
-    let id = job.id;
-    let now = Utc::now();
     diesel::insert_into(outbox_jobs::table)
-        .values(InsertJob {
-            id,
-            kind: job.kind.name,
-            payload: &job.payload,
-            max_attempts: job.kind.max_attempts,
-            run_after: job.run_after.unwrap_or(now),
-            request_id: job.request_id,
-            created_at: now,
-            updated_at: now,
-        })
+        .values(job.row(Utc::now()))
         .execute(&mut connection)
         .await?;
-    Ok(id)
+    Ok(job.id)
 }
 
 /// Inserts several jobs in one statement (a fan-out's jobs cost one round trip, not one each).
@@ -95,19 +98,7 @@ pub async fn enqueue_many(connection: &mut AsyncPgConnection, jobs: &[NewJob]) -
         return Ok(());
     }
     let now = Utc::now();
-    let rows: Vec<InsertJob<'_>> = jobs
-        .iter()
-        .map(|job| InsertJob {
-            id: job.id,
-            kind: job.kind.name,
-            payload: &job.payload,
-            max_attempts: job.kind.max_attempts,
-            run_after: job.run_after.unwrap_or(now),
-            request_id: job.request_id,
-            created_at: now,
-            updated_at: now,
-        })
-        .collect();
+    let rows: Vec<InsertJob<'_>> = jobs.iter().map(|job| job.row(now)).collect();
     diesel::insert_into(outbox_jobs::table)
         .values(&rows)
         .execute(connection)
@@ -130,16 +121,7 @@ pub async fn enqueue_started(
     let rows: Vec<InsertStartedJob<'_>> = jobs
         .iter()
         .map(|job| InsertStartedJob {
-            job: InsertJob {
-                id: job.id,
-                kind: job.kind.name,
-                payload: &job.payload,
-                max_attempts: job.kind.max_attempts,
-                run_after: now,
-                request_id: job.request_id,
-                created_at: now,
-                updated_at: now,
-            },
+            job: job.row(now),
             status: "running",
             attempts: 1,
             lease_owner: owner,
