@@ -1083,6 +1083,47 @@ async fn a_repeated_dispatch_of_an_event_delivers_it_once() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_an_endpoint_drops_the_deliveries_waiting_for_it() {
+    // A clock that stands still: no retry comes due while the test looks.
+    let app = TestApp::builder()
+        .clock(Arc::new(ManualClock::default()))
+        .spawn()
+        .await;
+    let failing = Receiver::start().await;
+    failing.status(500);
+    let (kept, _) = create(&app, &failing.url(), &["message.delivered"]).await;
+    let (deleted, _) = create(&app, &failing.url(), &["message.delivered"]).await;
+    publish_messages(&app, 1).await;
+    // Both first attempts failed; each delivery waits for its retry.
+    crate::helpers::eventually("both deliveries wait for a retry", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver' AND status = 'pending'",
+        )
+        .await
+            == 2
+    })
+    .await;
+
+    client(&app)
+        .await
+        .delete_endpoint(DeleteEndpointRequest {
+            id: deleted.id.clone(),
+        })
+        .await
+        .expect("delete");
+
+    let waiting = |endpoint: &str| {
+        format!(
+            "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver'
+             AND status = 'pending' AND payload ->> 'endpoint_id' = '{endpoint}'"
+        )
+    };
+    assert_eq!(count(&app, &waiting(&deleted.id)).await, 0);
+    assert_eq!(count(&app, &waiting(&kept.id)).await, 1);
+}
+
 /// A receiver that answers only after `delay`.
 async fn hanging_receiver(delay: Duration) -> Receiver {
     let receiver = Receiver::start().await;

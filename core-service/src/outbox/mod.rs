@@ -20,5 +20,7 @@ pub mod admin;
 pub use backoff::{BackoffPolicy, retry_delay};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry};
-pub use store::{ClaimedJob, Depth, JobRow, NewJob, depth, enqueue, enqueue_many, postpone};
+pub use store::{
+    ClaimedJob, Depth, JobRow, NewJob, depth, discard_pending, enqueue, enqueue_many, postpone,
+};
 pub use worker::{Worker, WorkerConfig};

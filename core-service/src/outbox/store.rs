@@ -382,6 +382,25 @@ pub async fn postpone(
     .await
 }
 
+/// Deletes the pending jobs of `kind` whose payload has `key` = `value`: for work whose
+/// target is gone (a deleted webhook endpoint), which would otherwise wait out its backoff only
+/// to find nothing to do. Jobs already running end on their own.
+pub async fn discard_pending(
+    connection: &mut AsyncPgConnection,
+    kind: JobKind,
+    key: &str,
+    value: &str,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM outbox_jobs WHERE status = 'pending' AND kind = $1 AND payload ->> $2 = $3",
+    )
+    .bind::<Text, _>(kind.name)
+    .bind::<Text, _>(key)
+    .bind::<Text, _>(value)
+    .execute(connection)
+    .await
+}
+
 /// Marks `jobs` succeeded, those of them that `owner` still holds, in one statement.
 pub async fn finish_succeeded(
     connection: &mut AsyncPgConnection,

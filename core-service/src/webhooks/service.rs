@@ -14,7 +14,7 @@ use switchbord_api::v1::*;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::deliver::{DeliveryPolicy, deliver_job, record_attempt};
+use super::deliver::{DELIVER_JOB, DeliveryPolicy, deliver_job, record_attempt};
 use super::health;
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::Sender;
@@ -476,6 +476,15 @@ impl WebhookService for WebhooksGrpc {
                 &[],
                 move |connection| {
                     Box::pin(async move {
+                        // Its deliveries and attempts go with it (cascade); so do the jobs
+                        // still waiting to deliver to it.
+                        outbox::discard_pending(
+                            connection,
+                            DELIVER_JOB,
+                            "endpoint_id",
+                            &id.to_string(),
+                        )
+                        .await?;
                         diesel::delete(webhook_endpoints::table.find(id))
                             .execute(connection)
                             .await

@@ -1,0 +1,1 @@
+DROP INDEX outbox_jobs_pending_endpoint_idx;
