@@ -234,6 +234,7 @@ impl CoreServer {
             self.clock.clone(),
             self.worker_config.clone(),
         );
+        let dispatcher = worker.starter();
         let worker = tokio::spawn(worker.run(stopped_signal()));
         let shutdown = async move {
             shutdown.await;
@@ -323,6 +324,7 @@ impl CoreServer {
             )))
             .add_service(EventServiceServer::new(EventsGrpc::new(
                 self.state.pool.clone(),
+                dispatcher,
             )))
             .add_service(OutboxServiceServer::new(OutboxGrpc::new(
                 self.state.pool.clone(),

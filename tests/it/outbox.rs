@@ -12,7 +12,7 @@ use serde_json::json;
 use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
     BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind, ManualClock, NewJob,
-    Registry, SystemClock, Worker, WorkerConfig, enqueue,
+    Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig, enqueue,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -161,6 +161,8 @@ async fn setup() -> Setup {
 struct RunningWorker {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    starter: RequestStarter,
+    owner: String,
 }
 
 impl RunningWorker {
@@ -189,10 +191,17 @@ impl RunningWorker {
             config,
         );
         let (stop, mut stopped) = watch::channel(false);
+        let starter = worker.starter();
+        let owner = worker.owner().to_owned();
         let task = tokio::spawn(worker.run(async move {
             let _ = stopped.wait_for(|&stop| stop).await;
         }));
-        Self { stop, task }
+        Self {
+            stop,
+            task,
+            starter,
+            owner,
+        }
     }
 
     async fn stop(self) {
@@ -644,4 +653,110 @@ async fn a_deferred_job_waits_without_spending_an_attempt() {
         0,
         "a deferral is not a failure"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_a_request_starts_runs_at_once_after_its_commit() {
+    let setup = setup().await;
+    // Only a notification or a run of its own could start the job before an hour is out.
+    let config = WorkerConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
+    let reservation = worker.starter.reserve().expect("an idle worker has room");
+    let mut connection = setup.database.connect().await;
+    let job = connection
+        .transaction(async |connection| {
+            reservation
+                .enqueue(connection, &NewJob::new(KIND, json!({"n": 1}), None))
+                .await
+        })
+        .await
+        .expect("enqueue a started job");
+
+    // Committed as claimed by this worker: the queue leaves it alone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let state = job_state(&setup, job.id).await;
+    assert_eq!(
+        (state.status.as_str(), state.attempts),
+        ("running", 1),
+        "{state:?}"
+    );
+    assert_eq!(state.lease_owner.as_deref(), Some(worker.owner.as_str()));
+
+    reservation.run(job.clone());
+    eventually("the started job ran and succeeded", || async {
+        job_state(&setup, job.id).await.status == "succeeded"
+    })
+    .await;
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_job_runs").await,
+        1
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_start_jobs_only_while_the_worker_has_room_and_runs() {
+    let setup = setup().await;
+    let config = WorkerConfig {
+        concurrency: 1,
+        ..fast()
+    };
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
+    let starter = worker.starter.clone();
+
+    let held = starter.reserve().expect("room for one");
+    assert!(starter.reserve().is_none(), "the one slot is taken");
+    drop(held);
+    assert!(
+        starter.reserve().is_some(),
+        "an unused reservation gives its room back"
+    );
+
+    worker.stop().await;
+    assert!(
+        starter.reserve().is_none(),
+        "a stopped worker starts nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_jobs_run_while_requests_take_room_for_their_own() {
+    let setup = setup().await;
+    let config = WorkerConfig {
+        concurrency: 2,
+        ..fast()
+    };
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
+    // Reservations come and go while the worker claims: a job it claimed must never be left
+    // without room to run (it would sit out its 60 s lease).
+    let starter = worker.starter.clone();
+    let churn = tokio::spawn(async move {
+        loop {
+            let reservation = starter.reserve();
+            tokio::task::yield_now().await;
+            drop(reservation);
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    });
+    let connection = setup.database.connect().await;
+    for n in 0..60 {
+        enqueue(&connection, &NewJob::new(KIND, json!({"n": n}), None))
+            .await
+            .expect("enqueue");
+    }
+
+    eventually("every queued job ran", || async {
+        count(
+            &setup,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE status = 'succeeded'",
+        )
+        .await
+            == 60
+    })
+    .await;
+    churn.abort();
+    worker.stop().await;
 }

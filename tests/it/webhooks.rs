@@ -1124,6 +1124,54 @@ async fn deleting_an_endpoint_drops_the_deliveries_waiting_for_it() {
     assert_eq!(count(&app, &waiting(&kept.id)).await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_event_is_dispatched_at_once_without_waking_the_queue() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    use futures::StreamExt;
+
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    create(
+        &app,
+        &receiver.url(),
+        &["message.delivered", "contact.created"],
+    )
+    .await;
+    let mut listener = AsyncPgConnection::establish(app.database.url())
+        .await
+        .expect("listener");
+    sql_query("LISTEN outbox_jobs")
+        .execute(&mut listener)
+        .await
+        .expect("listen");
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+
+    // Its dispatch job and its delivery's job are inserted already claimed and run at once:
+    // nothing is queued, so no worker is woken.
+    publish_messages(&app, 1).await;
+    receiver.wait_for(1).await;
+    let woken = tokio::time::timeout(Duration::from_millis(300), notifications.next()).await;
+    assert!(woken.is_err(), "a notification arrived: {woken:?}");
+    eventually("the dispatch job is recorded", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM outbox_jobs WHERE kind = 'event.dispatch' AND status = 'succeeded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    // The listener does hear a job that is queued: a contact's event goes through the queue.
+    new_contact(&app, "+4915112345678").await;
+    let woken = tokio::time::timeout(Duration::from_secs(5), notifications.next()).await;
+    assert!(
+        matches!(woken, Ok(Some(Ok(_)))),
+        "no notification: {woken:?}"
+    );
+    receiver.wait_for(2).await;
+}
+
 /// A receiver that answers only after `delay`.
 async fn hanging_receiver(delay: Duration) -> Receiver {
     let receiver = Receiver::start().await;

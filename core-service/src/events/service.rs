@@ -11,11 +11,12 @@ use switchbord_api::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::store::{EventDraft, record};
+use super::store::{EventDraft, record_dispatching};
 use crate::audit::{self, AuditRecord};
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
+use crate::outbox::Starter;
 use crate::request::RequestContext;
 use crate::schema::event_types;
 use crate::validation::{NUL_PROBLEM, contains_nul};
@@ -24,11 +25,13 @@ const MAX_SOURCE_LEN: usize = 100;
 
 pub struct EventsGrpc {
     pool: DbPool,
+    /// Published events are dispatched at once by this instance's worker when it has room.
+    dispatcher: Starter,
 }
 
 impl EventsGrpc {
-    pub fn new(pool: DbPool) -> Self {
-        Self { pool }
+    pub fn new(pool: DbPool, dispatcher: Starter) -> Self {
+        Self { pool, dispatcher }
     }
 }
 
@@ -84,9 +87,10 @@ impl EventService for EventsGrpc {
                 "is not in the event catalog (see ListEventTypes)",
             ));
         }
-        let (id, occurred_at) = connection
+        let reservation = self.dispatcher.reserve();
+        let recorded = connection
             .transaction(async |connection| {
-                let stored = record(
+                let stored = record_dispatching(
                     connection,
                     EventDraft {
                         event_type: &event_type,
@@ -94,6 +98,7 @@ impl EventService for EventsGrpc {
                         source: &source,
                         request_id: Some(context.request_id.0),
                     },
+                    reservation.as_ref(),
                 )
                 .await?;
                 audit::record(
@@ -103,7 +108,7 @@ impl EventService for EventsGrpc {
                         actor: &context.caller,
                         action: "event.publish",
                         target_type: "event",
-                        target_id: Some(stored.0.clone()),
+                        target_id: Some(stored.id.clone()),
                         changed_fields: Vec::new(),
                     },
                 )
@@ -112,14 +117,18 @@ impl EventService for EventsGrpc {
             })
             .await
             .map_err(db_status)?;
+        drop(connection);
+        if let (Some(reservation), Some(dispatch)) = (reservation, recorded.dispatch) {
+            reservation.run(dispatch);
+        }
         let Json::Object(data) = data else {
             unreachable!("built as an object above")
         };
         Ok(Response::new(PublishEventResponse {
             event: Some(Event {
-                id,
+                id: recorded.id,
                 r#type: event_type,
-                timestamp: Some(timestamp(occurred_at)),
+                timestamp: Some(timestamp(recorded.occurred_at)),
                 data: Some(struct_from_json(data)),
                 source,
             }),

@@ -7,7 +7,7 @@ use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
 use super::dispatch::DISPATCH_JOB;
-use crate::outbox::{self, NewJob};
+use crate::outbox::{self, ClaimedJob, NewJob, Reservation};
 use crate::schema::events;
 
 /// An event about to be stored.
@@ -20,13 +20,32 @@ pub struct EventDraft<'a> {
 
 /// Stores the event and its dispatch job on `connection`, which is expected to be inside the
 /// transaction of the change the event describes. Returns the event id and time.
-///
-/// Both inserts are sent at once (pipelined): the job names the event by an id made here, so
-/// neither waits for the other's reply, and the write's transaction pays one round trip for them.
 pub async fn record(
     connection: &AsyncPgConnection,
     draft: EventDraft<'_>,
 ) -> QueryResult<(String, DateTime<Utc>)> {
+    let recorded = record_dispatching(connection, draft, None).await?;
+    Ok((recorded.id, recorded.occurred_at))
+}
+
+/// A stored event, and its dispatch job when it was started rather than queued.
+pub struct Recorded {
+    pub id: String,
+    pub occurred_at: DateTime<Utc>,
+    /// For [`Reservation::run`] once the transaction has committed.
+    pub dispatch: Option<ClaimedJob>,
+}
+
+/// Like [`record`]; with a `reservation`, the dispatch job is inserted already claimed, to be
+/// run at once after commit instead of waiting for the queue.
+///
+/// Both inserts are sent at once (pipelined): the job names the event by an id made here, so
+/// neither waits for the other's reply, and the write's transaction pays one round trip for them.
+pub async fn record_dispatching(
+    connection: &AsyncPgConnection,
+    draft: EventDraft<'_>,
+    reservation: Option<&Reservation>,
+) -> QueryResult<Recorded> {
     let id = format!("evt_{}", Uuid::now_v7().simple());
     let occurred_at = Utc::now();
     let job = NewJob::new(DISPATCH_JOB, json!({"event_id": id}), draft.request_id);
@@ -41,6 +60,16 @@ pub async fn record(
             events::request_id.eq(draft.request_id),
         ))
         .execute(&mut event_connection);
-    futures::try_join!(insert_event, outbox::enqueue(connection, &job))?;
-    Ok((id, occurred_at))
+    let insert_job = async {
+        match reservation {
+            Some(reservation) => reservation.enqueue(connection, &job).await.map(Some),
+            None => outbox::enqueue(connection, &job).await.map(|_| None),
+        }
+    };
+    let (_, dispatch) = futures::try_join!(insert_event, insert_job)?;
+    Ok(Recorded {
+        id,
+        occurred_at,
+        dispatch,
+    })
 }

@@ -12,6 +12,7 @@
 mod backoff;
 mod clock;
 mod handler;
+mod starter;
 mod store;
 mod worker;
 
@@ -20,6 +21,7 @@ pub mod admin;
 pub use backoff::{BackoffPolicy, retry_delay};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry};
+pub use starter::{Reservation, Starter};
 pub use store::{
     ClaimedJob, Depth, JobRow, NewJob, depth, discard_pending, enqueue, enqueue_many, postpone,
 };

@@ -109,7 +109,7 @@ pub async fn enqueue_many(connection: &mut AsyncPgConnection, jobs: &[NewJob]) -
 /// Inserts `jobs` as claimed by `owner` until `lease_until` (see
 /// [`super::JobContext::enqueue_started`]) and returns them as claimed jobs.
 pub async fn enqueue_started(
-    connection: &mut AsyncPgConnection,
+    mut connection: &AsyncPgConnection,
     jobs: &[NewJob],
     owner: &str,
     now: DateTime<Utc>,
@@ -130,7 +130,7 @@ pub async fn enqueue_started(
         .collect();
     diesel::insert_into(outbox_jobs::table)
         .values(&rows)
-        .execute(connection)
+        .execute(&mut connection)
         .await?;
     Ok(jobs.iter().map(ClaimedJob::started).collect())
 }

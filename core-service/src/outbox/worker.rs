@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use super::backoff::{BackoffPolicy, retry_delay};
 use super::clock::Clock;
 use super::handler::{JobContext, JobError, Registry};
+use super::starter::Starter;
 use super::store::{self, ClaimedJob, Outcome};
 use crate::db::{self, DbPool};
 
@@ -48,10 +50,14 @@ impl Default for WorkerConfig {
     }
 }
 
-struct Inner {
+pub(super) struct Inner {
     registry: Registry,
-    context: JobContext,
+    pub(super) context: JobContext,
     config: WorkerConfig,
+    /// One per job running at once, whether claimed or started (see [`Starter`]).
+    pub(super) permits: Arc<Semaphore>,
+    /// Set once shutdown begins: no more jobs are started.
+    pub(super) stopping: AtomicBool,
 }
 
 /// What the jobs of one worker are claimed under, and where their common outcomes are queued to
@@ -124,6 +130,8 @@ impl Worker {
             inner: Arc::new(Inner {
                 registry,
                 context: JobContext { pool, clock, lease },
+                permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                stopping: AtomicBool::new(false),
                 config,
             }),
             database_url: database_url.to_owned(),
@@ -136,13 +144,18 @@ impl Worker {
         &self.inner.context.lease.owner
     }
 
+    /// A handle for requests that run the jobs they cause at once (see [`Starter`]).
+    pub fn starter(&self) -> Starter {
+        Starter::new(self.inner.clone())
+    }
+
     /// Runs until `shutdown` completes; then stops claiming, gives running jobs the grace
     /// period, and releases what is still held.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.database_url, wake.clone()));
-        let permits = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
+        let permits = inner.permits.clone();
         let (stop_finisher, finisher_stopped) = oneshot::channel();
         let finisher = tokio::spawn(record_batches(
             inner.clone(),
@@ -168,7 +181,9 @@ impl Worker {
                     Ok(jobs) => {
                         backlog = jobs.len() == free;
                         for job in jobs {
-                            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                            // Requests may have taken room meanwhile (see `Starter`); they hold
+                            // it for a short transaction and job, and a job claimed must run.
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
                             };
                             running.spawn(execute(inner.clone(), job, permit));
@@ -194,6 +209,7 @@ impl Worker {
             }
         }
 
+        inner.stopping.store(true, Ordering::Relaxed);
         listener.abort();
         // Claimed jobs first: they may still start background ones.
         let mut background = JoinSet::new();
@@ -256,7 +272,7 @@ async fn claim(
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job.id, kind = %job.kind, attempt = job.attempts, request_id = ?job.request_id))]
-async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
+pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
     let started = Instant::now();
     let result = match inner.registry.get(&job.kind) {
         None => Err(JobError::retry(format!(

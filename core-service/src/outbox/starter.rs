@@ -1,0 +1,82 @@
+//! Jobs a request runs at once: inserted already claimed in the request's transaction and run
+//! by this instance's worker as soon as it commits, without waiting for a notification and a
+//! claim. They count against the worker's concurrency; when it has no room, the request
+//! enqueues the job as usual and the queue runs it.
+//!
+//! A started job is as durable as a queued one: if this process dies before recording its
+//! outcome, its lease expires and any worker claims it again.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::store::{self, ClaimedJob, NewJob};
+use super::worker::{Inner, execute};
+
+/// Reserves room in the worker for jobs that requests start. Cheap to clone.
+#[derive(Clone)]
+pub struct Starter {
+    inner: Arc<Inner>,
+}
+
+/// Room for one job in the worker, taken before the request's transaction. Dropping it unused
+/// (the transaction failed) gives the room back.
+pub struct Reservation {
+    inner: Arc<Inner>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Starter {
+    pub(super) fn new(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// Room for one job now, unless every worker slot is busy or the worker is stopping; then
+    /// the caller enqueues its job for the queue instead.
+    pub fn reserve(&self) -> Option<Reservation> {
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        Some(Reservation {
+            inner: self.inner.clone(),
+            permit,
+        })
+    }
+}
+
+impl Reservation {
+    /// Inserts `job` claimed by this worker. Call it in the transaction of the rows that cause
+    /// the job, and pass what it returns to [`Reservation::run`] once that has committed.
+    ///
+    /// Takes the connection by shared reference so that the insert can be pipelined with the
+    /// transaction's other statements.
+    pub async fn enqueue(
+        &self,
+        connection: &AsyncPgConnection,
+        job: &NewJob,
+    ) -> QueryResult<ClaimedJob> {
+        let context = &self.inner.context;
+        let now = context.clock.now();
+        store::enqueue_started(
+            connection,
+            std::slice::from_ref(job),
+            &context.lease.owner,
+            now,
+            context.lease.until(now),
+        )
+        .await?;
+        Ok(ClaimedJob::started(job))
+    }
+
+    /// Runs `job` (from [`Reservation::enqueue`], committed) through its handler in the
+    /// background, and records its outcome as the worker records the jobs it claims.
+    pub fn run(self, job: ClaimedJob) {
+        let Self { inner, permit } = self;
+        let task = execute(inner.clone(), job, permit);
+        inner.context.lease.spawn(task);
+    }
+}
