@@ -12,6 +12,7 @@ use switchbord_api::v1::{
     PublishEventRequest, RetryOutboxJobRequest,
 };
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::helpers::{TestApp, WithKey};
 
@@ -55,6 +56,20 @@ async fn internal_services_publish_catalogued_events_only() {
     assert_eq!(published.r#type, "message.delivered");
     assert_eq!(published.source, "sender");
     assert_eq!(unknown.code(), Code::InvalidArgument);
+    let bad_request = unknown
+        .get_details_bad_request()
+        .expect("BadRequest detail");
+    assert_eq!(bad_request.field_violations[0].field, "type");
+    // Nothing of the refused event was kept: no event, no dispatch job, no audit entry.
+    for (table, expected) in [
+        ("events", 1),
+        ("outbox_jobs WHERE kind = 'event.dispatch'", 1),
+        ("audit_entries WHERE action = 'event.publish'", 1),
+    ] {
+        let stored =
+            crate::helpers::count(&app.database, &format!("SELECT count(*) FROM {table}")).await;
+        assert_eq!(stored, expected, "{table}");
+    }
     let names: Vec<&str> = catalog
         .event_types
         .iter()

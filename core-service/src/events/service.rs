@@ -1,6 +1,7 @@
 //! The `EventService` gRPC implementation.
 
 use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::{Map, Value as Json};
 use switchbord_api::json::{json_from_struct, struct_from_json};
@@ -11,7 +12,7 @@ use switchbord_api::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::store::{EventDraft, record_dispatching};
+use super::store::{EventDraft, new_event_id, record_dispatching};
 use crate::audit::{self, AuditRecord};
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
@@ -73,50 +74,50 @@ impl EventService for EventsGrpc {
         if contains_nul(&data) {
             return Err(invalid("data", NUL_PROBLEM));
         }
+        let id = new_event_id();
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let known: Option<String> = event_types::table
-            .find(&event_type)
-            .select(event_types::name)
-            .first(&mut connection)
-            .await
-            .optional()
-            .map_err(db_status)?;
-        if known.is_none() {
-            return Err(invalid(
-                "type",
-                "is not in the event catalog (see ListEventTypes)",
-            ));
-        }
         let reservation = self.dispatcher.reserve();
         let recorded = connection
             .transaction(async |connection| {
-                let stored = record_dispatching(
-                    connection,
-                    EventDraft {
-                        event_type: &event_type,
-                        data: data.clone(),
-                        source: &source,
-                        request_id: Some(context.request_id.0),
-                    },
-                    reservation.as_ref(),
-                )
-                .await?;
-                audit::record(
-                    connection,
-                    AuditRecord {
-                        request_id: context.request_id,
-                        actor: &context.caller,
-                        action: "event.publish",
-                        target_type: "event",
-                        target_id: Some(stored.id.clone()),
-                        changed_fields: Vec::new(),
-                    },
-                )
-                .await?;
+                // The event, its dispatch job and the audit entry go in one round trip: the
+                // entry names the event by the id made above, not by a reply.
+                let connection = &*connection;
+                let (stored, ()) = futures::try_join!(
+                    record_dispatching(
+                        connection,
+                        id.clone(),
+                        EventDraft {
+                            event_type: &event_type,
+                            data: data.clone(),
+                            source: &source,
+                            request_id: Some(context.request_id.0),
+                        },
+                        reservation.as_ref(),
+                    ),
+                    audit::record(
+                        connection,
+                        AuditRecord {
+                            request_id: context.request_id,
+                            actor: &context.caller,
+                            action: "event.publish",
+                            target_type: "event",
+                            target_id: Some(id.clone()),
+                            changed_fields: Vec::new(),
+                        },
+                    ),
+                )?;
                 Ok::<_, diesel::result::Error>(stored)
             })
             .await
-            .map_err(db_status)?;
+            .map_err(|error| match error {
+                // The events table's foreign key checks the catalog, in the same round trip.
+                DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, ref info)
+                    if info.constraint_name() == Some("events_type_fkey") =>
+                {
+                    invalid("type", "is not in the event catalog (see ListEventTypes)")
+                }
+                other => db_status(other),
+            })?;
         drop(connection);
         if let (Some(reservation), Some(dispatch)) = (reservation, recorded.dispatch) {
             reservation.run(dispatch);

@@ -24,8 +24,13 @@ pub async fn record(
     connection: &AsyncPgConnection,
     draft: EventDraft<'_>,
 ) -> QueryResult<(String, DateTime<Utc>)> {
-    let recorded = record_dispatching(connection, draft, None).await?;
+    let recorded = record_dispatching(connection, new_event_id(), draft, None).await?;
     Ok((recorded.id, recorded.occurred_at))
+}
+
+/// A new event's id: time-ordered, so that ids sort as the events were stored.
+pub fn new_event_id() -> String {
+    format!("evt_{}", Uuid::now_v7().simple())
 }
 
 /// A stored event, and its dispatch job when it was started rather than queued.
@@ -36,17 +41,18 @@ pub struct Recorded {
     pub dispatch: Option<ClaimedJob>,
 }
 
-/// Like [`record`]; with a `reservation`, the dispatch job is inserted already claimed, to be
-/// run at once after commit instead of waiting for the queue.
+/// Like [`record`], for an event whose id the caller made with [`new_event_id`] (to name it in
+/// statements pipelined with these). With a `reservation`, the dispatch job is inserted already
+/// claimed, to be run at once after commit instead of waiting for the queue.
 ///
 /// Both inserts are sent at once (pipelined): the job names the event by an id made here, so
 /// neither waits for the other's reply, and the write's transaction pays one round trip for them.
 pub async fn record_dispatching(
     connection: &AsyncPgConnection,
+    id: String,
     draft: EventDraft<'_>,
     reservation: Option<&Reservation>,
 ) -> QueryResult<Recorded> {
-    let id = format!("evt_{}", Uuid::now_v7().simple());
     let occurred_at = Utc::now();
     let job = NewJob::new(DISPATCH_JOB, json!({"event_id": id}), draft.request_id);
     let mut event_connection = connection;
