@@ -760,3 +760,37 @@ async fn queued_jobs_run_while_requests_take_room_for_their_own() {
     churn.abort();
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_queued_while_requests_hold_every_slot_runs_when_one_frees_up() {
+    let setup = setup().await;
+    // No poll to fall back on: only the notification, or a slot freeing up, can start it.
+    let config = WorkerConfig {
+        concurrency: 1,
+        poll_interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
+    eventually("the worker is listening", || async {
+        count(
+            &setup,
+            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let held = worker.starter.reserve().expect("room for one");
+
+    // The notification arrives while the only slot is held, and finds no room.
+    let id = enqueue_one(&setup).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(job_state(&setup, id).await.status, "pending");
+    drop(held);
+
+    eventually("the job ran once the slot was free", || async {
+        job_state(&setup, id).await.status == "succeeded"
+    })
+    .await;
+    worker.stop().await;
+}

@@ -163,7 +163,6 @@ impl Worker {
             finisher_stopped,
         ));
         let mut running = JoinSet::new();
-        let mut backlog = false;
         // Expired leases (a worker died) are rare; they are looked for once per poll interval
         // rather than in every claim.
         let mut expired_looked_for: Option<Instant> = None;
@@ -171,36 +170,44 @@ impl Worker {
         loop {
             while running.try_join_next().is_some() {}
             let free = permits.available_permits();
-            if free > 0 {
-                let look_for_expired = expired_looked_for
-                    .is_none_or(|last| last.elapsed() >= inner.config.poll_interval);
-                if look_for_expired {
-                    expired_looked_for = Some(Instant::now());
-                }
-                match claim(&inner, free, look_for_expired).await {
-                    Ok(jobs) => {
-                        backlog = jobs.len() == free;
-                        for job in jobs {
-                            // Requests may have taken room meanwhile (see `Starter`); they hold
-                            // it for a short transaction and job, and a job claimed must run.
-                            let Ok(permit) = permits.clone().acquire_owned().await else {
-                                break;
-                            };
-                            running.spawn(execute(inner.clone(), job, permit));
-                        }
-                        if backlog && permits.available_permits() > 0 {
-                            continue;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(
-                            error = &error as &dyn std::error::Error,
-                            "cannot claim outbox jobs"
-                        );
-                        backlog = false;
-                    }
+            if free == 0 {
+                // Every slot is taken, by claimed jobs or by requests running jobs of their own
+                // (see `Starter`): look for due jobs as soon as one frees up, rather than wait
+                // for a notification that may have come already, or for the next poll.
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    _ = permits.acquire() => continue,
                 }
             }
+            let look_for_expired =
+                expired_looked_for.is_none_or(|last| last.elapsed() >= inner.config.poll_interval);
+            if look_for_expired {
+                expired_looked_for = Some(Instant::now());
+            }
+            let backlog = match claim(&inner, free, look_for_expired).await {
+                Ok(jobs) => {
+                    let backlog = jobs.len() == free;
+                    for job in jobs {
+                        // Requests may have taken room meanwhile (see `Starter`); they hold
+                        // it for a short transaction and job, and a job claimed must run.
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break;
+                        };
+                        running.spawn(execute(inner.clone(), job, permit));
+                    }
+                    if backlog && permits.available_permits() > 0 {
+                        continue;
+                    }
+                    backlog
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "cannot claim outbox jobs"
+                    );
+                    false
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 () = wake.notified() => {}
