@@ -794,3 +794,36 @@ async fn a_job_queued_while_requests_hold_every_slot_runs_when_one_frees_up() {
     .await;
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_deferred_for_a_moment_runs_again_when_due_not_at_the_next_poll() {
+    let setup = setup().await;
+    let config = WorkerConfig {
+        poll_interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let worker = RunningWorker::start(
+        &setup,
+        Behaviour::Defer(Duration::from_millis(200)),
+        Arc::new(SystemClock),
+        config,
+    );
+    eventually("the worker is listening", || async {
+        count(
+            &setup,
+            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    enqueue_one(&setup).await;
+
+    // The insert's notification starts the first run; nothing announces the deferred job
+    // coming due, and the poll is an hour away.
+    eventually("the deferred job ran twice more", || async {
+        count(&setup, "SELECT count(*) AS count FROM test_job_runs").await >= 3
+    })
+    .await;
+    worker.stop().await;
+}

@@ -66,6 +66,12 @@ impl JobContext {
         self.lease.spawn(task);
     }
 
+    /// Has this worker look for due jobs after `delay`: for jobs the handler inserted due a
+    /// moment from now, which no notification announces when they come due.
+    pub fn wake_after(&self, delay: Duration) {
+        self.lease.wake_after(delay);
+    }
+
     /// Records how a job from [`JobContext::enqueue_started`] ended, exactly as the worker
     /// records the jobs it claims: retries with backoff, dead-lettering, metrics.
     pub async fn finish_started(

@@ -71,6 +71,10 @@ pub(super) struct Lease {
     /// Started jobs that handlers run in the background; shutdown waits for them as for
     /// claimed jobs.
     background: std::sync::Mutex<JoinSet<()>>,
+    /// Wakes the claim loop: a notification, or a job of this worker's due soon.
+    wake: Arc<Notify>,
+    /// The earliest time a job this worker set aside comes due (see [`Lease::wake_after`]).
+    next_due: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// An outcome written in a batch with others: the common ones, which need no error history.
@@ -92,6 +96,41 @@ impl Lease {
         // Finished tasks keep their slot in the set until joined.
         while background.try_join_next().is_some() {}
         background.spawn(task);
+    }
+
+    /// Has the claim loop look for due jobs again after `delay`, sooner than its poll: for a
+    /// job this worker put back with a short wait (a deferral, a busy endpoint), which no
+    /// notification will announce when it comes due.
+    pub(super) fn wake_after(&self, delay: Duration) {
+        // A little late rather than early: the due time was taken from the clock before.
+        let at = tokio::time::Instant::now() + delay + Duration::from_millis(5);
+        let mut next_due = self
+            .next_due
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if next_due.is_none_or(|due| at < due) {
+            *next_due = Some(at);
+            self.wake.notify_one();
+        }
+    }
+
+    /// When the claim loop should look again at the latest: after `poll`, or when the earliest
+    /// set-aside job comes due. A due time that has passed is forgotten: the look about to be
+    /// made covers it.
+    fn next_look(&self, poll: Duration) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let mut next_due = self
+            .next_due
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *next_due {
+            Some(due) if due <= now => {
+                *next_due = None;
+                now + poll
+            }
+            Some(due) => due.min(now + poll),
+            None => now + poll,
+        }
     }
 
     fn take_background(&self) -> JoinSet<()> {
@@ -125,6 +164,8 @@ impl Worker {
             backoff: config.backoff,
             batched: sender,
             background: std::sync::Mutex::default(),
+            wake: Arc::new(Notify::new()),
+            next_due: std::sync::Mutex::default(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -153,7 +194,7 @@ impl Worker {
     /// period, and releases what is still held.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
-        let wake = Arc::new(Notify::new());
+        let wake = inner.context.lease.wake.clone();
         let listener = tokio::spawn(listen(self.database_url, wake.clone()));
         let permits = inner.permits.clone();
         let (stop_finisher, finisher_stopped) = oneshot::channel();
@@ -211,7 +252,7 @@ impl Worker {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = wake.notified() => {}
-                () = tokio::time::sleep(inner.config.poll_interval) => {}
+                () = tokio::time::sleep_until(inner.context.lease.next_look(inner.config.poll_interval)) => {}
                 Some(_) = running.join_next(), if backlog && !running.is_empty() => {}
             }
         }
@@ -314,9 +355,12 @@ pub(super) async fn conclude(
     let outcome = match result {
         Ok(()) => Outcome::Succeeded,
         Err(JobError::Permanent(error)) => Outcome::Dead { error },
-        Err(JobError::Defer { after }) => Outcome::Deferred {
-            at: now + chrono::Duration::from_std(after).unwrap_or_default(),
-        },
+        Err(JobError::Defer { after }) => {
+            lease.wake_after(after);
+            Outcome::Deferred {
+                at: now + chrono::Duration::from_std(after).unwrap_or_default(),
+            }
+        }
         Err(JobError::Retry { message, .. }) if job.attempts >= job.max_attempts => {
             Outcome::Dead { error: message }
         }

@@ -69,6 +69,7 @@ impl EventConsumer for WebhookFanout {
                 return Ok(());
             }
             // One job per pending delivery, with the slot of its attempt at once if it gets one.
+            let mut soonest_wait: Option<std::time::Duration> = None;
             let jobs: Vec<(usize, NewJob, Option<Slot>)> = deliveries
                 .iter()
                 .enumerate()
@@ -78,6 +79,8 @@ impl EventConsumer for WebhookFanout {
                     match self.deliverer.admit_now(endpoint) {
                         Ok(slot) => (index, job, Some(slot)),
                         Err(wait) => {
+                            soonest_wait =
+                                Some(soonest_wait.map_or(wait, |soonest| soonest.min(wait)));
                             let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
                             (index, job.due_at(due), None)
                         }
@@ -88,6 +91,9 @@ impl EventConsumer for WebhookFanout {
                 .await
                 .map_err(retry)?;
             drop(connection);
+            if let Some(wait) = soonest_wait {
+                context.wake_after(wait);
+            }
             let immediate: Vec<Immediate> = jobs
                 .into_iter()
                 .filter(|(_, job, _)| inserted.contains(&job.id))
