@@ -136,19 +136,7 @@ impl Deliverer {
     /// one of its few slow slots, taken in the same step, so that concurrent jobs cannot all
     /// see room and all start.
     fn try_slot(&self, endpoint: Uuid) -> Result<Slot, Full> {
-        let slots = {
-            let mut slots = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            slots
-                .entry(endpoint)
-                .or_insert_with(|| Slots {
-                    any: Arc::new(Semaphore::new(self.policy.per_endpoint_concurrency.max(1))),
-                    slow: Arc::new(Semaphore::new(self.policy.slow_endpoint_concurrency.max(1))),
-                })
-                .clone()
-        };
+        let slots = self.slots(endpoint);
         let slow = self.is_slow(endpoint);
         let full = Full { slow };
         let any = slots.any.try_acquire_owned().map_err(|_| full)?;
@@ -160,6 +148,40 @@ impl Deliverer {
             _any: any,
             _slow: slow,
         })
+    }
+
+    /// A slot for one attempt to `endpoint`, waiting up to `wait` for one to free up. Slots go
+    /// to those waiting first, in order: a delivery that waited is not overtaken by newer ones
+    /// the fan-out would start at once (their [`Deliverer::admit_now`] finds no room meanwhile).
+    async fn wait_for_slot(&self, endpoint: Uuid, wait: Duration) -> Option<Slot> {
+        let slots = self.slots(endpoint);
+        let any = tokio::time::timeout(wait, slots.any.acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        // It may have turned slow meanwhile; then it needs one of its slow slots too.
+        let slow = match self.is_slow(endpoint) {
+            true => Some(slots.slow.try_acquire_owned().ok()?),
+            false => None,
+        };
+        Some(Slot {
+            _any: any,
+            _slow: slow,
+        })
+    }
+
+    fn slots(&self, endpoint: Uuid) -> Slots {
+        let mut slots = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots
+            .entry(endpoint)
+            .or_insert_with(|| Slots {
+                any: Arc::new(Semaphore::new(self.policy.per_endpoint_concurrency.max(1))),
+                slow: Arc::new(Semaphore::new(self.policy.slow_endpoint_concurrency.max(1))),
+            })
+            .clone()
     }
 
     fn is_slow(&self, endpoint: Uuid) -> bool {
@@ -409,7 +431,17 @@ impl JobHandler for DeliverHandler {
             // endpoints that answer.
             let slot = match deliverer.try_slot(endpoint.id) {
                 Ok(slot) => slot,
-                Err(Full { slow: false }) => return Err(JobError::Defer { after: BUSY_WAIT }),
+                Err(Full { slow: false }) => {
+                    // Busy, not slow: wait in line for a moment before going back to the
+                    // queue. No connection is held while waiting.
+                    drop(connection);
+                    let slot = deliverer.wait_for_slot(endpoint.id, BUSY_WAIT).await;
+                    let slot = slot.ok_or(JobError::Defer { after: BUSY_WAIT })?;
+                    return attempt_unless_rate_limited(
+                        deliverer, slot, &delivery, &endpoint, &event, context,
+                    )
+                    .await;
+                }
                 Err(Full { slow: true }) => {
                     // A slow endpoint can take only a few deliveries at a time. Deferring each
                     // of its waiting jobs by a fraction of a second would have every worker
@@ -420,16 +452,29 @@ impl JobHandler for DeliverHandler {
                     return Err(JobError::Defer { after: parked });
                 }
             };
-            if let Some(wait) = deliverer.rate_limited(&endpoint) {
-                return Err(JobError::Defer { after: wait });
-            }
             // No connection is held across the network call.
             drop(connection);
-            deliverer
-                .attempt(slot, &delivery, &endpoint, &event, context)
+            attempt_unless_rate_limited(deliverer, slot, &delivery, &endpoint, &event, context)
                 .await
         })
     }
+}
+
+/// Makes the attempt in `slot`, unless the endpoint's rate limit says not yet.
+async fn attempt_unless_rate_limited(
+    deliverer: &Deliverer,
+    slot: Slot,
+    delivery: &DeliveryRow,
+    endpoint: &EndpointRow,
+    event: &StoredEvent,
+    context: &JobContext,
+) -> Result<(), JobError> {
+    if let Some(wait) = deliverer.rate_limited(endpoint) {
+        return Err(JobError::Defer { after: wait });
+    }
+    deliverer
+        .attempt(slot, delivery, endpoint, event, context)
+        .await
 }
 
 /// Sets aside every waiting delivery of `endpoint` for one park period (at most once per half
