@@ -12,7 +12,7 @@ use serde_json::json;
 use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
     BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind, ManualClock, NewJob,
-    Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig, enqueue,
+    Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig, enqueue, enqueue_many,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -823,6 +823,55 @@ async fn a_job_deferred_for_a_moment_runs_again_when_due_not_at_the_next_poll() 
     // coming due, and the poll is an hour away.
     eventually("the deferred job ran twice more", || async {
         count(&setup, "SELECT count(*) AS count FROM test_job_runs").await >= 3
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_a_request_frees_goes_to_the_waiting_queue_at_once() {
+    let setup = setup().await;
+    let never = Arc::new(Notify::new());
+    // No poll to fall back on, and the running job never ends: only the freed slot can start
+    // the waiting job.
+    let config = WorkerConfig {
+        concurrency: 2,
+        poll_interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let worker = RunningWorker::start(
+        &setup,
+        Behaviour::Block(never),
+        Arc::new(SystemClock),
+        config,
+    );
+    let held = worker.starter.reserve().expect("an idle worker has room");
+    // Both in one statement, so one notification: the worker claims one (its one free slot)
+    // and knows more may be waiting.
+    let jobs = [
+        NewJob::new(KIND, json!({"n": 1}), None),
+        NewJob::new(KIND, json!({"n": 2}), None),
+    ];
+    let mut connection = setup.database.connect().await;
+    enqueue_many(&mut connection, &jobs).await.expect("enqueue");
+    eventually("one job runs in the one free slot", || async {
+        count(
+            &setup,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE status = 'running'",
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    drop(held);
+    eventually("the waiting job got the freed slot", || async {
+        count(
+            &setup,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE status = 'running'",
+        )
+        .await
+            == 2
     })
     .await;
     worker.stop().await;

@@ -34,10 +34,12 @@ impl Starter {
         Self { inner }
     }
 
-    /// Room for one job now, unless every worker slot is busy or the worker is stopping; then
-    /// the caller enqueues its job for the queue instead.
+    /// Room for one job now, unless every worker slot is busy, queued jobs are waiting for
+    /// one (they go first), or the worker is stopping; then the caller enqueues its job for the
+    /// queue instead.
     pub fn reserve(&self) -> Option<Reservation> {
-        if self.inner.stopping.load(Ordering::Relaxed) {
+        if self.inner.stopping.load(Ordering::Relaxed) || self.inner.backlog.load(Ordering::Relaxed)
+        {
             return None;
         }
         let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
@@ -78,5 +80,44 @@ impl Reservation {
         let Self { inner, permit } = self;
         let task = execute(inner.clone(), job, permit);
         inner.context.lease.spawn(task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::outbox::{Registry, SystemClock, Worker, WorkerConfig};
+
+    /// A worker that is never run: a pool is built without connecting.
+    fn idle_worker() -> Worker {
+        let url = "postgres://nobody@127.0.0.1:1/none";
+        let pool = crate::db::build_pool(url, 1).expect("pool");
+        Worker::new(
+            pool,
+            url,
+            Registry::default(),
+            Arc::new(SystemClock),
+            WorkerConfig::default(),
+        )
+    }
+
+    #[test]
+    fn requests_start_nothing_while_queued_jobs_wait_or_the_worker_stops() {
+        let worker = idle_worker();
+        let starter = worker.starter();
+        assert!(starter.reserve().is_some(), "room, and nothing queued");
+
+        worker.inner.backlog.store(true, Ordering::Relaxed);
+        assert!(starter.reserve().is_none(), "queued jobs go first");
+        worker.inner.backlog.store(false, Ordering::Relaxed);
+        assert!(starter.reserve().is_some());
+
+        worker.inner.stopping.store(true, Ordering::Relaxed);
+        assert!(
+            starter.reserve().is_none(),
+            "a stopping worker starts nothing"
+        );
     }
 }

@@ -58,6 +58,9 @@ pub(super) struct Inner {
     pub(super) permits: Arc<Semaphore>,
     /// Set once shutdown begins: no more jobs are started.
     pub(super) stopping: AtomicBool,
+    /// Set while the last claim found as many due jobs as it had room for: queued jobs are
+    /// waiting, and requests queue theirs behind them rather than start them first.
+    pub(super) backlog: AtomicBool,
 }
 
 /// What the jobs of one worker are claimed under, and where their common outcomes are queued to
@@ -144,7 +147,7 @@ impl Lease {
 }
 
 pub struct Worker {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
     database_url: String,
     batched: mpsc::UnboundedReceiver<Batched>,
 }
@@ -173,6 +176,7 @@ impl Worker {
                 context: JobContext { pool, clock, lease },
                 permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 stopping: AtomicBool::new(false),
+                backlog: AtomicBool::new(false),
                 config,
             }),
             database_url: database_url.to_owned(),
@@ -228,6 +232,7 @@ impl Worker {
             let backlog = match claim(&inner, free, look_for_expired).await {
                 Ok(jobs) => {
                     let backlog = jobs.len() == free;
+                    inner.backlog.store(backlog, Ordering::Relaxed);
                     for job in jobs {
                         // Requests may have taken room meanwhile (see `Starter`); they hold
                         // it for a short transaction and job, and a job claimed must run.
@@ -253,7 +258,8 @@ impl Worker {
                 () = &mut shutdown => break,
                 () = wake.notified() => {}
                 () = tokio::time::sleep_until(inner.context.lease.next_look(inner.config.poll_interval)) => {}
-                Some(_) = running.join_next(), if backlog && !running.is_empty() => {}
+                // A slot freed by a claimed job or by a request's own: claim the next ones.
+                _ = permits.acquire(), if backlog => {}
             }
         }
 
