@@ -272,6 +272,19 @@ where
     }
 }
 
+/// Waits until the worker's LISTEN connection is up, so that a notification reaches it.
+async fn until_listening(setup: &Setup) {
+    eventually("the worker is listening", || async {
+        count(
+            setup,
+            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
+        )
+        .await
+            == 1
+    })
+    .await;
+}
+
 async fn enqueue_one(setup: &Setup) -> Uuid {
     let connection = setup.database.connect().await;
     enqueue(&connection, &NewJob::new(KIND, json!({"n": 1}), None))
@@ -446,15 +459,7 @@ async fn a_committed_job_wakes_an_idle_worker_through_notify() {
         ..fast()
     };
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
-    eventually("the worker is listening", || async {
-        count(
-            &setup,
-            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
-        )
-        .await
-            == 1
-    })
-    .await;
+    until_listening(&setup).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let id = enqueue_one(&setup).await;
@@ -771,15 +776,7 @@ async fn a_job_queued_while_requests_hold_every_slot_runs_when_one_frees_up() {
         ..fast()
     };
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
-    eventually("the worker is listening", || async {
-        count(
-            &setup,
-            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
-        )
-        .await
-            == 1
-    })
-    .await;
+    until_listening(&setup).await;
     let held = worker.starter.reserve().expect("room for one");
 
     // The notification arrives while the only slot is held, and finds no room.
@@ -808,15 +805,7 @@ async fn a_job_deferred_for_a_moment_runs_again_when_due_not_at_the_next_poll() 
         Arc::new(SystemClock),
         config,
     );
-    eventually("the worker is listening", || async {
-        count(
-            &setup,
-            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
-        )
-        .await
-            == 1
-    })
-    .await;
+    until_listening(&setup).await;
     enqueue_one(&setup).await;
 
     // The insert's notification starts the first run; nothing announces the deferred job
