@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::SubsecRound;
 use diesel::sql_query;
 use diesel::sql_types::{BigInt, Int4, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -13,6 +14,7 @@ use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
     BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind, ManualClock, NewJob,
     Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig, enqueue, enqueue_many,
+    postpone,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -864,4 +866,49 @@ async fn a_slot_a_request_frees_goes_to_the_waiting_queue_at_once() {
     })
     .await;
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postponing_skips_the_jobs_another_transaction_holds_instead_of_waiting() {
+    let setup = setup().await;
+    let jobs = [
+        NewJob::new(KIND, json!({"endpoint_id": "e1"}), None),
+        NewJob::new(KIND, json!({"endpoint_id": "e1"}), None),
+    ];
+    let mut connection = setup.database.connect().await;
+    enqueue_many(&mut connection, &jobs).await.expect("enqueue");
+    let (held, free) = (jobs[0].id, jobs[1].id);
+    let before = job_state(&setup, held).await.run_after;
+
+    // A claim (or a batch of outcomes) holds one of the rows, as it would mid-transaction.
+    let mut holder = setup.database.connect().await;
+    sql_query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sql_query("SELECT id FROM outbox_jobs WHERE id = $1 FOR UPDATE")
+        .bind::<diesel::sql_types::Uuid, _>(held)
+        .execute(&mut holder)
+        .await
+        .expect("lock one job");
+
+    let until = chrono::Utc::now() + chrono::Duration::hours(1);
+    let postponed = tokio::time::timeout(
+        Duration::from_secs(5),
+        postpone(&mut connection, KIND, "endpoint_id", "e1", until),
+    )
+    .await
+    .expect("postpone does not wait for the held row")
+    .expect("postpone");
+    sql_query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("commit");
+
+    assert_eq!(postponed, 1);
+    assert_eq!(
+        job_state(&setup, free).await.run_after,
+        until.trunc_subsecs(6)
+    );
+    assert_eq!(job_state(&setup, held).await.run_after, before);
 }

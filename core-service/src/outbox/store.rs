@@ -363,6 +363,11 @@ pub async fn finish(
 
 /// Moves the pending jobs of `kind` whose payload has `key` = `value` to run no earlier than
 /// `until`: a handler's way to set aside every job waiting on the same busy resource at once.
+///
+/// Skips the jobs another transaction holds (being claimed, finished or postponed), and so
+/// never waits for a lock. A plain multi-row `UPDATE` waited, and kept the rows it had locked
+/// while waiting; a batch of job outcomes locking the same rows in another order deadlocked
+/// with it. A skipped job that is being claimed runs, finds its resource busy and defers itself.
 pub async fn postpone(
     connection: &mut AsyncPgConnection,
     kind: JobKind,
@@ -372,7 +377,10 @@ pub async fn postpone(
 ) -> QueryResult<usize> {
     diesel::sql_query(
         "UPDATE outbox_jobs SET run_after = $4
-         WHERE status = 'pending' AND kind = $1 AND payload ->> $2 = $3 AND run_after < $4",
+         WHERE id IN (
+             SELECT id FROM outbox_jobs
+             WHERE status = 'pending' AND kind = $1 AND payload ->> $2 = $3 AND run_after < $4
+             FOR UPDATE SKIP LOCKED)",
     )
     .bind::<Text, _>(kind.name)
     .bind::<Text, _>(key)
