@@ -58,6 +58,12 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub outbox_poll_interval: Duration,
 
+    /// How long succeeded outbox jobs are kept before they are deleted (pending, running and
+    /// dead jobs are never deleted). At least the trigger deduplication window, so that a
+    /// repeated trigger's job can still be looked up.
+    #[arg(long, env = "SWITCHBORD_OUTBOX_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
+
     /// On shutdown, how long running outbox jobs may take before they are released.
     #[arg(long, env = "SWITCHBORD_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -120,6 +126,7 @@ impl CoreConfig {
             trigger_dedup_window: Duration::from_secs(24 * 3600),
             outbox_workers: 32,
             outbox_poll_interval: Duration::from_secs(1),
+            outbox_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_grace: Duration::from_secs(10),
             metrics_sample_interval: Duration::from_secs(15),
         }
@@ -164,6 +171,17 @@ impl CoreConfig {
                 "SWITCHBORD_OUTBOX_WORKERS",
                 "outbox-workers",
                 "must be at least 1 (with 0 no job would ever run)",
+            ));
+        }
+        if self.outbox_retention < self.trigger_dedup_window {
+            problems.push(ConfigError::new(
+                "SWITCHBORD_OUTBOX_RETENTION",
+                "outbox-retention",
+                format!(
+                    "must be at least SWITCHBORD_TRIGGER_DEDUP_WINDOW ({}), so that a repeated \
+                     trigger's job can still be looked up",
+                    humantime::format_duration(self.trigger_dedup_window)
+                ),
             ));
         }
         for (variable, flag, duration) in [

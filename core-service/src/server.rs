@@ -35,7 +35,7 @@ use crate::flows::FlowsGrpc;
 use crate::gauges::GaugeSampler;
 use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
 use crate::outbox::admin::OutboxGrpc;
-use crate::outbox::{Clock, Registry, SystemClock, Worker, WorkerConfig};
+use crate::outbox::{Clock, Pruner, Registry, SystemClock, Worker, WorkerConfig};
 use crate::readiness::ReadinessHealth;
 use crate::state::AppState;
 use crate::twenty::{BackfillHandler, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer};
@@ -85,6 +85,7 @@ pub struct CoreServer {
     database_url: String,
     worker_config: WorkerConfig,
     metrics_sample_interval: Duration,
+    outbox_retention: Duration,
     /// The outbox workers' own pool (asynchronous commit; see [`db::build_job_pool`]).
     job_pool: db::DbPool,
 }
@@ -187,6 +188,7 @@ impl CoreServer {
             database_url: database_url.to_owned(),
             worker_config,
             metrics_sample_interval: config.metrics_sample_interval,
+            outbox_retention: config.outbox_retention,
             job_pool,
         })
     }
@@ -302,6 +304,15 @@ impl CoreServer {
             .run(),
         );
 
+        let pruner = tokio::spawn(
+            Pruner::new(
+                self.job_pool.clone(),
+                self.clock.clone(),
+                self.outbox_retention,
+            )
+            .run(),
+        );
+
         tracing::info!(addr = %self.local_addr(), "gRPC core listening");
         // Small request/response messages: without TCP_NODELAY, Nagle's algorithm and delayed
         // ACKs add milliseconds to every call (measured by switchbord-bench).
@@ -352,6 +363,7 @@ impl CoreServer {
             .await;
         flusher.abort();
         sampler.abort();
+        pruner.abort();
         self.authenticator.flush_last_used().await;
         if worker.await.is_err() {
             tracing::warn!("the outbox worker stopped abnormally");

@@ -352,3 +352,34 @@ async fn the_request_id_follows_a_request_into_its_outbox_jobs() {
         .count();
     assert!(carried >= 1, "{}", jobs.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn succeeded_outbox_jobs_are_deleted_after_the_retention() {
+    let clock = std::sync::Arc::new(switchbord_core::outbox::ManualClock::default());
+    let app = TestApp::builder()
+        .outbox_retention(std::time::Duration::from_secs(60))
+        .clock(clock.clone())
+        .spawn()
+        .await;
+    app.upsert_contact(&contact("+4915112340101")).await;
+    let succeeded = "SELECT count(*) FROM outbox_jobs WHERE status = 'succeeded'";
+    eventually("the contact's dispatch job succeeds", async || {
+        crate::helpers::count(&app.database, succeeded).await >= 1
+    })
+    .await;
+
+    // Still there within the retention; gone once it has passed (the pruner looks every second
+    // at this retention).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(crate::helpers::count(&app.database, succeeded).await >= 1);
+    clock.advance(std::time::Duration::from_secs(120));
+    eventually("the old success is pruned", async || {
+        crate::helpers::count(&app.database, succeeded).await == 0
+    })
+    .await;
+    assert_eq!(
+        crate::helpers::count(&app.database, "SELECT count(*) FROM contacts").await,
+        1,
+        "only bookkeeping goes"
+    );
+}

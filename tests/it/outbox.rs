@@ -14,7 +14,7 @@ use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
     BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind, ManualClock, NewJob,
     Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig, enqueue, enqueue_many,
-    postpone,
+    postpone, prune_succeeded,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -911,4 +911,85 @@ async fn postponing_skips_the_jobs_another_transaction_holds_instead_of_waiting(
         until.trunc_subsecs(6)
     );
     assert_eq!(job_state(&setup, held).await.run_after, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_deletes_only_succeeded_jobs_older_than_the_cutoff() {
+    let setup = setup().await;
+    let statuses = ["succeeded", "succeeded", "pending", "dead"];
+    let jobs: Vec<NewJob> = statuses
+        .iter()
+        .map(|_| NewJob::new(KIND, json!({}), None))
+        .collect();
+    let mut connection = setup.database.connect().await;
+    enqueue_many(&mut connection, &jobs).await.expect("enqueue");
+    // The first is old; the others are old too but not succeeded, except the second, which is
+    // recent. The old succeeded job has an error history from an earlier attempt.
+    for (job, status) in jobs.iter().zip(statuses) {
+        sql_query("UPDATE outbox_jobs SET status = $2, created_at = now() - interval '8 days' WHERE id = $1")
+            .bind::<diesel::sql_types::Uuid, _>(job.id)
+            .bind::<Text, _>(status)
+            .execute(&mut connection)
+            .await
+            .expect("set status");
+    }
+    sql_query("UPDATE outbox_jobs SET created_at = now() WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(jobs[1].id)
+        .execute(&mut connection)
+        .await
+        .expect("recent");
+    sql_query("INSERT INTO outbox_job_errors (job_id, attempt, error, occurred_at) VALUES ($1, 1, 'boom', now())")
+        .bind::<diesel::sql_types::Uuid, _>(jobs[0].id)
+        .execute(&mut connection)
+        .await
+        .expect("error history");
+
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
+    let deleted = prune_succeeded(&setup.pool, cutoff).await.expect("prune");
+
+    assert_eq!(deleted, 1);
+    let left = count(&setup, "SELECT count(*) AS count FROM outbox_jobs").await;
+    assert_eq!(
+        left, 3,
+        "the recent success, the pending and the dead job stay"
+    );
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM outbox_job_errors").await,
+        0,
+        "its error history goes with it"
+    );
+    let gone = count(
+        &setup,
+        &format!(
+            "SELECT count(*) AS count FROM outbox_jobs WHERE id = '{}'",
+            jobs[0].id
+        ),
+    )
+    .await;
+    assert_eq!(gone, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_goes_on_until_every_old_success_is_gone() {
+    let setup = setup().await;
+    let mut connection = setup.database.connect().await;
+    // More than one batch.
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, max_attempts, run_after, created_at, updated_at)
+         SELECT gen_random_uuid(), 'test.record', '{}', 'succeeded', 3, now(),
+                now() - interval '8 days', now()
+         FROM generate_series(1, 2500)",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("old successes");
+
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
+    let deleted = prune_succeeded(&setup.pool, cutoff).await.expect("prune");
+
+    assert_eq!(deleted, 2500);
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM outbox_jobs").await,
+        0
+    );
 }

@@ -12,6 +12,7 @@
 mod backoff;
 mod clock;
 mod handler;
+mod pruner;
 mod starter;
 mod store;
 mod worker;
@@ -21,6 +22,7 @@ pub mod admin;
 pub use backoff::{BackoffPolicy, retry_delay};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry};
+pub use pruner::{Pruner, prune_succeeded};
 pub use starter::{Reservation, Starter};
 pub use store::{
     ClaimedJob, Depth, JobRow, NewJob, depth, discard_pending, enqueue, enqueue_many, postpone,

@@ -263,6 +263,14 @@ impl TestAppBuilder {
         self
     }
 
+    /// Keeps succeeded outbox jobs for `retention` (the trigger deduplication window, which it
+    /// may not be shorter than, shrinks with it).
+    pub fn outbox_retention(mut self, retention: std::time::Duration) -> Self {
+        self.core.outbox_retention = retention;
+        self.core.trigger_dedup_window = retention;
+        self
+    }
+
     pub fn webhook_schedule(mut self, schedule: &str) -> Self {
         self.core.webhook_retry_schedule =
             switchbord_core::config::parse_schedule(schedule).expect("schedule");
