@@ -977,6 +977,38 @@ async fn the_waiting_deliveries_of_a_hanging_endpoint_are_parked_not_polled() {
     assert!(attempts <= 18, "{attempts} attempts");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_receivers_do_not_hold_the_workers_other_jobs_need() {
+    // Two workers, which the queued retries of two hanging deliveries would hold for a whole
+    // timeout each if a delivery kept its worker during the request.
+    let app = TestApp::builder()
+        .outbox_workers(2)
+        .webhook_timeout(Duration::from_secs(6))
+        .webhook_schedule("0s,0s,0s")
+        .spawn()
+        .await;
+    let hanging = hanging_receiver(Duration::from_secs(60)).await;
+    create(&app, &hanging.url(), &["message.delivered"]).await;
+    let healthy = Receiver::start().await;
+    create(&app, &healthy.url(), &["contact.created"]).await;
+    publish_messages(&app, 2).await;
+    // The first attempts run beside the fan-out; their retries are queued jobs, whose requests
+    // now hang for 6 s.
+    hanging.wait_for(4).await;
+    let retries_began = std::time::Instant::now();
+
+    // The contact's dispatch job is queued (contact writes do not start theirs) and needs a
+    // worker.
+    new_contact(&app, "+4915112349999").await;
+    healthy.wait_for(1).await;
+
+    assert!(
+        retries_began.elapsed() < Duration::from_secs(3),
+        "the dispatch waited {:?} for a worker",
+        retries_began.elapsed()
+    );
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     crate::helpers::count(&app.database, sql).await
 }

@@ -103,6 +103,31 @@ mod tests {
         )
     }
 
+    #[tokio::test]
+    async fn a_lent_slot_is_taken_back_even_when_its_job_is_cut_off() {
+        let worker = idle_worker();
+        let permits = worker.inner.permits.clone();
+        let concurrency = permits.available_permits();
+        let held = permits.clone().acquire_owned().await.expect("the job's own slot");
+
+        let lent = worker.inner.context.lease.lend_slot();
+        assert_eq!(permits.available_permits(), concurrency, "lent while it waits");
+        lent.take_back().await;
+        assert_eq!(permits.available_permits(), concurrency - 1);
+
+        // Dropped without being taken back, as when the handler's future is dropped.
+        drop(worker.inner.context.lease.lend_slot());
+        for _ in 0..100 {
+            if permits.available_permits() == concurrency - 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(permits.available_permits(), concurrency - 1);
+        drop(held);
+        assert_eq!(permits.available_permits(), concurrency, "no slot gained or lost");
+    }
+
     #[test]
     fn requests_start_nothing_while_queued_jobs_wait_or_the_worker_stops() {
         let worker = idle_worker();

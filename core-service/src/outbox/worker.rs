@@ -78,6 +78,9 @@ pub(super) struct Lease {
     wake: Arc<Notify>,
     /// The earliest time a job this worker set aside comes due (see [`Lease::wake_after`]).
     next_due: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// The worker's concurrency slots (the same as [`Inner::permits`]), which a running job
+    /// may lend back while it waits (see [`LentSlot`]).
+    permits: Arc<Semaphore>,
 }
 
 /// An outcome written in a batch with others: the common ones, which need no error history.
@@ -136,6 +139,14 @@ impl Lease {
         }
     }
 
+    /// Hands one of the worker's slots back for as long as the returned [`LentSlot`] lives.
+    pub(super) fn lend_slot(&self) -> LentSlot {
+        self.permits.add_permits(1);
+        LentSlot {
+            permits: Some(self.permits.clone()),
+        }
+    }
+
     fn take_background(&self) -> JoinSet<()> {
         std::mem::take(
             &mut *self
@@ -143,6 +154,39 @@ impl Lease {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         )
+    }
+}
+
+/// A slot that a running job lent back to its worker (see [`super::JobContext::without_worker_slot`]).
+/// The job's own permit is released when it ends, so the job takes a slot back first: otherwise
+/// the worker would end up with one slot more than its concurrency. A lent slot dropped before it
+/// was taken back (the handler was cut off) is taken back in the background.
+pub(super) struct LentSlot {
+    permits: Option<Arc<Semaphore>>,
+}
+
+impl LentSlot {
+    /// Waits in line for a slot, as claimed jobs and requests do.
+    pub(super) async fn take_back(mut self) {
+        let Some(permits) = self.permits.clone() else {
+            return;
+        };
+        if let Ok(permit) = permits.acquire().await {
+            permit.forget();
+        }
+        self.permits = None;
+    }
+}
+
+impl Drop for LentSlot {
+    fn drop(&mut self) {
+        if let Some(permits) = self.permits.take() {
+            tokio::spawn(async move {
+                if let Ok(permit) = permits.acquire_owned().await {
+                    permit.forget();
+                }
+            });
+        }
     }
 }
 
@@ -161,6 +205,7 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let (sender, batched) = mpsc::unbounded_channel();
+        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let lease = Arc::new(Lease {
             owner: format!("worker-{}", Uuid::new_v4()),
             duration: config.lease,
@@ -169,12 +214,13 @@ impl Worker {
             background: std::sync::Mutex::default(),
             wake: Arc::new(Notify::new()),
             next_due: std::sync::Mutex::default(),
+            permits: permits.clone(),
         });
         Self {
             inner: Arc::new(Inner {
                 registry,
                 context: JobContext { pool, clock, lease },
-                permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                permits,
                 stopping: AtomicBool::new(false),
                 backlog: AtomicBool::new(false),
                 config,

@@ -460,7 +460,10 @@ impl JobHandler for DeliverHandler {
     }
 }
 
-/// Makes the attempt in `slot`, unless the endpoint's rate limit says not yet.
+/// Makes the attempt in `slot`, unless the endpoint's rate limit says not yet. The job's worker
+/// slot is lent back meanwhile: the endpoint's slot bounds the request, and a slow receiver
+/// would otherwise hold a worker for its whole timeout (2 per slow endpoint: 16 slow endpoints
+/// would stall every job of the default 32 workers).
 async fn attempt_unless_rate_limited(
     deliverer: &Deliverer,
     slot: Slot,
@@ -472,8 +475,8 @@ async fn attempt_unless_rate_limited(
     if let Some(wait) = deliverer.rate_limited(endpoint) {
         return Err(JobError::Defer { after: wait });
     }
-    deliverer
-        .attempt(slot, delivery, endpoint, event, context)
+    context
+        .without_worker_slot(deliverer.attempt(slot, delivery, endpoint, event, context))
         .await
 }
 

@@ -271,6 +271,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn outbox_workers(mut self, workers: usize) -> Self {
+        self.core.outbox_workers = workers;
+        self
+    }
+
     pub fn webhook_schedule(mut self, schedule: &str) -> Self {
         self.core.webhook_retry_schedule =
             switchbord_core::config::parse_schedule(schedule).expect("schedule");
