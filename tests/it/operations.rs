@@ -383,3 +383,46 @@ async fn succeeded_outbox_jobs_are_deleted_after_the_retention() {
         "only bookkeeping goes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadlocked_transaction_is_a_retryable_failure_not_an_internal_error() {
+    use diesel::sql_query;
+    use diesel_async::RunQueryDsl;
+    use switchbord_core::db::DbError;
+
+    let database = crate::helpers::TestDatabase::create().await;
+    let mut setup = database.connect().await;
+    for statement in [
+        "CREATE TABLE pair (id int PRIMARY KEY)",
+        "INSERT INTO pair VALUES (1), (2)",
+    ] {
+        sql_query(statement)
+            .execute(&mut setup)
+            .await
+            .expect("two rows");
+    }
+    let (mut first, mut second) = (database.connect().await, database.connect().await);
+    for connection in [&mut first, &mut second] {
+        sql_query("BEGIN").execute(connection).await.expect("begin");
+    }
+    let lock = |id: i32| format!("SELECT id FROM pair WHERE id = {id} FOR UPDATE");
+    sql_query(lock(1))
+        .execute(&mut first)
+        .await
+        .expect("first holds 1");
+    sql_query(lock(2))
+        .execute(&mut second)
+        .await
+        .expect("second holds 2");
+    // Each now waits for the other's row; PostgreSQL ends one of them.
+    let (a, b) = tokio::join!(
+        sql_query(lock(2)).execute(&mut first),
+        sql_query(lock(1)).execute(&mut second)
+    );
+    let failed = a.err().or(b.err()).expect("one of them was ended");
+
+    assert!(
+        matches!(DbError::from(failed), DbError::Unavailable(_)),
+        "a deadlock is a conflict to retry"
+    );
+}

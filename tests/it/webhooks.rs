@@ -1157,6 +1157,55 @@ async fn deleting_an_endpoint_drops_the_deliveries_waiting_for_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn deleting_an_endpoint_skips_jobs_another_transaction_holds_instead_of_waiting() {
+    let app = TestApp::builder()
+        .clock(Arc::new(ManualClock::default()))
+        .spawn()
+        .await;
+    let failing = Receiver::start().await;
+    failing.status(500);
+    let (endpoint, _) = create(&app, &failing.url(), &["message.delivered"]).await;
+    publish_messages(&app, 2).await;
+    let waiting =
+        "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver' AND status = 'pending'";
+    crate::helpers::eventually("both deliveries wait for a retry", async || {
+        count(&app, waiting).await == 2
+    })
+    .await;
+
+    // A claim or a batch of outcomes holds one of the jobs, as it would mid-transaction.
+    let mut holder = app.database.connect().await;
+    diesel::sql_query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    diesel::sql_query(
+        "SELECT id FROM outbox_jobs WHERE kind = 'webhook.deliver' AND status = 'pending'
+         LIMIT 1 FOR UPDATE",
+    )
+    .execute(&mut holder)
+    .await
+    .expect("hold one job");
+
+    let deleted = tokio::time::timeout(
+        Duration::from_secs(5),
+        client(&app).await.delete_endpoint(DeleteEndpointRequest {
+            id: endpoint.id.clone(),
+        }),
+    )
+    .await
+    .expect("the delete does not wait for the held job");
+    diesel::sql_query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("commit");
+
+    deleted.expect("delete");
+    // The held one stays, and finds its delivery gone when it runs.
+    assert_eq!(count(&app, waiting).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_published_event_is_dispatched_at_once_without_waking_the_queue() {
     use diesel_async::{AsyncConnection, AsyncPgConnection};
     use futures::StreamExt;

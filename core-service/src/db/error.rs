@@ -16,7 +16,8 @@ pub enum DbError {
     /// The query expected a row and found none.
     #[error("row not found")]
     NotFound,
-    /// No connection could be had, or the connection broke: the caller may retry later.
+    /// No connection could be had, the connection broke, or PostgreSQL ended the transaction
+    /// to resolve a conflict with another: the caller may retry later.
     #[error("database unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Anything else: a bug or a schema mismatch.
@@ -41,6 +42,17 @@ impl From<DieselError> for DbError {
                 _,
             )
             | DieselError::BrokenTransactionManager => Self::Unavailable(Box::new(error)),
+            // PostgreSQL ended the transaction to resolve a deadlock or a serialization conflict
+            // with another one: the same request succeeds when sent again. diesel reports a
+            // deadlock (40P01) only by its message.
+            DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                Self::Unavailable(Box::new(error))
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::Unknown, ref info)
+                if info.message() == "deadlock detected" =>
+            {
+                Self::Unavailable(Box::new(error))
+            }
             other => Self::Other(other),
         }
     }

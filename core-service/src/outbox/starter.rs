@@ -108,10 +108,18 @@ mod tests {
         let worker = idle_worker();
         let permits = worker.inner.permits.clone();
         let concurrency = permits.available_permits();
-        let held = permits.clone().acquire_owned().await.expect("the job's own slot");
+        let held = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the job's own slot");
 
         let lent = worker.inner.context.lease.lend_slot();
-        assert_eq!(permits.available_permits(), concurrency, "lent while it waits");
+        assert_eq!(
+            permits.available_permits(),
+            concurrency,
+            "lent while it waits"
+        );
         lent.take_back().await;
         assert_eq!(permits.available_permits(), concurrency - 1);
 
@@ -125,7 +133,11 @@ mod tests {
         }
         assert_eq!(permits.available_permits(), concurrency - 1);
         drop(held);
-        assert_eq!(permits.available_permits(), concurrency, "no slot gained or lost");
+        assert_eq!(
+            permits.available_permits(),
+            concurrency,
+            "no slot gained or lost"
+        );
     }
 
     #[test]

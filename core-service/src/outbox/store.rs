@@ -392,7 +392,9 @@ pub async fn postpone(
 
 /// Deletes the pending jobs of `kind` whose payload has `key` = `value`: for work whose
 /// target is gone (a deleted webhook endpoint), which would otherwise wait out its backoff only
-/// to find nothing to do. Jobs already running end on their own.
+/// to find nothing to do. Jobs already running end on their own, and so do the ones another
+/// transaction holds, which it skips rather than wait for (like [`postpone`], and for the same
+/// deadlock): each finds its target gone when it runs.
 pub async fn discard_pending(
     connection: &mut AsyncPgConnection,
     kind: JobKind,
@@ -400,7 +402,10 @@ pub async fn discard_pending(
     value: &str,
 ) -> QueryResult<usize> {
     diesel::sql_query(
-        "DELETE FROM outbox_jobs WHERE status = 'pending' AND kind = $1 AND payload ->> $2 = $3",
+        "DELETE FROM outbox_jobs WHERE id IN (
+             SELECT id FROM outbox_jobs
+             WHERE status = 'pending' AND kind = $1 AND payload ->> $2 = $3
+             FOR UPDATE SKIP LOCKED)",
     )
     .bind::<Text, _>(kind.name)
     .bind::<Text, _>(key)
