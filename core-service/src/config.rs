@@ -91,6 +91,12 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_TWENTY_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub twenty_webhook_tolerance: Duration,
 
+    /// A webhook receiver that keeps an attempt waiting this long is slow: it gets 2 requests in
+    /// flight instead of 16, and its waiting deliveries are set aside together, until it answers
+    /// quickly again.
+    #[arg(long, env = "SWITCHBORD_WEBHOOK_SLOW_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub webhook_slow_after: Duration,
+
     /// Delay before each delivery attempt, comma-separated; its length is the number of attempts.
     #[arg(long, env = "SWITCHBORD_WEBHOOK_RETRY_SCHEDULE", default_value = "0s,5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
     pub webhook_retry_schedule: Schedule,
@@ -119,6 +125,7 @@ impl CoreConfig {
             webhook_allow_private: false,
             webhook_allow_http: false,
             webhook_timeout: Duration::from_secs(15),
+            webhook_slow_after: Duration::from_secs(1),
             twenty_webhook_tolerance: Duration::from_secs(300),
             webhook_retry_schedule: parse_schedule("0s,5s,5m,30m,2h,5h,10h,10h")
                 .unwrap_or_default(),
@@ -194,6 +201,11 @@ impl CoreConfig {
                 "SWITCHBORD_WEBHOOK_TIMEOUT",
                 "webhook-timeout",
                 self.webhook_timeout,
+            ),
+            (
+                "SWITCHBORD_WEBHOOK_SLOW_AFTER",
+                "webhook-slow-after",
+                self.webhook_slow_after,
             ),
             (
                 "SWITCHBORD_TWENTY_WEBHOOK_TOLERANCE",

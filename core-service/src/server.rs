@@ -167,6 +167,7 @@ impl CoreServer {
         let delivery_policy = DeliveryPolicy {
             schedule: config.webhook_retry_schedule.0.clone(),
             disable_after: config.webhook_disable_after,
+            slow_attempt: config.webhook_slow_after,
             ..DeliveryPolicy::default()
         };
         let worker_config = WorkerConfig {

@@ -1009,6 +1009,34 @@ async fn slow_receivers_do_not_hold_the_workers_other_jobs_need() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_that_answers_none_of_its_requests_is_parked_before_any_is_slow() {
+    // No attempt reaches the slow mark in this test: only the wait for a slot can tell.
+    let app = TestApp::builder()
+        .webhook_timeout(Duration::from_secs(60))
+        .webhook_slow_after(Duration::from_secs(30))
+        .spawn()
+        .await;
+    let hanging = hanging_receiver(Duration::from_secs(120)).await;
+    create(&app, &hanging.url(), &["message.delivered"]).await;
+    publish_messages(&app, 20).await;
+    hanging.wait_for(16).await;
+    let started = std::time::Instant::now();
+
+    // The 4 beyond the 16 in flight wait a moment for a slot, none frees, and they are set
+    // aside together instead of each coming back every 200 ms for the next 30 s.
+    let parked = "SELECT count(*) FROM outbox_jobs
+                  WHERE kind = 'webhook.deliver' AND status = 'pending'
+                    AND run_after > now() + interval '1 second'";
+    while count(&app, parked).await < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the waiting deliveries were not parked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     crate::helpers::count(&app.database, sql).await
 }

@@ -432,15 +432,23 @@ impl JobHandler for DeliverHandler {
             let slot = match deliverer.try_slot(endpoint.id) {
                 Ok(slot) => slot,
                 Err(Full { slow: false }) => {
-                    // Busy, not slow: wait in line for a moment before going back to the
-                    // queue. No connection is held while waiting.
+                    // Busy, not slow: wait in line for a moment. No connection is held while
+                    // waiting.
                     drop(connection);
-                    let slot = deliverer.wait_for_slot(endpoint.id, BUSY_WAIT).await;
-                    let slot = slot.ok_or(JobError::Defer { after: BUSY_WAIT })?;
-                    return attempt_unless_rate_limited(
-                        deliverer, slot, &delivery, &endpoint, &event, context,
-                    )
-                    .await;
+                    if let Some(slot) = deliverer.wait_for_slot(endpoint.id, BUSY_WAIT).await {
+                        return attempt_unless_rate_limited(
+                            deliverer, slot, &delivery, &endpoint, &event, context,
+                        )
+                        .await;
+                    }
+                    // None of its requests in flight was answered while this one waited: it is
+                    // slow, though none has waited the full second yet (a receiver that stopped
+                    // answering). Until an answer clears the mark, its waiting deliveries are
+                    // parked rather than each holding a worker for the wait.
+                    deliverer.mark_slow(endpoint.id);
+                    let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+                    let parked = park(deliverer, &mut connection, endpoint.id, context).await?;
+                    return Err(JobError::Defer { after: parked });
                 }
                 Err(Full { slow: true }) => {
                     // A slow endpoint can take only a few deliveries at a time. Deferring each

@@ -271,6 +271,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn webhook_slow_after(mut self, after: std::time::Duration) -> Self {
+        self.core.webhook_slow_after = after;
+        self
+    }
+
     pub fn outbox_workers(mut self, workers: usize) -> Self {
         self.core.outbox_workers = workers;
         self
