@@ -93,7 +93,10 @@ impl Running {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("switchbord exited during start-up: {status}");
+                panic!(
+                    "switchbord exited during start-up: {status}\n{}",
+                    self.logs()
+                );
             }
             let health = client
                 .get(format!("http://127.0.0.1:{}/healthz", self.http_port))
