@@ -961,14 +961,7 @@ async fn the_waiting_deliveries_of_a_hanging_endpoint_are_parked_not_polled() {
     // Once the first attempts time out and mark the endpoint slow, its other deliveries wait
     // out a park period together instead of being claimed and deferred every few milliseconds.
     crate::helpers::eventually("the waiting deliveries are parked", async || {
-        count(
-            &app,
-            "SELECT count(*) FROM outbox_jobs
-             WHERE kind = 'webhook.deliver' AND status = 'pending'
-               AND run_after > now() + interval '500 milliseconds'",
-        )
-        .await
-            >= 20
+        parked_deliveries(&app).await >= 20
     })
     .await;
     // Until the first timeout shows the endpoint is slow it has a healthy endpoint's 16 slots;
@@ -1025,16 +1018,25 @@ async fn an_endpoint_that_answers_none_of_its_requests_is_parked_before_any_is_s
 
     // The 4 beyond the 16 in flight wait a moment for a slot, none frees, and they are set
     // aside together instead of each coming back every 200 ms for the next 30 s.
-    let parked = "SELECT count(*) FROM outbox_jobs
-                  WHERE kind = 'webhook.deliver' AND status = 'pending'
-                    AND run_after > now() + interval '1 second'";
-    while count(&app, parked).await < 4 {
+    while parked_deliveries(&app).await < 4 {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the waiting deliveries were not parked"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Deliveries set aside for a park period: not due for more than 500 ms, where a delivery that
+/// only waits for a busy endpoint's slot comes back after 200 ms.
+async fn parked_deliveries(app: &TestApp) -> i64 {
+    count(
+        app,
+        "SELECT count(*) FROM outbox_jobs
+         WHERE kind = 'webhook.deliver' AND status = 'pending'
+           AND run_after > now() + interval '500 milliseconds'",
+    )
+    .await
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
@@ -1075,14 +1077,7 @@ async fn a_receiver_that_does_not_answer_is_slow_before_its_timeout() {
     // The 8 deliveries beyond the first 16 in flight are parked once the receiver has kept
     // them waiting for a second (the slow-attempt threshold), long before the 30 s timeout.
     crate::helpers::eventually("the waiting deliveries are parked", async || {
-        count(
-            &app,
-            "SELECT count(*) FROM outbox_jobs
-             WHERE kind = 'webhook.deliver' AND status = 'pending'
-               AND run_after > now() + interval '500 milliseconds'",
-        )
-        .await
-            >= 8
+        parked_deliveries(&app).await >= 8
     })
     .await;
     assert!(
