@@ -42,7 +42,14 @@ impl Starter {
         {
             return None;
         }
-        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        let permit = self
+            .inner
+            .context
+            .lease
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .ok()?;
         Some(Reservation {
             inner: self.inner.clone(),
             permit,
@@ -106,7 +113,7 @@ mod tests {
     #[tokio::test]
     async fn a_lent_slot_is_taken_back_even_when_its_job_is_cut_off() {
         let worker = idle_worker();
-        let permits = worker.inner.permits.clone();
+        let permits = worker.inner.context.lease.permits.clone();
         let concurrency = permits.available_permits();
         let held = permits
             .clone()

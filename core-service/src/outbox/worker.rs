@@ -54,8 +54,6 @@ pub(super) struct Inner {
     registry: Registry,
     pub(super) context: JobContext,
     config: WorkerConfig,
-    /// One per job running at once, whether claimed or started (see [`Starter`]).
-    pub(super) permits: Arc<Semaphore>,
     /// Set once shutdown begins: no more jobs are started.
     pub(super) stopping: AtomicBool,
     /// Set while the last claim found as many due jobs as it had room for: queued jobs are
@@ -78,9 +76,9 @@ pub(super) struct Lease {
     wake: Arc<Notify>,
     /// The earliest time a job this worker set aside comes due (see [`Lease::wake_after`]).
     next_due: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// The worker's concurrency slots (the same as [`Inner::permits`]), which a running job
-    /// may lend back while it waits (see [`LentSlot`]).
-    permits: Arc<Semaphore>,
+    /// One slot per job running at once, whether claimed or started (see [`Starter`]); a
+    /// running job may lend its slot back while it waits (see [`LentSlot`]).
+    pub(super) permits: Arc<Semaphore>,
 }
 
 /// An outcome written in a batch with others: the common ones, which need no error history.
@@ -205,7 +203,6 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let (sender, batched) = mpsc::unbounded_channel();
-        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let lease = Arc::new(Lease {
             owner: format!("worker-{}", Uuid::new_v4()),
             duration: config.lease,
@@ -214,13 +211,12 @@ impl Worker {
             background: std::sync::Mutex::default(),
             wake: Arc::new(Notify::new()),
             next_due: std::sync::Mutex::default(),
-            permits: permits.clone(),
+            permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
         });
         Self {
             inner: Arc::new(Inner {
                 registry,
                 context: JobContext { pool, clock, lease },
-                permits,
                 stopping: AtomicBool::new(false),
                 backlog: AtomicBool::new(false),
                 config,
@@ -246,7 +242,7 @@ impl Worker {
         let inner = self.inner;
         let wake = inner.context.lease.wake.clone();
         let listener = tokio::spawn(listen(self.database_url, wake.clone()));
-        let permits = inner.permits.clone();
+        let permits = inner.context.lease.permits.clone();
         let (stop_finisher, finisher_stopped) = oneshot::channel();
         let finisher = tokio::spawn(record_batches(
             inner.clone(),
