@@ -17,18 +17,31 @@ pub struct GaugeSampler {
     pool: DbPool,
     clock: Arc<dyn Clock>,
     interval: Duration,
-    /// Outbox `(status, kind)` pairs reported before: one that has since disappeared is set to
-    /// zero rather than left at its last value.
+    /// Outbox `(status, kind)` pairs to report: every outstanding status of every job kind this
+    /// process runs, so that an empty queue reads 0 rather than no series, and any pair reported
+    /// before, so that one that has since disappeared is set to zero rather than left at its last
+    /// value.
     outbox_series: HashSet<(String, String)>,
 }
 
 impl GaugeSampler {
-    pub fn new(pool: DbPool, clock: Arc<dyn Clock>, interval: Duration) -> Self {
+    pub fn new<'a>(
+        pool: DbPool,
+        clock: Arc<dyn Clock>,
+        interval: Duration,
+        job_kinds: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let outbox_series = job_kinds
+            .into_iter()
+            .flat_map(|kind| {
+                outbox::OUTSTANDING_STATUSES.map(|status| (status.to_owned(), kind.to_owned()))
+            })
+            .collect();
         Self {
             pool,
             clock,
             interval,
-            outbox_series: HashSet::new(),
+            outbox_series,
         }
     }
 

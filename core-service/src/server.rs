@@ -225,15 +225,22 @@ impl CoreServer {
                 let _ = stopped.wait_for(|&stop| stop).await;
             }
         };
+        let registry = job_registry(
+            self.sender.clone(),
+            self.delivery_policy.clone(),
+            self.twenty.clone(),
+            self.state.default_region,
+        );
+        let sampler = GaugeSampler::new(
+            self.state.pool.clone(),
+            self.clock.clone(),
+            self.metrics_sample_interval,
+            registry.kind_names(),
+        );
         let worker = Worker::new(
             self.job_pool.clone(),
             &self.database_url,
-            job_registry(
-                self.sender.clone(),
-                self.delivery_policy.clone(),
-                self.twenty.clone(),
-                self.state.default_region,
-            ),
+            registry,
             self.clock.clone(),
             self.worker_config.clone(),
         );
@@ -296,14 +303,7 @@ impl CoreServer {
             }
         });
 
-        let sampler = tokio::spawn(
-            GaugeSampler::new(
-                self.state.pool.clone(),
-                self.clock.clone(),
-                self.metrics_sample_interval,
-            )
-            .run(),
-        );
+        let sampler = tokio::spawn(sampler.run());
 
         let pruner = tokio::spawn(
             Pruner::new(

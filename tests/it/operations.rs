@@ -305,16 +305,29 @@ async fn outbox_webhook_and_sync_metrics_follow_the_work() {
                 )
                 .is_some()
             })
-            && sample(
-                &page,
-                "switchbord_outbox_jobs",
-                &["status=\"succeeded\"", "kind=\"event.dispatch\""],
-            )
-            .is_some()
+            && ["pending", "running", "dead"].iter().all(|status| {
+                sample(
+                    &page,
+                    "switchbord_outbox_jobs",
+                    &[&format!("status=\"{status}\""), "kind=\"webhook.deliver\""],
+                )
+                .is_some()
+            })
             && sample(&page, "switchbord_outbox_oldest_pending_seconds", &[]).is_some()
             && sample(&page, "switchbord_metrics_sample_up", &[]).is_some()
     })
     .await;
+    // Succeeded jobs are history, not depth: counting them would read every row kept. A few
+    // samples (100 ms apart here) after the jobs above succeeded:
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let page = scrape(&app).await;
+    assert!(
+        !page
+            .lines()
+            .any(|line| line.starts_with("switchbord_outbox_jobs{")
+                && line.contains("status=\"succeeded\"")),
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

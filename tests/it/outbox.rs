@@ -13,8 +13,8 @@ use serde_json::json;
 use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
     BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind, ManualClock, NewJob,
-    Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig, enqueue, enqueue_many,
-    postpone, prune_succeeded,
+    Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig, depth, enqueue,
+    enqueue_many, postpone, prune_succeeded,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -992,4 +992,28 @@ async fn pruning_goes_on_until_every_old_success_is_gone() {
         count(&setup, "SELECT count(*) AS count FROM outbox_jobs").await,
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_depth_counts_jobs_still_to_run_or_dead_and_leaves_successes_out() {
+    let setup = setup().await;
+    let mut connection = setup.database.connect().await;
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, max_attempts, run_after, created_at, updated_at)
+         SELECT gen_random_uuid(), 'test.record', '{}', status, 3, now() - interval '5 seconds', now(), now()
+         FROM unnest(ARRAY['succeeded', 'succeeded', 'succeeded', 'pending', 'pending', 'running', 'dead'])
+              AS statuses (status)",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("jobs in every status");
+
+    let now = chrono::Utc::now();
+    let depth = depth(&mut connection, now).await.expect("depth");
+
+    let expected = [("dead", 1), ("pending", 2), ("running", 1)]
+        .map(|(status, count)| (status.to_owned(), KIND.name.to_owned(), count));
+    assert_eq!(depth.counts, expected);
+    let waited = now - depth.oldest_due.expect("a pending job is due");
+    assert!(waited >= chrono::Duration::seconds(4), "{waited}");
 }

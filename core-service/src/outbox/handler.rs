@@ -159,4 +159,9 @@ impl Registry {
     pub fn get(&self, kind: &str) -> Option<Arc<dyn JobHandler>> {
         self.handlers.get(kind).cloned()
     }
+
+    /// The names of the registered kinds, in no particular order.
+    pub fn kind_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.handlers.keys().copied()
+    }
 }

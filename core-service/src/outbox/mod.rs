@@ -25,6 +25,7 @@ pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry
 pub use pruner::{Pruner, prune_succeeded};
 pub use starter::{Reservation, Starter};
 pub use store::{
-    ClaimedJob, Depth, JobRow, NewJob, depth, discard_pending, enqueue, enqueue_many, postpone,
+    ClaimedJob, Depth, JobRow, NewJob, OUTSTANDING_STATUSES, depth, discard_pending, enqueue,
+    enqueue_many, postpone,
 };
 pub use worker::{Worker, WorkerConfig};

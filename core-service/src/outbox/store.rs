@@ -510,9 +510,14 @@ pub async fn release(
     .await
 }
 
-/// How many jobs there are, and how long the oldest due one has waited.
+/// The statuses of jobs that still need a worker or an operator. Succeeded jobs are left out of
+/// the depth: they are kept for the retention period only as history, and counting them would
+/// make every sample read a number of rows that grows with traffic.
+pub const OUTSTANDING_STATUSES: [&str; 3] = ["pending", "running", "dead"];
+
+/// How many jobs are still to run or dead, and how long the oldest due one has waited.
 pub struct Depth {
-    /// `(status, kind, count)`, ordered by status and kind.
+    /// `(status, kind, count)` of pending, running and dead jobs, ordered by status and kind.
     pub counts: Vec<(String, String, i64)>,
     /// `run_after` of the oldest pending job that is due at `now`.
     pub oldest_due: Option<DateTime<Utc>>,
@@ -520,6 +525,7 @@ pub struct Depth {
 
 pub async fn depth(connection: &mut AsyncPgConnection, now: DateTime<Utc>) -> QueryResult<Depth> {
     let counts = outbox_jobs::table
+        .filter(outbox_jobs::status.eq_any(OUTSTANDING_STATUSES))
         .group_by((outbox_jobs::status, outbox_jobs::kind))
         .select((
             outbox_jobs::status,
