@@ -40,6 +40,9 @@ struct Args {
     /// Use this PostgreSQL server (a fresh database is created on it); unset: a private cluster.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// The server binary to measure; unset: `target/release/switchbord`, built when missing.
+    #[arg(long, env = "SWITCHBORD_BENCH_SERVER")]
+    server: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,12 +126,37 @@ async fn main() -> anyhow::Result<()> {
         args.duration = Duration::from_millis(700);
         args.events = 200;
     }
+    // The server child, the private cluster and the data directory are owned by `run` and
+    // cleaned up when it is dropped, so a run stopped by a signal leaves none of them behind.
+    tokio::select! {
+        result = run(args) => result,
+        signal = stop_signal() => anyhow::bail!("stopped by {signal}"),
+    }
+}
+
+/// The first SIGINT or SIGTERM (never, when they cannot be watched).
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let (database_url, _cluster) = fresh_database(args.database_url.clone()).await?;
-    let data_dir = std::env::temp_dir().join(format!("switchbord-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&data_dir)?;
+    let data_dir = tempfile::Builder::new()
+        .prefix("switchbord-bench-")
+        .tempdir()?;
     switchbord_core::db::run_migrations(&database_url).await?;
     scenarios::seed(&database_url).await?;
-    let server = Server::start(&database_url, &data_dir).await?;
+    let server = Server::start(args.server.as_deref(), &database_url, data_dir.path()).await?;
     // The seed's own dispatch jobs would otherwise run during the first measured steps.
     scenarios::drain_outbox(&server).await?;
 
@@ -259,8 +287,6 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("\nfigures written to {}", path.display());
     }
-    drop(server);
-    let _ = std::fs::remove_dir_all(&data_dir);
     if errors > 0 {
         anyhow::bail!("{errors} requests failed");
     }

@@ -22,13 +22,15 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// `target/release/switchbord`, built first when missing.
-fn binary() -> anyhow::Result<PathBuf> {
-    let directory = std::env::current_exe()?
+/// `target/release/switchbord`, built first when missing (also when the bench itself is a
+/// debug build: the figures are the release binary's).
+fn release_binary() -> anyhow::Result<PathBuf> {
+    let executable = std::env::current_exe()?;
+    let target = executable
         .parent()
-        .context("the bench executable has a directory")?
-        .to_path_buf();
-    let path = directory.join("switchbord");
+        .and_then(std::path::Path::parent)
+        .context("the bench executable is in a profile directory")?;
+    let path = target.join("release").join("switchbord");
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
@@ -42,9 +44,18 @@ fn binary() -> anyhow::Result<PathBuf> {
 }
 
 impl Server {
-    pub async fn start(database_url: &str, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+    /// Starts `binary` (unset: the release build) and waits until it serves.
+    pub async fn start(
+        binary: Option<&std::path::Path>,
+        database_url: &str,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let binary = match binary {
+            Some(path) => path.to_path_buf(),
+            None => release_binary()?,
+        };
         let (http_port, grpc_port) = (free_port()?, free_port()?);
-        let child = Command::new(binary()?)
+        let child = Command::new(&binary)
             .env("DATABASE_URL", database_url)
             .env("SWITCHBORD_DATA_DIR", data_dir)
             .env("SWITCHBORD_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
@@ -64,7 +75,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("start the release server")?;
+            .with_context(|| format!("start the server {}", binary.display()))?;
         let server = Self {
             child,
             http: format!("http://127.0.0.1:{http_port}"),
