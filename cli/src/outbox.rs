@@ -47,7 +47,8 @@ pub enum OutboxCommand {
         /// The job's id.
         id: Uuid,
     },
-    /// Count jobs per status and kind, and tell how long the oldest due job has waited.
+    /// Count pending, running and dead jobs per kind (succeeded ones are history), and tell how
+    /// long the oldest due job has waited.
     Stats,
 }
 
