@@ -230,8 +230,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<34} {:>12} {:>14} {:>10} {:>10} {:>8} {:>7}",
-        "outbound", "accepted/s", "deliveries/s", "p50 ms", "p99 ms", "RSS MiB", "CPU s"
+        "{:<34} {:>12} {:>14} {:>10} {:>10} {:>8} {:>7} {:>9} {:>8}",
+        "outbound",
+        "accepted/s",
+        "deliveries/s",
+        "p50 ms",
+        "p99 ms",
+        "RSS MiB",
+        "CPU s",
+        "deferred",
+        "retried"
     );
     let mut outbound = Vec::new();
     let publishers: Vec<usize> = if args.quick { vec![4] } else { vec![8, 32] };
@@ -252,7 +260,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     cpu_seconds: server.cpu_seconds() - cpu_before,
                 };
                 println!(
-                    "{:<34} {:>12.0} {:>14.0} {:>10.1} {:>10.1} {:>8.1} {:>7.2}",
+                    "{:<34} {:>12.0} {:>14.0} {:>10.1} {:>10.1} {:>8.1} {:>7.2} {:>9} {:>8}",
                     format!(
                         "{} endpoint(s), {} clients{}",
                         endpoints,
@@ -264,7 +272,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     row.outbound.latency_p50_ms,
                     row.outbound.latency_p99_ms,
                     row.peak_rss_mib,
-                    row.cpu_seconds
+                    row.cpu_seconds,
+                    row.outbound.deliver_runs_deferred,
+                    row.outbound.attempts_retried
                 );
                 outbound.push(row);
             }

@@ -256,7 +256,21 @@ pub struct Outbound {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub publish_errors: u64,
+    /// `webhook.deliver` job runs that ended deferred (busy or parked endpoints, rate limits):
+    /// many in a run without a hanging endpoint mean a healthy one was parked.
+    pub deliver_runs_deferred: u64,
+    /// Attempts that failed and were scheduled again (the hanging endpoint's timeouts).
+    pub attempts_retried: u64,
 }
+
+const DEFERRED_DELIVER_RUNS: (&str, &[&str]) = (
+    "switchbord_outbox_job_runs_total",
+    &["kind=\"webhook.deliver\"", "outcome=\"deferred\""],
+);
+const RETRIED_ATTEMPTS: (&str, &[&str]) = (
+    "switchbord_webhook_deliveries_total",
+    &["outcome=\"retrying\""],
+);
 
 /// Waits until no outbox job is pending or running (the API scenarios leave one dispatch job
 /// per contact event behind), so that the outbound figures measure only their own events.
@@ -340,6 +354,12 @@ pub async fn outbound(
             Channel::from_shared(server.grpc.clone())?.connect().await?,
         ));
     }
+    let deferred_before = server
+        .counter(DEFERRED_DELIVER_RUNS.0, DEFERRED_DELIVER_RUNS.1)
+        .await?;
+    let retried_before = server
+        .counter(RETRIED_ATTEMPTS.0, RETRIED_ATTEMPTS.1)
+        .await?;
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -378,6 +398,12 @@ pub async fn outbound(
         .last_arrival()
         .map_or(started.elapsed(), |last| last.duration_since(started));
     let latency = receiver.latencies();
+    let deferred = server
+        .counter(DEFERRED_DELIVER_RUNS.0, DEFERRED_DELIVER_RUNS.1)
+        .await?;
+    let retried = server
+        .counter(RETRIED_ATTEMPTS.0, RETRIED_ATTEMPTS.1)
+        .await?;
     for id in &ids {
         delete_endpoint(server, id).await;
     }
@@ -391,5 +417,7 @@ pub async fn outbound(
         latency_p50_ms: latency.value_at_quantile(0.5) as f64 / 1000.0,
         latency_p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
         publish_errors: errors.load(Ordering::Relaxed),
+        deliver_runs_deferred: (deferred - deferred_before).max(0.0) as u64,
+        attempts_retried: (retried - retried_before).max(0.0) as u64,
     })
 }

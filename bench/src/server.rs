@@ -97,6 +97,25 @@ impl Server {
         Ok(server)
     }
 
+    /// The sum of the series of counter `name` on `/metrics` that carry every one of `labels`
+    /// (`key="value"`).
+    pub async fn counter(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        let page = reqwest::get(format!("{}/metrics", self.http))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(page
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{'))
+            })
+            .filter(|line| labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum())
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
