@@ -263,14 +263,28 @@ pub struct Outbound {
     pub attempts_retried: u64,
 }
 
-const DEFERRED_DELIVER_RUNS: (&str, &[&str]) = (
-    "switchbord_outbox_job_runs_total",
-    &["kind=\"webhook.deliver\"", "outcome=\"deferred\""],
-);
-const RETRIED_ATTEMPTS: (&str, &[&str]) = (
-    "switchbord_webhook_deliveries_total",
-    &["outcome=\"retrying\""],
-);
+/// The server's delivery counters behind [`Outbound::deliver_runs_deferred`] and
+/// [`Outbound::attempts_retried`], at one moment.
+struct DeliveryCounters {
+    deferred: f64,
+    retried: f64,
+}
+
+impl DeliveryCounters {
+    async fn read(server: &Server) -> anyhow::Result<Self> {
+        let metrics = server.metrics().await?;
+        Ok(Self {
+            deferred: metrics.counter(
+                "switchbord_outbox_job_runs_total",
+                &["kind=\"webhook.deliver\"", "outcome=\"deferred\""],
+            ),
+            retried: metrics.counter(
+                "switchbord_webhook_deliveries_total",
+                &["outcome=\"retrying\""],
+            ),
+        })
+    }
+}
 
 /// Waits until no outbox job is pending or running (the API scenarios leave one dispatch job
 /// per contact event behind), so that the outbound figures measure only their own events.
@@ -354,12 +368,7 @@ pub async fn outbound(
             Channel::from_shared(server.grpc.clone())?.connect().await?,
         ));
     }
-    let deferred_before = server
-        .counter(DEFERRED_DELIVER_RUNS.0, DEFERRED_DELIVER_RUNS.1)
-        .await?;
-    let retried_before = server
-        .counter(RETRIED_ATTEMPTS.0, RETRIED_ATTEMPTS.1)
-        .await?;
+    let before = DeliveryCounters::read(server).await?;
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -398,12 +407,7 @@ pub async fn outbound(
         .last_arrival()
         .map_or(started.elapsed(), |last| last.duration_since(started));
     let latency = receiver.latencies();
-    let deferred = server
-        .counter(DEFERRED_DELIVER_RUNS.0, DEFERRED_DELIVER_RUNS.1)
-        .await?;
-    let retried = server
-        .counter(RETRIED_ATTEMPTS.0, RETRIED_ATTEMPTS.1)
-        .await?;
+    let after = DeliveryCounters::read(server).await?;
     for id in &ids {
         delete_endpoint(server, id).await;
     }
@@ -417,7 +421,7 @@ pub async fn outbound(
         latency_p50_ms: latency.value_at_quantile(0.5) as f64 / 1000.0,
         latency_p99_ms: latency.value_at_quantile(0.99) as f64 / 1000.0,
         publish_errors: errors.load(Ordering::Relaxed),
-        deliver_runs_deferred: (deferred - deferred_before).max(0.0) as u64,
-        attempts_retried: (retried - retried_before).max(0.0) as u64,
+        deliver_runs_deferred: (after.deferred - before.deferred).max(0.0) as u64,
+        attempts_retried: (after.retried - before.retried).max(0.0) as u64,
     })
 }

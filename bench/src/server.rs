@@ -97,23 +97,14 @@ impl Server {
         Ok(server)
     }
 
-    /// The sum of the series of counter `name` on `/metrics` that carry every one of `labels`
-    /// (`key="value"`).
-    pub async fn counter(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+    /// The server's `/metrics` page, read once for every counter taken from it.
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
         let page = reqwest::get(format!("{}/metrics", self.http))
             .await?
             .error_for_status()?
             .text()
             .await?;
-        Ok(page
-            .lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{'))
-            })
-            .filter(|line| labels.iter().all(|label| line.contains(label)))
-            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum())
+        Ok(Metrics(page))
     }
 
     fn pid(&self) -> u32 {
@@ -153,6 +144,24 @@ impl Server {
                 Some((user + system) / ticks)
             })
             .unwrap_or(0.0)
+    }
+}
+
+/// One reading of a Prometheus text page.
+pub struct Metrics(String);
+
+impl Metrics {
+    /// The sum of the series of counter `name` that carry every one of `labels` (`key="value"`).
+    pub fn counter(&self, name: &str, labels: &[&str]) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{'))
+            })
+            .filter(|line| labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
     }
 }
 

@@ -321,11 +321,9 @@ async fn outbox_webhook_and_sync_metrics_follow_the_work() {
     // samples (100 ms apart here) after the jobs above succeeded:
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let page = scrape(&app).await;
-    assert!(
-        !page
-            .lines()
-            .any(|line| line.starts_with("switchbord_outbox_jobs{")
-                && line.contains("status=\"succeeded\"")),
+    assert_eq!(
+        sample(&page, "switchbord_outbox_jobs", &["status=\"succeeded\""]),
+        None,
         "{page}"
     );
 }
