@@ -54,22 +54,29 @@ impl EventConsumer for TwentySyncConsumer {
             };
             let now = context.clock.now();
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-            connection
+            let queued = connection
                 .transaction(async |connection| {
                     if connection::load(connection).await?.is_none() {
-                        return Ok(());
+                        return Ok(false);
                     }
-                    if records::mark_pending(connection, contact_id, now).await? {
+                    let pending = records::mark_pending(connection, contact_id, now).await?;
+                    if pending {
                         queue_sync(connection, contact_id).await?;
                     }
-                    Ok(())
+                    Ok(pending)
                 })
                 .await
-                .map_err(|error: diesel::result::Error| retry(error))
+                .map_err(|error: diesel::result::Error| retry(error))?;
+            if queued {
+                context.jobs_queued();
+            }
+            Ok(())
         })
     }
 }
 
+/// Queues a sync of the contact; its committer announces the job (see
+/// [`crate::outbox::Announcer`]).
 pub async fn queue_sync(
     connection: &mut AsyncPgConnection,
     contact_id: Uuid,
@@ -111,18 +118,30 @@ impl JobHandler for SyncHandler {
                 .and_then(|id| Uuid::parse_str(id).ok())
                 .ok_or_else(|| JobError::Permanent("payload has no contact_id".to_owned()))?;
             let mut db = db::connection(&context.pool).await.map_err(retry)?;
-            let Some(twenty) = connection::load(&mut db).await.map_err(retry)? else {
-                return Ok(());
-            };
-            let mapping = mapping_store::load(&mut db).await.map_err(retry)?;
-            let Some(contact) = contacts::find_by_id(&mut db, contact_id)
+            // One snapshot: a webhook from Twenty changes the contact and its record together,
+            // and a contact read before it with a record read after it would differ, and be
+            // pushed back to Twenty as a change of ours.
+            let read = db
+                .build_transaction()
+                .read_only()
+                .repeatable_read()
+                .run(async |db| {
+                    let Some(twenty) = connection::load(db).await? else {
+                        return Ok(None);
+                    };
+                    let mapping = mapping_store::load(db).await?;
+                    let Some(contact) = contacts::find_by_id(db, contact_id).await.optional()?
+                    else {
+                        return Ok(None);
+                    };
+                    let record = records::find(db, contact_id).await?;
+                    Ok::<_, diesel::result::Error>(Some((twenty, mapping, contact, record)))
+                })
                 .await
-                .optional()
-                .map_err(retry)?
-            else {
+                .map_err(retry)?;
+            let Some((twenty, mapping, contact, record)) = read else {
                 return Ok(());
             };
-            let record = records::find(&mut db, contact_id).await.map_err(retry)?;
             if record.as_ref().map(SyncRow::status) == Some(SyncStatus::Unlinked) {
                 return Ok(());
             }
@@ -200,7 +219,10 @@ impl JobHandler for SyncHandler {
                 Err(PushError::Twenty(error)) => {
                     fail_for_good(&mut db, contact_id, &error, job.attempts, now)
                         .await
-                        .map_err(retry)
+                        .map_err(retry)?;
+                    // Its `crm.twenty.sync_failed` event.
+                    context.jobs_queued();
+                    Ok(())
                 }
             }
         })
