@@ -35,7 +35,7 @@ use crate::flows::FlowsGrpc;
 use crate::gauges::GaugeSampler;
 use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
 use crate::outbox::admin::OutboxGrpc;
-use crate::outbox::{Clock, Pruner, Registry, SystemClock, Worker, WorkerConfig};
+use crate::outbox::{Announcer, Clock, Pruner, Registry, SystemClock, Worker, WorkerConfig};
 use crate::readiness::ReadinessHealth;
 use crate::state::AppState;
 use crate::twenty::{BackfillHandler, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer};
@@ -155,6 +155,7 @@ impl CoreServer {
             pool,
             default_region: config.default_region,
             trigger_dedup_window: config.trigger_dedup_window,
+            announcer: Announcer::default(),
         });
         let url_policy = UrlPolicy {
             allow_private: config.webhook_allow_private,
@@ -243,6 +244,7 @@ impl CoreServer {
             registry,
             self.clock.clone(),
             self.worker_config.clone(),
+            self.state.announcer.clone(),
         );
         let dispatcher = worker.starter();
         let worker = tokio::spawn(worker.run(stopped_signal()));
@@ -337,9 +339,11 @@ impl CoreServer {
             .add_service(EventServiceServer::new(EventsGrpc::new(
                 self.state.pool.clone(),
                 dispatcher,
+                self.state.announcer.clone(),
             )))
             .add_service(OutboxServiceServer::new(OutboxGrpc::new(
                 self.state.pool.clone(),
+                self.state.announcer.clone(),
             )))
             .add_service(EmarsysServiceServer::new(EmarsysGrpc::new(
                 self.state.clone(),
@@ -352,6 +356,7 @@ impl CoreServer {
                 self.sender.clone(),
                 self.delivery_policy.clone(),
                 self.clock.clone(),
+                self.state.announcer.clone(),
             )))
             .add_service(TwentyServiceServer::new(TwentyGrpc::new(
                 self.state.pool.clone(),
@@ -359,6 +364,7 @@ impl CoreServer {
                 self.clock.clone(),
                 self.twenty_webhook_tolerance,
                 self.state.default_region,
+                self.state.announcer.clone(),
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;

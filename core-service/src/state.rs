@@ -3,6 +3,7 @@
 use phonenumber::country;
 
 use crate::db::DbPool;
+use crate::outbox::Announcer;
 
 /// What every RPC needs: the connection pool and the validated configuration.
 pub struct AppState {
@@ -10,4 +11,6 @@ pub struct AppState {
     pub default_region: Option<country::Id>,
     /// How long a journey trigger's deduplication key holds.
     pub trigger_dedup_window: std::time::Duration,
+    /// Wakes the outbox workers for the jobs a request queued, once it has committed.
+    pub announcer: Announcer,
 }

@@ -22,4 +22,5 @@ mod operations;
 mod outbox;
 mod rate_limit;
 mod twenty;
+mod wakeups;
 mod webhooks;

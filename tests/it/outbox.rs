@@ -1,6 +1,7 @@
 //! The outbox mechanism on a real database: atomicity with domain rows, no double runs across
-//! instances, lease expiry, backoff and dead-lettering on a controlled clock, LISTEN/NOTIFY
-//! wake-up, and release on shutdown.
+//! instances, lease expiry, backoff and dead-lettering on a controlled clock, wake-up by
+//! announcement (in process, and across instances through LISTEN/NOTIFY), and release on
+//! shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,9 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::json;
 use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
-    BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind, ManualClock, NewJob,
-    Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig, depth, enqueue,
-    enqueue_many, postpone, prune_succeeded,
+    Announcer, BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind,
+    ManualClock, NewJob, Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig,
+    depth, enqueue, enqueue_many, postpone, prune_succeeded,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -165,6 +166,8 @@ struct RunningWorker {
     task: tokio::task::JoinHandle<()>,
     starter: RequestStarter,
     owner: String,
+    /// What the tests' requests announce the jobs they queue with.
+    announcer: Announcer,
 }
 
 impl RunningWorker {
@@ -185,12 +188,14 @@ impl RunningWorker {
         clock: Arc<dyn Clock>,
         config: WorkerConfig,
     ) -> Self {
+        let announcer = Announcer::default();
         let worker = Worker::new(
             setup.pool.clone(),
             setup.database.url(),
             registry,
             clock,
             config,
+            announcer.clone(),
         );
         let (stop, mut stopped) = watch::channel(false);
         let starter = worker.starter();
@@ -203,6 +208,7 @@ impl RunningWorker {
             task,
             starter,
             owner,
+            announcer,
         }
     }
 
@@ -454,7 +460,7 @@ async fn failures_back_off_exponentially_then_dead_letter() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_committed_job_wakes_an_idle_worker_through_notify() {
+async fn a_job_announced_after_its_commit_wakes_an_idle_worker() {
     let setup = setup().await;
     let config = WorkerConfig {
         poll_interval: Duration::from_secs(3600),
@@ -465,12 +471,77 @@ async fn a_committed_job_wakes_an_idle_worker_through_notify() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let id = enqueue_one(&setup).await;
+    worker.announcer.jobs_queued();
 
     eventually("the job ran without waiting for a poll", || async {
         job_state(&setup, id).await.status == "succeeded"
     })
     .await;
     worker.stop().await;
+}
+
+/// A transaction that notifies holds a lock on the whole database through its commit's WAL
+/// flush, so queuing a job must not notify: the announcement comes after the commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn queuing_a_job_notifies_nobody_from_inside_its_transaction() {
+    use futures::StreamExt;
+
+    let setup = setup().await;
+    let mut listener = setup.database.connect().await;
+    sql_query("LISTEN outbox_jobs")
+        .execute(&mut listener)
+        .await
+        .expect("listen");
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+
+    enqueue_one(&setup).await;
+    let mut connection = setup.database.connect().await;
+    enqueue_many(&mut connection, &[NewJob::new(KIND, json!({"n": 2}), None)])
+        .await
+        .expect("enqueue many");
+
+    let heard = tokio::time::timeout(Duration::from_millis(300), notifications.next()).await;
+    assert!(heard.is_err(), "a notification arrived: {heard:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_announced_by_an_instance_without_room_runs_on_another_woken_by_notify() {
+    let setup = setup().await;
+    let idle = WorkerConfig {
+        concurrency: 1,
+        poll_interval: Duration::from_secs(3600),
+        ..fast()
+    };
+    let busy = RunningWorker::start(
+        &setup,
+        Behaviour::Succeed,
+        Arc::new(SystemClock),
+        idle.clone(),
+    );
+    let other = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), idle);
+    eventually("both instances are listening", || async {
+        count(
+            &setup,
+            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The announcing instance's one slot is held by a request of its own: it cannot claim.
+    let held = busy.starter.reserve().expect("room for one");
+
+    let id = enqueue_one(&setup).await;
+    busy.announcer.jobs_queued();
+
+    eventually("the other instance ran the job", || async {
+        job_state(&setup, id).await.status == "succeeded"
+    })
+    .await;
+    drop(held);
+    busy.stop().await;
+    other.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -665,7 +736,7 @@ async fn a_deferred_job_waits_without_spending_an_attempt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_a_request_starts_runs_at_once_after_its_commit() {
     let setup = setup().await;
-    // Only a notification or a run of its own could start the job before an hour is out.
+    // Only an announcement or a run of its own could start the job before an hour is out.
     let config = WorkerConfig {
         poll_interval: Duration::from_secs(3600),
         ..fast()
@@ -771,7 +842,7 @@ async fn queued_jobs_run_while_requests_take_room_for_their_own() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_queued_while_requests_hold_every_slot_runs_when_one_frees_up() {
     let setup = setup().await;
-    // No poll to fall back on: only the notification, or a slot freeing up, can start it.
+    // No poll to fall back on: only the announcement, or a slot freeing up, can start it.
     let config = WorkerConfig {
         concurrency: 1,
         poll_interval: Duration::from_secs(3600),
@@ -781,8 +852,9 @@ async fn a_job_queued_while_requests_hold_every_slot_runs_when_one_frees_up() {
     until_listening(&setup).await;
     let held = worker.starter.reserve().expect("room for one");
 
-    // The notification arrives while the only slot is held, and finds no room.
+    // The announcement comes while the only slot is held, and finds no room.
     let id = enqueue_one(&setup).await;
+    worker.announcer.jobs_queued();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(job_state(&setup, id).await.status, "pending");
     drop(held);
@@ -809,8 +881,9 @@ async fn a_job_deferred_for_a_moment_runs_again_when_due_not_at_the_next_poll() 
     );
     until_listening(&setup).await;
     enqueue_one(&setup).await;
+    worker.announcer.jobs_queued();
 
-    // The insert's notification starts the first run; nothing announces the deferred job
+    // The announcement starts the first run; nothing announces the deferred job
     // coming due, and the poll is an hour away.
     eventually("the deferred job ran twice more", || async {
         count(&setup, "SELECT count(*) AS count FROM test_job_runs").await >= 3
@@ -837,7 +910,7 @@ async fn a_slot_a_request_frees_goes_to_the_waiting_queue_at_once() {
         config,
     );
     let held = worker.starter.reserve().expect("an idle worker has room");
-    // Both in one statement, so one notification: the worker claims one (its one free slot)
+    // Both in one statement, and one announcement: the worker claims one (its one free slot)
     // and knows more may be waiting.
     let jobs = [
         NewJob::new(KIND, json!({"n": 1}), None),
@@ -845,6 +918,7 @@ async fn a_slot_a_request_frees_goes_to_the_waiting_queue_at_once() {
     ];
     let mut connection = setup.database.connect().await;
     enqueue_many(&mut connection, &jobs).await.expect("enqueue");
+    worker.announcer.jobs_queued();
     eventually("one job runs in the one free slot", || async {
         count(
             &setup,

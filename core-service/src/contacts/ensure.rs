@@ -15,18 +15,30 @@ use super::store;
 use crate::audit::{self, AuditRecord};
 use crate::request::RequestContext;
 
+/// A contact found or created by [`find_or_create_by_phone`].
+pub struct Ensured {
+    pub contact: ContactRow,
+    /// Created now, with its `contact.created` event: its committer announces the event's
+    /// dispatch job (see [`crate::outbox::Announcer`]).
+    pub created: bool,
+}
+
 /// The contact with `phone_number`, created (subscribed, no other fields) when missing. Runs on
 /// `connection`, inside the caller's transaction; an existing contact is not changed.
 pub async fn find_or_create_by_phone(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
     phone_number: &PhoneNumber,
-) -> Result<ContactRow, ContactError> {
+) -> Result<Ensured, ContactError> {
+    let found = |contact| Ensured {
+        contact,
+        created: false,
+    };
     if let Some(existing) = store::find_by_phone(connection, phone_number.as_str())
         .await
         .optional()?
     {
-        return Ok(existing);
+        return Ok(found(existing));
     }
     let now = Utc::now();
     let row = ContactRow {
@@ -58,9 +70,14 @@ pub async fn find_or_create_by_phone(
             )
             .await?;
             record_contact_events(connection, context.request_id, None, &created, &changed).await?;
-            Ok(created)
+            Ok(Ensured {
+                contact: created,
+                created: true,
+            })
         }
         // A concurrent write created it between our look and our insert.
-        None => Ok(store::find_by_phone(connection, phone_number.as_str()).await?),
+        None => Ok(found(
+            store::find_by_phone(connection, phone_number.as_str()).await?,
+        )),
     }
 }

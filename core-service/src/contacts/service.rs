@@ -42,6 +42,9 @@ impl ContactService for ContactsService {
         let outcome = upsert_contact(&self.state.pool, &context, &upsert)
             .await
             .map_err(status)?;
+        if outcome.queued_jobs() {
+            self.state.announcer.jobs_queued();
+        }
         let operation = match outcome.operation {
             Operation::Created => v1::UpsertOperation::Created,
             Operation::Updated => v1::UpsertOperation::Updated,

@@ -33,6 +33,14 @@ pub struct UpsertOutcome {
     pub changed_fields: Vec<&'static str>,
 }
 
+impl UpsertOutcome {
+    /// Whether the upsert stored events, whose dispatch jobs its committer announces (see
+    /// [`crate::outbox::Announcer`]): a contact's events all come from changed fields.
+    pub fn queued_jobs(&self) -> bool {
+        !self.changed_fields.is_empty()
+    }
+}
+
 #[tracing::instrument(skip_all, fields(request_id = %context.request_id.0))]
 pub async fn upsert_contact(
     pool: &DbPool,

@@ -107,9 +107,12 @@ impl JobHandler for CustomEventHandler {
                         remove: rule.remove_tags.clone(),
                     },
                 };
-                upsert_on(&mut connection, &request, &upsert)
+                let outcome = upsert_on(&mut connection, &request, &upsert)
                     .await
                     .map_err(retry)?;
+                if outcome.queued_jobs() {
+                    context.jobs_queued();
+                }
             }
 
             let listening = flows_listening_for(&mut connection, event_name)
@@ -134,9 +137,12 @@ impl JobHandler for CustomEventHandler {
                     data: data.as_object().cloned().unwrap_or_default(),
                     idempotency_key: Some(format!("emarsys:{webhook_event_id}")),
                 };
-                accept_trigger(&context.pool, &request, &input, FLOW_TRIGGER_WINDOW)
+                let outcome = accept_trigger(&context.pool, &request, &input, FLOW_TRIGGER_WINDOW)
                     .await
                     .map_err(retry)?;
+                if outcome.queued_jobs() {
+                    context.jobs_queued();
+                }
             }
             Ok(())
         })

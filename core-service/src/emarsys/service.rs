@@ -40,6 +40,10 @@ impl EmarsysService for EmarsysGrpc {
             self.state.trigger_dedup_window,
         )
         .await?;
+        if !outcome.duplicate {
+            // Its job and event (see `crate::outbox::Announcer`).
+            self.state.announcer.jobs_queued();
+        }
         Ok(Response::new(IngestEmarsysEventResponse {
             webhook_event_id: outcome.webhook_event_id.to_string(),
             outbox_job_id: outcome.outbox_job_id.to_string(),

@@ -17,7 +17,7 @@ use crate::audit::{self, AuditRecord};
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
-use crate::outbox::Starter;
+use crate::outbox::{Announcer, Starter};
 use crate::request::RequestContext;
 use crate::schema::event_types;
 use crate::validation::{NUL_PROBLEM, contains_nul};
@@ -28,11 +28,17 @@ pub struct EventsGrpc {
     pool: DbPool,
     /// Published events are dispatched at once by this instance's worker when it has room.
     dispatcher: Starter,
+    /// Otherwise the dispatch job is queued, and announced once committed.
+    announcer: Announcer,
 }
 
 impl EventsGrpc {
-    pub fn new(pool: DbPool, dispatcher: Starter) -> Self {
-        Self { pool, dispatcher }
+    pub fn new(pool: DbPool, dispatcher: Starter, announcer: Announcer) -> Self {
+        Self {
+            pool,
+            dispatcher,
+            announcer,
+        }
     }
 }
 
@@ -119,8 +125,9 @@ impl EventService for EventsGrpc {
                 other => db_status(other),
             })?;
         drop(connection);
-        if let (Some(reservation), Some(dispatch)) = (reservation, recorded.dispatch) {
-            reservation.run(dispatch);
+        match (reservation, recorded.dispatch) {
+            (Some(reservation), Some(dispatch)) => reservation.run(dispatch),
+            _ => self.announcer.jobs_queued(),
         }
         let Json::Object(data) = data else {
             unreachable!("built as an object above")

@@ -69,7 +69,7 @@ impl JobHandler for JourneyTriggerHandler {
                         .await?;
                     if inserted == 0 {
                         // A previous attempt committed; nothing more to do.
-                        return Ok(());
+                        return Ok(false);
                     }
                     let mut data = payload.clone();
                     if let Some(object) = data.as_object_mut() {
@@ -85,10 +85,15 @@ impl JobHandler for JourneyTriggerHandler {
                         },
                     )
                     .await
-                    .map(drop)
+                    .map(|_| true)
                 })
                 .await
                 .map_err(|error: diesel::result::Error| JobError::retry(error.to_string()))
+                .map(|recorded| {
+                    if recorded {
+                        context.jobs_queued();
+                    }
+                })
         })
     }
 }

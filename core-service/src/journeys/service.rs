@@ -44,6 +44,9 @@ impl JourneyService for JourneysGrpc {
         )
         .await
         .map_err(status)?;
+        if outcome.queued_jobs() {
+            self.state.announcer.jobs_queued();
+        }
         let trigger_status = if outcome.duplicate {
             TriggerStatus::Duplicate
         } else {

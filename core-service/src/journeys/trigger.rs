@@ -26,6 +26,17 @@ pub struct TriggerOutcome {
     pub trigger_event_id: Uuid,
     pub outbox_job_id: Uuid,
     pub contact_id: Uuid,
+    /// The trigger created the contact (with its `contact.created` event).
+    pub contact_created: bool,
+}
+
+impl TriggerOutcome {
+    /// Whether the trigger stored jobs, which its committer announces (see
+    /// [`crate::outbox::Announcer`]): its own, unless it was a duplicate, and the new contact's
+    /// event's.
+    pub fn queued_jobs(&self) -> bool {
+        !self.duplicate || self.contact_created
+    }
 }
 
 #[derive(QueryableByName)]
@@ -48,7 +59,8 @@ pub async fn accept_trigger(
     let mut connection = db::connection(pool).await?;
     connection
         .transaction(async |connection| {
-            let contact = find_or_create_by_phone(connection, context, &input.phone_number).await?;
+            let ensured = find_or_create_by_phone(connection, context, &input.phone_number).await?;
+            let contact = &ensured.contact;
             let now = Utc::now();
             let window_start = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
             let key = input.dedup_key();
@@ -90,6 +102,7 @@ pub async fn accept_trigger(
                     trigger_event_id: first_trigger,
                     outbox_job_id: first_job,
                     contact_id: contact.id,
+                    contact_created: ensured.created,
                 });
             }
             // The job and the audit entry go together (pipelined): one round trip for both.
@@ -111,6 +124,7 @@ pub async fn accept_trigger(
                 trigger_event_id,
                 outbox_job_id: job.id,
                 contact_id: contact.id,
+                contact_created: ensured.created,
             })
         })
         .await

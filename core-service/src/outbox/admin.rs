@@ -14,6 +14,7 @@ use switchbord_api::v1::{
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::Announcer;
 use super::store::{self, Depth, JobRow};
 use crate::audit::{self, AuditRecord};
 use crate::contacts::timestamp;
@@ -27,11 +28,13 @@ const STATUSES: [&str; 4] = ["pending", "running", "succeeded", "dead"];
 
 pub struct OutboxGrpc {
     pool: DbPool,
+    /// Wakes the workers for a job an operator retries.
+    announcer: Announcer,
 }
 
 impl OutboxGrpc {
-    pub fn new(pool: DbPool) -> Self {
-        Self { pool }
+    pub fn new(pool: DbPool, announcer: Announcer) -> Self {
+        Self { pool, announcer }
     }
 }
 
@@ -195,9 +198,12 @@ impl OutboxService for OutboxGrpc {
             .await
             .map_err(db_status)?;
         match retried {
-            Some(job) => Ok(Response::new(RetryOutboxJobResponse {
-                job: Some(job_proto(job)),
-            })),
+            Some(job) => {
+                self.announcer.jobs_queued();
+                Ok(Response::new(RetryOutboxJobResponse {
+                    job: Some(job_proto(job)),
+                }))
+            }
             None => {
                 let exists: i64 = outbox_jobs::table
                     .find(id)

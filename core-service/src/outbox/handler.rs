@@ -66,6 +66,12 @@ impl JobContext {
         self.lease.spawn(task);
     }
 
+    /// Wakes the workers for jobs due now that the handler queued: call it once their
+    /// transaction has committed (see [`super::Announcer`]).
+    pub fn jobs_queued(&self) {
+        self.lease.announcer.jobs_queued();
+    }
+
     /// Has this worker look for due jobs after `delay`: for jobs the handler inserted due a
     /// moment from now, which no notification announces when they come due.
     pub fn wake_after(&self, delay: Duration) {

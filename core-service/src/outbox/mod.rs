@@ -5,10 +5,12 @@
 //! `FOR UPDATE SKIP LOCKED` under a lease, run the handler registered for the job's kind, and
 //! finish, reschedule with exponential backoff and jitter, or dead-letter the job after its
 //! kind's last attempt. A job whose lease expired (its worker died) is claimed again, so
-//! delivery is at least once and handlers must be idempotent. Workers wake on `LISTEN/NOTIFY`
-//! and poll as a fallback; any number of instances can share one database. See
-//! `docs/outbox.md`.
+//! delivery is at least once and handlers must be idempotent. Whoever commits due jobs
+//! announces them ([`Announcer`]): this instance's workers wake at once, other instances'
+//! through `LISTEN/NOTIFY`, and all of them poll as a fallback; any number of instances can
+//! share one database. See `docs/outbox.md`.
 
+mod announcer;
 mod backoff;
 mod clock;
 mod handler;
@@ -19,6 +21,7 @@ mod worker;
 
 pub mod admin;
 
+pub use announcer::Announcer;
 pub use backoff::{BackoffPolicy, retry_delay};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry};

@@ -95,7 +95,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::outbox::{Registry, SystemClock, Worker, WorkerConfig};
+    use crate::outbox::{Announcer, Registry, SystemClock, Worker, WorkerConfig};
 
     /// A worker that is never run: a pool is built without connecting.
     fn idle_worker() -> Worker {
@@ -107,6 +107,7 @@ mod tests {
             Registry::default(),
             Arc::new(SystemClock),
             WorkerConfig::default(),
+            Announcer::default(),
         )
     }
 

@@ -80,7 +80,8 @@ struct InsertStartedJob<'a> {
     lease_expires_at: DateTime<Utc>,
 }
 
-/// Inserts `job`, due now. Call it inside the transaction of the change that causes it.
+/// Inserts `job`, due now. Call it inside the transaction of the change that causes it, and
+/// announce the job once that has committed ([`super::Announcer::jobs_queued`]).
 ///
 /// Takes the connection by shared reference so that the insert can be pipelined with the other
 /// statements of the caller's transaction.
@@ -92,7 +93,8 @@ pub async fn enqueue(mut connection: &AsyncPgConnection, job: &NewJob) -> QueryR
     Ok(job.id)
 }
 
-/// Inserts several jobs in one statement (a fan-out's jobs cost one round trip, not one each).
+/// Inserts several jobs in one statement (a fan-out's jobs cost one round trip, not one each);
+/// announce them as for [`enqueue`].
 pub async fn enqueue_many(connection: &mut AsyncPgConnection, jobs: &[NewJob]) -> QueryResult<()> {
     if jobs.is_empty() {
         return Ok(());

@@ -10,19 +10,17 @@ use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
 use switchbord_telemetry as telemetry;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::announcer::{Announcer, CHANNEL};
 use super::backoff::{BackoffPolicy, retry_delay};
 use super::clock::Clock;
 use super::handler::{JobContext, JobError, Registry};
 use super::starter::Starter;
 use super::store::{self, ClaimedJob, Outcome};
 use crate::db::{self, DbPool};
-
-/// The channel the `outbox_jobs` insert trigger notifies.
-const CHANNEL: &str = "outbox_jobs";
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -72,8 +70,9 @@ pub(super) struct Lease {
     /// Started jobs that handlers run in the background; shutdown waits for them as for
     /// claimed jobs.
     background: std::sync::Mutex<JoinSet<()>>,
-    /// Wakes the claim loop: a notification, or a job of this worker's due soon.
-    wake: Arc<Notify>,
+    /// Wakes the claim loop: jobs queued here or by another instance, or a job of this
+    /// worker's due soon.
+    pub(super) announcer: Announcer,
     /// The earliest time a job this worker set aside comes due (see [`Lease::wake_after`]).
     next_due: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// One slot per job running at once, whether claimed or started (see [`Starter`]); a
@@ -114,7 +113,7 @@ impl Lease {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if next_due.is_none_or(|due| at < due) {
             *next_due = Some(at);
-            self.wake.notify_one();
+            self.announcer.wake_local();
         }
     }
 
@@ -201,6 +200,7 @@ impl Worker {
         registry: Registry,
         clock: Arc<dyn Clock>,
         config: WorkerConfig,
+        announcer: Announcer,
     ) -> Self {
         let (sender, batched) = mpsc::unbounded_channel();
         let lease = Arc::new(Lease {
@@ -209,7 +209,7 @@ impl Worker {
             backoff: config.backoff,
             batched: sender,
             background: std::sync::Mutex::default(),
-            wake: Arc::new(Notify::new()),
+            announcer,
             next_due: std::sync::Mutex::default(),
             permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
         });
@@ -240,8 +240,9 @@ impl Worker {
     /// period, and releases what is still held.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
-        let wake = inner.context.lease.wake.clone();
-        let listener = tokio::spawn(listen(self.database_url, wake.clone()));
+        let announcer = inner.context.lease.announcer.clone();
+        let listener = tokio::spawn(listen(self.database_url, announcer.clone()));
+        let broadcaster = tokio::spawn(announcer.clone().broadcast(inner.context.pool.clone()));
         let permits = inner.context.lease.permits.clone();
         let (stop_finisher, finisher_stopped) = oneshot::channel();
         let finisher = tokio::spawn(record_batches(
@@ -298,7 +299,7 @@ impl Worker {
             };
             tokio::select! {
                 () = &mut shutdown => break,
-                () = wake.notified() => {}
+                () = announcer.woken() => {}
                 () = tokio::time::sleep_until(inner.context.lease.next_look(inner.config.poll_interval)) => {}
                 // A slot freed by a claimed job or by a request's own: claim the next ones.
                 _ = permits.acquire(), if backlog => {}
@@ -307,6 +308,7 @@ impl Worker {
 
         inner.stopping.store(true, Ordering::Relaxed);
         listener.abort();
+        broadcaster.abort();
         // Claimed jobs first: they may still start background ones.
         let mut background = JoinSet::new();
         let drained = tokio::time::timeout(inner.config.shutdown_grace, async {
@@ -515,8 +517,8 @@ async fn record_batches(
     }
 }
 
-/// Wakes the claim loop whenever jobs are committed, reconnecting after failures.
-async fn listen(database_url: String, wake: Arc<Notify>) {
+/// Wakes the claim loop whenever another instance announces jobs, reconnecting after failures.
+async fn listen(database_url: String, announcer: Announcer) {
     loop {
         match AsyncPgConnection::establish(&database_url).await {
             Ok(mut connection) => {
@@ -524,11 +526,13 @@ async fn listen(database_url: String, wake: Arc<Notify>) {
                     .execute(&mut connection)
                     .await;
                 if listening.is_ok() {
-                    // Anything committed while (re)connecting is picked up now.
-                    wake.notify_one();
+                    // Anything announced while (re)connecting is picked up now.
+                    announcer.wake_local();
                     let mut notifications = std::pin::pin!(connection.notifications_stream());
-                    while let Some(Ok(_)) = notifications.next().await {
-                        wake.notify_one();
+                    while let Some(Ok(notification)) = notifications.next().await {
+                        if !announcer.is_own(&notification.payload) {
+                            announcer.wake_local();
+                        }
                     }
                 }
             }

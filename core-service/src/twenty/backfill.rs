@@ -278,7 +278,10 @@ impl JobHandler for BackfillHandler {
                 Ok(())
             })
             .await
-            .map_err(|error: ServiceError| retry(error))
+            .map_err(|error: ServiceError| retry(error))?;
+            // The next page's job and the imported contacts' events.
+            context.jobs_queued();
+            Ok(())
         })
     }
 }

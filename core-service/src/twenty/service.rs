@@ -22,7 +22,7 @@ use super::{connection, mapping_store};
 use crate::audit::{self, AuditRecord};
 use crate::db::{self, DbPool};
 use crate::error::{FieldViolation, ServiceError};
-use crate::outbox::Clock;
+use crate::outbox::{Announcer, Clock};
 use crate::pagination::{decode_cursor, encode_cursor, page_size};
 use crate::request::RequestContext;
 
@@ -31,6 +31,8 @@ pub struct TwentyGrpc {
     client: TwentyClient,
     clock: Arc<dyn Clock>,
     inbound: InboundSettings,
+    /// Wakes the workers for the syncs, backfill pages and contact events a request queued.
+    announcer: Announcer,
 }
 
 impl TwentyGrpc {
@@ -40,11 +42,13 @@ impl TwentyGrpc {
         clock: Arc<dyn Clock>,
         webhook_tolerance: Duration,
         default_region: Option<country::Id>,
+        announcer: Announcer,
     ) -> Self {
         Self {
             pool,
             client,
             clock,
+            announcer,
             inbound: InboundSettings {
                 tolerance: webhook_tolerance,
                 default_region,
@@ -347,6 +351,8 @@ impl TwentyService for TwentyGrpc {
             &request,
         )
         .await?;
+        // The changed contacts' events and their syncs.
+        self.announcer.jobs_queued();
         Ok(Response::new(ReceiveTwentyWebhookResponse { results }))
     }
 
@@ -459,6 +465,9 @@ impl TwentyService for TwentyGrpc {
                 Ok::<_, ServiceError>(contacts.len())
             })
             .await?;
+        if retried > 0 {
+            self.announcer.jobs_queued();
+        }
         Ok(Response::new(RetryFailedSyncsResponse {
             retried: i64::try_from(retried).unwrap_or(i64::MAX),
         }))
@@ -490,6 +499,7 @@ impl TwentyService for TwentyGrpc {
                 Ok::<_, ServiceError>(run)
             })
             .await?;
+        self.announcer.jobs_queued();
         Ok(Response::new(StartBackfillResponse {
             backfill: Some(backfill::to_api(run)),
         }))

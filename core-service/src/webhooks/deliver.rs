@@ -102,6 +102,9 @@ const BUSY_WAIT: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
     Done,
+    /// Done, and the endpoint was disabled: its `webhook.endpoint_disabled` event's dispatch
+    /// job is to be announced once committed (see [`crate::outbox::Announcer`]).
+    Disabled,
     RetryAfter(Duration),
 }
 
@@ -356,6 +359,10 @@ impl Deliverer {
         record_metrics(&result, &next);
         match next {
             Next::Done => Ok(()),
+            Next::Disabled => {
+                context.jobs_queued();
+                Ok(())
+            }
             Next::RetryAfter(after) => Err(JobError::Retry {
                 message: result.error.unwrap_or_else(|| "delivery failed".to_owned()),
                 after: Some(after),
@@ -539,7 +546,7 @@ pub(super) fn record_metrics(result: &AttemptResult, next: &Next) {
     let outcome = match (result.succeeded(), next) {
         (true, _) => "delivered",
         (false, Next::RetryAfter(_)) => "retrying",
-        (false, Next::Done) => "failed",
+        (false, Next::Done | Next::Disabled) => "failed",
     };
     metrics::counter!(telemetry::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
     let label = if result.succeeded() {
@@ -620,7 +627,7 @@ pub async fn record_attempt(
                 match disable_reason {
                     Some(reason) => {
                         disable(connection, endpoint, &reason, now).await?;
-                        ("failed", Next::Done)
+                        ("failed", Next::Disabled)
                     }
                     None if !retries => ("failed", Next::Done),
                     None => match policy

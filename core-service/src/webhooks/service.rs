@@ -14,7 +14,7 @@ use switchbord_api::v1::*;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::deliver::{DELIVER_JOB, DeliveryPolicy, deliver_job, record_attempt};
+use super::deliver::{DELIVER_JOB, DeliveryPolicy, Next, deliver_job, record_attempt};
 use super::health;
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::Sender;
@@ -24,7 +24,7 @@ use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
 use crate::events::{EventDraft, StoredEvent, record};
-use crate::outbox::{self, Clock, NewJob};
+use crate::outbox::{self, Announcer, Clock, NewJob};
 use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{event_types, webhook_attempts, webhook_deliveries, webhook_endpoints};
@@ -51,6 +51,8 @@ pub struct WebhooksGrpc {
     sender: Sender,
     policy: DeliveryPolicy,
     clock: Arc<dyn Clock>,
+    /// Wakes the workers for the deliveries and events a request queued.
+    announcer: Announcer,
 }
 
 impl WebhooksGrpc {
@@ -59,12 +61,14 @@ impl WebhooksGrpc {
         sender: Sender,
         policy: DeliveryPolicy,
         clock: Arc<dyn Clock>,
+        announcer: Announcer,
     ) -> Self {
         Self {
             pool,
             sender,
             policy,
             clock,
+            announcer,
         }
     }
 
@@ -746,9 +750,11 @@ impl WebhookService for WebhooksGrpc {
             .await
             .map_err(db_status)?;
         drop(connection);
+        // The test event's dispatch job.
+        self.announcer.jobs_queued();
         let result = self.sender.send(&endpoint, &event, now).await;
         let mut connection = self.connection().await?;
-        record_attempt(
+        let next = record_attempt(
             &mut connection,
             &self.policy,
             &delivery,
@@ -759,6 +765,9 @@ impl WebhookService for WebhooksGrpc {
         )
         .await
         .map_err(db_status)?;
+        if next == Next::Disabled {
+            self.announcer.jobs_queued();
+        }
         let attempt: AttemptRow = webhook_attempts::table
             .filter(webhook_attempts::delivery_id.eq(delivery.id))
             .select(AttemptRow::as_select())
@@ -879,6 +888,7 @@ impl WebhookService for WebhooksGrpc {
             move |connection| Box::pin(async move { requeue(connection, &[id], now).await }),
         )
         .await?;
+        self.announcer.jobs_queued();
         let mut connection = self.connection().await?;
         let delivery = webhook_deliveries::table
             .find(id)
@@ -925,6 +935,9 @@ impl WebhookService for WebhooksGrpc {
                 },
             )
             .await?;
+        if recovered > 0 {
+            self.announcer.jobs_queued();
+        }
         Ok(Response::new(RecoverDeliveriesResponse {
             recovered: i64::try_from(recovered).unwrap_or(i64::MAX),
         }))

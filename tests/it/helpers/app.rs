@@ -281,6 +281,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn outbox_poll_interval(mut self, interval: std::time::Duration) -> Self {
+        self.core.outbox_poll_interval = interval;
+        self
+    }
+
     pub fn webhook_schedule(mut self, schedule: &str) -> Self {
         self.core.webhook_retry_schedule =
             switchbord_core::config::parse_schedule(schedule).expect("schedule");
