@@ -54,6 +54,15 @@ impl EventConsumer for TwentySyncConsumer {
             };
             let now = context.clock.now();
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+            // Every contact event comes here: without a connection to Twenty, one read is all
+            // it costs (a transaction would add BEGIN and COMMIT round trips to each).
+            if connection::load(&mut connection)
+                .await
+                .map_err(retry)?
+                .is_none()
+            {
+                return Ok(());
+            }
             let queued = connection
                 .transaction(async |connection| {
                     if connection::load(connection).await?.is_none() {
