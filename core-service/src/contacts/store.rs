@@ -41,22 +41,18 @@ pub async fn lock_by_id(
         .optional()
 }
 
-pub async fn insert(
-    connection: &mut AsyncPgConnection,
-    row: &ContactRow,
-) -> QueryResult<ContactRow> {
+/// Inserts `row`. Takes the connection by shared reference so that the insert can be pipelined
+/// with the rest of the write's transaction (nothing is read back: `row` is what is stored).
+pub async fn insert(mut connection: &AsyncPgConnection, row: &ContactRow) -> QueryResult<()> {
     diesel::insert_into(contacts::table)
         .values(row)
-        .returning(ContactRow::as_returning())
-        .get_result(connection)
+        .execute(&mut connection)
         .await
+        .map(drop)
 }
 
-/// Writes every mutable column of `row`.
-pub async fn update(
-    connection: &mut AsyncPgConnection,
-    row: &ContactRow,
-) -> QueryResult<ContactRow> {
+/// Writes every mutable column of `row`; pipelined like [`insert`].
+pub async fn update(mut connection: &AsyncPgConnection, row: &ContactRow) -> QueryResult<()> {
     diesel::update(contacts::table.find(row.id))
         .set((
             contacts::phone_number.eq(&row.phone_number),
@@ -69,9 +65,9 @@ pub async fn update(
             contacts::tags.eq(&row.tags),
             contacts::updated_at.eq(row.updated_at),
         ))
-        .returning(ContactRow::as_returning())
-        .get_result(connection)
+        .execute(&mut connection)
         .await
+        .map(drop)
 }
 
 pub async fn find_by_id(connection: &mut AsyncPgConnection, id: Uuid) -> QueryResult<ContactRow> {
