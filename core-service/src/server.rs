@@ -328,6 +328,7 @@ impl CoreServer {
             .add_service(reflection_v1alpha)
             .add_service(ContactServiceServer::new(ContactsService::new(
                 self.state.clone(),
+                dispatcher.clone(),
             )))
             .add_service(AccessServiceServer::new(AccessGrpc::new(
                 self.state.pool.clone(),

@@ -1229,7 +1229,7 @@ async fn deleting_an_endpoint_skips_jobs_another_transaction_holds_instead_of_wa
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_published_event_is_dispatched_at_once_without_waking_the_queue() {
+async fn published_and_upserted_events_are_dispatched_at_once_without_waking_the_queue() {
     use diesel_async::{AsyncConnection, AsyncPgConnection};
     use futures::StreamExt;
 
@@ -1266,14 +1266,36 @@ async fn a_published_event_is_dispatched_at_once_without_waking_the_queue() {
     })
     .await;
 
-    // The listener does hear a job that is queued: a contact's event goes through the queue.
+    // So is a contact's event, which its upsert starts the same way.
     new_contact(&app, "+4915112345678").await;
+    receiver.wait_for(2).await;
+    let woken = tokio::time::timeout(Duration::from_millis(300), notifications.next()).await;
+    assert!(woken.is_err(), "a notification arrived: {woken:?}");
+    eventually("both dispatch jobs are recorded", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM outbox_jobs WHERE kind = 'event.dispatch' AND status = 'succeeded'",
+        )
+        .await
+            == 2
+    })
+    .await;
+
+    // The listener does hear a job that is queued, once committed: a journey trigger's.
+    let reply = app
+        .send(
+            reqwest::Method::POST,
+            "/compat/journey-trigger/welcome",
+            &[("content-type", "application/json")],
+            json!({"phone_number": "+4915112345678"}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
     let woken = tokio::time::timeout(Duration::from_secs(5), notifications.next()).await;
     assert!(
         matches!(woken, Ok(Some(Ok(_)))),
         "no notification: {woken:?}"
     );
-    receiver.wait_for(2).await;
 }
 
 /// A receiver that answers only after `delay`.

@@ -69,7 +69,15 @@ pub async fn find_or_create_by_phone(
                 },
             )
             .await?;
-            record_contact_events(connection, context.request_id, None, &created, &changed).await?;
+            record_contact_events(
+                connection,
+                context.request_id,
+                None,
+                &created,
+                &changed,
+                None,
+            )
+            .await?;
             Ok(Ensured {
                 contact: created,
                 created: true,

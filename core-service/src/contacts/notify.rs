@@ -5,20 +5,34 @@ use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
 use super::model::{ContactRow, contact_json};
-use crate::events::{EventDraft, record};
+use crate::events::{EventDraft, new_event_id, record, record_dispatching};
+use crate::outbox::{ClaimedJob, Reservation};
 use crate::request::RequestId;
 
 const SOURCE: &str = "contacts";
 
+/// The events a write stored, and how their dispatch jobs are to be run once it commits.
+#[derive(Debug, Clone, Default)]
+pub struct RecordedEvents {
+    /// The first event's dispatch job, started under the caller's reservation: for
+    /// [`Reservation::run`].
+    pub started: Option<ClaimedJob>,
+    /// Dispatch jobs were queued: the committer announces them (see
+    /// [`crate::outbox::Announcer`]).
+    pub queued: bool,
+}
+
 /// `contact.created` for a new contact, `contact.updated` when fields changed, and
-/// `contact.opted_out` when the contact became blocked.
+/// `contact.opted_out` when the contact became blocked. With a `reservation`, the first
+/// event's dispatch job is inserted already claimed (see [`crate::outbox::Starter`]).
 pub async fn record_contact_events(
     connection: &AsyncPgConnection,
     request_id: RequestId,
     previous_status: Option<&str>,
     contact: &ContactRow,
     changed_fields: &[&str],
-) -> QueryResult<()> {
+    reservation: Option<&Reservation>,
+) -> QueryResult<RecordedEvents> {
     let created = previous_status.is_none();
     let mut types = Vec::with_capacity(2);
     if created {
@@ -29,22 +43,27 @@ pub async fn record_contact_events(
     if contact.subscriber_status == "blocked" && previous_status != Some("blocked") {
         types.push("contact.opted_out");
     }
-    if types.is_empty() {
-        return Ok(());
-    }
+    let Some((&first, rest)) = types.split_first() else {
+        return Ok(RecordedEvents::default());
+    };
     let data = json!({"contact": contact_json(contact), "changed_fields": changed_fields});
+    let draft = |event_type| EventDraft {
+        event_type,
+        data: data.clone(),
+        source: SOURCE,
+        request_id: Some(request_id.0),
+    };
     // Pipelined, like each event's own inserts.
-    futures::future::try_join_all(types.into_iter().map(|event_type| {
-        record(
-            connection,
-            EventDraft {
-                event_type,
-                data: data.clone(),
-                source: SOURCE,
-                request_id: Some(request_id.0),
-            },
-        )
-    }))
-    .await
-    .map(drop)
+    let (first, _) = futures::try_join!(
+        record_dispatching(connection, new_event_id(), draft(first), reservation),
+        futures::future::try_join_all(
+            rest.iter()
+                .map(|&event_type| record(connection, draft(event_type)))
+        ),
+    )?;
+    let started = first.dispatch;
+    Ok(RecordedEvents {
+        queued: started.is_none() || !rest.is_empty(),
+        started,
+    })
 }

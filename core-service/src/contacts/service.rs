@@ -13,16 +13,19 @@ use super::get::get_contact;
 use super::input::validate_upsert;
 use super::upsert::{Operation, upsert_contact};
 use crate::error::ServiceError;
+use crate::outbox::Starter;
 use crate::request::RequestContext;
 use crate::state::AppState;
 
 pub struct ContactsService {
     state: Arc<AppState>,
+    /// An upsert's first event is dispatched at once by this instance's worker when it has room.
+    dispatcher: Starter,
 }
 
 impl ContactsService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<AppState>, dispatcher: Starter) -> Self {
+        Self { state, dispatcher }
     }
 }
 
@@ -39,9 +42,13 @@ impl ContactService for ContactsService {
         let context = RequestContext::from_request(&request)?;
         let upsert = validate_upsert(request.into_inner(), self.state.default_region)
             .map_err(|violations| status(ContactError::Invalid(violations)))?;
-        let outcome = upsert_contact(&self.state.pool, &context, &upsert)
+        let reservation = self.dispatcher.reserve();
+        let mut outcome = upsert_contact(&self.state.pool, &context, &upsert, reservation.as_ref())
             .await
             .map_err(status)?;
+        if let (Some(reservation), Some(dispatch)) = (reservation, outcome.events.started.take()) {
+            reservation.run(dispatch);
+        }
         if outcome.queued_jobs() {
             self.state.announcer.jobs_queued();
         }

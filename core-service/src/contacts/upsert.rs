@@ -9,10 +9,11 @@ use uuid::Uuid;
 use super::error::ContactError;
 use super::input::{ContactUpsert, SubscriberStatus};
 use super::model::ContactRow;
-use super::notify::record_contact_events;
+use super::notify::{RecordedEvents, record_contact_events};
 use super::store;
 use crate::audit::{self, AuditRecord};
 use crate::db::{self, DbError, DbPool};
+use crate::outbox::Reservation;
 use crate::request::RequestContext;
 
 /// Two upserts that create the same new contact at once race on the unique keys; the loser
@@ -31,24 +32,30 @@ pub struct UpsertOutcome {
     pub operation: Operation,
     pub contact: ContactRow,
     pub changed_fields: Vec<&'static str>,
+    /// The events' dispatch jobs: one started under the caller's reservation, the others
+    /// queued.
+    pub events: RecordedEvents,
 }
 
 impl UpsertOutcome {
-    /// Whether the upsert stored events, whose dispatch jobs its committer announces (see
-    /// [`crate::outbox::Announcer`]): a contact's events all come from changed fields.
+    /// Whether the upsert queued jobs, which its committer announces (see
+    /// [`crate::outbox::Announcer`]).
     pub fn queued_jobs(&self) -> bool {
-        !self.changed_fields.is_empty()
+        self.events.queued
     }
 }
 
 #[tracing::instrument(skip_all, fields(request_id = %context.request_id.0))]
+/// With a `reservation`, the dispatch job of the upsert's first event is inserted already claimed,
+/// for the caller to run once this returns (see [`crate::outbox::Starter`]).
 pub async fn upsert_contact(
     pool: &DbPool,
     context: &RequestContext,
     upsert: &ContactUpsert,
+    reservation: Option<&Reservation>,
 ) -> Result<UpsertOutcome, ContactError> {
     let mut connection = db::connection(pool).await?;
-    upsert_on(&mut connection, context, upsert).await
+    upsert_with(&mut connection, context, upsert, reservation).await
 }
 
 /// The upsert on `connection`; inside a caller's transaction it runs as a savepoint, so the
@@ -58,9 +65,18 @@ pub async fn upsert_on(
     context: &RequestContext,
     upsert: &ContactUpsert,
 ) -> Result<UpsertOutcome, ContactError> {
+    upsert_with(connection, context, upsert, None).await
+}
+
+async fn upsert_with(
+    connection: &mut AsyncPgConnection,
+    context: &RequestContext,
+    upsert: &ContactUpsert,
+    reservation: Option<&Reservation>,
+) -> Result<UpsertOutcome, ContactError> {
     let mut attempt = 1;
     loop {
-        match write(connection, context, upsert).await {
+        match write(connection, context, upsert, reservation).await {
             Err(ContactError::Db(DbError::UniqueViolation { .. })) if attempt < MAX_ATTEMPTS => {
                 attempt += 1;
             }
@@ -73,6 +89,7 @@ async fn write(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
     upsert: &ContactUpsert,
+    reservation: Option<&Reservation>,
 ) -> Result<UpsertOutcome, ContactError> {
     connection
         .transaction(async |connection| {
@@ -83,7 +100,7 @@ async fn write(
             )
             .await?;
             let existing = identify(&matches, upsert)?;
-            save(connection, context, existing, upsert).await
+            save(connection, context, existing, upsert, reservation).await
         })
         .await
 }
@@ -102,7 +119,7 @@ pub async fn update_by_id_on(
             let existing = store::lock_by_id(connection, contact_id)
                 .await?
                 .ok_or(ContactError::NotFound)?;
-            save(connection, context, Some(&existing), upsert).await
+            save(connection, context, Some(&existing), upsert, None).await
         })
         .await
 }
@@ -114,6 +131,7 @@ async fn save(
     context: &RequestContext,
     existing: Option<&ContactRow>,
     upsert: &ContactUpsert,
+    reservation: Option<&Reservation>,
 ) -> Result<UpsertOutcome, ContactError> {
     // The database keeps microseconds: the row built here is then exactly the row stored.
     let now = Utc::now().trunc_subsecs(6);
@@ -153,6 +171,7 @@ async fn save(
         previous_status,
         &contact,
         &changed_fields,
+        reservation,
     );
     let audit_entry = audit::record(
         connection,
@@ -171,11 +190,12 @@ async fn save(
                 .collect(),
         },
     );
-    futures::try_join!(write, events, audit_entry)?;
+    let ((), events, ()) = futures::try_join!(write, events, audit_entry)?;
     Ok(UpsertOutcome {
         operation,
         contact,
         changed_fields,
+        events,
     })
 }
 

@@ -8,4 +8,4 @@ mod store;
 
 pub use dispatch::{DISPATCH_JOB, DispatchHandler, EventConsumer, StoredEvent};
 pub use service::EventsGrpc;
-pub use store::{EventDraft, record};
+pub use store::{EventDraft, new_event_id, record, record_dispatching};
