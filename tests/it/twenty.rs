@@ -39,7 +39,10 @@ async fn admin(app: &TestApp, method: Method, path: &str, body: Option<Json>) ->
 
 /// A running app connected to a fresh fake Twenty.
 async fn connected() -> (TestApp, FakeTwenty) {
-    let app = TestApp::spawn().await;
+    connected_app(TestApp::spawn().await).await
+}
+
+async fn connected_app(app: TestApp) -> (TestApp, FakeTwenty) {
     let fake = FakeTwenty::start(API_KEY).await;
     let reply = admin(
         &app,
@@ -918,4 +921,69 @@ async fn a_failed_backfill_resumes_from_the_last_imported_page() {
         count(&app.database, "SELECT count(*) AS count FROM contacts").await,
         5
     );
+}
+
+/// The jobs Twenty's paths queue are announced once committed (see `wakeups.rs`): with the poll
+/// an hour away, each still runs at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_jobs_run_without_waiting_for_the_poll() {
+    let (app, fake) = connected_app(
+        TestApp::builder()
+            .outbox_poll_interval(std::time::Duration::from_secs(3600))
+            .spawn()
+            .await,
+    )
+    .await;
+
+    // A contact write: its sync job, queued and announced by the event's consumer.
+    app.upsert_contact(
+        &json!({"phone_number": "+4915112340020", "person_properties": {"name": "Out Going"}}),
+    )
+    .await;
+    eventually("the contact is pushed to Twenty", async || {
+        !fake.writes().is_empty()
+    })
+    .await;
+    settled(&app).await;
+
+    // A webhook from Twenty: the new contact's event, announced by the request.
+    let person_id = "7b0c2b9e-0000-4000-8000-0000000000c1";
+    let record = person_record(person_id, "In", "Coming", "in@example.com", "15112340021");
+    let reply = send_webhook(&app, "person.created", &record).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    eventually("the new contact's event is dispatched", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'event.dispatch' \
+             AND status = 'succeeded'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    settled(&app).await;
+
+    // A backfill: its first page's job, announced by the request; the next page's, by the job.
+    for national in ["15112340022", "15112340023", "15112340024"] {
+        fake.insert_person(json!({
+            "name": {"firstName": "Back", "lastName": "Filled"},
+            "phones": {"primaryPhoneNumber": national, "primaryPhoneCallingCode": "+49", "primaryPhoneCountryCode": "DE"},
+        }));
+    }
+    let started = admin(
+        &app,
+        Method::POST,
+        &format!("{BASE}/backfill"),
+        Some(json!({"page_size": 2})),
+    )
+    .await;
+    assert_eq!(started.status, 200, "{}", started.text);
+    eventually("the backfill completes", async || {
+        admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
+            .await
+            .body["backfill"]["status"]
+            == "completed"
+    })
+    .await;
+    settled(&app).await;
 }
