@@ -45,9 +45,9 @@ impl UpsertOutcome {
     }
 }
 
-#[tracing::instrument(skip_all, fields(request_id = %context.request_id.0))]
 /// With a `reservation`, the dispatch job of the upsert's first event is inserted already claimed,
 /// for the caller to run once this returns (see [`crate::outbox::Starter`]).
+#[tracing::instrument(skip_all, fields(request_id = %context.request_id.0))]
 pub async fn upsert_contact(
     pool: &DbPool,
     context: &RequestContext,

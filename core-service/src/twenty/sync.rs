@@ -55,7 +55,9 @@ impl EventConsumer for TwentySyncConsumer {
             let now = context.clock.now();
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
             // Every contact event comes here: without a connection to Twenty, one read is all
-            // it costs (a transaction would add BEGIN and COMMIT round trips to each).
+            // it costs (a transaction would add BEGIN and COMMIT round trips to each). A
+            // connection deleted after this read is found missing by the sync job, which then
+            // does nothing.
             if connection::load(&mut connection)
                 .await
                 .map_err(retry)?
@@ -65,9 +67,6 @@ impl EventConsumer for TwentySyncConsumer {
             }
             let queued = connection
                 .transaction(async |connection| {
-                    if connection::load(connection).await?.is_none() {
-                        return Ok(false);
-                    }
                     let pending = records::mark_pending(connection, contact_id, now).await?;
                     if pending {
                         queue_sync(connection, contact_id).await?;
