@@ -280,15 +280,21 @@ where
     }
 }
 
+/// The workers listening on this test's database. `pg_stat_activity` covers the whole
+/// cluster, which other tests share at the same time, hence the filter.
+async fn listening_workers(setup: &Setup) -> i64 {
+    count(
+        setup,
+        "SELECT count(*) AS count FROM pg_stat_activity \
+         WHERE query = 'LISTEN outbox_jobs' AND datname = current_database()",
+    )
+    .await
+}
+
 /// Waits until the worker's LISTEN connection is up, so that a notification reaches it.
 async fn until_listening(setup: &Setup) {
     eventually("the worker is listening", || async {
-        count(
-            setup,
-            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
-        )
-        .await
-            == 1
+        listening_workers(setup).await == 1
     })
     .await;
 }
@@ -520,12 +526,7 @@ async fn a_job_announced_by_an_instance_without_room_runs_on_another_woken_by_no
     );
     let other = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), idle);
     eventually("both instances are listening", || async {
-        count(
-            &setup,
-            "SELECT count(*) AS count FROM pg_stat_activity WHERE query = 'LISTEN outbox_jobs'",
-        )
-        .await
-            == 2
+        listening_workers(&setup).await == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
