@@ -12,6 +12,7 @@
 //! - The gateway maps `Status` to HTTP once.
 
 pub mod config;
+pub mod config_watch;
 pub mod contacts;
 pub mod db;
 pub mod emarsys;

@@ -27,6 +27,7 @@ use crate::access::{
 use crate::call_observer::CallObserverLayer;
 pub use crate::config::MIN_PEPPER_LEN;
 use crate::config::{ConfigError, CoreConfig, OnOff};
+use crate::config_watch::ConfigWatch;
 use crate::contacts::ContactsService;
 use crate::db::{self, MigrationError};
 use crate::emarsys::{CustomEventHandler, EmarsysAuth, EmarsysGrpc};
@@ -97,14 +98,15 @@ pub fn job_registry(
     delivery_policy: DeliveryPolicy,
     twenty: TwentyClient,
     default_region: Option<phonenumber::country::Id>,
+    config: &ConfigWatch,
 ) -> Registry {
-    let deliverer = Arc::new(Deliverer::new(sender, delivery_policy));
+    let deliverer = Arc::new(Deliverer::new(sender, delivery_policy, config.clone()));
     let mut registry = Registry::default();
     registry
         .register(
             DispatchHandler::default()
-                .with_consumer(WebhookFanout::new(deliverer.clone()))
-                .with_consumer(TwentySyncConsumer),
+                .with_consumer(WebhookFanout::new(deliverer.clone(), config.clone()))
+                .with_consumer(TwentySyncConsumer::new(config.clone())),
         )
         .register(JourneyTriggerHandler)
         .register(CustomEventHandler)
@@ -156,6 +158,7 @@ impl CoreServer {
             default_region: config.default_region,
             trigger_dedup_window: config.trigger_dedup_window,
             announcer: Announcer::default(),
+            config: ConfigWatch::default(),
         });
         let url_policy = UrlPolicy {
             allow_private: config.webhook_allow_private,
@@ -231,7 +234,10 @@ impl CoreServer {
             self.delivery_policy.clone(),
             self.twenty.clone(),
             self.state.default_region,
+            &self.state.config,
         );
+        let config_listener =
+            tokio::spawn(self.state.config.clone().listen(self.database_url.clone()));
         let sampler = GaugeSampler::new(
             self.state.pool.clone(),
             self.clock.clone(),
@@ -358,6 +364,7 @@ impl CoreServer {
                 self.delivery_policy.clone(),
                 self.clock.clone(),
                 self.state.announcer.clone(),
+                self.state.config.clone(),
             )))
             .add_service(TwentyServiceServer::new(TwentyGrpc::new(
                 self.state.pool.clone(),
@@ -366,10 +373,12 @@ impl CoreServer {
                 self.twenty_webhook_tolerance,
                 self.state.default_region,
                 self.state.announcer.clone(),
+                self.state.config.clone(),
             )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;
         flusher.abort();
+        config_listener.abort();
         sampler.abort();
         pruner.abort();
         self.authenticator.flush_last_used().await;

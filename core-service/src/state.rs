@@ -2,6 +2,7 @@
 
 use phonenumber::country;
 
+use crate::config_watch::ConfigWatch;
 use crate::db::DbPool;
 use crate::outbox::Announcer;
 
@@ -13,4 +14,6 @@ pub struct AppState {
     pub trigger_dedup_window: std::time::Duration,
     /// Wakes the outbox workers for the jobs a request queued, once it has committed.
     pub announcer: Announcer,
+    /// Whether the configuration cached for hot paths is current.
+    pub config: ConfigWatch,
 }

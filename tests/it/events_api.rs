@@ -55,6 +55,22 @@ async fn internal_services_publish_catalogued_events_only() {
     assert!(published.id.starts_with("evt_"));
     assert_eq!(published.r#type, "message.delivered");
     assert_eq!(published.source, "sender");
+    // The time answered is the time stored, to the microsecond the database keeps.
+    let answered = published.timestamp.expect("timestamp");
+    let stored = crate::helpers::count(
+        &app.database,
+        &format!(
+            "SELECT (extract(epoch FROM occurred_at) * 1000000)::bigint AS count FROM events \
+             WHERE id = '{}'",
+            published.id
+        ),
+    )
+    .await;
+    assert_eq!(
+        answered.seconds * 1_000_000 + i64::from(answered.nanos) / 1000,
+        stored
+    );
+    assert_eq!(answered.nanos % 1000, 0, "no finer than the stored time");
     assert_eq!(unknown.code(), Code::InvalidArgument);
     let bad_request = unknown
         .get_details_bad_request()

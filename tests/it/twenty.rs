@@ -4,13 +4,14 @@
 //! conflict rule, deletion, multi-page backfill and `crm.twenty.sync_failed`.
 
 use chrono::{Duration as TimeDelta, SecondsFormat, Utc};
+use diesel_async::RunQueryDsl;
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 use switchbord_api::json::json_from_struct;
 use switchbord_api::v1::{GetContactRequest, get_contact_request};
 
 use crate::helpers::fake_twenty::{Failure, FakeTwenty, twenty_signature_headers};
-use crate::helpers::{HttpReply, TestApp, count, eventually};
+use crate::helpers::{HttpReply, TestApp, config_listener, count, eventually};
 
 const API_KEY: &str = "twenty-api-key-0123456789abcdef";
 const SECRET: &str = "twenty-webhook-secret-value";
@@ -986,4 +987,52 @@ async fn twenty_jobs_run_without_waiting_for_the_poll() {
     })
     .await;
     settled(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_made_by_another_instance_syncs_the_next_contact_change() {
+    let app = TestApp::spawn().await;
+    let fake = FakeTwenty::start(API_KEY).await;
+    eventually("the core listens for configuration changes", async || {
+        config_listener(&app.database).await != 0
+    })
+    .await;
+    // Not connected: the consumer reads so, and keeps it.
+    app.upsert_contact(&json!({"phone_number": "+4915112340030"}))
+        .await;
+    eventually("the contact's event is dispatched", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'event.dispatch' \
+             AND status = 'succeeded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    // Connected in SQL, as by another instance: this one's API tells its consumer nothing.
+    let mut connection = app.database.connect().await;
+    diesel::sql_query(
+        "INSERT INTO twenty_connection (base_url, api_key, created_at, updated_at) \
+         VALUES ($1, $2, now(), now())",
+    )
+    .bind::<diesel::sql_types::Text, _>(fake.url())
+    .bind::<diesel::sql_types::Text, _>(API_KEY)
+    .execute(&mut connection)
+    .await
+    .expect("connect");
+
+    let mut change = 0;
+    eventually("a contact change reaches Twenty", async || {
+        change += 1;
+        app.upsert_contact(&json!({
+            "phone_number": "+4915112340030",
+            "person_properties": {"name": format!("Name {change}")}
+        }))
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        !fake.writes().is_empty()
+    })
+    .await;
 }

@@ -19,7 +19,7 @@ use switchbord_api::v1::*;
 use switchbord_core::outbox::ManualClock;
 use tonic::Code;
 
-use crate::helpers::{Answer, Authed, Receiver, TestApp, WithKey, eventually};
+use crate::helpers::{Answer, Authed, Receiver, TestApp, WithKey, config_listener, eventually};
 
 /// Standard Webhooks verification, from the specification's text: the key is the base64
 /// part of `whsec_…`; the signed content is `{webhook-id}.{webhook-timestamp}.{body}`; the header
@@ -1328,4 +1328,112 @@ async fn publish_messages(app: &TestApp, count: usize) {
             .await
             .expect("publish");
     }
+}
+
+/// Subscribes `endpoint` to `event_type` only, in SQL: as another instance, or an operator,
+/// would change it, without this instance's API telling its fan-out.
+async fn subscribe_elsewhere(app: &TestApp, endpoint: &Endpoint, event_type: &str) {
+    let mut connection = app.database.connect().await;
+    sql_query("UPDATE webhook_endpoints SET event_types = ARRAY[$1] WHERE id = $2::uuid")
+        .bind::<Text, _>(event_type)
+        .bind::<Text, _>(&endpoint.id)
+        .execute(&mut connection)
+        .await
+        .expect("change the subscription");
+}
+
+/// Changes `phone`'s contact until the receiver gets a `contact.updated`.
+async fn until_updates_arrive(app: &TestApp, receiver: &Receiver, phone: &str) {
+    let mut change = 0;
+    eventually("a contact.updated delivery", async || {
+        change += 1;
+        app.upsert_contact(&json!({"phone_number": phone, "first_name": format!("Name {change}")}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        receiver
+            .received()
+            .iter()
+            .any(|received| received.json()["type"] == "contact.updated")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_changed_by_another_instance_gets_the_events_it_now_subscribes_to() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
+    eventually("the core listens for configuration changes", async || {
+        config_listener(&app.database).await != 0
+    })
+    .await;
+    // The fan-out reads the endpoints, and keeps them.
+    new_contact(&app, "+4915112345601").await;
+    receiver.wait_for(1).await;
+
+    subscribe_elsewhere(&app, &endpoint, "contact.updated").await;
+
+    until_updates_arrive(&app, &receiver, "+4915112345601").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_made_while_the_listener_was_reconnecting_is_not_missed() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
+    let mut listener = 0;
+    eventually("the core listens for configuration changes", async || {
+        listener = config_listener(&app.database).await;
+        listener != 0
+    })
+    .await;
+    new_contact(&app, "+4915112345602").await;
+    receiver.wait_for(1).await;
+
+    // The listening connection ends; the change made meanwhile notifies nobody.
+    let mut connection = app.database.connect().await;
+    sql_query(format!("SELECT pg_terminate_backend({listener})"))
+        .execute(&mut connection)
+        .await
+        .expect("end the listener's connection");
+    eventually("the listener is gone", async || {
+        config_listener(&app.database).await != listener
+    })
+    .await;
+    subscribe_elsewhere(&app, &endpoint, "contact.updated").await;
+    eventually("the core listens again", async || {
+        config_listener(&app.database).await != 0
+    })
+    .await;
+
+    until_updates_arrive(&app, &receiver, "+4915112345602").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_success_ends_the_failure_window() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
+    let failing = format!(
+        "SELECT count(*) AS count FROM webhook_endpoints \
+         WHERE id = '{}' AND failing_since IS NOT NULL",
+        endpoint.id
+    );
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "UPDATE webhook_endpoints SET failing_since = now() - interval '1 day' WHERE id = '{}'",
+        endpoint.id
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("failing for a day");
+    assert_eq!(count(&app, &failing).await, 1);
+
+    new_contact(&app, "+4915112345603").await;
+    receiver.wait_for(1).await;
+
+    eventually("the endpoint is no longer failing", async || {
+        count(&app, &failing).await == 0
+    })
+    .await;
 }

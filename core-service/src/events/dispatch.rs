@@ -65,27 +65,37 @@ impl JobHandler for DispatchHandler {
             if self.consumers.is_empty() {
                 return Ok(());
             }
-            let event_id = job
-                .payload
-                .get("event_id")
-                .and_then(Json::as_str)
-                .ok_or_else(|| JobError::Permanent("payload has no event_id".to_owned()))?;
-            let mut connection = db::connection(&context.pool)
-                .await
-                .map_err(|error| JobError::retry(error.to_string()))?;
-            let event = events::table
-                .find(event_id)
-                .select(StoredEvent::as_select())
-                .first(&mut connection)
-                .await
-                .map_err(|error| {
-                    JobError::retry(format!("cannot load event {event_id}: {error}"))
-                })?;
-            drop(connection);
+            let read;
+            let event = match job.carried::<StoredEvent>() {
+                Some(event) => event,
+                None => {
+                    read = load(job, context).await?;
+                    &read
+                }
+            };
             for consumer in &self.consumers {
-                consumer.consume(&event, context).await?;
+                consumer.consume(event, context).await?;
             }
             Ok(())
         })
     }
+}
+
+/// The job's event, read from the database: for a job that was queued, or started and then
+/// run again after its lease expired.
+async fn load(job: &ClaimedJob, context: &JobContext) -> Result<StoredEvent, JobError> {
+    let event_id = job
+        .payload
+        .get("event_id")
+        .and_then(Json::as_str)
+        .ok_or_else(|| JobError::Permanent("payload has no event_id".to_owned()))?;
+    let mut connection = db::connection(&context.pool)
+        .await
+        .map_err(|error| JobError::retry(error.to_string()))?;
+    events::table
+        .find(event_id)
+        .select(StoredEvent::as_select())
+        .first(&mut connection)
+        .await
+        .map_err(|error| JobError::retry(format!("cannot load event {event_id}: {error}")))
 }

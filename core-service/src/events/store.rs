@@ -1,12 +1,12 @@
 //! Writing events together with their dispatch job.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use super::dispatch::DISPATCH_JOB;
+use super::dispatch::{DISPATCH_JOB, StoredEvent};
 use crate::outbox::{self, ClaimedJob, NewJob, Reservation};
 use crate::schema::events;
 
@@ -53,7 +53,8 @@ pub async fn record_dispatching(
     draft: EventDraft<'_>,
     reservation: Option<&Reservation>,
 ) -> QueryResult<Recorded> {
-    let occurred_at = Utc::now();
+    // The database keeps microseconds: the event handed on below is then exactly the one stored.
+    let occurred_at = Utc::now().trunc_subsecs(6);
     let job = NewJob::new(DISPATCH_JOB, json!({"event_id": id}), draft.request_id);
     let mut event_connection = connection;
     let insert_event = diesel::insert_into(events::table)
@@ -73,6 +74,16 @@ pub async fn record_dispatching(
         }
     };
     let (_, dispatch) = futures::try_join!(insert_event, insert_job)?;
+    // The dispatch started at once takes the event along rather than read it back.
+    let dispatch = dispatch.map(|job| {
+        job.carrying(StoredEvent {
+            id: id.clone(),
+            event_type: draft.event_type.to_owned(),
+            occurred_at,
+            data: draft.data,
+            source: draft.source.to_owned(),
+        })
+    });
     Ok(Recorded {
         id,
         occurred_at,

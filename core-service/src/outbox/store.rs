@@ -1,6 +1,11 @@
 //! Queries on `outbox_jobs`: enqueue, claim, finish, release.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use diesel::deserialize::FromStaticSqlRow;
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Int4, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -138,7 +143,7 @@ pub async fn enqueue_started(
 }
 
 /// A job a worker holds under its lease.
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone)]
 pub struct ClaimedJob {
     pub id: Uuid,
     pub kind: String,
@@ -147,6 +152,41 @@ pub struct ClaimedJob {
     pub attempts: i32,
     pub max_attempts: i32,
     pub request_id: Option<Uuid>,
+    /// See [`ClaimedJob::carrying`]; never set on a job read from the table.
+    carried: Option<Carried>,
+}
+
+/// The columns of a [`ClaimedJob`] as read ([`CLAIMED`]).
+type ClaimedRow = (Uuid, String, Json, i32, i32, Option<Uuid>);
+
+impl<ST> Queryable<ST, Pg> for ClaimedJob
+where
+    ClaimedRow: FromStaticSqlRow<ST, Pg>,
+{
+    type Row = ClaimedRow;
+
+    fn build(row: ClaimedRow) -> diesel::deserialize::Result<Self> {
+        let (id, kind, payload, attempts, max_attempts, request_id) = row;
+        Ok(Self {
+            id,
+            kind,
+            payload,
+            attempts,
+            max_attempts,
+            request_id,
+            carried: None,
+        })
+    }
+}
+
+/// A value a started job carries in memory from the request to its handler.
+#[derive(Clone)]
+struct Carried(Arc<dyn Any + Send + Sync>);
+
+impl std::fmt::Debug for Carried {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Carried(..)")
+    }
 }
 
 impl ClaimedJob {
@@ -159,7 +199,21 @@ impl ClaimedJob {
             attempts: 1,
             max_attempts: job.kind.max_attempts,
             request_id: job.request_id,
+            carried: None,
         }
+    }
+
+    /// The started job with `value`, which the request holds already and the handler would
+    /// otherwise read back from the database (a dispatch job's event). A job run again after
+    /// its lease expired carries nothing: handlers fall back to reading.
+    pub fn carrying(mut self, value: impl Any + Send + Sync) -> Self {
+        self.carried = Some(Carried(Arc::new(value)));
+        self
+    }
+
+    /// What the job carries, if it carries a `T`.
+    pub fn carried<T: Any>(&self) -> Option<&T> {
+        self.carried.as_ref()?.0.downcast_ref()
     }
 }
 

@@ -20,6 +20,7 @@ use super::records::{self, SyncStatus};
 use super::sync::queue_sync;
 use super::{connection, mapping_store};
 use crate::audit::{self, AuditRecord};
+use crate::config_watch::ConfigWatch;
 use crate::db::{self, DbPool};
 use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{Announcer, Clock};
@@ -33,6 +34,8 @@ pub struct TwentyGrpc {
     inbound: InboundSettings,
     /// Wakes the workers for the syncs, backfill pages and contact events a request queued.
     announcer: Announcer,
+    /// Told when the connection is set or deleted (see [`crate::config_watch`]).
+    config: ConfigWatch,
 }
 
 impl TwentyGrpc {
@@ -43,12 +46,14 @@ impl TwentyGrpc {
         webhook_tolerance: Duration,
         default_region: Option<country::Id>,
         announcer: Announcer,
+        config: ConfigWatch,
     ) -> Self {
         Self {
             pool,
             client,
             clock,
             announcer,
+            config,
             inbound: InboundSettings {
                 tolerance: webhook_tolerance,
                 default_region,
@@ -188,6 +193,7 @@ impl TwentyService for TwentyGrpc {
                 Ok::<_, ServiceError>(row)
             })
             .await?;
+        self.config.changed();
         Ok(Response::new(SetTwentyConnectionResponse {
             connection: Some((&stored).into()),
         }))
@@ -263,6 +269,7 @@ impl TwentyService for TwentyGrpc {
                 Ok(())
             })
             .await?;
+        self.config.changed();
         Ok(Response::new(DeleteTwentyConnectionResponse {}))
     }
 

@@ -14,6 +14,7 @@ use super::connection::{self, Connection};
 use super::mapping::{Mapping, Values};
 use super::records::{self, SyncRow, SyncStatus};
 use super::{SYNC_FAILED_EVENT, mapping_store};
+use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::{self, ContactRow, phone};
 use crate::db::{self, DbPool};
 use crate::events::{EventConsumer, EventDraft, StoredEvent, record};
@@ -29,7 +30,18 @@ pub const SYNC_JOB: JobKind = JobKind {
 const EVENT_SOURCE: &str = "twenty";
 
 /// Queues a sync for every created or changed contact while a connection exists.
-pub struct TwentySyncConsumer;
+pub struct TwentySyncConsumer {
+    /// Whether a connection exists, read again only after it changes.
+    connected: Cached<bool>,
+}
+
+impl TwentySyncConsumer {
+    pub fn new(config: ConfigWatch) -> Self {
+        Self {
+            connected: Cached::new(config),
+        }
+    }
+}
 
 impl EventConsumer for TwentySyncConsumer {
     fn consume<'a>(
@@ -52,19 +64,23 @@ impl EventConsumer for TwentySyncConsumer {
             else {
                 return Ok(());
             };
-            let now = context.clock.now();
-            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-            // Every contact event comes here: without a connection to Twenty, one read is all
-            // it costs (a transaction would add BEGIN and COMMIT round trips to each). A
-            // connection deleted after this read is found missing by the sync job, which then
-            // does nothing.
-            if connection::load(&mut connection)
+            // Every contact event comes here: without a connection to Twenty, it costs no
+            // round trip at all. A connection deleted after this read is found missing by the
+            // sync job, which then does nothing.
+            let connected = self
+                .connected
+                .get(|| async {
+                    let mut connection = db::connection(&context.pool).await?;
+                    let stored = connection::load(&mut connection).await?;
+                    Ok::<_, db::DbError>(stored.is_some())
+                })
                 .await
-                .map_err(retry)?
-                .is_none()
-            {
+                .map_err(retry)?;
+            if !*connected {
                 return Ok(());
             }
+            let now = context.clock.now();
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
             let queued = connection
                 .transaction(async |connection| {
                     let pending = records::mark_pending(connection, contact_id, now).await?;

@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::{AttemptResult, Sender};
 use super::success_log::SuccessLog;
+use crate::config_watch::ConfigWatch;
 use crate::db;
 use crate::events::{EventDraft, StoredEvent, record};
 use crate::outbox::{
@@ -120,13 +121,16 @@ pub struct Deliverer {
     /// When each slow endpoint's waiting jobs were last parked.
     parked: Mutex<HashMap<Uuid, Instant>>,
     successes: SuccessLog,
+    /// Told when an attempt disabled its endpoint.
+    config: ConfigWatch,
 }
 
 impl Deliverer {
-    pub fn new(sender: Sender, policy: DeliveryPolicy) -> Self {
+    pub fn new(sender: Sender, policy: DeliveryPolicy, config: ConfigWatch) -> Self {
         Self {
             sender,
             policy,
+            config,
             in_flight: Mutex::default(),
             slow: Mutex::default(),
             rate_limits: Mutex::default(),
@@ -335,7 +339,7 @@ impl Deliverer {
         now: DateTime<Utc>,
         context: &JobContext,
     ) -> Result<(), JobError> {
-        if is_plain_success(endpoint, &result) {
+        if result.succeeded() {
             let row = attempt_row(delivery, &result, now);
             self.successes
                 .record(&context.pool, row)
@@ -360,6 +364,8 @@ impl Deliverer {
         match next {
             Next::Done => Ok(()),
             Next::Disabled => {
+                // The fan-out on this instance stops sending to it from its next event on.
+                self.config.changed();
                 context.jobs_queued();
                 Ok(())
             }
@@ -583,7 +589,7 @@ pub async fn record_attempt(
 ) -> QueryResult<Next> {
     let attempt = delivery.attempts + 1;
     let row = attempt_row(delivery, result, now);
-    if is_plain_success(endpoint, result) {
+    if result.succeeded() {
         return record_successes(connection, std::slice::from_ref(&row))
             .await
             .map(|()| Next::Done);
@@ -595,23 +601,8 @@ pub async fn record_attempt(
                 .execute(connection)
                 .await?;
 
-            let (status, next) = if result.succeeded() {
-                // Only a recovering endpoint needs its row written; a healthy one costs nothing.
-                if endpoint.failing_since.is_some() {
-                    diesel::update(webhook_endpoints::table.find(endpoint.id))
-                        .set(webhook_endpoints::failing_since.eq(None::<DateTime<Utc>>))
-                        .execute(connection)
-                        .await?;
-                }
-                ("succeeded", Next::Done)
-            } else {
-                let failing_since = endpoint.failing_since.unwrap_or(now);
-                if endpoint.failing_since.is_none() {
-                    diesel::update(webhook_endpoints::table.find(endpoint.id))
-                        .set(webhook_endpoints::failing_since.eq(now))
-                        .execute(connection)
-                        .await?;
-                }
+            let (status, next) = {
+                let failing_since = mark_failing(connection, endpoint.id, now).await?;
                 let window = chrono::Duration::from_std(policy.disable_after)
                     .unwrap_or(chrono::Duration::MAX);
                 let disable_reason = if result.status_code == Some(410) {
@@ -680,13 +671,45 @@ pub(super) fn attempt_row(
     }
 }
 
-/// A 2xx from an endpoint that was not failing: the delivery is done and nothing else changes.
-pub(super) fn is_plain_success(endpoint: &EndpointRow, result: &AttemptResult) -> bool {
-    result.succeeded() && endpoint.failing_since.is_none()
+/// Since when `endpoint` has been failing: from now on, unless it was failing already. Read
+/// from its row, not from the caller's copy, which may be older than another attempt's failure
+/// or success (the fan-out's endpoints are cached; see [`crate::config_watch`]). The row is
+/// written only when it starts failing.
+async fn mark_failing(
+    connection: &mut AsyncPgConnection,
+    endpoint: Uuid,
+    now: DateTime<Utc>,
+) -> QueryResult<DateTime<Utc>> {
+    use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
+
+    #[derive(QueryableByName)]
+    struct FailingSince {
+        #[diesel(sql_type = Timestamptz)]
+        failing_since: DateTime<Utc>,
+    }
+
+    // The outer SELECT sees the row as it was before the UPDATE: exactly one of the two
+    // branches returns it.
+    diesel::sql_query(
+        "WITH started AS (
+             UPDATE webhook_endpoints SET failing_since = $2
+             WHERE id = $1 AND failing_since IS NULL
+             RETURNING failing_since
+         )
+         SELECT failing_since FROM started
+         UNION ALL
+         SELECT failing_since FROM webhook_endpoints WHERE id = $1 AND failing_since IS NOT NULL",
+    )
+    .bind::<SqlUuid, _>(endpoint)
+    .bind::<Timestamptz, _>(now)
+    .get_result::<FailingSince>(connection)
+    .await
+    .map(|row| row.failing_since)
 }
 
-/// Stores successful attempts ([`is_plain_success`]) and marks their deliveries succeeded, in
-/// one statement: one round trip with no BEGIN/COMMIT, however many deliveries there are.
+/// Stores successful attempts and marks their deliveries succeeded, and their endpoints no
+/// longer failing, in one statement: one round trip with no BEGIN/COMMIT, however many
+/// deliveries there are. An endpoint that was not failing is only looked up, not written.
 pub(super) async fn record_successes(
     connection: &mut AsyncPgConnection,
     rows: &[AttemptRow],
@@ -715,6 +738,9 @@ pub(super) async fn record_successes(
              FROM unnest($1, $2, $3, $4, $5, $6, $7, $8)
                  AS a (id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
                        duration_ms, response_excerpt)
+         ), recovered AS (
+             UPDATE webhook_endpoints SET failing_since = NULL
+             WHERE id = ANY($3) AND failing_since IS NOT NULL
          )
          UPDATE webhook_deliveries AS d
          SET status = 'succeeded', attempts = a.attempt, last_status_code = a.status_code,

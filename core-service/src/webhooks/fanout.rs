@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures::future::join_all;
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::deliver::{DELIVER_JOB, Deliverer, Slot, deliver_job, retry};
 use super::model::{DeliveryRow, EndpointRow};
+use crate::config_watch::{Cached, ConfigWatch};
 use crate::db;
 use crate::events::{EventConsumer, StoredEvent};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, NewJob};
@@ -26,11 +27,16 @@ use crate::schema::webhook_endpoints;
 
 pub struct WebhookFanout {
     deliverer: Arc<Deliverer>,
+    /// Every endpoint, read again only after one changes.
+    endpoints: Cached<Vec<EndpointRow>>,
 }
 
 impl WebhookFanout {
-    pub fn new(deliverer: Arc<Deliverer>) -> Self {
-        Self { deliverer }
+    pub fn new(deliverer: Arc<Deliverer>, config: ConfigWatch) -> Self {
+        Self {
+            deliverer,
+            endpoints: Cached::new(config),
+        }
     }
 }
 
@@ -53,21 +59,29 @@ impl EventConsumer for WebhookFanout {
             if event.event_type == "webhook.test" {
                 return Ok(());
             }
-            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-            let endpoints: Vec<EndpointRow> = webhook_endpoints::table
-                .select(EndpointRow::as_select())
-                .load(&mut connection)
+            let endpoints = self
+                .endpoints
+                .get(|| async {
+                    let mut connection = db::connection(&context.pool).await?;
+                    webhook_endpoints::table
+                        .select(EndpointRow::as_select())
+                        .load(&mut connection)
+                        .await
+                        .map_err(db::DbError::from)
+                })
                 .await
                 .map_err(retry)?;
-            let now = Utc::now();
+            // The database keeps microseconds: the rows built here are then exactly those stored.
+            let now = Utc::now().trunc_subsecs(6);
             let deliveries: Vec<(DeliveryRow, EndpointRow)> = endpoints
-                .into_iter()
+                .iter()
                 .filter(|endpoint| endpoint.subscribes_to(&event.event_type))
-                .map(|endpoint| (new_delivery(&endpoint, event, now), endpoint))
+                .map(|endpoint| (new_delivery(endpoint, event, now), endpoint.clone()))
                 .collect();
             if deliveries.is_empty() {
                 return Ok(());
             }
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
             // One job per pending delivery, with the slot of its attempt at once if it gets one.
             let mut soonest_wait: Option<std::time::Duration> = None;
             let jobs: Vec<(usize, NewJob, Option<Slot>)> = deliveries

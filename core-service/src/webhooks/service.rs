@@ -20,6 +20,7 @@ use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::Sender;
 use super::signing::{generate_secret, secret_key};
 use crate::audit::{self, AuditRecord};
+use crate::config_watch::ConfigWatch;
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
@@ -53,6 +54,8 @@ pub struct WebhooksGrpc {
     clock: Arc<dyn Clock>,
     /// Wakes the workers for the deliveries and events a request queued.
     announcer: Announcer,
+    /// Told of every endpoint change (see [`crate::config_watch`]).
+    config: ConfigWatch,
 }
 
 impl WebhooksGrpc {
@@ -62,6 +65,7 @@ impl WebhooksGrpc {
         policy: DeliveryPolicy,
         clock: Arc<dyn Clock>,
         announcer: Announcer,
+        config: ConfigWatch,
     ) -> Self {
         Self {
             pool,
@@ -69,6 +73,7 @@ impl WebhooksGrpc {
             policy,
             clock,
             announcer,
+            config,
         }
     }
 
@@ -115,7 +120,8 @@ impl WebhooksGrpc {
         Ok(url.to_string())
     }
 
-    /// Runs `write` and its audit entry in one transaction.
+    /// Runs `write` and its audit entry in one transaction. Every endpoint write goes through
+    /// here: once it commits, this instance's fan-out reads the endpoints afresh.
     async fn audited<T: Send>(
         &self,
         context: &RequestContext,
@@ -126,7 +132,7 @@ impl WebhooksGrpc {
         + Send,
     ) -> Result<T, Status> {
         let mut connection = self.connection().await?;
-        connection
+        let written = connection
             .transaction(async |connection| {
                 let written = write(connection).await?;
                 audit::record(
@@ -144,7 +150,9 @@ impl WebhooksGrpc {
                 Ok::<_, diesel::result::Error>(written)
             })
             .await
-            .map_err(db_status)
+            .map_err(db_status)?;
+        self.config.changed();
+        Ok(written)
     }
 }
 
@@ -766,6 +774,7 @@ impl WebhookService for WebhooksGrpc {
         .await
         .map_err(db_status)?;
         if next == Next::Disabled {
+            self.config.changed();
             self.announcer.jobs_queued();
         }
         let attempt: AttemptRow = webhook_attempts::table

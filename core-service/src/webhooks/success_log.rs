@@ -1,5 +1,4 @@
-//! Plain successful attempts (a 2xx from an endpoint that was not failing), recorded in
-//! batches: whatever succeeded while the previous batch was being written goes in the next
+//! Successful attempts (a 2xx within the timeout), recorded in batches: whatever succeeded while the previous batch was being written goes in the next
 //! one, in one statement. Under load most deliveries end this way, and one statement per
 //! batch instead of one per delivery is most of the database's work saved. An idle log adds
 //! no delay.

@@ -35,3 +35,15 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The pid of the core's connection listening for configuration changes on this test's
+/// database (`pg_stat_activity` spans the cluster, which other tests share); 0 while there is
+/// none.
+pub async fn config_listener(database: &TestDatabase) -> i64 {
+    count(
+        database,
+        "SELECT coalesce(max(pid), 0)::bigint AS count FROM pg_stat_activity \
+         WHERE query = 'LISTEN config_changed' AND datname = current_database()",
+    )
+    .await
+}
