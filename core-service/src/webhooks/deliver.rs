@@ -738,9 +738,15 @@ pub(super) async fn record_successes(
              FROM unnest($1, $2, $3, $4, $5, $6, $7, $8)
                  AS a (id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
                        duration_ms, response_excerpt)
+         ), recovering AS (
+             -- Locked in one order, so that two instances' batches cannot deadlock.
+             SELECT id FROM webhook_endpoints
+             WHERE id = ANY($3) AND failing_since IS NOT NULL
+             ORDER BY id
+             FOR UPDATE
          ), recovered AS (
              UPDATE webhook_endpoints SET failing_since = NULL
-             WHERE id = ANY($3) AND failing_since IS NOT NULL
+             WHERE id IN (SELECT id FROM recovering)
          )
          UPDATE webhook_deliveries AS d
          SET status = 'succeeded', attempts = a.attempt, last_status_code = a.status_code,
