@@ -16,10 +16,8 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection};
-use futures::StreamExt;
+use crate::db;
 
 /// The channel the triggers notify.
 const CHANNEL: &str = "config_changed";
@@ -64,29 +62,21 @@ impl ConfigWatch {
 
     /// Listens for changes until aborted, reconnecting after failures.
     pub async fn listen(self, database_url: String) {
-        // Imported here: its blanket `load` would shadow the atomics' above.
-        use diesel_async::RunQueryDsl;
-        loop {
-            match AsyncPgConnection::establish(&database_url).await {
-                Ok(mut connection) => {
-                    let listening = diesel::sql_query(format!("LISTEN {CHANNEL}"))
-                        .execute(&mut connection)
-                        .await;
-                    if listening.is_ok() {
-                        self.set_listening(true);
-                        let mut notifications = std::pin::pin!(connection.notifications_stream());
-                        while let Some(Ok(_)) = notifications.next().await {
-                            self.changed();
-                        }
-                        self.set_listening(false);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot LISTEN for configuration changes; not caching")
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        db::listen(database_url, CHANNEL, "caching no configuration", self).await;
+    }
+}
+
+impl db::Listener for ConfigWatch {
+    fn listening(&self) {
+        self.set_listening(true);
+    }
+
+    fn notified(&self, _table: &str) {
+        self.changed();
+    }
+
+    fn stopped(&self) {
+        self.set_listening(false);
     }
 }
 

@@ -1,9 +1,11 @@
 //! PostgreSQL access: the connection pool, embedded migrations and error classification.
 
 mod error;
+mod listen;
 mod migrate;
 
 pub use error::DbError;
+pub use listen::{Listener, listen};
 pub use migrate::{MigrationError, embedded_versions, run_migrations};
 
 use diesel_async::pooled_connection::deadpool::{self, Pool};

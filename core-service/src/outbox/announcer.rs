@@ -102,3 +102,16 @@ impl Announcer {
         Ok(())
     }
 }
+
+impl db::Listener for Announcer {
+    fn listening(&self) {
+        // Anything announced while (re)connecting is picked up now.
+        self.wake_local();
+    }
+
+    fn notified(&self, payload: &str) {
+        if !self.is_own(payload) {
+            self.wake_local();
+        }
+    }
+}

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use futures::StreamExt;
 use switchbord_telemetry as telemetry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -241,7 +239,13 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let inner = self.inner;
         let announcer = inner.context.lease.announcer.clone();
-        let listener = tokio::spawn(listen(self.database_url, announcer.clone()));
+        // Other instances' announcements wake the claim loop.
+        let listener = tokio::spawn(db::listen(
+            self.database_url,
+            CHANNEL,
+            "polling for outbox jobs only",
+            announcer.clone(),
+        ));
         let broadcaster = tokio::spawn(announcer.clone().broadcast(inner.context.pool.clone()));
         let permits = inner.context.lease.permits.clone();
         let (stop_finisher, finisher_stopped) = oneshot::channel();
@@ -514,30 +518,5 @@ async fn record_batches(
                 "cannot record finished jobs; their leases will expire and they will run again"
             );
         }
-    }
-}
-
-/// Wakes the claim loop whenever another instance announces jobs, reconnecting after failures.
-async fn listen(database_url: String, announcer: Announcer) {
-    loop {
-        match AsyncPgConnection::establish(&database_url).await {
-            Ok(mut connection) => {
-                let listening = diesel::sql_query(format!("LISTEN {CHANNEL}"))
-                    .execute(&mut connection)
-                    .await;
-                if listening.is_ok() {
-                    // Anything announced while (re)connecting is picked up now.
-                    announcer.wake_local();
-                    let mut notifications = std::pin::pin!(connection.notifications_stream());
-                    while let Some(Ok(notification)) = notifications.next().await {
-                        if !announcer.is_own(&notification.payload) {
-                            announcer.wake_local();
-                        }
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot LISTEN for outbox jobs; polling only"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
