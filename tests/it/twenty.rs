@@ -987,6 +987,40 @@ async fn twenty_jobs_run_without_waiting_for_the_poll() {
     })
     .await;
     settled(&app).await;
+
+    // A sync Twenty refuses for good: its `crm.twenty.sync_failed` event, announced by the job.
+    fake.refuse_field("locale");
+    let created = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915112340025", "person_properties": {"locale": "de-DE"}}),
+        )
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "failed").await;
+    eventually("the sync_failed event is dispatched", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM outbox_jobs AS j JOIN events AS e \
+             ON e.id = j.payload->>'event_id' \
+             WHERE e.type = 'crm.twenty.sync_failed' AND j.status = 'succeeded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    settled(&app).await;
+
+    // A manager's retry of it: the new sync job, announced by the request.
+    fake.accept_all_fields();
+    let retried = admin(
+        &app,
+        Method::POST,
+        &format!("{BASE}/sync/retry"),
+        Some(json!({"contact_id": contact_id})),
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    wait_for_status(&app, &contact_id, "synced").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
