@@ -28,7 +28,7 @@ use crate::schema::webhook_endpoints;
 pub struct WebhookFanout {
     deliverer: Arc<Deliverer>,
     /// Every endpoint, read again only after one changes.
-    endpoints: Cached<Vec<EndpointRow>>,
+    endpoints: Cached<Vec<Arc<EndpointRow>>>,
 }
 
 impl WebhookFanout {
@@ -44,7 +44,7 @@ impl WebhookFanout {
 struct Immediate {
     job: ClaimedJob,
     delivery: DeliveryRow,
-    endpoint: EndpointRow,
+    endpoint: Arc<EndpointRow>,
     slot: Slot,
 }
 
@@ -63,17 +63,17 @@ impl EventConsumer for WebhookFanout {
                 .endpoints
                 .get(|| async {
                     let mut connection = db::connection(&context.pool).await?;
-                    webhook_endpoints::table
+                    let rows: Vec<EndpointRow> = webhook_endpoints::table
                         .select(EndpointRow::as_select())
                         .load(&mut connection)
-                        .await
-                        .map_err(db::DbError::from)
+                        .await?;
+                    Ok::<_, db::DbError>(rows.into_iter().map(Arc::new).collect())
                 })
                 .await
                 .map_err(retry)?;
             // The database keeps microseconds: the rows built here are then exactly those stored.
             let now = Utc::now().trunc_subsecs(6);
-            let deliveries: Vec<(DeliveryRow, EndpointRow)> = endpoints
+            let deliveries: Vec<(DeliveryRow, Arc<EndpointRow>)> = endpoints
                 .iter()
                 .filter(|endpoint| endpoint.subscribes_to(&event.event_type))
                 .map(|endpoint| (new_delivery(endpoint, event, now), endpoint.clone()))
@@ -173,7 +173,7 @@ async fn attempt_now(
 async fn insert(
     connection: &mut AsyncPgConnection,
     event: &StoredEvent,
-    deliveries: &[(DeliveryRow, EndpointRow)],
+    deliveries: &[(DeliveryRow, Arc<EndpointRow>)],
     jobs: &[(usize, NewJob, Option<Slot>)],
     context: &JobContext,
     now: DateTime<Utc>,
