@@ -19,7 +19,9 @@ use switchbord_api::v1::*;
 use switchbord_core::outbox::ManualClock;
 use tonic::Code;
 
-use crate::helpers::{Answer, Authed, Receiver, TestApp, WithKey, config_listener, eventually};
+use crate::helpers::{
+    Answer, Authed, Receiver, TestApp, WithKey, config_listener, eventually, until_config_listened,
+};
 
 /// Standard Webhooks verification, from the specification's text: the key is the base64
 /// part of `whsec_…`; the signed content is `{webhook-id}.{webhook-timestamp}.{body}`; the header
@@ -1363,10 +1365,7 @@ async fn an_endpoint_changed_by_another_instance_gets_the_events_it_now_subscrib
     let app = TestApp::spawn().await;
     let receiver = Receiver::start().await;
     let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
-    eventually("the core listens for configuration changes", async || {
-        config_listener(&app.database).await != 0
-    })
-    .await;
+    until_config_listened(&app.database).await;
     // The fan-out reads the endpoints, and keeps them.
     new_contact(&app, "+4915112345601").await;
     receiver.wait_for(1).await;
@@ -1401,10 +1400,7 @@ async fn a_change_made_while_the_listener_was_reconnecting_is_not_missed() {
     })
     .await;
     subscribe_elsewhere(&app, &endpoint, "contact.updated").await;
-    eventually("the core listens again", async || {
-        config_listener(&app.database).await != 0
-    })
-    .await;
+    until_config_listened(&app.database).await;
 
     until_updates_arrive(&app, &receiver, "+4915112345602").await;
 }

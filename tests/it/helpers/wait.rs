@@ -47,3 +47,11 @@ pub async fn config_listener(database: &TestDatabase) -> i64 {
     )
     .await
 }
+
+/// Waits until the core listens for configuration changes: before that it caches nothing.
+pub async fn until_config_listened(database: &TestDatabase) {
+    eventually("the core listens for configuration changes", async || {
+        config_listener(database).await != 0
+    })
+    .await;
+}
