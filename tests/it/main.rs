@@ -21,6 +21,7 @@ mod openapi;
 mod operations;
 mod outbox;
 mod rate_limit;
+mod transactions;
 mod twenty;
 mod wakeups;
 mod webhooks;

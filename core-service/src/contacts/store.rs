@@ -8,9 +8,10 @@ use super::model::ContactRow;
 use crate::schema::contacts;
 
 /// The contacts that match a phone number or an external reference id, locked for update so
-/// that concurrent upserts of the same person serialise.
+/// that concurrent upserts of the same person serialise. Takes the connection by shared
+/// reference so that `BEGIN` can be pipelined with it.
 pub async fn lock_matching(
-    connection: &mut AsyncPgConnection,
+    mut connection: &AsyncPgConnection,
     phone_number: &str,
     external_reference_id: Option<&str>,
 ) -> QueryResult<Vec<ContactRow>> {
@@ -20,10 +21,10 @@ pub async fn lock_matching(
         Some(reference) => {
             query
                 .filter(by_phone.or(contacts::external_reference_id.eq(reference)))
-                .load(connection)
+                .load(&mut connection)
                 .await
         }
-        None => query.filter(by_phone).load(connection).await,
+        None => query.filter(by_phone).load(&mut connection).await,
     }
 }
 

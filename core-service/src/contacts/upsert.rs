@@ -2,6 +2,7 @@
 //! or update it, with its audit entry, in one transaction.
 
 use chrono::{DateTime, SubsecRound, Utc};
+use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
@@ -85,24 +86,29 @@ async fn upsert_with(
     }
 }
 
+/// One attempt, in two round trips: `BEGIN` with the lookup, the writes with `COMMIT`.
 async fn write(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
     upsert: &ContactUpsert,
     reservation: Option<&Reservation>,
 ) -> Result<UpsertOutcome, ContactError> {
-    connection
-        .transaction(async |connection| {
+    db::pipelined::read_then_write(
+        connection,
+        async |connection| {
             let matches = store::lock_matching(
                 connection,
                 upsert.phone_number.as_str(),
                 upsert.external_reference_id.as_deref(),
             )
             .await?;
-            let existing = identify(&matches, upsert)?;
-            save(connection, context, existing, upsert, reservation).await
-        })
-        .await
+            identify(matches, upsert)
+        },
+        async |connection, existing| {
+            save(connection, context, existing.as_ref(), upsert, reservation).await
+        },
+    )
+    .await
 }
 
 /// Applies `upsert` to the contact with `contact_id`, whatever its phone number and reference
@@ -119,20 +125,21 @@ pub async fn update_by_id_on(
             let existing = store::lock_by_id(connection, contact_id)
                 .await?
                 .ok_or(ContactError::NotFound)?;
-            save(connection, context, Some(&existing), upsert, None).await
+            Ok(save(connection, context, Some(&existing), upsert, None).await?)
         })
         .await
 }
 
 /// Creates or updates the row, with its events and audit entry, on `connection` (inside the
-/// caller's transaction).
+/// caller's transaction). Every statement is sent at once and only they can fail, as
+/// [`db::pipelined::read_then_write`] needs of its writes.
 async fn save(
-    connection: &mut AsyncPgConnection,
+    connection: &AsyncPgConnection,
     context: &RequestContext,
     existing: Option<&ContactRow>,
     upsert: &ContactUpsert,
     reservation: Option<&Reservation>,
-) -> Result<UpsertOutcome, ContactError> {
+) -> QueryResult<UpsertOutcome> {
     // The database keeps microseconds: the row built here is then exactly the row stored.
     let now = Utc::now().trunc_subsecs(6);
     let previous_status = existing.map(|row| row.subscriber_status.as_str());
@@ -155,7 +162,6 @@ async fn save(
     };
     // The row, its events and the audit entry are all built here: sent together (pipelined),
     // they cost the transaction one round trip instead of four or more.
-    let connection: &AsyncPgConnection = connection;
     let write = async {
         match operation {
             Operation::Created => store::insert(connection, &contact).await,
@@ -201,29 +207,29 @@ async fn save(
 
 /// The contact this upsert addresses: the one with the phone number, else the one with the
 /// external reference id. Both existing but different is a conflict.
-fn identify<'a>(
-    matches: &'a [ContactRow],
+fn identify(
+    mut matches: Vec<ContactRow>,
     upsert: &ContactUpsert,
-) -> Result<Option<&'a ContactRow>, ContactError> {
+) -> Result<Option<ContactRow>, ContactError> {
     let by_phone = matches
         .iter()
-        .find(|row| row.phone_number == upsert.phone_number.as_str());
+        .position(|row| row.phone_number == upsert.phone_number.as_str());
     let by_reference = upsert
         .external_reference_id
         .as_deref()
         .and_then(|reference| {
             matches
                 .iter()
-                .find(|row| row.external_reference_id.as_deref() == Some(reference))
+                .position(|row| row.external_reference_id.as_deref() == Some(reference))
         });
     match (by_phone, by_reference) {
-        (Some(phone), Some(reference)) if phone.id != reference.id => {
+        (Some(phone), Some(reference)) if phone != reference => {
             Err(ContactError::IdentityConflict {
-                phone_contact: phone.id,
-                reference_contact: reference.id,
+                phone_contact: matches[phone].id,
+                reference_contact: matches[reference].id,
             })
         }
-        (Some(found), _) | (None, Some(found)) => Ok(Some(found)),
+        (Some(found), _) | (None, Some(found)) => Ok(Some(matches.swap_remove(found))),
         (None, None) => Ok(None),
     }
 }

@@ -3,6 +3,7 @@
 mod error;
 mod listen;
 mod migrate;
+pub mod pipelined;
 
 pub use error::DbError;
 pub use listen::{Listener, listen};

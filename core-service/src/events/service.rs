@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde_json::{Map, Value as Json};
 use switchbord_api::json::{json_from_struct, struct_from_json};
 use switchbord_api::v1::event_service_server::EventService;
@@ -83,47 +83,45 @@ impl EventService for EventsGrpc {
         let id = new_event_id();
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
         let reservation = self.dispatcher.reserve();
-        let recorded = connection
-            .transaction(async |connection| {
-                // The event, its dispatch job and the audit entry go in one round trip: the
-                // entry names the event by the id made above, not by a reply.
-                let connection = &*connection;
-                let (stored, ()) = futures::try_join!(
-                    record_dispatching(
-                        connection,
-                        id.clone(),
-                        EventDraft {
-                            event_type: &event_type,
-                            data: data.clone(),
-                            source: &source,
-                            request_id: Some(context.request_id.0),
-                        },
-                        reservation.as_ref(),
-                    ),
-                    audit::record(
-                        connection,
-                        AuditRecord {
-                            request_id: context.request_id,
-                            actor: &context.caller,
-                            action: "event.publish",
-                            target_type: "event",
-                            target_id: Some(id.clone()),
-                            changed_fields: Vec::new(),
-                        },
-                    ),
-                )?;
-                Ok::<_, diesel::result::Error>(stored)
-            })
-            .await
-            .map_err(|error| match error {
-                // The events table's foreign key checks the catalog, in the same round trip.
-                DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, ref info)
-                    if info.constraint_name() == Some("events_type_fkey") =>
-                {
-                    invalid("type", "is not in the event catalog (see ListEventTypes)")
-                }
-                other => db_status(other),
-            })?;
+        let recorded = db::pipelined::write_only(&mut connection, async |connection| {
+            // The event, its dispatch job and the audit entry go in one round trip with
+            // COMMIT: the entry names the event by the id made above, not by a reply.
+            let (stored, ()) = futures::try_join!(
+                record_dispatching(
+                    connection,
+                    id.clone(),
+                    EventDraft {
+                        event_type: &event_type,
+                        data: data.clone(),
+                        source: &source,
+                        request_id: Some(context.request_id.0),
+                    },
+                    reservation.as_ref(),
+                ),
+                audit::record(
+                    connection,
+                    AuditRecord {
+                        request_id: context.request_id,
+                        actor: &context.caller,
+                        action: "event.publish",
+                        target_type: "event",
+                        target_id: Some(id.clone()),
+                        changed_fields: Vec::new(),
+                    },
+                ),
+            )?;
+            Ok(stored)
+        })
+        .await
+        .map_err(|error| match error {
+            // The events table's foreign key checks the catalog, in the same round trip.
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, ref info)
+                if info.constraint_name() == Some("events_type_fkey") =>
+            {
+                invalid("type", "is not in the event catalog (see ListEventTypes)")
+            }
+            other => db_status(other),
+        })?;
         drop(connection);
         match (reservation, recorded.dispatch) {
             (Some(reservation), Some(dispatch)) => reservation.run(dispatch),

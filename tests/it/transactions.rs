@@ -1,0 +1,246 @@
+//! `db::pipelined::read_then_write`, whose `BEGIN` and `COMMIT` travel with other statements:
+//! all or nothing commits, and a transaction dropped half way never reaches the next user of
+//! its connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::pg::Pg;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::{Integer, Text};
+use diesel::{QueryResult, QueryableByName, sql_query};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use switchbord_core::db::{build_pool, pipelined::read_then_write};
+
+use crate::helpers::{TestDatabase, eventually};
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
+
+#[derive(QueryableByName)]
+struct Backend {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+}
+
+async fn probe_database() -> (TestDatabase, AsyncPgConnection) {
+    let database = TestDatabase::create().await;
+    let mut connection = database.connect().await;
+    sql_query("CREATE TABLE probe (id integer PRIMARY KEY, note text)")
+        .execute(&mut connection)
+        .await
+        .expect("create the probe table");
+    (database, connection)
+}
+
+async fn probe_rows(connection: &mut AsyncPgConnection) -> i64 {
+    sql_query("SELECT count(*) AS count FROM probe")
+        .get_result::<Count>(connection)
+        .await
+        .expect("count the probe rows")
+        .count
+}
+
+async fn insert(mut connection: &AsyncPgConnection, id: i32) -> QueryResult<()> {
+    sql_query("INSERT INTO probe (id) VALUES ($1)")
+        .bind::<Integer, _>(id)
+        .execute(&mut connection)
+        .await
+        .map(drop)
+}
+
+async fn backend_pid(mut connection: &AsyncPgConnection) -> QueryResult<i32> {
+    Ok(sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<Backend>(&mut connection)
+        .await?
+        .pid)
+}
+
+/// A value whose encoding fails in the client, before its statement is sent.
+#[derive(Debug)]
+struct Unencodable;
+
+impl ToSql<Text, Pg> for Unencodable {
+    fn to_sql<'b>(&'b self, _: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        Err("this value cannot be encoded".into())
+    }
+}
+
+#[tokio::test]
+async fn the_reads_and_writes_commit_together() {
+    let (_database, mut connection) = probe_database().await;
+    read_then_write(
+        &mut connection,
+        async |connection| insert(connection, 1).await,
+        async |connection, ()| {
+            futures::try_join!(insert(connection, 2), insert(connection, 3)).map(drop)
+        },
+    )
+    .await
+    .expect("the transaction commits");
+    assert_eq!(probe_rows(&mut connection).await, 3);
+}
+
+#[tokio::test]
+async fn a_write_that_fails_in_the_database_commits_none_of_the_others() {
+    let (_database, mut connection) = probe_database().await;
+    let outcome = read_then_write(
+        &mut connection,
+        async |connection| insert(connection, 1).await,
+        async |connection, ()| {
+            futures::try_join!(insert(connection, 2), insert(connection, 2)).map(drop)
+        },
+    )
+    .await;
+    assert!(
+        matches!(outcome, Err(diesel::result::Error::DatabaseError(..))),
+        "{outcome:?}"
+    );
+    assert_eq!(probe_rows(&mut connection).await, 0);
+    // The connection is out of the transaction, for the next one.
+    read_then_write(
+        &mut connection,
+        async |connection| insert(connection, 4).await,
+        async |_, ()| Ok(()),
+    )
+    .await
+    .expect("the next transaction commits");
+    assert_eq!(probe_rows(&mut connection).await, 1);
+}
+
+#[tokio::test]
+async fn a_write_that_cannot_be_sent_commits_none_of_the_others() {
+    let (_database, mut connection) = probe_database().await;
+    let outcome = read_then_write(
+        &mut connection,
+        async |connection| insert(connection, 1).await,
+        async |connection, ()| {
+            let mut its_connection = connection;
+            let unencodable = async move {
+                sql_query("INSERT INTO probe (id, note) VALUES (3, $1)")
+                    .bind::<Text, _>(Unencodable)
+                    .execute(&mut its_connection)
+                    .await
+            };
+            futures::try_join!(insert(connection, 2), unencodable).map(drop)
+        },
+    )
+    .await;
+    assert!(
+        matches!(outcome, Err(diesel::result::Error::SerializationError(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(probe_rows(&mut connection).await, 0);
+}
+
+#[tokio::test]
+async fn a_failed_read_rolls_back_and_leaves_the_connection_usable() {
+    let (_database, mut connection) = probe_database().await;
+    let outcome: Result<(), &str> = read_then_write(
+        &mut connection,
+        async |connection| {
+            insert(connection, 1).await?;
+            Err(StepError("the read found a conflict"))
+        },
+        async |connection, ()| insert(connection, 2).await,
+    )
+    .await
+    .map_err(|error: StepError| error.0);
+    assert_eq!(outcome, Err("the read found a conflict"));
+    assert_eq!(probe_rows(&mut connection).await, 0);
+    connection
+        .transaction(async |connection| insert(connection, 3).await)
+        .await
+        .expect("diesel's own transaction starts: none is left open");
+    assert_eq!(probe_rows(&mut connection).await, 1);
+}
+
+/// An error of a test's read step.
+#[derive(Debug)]
+struct StepError(&'static str);
+
+impl From<diesel::result::Error> for StepError {
+    fn from(_: diesel::result::Error) -> Self {
+        Self("database")
+    }
+}
+
+#[tokio::test]
+async fn inside_a_callers_transaction_it_is_a_savepoint() {
+    let (_database, mut connection) = probe_database().await;
+    let outcome: QueryResult<()> = connection
+        .transaction(async |connection| {
+            insert(connection, 1).await?;
+            let failed = read_then_write(
+                connection,
+                async |connection| insert(connection, 2).await,
+                async |connection, ()| insert(connection, 2).await,
+            )
+            .await;
+            assert!(failed.is_err(), "the duplicate insert fails");
+            // Only the savepoint rolled back: the caller's transaction goes on.
+            read_then_write(
+                connection,
+                async |connection| insert(connection, 3).await,
+                async |_, ()| Ok(()),
+            )
+            .await
+        })
+        .await;
+    outcome.expect("the caller's transaction commits");
+    assert_eq!(probe_rows(&mut connection).await, 2);
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_half_way_does_not_go_back_to_the_pool() {
+    let (database, mut watcher) = probe_database().await;
+    let pool = build_pool(database.url(), 1).expect("build the pool");
+    let abandoned_pid = Arc::new(Mutex::new(None));
+    let mut connection = pool.get().await.expect("check out a connection");
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(300),
+        read_then_write(
+            &mut connection,
+            async |connection| {
+                insert(connection, 1).await?;
+                let pid = backend_pid(connection).await?;
+                *abandoned_pid.lock().unwrap() = Some(pid);
+                // The caller goes away here, its transaction open.
+                std::future::pending::<QueryResult<()>>().await
+            },
+            async |_, ()| Ok(()),
+        ),
+    )
+    .await;
+    assert!(dropped.is_err(), "the transaction was still waiting");
+    drop(connection);
+    let abandoned_pid = abandoned_pid
+        .lock()
+        .unwrap()
+        .expect("the read step ran up to its pid");
+
+    let next = pool.get().await.expect("check out the next connection");
+    let next_pid = backend_pid(&next).await.expect("the next connection works");
+    assert_ne!(
+        next_pid, abandoned_pid,
+        "the connection with the open transaction was handed out again"
+    );
+    drop(next);
+    eventually("the abandoned backend exits", async || {
+        sql_query("SELECT 1 FROM pg_stat_activity WHERE pid = $1")
+            .bind::<Integer, _>(abandoned_pid)
+            .execute(&mut watcher)
+            .await
+            .expect("list backends")
+            == 0
+    })
+    .await;
+    assert_eq!(
+        probe_rows(&mut watcher).await,
+        0,
+        "PostgreSQL rolled back the abandoned transaction"
+    );
+}
