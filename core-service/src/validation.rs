@@ -5,6 +5,16 @@ use serde_json::Value as Json;
 /// PostgreSQL cannot store U+0000 in text or JSONB, so it is refused up front.
 pub const NUL_PROBLEM: &str = "must not contain the NUL character (U+0000)";
 
+/// `text` from outside (a receiver's answer, an error it caused) made storable: PostgreSQL text
+/// cannot hold NUL, so each one becomes U+FFFD, as bytes that are not UTF-8 already do.
+pub fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 /// Whether a NUL character appears anywhere in `value` (keys included).
 pub fn contains_nul(value: &Json) -> bool {
     match value {
@@ -14,5 +24,16 @@ pub fn contains_nul(value: &Json) -> bool {
             .iter()
             .any(|(key, value)| key.contains('\0') || contains_nul(value)),
         Json::Null | Json::Bool(_) | Json::Number(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storable_text;
+
+    #[test]
+    fn storable_text_replaces_only_nul() {
+        assert_eq!(storable_text("ok\0 done".to_owned()), "ok\u{FFFD} done");
+        assert_eq!(storable_text("plain".to_owned()), "plain");
     }
 }

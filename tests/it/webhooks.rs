@@ -246,6 +246,52 @@ async fn failures_follow_the_retry_schedule_and_honour_retry_after() {
 
 /// Waits until the delivery job recorded its `attempts`-th failure and went back to pending,
 /// so that moving the clock cannot race the reschedule.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receivers_nul_bytes_are_stored_and_its_endless_retry_after_is_capped() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer {
+        body: "ok\0done".to_owned(),
+        ..Answer::default()
+    });
+    let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
+    new_contact(&app, "+4915112345678").await;
+    receiver.wait_for(1).await;
+    let deliveries = client(&app)
+        .await
+        .list_deliveries(ListDeliveriesRequest {
+            endpoint_id: endpoint.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("deliveries")
+        .into_inner()
+        .deliveries;
+    let attempts = eventually_attempts(&app, &deliveries[0].id, 1).await;
+    assert!(attempts[0].succeeded, "{:?}", attempts[0]);
+    assert_eq!(attempts[0].response_excerpt, "ok\u{FFFD}done");
+
+    // Longer than a timestamp can count: the delivery waits the longest allowed, a day.
+    receiver.answer(Answer {
+        status: 429,
+        retry_after: Some(10_000_000_000_000),
+        ..Answer::default()
+    });
+    new_contact(&app, "+4915112345679").await;
+    receiver.wait_for(2).await;
+    rescheduled(&app, 1).await;
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'webhook.deliver' \
+             AND status = 'pending' AND run_after BETWEEN now() + interval '23 hours' \
+             AND now() + interval '25 hours'",
+        )
+        .await,
+        1
+    );
+}
+
 async fn rescheduled(app: &TestApp, attempts: i64) {
     eventually("the delivery was rescheduled", async || {
         count(

@@ -396,6 +396,14 @@ pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSe
     conclude(&inner.context, &job, result, started).await;
 }
 
+/// The longest a job is put off in one step. Delays come from bounded schedules and from
+/// `Retry-After` (capped where it is read); this keeps any other from overflowing a timestamp.
+const MAX_JOB_DELAY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+fn later(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(delay.min(MAX_JOB_DELAY)).unwrap_or_default()
+}
+
 /// Turns a handler's result into the job's outcome (retry with backoff, dead-letter after the
 /// kind's last attempt), counts it, and records it under the worker's lease.
 pub(super) async fn conclude(
@@ -412,7 +420,7 @@ pub(super) async fn conclude(
         Err(JobError::Defer { after }) => {
             lease.wake_after(after);
             Outcome::Deferred {
-                at: now + chrono::Duration::from_std(after).unwrap_or_default(),
+                at: later(now, after),
             }
         }
         Err(JobError::Retry { message, .. }) if job.attempts >= job.max_attempts => {
@@ -421,7 +429,7 @@ pub(super) async fn conclude(
         Err(JobError::Retry { message, after }) => {
             let delay = retry_delay(lease.backoff, job.attempts, after);
             Outcome::RetryAt {
-                at: now + chrono::Duration::from_std(delay).unwrap_or_default(),
+                at: later(now, delay),
                 error: message,
             }
         }

@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value as Json;
 
 use super::connection::Connection;
+use crate::validation::storable_text;
 use crate::webhooks::{GuardedResolver, UrlPolicy, error_chain, retry_after_delay};
 
 const USER_AGENT: &str = concat!("Switchbord-Twenty-Sync/", env!("CARGO_PKG_VERSION"));
@@ -69,7 +70,10 @@ pub struct TwentyClient {
 
 impl TwentyClient {
     pub fn new(policy: UrlPolicy, timeout: Duration) -> Result<Self, reqwest::Error> {
+        // No proxy from the environment, as for webhooks: a proxy would bypass the resolver's
+        // address check.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(GuardedResolver::new(policy))
             .timeout(timeout)
@@ -266,8 +270,13 @@ fn take(mut answer: Json, path: &[&str]) -> Result<Json, TwentyError> {
     Ok(answer)
 }
 
-/// Twenty's own words from an error body (`{"messages": [...]}` or `{"message": ...}`).
+/// Twenty's own words from an error body (`{"messages": [...]}` or `{"message": ...}`), made
+/// storable.
 fn error_message(text: &str) -> String {
+    storable_text(own_words(text))
+}
+
+fn own_words(text: &str) -> String {
     let body: Json = match serde_json::from_str(text) {
         Ok(body) => body,
         Err(_) => return excerpt(text),
@@ -284,7 +293,7 @@ fn error_message(text: &str) -> String {
 }
 
 fn excerpt(text: &str) -> String {
-    text.chars().take(EXCERPT_CHARS).collect()
+    storable_text(text.chars().take(EXCERPT_CHARS).collect())
 }
 
 /// Person ids are UUIDs; anything else is percent-encoded rather than trusted into the path.

@@ -12,6 +12,7 @@ use super::model::EndpointRow;
 use super::signing::{body_signature, secret_key, standard_signature};
 use super::ssrf::{GuardedResolver, UrlPolicy};
 use crate::events::StoredEvent;
+use crate::validation::storable_text;
 
 /// How much of a response body is kept as the attempt's excerpt.
 const EXCERPT_BYTES: usize = 4096;
@@ -53,7 +54,10 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(policy: UrlPolicy, timeout: Duration) -> Result<Self, reqwest::Error> {
+        // No proxy from the environment: through a proxy the guarded resolver would judge only
+        // the proxy's address, never the receiver's.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(GuardedResolver::new(policy))
             .timeout(timeout)
@@ -116,6 +120,9 @@ impl Sender {
         let mut response = match response {
             Ok(response) => response,
             Err(error) => {
+                // The URL may carry a token (many receivers authenticate by path or query), and
+                // this text is stored, logged and shown to managers.
+                let error = error.without_url();
                 let reason = if error.is_timeout() {
                     "timed out".to_owned()
                 } else if error.is_connect() {
@@ -143,7 +150,7 @@ impl Sender {
                     read_error = Some(if error.is_timeout() {
                         "timed out".to_owned()
                     } else {
-                        error_chain(&error)
+                        error_chain(&error.without_url())
                     });
                     break;
                 }
@@ -158,24 +165,29 @@ impl Sender {
         AttemptResult {
             status_code: Some(status.as_u16()),
             duration: started.elapsed(),
-            excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
-            error,
+            excerpt: storable_text(String::from_utf8_lossy(&excerpt).into_owned()),
+            error: error.map(storable_text),
             retry_after,
         }
     }
 }
 
-/// `Retry-After` as seconds or as an HTTP date (RFC 9110 allows both).
+/// The longest wait a `Retry-After` can ask for: a receiver (or a bad proxy) asking for more
+/// would otherwise park a delivery for months, or for longer than a timestamp can count.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 allows both), at most
+/// [`MAX_RETRY_AFTER`].
 pub(crate) fn retry_after_delay(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
-    )
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
