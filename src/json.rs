@@ -6,6 +6,29 @@
 use prost_types::{ListValue, Struct, Value, value::Kind};
 use serde_json::{Map, Number, Value as Json};
 
+/// How deeply free-form JSON may nest objects and arrays (the outermost object counts as one).
+/// Protobuf decoders refuse messages nested more than 100 deep, and each JSON level costs up to
+/// three of those as a `Struct`: within this limit a value fits in every request and answer that
+/// carries it, so nothing is stored that could not be read back.
+pub const MAX_NESTING: usize = 20;
+
+/// The problem with free-form JSON nested deeper than [`MAX_NESTING`].
+pub const NESTING_PROBLEM: &str = "must not nest objects and arrays more than 20 levels deep";
+
+/// How many objects and arrays are nested in `value` at its deepest (0 for a plain value).
+pub fn nesting(value: &Json) -> usize {
+    match value {
+        Json::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        Json::Object(object) => object_nesting(object),
+        Json::Null | Json::Bool(_) | Json::Number(_) | Json::String(_) => 0,
+    }
+}
+
+/// [`nesting`] of an object.
+pub fn object_nesting(object: &Map<String, Json>) -> usize {
+    1 + object.values().map(nesting).max().unwrap_or(0)
+}
+
 /// Converts a JSON object into a `Struct`.
 pub fn struct_from_json(object: Map<String, Json>) -> Struct {
     Struct {

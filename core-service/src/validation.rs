@@ -1,6 +1,8 @@
 //! Input rules shared by every feature.
 
-use serde_json::Value as Json;
+use serde_json::{Map, Value as Json};
+use switchbord_api::json::object_nesting;
+pub use switchbord_api::json::{MAX_NESTING, NESTING_PROBLEM, nesting};
 
 /// PostgreSQL cannot store U+0000 in text or JSONB, so it is refused up front.
 pub const NUL_PROBLEM: &str = "must not contain the NUL character (U+0000)";
@@ -12,6 +14,21 @@ pub fn storable_text(text: String) -> String {
         text.replace('\0', "\u{FFFD}")
     } else {
         text
+    }
+}
+
+/// What is wrong with a free-form object (`data`, `payload`): a NUL anywhere, or nesting deeper
+/// than [`MAX_NESTING`].
+pub fn free_form_problem(object: &Map<String, Json>) -> Option<&'static str> {
+    if object
+        .iter()
+        .any(|(key, value)| key.contains('\0') || contains_nul(value))
+    {
+        Some(NUL_PROBLEM)
+    } else if object_nesting(object) > MAX_NESTING {
+        Some(NESTING_PROBLEM)
+    } else {
+        None
     }
 }
 

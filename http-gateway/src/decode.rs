@@ -2,7 +2,7 @@
 //! field error); what the values mean is the core's business.
 
 use serde_json::{Map, Value as Json};
-use switchbord_api::json::struct_from_json;
+use switchbord_api::json::{MAX_NESTING, NESTING_PROBLEM, object_nesting, struct_from_json};
 
 use crate::error::{ApiError, Violation};
 
@@ -63,6 +63,13 @@ impl Decoder {
     ) -> Option<prost_types::Struct> {
         match body.remove(field) {
             None | Some(Json::Null) => None,
+            Some(Json::Object(object)) if object_nesting(&object) > MAX_NESTING => {
+                self.violations.push(Violation {
+                    field: field.to_owned(),
+                    description: NESTING_PROBLEM.to_owned(),
+                });
+                None
+            }
             Some(Json::Object(object)) => Some(struct_from_json(object)),
             Some(_) => {
                 self.wrong_type(field, "an object");

@@ -1,8 +1,17 @@
 //! Field validation of contact upserts: every error names its field.
 
-use serde_json::json;
+use serde_json::{Value as Json, json};
+use switchbord_api::json::struct_from_json;
+use switchbord_api::v1::UpsertContactRequest;
+use tonic::Code;
+use tonic_types::StatusExt;
 
 use crate::helpers::TestApp;
+
+/// `[[…[1]…]]`, `levels` arrays deep.
+pub fn nested_arrays(levels: usize) -> Json {
+    (0..levels).fold(json!(1), |inner, _| json!([inner]))
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_values_are_400_naming_the_field() {
@@ -67,6 +76,22 @@ async fn wrong_values_are_400_naming_the_field() {
             json!({"phone_number": phone, "person_properties": {"name": "Jane\u{0}"}}),
             "person_properties.name",
         ),
+        (
+            json!({"phone_number": phone, "first_name": "Ja\u{0}ne"}),
+            "first_name",
+        ),
+        (
+            json!({"phone_number": phone, "last_name": "x".repeat(256)}),
+            "last_name",
+        ),
+        (
+            json!({"phone_number": phone, "first_name": "x".repeat(200), "last_name": "y".repeat(200)}),
+            "last_name",
+        ),
+        (
+            json!({"phone_number": phone, "person_properties": {"plan": nested_arrays(20)}}),
+            "person_properties",
+        ),
     ];
     for (body, field) in cases {
         let reply = app.post_json("/compat/contact", &body).await;
@@ -117,4 +142,43 @@ async fn numeric_external_reference_is_accepted_as_text() {
         .await;
 
     assert_eq!(created["contact"]["external_reference_id"], "4711");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn properties_nested_too_deep_are_refused_over_grpc_too() {
+    let app = TestApp::spawn().await;
+    let mut client = app.contacts_client().await;
+    let properties = json!({"plan": nested_arrays(20)});
+    let status = client
+        .upsert_contact(UpsertContactRequest {
+            phone_number: "+4915112345678".to_owned(),
+            person_properties: properties.as_object().cloned().map(struct_from_json),
+            ..Default::default()
+        })
+        .await
+        .expect_err("21 levels deep");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let bad_request = status.get_details_bad_request().expect("BadRequest detail");
+    assert_eq!(
+        bad_request.field_violations[0].field,
+        "person_properties.plan"
+    );
+
+    // The deepest allowed is stored and read back.
+    let fits = json!({"plan": nested_arrays(19)});
+    client
+        .upsert_contact(UpsertContactRequest {
+            phone_number: "+4915112345678".to_owned(),
+            person_properties: fits.as_object().cloned().map(struct_from_json),
+            ..Default::default()
+        })
+        .await
+        .expect("20 levels deep");
+    let reply = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": "+4915112345678", "person_properties": fits}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
 }

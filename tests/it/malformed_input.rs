@@ -107,3 +107,40 @@ async fn no_body_produces_a_server_error() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_data_and_unstorable_ids_are_400_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let deep = crate::contact_validation::nested_arrays(25);
+    let cases = [
+        (
+            "/compat/journey-trigger/welcome",
+            json!({"phone_number": "+4915112345678", "data": {"x": deep}}),
+            "data",
+        ),
+        (
+            "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+            json!({"event_name": "order_placed", "phone": "+4915112345678", "payload": {"x": deep}}),
+            "payload",
+        ),
+        (
+            "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+            json!({"event_name": "order_placed", "phone": "+4915112345678", "event_id": "a\u{0}b"}),
+            "event_id",
+        ),
+        (
+            "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+            json!({"event_name": "order_placed", "phone": "+4915112345678", "event_id": "e".repeat(3000)}),
+            "event_id",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let reply = app.post_json(path, &body).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text);
+        // /compat answers {"error": {"field"}}, the legacy Emarsys path {"field"}.
+        let named = reply.body["error"]["field"]
+            .as_str()
+            .or(reply.body["field"].as_str());
+        assert_eq!(named, Some(field), "{path}: {}", reply.text);
+    }
+}

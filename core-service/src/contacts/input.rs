@@ -15,7 +15,7 @@ use switchbord_api::v1::UpsertContactRequest;
 
 use super::phone::{self, PhoneNumber};
 use crate::error::FieldViolation;
-use crate::validation::{NUL_PROBLEM, contains_nul};
+use crate::validation::{MAX_NESTING, NESTING_PROBLEM, NUL_PROBLEM, contains_nul, nesting};
 
 /// The property keys that are first-class contact fields rather than free-form properties.
 const NAME_KEY: &str = "name";
@@ -182,13 +182,37 @@ pub fn validate_upsert(
             .unwrap_or_default(),
     );
 
-    let composed_name = compose_name(request.first_name.as_deref(), request.last_name.as_deref());
+    let first_name = bounded_text(
+        &mut violations,
+        "first_name",
+        request.first_name.as_deref(),
+        MAX_NAME_LEN,
+    );
+    let last_name = bounded_text(
+        &mut violations,
+        "last_name",
+        request.last_name.as_deref(),
+        MAX_NAME_LEN,
+    );
+    let composed_name = compose_name(first_name.as_deref(), last_name.as_deref());
     let name = match properties.remove(NAME_KEY) {
         Some(value) => text_update(&mut violations, "person_properties.name", value, |name| {
             (name.chars().count() > MAX_NAME_LEN)
                 .then(|| format!("must be at most {MAX_NAME_LEN} characters"))
         }),
-        None => composed_name.map_or(FieldUpdate::Keep, FieldUpdate::Set),
+        None => match composed_name {
+            Some(name) if name.chars().count() > MAX_NAME_LEN => {
+                violations.add(
+                    "last_name",
+                    format!(
+                        "first_name and last_name together must be at most {MAX_NAME_LEN} characters"
+                    ),
+                );
+                FieldUpdate::Keep
+            }
+            Some(name) => FieldUpdate::Set(name),
+            None => FieldUpdate::Keep,
+        },
     };
     let email = properties
         .remove(EMAIL_KEY)
@@ -221,6 +245,8 @@ pub fn validate_upsert(
             );
         } else if key.contains('\0') || contains_nul(value) {
             violations.add(field, NUL_PROBLEM);
+        } else if 1 + nesting(value) > MAX_NESTING {
+            violations.add(field, NESTING_PROBLEM);
         }
     }
 

@@ -7,7 +7,7 @@ use switchbord_api::json::json_from_struct;
 use switchbord_api::v1::{EmarsysContact, IngestEmarsysEventRequest};
 
 use crate::error::FieldViolation;
-use crate::validation::{NUL_PROBLEM, contains_nul};
+use crate::validation::{NUL_PROBLEM, free_form_problem};
 
 const MAX_NAME_LEN: usize = 255;
 
@@ -80,11 +80,22 @@ pub fn normalize(request: &IngestEmarsysEventRequest) -> Result<EmarsysEvent, Ve
         .clone()
         .map(json_from_struct)
         .unwrap_or_default();
-    if payload
-        .iter()
-        .any(|(key, value)| key.contains('\0') || contains_nul(value))
-    {
-        violations.push(FieldViolation::new("payload", NUL_PROBLEM));
+    if let Some(problem) = free_form_problem(&payload) {
+        violations.push(FieldViolation::new("payload", problem));
+    }
+    // Either one becomes the redelivery key, a primary key: it must be storable and indexable.
+    for (field, value) in [
+        ("Idempotency-Key", &request.idempotency_key),
+        ("event_id", &request.delivery_id),
+    ] {
+        if value.contains('\0') {
+            violations.push(FieldViolation::new(field, NUL_PROBLEM));
+        } else if value.trim().chars().count() > MAX_NAME_LEN {
+            violations.push(FieldViolation::new(
+                field,
+                format!("must be at most {MAX_NAME_LEN} characters"),
+            ));
+        }
     }
     let voucher_pool = present(&request.voucher_pool);
     for (field, value) in [

@@ -20,7 +20,7 @@ use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{Announcer, Starter};
 use crate::request::RequestContext;
 use crate::schema::event_types;
-use crate::validation::{NUL_PROBLEM, contains_nul};
+use crate::validation::free_form_problem;
 
 const MAX_SOURCE_LEN: usize = 100;
 
@@ -76,10 +76,11 @@ impl EventService for EventsGrpc {
             }
             source => source.to_owned(),
         };
-        let data = Json::Object(object(body.data));
-        if contains_nul(&data) {
-            return Err(invalid("data", NUL_PROBLEM));
+        let data = object(body.data);
+        if let Some(problem) = free_form_problem(&data) {
+            return Err(invalid("data", problem));
         }
+        let data = Json::Object(data);
         let id = new_event_id();
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
         let reservation = self.dispatcher.reserve();

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::contacts::phone::{self, PhoneNumber};
 use crate::error::FieldViolation;
-use crate::validation::{NUL_PROBLEM, contains_nul};
+use crate::validation::free_form_problem;
 
 const MAX_ID_LEN: usize = 255;
 const MAX_PATH_LEN: usize = 1024;
@@ -166,11 +166,8 @@ pub fn validate_trigger(
         MAX_ID_LEN,
     );
     let data = request.data.map(json_from_struct).unwrap_or_default();
-    if data
-        .iter()
-        .any(|(key, value)| key.contains('\0') || contains_nul(value))
-    {
-        violations.push(FieldViolation::new("data", NUL_PROBLEM));
+    if let Some(problem) = free_form_problem(&data) {
+        violations.push(FieldViolation::new("data", problem));
     }
     match (violations.is_empty(), route, phone_number) {
         (true, Some(route), Some(phone_number)) => Ok(TriggerInput {
