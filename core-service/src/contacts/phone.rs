@@ -110,7 +110,8 @@ pub fn normalize(
     } else if digits.starts_with('0') {
         let region = default_region.ok_or(PhoneError::NationalWithoutRegion)?;
         let parsed = phonenumber::parse(Some(region), digits).map_err(|_| PhoneError::TooShort)?;
-        format!("+{}{}", parsed.code().value(), parsed.national().value())
+        // Display keeps the leading zeros that belong to the number (Italy's `06…`).
+        format!("+{}{}", parsed.code().value(), parsed.national())
     } else {
         format!("+{digits}")
     };
@@ -207,6 +208,10 @@ mod tests {
         let with_region =
             normalize("0151 12345678", Some(country::Id::DE)).map(PhoneNumber::into_string);
         assert_eq!(with_region, Ok("+4915112345678".to_owned()));
+        // In Italy the leading zero of a landline belongs to the number.
+        let italian =
+            normalize("06 1234 5678", Some(country::Id::IT)).map(PhoneNumber::into_string);
+        assert_eq!(italian, Ok("+390612345678".to_owned()));
     }
 
     #[test]
