@@ -581,6 +581,10 @@ async fn webhook_signatures_are_checked_with_a_tolerance_and_replays_are_refused
     let replayed = post_signed(&app, &body, SECRET, now_ms, "n3").await;
     assert_eq!(replayed.status, 401, "{}", replayed.text);
     assert!(replayed.text.contains("replayed"), "{}", replayed.text);
+    // The nonce is not signed: a replay under a new one is still a replay.
+    let renamed = post_signed(&app, &body, SECRET, now_ms, "n4").await;
+    assert_eq!(renamed.status, 401, "{}", renamed.text);
+    assert!(renamed.text.contains("replayed"), "{}", renamed.text);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use phonenumber::country;
 use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
 use switchbord_api::v1::{
     ReceiveTwentyWebhookRequest, TwentyWebhookOutcome as Outcome, TwentyWebhookResult,
 };
@@ -70,10 +71,18 @@ pub async fn receive(
     .map_err(|error: SignatureError| ServiceError::Unauthenticated(error.to_string()))?;
     let events =
         parse(&request.body).map_err(|violation| ServiceError::InvalidArgument(vec![violation]))?;
-    let replay_key = match request.nonce.trim() {
-        "" => format!("signature:{}", request.signature.trim()),
-        nonce => format!("nonce:{nonce}"),
-    };
+    // What the signature covers, not the nonce (which it does not cover, so a replay could
+    // change it) nor the signature's spelling (hex in either case verifies).
+    let replay_key = format!(
+        "signed:{}",
+        hex::encode(
+            Sha256::new()
+                .chain_update(request.timestamp.trim())
+                .chain_update(":")
+                .chain_update(&request.body)
+                .finalize()
+        )
+    );
     let mapping = mapping_store::load(&mut connection).await?;
     let forget_before =
         now - chrono::Duration::from_std(settings.tolerance * 2).unwrap_or_default();
@@ -90,7 +99,7 @@ pub async fn receive(
                 .await?;
             if fresh == 0 {
                 return Err(ServiceError::Unauthenticated(
-                    "this webhook call was already received (replayed nonce)".to_owned(),
+                    "this webhook call was already received (replayed)".to_owned(),
                 ));
             }
             let mut results = Vec::with_capacity(events.len());
