@@ -73,7 +73,7 @@ fn literal_ip(host: &str) -> Option<IpAddr> {
 
 /// Loopback, private, link-local (including cloud metadata at 169.254.169.254), CGNAT,
 /// multicast, unspecified, broadcast, reserved and documentation ranges, for IPv4 and IPv6
-/// (IPv4-mapped and NAT64 addresses are judged by their IPv4 part).
+/// (an address that carries an IPv4 one is judged by it; local-use NAT64 and Teredo are refused).
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
@@ -98,22 +98,31 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn forbidden_v6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
+    if let Some(v4) = embedded_v4(ip) {
         return forbidden_v4(v4);
     }
     let segments = ip.segments();
-    if segments[0] == 0x64 && segments[1] == 0xff9b {
-        // NAT64 (64:ff9b::/96): the last 32 bits are an IPv4 address.
-        let [_, _, _, _, _, _, high, low] = segments;
-        return forbidden_v4(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)));
-    }
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
+    ip.is_multicast()
+        || (segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1) // local-use NAT64 64:ff9b:1::/48
+        || (segments[0] == 0x2001 && segments[1] == 0) // Teredo 2001::/32 (its IPv4 part is obfuscated)
         || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (segments[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+}
+
+/// The IPv4 address inside an IPv6 one that carries it: IPv4-mapped `::ffff:a.b.c.d`,
+/// IPv4-compatible `::a.b.c.d` (which also covers `::` and `::1`), NAT64 `64:ff9b::/96` and
+/// 6to4 `2002::/16`. Such an address reaches that IPv4 host, so it is judged as that host.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let v4 = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    match ip.segments() {
+        [0, 0, 0, 0, 0, 0xffff, high, low]
+        | [0, 0, 0, 0, 0, 0, high, low]
+        | [0x64, 0xff9b, 0, 0, 0, 0, high, low]
+        | [0x2002, high, low, ..] => Some(v4(high, low)),
+        _ => None,
+    }
 }
 
 /// A resolver for the delivery client that drops forbidden addresses and fails when none is
@@ -177,6 +186,12 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
             "198.18.0.1",
+            "::127.0.0.1",
+            "::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(
                 is_forbidden(ip.parse().expect("ip")),
@@ -188,6 +203,8 @@ mod tests {
             "1.1.1.1",
             "2606:4700::1111",
             "::ffff:93.184.216.34",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
         ] {
             assert!(
                 !is_forbidden(ip.parse().expect("ip")),
