@@ -46,6 +46,25 @@ async fn internal_services_publish_catalogued_events_only() {
         })
         .await
         .expect_err("not in the catalog");
+    for emitted in [
+        "contact.opted_out",
+        "crm.twenty.sync_failed",
+        "webhook.test",
+    ] {
+        let refused = events
+            .publish_event(PublishEventRequest {
+                r#type: emitted.to_owned(),
+                data: None,
+                source: String::new(),
+            })
+            .await
+            .expect_err("only Switchbord emits it");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{emitted}");
+        let bad_request = refused
+            .get_details_bad_request()
+            .expect("BadRequest detail");
+        assert_eq!(bad_request.field_violations[0].field, "type");
+    }
     let catalog = events
         .list_event_types(ListEventTypesRequest {})
         .await

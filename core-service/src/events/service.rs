@@ -42,6 +42,19 @@ impl EventsGrpc {
     }
 }
 
+/// Built-in types that only Switchbord's own writes emit. Receivers trust them as such (an
+/// opt-out, a Twenty sync failure), so no caller may publish them: internal services publish
+/// message and custom events (SPEC §4).
+const EMITTED_BY_SWITCHBORD: [&str; 7] = [
+    "contact.created",
+    "contact.updated",
+    "contact.opted_out",
+    "journey.triggered",
+    "integration.emarsys.event_received",
+    "crm.twenty.sync_failed",
+    "webhook.test",
+];
+
 fn invalid(field: &str, description: impl Into<String>) -> Status {
     ServiceError::InvalidArgument(vec![FieldViolation::new(field, description)]).into()
 }
@@ -65,6 +78,12 @@ impl EventService for EventsGrpc {
         let event_type = body.r#type.trim().to_owned();
         if event_type.is_empty() {
             return Err(invalid("type", "is required"));
+        }
+        if EMITTED_BY_SWITCHBORD.contains(&event_type.as_str()) {
+            return Err(invalid(
+                "type",
+                "is emitted by Switchbord itself; publish message.* or registered types",
+            ));
         }
         let source = match body.source.trim() {
             "" => "api".to_owned(),
