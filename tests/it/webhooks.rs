@@ -1479,3 +1479,129 @@ async fn a_success_ends_the_failure_window() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_retries_of_a_failed_delivery_send_it_once() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    receiver.status(500);
+    let (endpoint, _) = create(&app, &receiver.url(), &["webhook.test"]).await;
+    let mut webhooks = client(&app).await;
+    webhooks
+        .send_test_event(SendTestEventRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("test send");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS count FROM audit_entries WHERE action = 'webhook_endpoint.test'",
+        )
+        .await,
+        1,
+        "the test send is audited"
+    );
+    let delivery = webhooks
+        .list_deliveries(ListDeliveriesRequest {
+            endpoint_id: endpoint.id,
+            ..Default::default()
+        })
+        .await
+        .expect("deliveries")
+        .into_inner()
+        .deliveries
+        .remove(0);
+    assert_eq!(delivery.status, "failed");
+    receiver.status(200);
+
+    let retries = (0..8).map(|_| {
+        let mut webhooks = webhooks.clone();
+        let delivery_id = delivery.id.clone();
+        async move {
+            webhooks
+                .retry_delivery(RetryDeliveryRequest { delivery_id })
+                .await
+        }
+    });
+    let answers = futures::future::join_all(retries).await;
+    assert!(answers.iter().any(Result::is_ok), "{answers:?}");
+    receiver.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 2, "the test send and one retry");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_descriptions_names_and_filters_are_invalid_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &[]).await;
+    let mut webhooks = client(&app).await;
+    let field_of = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        tonic_types::StatusExt::get_details_bad_request(&status)
+            .expect("BadRequest detail")
+            .field_violations[0]
+            .field
+            .clone()
+    };
+
+    let described = webhooks
+        .update_endpoint(UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            description: Some("a\0b".to_owned()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("NUL in the description");
+    assert_eq!(field_of(described), "description");
+    let long = webhooks
+        .update_endpoint(UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            description: Some("d".repeat(1001)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("description too long");
+    assert_eq!(field_of(long), "description");
+
+    // Named by its index as sent, not as sorted.
+    let unknown = webhooks
+        .update_endpoint(UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            replace_event_types: true,
+            event_types: vec!["zzz.unknown".to_owned(), "contact.created".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown event type");
+    assert_eq!(field_of(unknown), "event_types[0]");
+    let nul_type = webhooks
+        .update_endpoint(UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            replace_event_types: true,
+            event_types: vec!["contact.created".to_owned(), "a\0".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("NUL in an event type");
+    assert_eq!(field_of(nul_type), "event_types[1]");
+
+    let filtered = webhooks
+        .list_deliveries(ListDeliveriesRequest {
+            event_type: "\0".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("NUL in the filter");
+    assert_eq!(field_of(filtered), "event_type");
+    let mut access = app.access_client_with(Some(&app.keys.admin)).await;
+    let audited = access
+        .list_audit_entries(ListAuditEntriesRequest {
+            action: "\0".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("NUL in the audit filter");
+    assert_eq!(field_of(audited), "action");
+}

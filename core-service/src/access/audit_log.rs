@@ -13,6 +13,7 @@ use crate::contacts::timestamp;
 use crate::db::{self, DbPool};
 use crate::pagination;
 use crate::schema::audit_entries;
+use crate::validation::NUL_PROBLEM;
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = audit_entries, check_for_backend(diesel::pg::Pg))]
@@ -73,6 +74,15 @@ pub async fn list(
         let actor = Uuid::parse_str(request.actor_key_id.trim())
             .map_err(|_| AccessError::invalid("actor_key_id", "must be a UUID"))?;
         query = query.filter(audit_entries::actor_key_id.eq(actor));
+    }
+    for (field, value) in [
+        ("target_type", &request.target_type),
+        ("target_id", &request.target_id),
+        ("action", &request.action),
+    ] {
+        if value.contains('\0') {
+            return Err(AccessError::invalid(field, NUL_PROBLEM));
+        }
     }
     if !request.target_type.is_empty() {
         query = query.filter(audit_entries::target_type.eq(request.target_type));

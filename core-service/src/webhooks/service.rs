@@ -29,10 +29,12 @@ use crate::outbox::{self, Announcer, Clock, NewJob};
 use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{event_types, webhook_attempts, webhook_deliveries, webhook_endpoints};
+use crate::validation::NUL_PROBLEM;
 
 /// How long a rotated-out secret keeps signing.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
 const MAX_HEADERS: usize = 20;
+const MAX_DESCRIPTION_LEN: usize = 1000;
 const MAX_RATE_PER_SECOND: i32 = 10_000;
 /// Headers the service sets itself; an endpoint cannot override them.
 const RESERVED_HEADERS: [&str; 9] = [
@@ -209,6 +211,21 @@ fn validate_rate(rate: i32) -> Result<Option<i32>, Status> {
     }
 }
 
+fn validate_description(description: &str) -> Result<String, Status> {
+    let description = description.trim();
+    if description.contains('\0') {
+        return Err(invalid("description", NUL_PROBLEM));
+    }
+    if description.chars().count() > MAX_DESCRIPTION_LEN {
+        return Err(invalid(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_LEN} characters"),
+        ));
+    }
+    Ok(description.to_owned())
+}
+
+/// The names, trimmed, sorted and without repeats; a wrong one is named by its index as sent.
 async fn validate_event_types(
     connection: &mut AsyncPgConnection,
     names: Vec<String>,
@@ -217,10 +234,12 @@ async fn validate_event_types(
         .into_iter()
         .map(|name| name.trim().to_owned())
         .collect();
-    names.sort();
-    names.dedup();
     if names.is_empty() {
         return Ok(names);
+    }
+    // PostgreSQL cannot compare a NUL, so such a name is refused before the lookup.
+    if let Some(index) = names.iter().position(|name| name.contains('\0')) {
+        return Err(invalid(&format!("event_types[{index}]"), NUL_PROBLEM));
     }
     let known: Vec<String> = event_types::table
         .filter(event_types::name.eq_any(&names))
@@ -228,13 +247,15 @@ async fn validate_event_types(
         .load(connection)
         .await
         .map_err(db_status)?;
-    match names.iter().position(|name| !known.contains(name)) {
-        Some(index) => Err(invalid(
+    if let Some(index) = names.iter().position(|name| !known.contains(name)) {
+        return Err(invalid(
             &format!("event_types[{index}]"),
             "is not in the event catalog",
-        )),
-        None => Ok(names),
+        ));
     }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 fn endpoint_proto(row: EndpointRow, stats: &health::HealthStats) -> Endpoint {
@@ -294,16 +315,20 @@ async fn requeue(
     deliveries: &[Uuid],
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    let requeued: Vec<(Uuid, Uuid)> =
-        diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(deliveries)))
-            .set((
-                webhook_deliveries::status.eq("pending"),
-                webhook_deliveries::attempts.eq(0),
-                webhook_deliveries::updated_at.eq(now),
-            ))
-            .returning((webhook_deliveries::id, webhook_deliveries::endpoint_id))
-            .get_results(connection)
-            .await?;
+    // Checked again here, under the row lock: of two retries at once, only one requeues.
+    let requeued: Vec<(Uuid, Uuid)> = diesel::update(
+        webhook_deliveries::table
+            .filter(webhook_deliveries::id.eq_any(deliveries))
+            .filter(webhook_deliveries::status.eq_any(["failed", "skipped"])),
+    )
+    .set((
+        webhook_deliveries::status.eq("pending"),
+        webhook_deliveries::attempts.eq(0),
+        webhook_deliveries::updated_at.eq(now),
+    ))
+    .returning((webhook_deliveries::id, webhook_deliveries::endpoint_id))
+    .get_results(connection)
+    .await?;
     let jobs: Vec<NewJob> = requeued
         .into_iter()
         .map(|(delivery, endpoint)| deliver_job(delivery, endpoint))
@@ -328,10 +353,7 @@ impl WebhookService for WebhooksGrpc {
         };
         let headers = validate_headers(body.headers)?;
         let rate = validate_rate(body.rate_limit_per_second)?;
-        let description = body.description.trim().to_owned();
-        if description.chars().count() > 1000 || description.contains('\0') {
-            return Err(invalid("description", "must be at most 1000 characters"));
-        }
+        let description = validate_description(&body.description)?;
         let mut connection = self.connection().await?;
         let event_types = validate_event_types(&mut connection, body.event_types).await?;
         drop(connection);
@@ -424,7 +446,7 @@ impl WebhookService for WebhooksGrpc {
             changed.push("url");
         }
         if let Some(description) = body.description {
-            row.description = description.trim().to_owned();
+            row.description = validate_description(&description)?;
             changed.push("description");
         }
         if body.replace_event_types {
@@ -752,6 +774,19 @@ impl WebhookService for WebhooksGrpc {
                     updated_at: now,
                 };
                 diesel::insert_into(webhook_deliveries::table).values(&delivery).execute(connection).await?;
+                // A test send is a write like any other: an event, a delivery, perhaps a disable.
+                audit::record(
+                    connection,
+                    AuditRecord {
+                        request_id: context.request_id,
+                        actor: &context.caller,
+                        action: "webhook_endpoint.test",
+                        target_type: "webhook_endpoint",
+                        target_id: Some(endpoint.id.to_string()),
+                        changed_fields: Vec::new(),
+                    },
+                )
+                .await?;
                 let event = StoredEvent { id: event_id, event_type: "webhook.test".to_owned(), occurred_at, data, source: "webhooks".to_owned() };
                 Ok::<_, diesel::result::Error>((event, delivery))
             })
@@ -808,6 +843,9 @@ impl WebhookService for WebhooksGrpc {
             query = query.filter(
                 webhook_deliveries::endpoint_id.eq(parse_id("endpoint_id", &body.endpoint_id)?),
             );
+        }
+        if body.event_type.contains('\0') {
+            return Err(invalid("event_type", NUL_PROBLEM));
         }
         if !body.event_type.is_empty() {
             query = query.filter(webhook_deliveries::event_type.eq(body.event_type));
