@@ -182,3 +182,32 @@ async fn properties_nested_too_deep_are_refused_over_grpc_too() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn properties_may_not_grow_past_64_kib_across_upserts() {
+    let app = TestApp::spawn().await;
+    let phone = "+4915112345678";
+    let first = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": phone, "person_properties": {"notes": "x".repeat(40_000)}}),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let grown = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": phone, "person_properties": {"more": "y".repeat(40_000)}}),
+        )
+        .await;
+    assert_eq!(grown.status, 400, "{}", grown.text);
+    assert_eq!(grown.body["error"]["field"], "person_properties");
+    // Replacing what is there instead fits.
+    let replaced = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": phone, "person_properties": {"notes": null, "more": "y".repeat(40_000)}}),
+        )
+        .await;
+    assert_eq!(replaced.status, 200, "{}", replaced.text);
+}

@@ -14,6 +14,7 @@ use super::notify::{RecordedEvents, record_contact_events};
 use super::store;
 use crate::audit::{self, AuditRecord};
 use crate::db::{self, DbError, DbPool};
+use crate::error::FieldViolation;
 use crate::outbox::Reservation;
 use crate::request::RequestContext;
 
@@ -102,11 +103,9 @@ async fn write(
                 upsert.external_reference_id.as_deref(),
             )
             .await?;
-            identify(matches, upsert)
+            plan(identify(matches, upsert)?, upsert)
         },
-        async |connection, existing| {
-            save(connection, context, existing.as_ref(), upsert, reservation).await
-        },
+        async |connection, plan| save(connection, context, plan, reservation).await,
     )
     .await
 }
@@ -125,43 +124,105 @@ pub async fn update_by_id_on(
             let existing = store::lock_by_id(connection, contact_id)
                 .await?
                 .ok_or(ContactError::NotFound)?;
-            Ok(save(connection, context, Some(&existing), upsert, None).await?)
+            let plan = plan(Some(existing), upsert)?;
+            Ok(save(connection, context, plan, None).await?)
         })
         .await
 }
 
-/// Creates or updates the row, with its events and audit entry, on `connection` (inside the
-/// caller's transaction). Every statement is sent at once and only they can fail, as
+/// What an upsert is to write, decided before anything is sent.
+struct Plan {
+    operation: Operation,
+    contact: ContactRow,
+    changed_fields: Vec<&'static str>,
+    /// The status before, `None` for a new contact.
+    previous_status: Option<String>,
+}
+
+/// The row `upsert` makes of `existing` (or a new one). Refuses properties that would grow past
+/// [`MAX_PROPERTIES_BYTES`].
+fn plan(existing: Option<ContactRow>, upsert: &ContactUpsert) -> Result<Plan, ContactError> {
+    // The database keeps microseconds: the row built here is then exactly the row stored.
+    let now = Utc::now().trunc_subsecs(6);
+    let plan = match existing {
+        None => {
+            let contact = new_contact(upsert, now);
+            Plan {
+                operation: Operation::Created,
+                changed_fields: changed_fields(None, &contact),
+                contact,
+                previous_status: None,
+            }
+        }
+        Some(existing) => {
+            let row = apply(existing.clone(), upsert, now);
+            let changed_fields = changed_fields(Some(&existing), &row);
+            let previous_status = Some(existing.subscriber_status.clone());
+            Plan {
+                operation: Operation::Updated,
+                contact: if changed_fields.is_empty() {
+                    existing
+                } else {
+                    row
+                },
+                changed_fields,
+                previous_status,
+            }
+        }
+    };
+    if plan.changed_fields.contains(&"properties")
+        && json_len(&plan.contact.properties) > MAX_PROPERTIES_BYTES
+    {
+        return Err(ContactError::Invalid(vec![FieldViolation::new(
+            "person_properties",
+            format!(
+                "would make the contact's properties larger than {} KiB (as JSON)",
+                MAX_PROPERTIES_BYTES / 1024
+            ),
+        )]));
+    }
+    Ok(plan)
+}
+
+/// A contact's properties, as JSON, at most this large: every answer carrying the contact must
+/// stay far below gRPC's 4 MiB message limit, however many upserts merged into it.
+const MAX_PROPERTIES_BYTES: usize = 64 * 1024;
+
+/// The length of `value` as JSON, counted without building the text.
+fn json_len(value: &Json) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail, nor can a `Value` fail to serialise.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// Writes `plan`: the row, its events and the audit entry, on `connection` (inside the caller's
+/// transaction). Every statement is sent at once and only they can fail, as
 /// [`db::pipelined::read_then_write`] needs of its writes.
 async fn save(
     connection: &AsyncPgConnection,
     context: &RequestContext,
-    existing: Option<&ContactRow>,
-    upsert: &ContactUpsert,
+    plan: Plan,
     reservation: Option<&Reservation>,
 ) -> QueryResult<UpsertOutcome> {
-    // The database keeps microseconds: the row built here is then exactly the row stored.
-    let now = Utc::now().trunc_subsecs(6);
-    let previous_status = existing.map(|row| row.subscriber_status.as_str());
-    let (operation, contact, changed_fields) = match existing {
-        None => {
-            let row = new_contact(upsert, now);
-            let changed_fields = changed_fields(None, &row);
-            (Operation::Created, row, changed_fields)
-        }
-        Some(existing) => {
-            let row = apply(existing.clone(), upsert, now);
-            let changed_fields = changed_fields(Some(existing), &row);
-            let stored = if changed_fields.is_empty() {
-                existing.clone()
-            } else {
-                row
-            };
-            (Operation::Updated, stored, changed_fields)
-        }
-    };
-    // The row, its events and the audit entry are all built here: sent together (pipelined),
-    // they cost the transaction one round trip instead of four or more.
+    let Plan {
+        operation,
+        contact,
+        changed_fields,
+        previous_status,
+    } = plan;
+    // Sent together (pipelined), the row, its events and the audit entry cost the transaction
+    // one round trip instead of four or more.
     let write = async {
         match operation {
             Operation::Created => store::insert(connection, &contact).await,
@@ -174,7 +235,7 @@ async fn save(
     let events = record_contact_events(
         connection,
         context.request_id,
-        previous_status,
+        previous_status.as_deref(),
         &contact,
         &changed_fields,
         reservation,
