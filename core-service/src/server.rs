@@ -141,6 +141,11 @@ impl CoreServer {
                 "SWITCHBORD_AUTH_LEGACY_PATHS=off: contact upserts and journey triggers are accepted without an API key"
             );
         }
+        if config.emarsys_webhook_secret.is_none() {
+            tracing::warn!(
+                "EMARSYS_WEBHOOK_SECRET is not set: the Emarsys path accepts events (which can create and change contacts) from anyone who can reach it"
+            );
+        }
         let authenticator = Arc::new(Authenticator::new(
             pool.clone(),
             hasher,
