@@ -211,3 +211,22 @@ async fn properties_may_not_grow_past_64_kib_across_upserts() {
         .await;
     assert_eq!(replaced.status, 200, "{}", replaced.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_grows_as_protobuf_is_still_judged_by_its_fields() {
+    let app = TestApp::spawn().await;
+    // About 900 KB of JSON, over 4 MiB as protobuf (each number becomes an 11-byte value).
+    let numbers = vec![1; 450_000];
+    let reply = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": "+4915112345678", "person_properties": {"numbers": numbers}}),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(
+        reply.body["error"]["field"], "person_properties",
+        "{}",
+        reply.text
+    );
+}
