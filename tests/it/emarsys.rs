@@ -572,3 +572,18 @@ async fn operators_configure_flows_and_rules_over_rest() {
 async fn count(app: &TestApp, sql: &str) -> i64 {
     crate::helpers::count(&app.database, sql).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_after_the_window_is_stored_again() {
+    let window = Duration::from_secs(1);
+    let app = TestApp::builder().outbox_retention(window).spawn().await;
+    let body = r#"{"event_name": "a", "event_id": "em-1"}"#;
+
+    let first = post(&app, "", body, &[]).await;
+    let within = post(&app, "", body, &[]).await;
+    assert_eq!(within.body["webhookEventId"], first.body["webhookEventId"]);
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+    let after = post(&app, "", body, &[]).await;
+    assert_eq!(after.status, 200, "{}", after.text);
+    assert_ne!(after.body["webhookEventId"], first.body["webhookEventId"]);
+}

@@ -383,3 +383,18 @@ async fn contact_writes_emit_created_updated_and_opted_out_once_each() {
     );
     assert_eq!(all[3].data["contact"]["subscriber_status"], "blocked");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_after_the_deduplication_window_is_queued_again() {
+    let window = Duration::from_secs(1);
+    let app = TestApp::builder().outbox_retention(window).spawn().await;
+    let path = "/compat/journey-trigger/welcome";
+    let body = json!({"phone_number": PHONE, "flow_id": "f-1"});
+
+    let first = queued(&trigger(&app, path, &body, &[]).await);
+    let within = trigger(&app, path, &body, &[]).await;
+    assert_eq!(within.body["status"], "duplicate", "{}", within.text);
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+    let after = queued(&trigger(&app, path, &body, &[]).await);
+    assert_ne!(after, first, "a new trigger with new ids");
+}
