@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use phonenumber::country;
 
 use crate::access::validate_custom_key;
@@ -44,6 +45,19 @@ pub struct CoreConfig {
     /// (or sign an HS256 JWT with it). Unset: the Emarsys path accepts every call.
     #[arg(long, env = "EMARSYS_WEBHOOK_SECRET", hide_env_values = true)]
     pub emarsys_webhook_secret: Option<Secret>,
+
+    /// Comma-separated CIDR ranges (`10.0.0.5/32` for one address) of HTTP gateways whose
+    /// client-address metadata (`x-switchbord-client-ip`) is recorded in the audit trail; from
+    /// any other peer it is ignored and the peer's own address recorded. The default trusts
+    /// this host, where the built-in gateway runs; list a gateway that runs elsewhere
+    /// (`--core-url`).
+    #[arg(
+        long,
+        env = "SWITCHBORD_TRUSTED_GATEWAYS",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub trusted_gateways: Vec<IpNet>,
 
     /// How long a journey trigger's deduplication key holds (for example 24h, 90m).
     #[arg(long, env = "SWITCHBORD_TRIGGER_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -122,6 +136,7 @@ impl CoreConfig {
             bootstrap_admin_key: None,
             auth_legacy_paths: OnOff::On,
             emarsys_webhook_secret: None,
+            trusted_gateways: this_host(),
             webhook_allow_private: false,
             webhook_allow_http: false,
             webhook_timeout: Duration::from_secs(15),
@@ -313,4 +328,12 @@ pub fn parse_region(raw: &str) -> Result<country::Id, String> {
         .to_ascii_uppercase()
         .parse()
         .map_err(|_| format!("`{raw}` is not an ISO 3166-1 alpha-2 region code such as DE"))
+}
+
+/// The loopback ranges: the default trusted gateway is the one in this process.
+fn this_host() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .into_iter()
+        .filter_map(|net| net.parse().ok())
+        .collect()
 }

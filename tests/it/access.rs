@@ -338,6 +338,54 @@ struct AuditRow {
     changed_fields: Vec<String>,
 }
 
+/// The source address audited for a direct gRPC upsert that names another client address.
+async fn audited_address_of_a_forged_client_ip(app: &TestApp) -> Option<String> {
+    let request_id = uuid::Uuid::new_v4();
+    let mut contacts = app.contacts_client().await;
+    let mut request = tonic::Request::new(UpsertContactRequest {
+        phone_number: "+4915112345678".to_owned(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "x-switchbord-client-ip",
+        "203.0.113.7".parse().expect("metadata"),
+    );
+    request.metadata_mut().insert(
+        "x-request-id",
+        request_id.to_string().parse().expect("metadata"),
+    );
+    contacts.upsert_contact(request).await.expect("upsert");
+    let mut connection = app.database.connect().await;
+    let rows: Vec<AuditRow> = sql_query(
+        "SELECT action, actor_key_id, actor_name, actor_role, request_id, source_ip, rpc, changed_fields
+         FROM audit_entries WHERE request_id = $1",
+    )
+    .bind::<SqlUuid, _>(request_id)
+    .load(&mut connection)
+    .await
+    .expect("audit rows");
+    rows[0].source_ip.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_trusted_gateway_may_name_the_client_address() {
+    // The built-in gateway runs on this host, which is trusted by default.
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        audited_address_of_a_forged_client_ip(&app).await.as_deref(),
+        Some("203.0.113.7")
+    );
+    // A caller that is not a listed gateway gets its own address audited.
+    let app = TestApp::builder()
+        .trusted_gateways(&["192.0.2.1/32"])
+        .spawn()
+        .await;
+    assert_eq!(
+        audited_address_of_a_forged_client_ip(&app).await.as_deref(),
+        Some("127.0.0.1")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_and_config_changes_are_audited_with_actor_and_request_id() {
     let app = TestApp::spawn().await;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
+use ipnet::IpNet;
 use tonic::Status;
 use uuid::Uuid;
 
@@ -33,6 +34,8 @@ pub struct Authenticator {
     pool: DbPool,
     hasher: KeyHasher,
     legacy_paths_open: bool,
+    /// Peers whose [`CLIENT_IP_METADATA`] is believed.
+    trusted_gateways: Vec<IpNet>,
     emarsys: EmarsysAuth,
     cache: Mutex<HashMap<String, (ApiKeyRow, Instant)>>,
     last_used: Mutex<HashMap<Uuid, DateTime<Utc>>>,
@@ -43,12 +46,14 @@ impl Authenticator {
         pool: DbPool,
         hasher: KeyHasher,
         legacy_paths_open: bool,
+        trusted_gateways: Vec<IpNet>,
         emarsys: EmarsysAuth,
     ) -> Self {
         Self {
             pool,
             hasher,
             legacy_paths_open,
+            trusted_gateways,
             emarsys,
             cache: Mutex::new(HashMap::new()),
             last_used: Mutex::new(HashMap::new()),
@@ -59,6 +64,26 @@ impl Authenticator {
         &self.hasher
     }
 
+    /// The caller's address for the audit trail: the one a trusted gateway forwards, else the
+    /// peer's (any other caller could name any address).
+    fn source_ip(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        let peer = peer.map(|ip| ip.to_canonical());
+        let from_gateway = peer.is_some_and(|peer| {
+            self.trusted_gateways
+                .iter()
+                .any(|network| network.contains(&peer))
+        });
+        from_gateway
+            .then(|| {
+                headers
+                    .get(CLIENT_IP_METADATA)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|text| text.parse().ok())
+            })
+            .flatten()
+            .or(peer)
+    }
+
     /// Decides whether the call to `path` with `headers` may proceed, and as whom.
     pub async fn authorize(
         &self,
@@ -66,11 +91,7 @@ impl Authenticator {
         headers: &HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<Caller, Status> {
-        let source_ip = headers
-            .get(CLIENT_IP_METADATA)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|text| text.parse().ok())
-            .or(peer);
+        let source_ip = self.source_ip(headers, peer);
         let rule = match access_for(path) {
             Access::Public | Access::Unknown => return Ok(Caller::anonymous(path, source_ip)),
             Access::NoRule => {

@@ -246,6 +246,15 @@ impl TestAppBuilder {
         self
     }
 
+    /// The core believes the client address forwarded by these peers only.
+    pub fn trusted_gateways(mut self, gateways: &[&str]) -> Self {
+        self.core.trusted_gateways = gateways
+            .iter()
+            .map(|gateway| gateway.parse::<IpNet>().expect("CIDR range"))
+            .collect();
+        self
+    }
+
     pub fn emarsys_secret(mut self, secret: &str) -> Self {
         self.core.emarsys_webhook_secret = Some(Secret::new(secret));
         self
