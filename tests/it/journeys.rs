@@ -398,3 +398,20 @@ async fn a_trigger_after_the_deduplication_window_is_queued_again() {
     let after = queued(&trigger(&app, path, &body, &[]).await);
     assert_ne!(after, first, "a new trigger with new ids");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_path_of_wide_characters_still_deduplicates() {
+    let app = TestApp::spawn().await;
+    // 1,000 characters of 3 bytes each, varied so that they do not compress: within the path
+    // limit, over what an index entry holds.
+    let wide: String = (0..1000u32)
+        .filter_map(|index| char::from_u32(0x4E00 + (index * 7919) % 20_000))
+        .collect();
+    let encoded: String = wide.bytes().map(|byte| format!("%{byte:02X}")).collect();
+    let path = format!("/compat/journey-trigger/{encoded}");
+    let body = json!({"phone_number": PHONE});
+    let first = queued(&trigger(&app, &path, &body, &[]).await);
+    let again = trigger(&app, &path, &body, &[]).await;
+    assert_eq!(again.body["status"], "duplicate", "{}", again.text);
+    assert_eq!(ids(&again), first);
+}

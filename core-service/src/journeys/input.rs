@@ -2,6 +2,7 @@
 
 use phonenumber::country;
 use serde_json::{Map, Value as Json, json};
+use sha2::{Digest, Sha256};
 use switchbord_api::json::json_from_struct;
 use switchbord_api::v1::TriggerJourneyRequest;
 use switchbord_api::v1::trigger_journey_request::Route as ProtoRoute;
@@ -13,6 +14,10 @@ use crate::validation::free_form_problem;
 
 const MAX_ID_LEN: usize = 255;
 const MAX_PATH_LEN: usize = 1024;
+/// The deduplication key is a primary key, and a btree entry holds at most about 2,700 bytes:
+/// limits in characters (a path of 1,024 three-byte characters) can exceed that, so a longer key
+/// is stored as its hash. Short keys stay readable.
+const MAX_PLAIN_KEY_BYTES: usize = 512;
 /// Separates the parts of a deduplication key; it cannot occur in any part.
 const KEY_SEPARATOR: char = '\u{1f}';
 
@@ -47,7 +52,16 @@ impl TriggerInput {
 
     /// Route identity, then `trigger_id` or else `flow_id`, then the phone number; or, when the
     /// caller sent an idempotency key, the route identity and that key.
+    /// A key longer than [`MAX_PLAIN_KEY_BYTES`] is stored as its SHA-256.
     pub fn dedup_key(&self) -> String {
+        let key = self.plain_dedup_key();
+        if key.len() <= MAX_PLAIN_KEY_BYTES {
+            return key;
+        }
+        format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+    }
+
+    fn plain_dedup_key(&self) -> String {
         let route = self.route_identity();
         if let Some(key) = &self.idempotency_key {
             return format!("{route}{KEY_SEPARATOR}idempotency:{key}");
