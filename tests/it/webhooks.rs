@@ -215,16 +215,7 @@ async fn failures_follow_the_retry_schedule_and_honour_retry_after() {
     clock.advance(Duration::from_secs(2 * 3600));
     receiver.wait_for(4).await;
 
-    let deliveries = client(&app)
-        .await
-        .list_deliveries(ListDeliveriesRequest {
-            endpoint_id: endpoint.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("deliveries")
-        .into_inner()
-        .deliveries;
+    let deliveries = deliveries_of(&app, &endpoint.id).await;
     let attempts = eventually_attempts(&app, &deliveries[0].id, 4).await;
     let codes: Vec<i32> = attempts.iter().map(|attempt| attempt.status_code).collect();
     assert_eq!(codes, [500, 500, 429, 200]);
@@ -257,16 +248,7 @@ async fn a_receivers_nul_bytes_are_stored_and_its_endless_retry_after_is_capped(
     let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
     new_contact(&app, "+4915112345678").await;
     receiver.wait_for(1).await;
-    let deliveries = client(&app)
-        .await
-        .list_deliveries(ListDeliveriesRequest {
-            endpoint_id: endpoint.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("deliveries")
-        .into_inner()
-        .deliveries;
+    let deliveries = deliveries_of(&app, &endpoint.id).await;
     let attempts = eventually_attempts(&app, &deliveries[0].id, 1).await;
     assert!(attempts[0].succeeded, "{:?}", attempts[0]);
     assert_eq!(attempts[0].response_excerpt, "ok\u{FFFD}done");
@@ -303,6 +285,19 @@ async fn rescheduled(app: &TestApp, attempts: i64) {
             && count(app, "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'webhook.deliver' AND status = 'pending'").await == 1
     })
     .await;
+}
+
+async fn deliveries_of(app: &TestApp, endpoint_id: &str) -> Vec<Delivery> {
+    client(app)
+        .await
+        .list_deliveries(ListDeliveriesRequest {
+            endpoint_id: endpoint_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("deliveries")
+        .into_inner()
+        .deliveries
 }
 
 async fn eventually_attempts(app: &TestApp, delivery: &str, count: usize) -> Vec<DeliveryAttempt> {
@@ -1502,16 +1497,7 @@ async fn concurrent_retries_of_a_failed_delivery_send_it_once() {
         1,
         "the test send is audited"
     );
-    let delivery = webhooks
-        .list_deliveries(ListDeliveriesRequest {
-            endpoint_id: endpoint.id,
-            ..Default::default()
-        })
-        .await
-        .expect("deliveries")
-        .into_inner()
-        .deliveries
-        .remove(0);
+    let delivery = deliveries_of(&app, &endpoint.id).await.remove(0);
     assert_eq!(delivery.status, "failed");
     receiver.status(200);
 
@@ -1546,46 +1532,44 @@ async fn bad_descriptions_names_and_filters_are_invalid_naming_the_field() {
             .clone()
     };
 
-    let described = webhooks
-        .update_endpoint(UpdateEndpointRequest {
-            id: endpoint.id.clone(),
-            description: Some("a\0b".to_owned()),
-            ..Default::default()
-        })
-        .await
-        .expect_err("NUL in the description");
-    assert_eq!(field_of(described), "description");
-    let long = webhooks
-        .update_endpoint(UpdateEndpointRequest {
-            id: endpoint.id.clone(),
-            description: Some("d".repeat(1001)),
-            ..Default::default()
-        })
-        .await
-        .expect_err("description too long");
-    assert_eq!(field_of(long), "description");
-
-    // Named by its index as sent, not as sorted.
-    let unknown = webhooks
-        .update_endpoint(UpdateEndpointRequest {
-            id: endpoint.id.clone(),
-            replace_event_types: true,
-            event_types: vec!["zzz.unknown".to_owned(), "contact.created".to_owned()],
-            ..Default::default()
-        })
-        .await
-        .expect_err("unknown event type");
-    assert_eq!(field_of(unknown), "event_types[0]");
-    let nul_type = webhooks
-        .update_endpoint(UpdateEndpointRequest {
-            id: endpoint.id.clone(),
-            replace_event_types: true,
-            event_types: vec!["contact.created".to_owned(), "a\0".to_owned()],
-            ..Default::default()
-        })
-        .await
-        .expect_err("NUL in an event type");
-    assert_eq!(field_of(nul_type), "event_types[1]");
+    let refused_updates = [
+        (
+            UpdateEndpointRequest {
+                description: Some("a\0b".to_owned()),
+                ..Default::default()
+            },
+            "description",
+        ),
+        (
+            UpdateEndpointRequest {
+                description: Some("d".repeat(1001)),
+                ..Default::default()
+            },
+            "description",
+        ),
+        // Named by its index as sent, not as sorted.
+        (
+            UpdateEndpointRequest {
+                replace_event_types: true,
+                event_types: vec!["zzz.unknown".to_owned(), "contact.created".to_owned()],
+                ..Default::default()
+            },
+            "event_types[0]",
+        ),
+        (
+            UpdateEndpointRequest {
+                replace_event_types: true,
+                event_types: vec!["contact.created".to_owned(), "a\0".to_owned()],
+                ..Default::default()
+            },
+            "event_types[1]",
+        ),
+    ];
+    for (mut update, field) in refused_updates {
+        update.id = endpoint.id.clone();
+        let refused = webhooks.update_endpoint(update).await.expect_err(field);
+        assert_eq!(field_of(refused), field);
+    }
 
     let filtered = webhooks
         .list_deliveries(ListDeliveriesRequest {
