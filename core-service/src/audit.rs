@@ -23,6 +23,8 @@ pub struct AuditRecord<'a> {
 
 #[derive(Insertable)]
 #[diesel(table_name = audit_entries)]
+// NULL, not DEFAULT, for `None`: a prepared statement (see `ContactRow`).
+#[diesel(treat_none_as_default_value = false)]
 struct NewAuditEntry<'a> {
     id: Uuid,
     request_id: Uuid,

@@ -10,7 +10,14 @@ use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::{Integer, Text};
 use diesel::{QueryResult, QueryableByName, sql_query};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::json;
+use switchbord_api::json::struct_from_json;
+use switchbord_api::v1::UpsertContactRequest;
+use switchbord_core::access::Caller;
+use switchbord_core::contacts::{upsert_on, validate_upsert};
 use switchbord_core::db::{build_pool, pipelined::read_then_write};
+use switchbord_core::outbox::{JobKind, NewJob, enqueue_started};
+use switchbord_core::request::{RequestContext, RequestId};
 
 use crate::helpers::{TestDatabase, eventually};
 
@@ -243,4 +250,81 @@ async fn a_transaction_dropped_half_way_does_not_go_back_to_the_pool() {
         0,
         "PostgreSQL rolled back the abandoned transaction"
     );
+}
+
+#[derive(QueryableByName)]
+struct Prepared {
+    #[diesel(sql_type = Text)]
+    statement: String,
+}
+
+/// Statements the connection keeps prepared: an insert that cannot be (a `DEFAULT` in it, or a
+/// batch) is parsed and planned on every call, a round trip more, and is not listed.
+async fn prepared_statements(connection: &mut AsyncPgConnection) -> Vec<String> {
+    sql_query("SELECT statement FROM pg_prepared_statements")
+        .load::<Prepared>(connection)
+        .await
+        .expect("list prepared statements")
+        .into_iter()
+        .map(|prepared| prepared.statement)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
+    let database = TestDatabase::create().await;
+    let mut connection = database.connect().await;
+    let context = RequestContext {
+        request_id: RequestId(uuid::Uuid::new_v4()),
+        caller: Caller::system("test"),
+    };
+    for properties in [json!({"plan": "a"}), json!({"plan": "b"})] {
+        let upsert = validate_upsert(
+            UpsertContactRequest {
+                phone_number: "+4915112345678".to_owned(),
+                person_properties: properties.as_object().cloned().map(struct_from_json),
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("a valid upsert");
+        upsert_on(&mut connection, &context, &upsert)
+            .await
+            .expect("upsert");
+    }
+    let now = chrono::Utc::now();
+    let job = NewJob::new(
+        JobKind {
+            name: "test.job",
+            max_attempts: 1,
+        },
+        json!({}),
+        None,
+    );
+    enqueue_started(&connection, &[job], "test", now, now)
+        .await
+        .expect("enqueue a started job");
+
+    let prepared = prepared_statements(&mut connection).await;
+    for start in [
+        "BEGIN",
+        "COMMIT",
+        "SELECT",
+        "INSERT INTO \"contacts\"",
+        "UPDATE contacts",
+        "INSERT INTO \"events\"",
+        "INSERT INTO \"audit_entries\"",
+    ] {
+        assert!(
+            prepared
+                .iter()
+                .any(|statement| statement.starts_with(start)),
+            "{start} is not prepared: {prepared:#?}"
+        );
+    }
+    let job_inserts = prepared
+        .iter()
+        .filter(|statement| statement.starts_with("INSERT INTO \"outbox_jobs\""))
+        .count();
+    assert_eq!(job_inserts, 2, "queued and started jobs: {prepared:#?}");
 }

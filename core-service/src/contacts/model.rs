@@ -13,6 +13,10 @@ use crate::schema::contacts;
 /// One row of `contacts`.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = contacts, check_for_backend(diesel::pg::Pg))]
+// `None` is bound as NULL rather than written as DEFAULT (the same for these columns): an
+// insert with DEFAULT in it cannot be a prepared statement, and is parsed and planned anew,
+// a round trip more, on every call.
+#[diesel(treat_none_as_default_value = false)]
 pub struct ContactRow {
     pub id: Uuid,
     pub phone_number: String,

@@ -62,6 +62,8 @@ impl NewJob {
 
 #[derive(Insertable)]
 #[diesel(table_name = outbox_jobs)]
+// NULL, not DEFAULT, for `None`: a prepared statement (see `ContactRow`).
+#[diesel(treat_none_as_default_value = false)]
 struct InsertJob<'a> {
     id: Uuid,
     kind: &'a str,
@@ -76,6 +78,7 @@ struct InsertJob<'a> {
 /// A job inserted as claimed: running, its first attempt counted, under a lease.
 #[derive(Insertable)]
 #[diesel(table_name = outbox_jobs)]
+#[diesel(treat_none_as_default_value = false)]
 struct InsertStartedJob<'a> {
     #[diesel(embed)]
     job: InsertJob<'a>,
@@ -135,10 +138,22 @@ pub async fn enqueue_started(
             lease_expires_at: lease_until,
         })
         .collect();
-    diesel::insert_into(outbox_jobs::table)
-        .values(&rows)
-        .execute(&mut connection)
-        .await?;
+    // One row, the usual case (a request's first event), as a single-row insert: a prepared
+    // statement, where a batch of any length is parsed and planned anew on every call.
+    match rows.as_slice() {
+        [row] => {
+            diesel::insert_into(outbox_jobs::table)
+                .values(row)
+                .execute(&mut connection)
+                .await?
+        }
+        _ => {
+            diesel::insert_into(outbox_jobs::table)
+                .values(&rows)
+                .execute(&mut connection)
+                .await?
+        }
+    };
     Ok(jobs.iter().map(ClaimedJob::started).collect())
 }
 

@@ -48,6 +48,8 @@ impl EndpointRow {
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = webhook_deliveries, check_for_backend(diesel::pg::Pg))]
+// NULL, not DEFAULT, for `None`: a prepared statement (see `ContactRow`).
+#[diesel(treat_none_as_default_value = false)]
 pub struct DeliveryRow {
     pub id: Uuid,
     pub endpoint_id: Uuid,
@@ -63,6 +65,8 @@ pub struct DeliveryRow {
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = webhook_attempts, check_for_backend(diesel::pg::Pg))]
+// NULL, not DEFAULT, for `None`: a prepared statement (see `ContactRow`).
+#[diesel(treat_none_as_default_value = false)]
 pub struct AttemptRow {
     pub id: Uuid,
     pub delivery_id: Uuid,
