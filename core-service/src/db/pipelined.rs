@@ -15,6 +15,12 @@
 //! - A write that fails in the database aborts the transaction, and PostgreSQL answers the
 //!   `COMMIT` behind it by rolling back. So the writes must fail only through their statements:
 //!   that is why the write step returns `QueryResult`.
+//!
+//! What the write step must therefore keep to: every statement is sent on its first poll (never
+//! one after another's reply, or the later one runs after `COMMIT`, outside the transaction);
+//! no statement binds a custom SQL type (diesel-async looks its OID up before it queues the
+//! statement, which would let `COMMIT` overtake it); and statements are `execute`d, not read
+//! back (a row that fails to decode is an error that does not abort the transaction).
 
 use std::future::Future;
 use std::pin::pin;
@@ -134,6 +140,15 @@ async fn commit_behind<T>(
             Err(error) => Ending::Open(error),
         },
         Poll::Pending => match futures::join!(write, Commit.execute(&mut { shared })) {
+            (Err(error), Ok(_)) if !matches!(error, DieselError::DatabaseError(..)) => {
+                // Not PostgreSQL's error, so nothing aborted the transaction: `COMMIT` committed
+                // what was sent. A write step that breaks the rules above; say so loudly.
+                tracing::error!(
+                    %error,
+                    "a pipelined write failed in the client after COMMIT was sent; what was sent is committed"
+                );
+                Ending::Closed(Err(error))
+            }
             // A failed write aborted the transaction, and this `COMMIT` rolled it back.
             (written, Ok(_)) => Ending::Closed(written),
             (_, Err(error)) => Ending::Open(error),
@@ -159,12 +174,15 @@ fn status(connection: &mut AsyncPgConnection) -> &mut TransactionManagerStatus {
     AnsiTransactionManager::transaction_manager_status_mut(connection)
 }
 
-/// Ends a transaction left open by a failure. When even `ROLLBACK` fails, the transaction stays
-/// marked open, so the pool closes the connection rather than reuse it.
+/// Ends a transaction left open by a failure. When even `ROLLBACK` fails, the transaction
+/// manager is marked broken, as diesel does: the pool closes the connection rather than reuse
+/// it, and a plain connection refuses further transactions instead of nesting them.
 async fn roll_back(connection: &mut AsyncPgConnection) {
     if connection.batch_execute("ROLLBACK").await.is_ok() {
         // Cannot fail: the depth was raised above and nothing else lowers it.
         let _ = change_depth(connection, TransactionDepthChange::DecreaseDepth);
+    } else {
+        status(connection).set_in_error();
     }
 }
 
