@@ -12,10 +12,13 @@ use diesel::{QueryResult, QueryableByName, sql_query};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use switchbord_api::json::struct_from_json;
+use switchbord_api::v1::TriggerJourneyRequest;
 use switchbord_api::v1::UpsertContactRequest;
+use switchbord_api::v1::trigger_journey_request::Route;
 use switchbord_core::access::Caller;
 use switchbord_core::contacts::{upsert_on, validate_upsert};
 use switchbord_core::db::{build_pool, pipelined::read_then_write};
+use switchbord_core::journeys::{accept_trigger, validate_trigger};
 use switchbord_core::outbox::{JobKind, NewJob, enqueue_started};
 use switchbord_core::request::{RequestContext, RequestId};
 
@@ -327,4 +330,37 @@ async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
         .filter(|statement| statement.starts_with("INSERT INTO \"outbox_jobs\""))
         .count();
     assert_eq!(job_inserts, 2, "queued and started jobs: {prepared:#?}");
+}
+
+#[tokio::test]
+async fn a_triggers_key_is_taken_by_a_prepared_statement() {
+    let database = TestDatabase::create().await;
+    // One connection, so the statements it prepared can be listed afterwards.
+    let pool = build_pool(database.url(), 1).expect("build the pool");
+    let context = RequestContext {
+        request_id: RequestId(uuid::Uuid::new_v4()),
+        caller: Caller::system("test"),
+    };
+    let input = validate_trigger(
+        TriggerJourneyRequest {
+            route: Some(Route::LegacyPath("welcome".to_owned())),
+            phone_number: "+4915112345678".to_owned(),
+            ..Default::default()
+        },
+        None,
+    )
+    .expect("a valid trigger");
+    for _ in 0..2 {
+        accept_trigger(&pool, &context, &input, Duration::from_secs(60))
+            .await
+            .expect("trigger");
+    }
+    let mut connection = pool.get().await.expect("the pool's connection");
+    let prepared = prepared_statements(&mut connection).await;
+    assert!(
+        prepared
+            .iter()
+            .any(|statement| statement.starts_with("INSERT INTO journey_trigger_keys")),
+        "{prepared:#?}"
+    );
 }
