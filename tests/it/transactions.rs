@@ -314,7 +314,7 @@ async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
         "COMMIT",
         "SELECT",
         "INSERT INTO \"contacts\"",
-        "UPDATE contacts",
+        "UPDATE \"contacts\"",
         "INSERT INTO \"events\"",
         "INSERT INTO \"audit_entries\"",
     ] {

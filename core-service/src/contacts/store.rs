@@ -1,13 +1,11 @@
 //! Queries on `contacts`.
 
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{Array, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::model::ContactRow;
+use crate::db::prepared;
 use crate::schema::contacts;
 
 /// The contacts that match a phone number or an external reference id, locked for update so
@@ -55,51 +53,23 @@ pub async fn insert(mut connection: &AsyncPgConnection, row: &ContactRow) -> Que
         .map(drop)
 }
 
-/// Writes every mutable column of `row`; pipelined like [`insert`].
+/// Writes every mutable column of `row`; pipelined like [`insert`]. Every column is written,
+/// so the statement's text never varies and it is prepared once per connection.
 pub async fn update(mut connection: &AsyncPgConnection, row: &ContactRow) -> QueryResult<()> {
-    UpdateContact { row }
-        .execute(&mut connection)
-        .await
-        .map(drop)
-}
-
-/// `UPDATE contacts SET … WHERE id = …` with every mutable column, as a statement of its own
-/// type. diesel prepares its own UPDATE statements anew on every call (parsed and planned, a
-/// round trip more, for 70 % of upserts); a fixed statement is prepared once per connection.
-struct UpdateContact<'a> {
-    row: &'a ContactRow,
-}
-
-impl QueryId for UpdateContact<'_> {
-    type QueryId = UpdateContact<'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl QueryFragment<Pg> for UpdateContact<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let row = self.row;
-        out.push_sql("UPDATE contacts SET phone_number = ");
-        out.push_bind_param::<Text, _>(&row.phone_number)?;
-        out.push_sql(", external_reference_id = ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.external_reference_id)?;
-        out.push_sql(", name = ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.name)?;
-        out.push_sql(", email = ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.email)?;
-        out.push_sql(", locale = ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.locale)?;
-        out.push_sql(", subscriber_status = ");
-        out.push_bind_param::<Text, _>(&row.subscriber_status)?;
-        out.push_sql(", properties = ");
-        out.push_bind_param::<Jsonb, _>(&row.properties)?;
-        out.push_sql(", tags = ");
-        out.push_bind_param::<Array<Text>, _>(&row.tags)?;
-        out.push_sql(", updated_at = ");
-        out.push_bind_param::<Timestamptz, _>(&row.updated_at)?;
-        out.push_sql(" WHERE id = ");
-        out.push_bind_param::<SqlUuid, _>(&row.id)?;
-        Ok(())
-    }
+    prepared(diesel::update(contacts::table.find(row.id)).set((
+        contacts::phone_number.eq(&row.phone_number),
+        contacts::external_reference_id.eq(&row.external_reference_id),
+        contacts::name.eq(&row.name),
+        contacts::email.eq(&row.email),
+        contacts::locale.eq(&row.locale),
+        contacts::subscriber_status.eq(&row.subscriber_status),
+        contacts::properties.eq(&row.properties),
+        contacts::tags.eq(&row.tags),
+        contacts::updated_at.eq(row.updated_at),
+    )))
+    .execute(&mut connection)
+    .await
+    .map(drop)
 }
 
 pub async fn find_by_id(connection: &mut AsyncPgConnection, id: Uuid) -> QueryResult<ContactRow> {

@@ -4,10 +4,12 @@ mod error;
 mod listen;
 mod migrate;
 pub mod pipelined;
+mod prepared;
 
 pub use error::DbError;
 pub use listen::{Listener, listen};
 pub use migrate::{MigrationError, embedded_versions, run_migrations};
+pub use prepared::{Prepared, prepared};
 
 use diesel_async::pooled_connection::deadpool::{self, Pool};
 use diesel_async::pooled_connection::{

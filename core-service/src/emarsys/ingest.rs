@@ -20,7 +20,7 @@ use crate::audit::{self, AuditRecord};
 use crate::contacts::{
     ContactError, ContactUpsert, FieldUpdate, TagUpdate, upsert_on, validate_upsert,
 };
-use crate::db::{self, DbPool};
+use crate::db::{self, DbPool, prepared};
 use crate::error::ServiceError;
 use crate::events::{EventDraft, record};
 use crate::outbox::{self, NewJob};
@@ -79,7 +79,7 @@ pub async fn ingest(
                 "payload": event.payload,
                 "voucher_pool": event.voucher_pool,
             });
-            let taken: Option<Taken> = diesel::sql_query(
+            let taken: Option<Taken> = prepared(diesel::sql_query(
                 "INSERT INTO webhook_event_keys (dedup_key, webhook_event_id, outbox_job_id, accepted_at)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (dedup_key) DO UPDATE
@@ -93,7 +93,7 @@ pub async fn ingest(
             .bind::<SqlUuid, _>(webhook_event_id)
             .bind::<SqlUuid, _>(Uuid::nil())
             .bind::<Timestamptz, _>(now)
-            .bind::<Timestamptz, _>(window_start)
+            .bind::<Timestamptz, _>(window_start))
             .get_result(connection)
             .await
             .optional()

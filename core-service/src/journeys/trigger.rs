@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use diesel::pg::Pg;
+use chrono::Utc;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Text, Timestamptz, Untyped, Uuid as SqlUuid};
+use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -16,7 +14,7 @@ use super::input::TriggerInput;
 use super::run::TRIGGER_JOB;
 use crate::audit::{self, AuditRecord};
 use crate::contacts::find_or_create_by_phone;
-use crate::db::{self, DbPool};
+use crate::db::{self, DbPool, prepared};
 use crate::outbox::{self, NewJob};
 use crate::request::RequestContext;
 use crate::schema::journey_trigger_keys;
@@ -39,49 +37,6 @@ impl TriggerOutcome {
     pub fn queued_jobs(&self) -> bool {
         !self.duplicate || self.contact_created
     }
-}
-
-/// Takes the deduplication key unless it was taken within the window, answering the trigger id
-/// when it did. A fixed statement of its own type, so that each connection prepares it once
-/// (`sql_query` and diesel's `ON CONFLICT DO UPDATE` are parsed and planned on every call).
-struct TakeKey<'a> {
-    key: &'a str,
-    trigger_id: Uuid,
-    outbox_job_id: Uuid,
-    now: DateTime<Utc>,
-    window_start: DateTime<Utc>,
-}
-
-impl QueryId for TakeKey<'_> {
-    type QueryId = TakeKey<'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl QueryFragment<Pg> for TakeKey<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(
-            "INSERT INTO journey_trigger_keys (dedup_key, trigger_id, outbox_job_id, accepted_at) VALUES (",
-        );
-        out.push_bind_param::<Text, _>(self.key)?;
-        out.push_sql(", ");
-        out.push_bind_param::<SqlUuid, _>(&self.trigger_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<SqlUuid, _>(&self.outbox_job_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
-        out.push_sql(
-            ") ON CONFLICT (dedup_key) DO UPDATE \
-             SET trigger_id = EXCLUDED.trigger_id, outbox_job_id = EXCLUDED.outbox_job_id, \
-             accepted_at = EXCLUDED.accepted_at WHERE journey_trigger_keys.accepted_at < ",
-        );
-        out.push_bind_param::<Timestamptz, _>(&self.window_start)?;
-        out.push_sql(" RETURNING trigger_id");
-        Ok(())
-    }
-}
-
-impl Query for TakeKey<'_> {
-    type SqlType = Untyped;
 }
 
 #[derive(QueryableByName)]
@@ -116,13 +71,23 @@ pub async fn accept_trigger(
                 input.payload(trigger_event_id, contact.id),
                 Some(context.request_id.0),
             );
-            let accepted: Option<Accepted> = TakeKey {
-                key: &key,
-                trigger_id: trigger_event_id,
-                outbox_job_id: job.id,
-                now,
-                window_start,
-            }
+            let accepted: Option<Accepted> = prepared(
+                diesel::sql_query(
+                    "INSERT INTO journey_trigger_keys (dedup_key, trigger_id, outbox_job_id, accepted_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (dedup_key) DO UPDATE
+                         SET trigger_id = EXCLUDED.trigger_id,
+                             outbox_job_id = EXCLUDED.outbox_job_id,
+                             accepted_at = EXCLUDED.accepted_at
+                         WHERE journey_trigger_keys.accepted_at < $5
+                     RETURNING trigger_id",
+                )
+                .bind::<Text, _>(&key)
+                .bind::<SqlUuid, _>(trigger_event_id)
+                .bind::<SqlUuid, _>(job.id)
+                .bind::<Timestamptz, _>(now)
+                .bind::<Timestamptz, _>(window_start),
+            )
             .get_result(connection)
             .await
             .optional()?;

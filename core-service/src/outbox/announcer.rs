@@ -17,7 +17,7 @@ use diesel_async::RunQueryDsl;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::db::{self, DbError, DbPool};
+use crate::db::{self, DbError, DbPool, prepared};
 
 /// The channel workers listen on for other instances' jobs.
 pub(super) const CHANNEL: &str = "outbox_jobs";
@@ -94,11 +94,13 @@ impl Announcer {
 
     async fn notify(&self, pool: &DbPool) -> Result<(), DbError> {
         let mut connection = db::connection(pool).await?;
-        diesel::sql_query("SELECT pg_notify($1, $2)")
-            .bind::<Text, _>(CHANNEL)
-            .bind::<Text, _>(&self.shared.origin)
-            .execute(&mut connection)
-            .await?;
+        prepared(
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<Text, _>(CHANNEL)
+                .bind::<Text, _>(&self.shared.origin),
+        )
+        .execute(&mut connection)
+        .await?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 use uuid::Uuid;
 
 use super::handler::JobKind;
+use crate::db::prepared;
 use crate::schema::{outbox_job_errors, outbox_jobs};
 
 /// A job to insert alongside the rows that cause it. Its id is known before the insert, so
@@ -272,17 +273,19 @@ pub async fn claim(
         .select(candidate.field(outbox_jobs::id))
         .for_update()
         .skip_locked();
-    diesel::update(outbox_jobs::table.filter(outbox_jobs::id.eq_any(due)))
-        .set((
-            outbox_jobs::status.eq("running"),
-            outbox_jobs::lease_owner.eq(owner),
-            outbox_jobs::lease_expires_at.eq(lease_until),
-            outbox_jobs::attempts.eq(outbox_jobs::attempts + 1),
-            outbox_jobs::updated_at.eq(now),
-        ))
-        .returning(CLAIMED)
-        .get_results(connection)
-        .await
+    prepared(
+        diesel::update(outbox_jobs::table.filter(outbox_jobs::id.eq_any(due)))
+            .set((
+                outbox_jobs::status.eq("running"),
+                outbox_jobs::lease_owner.eq(owner),
+                outbox_jobs::lease_expires_at.eq(lease_until),
+                outbox_jobs::attempts.eq(outbox_jobs::attempts + 1),
+                outbox_jobs::updated_at.eq(now),
+            ))
+            .returning(CLAIMED),
+    )
+    .get_results(connection)
+    .await
 }
 
 /// Claims up to `limit` running jobs whose lease expired (their worker died), like [`claim`].
@@ -302,16 +305,18 @@ pub async fn claim_expired(
         .select(candidate.field(outbox_jobs::id))
         .for_update()
         .skip_locked();
-    diesel::update(outbox_jobs::table.filter(outbox_jobs::id.eq_any(expired)))
-        .set((
-            outbox_jobs::lease_owner.eq(owner),
-            outbox_jobs::lease_expires_at.eq(lease_until),
-            outbox_jobs::attempts.eq(outbox_jobs::attempts + 1),
-            outbox_jobs::updated_at.eq(now),
-        ))
-        .returning(CLAIMED)
-        .get_results(connection)
-        .await
+    prepared(
+        diesel::update(outbox_jobs::table.filter(outbox_jobs::id.eq_any(expired)))
+            .set((
+                outbox_jobs::lease_owner.eq(owner),
+                outbox_jobs::lease_expires_at.eq(lease_until),
+                outbox_jobs::attempts.eq(outbox_jobs::attempts + 1),
+                outbox_jobs::updated_at.eq(now),
+            ))
+            .returning(CLAIMED),
+    )
+    .get_results(connection)
+    .await
 }
 
 /// The columns of a [`ClaimedJob`], in its field order.
@@ -446,17 +451,19 @@ pub async fn postpone(
     value: &str,
     until: DateTime<Utc>,
 ) -> QueryResult<usize> {
-    diesel::sql_query(
-        "UPDATE outbox_jobs SET run_after = $4
+    prepared(
+        diesel::sql_query(
+            "UPDATE outbox_jobs SET run_after = $4
          WHERE id IN (
              SELECT id FROM outbox_jobs
              WHERE status = 'pending' AND kind = $1 AND payload ->> $2 = $3 AND run_after < $4
              FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Text, _>(kind.name)
+        .bind::<Text, _>(key)
+        .bind::<Text, _>(value)
+        .bind::<Timestamptz, _>(until),
     )
-    .bind::<Text, _>(kind.name)
-    .bind::<Text, _>(key)
-    .bind::<Text, _>(value)
-    .bind::<Timestamptz, _>(until)
     .execute(connection)
     .await
 }
@@ -472,15 +479,17 @@ pub async fn discard_pending(
     key: &str,
     value: &str,
 ) -> QueryResult<usize> {
-    diesel::sql_query(
-        "DELETE FROM outbox_jobs WHERE id IN (
+    prepared(
+        diesel::sql_query(
+            "DELETE FROM outbox_jobs WHERE id IN (
              SELECT id FROM outbox_jobs
              WHERE status = 'pending' AND kind = $1 AND payload ->> $2 = $3
              FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Text, _>(kind.name)
+        .bind::<Text, _>(key)
+        .bind::<Text, _>(value),
     )
-    .bind::<Text, _>(kind.name)
-    .bind::<Text, _>(key)
-    .bind::<Text, _>(value)
     .execute(connection)
     .await
 }
@@ -494,13 +503,15 @@ pub async fn delete_succeeded(
     cutoff: DateTime<Utc>,
     limit: i64,
 ) -> QueryResult<usize> {
-    diesel::sql_query(
-        "DELETE FROM outbox_jobs WHERE id IN (
+    prepared(
+        diesel::sql_query(
+            "DELETE FROM outbox_jobs WHERE id IN (
              SELECT id FROM outbox_jobs WHERE status = 'succeeded' AND created_at < $1
              LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Timestamptz, _>(cutoff)
+        .bind::<diesel::sql_types::BigInt, _>(limit),
     )
-    .bind::<Timestamptz, _>(cutoff)
-    .bind::<diesel::sql_types::BigInt, _>(limit)
     .execute(connection)
     .await
 }
@@ -541,18 +552,20 @@ pub async fn finish_deferred(
 ) -> QueryResult<()> {
     use diesel::sql_types::{Array, Uuid as SqlUuid};
     let (ids, due): (Vec<Uuid>, Vec<DateTime<Utc>>) = jobs.iter().copied().unzip();
-    diesel::sql_query(
-        "UPDATE outbox_jobs AS job
+    prepared(
+        diesel::sql_query(
+            "UPDATE outbox_jobs AS job
          SET status = 'pending', run_after = deferred.until,
              attempts = GREATEST(job.attempts - 1, 0), lease_owner = NULL,
              lease_expires_at = NULL, updated_at = $3
          FROM unnest($1, $2) AS deferred (id, until)
          WHERE job.id = deferred.id AND job.lease_owner = $4 AND job.status = 'running'",
+        )
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<Timestamptz>, _>(due)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(owner),
     )
-    .bind::<Array<SqlUuid>, _>(ids)
-    .bind::<Array<Timestamptz>, _>(due)
-    .bind::<Timestamptz, _>(now)
-    .bind::<Text, _>(owner)
     .execute(connection)
     .await
     .map(drop)

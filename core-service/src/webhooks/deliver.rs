@@ -27,7 +27,7 @@ use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::{AttemptResult, Sender};
 use super::success_log::SuccessLog;
 use crate::config_watch::ConfigWatch;
-use crate::db;
+use crate::db::{self, prepared};
 use crate::events::{EventDraft, StoredEvent, record};
 use crate::outbox::{
     self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
@@ -690,8 +690,9 @@ async fn mark_failing(
 
     // The outer SELECT sees the row as it was before the UPDATE: exactly one of the two
     // branches returns it.
-    diesel::sql_query(
-        "WITH started AS (
+    prepared(
+        diesel::sql_query(
+            "WITH started AS (
              UPDATE webhook_endpoints SET failing_since = $2
              WHERE id = $1 AND failing_since IS NULL
              RETURNING failing_since
@@ -699,9 +700,10 @@ async fn mark_failing(
          SELECT failing_since FROM started
          UNION ALL
          SELECT failing_since FROM webhook_endpoints WHERE id = $1 AND failing_since IS NOT NULL",
+        )
+        .bind::<SqlUuid, _>(endpoint)
+        .bind::<Timestamptz, _>(now),
     )
-    .bind::<SqlUuid, _>(endpoint)
-    .bind::<Timestamptz, _>(now)
     .get_result::<FailingSince>(connection)
     .await
     .map(|row| row.failing_since)
@@ -729,8 +731,9 @@ pub(super) async fn record_successes(
         .iter()
         .map(|row| row.response_excerpt.as_str())
         .collect();
-    diesel::sql_query(
-        "WITH attempt AS (
+    prepared(
+        diesel::sql_query(
+            "WITH attempt AS (
              INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, attempt, attempted_at,
                  status_code, duration_ms, response_excerpt, error, succeeded)
              SELECT id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
@@ -753,15 +756,16 @@ pub(super) async fn record_successes(
              last_error = NULL, updated_at = a.attempted_at
          FROM unnest($2, $4, $6, $5) AS a (delivery_id, attempt, status_code, attempted_at)
          WHERE d.id = a.delivery_id",
+        )
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<SqlUuid>, _>(deliveries)
+        .bind::<Array<SqlUuid>, _>(endpoints)
+        .bind::<Array<Int4>, _>(attempts)
+        .bind::<Array<Timestamptz>, _>(attempted_at)
+        .bind::<Array<Nullable<Int4>>, _>(status_codes)
+        .bind::<Array<Int8>, _>(durations)
+        .bind::<Array<Text>, _>(excerpts),
     )
-    .bind::<Array<SqlUuid>, _>(ids)
-    .bind::<Array<SqlUuid>, _>(deliveries)
-    .bind::<Array<SqlUuid>, _>(endpoints)
-    .bind::<Array<Int4>, _>(attempts)
-    .bind::<Array<Timestamptz>, _>(attempted_at)
-    .bind::<Array<Nullable<Int4>>, _>(status_codes)
-    .bind::<Array<Int8>, _>(durations)
-    .bind::<Array<Text>, _>(excerpts)
     .execute(connection)
     .await
     .map(drop)

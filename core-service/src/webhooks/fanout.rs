@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::deliver::{DELIVER_JOB, Deliverer, Slot, deliver_job, retry};
 use super::model::{DeliveryRow, EndpointRow};
 use crate::config_watch::{Cached, ConfigWatch};
-use crate::db;
+use crate::db::{self, prepared};
 use crate::events::{EventConsumer, StoredEvent};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, NewJob};
 use crate::schema::webhook_endpoints;
@@ -223,8 +223,9 @@ async fn insert(
         .iter()
         .map(|(_, _, slot)| slot.as_ref().map(|_| lease_until))
         .collect();
-    diesel::sql_query(
-        "WITH inserted AS (
+    prepared(
+        diesel::sql_query(
+            "WITH inserted AS (
              INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status,
                  attempts, last_status_code, last_error, created_at, updated_at)
              SELECT id, endpoint_id, $5, $6, status, 0, NULL, last_error, $7, $7
@@ -241,24 +242,25 @@ async fn insert(
                    lease_expires_at)
          JOIN inserted ON inserted.id = j.delivery_id
          RETURNING id",
+        )
+        .bind::<Array<SqlUuid>, _>(delivery_ids)
+        .bind::<Array<SqlUuid>, _>(endpoint_ids)
+        .bind::<Array<Text>, _>(statuses)
+        .bind::<Array<Nullable<Text>>, _>(errors)
+        .bind::<Text, _>(&event.id)
+        .bind::<Text, _>(&event.event_type)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(DELIVER_JOB.name)
+        .bind::<Int4, _>(DELIVER_JOB.max_attempts)
+        .bind::<Array<SqlUuid>, _>(job_ids)
+        .bind::<Array<SqlUuid>, _>(job_deliveries)
+        .bind::<Array<Jsonb>, _>(payloads)
+        .bind::<Array<Text>, _>(job_statuses)
+        .bind::<Array<Int4>, _>(attempts)
+        .bind::<Array<Timestamptz>, _>(run_after)
+        .bind::<Array<Nullable<Text>>, _>(lease_owners)
+        .bind::<Array<Nullable<Timestamptz>>, _>(lease_expiries),
     )
-    .bind::<Array<SqlUuid>, _>(delivery_ids)
-    .bind::<Array<SqlUuid>, _>(endpoint_ids)
-    .bind::<Array<Text>, _>(statuses)
-    .bind::<Array<Nullable<Text>>, _>(errors)
-    .bind::<Text, _>(&event.id)
-    .bind::<Text, _>(&event.event_type)
-    .bind::<Timestamptz, _>(now)
-    .bind::<Text, _>(DELIVER_JOB.name)
-    .bind::<Int4, _>(DELIVER_JOB.max_attempts)
-    .bind::<Array<SqlUuid>, _>(job_ids)
-    .bind::<Array<SqlUuid>, _>(job_deliveries)
-    .bind::<Array<Jsonb>, _>(payloads)
-    .bind::<Array<Text>, _>(job_statuses)
-    .bind::<Array<Int4>, _>(attempts)
-    .bind::<Array<Timestamptz>, _>(run_after)
-    .bind::<Array<Nullable<Text>>, _>(lease_owners)
-    .bind::<Array<Nullable<Timestamptz>>, _>(lease_expiries)
     .load::<Inserted>(connection)
     .await
     .map(|rows| rows.into_iter().map(|row| row.id).collect())

@@ -12,6 +12,7 @@ use switchbord_api::v1::EndpointHealth;
 use uuid::Uuid;
 
 use super::model::EndpointRow;
+use crate::db::prepared;
 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct HealthStats {
@@ -59,7 +60,7 @@ pub async fn stats(
     endpoint: Uuid,
     now: DateTime<Utc>,
 ) -> QueryResult<HealthStats> {
-    diesel::sql_query(
+    prepared(diesel::sql_query(
         "SELECT
              (SELECT count(*) FROM webhook_attempts WHERE endpoint_id = $1) AS total,
              (SELECT count(*) FROM webhook_attempts WHERE endpoint_id = $1 AND attempted_at > $2 - interval '24 hours') AS recent,
@@ -70,7 +71,7 @@ pub async fn stats(
              (SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 'pending' AND attempts > 0) AS pending_retries",
     )
     .bind::<diesel::sql_types::Uuid, _>(endpoint)
-    .bind::<Timestamptz, _>(now)
+    .bind::<Timestamptz, _>(now))
     .get_result(connection)
     .await
 }
