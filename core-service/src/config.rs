@@ -55,7 +55,7 @@ pub struct CoreConfig {
         long,
         env = "SWITCHBORD_TRUSTED_GATEWAYS",
         value_delimiter = ',',
-        default_value = "127.0.0.0/8,::1/128"
+        default_value = THIS_HOST
     )]
     pub trusted_gateways: Vec<IpNet>,
 
@@ -331,9 +331,11 @@ pub fn parse_region(raw: &str) -> Result<country::Id, String> {
 }
 
 /// The loopback ranges: the default trusted gateway is the one in this process.
+const THIS_HOST: &str = "127.0.0.0/8,::1/128";
+
 fn this_host() -> Vec<IpNet> {
-    ["127.0.0.0/8", "::1/128"]
-        .into_iter()
+    THIS_HOST
+        .split(',')
         .filter_map(|net| net.parse().ok())
         .collect()
 }

@@ -20,6 +20,7 @@ use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{Announcer, Starter};
 use crate::request::RequestContext;
 use crate::schema::event_types;
+use crate::twenty::SYNC_FAILED_EVENT;
 use crate::validation::free_form_problem;
 
 const MAX_SOURCE_LEN: usize = 100;
@@ -51,7 +52,7 @@ const EMITTED_BY_SWITCHBORD: [&str; 7] = [
     "contact.opted_out",
     "journey.triggered",
     "integration.emarsys.event_received",
-    "crm.twenty.sync_failed",
+    SYNC_FAILED_EVENT,
     "webhook.test",
 ];
 

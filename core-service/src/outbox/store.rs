@@ -256,7 +256,7 @@ pub struct JobRow {
 /// `lease_until`. `SKIP LOCKED` lets concurrent workers take disjoint sets. The scan follows the
 /// pending index in `run_after` order and stops at `limit`, so a claim costs the same however
 /// long the queue is (a query that also took expired leases scanned and sorted every due job).
-/// A DSL query, so that the connection keeps it prepared.
+/// Prepared once per connection ([`prepared`]: diesel would plan an `UPDATE` on every call).
 pub async fn claim(
     connection: &mut AsyncPgConnection,
     owner: &str,
