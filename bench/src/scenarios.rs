@@ -14,6 +14,7 @@ use switchbord_api::v1::event_service_client::EventServiceClient;
 use switchbord_api::v1::{PublishEventRequest, UpsertContactRequest};
 use switchbord_core::access::Caller;
 use switchbord_core::contacts::{upsert_on, validate_upsert};
+use switchbord_core::events::Audience;
 use switchbord_core::request::{RequestContext, RequestId};
 use tokio::sync::Mutex;
 use tonic::metadata::MetadataValue;
@@ -56,8 +57,9 @@ fn upsert_request(phone: String, iteration: u64) -> UpsertContactRequest {
 /// would measure the database's contention, not its best.
 const CEILING_CONNECTIONS: usize = 16;
 
-/// The core's own upsert (same statements, same transaction: contact, events, outbox job,
-/// audit entry) straight on PostgreSQL by `concurrency` workers sharing at most
+/// The core's own upsert (same statements, same transaction: contact, events, audit entry, and
+/// no dispatch job, since nobody listens to contact events during these scenarios, as on the
+/// server) straight on PostgreSQL by `concurrency` workers sharing at most
 /// [`CEILING_CONNECTIONS`] connections, as the server's requests share its pool: the ceiling.
 pub async fn ceiling(
     database_url: &str,
@@ -83,7 +85,9 @@ pub async fn ceiling(
                 caller: Caller::system("bench"),
             };
             let mut connection = connection.lock().await;
-            upsert_on(&mut connection, &context, &upsert).await.is_ok()
+            upsert_on(&mut connection, &context, &Audience::default(), &upsert)
+                .await
+                .is_ok()
         }
     })
     .await)
@@ -99,7 +103,7 @@ pub async fn seed(database_url: &str) -> anyhow::Result<()> {
     for index in 0..POPULATION {
         let upsert = validate_upsert(upsert_request(phone(index), 0), None)
             .map_err(|_| anyhow::anyhow!("seed"))?;
-        upsert_on(&mut connection, &context, &upsert).await?;
+        upsert_on(&mut connection, &context, &Audience::default(), &upsert).await?;
     }
     Ok(())
 }

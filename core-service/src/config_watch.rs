@@ -121,6 +121,12 @@ impl<T> Cached<T> {
         Ok(value)
     }
 
+    /// The cached value if it is current, without reading anything: for decisions that must
+    /// not wait on the database and can fall back to the cautious choice when nothing is known.
+    pub fn peek(&self) -> Option<Arc<T>> {
+        self.cached_at(self.watch.current()?)
+    }
+
     fn cached_at(&self, generation: u64) -> Option<Arc<T>> {
         let slot = self
             .slot
@@ -227,6 +233,30 @@ mod tests {
             .await
             .expect("infallible");
         assert_eq!(*next, "new");
+    }
+
+    #[tokio::test]
+    async fn peeking_sees_only_a_current_value_and_never_reads() {
+        let watch = ConfigWatch::default();
+        let counting = Counting::new(&watch);
+        assert_eq!(counting.get().await, 0);
+        assert_eq!(
+            counting.cached.peek(),
+            None,
+            "nothing is cached without a listener"
+        );
+
+        watch.set_listening(true);
+        assert_eq!(counting.cached.peek(), None, "nothing read since listening");
+        assert_eq!(counting.get().await, 1);
+        assert_eq!(counting.cached.peek().as_deref(), Some(&1));
+        watch.changed();
+        assert_eq!(counting.cached.peek(), None, "stale after a change");
+        assert_eq!(
+            counting.loads.load(Ordering::SeqCst),
+            2,
+            "peeking read nothing"
+        );
     }
 
     #[tokio::test]

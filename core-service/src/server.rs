@@ -31,7 +31,7 @@ use crate::config_watch::ConfigWatch;
 use crate::contacts::ContactsService;
 use crate::db::{self, MigrationError};
 use crate::emarsys::{CustomEventHandler, EmarsysAuth, EmarsysGrpc};
-use crate::events::{DispatchHandler, EventsGrpc};
+use crate::events::{Audience, DispatchHandler, EventsGrpc};
 use crate::flows::FlowsGrpc;
 use crate::gauges::GaugeSampler;
 use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
@@ -39,7 +39,9 @@ use crate::outbox::admin::OutboxGrpc;
 use crate::outbox::{Announcer, Clock, Pruner, Registry, SystemClock, Worker, WorkerConfig};
 use crate::readiness::ReadinessHealth;
 use crate::state::AppState;
-use crate::twenty::{BackfillHandler, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer};
+use crate::twenty::{
+    BackfillHandler, InboundSettings, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer,
+};
 use crate::webhooks::{
     DeliverHandler, Deliverer, DeliveryPolicy, Sender, UrlPolicy, WebhookFanout, WebhooksGrpc,
 };
@@ -83,6 +85,7 @@ pub struct CoreServer {
     clock: Arc<dyn Clock>,
     sender: Sender,
     delivery_policy: DeliveryPolicy,
+    deliverer: Arc<Deliverer>,
     twenty: TwentyClient,
     twenty_webhook_tolerance: Duration,
     state: Arc<AppState>,
@@ -97,28 +100,26 @@ pub struct CoreServer {
     job_pool: db::DbPool,
 }
 
-/// The job kinds this build runs, each registered by the feature that owns it, and the
-/// consumers that stored events are handed to.
+/// The job kinds this build runs, each registered by the feature that owns it; stored events
+/// go to `audience`.
 pub fn job_registry(
-    sender: Sender,
-    delivery_policy: DeliveryPolicy,
+    deliverer: Arc<Deliverer>,
+    audience: &Audience,
     twenty: TwentyClient,
     default_region: Option<phonenumber::country::Id>,
-    config: &ConfigWatch,
 ) -> Registry {
-    let deliverer = Arc::new(Deliverer::new(sender, delivery_policy, config.clone()));
     let mut registry = Registry::default();
     registry
-        .register(
-            DispatchHandler::default()
-                .with_consumer(WebhookFanout::new(deliverer.clone(), config.clone()))
-                .with_consumer(TwentySyncConsumer::new(config.clone())),
-        )
-        .register(JourneyTriggerHandler)
-        .register(CustomEventHandler)
+        .register(DispatchHandler::new(audience.clone()))
+        .register(JourneyTriggerHandler::new(audience.clone()))
+        .register(CustomEventHandler::new(audience.clone()))
         .register(DeliverHandler::new(deliverer))
         .register(SyncHandler::new(twenty.clone()))
-        .register(BackfillHandler::new(twenty, default_region));
+        .register(BackfillHandler::new(
+            twenty,
+            default_region,
+            audience.clone(),
+        ));
     registry
 }
 
@@ -165,13 +166,6 @@ impl CoreServer {
                 addr: config.grpc_addr,
                 source,
             })?;
-        let state = Arc::new(AppState {
-            pool,
-            default_region: config.default_region,
-            trigger_dedup_window: config.trigger_dedup_window,
-            announcer: Announcer::default(),
-            config: ConfigWatch::default(),
-        });
         let url_policy = UrlPolicy {
             allow_private: config.webhook_allow_private,
             allow_http: config.webhook_allow_http,
@@ -186,6 +180,23 @@ impl CoreServer {
             slow_attempt: config.webhook_slow_after,
             ..DeliveryPolicy::default()
         };
+        let watch = ConfigWatch::default();
+        let deliverer = Arc::new(Deliverer::new(
+            sender.clone(),
+            delivery_policy.clone(),
+            watch.clone(),
+        ));
+        let state = Arc::new(AppState {
+            pool,
+            default_region: config.default_region,
+            trigger_dedup_window: config.trigger_dedup_window,
+            announcer: Announcer::default(),
+            audience: Audience::new(vec![
+                Arc::new(WebhookFanout::new(deliverer.clone(), watch.clone())),
+                Arc::new(TwentySyncConsumer::new(watch.clone())),
+            ]),
+            config: watch,
+        });
         let worker_config = WorkerConfig {
             concurrency: config.outbox_workers,
             poll_interval: config.outbox_poll_interval,
@@ -196,6 +207,7 @@ impl CoreServer {
             clock: Arc::new(SystemClock),
             sender,
             delivery_policy,
+            deliverer,
             twenty,
             twenty_webhook_tolerance: config.twenty_webhook_tolerance,
             state,
@@ -242,11 +254,10 @@ impl CoreServer {
             }
         };
         let registry = job_registry(
-            self.sender.clone(),
-            self.delivery_policy.clone(),
+            self.deliverer.clone(),
+            &self.state.audience,
             self.twenty.clone(),
             self.state.default_region,
-            &self.state.config,
         );
         let config_listener =
             tokio::spawn(self.state.config.clone().listen(self.database_url.clone()));
@@ -364,6 +375,7 @@ impl CoreServer {
                     self.state.pool.clone(),
                     dispatcher,
                     self.state.announcer.clone(),
+                    self.state.audience.clone(),
                 ))
                 .max_decoding_message_size(MAX_FREE_FORM_REQUEST_BYTES),
             )
@@ -390,8 +402,11 @@ impl CoreServer {
                 self.state.pool.clone(),
                 self.twenty.clone(),
                 self.clock.clone(),
-                self.twenty_webhook_tolerance,
-                self.state.default_region,
+                InboundSettings {
+                    tolerance: self.twenty_webhook_tolerance,
+                    default_region: self.state.default_region,
+                    audience: self.state.audience.clone(),
+                },
                 self.state.announcer.clone(),
                 self.state.config.clone(),
             )))

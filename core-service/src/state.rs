@@ -4,6 +4,7 @@ use phonenumber::country;
 
 use crate::config_watch::ConfigWatch;
 use crate::db::DbPool;
+use crate::events::Audience;
 use crate::outbox::Announcer;
 
 /// What every RPC needs: the connection pool and the validated configuration.
@@ -16,4 +17,6 @@ pub struct AppState {
     pub announcer: Announcer,
     /// Whether the configuration cached for hot paths is current.
     pub config: ConfigWatch,
+    /// Who acts on stored events: an event nobody listens to is stored without a dispatch job.
+    pub audience: Audience,
 }

@@ -18,8 +18,9 @@ use switchbord_api::v1::trigger_journey_request::Route;
 use switchbord_core::access::Caller;
 use switchbord_core::contacts::{upsert_on, validate_upsert};
 use switchbord_core::db::{build_pool, pipelined::read_then_write};
+use switchbord_core::events::{Audience, EventConsumer, StoredEvent};
 use switchbord_core::journeys::{accept_trigger, validate_trigger};
-use switchbord_core::outbox::{JobKind, NewJob, enqueue_started};
+use switchbord_core::outbox::{BoxFuture, JobContext, JobError, JobKind, NewJob, enqueue_started};
 use switchbord_core::request::{RequestContext, RequestId};
 
 use crate::helpers::{TestDatabase, eventually};
@@ -273,6 +274,23 @@ async fn prepared_statements(connection: &mut AsyncPgConnection) -> Vec<String> 
         .collect()
 }
 
+/// A consumer of every event, so that every event gets its dispatch job.
+struct EveryEvent;
+
+impl EventConsumer for EveryEvent {
+    fn may_act_on(&self, _event_type: &str) -> bool {
+        true
+    }
+
+    fn consume<'a>(
+        &'a self,
+        _event: &'a StoredEvent,
+        _context: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 #[tokio::test]
 async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
     let database = TestDatabase::create().await;
@@ -281,6 +299,7 @@ async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
         request_id: RequestId(uuid::Uuid::new_v4()),
         caller: Caller::system("test"),
     };
+    let listening = Audience::new(vec![Arc::new(EveryEvent)]);
     for properties in [json!({"plan": "a"}), json!({"plan": "b"})] {
         let upsert = validate_upsert(
             UpsertContactRequest {
@@ -291,7 +310,7 @@ async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
             None,
         )
         .expect("a valid upsert");
-        upsert_on(&mut connection, &context, &upsert)
+        upsert_on(&mut connection, &context, &listening, &upsert)
             .await
             .expect("upsert");
     }
@@ -351,9 +370,15 @@ async fn a_triggers_key_is_taken_by_a_prepared_statement() {
     )
     .expect("a valid trigger");
     for _ in 0..2 {
-        accept_trigger(&pool, &context, &input, Duration::from_secs(60))
-            .await
-            .expect("trigger");
+        accept_trigger(
+            &pool,
+            &context,
+            &Audience::default(),
+            &input,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("trigger");
     }
     let mut connection = pool.get().await.expect("the pool's connection");
     let prepared = prepared_statements(&mut connection).await;

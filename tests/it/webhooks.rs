@@ -1341,6 +1341,73 @@ async fn published_and_upserted_events_are_dispatched_at_once_without_waking_the
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn events_nobody_listens_to_get_no_dispatch_job_until_an_endpoint_subscribes() {
+    let app = TestApp::spawn().await;
+    until_config_listened(&app.database).await;
+    let dispatch_jobs = async || {
+        count(
+            &app,
+            "SELECT count(*) FROM outbox_jobs WHERE kind = 'event.dispatch'",
+        )
+        .await
+    };
+    let stored_events = async || count(&app, "SELECT count(*) FROM events").await;
+    // The first events are dispatched: nothing is known yet. Their dispatch finds that nobody
+    // listens, and that is remembered.
+    let mut index = 0;
+    eventually("an event stored without a dispatch job", async || {
+        index += 1;
+        let before = dispatch_jobs().await;
+        new_contact(&app, &format!("+49151123450{index:02}")).await;
+        dispatch_jobs().await == before
+    })
+    .await;
+
+    let events_before = stored_events().await;
+    let jobs_before = dispatch_jobs().await;
+    app.upsert_contact(&json!({"phone_number": "+4915112345001", "first_name": "Changed"}))
+        .await;
+    publish_messages(&app, 1).await;
+    let reply = app
+        .send(
+            reqwest::Method::POST,
+            "/compat/journey-trigger/welcome",
+            &[("content-type", "application/json")],
+            json!({"phone_number": "+4915112345099"}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // contact.updated, message.delivered, the trigger's contact.created and, from its job,
+    // journey.triggered: all stored, none dispatched.
+    eventually("the trigger's run stored its event", async || {
+        stored_events().await == events_before + 4
+    })
+    .await;
+    assert_eq!(dispatch_jobs().await, jobs_before, "nobody listens");
+
+    // An endpoint created through this instance is known to its very next event.
+    let receiver = Receiver::start().await;
+    create(&app, &receiver.url(), &["contact.updated"]).await;
+    app.upsert_contact(&json!({"phone_number": "+4915112345001", "first_name": "Again"}))
+        .await;
+    receiver.wait_for(1).await;
+    // And to every later one, now that its dispatch has read the endpoints again.
+    app.upsert_contact(&json!({"phone_number": "+4915112345001", "first_name": "Third"}))
+        .await;
+    receiver.wait_for(2).await;
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|received| received.json()["type"] == "contact.updated")
+    );
+    // Types it does not subscribe to are still not dispatched.
+    publish_messages(&app, 1).await;
+    new_contact(&app, "+4915112345098").await;
+    assert_eq!(dispatch_jobs().await, jobs_before + 2);
+}
+
 /// A receiver that answers only after `delay`.
 async fn hanging_receiver(delay: Duration) -> Receiver {
     let receiver = Receiver::start().await;

@@ -13,6 +13,7 @@ use super::notify::record_contact_events;
 use super::phone::PhoneNumber;
 use super::store;
 use crate::audit::{self, AuditRecord};
+use crate::events::Audience;
 use crate::request::RequestContext;
 
 /// A contact found or created by [`find_or_create_by_phone`].
@@ -28,6 +29,7 @@ pub struct Ensured {
 pub async fn find_or_create_by_phone(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
+    audience: &Audience,
     phone_number: &PhoneNumber,
 ) -> Result<Ensured, ContactError> {
     let found = |contact| Ensured {
@@ -71,6 +73,7 @@ pub async fn find_or_create_by_phone(
             .await?;
             record_contact_events(
                 connection,
+                audience,
                 context.request_id,
                 None,
                 &created,

@@ -5,7 +5,7 @@ use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
 use super::model::{ContactRow, contact_json};
-use crate::events::{EventDraft, new_event_id, record, record_dispatching};
+use crate::events::{Audience, Dispatch, EventDraft, new_event_id, record_dispatching, record_for};
 use crate::outbox::{ClaimedJob, Reservation};
 use crate::request::RequestId;
 
@@ -23,10 +23,12 @@ pub struct RecordedEvents {
 }
 
 /// `contact.created` for a new contact, `contact.updated` when fields changed, and
-/// `contact.opted_out` when the contact became blocked. With a `reservation`, the first
-/// event's dispatch job is inserted already claimed (see [`crate::outbox::Starter`]).
+/// `contact.opted_out` when the contact became blocked, each dispatched if anyone in
+/// `audience` listens. With a `reservation`, the first event's dispatch job is inserted
+/// already claimed (see [`crate::outbox::Starter`]).
 pub async fn record_contact_events(
     connection: &AsyncPgConnection,
+    audience: &Audience,
     request_id: RequestId,
     previous_status: Option<&str>,
     contact: &ContactRow,
@@ -54,16 +56,26 @@ pub async fn record_contact_events(
         request_id: Some(request_id.0),
     };
     // Pipelined, like each event's own inserts.
-    let (first, _) = futures::try_join!(
-        record_dispatching(connection, new_event_id(), draft(first), reservation),
-        futures::future::try_join_all(
-            rest.iter()
-                .map(|&event_type| record(connection, draft(event_type)))
+    let (first, rest) = futures::try_join!(
+        record_dispatching(
+            connection,
+            audience,
+            new_event_id(),
+            draft(first),
+            reservation
         ),
+        futures::future::try_join_all(rest.iter().map(|&event_type| record_for(
+            connection,
+            audience,
+            draft(event_type)
+        ))),
     )?;
-    let started = first.dispatch;
+    let queued = |dispatch: &Dispatch| matches!(dispatch, Dispatch::Queued);
     Ok(RecordedEvents {
-        queued: started.is_none() || !rest.is_empty(),
-        started,
+        queued: queued(&first.dispatch) || rest.iter().any(|event| queued(&event.dispatch)),
+        started: match first.dispatch {
+            Dispatch::Started(job) => Some(job),
+            Dispatch::Queued | Dispatch::Skipped => None,
+        },
     })
 }

@@ -43,9 +43,15 @@ impl ContactService for ContactsService {
         let upsert = validate_upsert(request.into_inner(), self.state.default_region)
             .map_err(|violations| status(ContactError::Invalid(violations)))?;
         let reservation = self.dispatcher.reserve();
-        let mut outcome = upsert_contact(&self.state.pool, &context, &upsert, reservation.as_ref())
-            .await
-            .map_err(status)?;
+        let mut outcome = upsert_contact(
+            &self.state.pool,
+            &context,
+            &self.state.audience,
+            &upsert,
+            reservation.as_ref(),
+        )
+        .await
+        .map_err(status)?;
         if let (Some(reservation), Some(dispatch)) = (reservation, outcome.events.started.take()) {
             reservation.run(dispatch);
         }

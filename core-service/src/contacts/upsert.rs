@@ -15,6 +15,7 @@ use super::store;
 use crate::audit::{self, AuditRecord};
 use crate::db::{self, DbError, DbPool};
 use crate::error::FieldViolation;
+use crate::events::Audience;
 use crate::outbox::Reservation;
 use crate::request::RequestContext;
 
@@ -53,11 +54,12 @@ impl UpsertOutcome {
 pub async fn upsert_contact(
     pool: &DbPool,
     context: &RequestContext,
+    audience: &Audience,
     upsert: &ContactUpsert,
     reservation: Option<&Reservation>,
 ) -> Result<UpsertOutcome, ContactError> {
     let mut connection = db::connection(pool).await?;
-    upsert_with(&mut connection, context, upsert, reservation).await
+    upsert_with(&mut connection, context, audience, upsert, reservation).await
 }
 
 /// The upsert on `connection`; inside a caller's transaction it runs as a savepoint, so the
@@ -65,20 +67,22 @@ pub async fn upsert_contact(
 pub async fn upsert_on(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
+    audience: &Audience,
     upsert: &ContactUpsert,
 ) -> Result<UpsertOutcome, ContactError> {
-    upsert_with(connection, context, upsert, None).await
+    upsert_with(connection, context, audience, upsert, None).await
 }
 
 async fn upsert_with(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
+    audience: &Audience,
     upsert: &ContactUpsert,
     reservation: Option<&Reservation>,
 ) -> Result<UpsertOutcome, ContactError> {
     let mut attempt = 1;
     loop {
-        match write(connection, context, upsert, reservation).await {
+        match write(connection, context, audience, upsert, reservation).await {
             Err(ContactError::Db(DbError::UniqueViolation { .. })) if attempt < MAX_ATTEMPTS => {
                 attempt += 1;
             }
@@ -91,6 +95,7 @@ async fn upsert_with(
 async fn write(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
+    audience: &Audience,
     upsert: &ContactUpsert,
     reservation: Option<&Reservation>,
 ) -> Result<UpsertOutcome, ContactError> {
@@ -105,7 +110,7 @@ async fn write(
             .await?;
             plan(identify(matches, upsert)?, upsert)
         },
-        async |connection, plan| save(connection, context, plan, reservation).await,
+        async |connection, plan| save(connection, context, audience, plan, reservation).await,
     )
     .await
 }
@@ -116,6 +121,7 @@ async fn write(
 pub async fn update_by_id_on(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
+    audience: &Audience,
     contact_id: Uuid,
     upsert: &ContactUpsert,
 ) -> Result<UpsertOutcome, ContactError> {
@@ -125,7 +131,7 @@ pub async fn update_by_id_on(
                 .await?
                 .ok_or(ContactError::NotFound)?;
             let plan = plan(Some(existing), upsert)?;
-            Ok(save(connection, context, plan, None).await?)
+            Ok(save(connection, context, audience, plan, None).await?)
         })
         .await
 }
@@ -212,6 +218,7 @@ fn json_len(value: &Json) -> usize {
 async fn save(
     connection: &AsyncPgConnection,
     context: &RequestContext,
+    audience: &Audience,
     plan: Plan,
     reservation: Option<&Reservation>,
 ) -> QueryResult<UpsertOutcome> {
@@ -234,6 +241,7 @@ async fn save(
     };
     let events = record_contact_events(
         connection,
+        audience,
         context.request_id,
         previous_status.as_deref(),
         &contact,

@@ -22,7 +22,7 @@ use crate::contacts::{
 };
 use crate::db::{self, DbPool, prepared};
 use crate::error::ServiceError;
-use crate::events::{EventDraft, record};
+use crate::events::{Audience, EventDraft, record_for};
 use crate::outbox::{self, NewJob};
 use crate::request::RequestContext;
 use crate::schema::{contacts, webhook_event_keys, webhook_events};
@@ -61,6 +61,7 @@ struct Taken {
 pub async fn ingest(
     pool: &DbPool,
     context: &RequestContext,
+    audience: &Audience,
     request: &IngestEmarsysEventRequest,
     event: &EmarsysEvent,
     default_region: Option<country::Id>,
@@ -121,7 +122,7 @@ pub async fn ingest(
                 });
             }
 
-            let contact_id = sync_contact(connection, context, event, default_region).await?;
+            let contact_id = sync_contact(connection, context, audience, event, default_region).await?;
             let mut payload = job_payload_base;
             payload["contact_id"] = json!(contact_id);
             let job = NewJob::new(CUSTOM_EVENT_JOB, payload.clone(), Some(context.request_id.0));
@@ -147,8 +148,9 @@ pub async fn ingest(
                 .await
                 .map_err(db::DbError::from)?;
             outbox::enqueue(connection, &job).await.map_err(db::DbError::from)?;
-            record(
+            record_for(
                 connection,
+                audience,
                 EventDraft {
                     event_type: "integration.emarsys.event_received",
                     data: payload,
@@ -188,6 +190,7 @@ pub async fn ingest(
 async fn sync_contact(
     connection: &mut AsyncPgConnection,
     context: &RequestContext,
+    audience: &Audience,
     event: &EmarsysEvent,
     default_region: Option<country::Id>,
 ) -> Result<Option<Uuid>, ServiceError> {
@@ -225,6 +228,6 @@ async fn sync_contact(
     upsert.subscriber_status = None;
     debug_assert_eq!(upsert.tags, TagUpdate::Keep);
     debug_assert_eq!(upsert.name, FieldUpdate::Keep);
-    let outcome = upsert_on(connection, context, &upsert).await?;
+    let outcome = upsert_on(connection, context, audience, &upsert).await?;
     Ok(Some(outcome.contact.id))
 }

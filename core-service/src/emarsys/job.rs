@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::access::Caller;
 use crate::contacts::{ContactRow, ContactUpsert, FieldUpdate, TagUpdate, phone, upsert_on};
 use crate::db;
+use crate::events::Audience;
 use crate::flows::{PropertySource, flows_listening_for, rule_for};
 use crate::journeys::{Route, TriggerInput, accept_trigger};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
@@ -30,7 +31,15 @@ pub const CUSTOM_EVENT_JOB: JobKind = JobKind {
 /// outlasts the job's retries will do.
 const FLOW_TRIGGER_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
-pub struct CustomEventHandler;
+pub struct CustomEventHandler {
+    audience: Audience,
+}
+
+impl CustomEventHandler {
+    pub fn new(audience: Audience) -> Self {
+        Self { audience }
+    }
+}
 
 fn retry(error: impl std::fmt::Display) -> JobError {
     JobError::retry(error.to_string())
@@ -107,7 +116,7 @@ impl JobHandler for CustomEventHandler {
                         remove: rule.remove_tags.clone(),
                     },
                 };
-                let outcome = upsert_on(&mut connection, &request, &upsert)
+                let outcome = upsert_on(&mut connection, &request, &self.audience, &upsert)
                     .await
                     .map_err(retry)?;
                 if outcome.queued_jobs() {
@@ -137,9 +146,15 @@ impl JobHandler for CustomEventHandler {
                     data: data.as_object().cloned().unwrap_or_default(),
                     idempotency_key: Some(format!("emarsys:{webhook_event_id}")),
                 };
-                let outcome = accept_trigger(&context.pool, &request, &input, FLOW_TRIGGER_WINDOW)
-                    .await
-                    .map_err(retry)?;
+                let outcome = accept_trigger(
+                    &context.pool,
+                    &request,
+                    &self.audience,
+                    &input,
+                    FLOW_TRIGGER_WINDOW,
+                )
+                .await
+                .map_err(retry)?;
                 if outcome.queued_jobs() {
                     context.jobs_queued();
                 }

@@ -34,6 +34,7 @@ impl EmarsysService for EmarsysGrpc {
         let outcome = ingest(
             &self.state.pool,
             &context,
+            &self.state.audience,
             &request,
             &event,
             self.state.default_region,

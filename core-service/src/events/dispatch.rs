@@ -31,6 +31,11 @@ pub struct StoredEvent {
 /// delivery per endpoint, one sync job per contact) rather than doing slow I/O here, and must
 /// tolerate seeing an event twice.
 pub trait EventConsumer: Send + Sync + 'static {
+    /// Whether [`EventConsumer::consume`] might do anything with an event of this type, judged
+    /// from what the consumer holds in memory alone (no I/O: it is asked inside the writing
+    /// transaction). `false` only when sure; when nothing is cached, `true`.
+    fn may_act_on(&self, event_type: &str) -> bool;
+
     fn consume<'a>(
         &'a self,
         event: &'a StoredEvent,
@@ -38,16 +43,43 @@ pub trait EventConsumer: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), JobError>>;
 }
 
-/// Runs `event.dispatch` jobs.
+/// Every consumer of stored events, and whether an event needs dispatching at all. Cheap to
+/// clone.
+///
+/// An event that no consumer would act on is stored without a dispatch job: the job would
+/// only be inserted, run to do nothing and deleted (a third of an upsert's writes when neither
+/// an endpoint nor Twenty listens). Consumers judge from configuration cached in memory, which
+/// is current to within a notification's delay ([`crate::config_watch`]), the same delay a
+/// dispatch run at once after commit reads it with; while nothing is cached, every event is
+/// dispatched and the dispatch reads the configuration.
 #[derive(Clone, Default)]
+pub struct Audience {
+    consumers: Arc<[Arc<dyn EventConsumer>]>,
+}
+
+impl Audience {
+    pub fn new(consumers: Vec<Arc<dyn EventConsumer>>) -> Self {
+        Self {
+            consumers: consumers.into(),
+        }
+    }
+
+    /// Whether an event of this type needs an `event.dispatch` job.
+    pub fn listens_to(&self, event_type: &str) -> bool {
+        self.consumers
+            .iter()
+            .any(|consumer| consumer.may_act_on(event_type))
+    }
+}
+
+/// Runs `event.dispatch` jobs.
 pub struct DispatchHandler {
-    consumers: Vec<Arc<dyn EventConsumer>>,
+    audience: Audience,
 }
 
 impl DispatchHandler {
-    pub fn with_consumer(mut self, consumer: impl EventConsumer) -> Self {
-        self.consumers.push(Arc::new(consumer));
-        self
+    pub fn new(audience: Audience) -> Self {
+        Self { audience }
     }
 }
 
@@ -62,7 +94,7 @@ impl JobHandler for DispatchHandler {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            if self.consumers.is_empty() {
+            if self.audience.consumers.is_empty() {
                 return Ok(());
             }
             let read;
@@ -73,7 +105,7 @@ impl JobHandler for DispatchHandler {
                     &read
                 }
             };
-            for consumer in &self.consumers {
+            for consumer in self.audience.consumers.iter() {
                 consumer.consume(event, context).await?;
             }
             Ok(())

@@ -6,6 +6,8 @@ mod dispatch;
 mod service;
 mod store;
 
-pub use dispatch::{DISPATCH_JOB, DispatchHandler, EventConsumer, StoredEvent};
+pub use dispatch::{Audience, DISPATCH_JOB, DispatchHandler, EventConsumer, StoredEvent};
 pub use service::EventsGrpc;
-pub use store::{EventDraft, new_event_id, record, record_dispatching};
+pub use store::{
+    Dispatch, EventDraft, Recorded, new_event_id, record, record_dispatching, record_for,
+};

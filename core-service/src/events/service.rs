@@ -12,7 +12,8 @@ use switchbord_api::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::store::{EventDraft, new_event_id, record_dispatching};
+use super::dispatch::Audience;
+use super::store::{Dispatch, EventDraft, new_event_id, record_dispatching};
 use crate::audit::{self, AuditRecord};
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
@@ -31,14 +32,22 @@ pub struct EventsGrpc {
     dispatcher: Starter,
     /// Otherwise the dispatch job is queued, and announced once committed.
     announcer: Announcer,
+    /// A published event nobody listens to gets no dispatch job.
+    audience: Audience,
 }
 
 impl EventsGrpc {
-    pub fn new(pool: DbPool, dispatcher: Starter, announcer: Announcer) -> Self {
+    pub fn new(
+        pool: DbPool,
+        dispatcher: Starter,
+        announcer: Announcer,
+        audience: Audience,
+    ) -> Self {
         Self {
             pool,
             dispatcher,
             announcer,
+            audience,
         }
     }
 }
@@ -110,6 +119,7 @@ impl EventService for EventsGrpc {
             let (stored, ()) = futures::try_join!(
                 record_dispatching(
                     connection,
+                    &self.audience,
                     id.clone(),
                     EventDraft {
                         event_type: &event_type,
@@ -145,8 +155,9 @@ impl EventService for EventsGrpc {
         })?;
         drop(connection);
         match (reservation, recorded.dispatch) {
-            (Some(reservation), Some(dispatch)) => reservation.run(dispatch),
-            _ => self.announcer.jobs_queued(),
+            (Some(reservation), Dispatch::Started(dispatch)) => reservation.run(dispatch),
+            (_, Dispatch::Queued) => self.announcer.jobs_queued(),
+            (_, Dispatch::Started(_) | Dispatch::Skipped) => {}
         }
         let Json::Object(data) = data else {
             unreachable!("built as an object above")

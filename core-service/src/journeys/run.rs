@@ -8,7 +8,7 @@ use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
 use crate::db;
-use crate::events::{EventDraft, record};
+use crate::events::{Audience, Dispatch, EventDraft, record_for};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::schema::journey_runs;
 
@@ -17,7 +17,15 @@ pub const TRIGGER_JOB: JobKind = JobKind {
     max_attempts: 10,
 };
 
-pub struct JourneyTriggerHandler;
+pub struct JourneyTriggerHandler {
+    audience: Audience,
+}
+
+impl JourneyTriggerHandler {
+    pub fn new(audience: Audience) -> Self {
+        Self { audience }
+    }
+}
 
 fn text(payload: &Json, field: &str) -> Option<String> {
     payload.get(field).and_then(Json::as_str).map(str::to_owned)
@@ -75,8 +83,9 @@ impl JobHandler for JourneyTriggerHandler {
                     if let Some(object) = data.as_object_mut() {
                         object.insert("journey_run_id".to_owned(), json!(run_id));
                     }
-                    record(
+                    record_for(
                         connection,
+                        &self.audience,
                         EventDraft {
                             event_type: "journey.triggered",
                             data,
@@ -85,7 +94,7 @@ impl JobHandler for JourneyTriggerHandler {
                         },
                     )
                     .await
-                    .map(|_| true)
+                    .map(|recorded| matches!(recorded.dispatch, Dispatch::Queued))
                 })
                 .await
                 .map_err(|error: diesel::result::Error| JobError::retry(error.to_string()))

@@ -39,6 +39,7 @@ impl JourneyService for JourneysGrpc {
         let outcome = accept_trigger(
             &self.state.pool,
             &context,
+            &self.state.audience,
             &input,
             self.state.trigger_dedup_window,
         )

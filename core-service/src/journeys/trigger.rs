@@ -15,6 +15,7 @@ use super::run::TRIGGER_JOB;
 use crate::audit::{self, AuditRecord};
 use crate::contacts::find_or_create_by_phone;
 use crate::db::{self, DbPool, prepared};
+use crate::events::Audience;
 use crate::outbox::{self, NewJob};
 use crate::request::RequestContext;
 use crate::schema::journey_trigger_keys;
@@ -53,13 +54,15 @@ struct Accepted {
 pub async fn accept_trigger(
     pool: &DbPool,
     context: &RequestContext,
+    audience: &Audience,
     input: &TriggerInput,
     window: Duration,
 ) -> Result<TriggerOutcome, JourneyError> {
     let mut connection = db::connection(pool).await?;
     connection
         .transaction(async |connection| {
-            let ensured = find_or_create_by_phone(connection, context, &input.phone_number).await?;
+            let ensured = find_or_create_by_phone(connection, context, audience, &input.phone_number)
+                    .await?;
             let contact = &ensured.contact;
             let now = Utc::now();
             let window_start =

@@ -17,6 +17,7 @@ use crate::access::Caller;
 use crate::contacts::timestamp;
 use crate::db;
 use crate::error::ServiceError;
+use crate::events::Audience;
 use crate::outbox::{
     self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
 };
@@ -153,13 +154,19 @@ async fn queue_page(connection: &mut AsyncPgConnection, run_id: Uuid) -> QueryRe
 pub struct BackfillHandler {
     client: TwentyClient,
     default_region: Option<country::Id>,
+    audience: Audience,
 }
 
 impl BackfillHandler {
-    pub fn new(client: TwentyClient, default_region: Option<country::Id>) -> Self {
+    pub fn new(
+        client: TwentyClient,
+        default_region: Option<country::Id>,
+        audience: Audience,
+    ) -> Self {
         Self {
             client,
             default_region,
+            audience,
         }
     }
 }
@@ -230,6 +237,7 @@ impl JobHandler for BackfillHandler {
             };
             let apply = Apply {
                 context: &request,
+                audience: &self.audience,
                 mapping: &mapping,
                 default_region: self.default_region,
                 signed_at: now,

@@ -29,6 +29,7 @@ use crate::contacts::{
 };
 use crate::db;
 use crate::error::{FieldViolation, ServiceError};
+use crate::events::Audience;
 use crate::request::RequestContext;
 use crate::schema::twenty_webhook_nonces as nonces;
 
@@ -43,6 +44,8 @@ struct PersonEvent {
 pub struct InboundSettings {
     pub tolerance: Duration,
     pub default_region: Option<country::Id>,
+    /// Who acts on the events of the contacts changed.
+    pub audience: Audience,
 }
 
 /// Verifies the call, refuses replays, and applies each record, all in one transaction.
@@ -106,6 +109,7 @@ pub async fn receive(
             for event in &events {
                 let apply = Apply {
                     context,
+                    audience: &settings.audience,
                     mapping: &mapping,
                     default_region: settings.default_region,
                     signed_at,
@@ -154,6 +158,7 @@ fn parse(body: &[u8]) -> Result<Vec<PersonEvent>, FieldViolation> {
 
 pub(super) struct Apply<'a> {
     pub context: &'a RequestContext,
+    pub audience: &'a Audience,
     pub mapping: &'a Mapping,
     pub default_region: Option<country::Id>,
     /// The version assumed for records without `updatedAt`.
@@ -258,7 +263,7 @@ impl Apply<'_> {
                 ));
             }
         };
-        match update_by_id_on(connection, self.context, contact_id, &upsert).await {
+        match update_by_id_on(connection, self.context, self.audience, contact_id, &upsert).await {
             Ok(_) => {}
             Err(ContactError::Db(db::DbError::UniqueViolation { .. })) => {
                 return Ok(result(
@@ -321,7 +326,9 @@ impl Apply<'_> {
                 ));
             }
         }
-        let (contact, created) = match upsert_on(connection, self.context, &upsert).await {
+        let (contact, created) = match upsert_on(connection, self.context, self.audience, &upsert)
+            .await
+        {
             Ok(outcome) => (outcome.contact, outcome.operation == Operation::Created),
             Err(ContactError::IdentityConflict { .. }) => {
                 return Ok((

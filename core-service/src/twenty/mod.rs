@@ -16,6 +16,7 @@ pub mod signature;
 
 pub use backfill::{BACKFILL_JOB, BackfillHandler};
 pub use client::TwentyClient;
+pub use inbound::InboundSettings;
 pub use records::{SyncStatus, counts as sync_status_counts};
 pub use service::TwentyGrpc;
 pub use sync::{SYNC_JOB, SyncHandler, TwentySyncConsumer};

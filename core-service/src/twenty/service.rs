@@ -1,10 +1,8 @@
 //! The `TwentyService` gRPC implementation.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use phonenumber::country;
 use switchbord_api::v1::twenty_service_server::TwentyService;
 use switchbord_api::v1::*;
 use tonic::{Request, Response, Status};
@@ -43,8 +41,7 @@ impl TwentyGrpc {
         pool: DbPool,
         client: TwentyClient,
         clock: Arc<dyn Clock>,
-        webhook_tolerance: Duration,
-        default_region: Option<country::Id>,
+        inbound: InboundSettings,
         announcer: Announcer,
         config: ConfigWatch,
     ) -> Self {
@@ -54,10 +51,7 @@ impl TwentyGrpc {
             clock,
             announcer,
             config,
-            inbound: InboundSettings {
-                tolerance: webhook_tolerance,
-                default_region,
-            },
+            inbound,
         }
     }
 

@@ -43,17 +43,23 @@ impl TwentySyncConsumer {
     }
 }
 
+/// The events that can change what Twenty should hold.
+fn syncs(event_type: &str) -> bool {
+    matches!(event_type, "contact.created" | "contact.updated")
+}
+
 impl EventConsumer for TwentySyncConsumer {
+    fn may_act_on(&self, event_type: &str) -> bool {
+        syncs(event_type) && self.connected.peek().is_none_or(|connected| *connected)
+    }
+
     fn consume<'a>(
         &'a self,
         event: &'a StoredEvent,
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            if !matches!(
-                event.event_type.as_str(),
-                "contact.created" | "contact.updated"
-            ) {
+            if !syncs(&event.event_type) {
                 return Ok(());
             }
             let Some(contact_id) = event

@@ -48,15 +48,26 @@ struct Immediate {
     slot: Slot,
 }
 
+/// Test events go to one endpoint only, directly; they are never fanned out.
+const TEST_EVENT: &str = "webhook.test";
+
 impl EventConsumer for WebhookFanout {
+    fn may_act_on(&self, event_type: &str) -> bool {
+        event_type != TEST_EVENT
+            && self.endpoints.peek().is_none_or(|endpoints| {
+                endpoints
+                    .iter()
+                    .any(|endpoint| endpoint.subscribes_to(event_type))
+            })
+    }
+
     fn consume<'a>(
         &'a self,
         event: &'a StoredEvent,
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            // Test events go to one endpoint only, directly; never fan them out.
-            if event.event_type == "webhook.test" {
+            if event.event_type == TEST_EVENT {
                 return Ok(());
             }
             let endpoints = self
