@@ -367,8 +367,11 @@ impl CoreServer {
                 self.authenticator.clone(),
             )))
             .add_service(
-                JourneyServiceServer::new(JourneysGrpc::new(self.state.clone()))
-                    .max_decoding_message_size(MAX_FREE_FORM_REQUEST_BYTES),
+                JourneyServiceServer::new(JourneysGrpc::new(
+                    self.state.clone(),
+                    dispatcher.clone(),
+                ))
+                .max_decoding_message_size(MAX_FREE_FORM_REQUEST_BYTES),
             )
             .add_service(
                 EventServiceServer::new(EventsGrpc::new(

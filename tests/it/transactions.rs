@@ -376,6 +376,7 @@ async fn a_triggers_key_is_taken_by_a_prepared_statement() {
             &Audience::default(),
             &input,
             Duration::from_secs(60),
+            None,
         )
         .await
         .expect("trigger");

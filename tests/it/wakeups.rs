@@ -65,7 +65,8 @@ async fn every_path_that_queues_a_job_has_it_run_without_waiting_for_the_poll() 
     app.upsert_contact(&json!({"phone_number": PHONE})).await;
     delivered(&receiver, "contact.created").await;
 
-    // A journey trigger: its job, announced by the request; the job's event, by the job.
+    // A journey trigger: its job, started by the request (announced when the worker has no
+    // room); the job's event, by the job.
     let reply = app
         .send(
             Method::POST,

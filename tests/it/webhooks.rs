@@ -1324,13 +1324,41 @@ async fn published_and_upserted_events_are_dispatched_at_once_without_waking_the
     })
     .await;
 
-    // The listener does hear a job that is queued, once committed: a journey trigger's.
+    // So is a journey trigger's job, which the trigger's request starts.
     let reply = app
         .send(
             reqwest::Method::POST,
             "/compat/journey-trigger/welcome",
             &[("content-type", "application/json")],
             json!({"phone_number": "+4915112345678"}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let trigger_job = reply.body["outboxJobId"]
+        .as_str()
+        .expect("a job id")
+        .to_owned();
+    eventually("the trigger's job has run", async || {
+        count(
+            &app,
+            &format!(
+                "SELECT count(*) FROM outbox_jobs WHERE id = '{trigger_job}' AND status = 'succeeded'"
+            ),
+        )
+        .await
+            == 1
+    })
+    .await;
+    let woken = tokio::time::timeout(Duration::from_millis(300), notifications.next()).await;
+    assert!(woken.is_err(), "a notification arrived: {woken:?}");
+
+    // The listener does hear a job that is queued, once committed: an Emarsys event's.
+    let reply = app
+        .send_anonymous(
+            reqwest::Method::POST,
+            "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+            &[("content-type", "application/json")],
+            json!({"event_name": "order_placed", "phone_number": "+4915112345678"}).to_string(),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);

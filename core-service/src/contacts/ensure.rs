@@ -27,7 +27,7 @@ pub struct Ensured {
 /// The contact with `phone_number`, created (subscribed, no other fields) when missing. Runs on
 /// `connection`, inside the caller's transaction; an existing contact is not changed.
 pub async fn find_or_create_by_phone(
-    connection: &mut AsyncPgConnection,
+    connection: &AsyncPgConnection,
     context: &RequestContext,
     audience: &Audience,
     phone_number: &PhoneNumber,

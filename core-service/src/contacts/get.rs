@@ -34,7 +34,7 @@ pub async fn get_contact(
         Lookup::PhoneNumber(raw) => {
             let number = phone::normalize(&raw, state.default_region)
                 .map_err(|error| invalid("phone_number", error.to_string()))?;
-            store::find_by_phone(&mut connection, number.as_str()).await
+            store::find_by_phone(&connection, number.as_str()).await
         }
         Lookup::ExternalReferenceId(reference) => {
             store::find_by_reference(&mut connection, reference.trim()).await

@@ -81,13 +81,13 @@ pub async fn find_by_id(connection: &mut AsyncPgConnection, id: Uuid) -> QueryRe
 }
 
 pub async fn find_by_phone(
-    connection: &mut AsyncPgConnection,
+    mut connection: &AsyncPgConnection,
     phone_number: &str,
 ) -> QueryResult<ContactRow> {
     contacts::table
         .filter(contacts::phone_number.eq(phone_number))
         .select(ContactRow::as_select())
-        .first(connection)
+        .first(&mut connection)
         .await
 }
 
@@ -104,7 +104,7 @@ pub async fn find_by_reference(
 
 /// Inserts `row` unless its phone number exists; `None` when another write got there first.
 pub async fn insert_if_absent(
-    connection: &mut AsyncPgConnection,
+    mut connection: &AsyncPgConnection,
     row: &ContactRow,
 ) -> QueryResult<Option<ContactRow>> {
     diesel::insert_into(contacts::table)
@@ -112,7 +112,7 @@ pub async fn insert_if_absent(
         .on_conflict(contacts::phone_number)
         .do_nothing()
         .returning(ContactRow::as_returning())
-        .get_result(connection)
+        .get_result(&mut connection)
         .await
         .optional()
 }

@@ -152,6 +152,7 @@ impl JobHandler for CustomEventHandler {
                     &self.audience,
                     &input,
                     FLOW_TRIGGER_WINDOW,
+                    None,
                 )
                 .await
                 .map_err(retry)?;

@@ -10,16 +10,19 @@ use super::error::JourneyError;
 use super::input::validate_trigger;
 use super::trigger::accept_trigger;
 use crate::error::ServiceError;
+use crate::outbox::Starter;
 use crate::request::RequestContext;
 use crate::state::AppState;
 
 pub struct JourneysGrpc {
     state: Arc<AppState>,
+    /// A trigger's job is run at once by this instance's worker when it has room.
+    starter: Starter,
 }
 
 impl JourneysGrpc {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<AppState>, starter: Starter) -> Self {
+        Self { state, starter }
     }
 }
 
@@ -36,17 +39,22 @@ impl JourneyService for JourneysGrpc {
         let context = RequestContext::from_request(&request)?;
         let input = validate_trigger(request.into_inner(), self.state.default_region)
             .map_err(|violations| status(JourneyError::Invalid(violations)))?;
-        let outcome = accept_trigger(
+        let reservation = self.starter.reserve();
+        let mut outcome = accept_trigger(
             &self.state.pool,
             &context,
             &self.state.audience,
             &input,
             self.state.trigger_dedup_window,
+            reservation.as_ref(),
         )
         .await
         .map_err(status)?;
         if outcome.queued_jobs() {
             self.state.announcer.jobs_queued();
+        }
+        if let (Some(reservation), Some(job)) = (reservation, outcome.started.take()) {
+            reservation.run(job);
         }
         let trigger_status = if outcome.duplicate {
             TriggerStatus::Duplicate

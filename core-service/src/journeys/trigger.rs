@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::error::JourneyError;
@@ -16,12 +16,12 @@ use crate::audit::{self, AuditRecord};
 use crate::contacts::find_or_create_by_phone;
 use crate::db::{self, DbPool, prepared};
 use crate::events::Audience;
-use crate::outbox::{self, NewJob};
+use crate::outbox::{self, ClaimedJob, NewJob, Reservation};
 use crate::request::RequestContext;
 use crate::schema::journey_trigger_keys;
 
 /// What happened to a trigger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TriggerOutcome {
     pub duplicate: bool,
     pub trigger_event_id: Uuid,
@@ -29,14 +29,17 @@ pub struct TriggerOutcome {
     pub contact_id: Uuid,
     /// The trigger created the contact (with its `contact.created` event).
     pub contact_created: bool,
+    /// The trigger's job, inserted already claimed under the caller's reservation: for
+    /// [`Reservation::run`] once this returns.
+    pub started: Option<ClaimedJob>,
 }
 
 impl TriggerOutcome {
-    /// Whether the trigger stored jobs, which its committer announces (see
-    /// [`crate::outbox::Announcer`]): its own, unless it was a duplicate, and the new contact's
-    /// event's.
+    /// Whether the trigger queued jobs, which its committer announces (see
+    /// [`crate::outbox::Announcer`]): its own, unless it was a duplicate or started at once, and
+    /// the new contact's event's.
     pub fn queued_jobs(&self) -> bool {
-        !self.duplicate || self.contact_created
+        (!self.duplicate && self.started.is_none()) || self.contact_created
     }
 }
 
@@ -49,7 +52,12 @@ struct Accepted {
 
 /// Accepts `input` unless its deduplication key was accepted within `window`. The key row is
 /// taken with `INSERT … ON CONFLICT DO UPDATE … WHERE` (older than the window), so concurrent
-/// identical triggers serialise on it and exactly one is queued.
+/// identical triggers serialise on it and exactly one is queued. With a `reservation`, the
+/// trigger's job is inserted already claimed, for the caller to run once this returns (see
+/// [`crate::outbox::Starter`]).
+///
+/// Three round trips for a known contact: `BEGIN` with the contact's lookup, the key, then the
+/// job and the audit entry with `COMMIT` ([`db::pipelined::read_then_write`]).
 #[tracing::instrument(skip_all, fields(request_id = %context.request_id.0))]
 pub async fn accept_trigger(
     pool: &DbPool,
@@ -57,23 +65,34 @@ pub async fn accept_trigger(
     audience: &Audience,
     input: &TriggerInput,
     window: Duration,
+    reservation: Option<&Reservation>,
 ) -> Result<TriggerOutcome, JourneyError> {
     let mut connection = db::connection(pool).await?;
-    connection
-        .transaction(async |connection| {
-            let ensured = find_or_create_by_phone(connection, context, audience, &input.phone_number)
+    let trigger_event_id = Uuid::now_v7();
+    db::pipelined::read_then_write(
+        &mut connection,
+        async |connection| {
+            let ensured =
+                find_or_create_by_phone(connection, context, audience, &input.phone_number)
                     .await?;
-            let contact = &ensured.contact;
             let now = Utc::now();
             let window_start =
                 now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
             let key = input.dedup_key();
-            let trigger_event_id = Uuid::now_v7();
             let job = NewJob::new(
                 TRIGGER_JOB,
-                input.payload(trigger_event_id, contact.id),
+                input.payload(trigger_event_id, ensured.contact.id),
                 Some(context.request_id.0),
             );
+            let outcome = |duplicate, trigger_event_id, outbox_job_id| TriggerOutcome {
+                duplicate,
+                trigger_event_id,
+                outbox_job_id,
+                contact_id: ensured.contact.id,
+                contact_created: ensured.created,
+                started: None,
+            };
+            let mut connection = connection;
             let accepted: Option<Accepted> = prepared(
                 diesel::sql_query(
                     "INSERT INTO journey_trigger_keys (dedup_key, trigger_id, outbox_job_id, accepted_at)
@@ -91,28 +110,33 @@ pub async fn accept_trigger(
                 .bind::<Timestamptz, _>(now)
                 .bind::<Timestamptz, _>(window_start),
             )
-            .get_result(connection)
+            .get_result(&mut connection)
             .await
             .optional()?;
-            if accepted.is_none() {
-                let (first_trigger, first_job): (Uuid, Uuid) = journey_trigger_keys::table
-                    .find(&key)
-                    .select((
-                        journey_trigger_keys::trigger_id,
-                        journey_trigger_keys::outbox_job_id,
-                    ))
-                    .first(connection)
-                    .await?;
-                return Ok(TriggerOutcome {
-                    duplicate: true,
-                    trigger_event_id: first_trigger,
-                    outbox_job_id: first_job,
-                    contact_id: contact.id,
-                    contact_created: ensured.created,
-                });
+            if accepted.is_some() {
+                return Ok((outcome(false, trigger_event_id, job.id), Some(job)));
             }
-            // The job and the audit entry go together (pipelined): one round trip for both.
-            let connection: &AsyncPgConnection = connection;
+            let (first_trigger, first_job): (Uuid, Uuid) = journey_trigger_keys::table
+                .find(&key)
+                .select((
+                    journey_trigger_keys::trigger_id,
+                    journey_trigger_keys::outbox_job_id,
+                ))
+                .first(&mut connection)
+                .await?;
+            Ok::<_, JourneyError>((outcome(true, first_trigger, first_job), None))
+        },
+        async |connection, (mut outcome, job)| {
+            // A duplicate writes nothing more: its transaction ends with the key's lookup.
+            let Some(job) = job else {
+                return Ok(outcome);
+            };
+            let enqueue = async {
+                match reservation {
+                    Some(reservation) => reservation.enqueue(connection, &job).await.map(Some),
+                    None => outbox::enqueue(connection, &job).await.map(|_| None),
+                }
+            };
             let audit_entry = audit::record(
                 connection,
                 AuditRecord {
@@ -124,14 +148,10 @@ pub async fn accept_trigger(
                     changed_fields: Vec::new(),
                 },
             );
-            futures::try_join!(outbox::enqueue(connection, &job), audit_entry)?;
-            Ok(TriggerOutcome {
-                duplicate: false,
-                trigger_event_id,
-                outbox_job_id: job.id,
-                contact_id: contact.id,
-                contact_created: ensured.created,
-            })
-        })
-        .await
+            let (started, ()) = futures::try_join!(enqueue, audit_entry)?;
+            outcome.started = started;
+            Ok(outcome)
+        },
+    )
+    .await
 }
