@@ -225,7 +225,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let drained = scenarios::drain_outbox(&server).await?;
     println!(
-        "\noutbox drained in {:.1} s (the dispatch jobs of every contact event above)",
+        "\noutbox drained in {:.1} s (the jobs the scenarios above left queued)",
         drained.as_secs_f64()
     );
     println!();
