@@ -9,7 +9,7 @@ use diesel_async::RunQueryDsl;
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 
-use crate::helpers::{HttpReply, TestApp};
+use crate::helpers::{HttpReply, TestApp, count, eventually};
 
 const PHONE: &str = "+4915112345678";
 
@@ -347,6 +347,45 @@ async fn the_job_records_a_run_and_emits_journey_triggered_with_the_data() {
         .await
         .expect("runs");
     assert_eq!(runs.count, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_job_run_again_records_no_second_run_or_event() {
+    let app = TestApp::spawn().await;
+    let reply = trigger(
+        &app,
+        "/compat/journey-trigger/welcome",
+        &json!({"phone_number": PHONE}),
+        &[],
+    )
+    .await;
+    let (_, job_id) = queued(&reply);
+    let succeeded = format!(
+        "SELECT count(*) AS count FROM outbox_jobs WHERE id = '{job_id}' AND status = 'succeeded' AND attempts = "
+    );
+    eventually("the trigger's job succeeds", async || {
+        count(&app.database, &format!("{succeeded}1")).await == 1
+    })
+    .await;
+
+    // As if its worker had died after the commit and before recording the success: the job
+    // is claimed and run again.
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "UPDATE outbox_jobs SET status = 'pending', run_after = now() WHERE id = '{job_id}'"
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("hand the job back");
+    eventually("the job succeeds again", async || {
+        count(&app.database, &format!("{succeeded}2")).await == 1
+    })
+    .await;
+
+    let runs = "SELECT count(*) AS count FROM journey_runs";
+    assert_eq!(count(&app.database, runs).await, 1);
+    let triggered = "SELECT count(*) AS count FROM events WHERE type = 'journey.triggered'";
+    assert_eq!(count(&app.database, triggered).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
@@ -56,9 +56,12 @@ impl JobHandler for JourneyTriggerHandler {
             let mut connection = db::connection(&context.pool)
                 .await
                 .map_err(|error| JobError::retry(error.to_string()))?;
-            connection
-                .transaction(async |connection| {
-                    let inserted = diesel::insert_into(journey_runs::table)
+            // Two round trips: `BEGIN` with the run's insert, the event with `COMMIT`.
+            db::pipelined::read_then_write(
+                &mut connection,
+                async |connection| {
+                    let mut connection = connection;
+                    diesel::insert_into(journey_runs::table)
                         .values((
                             journey_runs::id.eq(run_id),
                             journey_runs::trigger_id.eq(trigger_event_id),
@@ -73,8 +76,10 @@ impl JobHandler for JourneyTriggerHandler {
                         ))
                         .on_conflict(journey_runs::trigger_id)
                         .do_nothing()
-                        .execute(connection)
-                        .await?;
+                        .execute(&mut connection)
+                        .await
+                },
+                async |connection, inserted| {
                     if inserted == 0 {
                         // A previous attempt committed; nothing more to do.
                         return Ok(false);
@@ -95,14 +100,15 @@ impl JobHandler for JourneyTriggerHandler {
                     )
                     .await
                     .map(|recorded| matches!(recorded.dispatch, Dispatch::Queued))
-                })
-                .await
-                .map_err(|error: diesel::result::Error| JobError::retry(error.to_string()))
-                .map(|recorded| {
-                    if recorded {
-                        context.jobs_queued();
-                    }
-                })
+                },
+            )
+            .await
+            .map_err(|error: diesel::result::Error| JobError::retry(error.to_string()))
+            .map(|recorded| {
+                if recorded {
+                    context.jobs_queued();
+                }
+            })
         })
     }
 }
