@@ -66,7 +66,6 @@ pub enum Dispatch {
 }
 
 /// How [`store`] writes the dispatch job.
-#[derive(Clone, Copy)]
 enum Dispatching<'a> {
     Skip,
     Queue,
@@ -115,26 +114,27 @@ async fn store(
     let insert_job = async {
         let job = || NewJob::new(DISPATCH_JOB, json!({"event_id": id}), draft.request_id);
         match dispatching {
-            Dispatching::Skip => Ok(None),
-            Dispatching::Queue => outbox::enqueue(connection, &job()).await.map(|_| None),
-            Dispatching::Start(reservation) => {
-                reservation.enqueue(connection, &job()).await.map(Some)
-            }
+            Dispatching::Skip => Ok(Dispatch::Skipped),
+            Dispatching::Queue => outbox::enqueue(connection, &job())
+                .await
+                .map(|_| Dispatch::Queued),
+            Dispatching::Start(reservation) => reservation
+                .enqueue(connection, &job())
+                .await
+                .map(Dispatch::Started),
         }
     };
-    let (_, started) = futures::try_join!(insert_event, insert_job)?;
-    let dispatch = match (started, dispatching) {
-        (_, Dispatching::Skip) => Dispatch::Skipped,
-        (None, _) => Dispatch::Queued,
-        // The dispatch started at once takes the event along rather than read it back.
-        (Some(job), _) => Dispatch::Started(job.carrying(StoredEvent {
+    let (_, mut dispatch) = futures::try_join!(insert_event, insert_job)?;
+    // The dispatch started at once takes the event along rather than read it back.
+    if let Dispatch::Started(job) = dispatch {
+        dispatch = Dispatch::Started(job.carrying(StoredEvent {
             id: id.clone(),
             event_type: draft.event_type.to_owned(),
             occurred_at,
             data: draft.data,
             source: draft.source.to_owned(),
-        })),
-    };
+        }));
+    }
     Ok(Recorded {
         id,
         occurred_at,
