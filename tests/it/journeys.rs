@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use diesel::sql_query;
 use diesel::sql_types::{BigInt, Jsonb, Text};
-use diesel_async::RunQueryDsl;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 
@@ -436,6 +436,51 @@ async fn a_trigger_after_the_deduplication_window_is_queued_again() {
     tokio::time::sleep(window + Duration::from_millis(200)).await;
     let after = queued(&trigger(&app, path, &body, &[]).await);
     assert_ne!(after, first, "a new trigger with new ids");
+}
+
+/// A trigger that finds its expired key locked waits; when the holder commits a fresh take, the
+/// waiting trigger is a duplicate of that one, not of the expired trigger it could still see.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_waiting_for_a_key_taken_meanwhile_answers_with_the_new_holder() {
+    let window = Duration::from_secs(1);
+    let app = TestApp::builder().outbox_retention(window).spawn().await;
+    let path = "/compat/journey-trigger/welcome";
+    let body = json!({"phone_number": PHONE, "flow_id": "f-1"});
+    let expired = queued(&trigger(&app, path, &body, &[]).await);
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+
+    let new_holder = (
+        "0190a000-0000-7000-8000-000000000001".to_owned(),
+        "0190a000-0000-7000-8000-000000000002".to_owned(),
+    );
+    let mut holder = app.database.connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; UPDATE journey_trigger_keys \
+             SET trigger_id = '{}', outbox_job_id = '{}', accepted_at = now()",
+            new_holder.0, new_holder.1
+        ))
+        .await
+        .expect("take the key");
+    let commit_once_waited_for = async {
+        eventually("the trigger waits for the key", async || {
+            count(
+                &app.database,
+                "SELECT count(*) AS count FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+                == 1
+        })
+        .await;
+        holder.batch_execute("COMMIT").await.expect("commit");
+    };
+    let (reply, ()) = tokio::join!(trigger(&app, path, &body, &[]), commit_once_waited_for);
+
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["status"], "duplicate", "{}", reply.text);
+    assert_ne!(ids(&reply), expired);
+    assert_eq!(ids(&reply), new_holder);
 }
 
 #[tokio::test(flavor = "multi_thread")]

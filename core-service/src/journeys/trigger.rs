@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Bool, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
@@ -43,12 +43,37 @@ impl TriggerOutcome {
     }
 }
 
+/// The deduplication key's row after a trigger tried to take it.
 #[derive(QueryableByName)]
-struct Accepted {
+struct KeyHolder {
     #[diesel(sql_type = SqlUuid)]
-    #[allow(dead_code)]
     trigger_id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    outbox_job_id: Uuid,
+    /// This trigger took the key (it was free, or older than the window).
+    #[diesel(sql_type = Bool)]
+    taken: bool,
 }
+
+/// Takes the key unless it was taken within the window, answering with its holder either way.
+/// The second `SELECT` sees the statement's snapshot: when the key was taken by a transaction
+/// that committed while this one waited for it, that snapshot holds no row or the expired one,
+/// which `accepted_at >= $5` leaves out, so the statement answers no row and the holder is read
+/// again.
+const TAKE_KEY: &str = "WITH taken AS (
+         INSERT INTO journey_trigger_keys (dedup_key, trigger_id, outbox_job_id, accepted_at)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (dedup_key) DO UPDATE
+             SET trigger_id = EXCLUDED.trigger_id,
+                 outbox_job_id = EXCLUDED.outbox_job_id,
+                 accepted_at = EXCLUDED.accepted_at
+             WHERE journey_trigger_keys.accepted_at < $5
+         RETURNING trigger_id, outbox_job_id
+     )
+     SELECT trigger_id, outbox_job_id, true AS taken FROM taken
+     UNION ALL
+     SELECT trigger_id, outbox_job_id, false FROM journey_trigger_keys
+      WHERE dedup_key = $1 AND accepted_at >= $5 AND NOT EXISTS (SELECT 1 FROM taken)";
 
 /// Accepts `input` unless its deduplication key was accepted within `window`. The key row is
 /// taken with `INSERT … ON CONFLICT DO UPDATE … WHERE` (older than the window), so concurrent
@@ -56,8 +81,9 @@ struct Accepted {
 /// trigger's job is inserted already claimed, for the caller to run once this returns (see
 /// [`crate::outbox::Starter`]).
 ///
-/// Three round trips for a known contact: `BEGIN` with the contact's lookup, the key, then the
-/// job and the audit entry with `COMMIT` ([`db::pipelined::read_then_write`]).
+/// Two round trips for a known contact: `BEGIN` with the contact's lookup and the key (the key
+/// does not depend on the contact, so it need not wait for it), then the job and the audit entry
+/// with `COMMIT` ([`db::pipelined::read_then_write`]).
 #[tracing::instrument(skip_all, fields(request_id = %context.request_id.0))]
 pub async fn accept_trigger(
     pool: &DbPool,
@@ -69,62 +95,70 @@ pub async fn accept_trigger(
 ) -> Result<TriggerOutcome, JourneyError> {
     let mut connection = db::connection(pool).await?;
     let trigger_event_id = Uuid::now_v7();
+    let job_id = Uuid::now_v7();
     db::pipelined::read_then_write(
         &mut connection,
         async |connection| {
-            let ensured =
-                find_or_create_by_phone(connection, context, audience, &input.phone_number)
-                    .await?;
             let now = Utc::now();
             let window_start =
                 now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
             let key = input.dedup_key();
-            let job = NewJob::new(
-                TRIGGER_JOB,
-                input.payload(trigger_event_id, ensured.contact.id),
-                Some(context.request_id.0),
-            );
-            let outcome = |duplicate, trigger_event_id, outbox_job_id| TriggerOutcome {
-                duplicate,
-                trigger_event_id,
-                outbox_job_id,
+            let take_key = async {
+                let mut connection = connection;
+                let holder: Option<KeyHolder> = prepared(
+                    diesel::sql_query(TAKE_KEY)
+                        .bind::<Text, _>(&key)
+                        .bind::<SqlUuid, _>(trigger_event_id)
+                        .bind::<SqlUuid, _>(job_id)
+                        .bind::<Timestamptz, _>(now)
+                        .bind::<Timestamptz, _>(window_start),
+                )
+                .get_result(&mut connection)
+                .await
+                .optional()?;
+                match holder {
+                    Some(holder) => Ok(holder),
+                    // Taken by a trigger that committed while this one waited for the key.
+                    None => {
+                        let (trigger_id, outbox_job_id) = journey_trigger_keys::table
+                            .find(&key)
+                            .select((
+                                journey_trigger_keys::trigger_id,
+                                journey_trigger_keys::outbox_job_id,
+                            ))
+                            .first(&mut connection)
+                            .await?;
+                        Ok::<_, JourneyError>(KeyHolder {
+                            trigger_id,
+                            outbox_job_id,
+                            taken: false,
+                        })
+                    }
+                }
+            };
+            let ensure_contact =
+                find_or_create_by_phone(connection, context, audience, &input.phone_number);
+            let (ensured, holder) = futures::try_join!(
+                async { ensure_contact.await.map_err(JourneyError::from) },
+                take_key
+            )?;
+            let outcome = TriggerOutcome {
+                duplicate: !holder.taken,
+                trigger_event_id: holder.trigger_id,
+                outbox_job_id: holder.outbox_job_id,
                 contact_id: ensured.contact.id,
                 contact_created: ensured.created,
                 started: None,
             };
-            let mut connection = connection;
-            let accepted: Option<Accepted> = prepared(
-                diesel::sql_query(
-                    "INSERT INTO journey_trigger_keys (dedup_key, trigger_id, outbox_job_id, accepted_at)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (dedup_key) DO UPDATE
-                         SET trigger_id = EXCLUDED.trigger_id,
-                             outbox_job_id = EXCLUDED.outbox_job_id,
-                             accepted_at = EXCLUDED.accepted_at
-                         WHERE journey_trigger_keys.accepted_at < $5
-                     RETURNING trigger_id",
+            let job = holder.taken.then(|| NewJob {
+                id: job_id,
+                ..NewJob::new(
+                    TRIGGER_JOB,
+                    input.payload(trigger_event_id, ensured.contact.id),
+                    Some(context.request_id.0),
                 )
-                .bind::<Text, _>(&key)
-                .bind::<SqlUuid, _>(trigger_event_id)
-                .bind::<SqlUuid, _>(job.id)
-                .bind::<Timestamptz, _>(now)
-                .bind::<Timestamptz, _>(window_start),
-            )
-            .get_result(&mut connection)
-            .await
-            .optional()?;
-            if accepted.is_some() {
-                return Ok((outcome(false, trigger_event_id, job.id), Some(job)));
-            }
-            let (first_trigger, first_job): (Uuid, Uuid) = journey_trigger_keys::table
-                .find(&key)
-                .select((
-                    journey_trigger_keys::trigger_id,
-                    journey_trigger_keys::outbox_job_id,
-                ))
-                .first(&mut connection)
-                .await?;
-            Ok::<_, JourneyError>((outcome(true, first_trigger, first_job), None))
+            });
+            Ok((outcome, job))
         },
         async |connection, (mut outcome, job)| {
             // A duplicate writes nothing more: its transaction ends with the key's lookup.
