@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use diesel::sql_query;
 use diesel::sql_types::{Jsonb, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 use switchbord_api::json::value_from_json;
+use switchbord_api::v1::emarsys_service_client::EmarsysServiceClient;
 use switchbord_api::v1::flow_service_client::FlowServiceClient;
 use switchbord_api::v1::property_assignment::Source;
 use switchbord_api::v1::{
-    EventRule, Flow, PropertyAssignment, PutEventRuleRequest, PutFlowRequest,
+    EmarsysContact, EventRule, Flow, IngestEmarsysEventRequest, PropertyAssignment,
+    PutEventRuleRequest, PutFlowRequest,
 };
 
 use crate::helpers::{HttpReply, TestApp, WithKey, eventually};
@@ -485,6 +487,121 @@ async fn a_redelivered_request_is_not_stored_twice() {
         3
     );
     assert_eq!(count(&app, "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'integration.emarsys.custom_event'").await, 3);
+}
+
+/// Over gRPC a redelivery also names the first delivery's contact, and the delivery key, the
+/// event record and the answer all name the one job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_answers_with_the_first_deliverys_contact_and_job() {
+    let app = TestApp::spawn().await;
+    let mut emarsys = EmarsysServiceClient::new(app.channel().await);
+    let request = IngestEmarsysEventRequest {
+        event_name: "order_placed".to_owned(),
+        flat: Some(EmarsysContact {
+            phone_number: PHONE.to_owned(),
+            ..Default::default()
+        }),
+        raw_body: "{}".to_owned(),
+        delivery_id: "em-7".to_owned(),
+        ..Default::default()
+    };
+
+    let first = emarsys
+        .ingest_emarsys_event(request.clone())
+        .await
+        .expect("first delivery")
+        .into_inner();
+    let again = emarsys
+        .ingest_emarsys_event(request)
+        .await
+        .expect("redelivery")
+        .into_inner();
+
+    assert!(!first.duplicate);
+    assert!(again.duplicate);
+    assert!(!first.contact_id.is_empty());
+    assert_eq!(again.contact_id, first.contact_id);
+    assert_eq!(again.outbox_job_id, first.outbox_job_id);
+    let job = &first.outbox_job_id;
+    let naming_the_job = format!(
+        "SELECT count(*) AS count FROM webhook_event_keys k \
+         JOIN webhook_events e ON e.id = k.webhook_event_id AND e.outbox_job_id = k.outbox_job_id \
+         JOIN outbox_jobs j ON j.id = k.outbox_job_id \
+         WHERE k.outbox_job_id = '{job}'"
+    );
+    assert_eq!(count(&app, &naming_the_job).await, 1);
+}
+
+/// A redelivery that finds its expired key locked waits; when the holder commits a fresh take,
+/// the redelivery answers with that holder, not with the expired one it could still see.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_waiting_for_a_key_taken_meanwhile_answers_with_the_new_holder() {
+    let window = Duration::from_secs(1);
+    let app = TestApp::builder().outbox_retention(window).spawn().await;
+    let body = r#"{"event_name": "a", "event_id": "em-1"}"#;
+    let expired = post(&app, "", body, &[]).await;
+    assert_eq!(expired.status, 200, "{}", expired.text);
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+
+    let (event, job) = (
+        "0190a000-0000-7000-8000-000000000001",
+        "0190a000-0000-7000-8000-000000000002",
+    );
+    let mut holder = app.database.connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; UPDATE webhook_event_keys \
+             SET webhook_event_id = '{event}', outbox_job_id = '{job}', accepted_at = now()"
+        ))
+        .await
+        .expect("take the key");
+    let commit_once_waited_for = async {
+        eventually("the redelivery waits for the key", async || {
+            count(
+                &app,
+                "SELECT count(*) AS count FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+                == 1
+        })
+        .await;
+        holder.batch_execute("COMMIT").await.expect("commit");
+    };
+    let (reply, ()) = tokio::join!(post(&app, "", body, &[]), commit_once_waited_for);
+
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["webhookEventId"], event, "{}", reply.text);
+    assert_eq!(reply.body["outboxJobId"], job, "{}", reply.text);
+}
+
+/// Events that create the same new contact at once race on its phone number; the losers run
+/// their transaction again and find the winner's contact.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_events_for_one_new_contact_all_land_on_it() {
+    let app = TestApp::spawn().await;
+    let bodies: Vec<String> = (0..20)
+        .map(|n| json!({"event_name": "order_placed", "phone_number": PHONE, "event_id": format!("em-{n}")}).to_string())
+        .collect();
+
+    let replies =
+        futures::future::join_all(bodies.iter().map(|body| post(&app, "", body, &[]))).await;
+
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM contacts").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS count FROM webhook_events e JOIN contacts c ON c.id = e.contact_id"
+        )
+        .await,
+        20
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -21,7 +21,7 @@ use crate::request::RequestContext;
 
 /// Two upserts that create the same new contact at once race on the unique keys; the loser
 /// retries and then finds the winner's row. More than this many losses in a row is a bug.
-const MAX_ATTEMPTS: u32 = 3;
+pub const MAX_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -83,12 +83,16 @@ async fn upsert_with(
     let mut attempt = 1;
     loop {
         match write(connection, context, audience, upsert, reservation).await {
-            Err(ContactError::Db(DbError::UniqueViolation { .. })) if attempt < MAX_ATTEMPTS => {
-                attempt += 1;
-            }
+            Err(error) if lost_race(&error) && attempt < MAX_ATTEMPTS => attempt += 1,
             result => return result,
         }
     }
+}
+
+/// Whether a transaction that creates a contact lost the race to create it to a concurrent
+/// writer: run again, it finds the winner's row (at most [`MAX_ATTEMPTS`] times in all).
+pub fn lost_race(error: &ContactError) -> bool {
+    matches!(error, ContactError::Db(DbError::UniqueViolation { .. }))
 }
 
 /// One attempt, in two round trips: `BEGIN` with the lookup, the writes with `COMMIT`.
@@ -101,18 +105,52 @@ async fn write(
 ) -> Result<UpsertOutcome, ContactError> {
     db::pipelined::read_then_write(
         connection,
-        async |connection| {
-            let matches = store::lock_matching(
-                connection,
-                upsert.phone_number.as_str(),
-                upsert.external_reference_id.as_deref(),
-            )
-            .await?;
-            plan(identify(matches, upsert)?, upsert)
+        async |connection| plan_upsert(connection, upsert).await,
+        async |connection, planned| {
+            save_planned(connection, context, audience, planned, reservation).await
         },
-        async |connection, plan| save(connection, context, audience, plan, reservation).await,
     )
     .await
+}
+
+/// An upsert decided but not yet written: the read half of an upsert that runs inside a
+/// caller's [`db::pipelined::read_then_write`], whose write half is [`save_planned`]. Two
+/// callers that create the same new contact at once race on its unique keys, as
+/// [`upsert_contact`] does: the loser's write fails with a unique violation and the caller
+/// retries its transaction.
+pub struct PlannedUpsert(Plan);
+
+impl PlannedUpsert {
+    /// The contact's id (a new one for a contact to create).
+    pub fn contact_id(&self) -> Uuid {
+        self.0.contact.id
+    }
+}
+
+/// Locks the contacts `upsert` may address and decides what to write.
+pub async fn plan_upsert(
+    connection: &AsyncPgConnection,
+    upsert: &ContactUpsert,
+) -> Result<PlannedUpsert, ContactError> {
+    let matches = store::lock_matching(
+        connection,
+        upsert.phone_number.as_str(),
+        upsert.external_reference_id.as_deref(),
+    )
+    .await?;
+    plan(identify(matches, upsert)?, upsert).map(PlannedUpsert)
+}
+
+/// Writes a [`PlannedUpsert`]; every statement is sent at once, as the write half of
+/// [`db::pipelined::read_then_write`] needs.
+pub async fn save_planned(
+    connection: &AsyncPgConnection,
+    context: &RequestContext,
+    audience: &Audience,
+    planned: PlannedUpsert,
+    reservation: Option<&Reservation>,
+) -> QueryResult<UpsertOutcome> {
+    save(connection, context, audience, planned.0, reservation).await
 }
 
 /// Applies `upsert` to the contact with `contact_id`, whatever its phone number and reference

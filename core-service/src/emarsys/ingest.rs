@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use phonenumber::country;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -18,7 +18,8 @@ use super::input::EmarsysEvent;
 use super::job::CUSTOM_EVENT_JOB;
 use crate::audit::{self, AuditRecord};
 use crate::contacts::{
-    ContactError, ContactUpsert, FieldUpdate, TagUpdate, upsert_on, validate_upsert,
+    ContactError, ContactUpsert, FieldUpdate, MAX_ATTEMPTS, PlannedUpsert, TagUpdate, lost_race,
+    plan_upsert, save_planned, validate_upsert,
 };
 use crate::db::{self, DbPool, prepared};
 use crate::error::ServiceError;
@@ -51,87 +52,183 @@ fn delivery_key(request: &IngestEmarsysEventRequest) -> String {
     )
 }
 
+/// The delivery key's row after an event tried to take it, with the contact of the event that
+/// holds it.
 #[derive(QueryableByName)]
-struct Taken {
+struct KeyHolder {
     #[diesel(sql_type = SqlUuid)]
-    #[allow(dead_code)]
     webhook_event_id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    outbox_job_id: Uuid,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    contact_id: Option<Uuid>,
+    /// This event took the key (it was free, or older than the window).
+    #[diesel(sql_type = Bool)]
+    taken: bool,
 }
 
+/// Takes the key unless it was taken within the window, answering with its holder either way.
+/// As for journey triggers (`journeys::trigger`), the second `SELECT` sees the statement's
+/// snapshot: a key re-taken while this event waited for it answers no row, and is read again.
+const TAKE_KEY: &str = "WITH taken AS (
+         INSERT INTO webhook_event_keys (dedup_key, webhook_event_id, outbox_job_id, accepted_at)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (dedup_key) DO UPDATE
+             SET webhook_event_id = EXCLUDED.webhook_event_id,
+                 outbox_job_id = EXCLUDED.outbox_job_id,
+                 accepted_at = EXCLUDED.accepted_at
+             WHERE webhook_event_keys.accepted_at < $5
+         RETURNING webhook_event_id, outbox_job_id
+     )
+     SELECT webhook_event_id, outbox_job_id, NULL::uuid AS contact_id, true AS taken FROM taken
+     UNION ALL
+     SELECT held.webhook_event_id, held.outbox_job_id, first.contact_id, false
+       FROM webhook_event_keys held
+       LEFT JOIN webhook_events first ON first.id = held.webhook_event_id
+      WHERE held.dedup_key = $1 AND held.accepted_at >= $5 AND NOT EXISTS (SELECT 1 FROM taken)";
+
+/// How events are read and deduplicated.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestSettings {
+    /// The region of phone numbers given without a country code.
+    pub default_region: Option<country::Id>,
+    /// How long a delivery key answers redeliveries.
+    pub window: Duration,
+}
+
+/// What the first round trip found.
+enum Found {
+    /// A redelivery: the outcome of the event that holds the key.
+    Duplicate(IngestOutcome),
+    /// A new event, with the contact upsert it makes (none without a phone number or a known
+    /// reference).
+    New(Option<Box<PlannedUpsert>>),
+}
+
+/// Stores the event in two round trips (more only when the contact is found by its external
+/// reference): `BEGIN` with the delivery key and the contact's lookup, then the contact's
+/// writes, the event record, its job, its domain event and the audit entry with `COMMIT`
+/// ([`db::pipelined::read_then_write`]).
 pub async fn ingest(
     pool: &DbPool,
     context: &RequestContext,
     audience: &Audience,
     request: &IngestEmarsysEventRequest,
     event: &EmarsysEvent,
-    default_region: Option<country::Id>,
-    window: Duration,
+    settings: IngestSettings,
 ) -> Result<IngestOutcome, ServiceError> {
     let mut connection = db::connection(pool).await?;
-    connection
-        .transaction(async |connection| {
-            let now = Utc::now();
-            let webhook_event_id = Uuid::now_v7();
-            let key = delivery_key(request);
-            let window_start = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
-            let job_payload_base = json!({
+    let key = delivery_key(request);
+    let mut attempt = 1;
+    loop {
+        match ingest_once(
+            &mut connection,
+            context,
+            audience,
+            request,
+            event,
+            &key,
+            settings,
+        )
+        .await
+        {
+            Err(error) if lost_race(&error) && attempt < MAX_ATTEMPTS => attempt += 1,
+            result => return result.map_err(ServiceError::from),
+        }
+    }
+}
+
+/// One attempt at [`ingest`], in one transaction.
+async fn ingest_once(
+    connection: &mut AsyncPgConnection,
+    context: &RequestContext,
+    audience: &Audience,
+    request: &IngestEmarsysEventRequest,
+    event: &EmarsysEvent,
+    key: &str,
+    settings: IngestSettings,
+) -> Result<IngestOutcome, ContactError> {
+    let IngestSettings {
+        default_region,
+        window,
+    } = settings;
+    let webhook_event_id = Uuid::now_v7();
+    let job_id = Uuid::now_v7();
+    let now = Utc::now();
+    let window_start = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+    db::pipelined::read_then_write(
+        connection,
+        async |connection| {
+            let take_key = async {
+                let mut connection = connection;
+                let holder: Option<KeyHolder> = prepared(
+                    diesel::sql_query(TAKE_KEY)
+                        .bind::<Text, _>(key)
+                        .bind::<SqlUuid, _>(webhook_event_id)
+                        .bind::<SqlUuid, _>(job_id)
+                        .bind::<Timestamptz, _>(now)
+                        .bind::<Timestamptz, _>(window_start),
+                )
+                .get_result(&mut connection)
+                .await
+                .optional()?;
+                match holder {
+                    Some(holder) => Ok(holder),
+                    None => read_holder(connection, key).await,
+                }
+            };
+            let plan_contact = async {
+                match contact_upsert(connection, event, default_region).await? {
+                    Some(upsert) => plan_upsert(connection, &upsert)
+                        .await
+                        .map(|planned| Some(Box::new(planned))),
+                    None => Ok(None),
+                }
+            };
+            // A redelivery answers as the first delivery did, whatever its contact fields
+            // would do now: the contact's plan counts only for a new event.
+            let (holder, planned) = futures::join!(take_key, plan_contact);
+            let holder = holder?;
+            if !holder.taken {
+                return Ok(Found::Duplicate(IngestOutcome {
+                    webhook_event_id: holder.webhook_event_id,
+                    outbox_job_id: holder.outbox_job_id,
+                    contact_id: holder.contact_id,
+                    duplicate: true,
+                }));
+            }
+            Ok(Found::New(planned?))
+        },
+        async |connection, found| {
+            let planned = match found {
+                Found::Duplicate(outcome) => return Ok(outcome),
+                Found::New(planned) => planned,
+            };
+            let contact_id = planned.as_ref().map(|planned| planned.contact_id());
+            let payload = json!({
                 "webhook_event_id": webhook_event_id,
                 "event_name": event.event_name,
                 "payload": event.payload,
                 "voucher_pool": event.voucher_pool,
+                "contact_id": contact_id,
             });
-            let taken: Option<Taken> = prepared(diesel::sql_query(
-                "INSERT INTO webhook_event_keys (dedup_key, webhook_event_id, outbox_job_id, accepted_at)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (dedup_key) DO UPDATE
-                     SET webhook_event_id = EXCLUDED.webhook_event_id,
-                         outbox_job_id = EXCLUDED.outbox_job_id,
-                         accepted_at = EXCLUDED.accepted_at
-                     WHERE webhook_event_keys.accepted_at < $5
-                 RETURNING webhook_event_id",
-            )
-            .bind::<Text, _>(&key)
-            .bind::<SqlUuid, _>(webhook_event_id)
-            .bind::<SqlUuid, _>(Uuid::nil())
-            .bind::<Timestamptz, _>(now)
-            .bind::<Timestamptz, _>(window_start))
-            .get_result(connection)
-            .await
-            .optional()
-            .map_err(db::DbError::from)?;
-            if taken.is_none() {
-                let (first_event, first_job): (Uuid, Uuid) = webhook_event_keys::table
-                    .find(&key)
-                    .select((webhook_event_keys::webhook_event_id, webhook_event_keys::outbox_job_id))
-                    .first(connection)
-                    .await
-                    .map_err(db::DbError::from)?;
-                let contact_id = webhook_events::table
-                    .find(first_event)
-                    .select(webhook_events::contact_id)
-                    .first(connection)
-                    .await
-                    .optional()
-                    .map_err(db::DbError::from)?
-                    .flatten();
-                return Ok(IngestOutcome {
-                    webhook_event_id: first_event,
-                    outbox_job_id: first_job,
-                    contact_id,
-                    duplicate: true,
-                });
-            }
-
-            let contact_id = sync_contact(connection, context, audience, event, default_region).await?;
-            let mut payload = job_payload_base;
-            payload["contact_id"] = json!(contact_id);
-            let job = NewJob::new(CUSTOM_EVENT_JOB, payload.clone(), Some(context.request_id.0));
-            diesel::update(webhook_event_keys::table.find(&key))
-                .set(webhook_event_keys::outbox_job_id.eq(job.id))
-                .execute(connection)
-                .await
-                .map_err(db::DbError::from)?;
-            diesel::insert_into(webhook_events::table)
+            let job = NewJob {
+                id: job_id,
+                ..NewJob::new(
+                    CUSTOM_EVENT_JOB,
+                    payload.clone(),
+                    Some(context.request_id.0),
+                )
+            };
+            let save_contact = async {
+                match planned {
+                    Some(planned) => save_planned(connection, context, audience, *planned, None)
+                        .await
+                        .map(|_| ()),
+                    None => Ok(()),
+                }
+            };
+            let store_event = diesel::insert_into(webhook_events::table)
                 .values((
                     webhook_events::id.eq(webhook_event_id),
                     webhook_events::source.eq("emarsys"),
@@ -144,11 +241,9 @@ pub async fn ingest(
                     webhook_events::contact_id.eq(contact_id),
                     webhook_events::outbox_job_id.eq(job.id),
                 ))
-                .execute(connection)
-                .await
-                .map_err(db::DbError::from)?;
-            outbox::enqueue(connection, &job).await.map_err(db::DbError::from)?;
-            record_for(
+                .execute(&mut { connection });
+            let enqueue = outbox::enqueue(connection, &job);
+            let domain_event = record_for(
                 connection,
                 audience,
                 EventDraft {
@@ -157,10 +252,8 @@ pub async fn ingest(
                     source: "emarsys",
                     request_id: Some(context.request_id.0),
                 },
-            )
-            .await
-            .map_err(db::DbError::from)?;
-            audit::record(
+            );
+            let audit_entry = audit::record(
                 connection,
                 AuditRecord {
                     request_id: context.request_id,
@@ -170,40 +263,70 @@ pub async fn ingest(
                     target_id: Some(webhook_event_id.to_string()),
                     changed_fields: Vec::new(),
                 },
-            )
-            .await
-            .map_err(db::DbError::from)?;
+            );
+            futures::try_join!(
+                save_contact,
+                store_event,
+                enqueue,
+                domain_event,
+                audit_entry
+            )?;
             Ok(IngestOutcome {
                 webhook_event_id,
                 outbox_job_id: job.id,
                 contact_id,
                 duplicate: false,
             })
-        })
-        .await
+        },
+    )
+    .await
 }
 
-/// With a phone number, the contact is upserted exactly as `UpsertContact` would (same
-/// validation, identity and conflict rules, same events), except that its subscriber status is
-/// left alone. With only an external reference, an existing contact with that reference gets
-/// the email; none is created. An email alone never creates a contact.
-async fn sync_contact(
-    connection: &mut AsyncPgConnection,
-    context: &RequestContext,
-    audience: &Audience,
+/// The holder of `key`, taken by an event that committed while this one waited for it.
+async fn read_holder(connection: &AsyncPgConnection, key: &str) -> Result<KeyHolder, ContactError> {
+    let mut connection = connection;
+    let (webhook_event_id, outbox_job_id): (Uuid, Uuid) = webhook_event_keys::table
+        .find(key)
+        .select((
+            webhook_event_keys::webhook_event_id,
+            webhook_event_keys::outbox_job_id,
+        ))
+        .first(&mut connection)
+        .await?;
+    let contact_id = webhook_events::table
+        .find(webhook_event_id)
+        .select(webhook_events::contact_id)
+        .first(&mut connection)
+        .await
+        .optional()?
+        .flatten();
+    Ok(KeyHolder {
+        webhook_event_id,
+        outbox_job_id,
+        contact_id,
+        taken: false,
+    })
+}
+
+/// The contact upsert an event makes. With a phone number, the contact is upserted exactly as
+/// `UpsertContact` would (same validation, identity and conflict rules, same events), except
+/// that its subscriber status is left alone. With only an external reference, an existing
+/// contact with that reference gets the email; none is created. An email alone never creates a
+/// contact.
+async fn contact_upsert(
+    connection: &AsyncPgConnection,
     event: &EmarsysEvent,
     default_region: Option<country::Id>,
-) -> Result<Option<Uuid>, ServiceError> {
+) -> Result<Option<ContactUpsert>, ContactError> {
     let phone = match (&event.phone_number, &event.external_reference_id) {
         (Some(phone), _) => phone.clone(),
         (None, Some(reference)) => {
             let found: Option<String> = contacts::table
                 .filter(contacts::external_reference_id.eq(reference))
                 .select(contacts::phone_number)
-                .first(connection)
+                .first(&mut { connection })
                 .await
-                .optional()
-                .map_err(db::DbError::from)?;
+                .optional()?;
             match found {
                 Some(phone) => phone,
                 None => return Ok(None),
@@ -223,11 +346,10 @@ async fn sync_contact(
         person_properties: properties,
         ..Default::default()
     };
-    let mut upsert: ContactUpsert = validate_upsert(request, default_region)
-        .map_err(|violations| ServiceError::from(ContactError::Invalid(violations)))?;
+    let mut upsert: ContactUpsert =
+        validate_upsert(request, default_region).map_err(ContactError::Invalid)?;
     upsert.subscriber_status = None;
     debug_assert_eq!(upsert.tags, TagUpdate::Keep);
     debug_assert_eq!(upsert.name, FieldUpdate::Keep);
-    let outcome = upsert_on(connection, context, audience, &upsert).await?;
-    Ok(Some(outcome.contact.id))
+    Ok(Some(upsert))
 }

@@ -6,7 +6,7 @@ use switchbord_api::v1::emarsys_service_server::EmarsysService;
 use switchbord_api::v1::{IngestEmarsysEventRequest, IngestEmarsysEventResponse};
 use tonic::{Request, Response, Status};
 
-use super::ingest::ingest;
+use super::ingest::{IngestSettings, ingest};
 use super::input::normalize;
 use crate::error::ServiceError;
 use crate::request::RequestContext;
@@ -37,8 +37,10 @@ impl EmarsysService for EmarsysGrpc {
             &self.state.audience,
             &request,
             &event,
-            self.state.default_region,
-            self.state.trigger_dedup_window,
+            IngestSettings {
+                default_region: self.state.default_region,
+                window: self.state.trigger_dedup_window,
+            },
         )
         .await?;
         if !outcome.duplicate {
