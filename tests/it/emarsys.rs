@@ -575,6 +575,33 @@ async fn a_redelivery_waiting_for_a_key_taken_meanwhile_answers_with_the_new_hol
     assert_eq!(reply.body["outboxJobId"], job, "{}", reply.text);
 }
 
+/// A redelivery answers as the first delivery did even when its contact fields would now be
+/// refused: here its phone number and its reference have come to name two different contacts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_is_answered_even_when_its_contact_would_now_conflict() {
+    let app = TestApp::spawn().await;
+    let body = json!({"event_name": "a", "event_id": "em-1", "phone_number": PHONE, "external_reference_id": "crm-1"}).to_string();
+    let first = post(&app, "", &body, &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    app.upsert_contact(&json!({"phone_number": PHONE, "external_reference_id": "crm-2"}))
+        .await;
+    app.upsert_contact(
+        &json!({"phone_number": "+4915122222222", "external_reference_id": "crm-1"}),
+    )
+    .await;
+    let new_event = post(&app, "", &body.replace("em-1", "em-2"), &[]).await;
+    assert_eq!(
+        new_event.status, 409,
+        "a new event is refused: {}",
+        new_event.text
+    );
+
+    let again = post(&app, "", &body, &[]).await;
+
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["webhookEventId"], first.body["webhookEventId"]);
+}
+
 /// Events that create the same new contact at once race on its phone number; the losers run
 /// their transaction again and find the winner's contact.
 #[tokio::test(flavor = "multi_thread")]
