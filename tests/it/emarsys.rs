@@ -17,7 +17,7 @@ use switchbord_api::v1::{
     PutEventRuleRequest, PutFlowRequest,
 };
 
-use crate::helpers::{HttpReply, TestApp, WithKey, eventually};
+use crate::helpers::{HttpReply, TestApp, WithKey, eventually, until_one_waits_for_a_lock};
 
 const PATH: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
 const SECRET: &str = "emarsys-shared-secret-123";
@@ -556,16 +556,7 @@ async fn a_redelivery_waiting_for_a_key_taken_meanwhile_answers_with_the_new_hol
         .await
         .expect("take the key");
     let commit_once_waited_for = async {
-        eventually("the redelivery waits for the key", async || {
-            count(
-                &app,
-                "SELECT count(*) AS count FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await
-                == 1
-        })
-        .await;
+        until_one_waits_for_a_lock(&app.database).await;
         holder.batch_execute("COMMIT").await.expect("commit");
     };
     let (reply, ()) = tokio::join!(post(&app, "", body, &[]), commit_once_waited_for);

@@ -9,4 +9,6 @@ mod wait;
 pub use app::{Authed, HttpReply, TestApp, WithKey};
 pub use database::TestDatabase;
 pub use receiver::{Answer, Receiver};
-pub use wait::{config_listener, count, eventually, until_config_listened};
+pub use wait::{
+    config_listener, count, eventually, until_config_listened, until_one_waits_for_a_lock,
+};
