@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::error::JourneyError;
@@ -118,22 +118,7 @@ pub async fn accept_trigger(
                 .optional()?;
                 match holder {
                     Some(holder) => Ok(holder),
-                    // Taken by a trigger that committed while this one waited for the key.
-                    None => {
-                        let (trigger_id, outbox_job_id) = journey_trigger_keys::table
-                            .find(&key)
-                            .select((
-                                journey_trigger_keys::trigger_id,
-                                journey_trigger_keys::outbox_job_id,
-                            ))
-                            .first(&mut connection)
-                            .await?;
-                        Ok::<_, JourneyError>(KeyHolder {
-                            trigger_id,
-                            outbox_job_id,
-                            taken: false,
-                        })
-                    }
+                    None => read_holder(connection, &key).await,
                 }
             };
             let ensure_contact =
@@ -188,4 +173,21 @@ pub async fn accept_trigger(
         },
     )
     .await
+}
+
+/// The holder of `key`, taken by a trigger that committed while this one waited for it.
+async fn read_holder(connection: &AsyncPgConnection, key: &str) -> Result<KeyHolder, JourneyError> {
+    let (trigger_id, outbox_job_id) = journey_trigger_keys::table
+        .find(key)
+        .select((
+            journey_trigger_keys::trigger_id,
+            journey_trigger_keys::outbox_job_id,
+        ))
+        .first(&mut { connection })
+        .await?;
+    Ok(KeyHolder {
+        trigger_id,
+        outbox_job_id,
+        taken: false,
+    })
 }
