@@ -17,7 +17,7 @@ use switchbord_api::v1::{
     PutEventRuleRequest, PutFlowRequest,
 };
 
-use crate::helpers::{HttpReply, TestApp, WithKey, eventually, until_one_waits_for_a_lock};
+use crate::helpers::{HttpReply, TestApp, WithKey, eventually, until_waiting_for_locks};
 
 const PATH: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
 const SECRET: &str = "emarsys-shared-secret-123";
@@ -556,7 +556,7 @@ async fn a_redelivery_waiting_for_a_key_taken_meanwhile_answers_with_the_new_hol
         .await
         .expect("take the key");
     let commit_once_waited_for = async {
-        until_one_waits_for_a_lock(&app.database).await;
+        until_waiting_for_locks(&app.database, 1).await;
         holder.batch_execute("COMMIT").await.expect("commit");
     };
     let (reply, ()) = tokio::join!(post(&app, "", body, &[]), commit_once_waited_for);

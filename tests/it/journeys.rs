@@ -9,7 +9,7 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 
-use crate::helpers::{HttpReply, TestApp, count, eventually, until_one_waits_for_a_lock};
+use crate::helpers::{HttpReply, TestApp, count, eventually, until_waiting_for_locks};
 
 const PHONE: &str = "+4915112345678";
 
@@ -463,7 +463,7 @@ async fn a_trigger_waiting_for_a_key_taken_meanwhile_answers_with_the_new_holder
         .await
         .expect("take the key");
     let commit_once_waited_for = async {
-        until_one_waits_for_a_lock(&app.database).await;
+        until_waiting_for_locks(&app.database, 1).await;
         holder.batch_execute("COMMIT").await.expect("commit");
     };
     let (reply, ()) = tokio::join!(trigger(&app, path, &body, &[]), commit_once_waited_for);

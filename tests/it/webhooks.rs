@@ -21,6 +21,7 @@ use tonic::Code;
 
 use crate::helpers::{
     Answer, Authed, Receiver, TestApp, WithKey, config_listener, eventually, until_config_listened,
+    until_waiting_for_locks,
 };
 
 /// Standard Webhooks verification, from the specification's text: the key is the base64
@@ -1269,6 +1270,114 @@ async fn deleting_an_endpoint_skips_jobs_another_transaction_holds_instead_of_wa
     deleted.expect("delete");
     // The held one stays, and finds its delivery gone when it runs.
     assert_eq!(count(&app, waiting).await, 1);
+}
+
+/// An endpoint whose receiver has a request in hand and answers `status` only when the
+/// returned semaphore gets a permit.
+async fn held_delivery(
+    app: &TestApp,
+    status: u16,
+) -> (Endpoint, Receiver, Arc<tokio::sync::Semaphore>) {
+    let receiver = Receiver::start().await;
+    let answer = Arc::new(tokio::sync::Semaphore::new(0));
+    receiver.answer(Answer {
+        status,
+        held: Some(answer.clone()),
+        ..Answer::default()
+    });
+    let (endpoint, _) = create(app, &receiver.url(), &["message.delivered"]).await;
+    publish_messages(app, 1).await;
+    receiver.wait_for(1).await;
+    (endpoint, receiver, answer)
+}
+
+/// Waits until the delivery jobs have all ended or one of them has failed.
+async fn until_deliveries_end_or_fail(app: &TestApp) {
+    eventually("the delivery ended or failed", async || {
+        count(
+            app,
+            "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver' AND status <> 'succeeded'",
+        )
+        .await
+            == 0
+            || count(app, "SELECT count(*) FROM outbox_job_errors").await > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_success_for_an_endpoint_deleted_meanwhile_ends_its_job_quietly() {
+    let app = TestApp::spawn().await;
+    let (endpoint, _receiver, answer) = held_delivery(&app, 200).await;
+
+    client(&app)
+        .await
+        .delete_endpoint(DeleteEndpointRequest { id: endpoint.id })
+        .await
+        .expect("delete");
+    answer.add_permits(1);
+
+    until_deliveries_end_or_fail(&app).await;
+    let errors = count(&app, "SELECT count(*) FROM outbox_job_errors").await;
+    assert_eq!(errors, 0, "recording the success failed");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM webhook_attempts").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_an_endpoint_while_its_success_is_recorded_does_not_deadlock() {
+    delete_while_the_outcome_is_recorded(200).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_an_endpoint_while_its_failure_is_recorded_does_not_deadlock() {
+    delete_while_the_outcome_is_recorded(500).await;
+}
+
+/// Deletes an endpoint while the outcome of its delivery (the receiver's `status`) is being
+/// recorded: each must find the other done or not begun, never wait for it in a cycle.
+async fn delete_while_the_outcome_is_recorded(status: u16) {
+    let app = TestApp::builder()
+        .clock(Arc::new(ManualClock::default()))
+        .spawn()
+        .await;
+    let (endpoint, _receiver, answer) = held_delivery(&app, status).await;
+
+    // Another transaction holds the endpoint. The delete waits for it first, then the
+    // outcome's record: when it lets go, both go on from there at once.
+    let mut holder = app.database.connect().await;
+    sql_query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sql_query("SELECT id FROM webhook_endpoints WHERE id = $1::uuid FOR UPDATE")
+        .bind::<Text, _>(&endpoint.id)
+        .execute(&mut holder)
+        .await
+        .expect("hold the endpoint");
+    let mut deleter = client(&app).await;
+    let deleted = tokio::spawn(async move {
+        deleter
+            .delete_endpoint(DeleteEndpointRequest { id: endpoint.id })
+            .await
+    });
+    until_waiting_for_locks(&app.database, 1).await;
+    answer.add_permits(1);
+    until_waiting_for_locks(&app.database, 2).await;
+    sql_query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("commit");
+
+    deleted
+        .await
+        .expect("the delete ran")
+        .expect("the delete was not a deadlock's victim");
+    until_deliveries_end_or_fail(&app).await;
+    let errors = count(&app, "SELECT count(*) FROM outbox_job_errors").await;
+    assert_eq!(errors, 0, "the outcome's record was a deadlock's victim");
 }
 
 #[tokio::test(flavor = "multi_thread")]

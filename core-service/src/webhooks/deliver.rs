@@ -596,13 +596,17 @@ pub async fn record_attempt(
     }
     connection
         .transaction(async |connection| {
+            // The endpoint is locked before the delivery, as in `record_successes`.
+            let Some(failing_since) = mark_failing(connection, endpoint.id, now).await? else {
+                // Deleted meanwhile, with its deliveries.
+                return Ok(Next::Done);
+            };
             diesel::insert_into(webhook_attempts::table)
                 .values(&row)
                 .execute(connection)
                 .await?;
 
             let (status, next) = {
-                let failing_since = mark_failing(connection, endpoint.id, now).await?;
                 let window = chrono::Duration::from_std(policy.disable_after)
                     .unwrap_or(chrono::Duration::MAX);
                 let disable_reason = if result.status_code == Some(410) {
@@ -674,12 +678,13 @@ pub(super) fn attempt_row(
 /// Since when `endpoint` has been failing: from now on, unless it was failing already. Read
 /// from its row, not from the caller's copy, which may be older than another attempt's failure
 /// or success (the fan-out's endpoints are cached; see [`crate::config_watch`]). The row is
-/// written only when it starts failing.
+/// written only when it starts failing, and is locked against deletion until the transaction
+/// ends. `None` when the endpoint is gone.
 async fn mark_failing(
     connection: &mut AsyncPgConnection,
     endpoint: Uuid,
     now: DateTime<Utc>,
-) -> QueryResult<DateTime<Utc>> {
+) -> QueryResult<Option<DateTime<Utc>>> {
     use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 
     #[derive(QueryableByName)]
@@ -688,30 +693,39 @@ async fn mark_failing(
         failing_since: DateTime<Utc>,
     }
 
-    // The outer SELECT sees the row as it was before the UPDATE: exactly one of the two
-    // branches returns it.
+    // Exactly one of the two branches returns the locked row. Another failure may have
+    // started the window since it was read: COALESCE keeps the earlier start.
     prepared(
         diesel::sql_query(
-            "WITH started AS (
-             UPDATE webhook_endpoints SET failing_since = $2
-             WHERE id = $1 AND failing_since IS NULL
-             RETURNING failing_since
+            "WITH locked AS (
+             SELECT id, failing_since FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE
+         ), started AS (
+             UPDATE webhook_endpoints AS e SET failing_since = COALESCE(e.failing_since, $2)
+             FROM locked
+             WHERE e.id = locked.id AND locked.failing_since IS NULL
+             RETURNING e.failing_since
          )
          SELECT failing_since FROM started
          UNION ALL
-         SELECT failing_since FROM webhook_endpoints WHERE id = $1 AND failing_since IS NOT NULL",
+         SELECT failing_since FROM locked WHERE failing_since IS NOT NULL",
         )
         .bind::<SqlUuid, _>(endpoint)
         .bind::<Timestamptz, _>(now),
     )
     .get_result::<FailingSince>(connection)
     .await
-    .map(|row| row.failing_since)
+    .optional()
+    .map(|row| row.map(|row| row.failing_since))
 }
 
 /// Stores successful attempts and marks their deliveries succeeded, and their endpoints no
 /// longer failing, in one statement: one round trip with no BEGIN/COMMIT, however many
-/// deliveries there are. An endpoint that was not failing is only looked up, not written.
+/// deliveries there are. An endpoint that was not failing is only locked, not written.
+///
+/// Locks follow the order every writer of these tables keeps, the endpoint before its
+/// deliveries (deleting an endpoint locks it, then its deliveries through the cascade). Locking
+/// a delivery first and then its endpoint, as the foreign key check of the attempt did,
+/// deadlocked with a delete. A delivery deleted meanwhile (with its endpoint) gets no attempt.
 pub(super) async fn record_successes(
     connection: &mut AsyncPgConnection,
     rows: &[AttemptRow],
@@ -733,29 +747,33 @@ pub(super) async fn record_successes(
         .collect();
     prepared(
         diesel::sql_query(
-            "WITH attempt AS (
-             INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, attempt, attempted_at,
-                 status_code, duration_ms, response_excerpt, error, succeeded)
-             SELECT id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
-                 duration_ms, response_excerpt, NULL, true
-             FROM unnest($1, $2, $3, $4, $5, $6, $7, $8)
-                 AS a (id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
-                       duration_ms, response_excerpt)
-         ), recovering AS (
-             -- Locked in one order, so that two instances' batches cannot deadlock.
-             SELECT id FROM webhook_endpoints
-             WHERE id = ANY($3) AND failing_since IS NOT NULL
+            "WITH locked AS (
+             -- The endpoints first, in one order: see the function's comment.
+             SELECT id, failing_since IS NOT NULL AS failing FROM webhook_endpoints
+             WHERE id = ANY($3)
              ORDER BY id
-             FOR UPDATE
+             FOR KEY SHARE
          ), recovered AS (
              UPDATE webhook_endpoints SET failing_since = NULL
-             WHERE id IN (SELECT id FROM recovering)
+             WHERE id IN (SELECT id FROM locked WHERE failing)
+         ), succeeded AS (
+             -- The condition on `locked` is a one-time filter, evaluated before the first
+             -- delivery is locked.
+             UPDATE webhook_deliveries AS d
+             SET status = 'succeeded', attempts = a.attempt, last_status_code = a.status_code,
+                 last_error = NULL, updated_at = a.attempted_at
+             FROM unnest($2, $4, $6, $5) AS a (delivery_id, attempt, status_code, attempted_at)
+             WHERE d.id = a.delivery_id AND (SELECT count(*) FROM locked) >= 0
+             RETURNING d.id
          )
-         UPDATE webhook_deliveries AS d
-         SET status = 'succeeded', attempts = a.attempt, last_status_code = a.status_code,
-             last_error = NULL, updated_at = a.attempted_at
-         FROM unnest($2, $4, $6, $5) AS a (delivery_id, attempt, status_code, attempted_at)
-         WHERE d.id = a.delivery_id",
+         INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, attempt, attempted_at,
+             status_code, duration_ms, response_excerpt, error, succeeded)
+         SELECT id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
+             duration_ms, response_excerpt, NULL, true
+         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8)
+             AS a (id, delivery_id, endpoint_id, attempt, attempted_at, status_code,
+                   duration_ms, response_excerpt)
+         WHERE delivery_id IN (SELECT id FROM succeeded)",
         )
         .bind::<Array<SqlUuid>, _>(ids)
         .bind::<Array<SqlUuid>, _>(deliveries)

@@ -10,5 +10,5 @@ pub use app::{Authed, HttpReply, TestApp, WithKey};
 pub use database::TestDatabase;
 pub use receiver::{Answer, Receiver};
 pub use wait::{
-    config_listener, count, eventually, until_config_listened, until_one_waits_for_a_lock,
+    config_listener, count, eventually, until_config_listened, until_waiting_for_locks,
 };

@@ -1,5 +1,5 @@
 //! A webhook receiver: a real HTTP server on loopback that records what it gets and answers as
-//! told (status, delay, Retry-After, redirect, hang).
+//! told (status, delay, Retry-After, redirect, hang, held until the test lets it answer).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct Answer {
     pub retry_after: Option<u64>,
     pub location: Option<String>,
     pub body: String,
+    /// Each request waits for a permit of this before it is answered.
+    pub held: Option<Arc<Semaphore>>,
 }
 
 impl Default for Answer {
@@ -50,6 +52,7 @@ impl Default for Answer {
             retry_after: None,
             location: None,
             body: "ok".to_owned(),
+            held: None,
         }
     }
 }
@@ -74,6 +77,9 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         .expect("received lock")
         .push(Received { headers, body });
     shared.arrived.notify_waiters();
+    if let Some(held) = &answer.held {
+        let _ = held.acquire().await.map(|permit| permit.forget());
+    }
     tokio::time::sleep(answer.delay).await;
     let mut response = (
         StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK),

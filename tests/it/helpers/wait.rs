@@ -56,17 +56,17 @@ pub async fn until_config_listened(database: &TestDatabase) {
     .await;
 }
 
-/// Waits until one of this test's database sessions waits for a lock (another test
-/// transaction holds it), so that the holder can then let it go.
-pub async fn until_one_waits_for_a_lock(database: &TestDatabase) {
-    eventually("a session waits for a lock", async || {
+/// Waits until `sessions` of this test's database sessions wait for a lock (another test
+/// transaction holds it, directly or through them), so that the holder can then let go.
+pub async fn until_waiting_for_locks(database: &TestDatabase, sessions: i64) {
+    eventually("sessions wait for a lock", async || {
         count(
             database,
             "SELECT count(*) AS count FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
         .await
-            == 1
+            == sessions
     })
     .await;
 }
