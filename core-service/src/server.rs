@@ -376,7 +376,7 @@ impl CoreServer {
             .add_service(
                 EventServiceServer::new(EventsGrpc::new(
                     self.state.pool.clone(),
-                    dispatcher,
+                    dispatcher.clone(),
                     self.state.announcer.clone(),
                     self.state.audience.clone(),
                 ))
@@ -387,7 +387,7 @@ impl CoreServer {
                 self.state.announcer.clone(),
             )))
             .add_service(
-                EmarsysServiceServer::new(EmarsysGrpc::new(self.state.clone()))
+                EmarsysServiceServer::new(EmarsysGrpc::new(self.state.clone(), dispatcher))
                     .max_decoding_message_size(MAX_FREE_FORM_REQUEST_BYTES),
             )
             .add_service(FlowServiceServer::new(FlowsGrpc::new(

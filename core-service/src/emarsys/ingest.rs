@@ -23,18 +23,32 @@ use crate::contacts::{
 };
 use crate::db::{self, DbPool, prepared};
 use crate::error::ServiceError;
-use crate::events::{Audience, EventDraft, record_for};
-use crate::outbox::{self, NewJob};
+use crate::events::{Audience, Dispatch, EventDraft, record_for};
+use crate::outbox::{self, ClaimedJob, NewJob, Reservation};
 use crate::request::RequestContext;
 use crate::schema::{contacts, webhook_event_keys, webhook_events};
 
 /// What was stored (or, for a redelivery, what had been).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct IngestOutcome {
     pub webhook_event_id: Uuid,
     pub outbox_job_id: Uuid,
     pub contact_id: Option<Uuid>,
     pub duplicate: bool,
+    /// The event's job, inserted already claimed under the caller's reservation: for
+    /// [`Reservation::run`] once this returns.
+    pub started: Option<ClaimedJob>,
+    /// Other jobs the event queued: its contact's and its domain event's dispatches.
+    pub others_queued: bool,
+}
+
+impl IngestOutcome {
+    /// Whether the event queued jobs, which its committer announces (see
+    /// [`crate::outbox::Announcer`]): its own, unless it was a duplicate or started at once,
+    /// and the dispatches of its events.
+    pub fn queued_jobs(&self) -> bool {
+        (!self.duplicate && self.started.is_none()) || self.others_queued
+    }
 }
 
 /// How a redelivery is recognised: the caller's Idempotency-Key, else Emarsys' own event or
@@ -108,7 +122,8 @@ enum Found {
 /// Stores the event in two round trips (more only when the contact is found by its external
 /// reference): `BEGIN` with the delivery key and the contact's lookup, then the contact's
 /// writes, the event record, its job, its domain event and the audit entry with `COMMIT`
-/// ([`db::pipelined::read_then_write`]).
+/// ([`db::pipelined::read_then_write`]). With a `reservation`, the event's job is inserted
+/// already claimed, for the caller to run once this returns (see [`crate::outbox::Starter`]).
 pub async fn ingest(
     pool: &DbPool,
     context: &RequestContext,
@@ -116,9 +131,9 @@ pub async fn ingest(
     request: &IngestEmarsysEventRequest,
     event: &EmarsysEvent,
     settings: IngestSettings,
+    reservation: Option<&Reservation>,
 ) -> Result<IngestOutcome, ServiceError> {
     let mut connection = db::connection(pool).await?;
-    let key = delivery_key(request);
     let mut attempt = 1;
     loop {
         match ingest_once(
@@ -127,8 +142,8 @@ pub async fn ingest(
             audience,
             request,
             event,
-            &key,
             settings,
+            reservation,
         )
         .await
         {
@@ -145,13 +160,14 @@ async fn ingest_once(
     audience: &Audience,
     request: &IngestEmarsysEventRequest,
     event: &EmarsysEvent,
-    key: &str,
     settings: IngestSettings,
+    reservation: Option<&Reservation>,
 ) -> Result<IngestOutcome, ContactError> {
     let IngestSettings {
         default_region,
         window,
     } = settings;
+    let key = &delivery_key(request);
     let webhook_event_id = Uuid::now_v7();
     let job_id = Uuid::now_v7();
     let now = Utc::now();
@@ -195,6 +211,8 @@ async fn ingest_once(
                     outbox_job_id: holder.outbox_job_id,
                     contact_id: holder.contact_id,
                     duplicate: true,
+                    started: None,
+                    others_queued: false,
                 }));
             }
             Ok(Found::New(planned?))
@@ -224,8 +242,8 @@ async fn ingest_once(
                 match planned {
                     Some(planned) => save_planned(connection, context, audience, *planned, None)
                         .await
-                        .map(|_| ()),
-                    None => Ok(()),
+                        .map(|saved| saved.queued_jobs()),
+                    None => Ok(false),
                 }
             };
             let store_event = diesel::insert_into(webhook_events::table)
@@ -242,7 +260,12 @@ async fn ingest_once(
                     webhook_events::outbox_job_id.eq(job.id),
                 ))
                 .execute(&mut { connection });
-            let enqueue = outbox::enqueue(connection, &job);
+            let enqueue = async {
+                match reservation {
+                    Some(reservation) => reservation.enqueue(connection, &job).await.map(Some),
+                    None => outbox::enqueue(connection, &job).await.map(|_| None),
+                }
+            };
             let domain_event = record_for(
                 connection,
                 audience,
@@ -264,7 +287,7 @@ async fn ingest_once(
                     changed_fields: Vec::new(),
                 },
             );
-            futures::try_join!(
+            let (contact_queued, _, started, recorded, ()) = futures::try_join!(
                 save_contact,
                 store_event,
                 enqueue,
@@ -276,6 +299,8 @@ async fn ingest_once(
                 outbox_job_id: job.id,
                 contact_id,
                 duplicate: false,
+                started,
+                others_queued: contact_queued || matches!(recorded.dispatch, Dispatch::Queued),
             })
         },
     )

@@ -9,16 +9,18 @@ use tonic::{Request, Response, Status};
 use super::ingest::{IngestSettings, ingest};
 use super::input::normalize;
 use crate::error::ServiceError;
+use crate::outbox::Starter;
 use crate::request::RequestContext;
 use crate::state::AppState;
 
 pub struct EmarsysGrpc {
     state: Arc<AppState>,
+    starter: Starter,
 }
 
 impl EmarsysGrpc {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<AppState>, starter: Starter) -> Self {
+        Self { state, starter }
     }
 }
 
@@ -31,7 +33,8 @@ impl EmarsysService for EmarsysGrpc {
         let context = RequestContext::from_request(&request)?;
         let request = request.into_inner();
         let event = normalize(&request).map_err(ServiceError::InvalidArgument)?;
-        let outcome = ingest(
+        let reservation = self.starter.reserve();
+        let mut outcome = ingest(
             &self.state.pool,
             &context,
             &self.state.audience,
@@ -41,11 +44,14 @@ impl EmarsysService for EmarsysGrpc {
                 default_region: self.state.default_region,
                 window: self.state.trigger_dedup_window,
             },
+            reservation.as_ref(),
         )
         .await?;
-        if !outcome.duplicate {
-            // Its job and event (see `crate::outbox::Announcer`).
+        if outcome.queued_jobs() {
             self.state.announcer.jobs_queued();
+        }
+        if let (Some(reservation), Some(job)) = (reservation, outcome.started.take()) {
+            reservation.run(job);
         }
         Ok(Response::new(IngestEmarsysEventResponse {
             webhook_event_id: outcome.webhook_event_id.to_string(),
