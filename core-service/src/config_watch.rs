@@ -1,8 +1,10 @@
 //! Configuration that hot paths read for every event (the webhook endpoints, whether Twenty is
-//! connected), kept in memory and dropped whenever it changes, on whichever instance.
+//! connected, the flows and rules of Emarsys events), kept in memory and dropped whenever it
+//! changes, on whichever instance.
 //!
-//! A row trigger on each watched table notifies `config_changed` (migration
-//! `2026-12-03-000002_config_changed_notifications`), whoever makes the change: an API call
+//! A row trigger on each watched table notifies `config_changed` (migrations
+//! `2026-12-03-000002_config_changed_notifications` and
+//! `2026-12-04-000002_flows_and_rules_config_notifications`), whoever makes the change: an API call
 //! on any instance, a delivery marking its endpoint failing or disabled, an operator's SQL.
 //! Each instance listens; a notification moves its generation on, which leaves every cached
 //! value stale. While the listener is not connected (at start, after a lost connection) nothing

@@ -107,12 +107,13 @@ pub fn job_registry(
     audience: &Audience,
     twenty: TwentyClient,
     default_region: Option<phonenumber::country::Id>,
+    config: ConfigWatch,
 ) -> Registry {
     let mut registry = Registry::default();
     registry
         .register(DispatchHandler::new(audience.clone()))
         .register(JourneyTriggerHandler::new(audience.clone()))
-        .register(CustomEventHandler::new(audience.clone()))
+        .register(CustomEventHandler::new(audience.clone(), config))
         .register(DeliverHandler::new(deliverer))
         .register(SyncHandler::new(twenty.clone()))
         .register(BackfillHandler::new(
@@ -258,6 +259,7 @@ impl CoreServer {
             &self.state.audience,
             self.twenty.clone(),
             self.state.default_region,
+            self.state.config.clone(),
         );
         let config_listener =
             tokio::spawn(self.state.config.clone().listen(self.database_url.clone()));
@@ -392,6 +394,7 @@ impl CoreServer {
             )
             .add_service(FlowServiceServer::new(FlowsGrpc::new(
                 self.state.pool.clone(),
+                self.state.config.clone(),
             )))
             .add_service(WebhookServiceServer::new(WebhooksGrpc::new(
                 self.state.pool.clone(),

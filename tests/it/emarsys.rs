@@ -349,6 +349,111 @@ async fn the_contact_is_synced_only_with_a_phone_number_or_a_known_reference() {
     assert_eq!(bad_phone.body["field"], "phone_number");
 }
 
+/// Sends an `order_placed` event for `PHONE` and waits until its job has run.
+async fn order_placed(app: &TestApp) {
+    let body = json!({"event_name": "order_placed", "event_id": uuid::Uuid::new_v4(), "phone_number": PHONE});
+    let reply = post(app, "", &body.to_string(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let job = reply.body["outboxJobId"].as_str().expect("job").to_owned();
+    eventually("the event's job has run", async || {
+        count(app, &format!("SELECT count(*) AS count FROM outbox_jobs WHERE id = '{job}' AND status = 'succeeded'")).await == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_and_flows_changed_through_the_api_or_elsewhere_apply_to_the_next_events() {
+    let app = TestApp::spawn().await;
+    crate::helpers::until_config_listened(&app.database).await;
+    let mut flows = FlowServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.manager)),
+    );
+    let mut put = async |flow: &str, tag: &str| {
+        flows
+            .put_flow(PutFlowRequest {
+                flow: Some(Flow {
+                    id: flow.to_owned(),
+                    org: "acme".to_owned(),
+                    name: flow.to_owned(),
+                    enabled: true,
+                    event_names: vec!["order_placed".to_owned()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("put flow");
+        flows
+            .put_event_rule(PutEventRuleRequest {
+                rule: Some(EventRule {
+                    event_name: "order_placed".to_owned(),
+                    add_tags: vec![tag.to_owned()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("put rule");
+    };
+    let tags = async || {
+        app.upsert_contact(&json!({"phone_number": PHONE})).await["contact"]["tags"].clone()
+    };
+    let runs_of =
+        |flow: &str| format!("SELECT count(*) AS count FROM journey_runs WHERE flow = '{flow}'");
+    put("welcome", "first").await;
+    app.upsert_contact(&json!({"phone_number": PHONE})).await;
+    // The job reads the flows and rules, and keeps them.
+    order_placed(&app).await;
+    assert_eq!(tags().await, json!(["first"]));
+
+    // Changed through this instance's API: the next event sees the change, without waiting
+    // for a notification (none is sent meanwhile).
+    let mut connection = app.database.connect().await;
+    let notifications = |toggle: &str| {
+        format!(
+            "ALTER TABLE flows {toggle} TRIGGER config_changed_notify;
+             ALTER TABLE event_rules {toggle} TRIGGER config_changed_notify"
+        )
+    };
+    connection
+        .batch_execute(&notifications("DISABLE"))
+        .await
+        .expect("turn the notifications off");
+    put("upsell", "second").await;
+    order_placed(&app).await;
+    assert_eq!(tags().await, json!(["first", "second"]));
+    eventually("the new flow ran", async || {
+        count(&app, &runs_of("upsell")).await == 1
+    })
+    .await;
+
+    // Changed elsewhere (another instance, an operator's SQL): seen once its notification
+    // arrives.
+    connection
+        .batch_execute(&notifications("ENABLE"))
+        .await
+        .expect("turn the notifications on");
+    connection
+        .batch_execute(
+            "UPDATE event_rules SET add_tags = '{third}';
+             UPDATE flows SET enabled = false WHERE id = 'upsell'",
+        )
+        .await
+        .expect("change the rule and the flow");
+    eventually("the rule changed elsewhere applies", async || {
+        order_placed(&app).await;
+        tags().await == json!(["first", "second", "third"])
+    })
+    .await;
+    let upsell_runs = count(&app, &runs_of("upsell")).await;
+    order_placed(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&app, &runs_of("upsell")).await,
+        upsell_runs,
+        "the flow disabled elsewhere is not triggered"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
     let app = TestApp::spawn().await;

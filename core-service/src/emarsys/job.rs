@@ -13,10 +13,11 @@ use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
 
 use crate::access::Caller;
+use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::{ContactRow, ContactUpsert, FieldUpdate, TagUpdate, phone, upsert_on};
 use crate::db;
 use crate::events::Audience;
-use crate::flows::{PropertySource, flows_listening_for, rule_for};
+use crate::flows::{EventRouting, PropertySource};
 use crate::journeys::{Route, TriggerInput, accept_trigger};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::request::{RequestContext, RequestId};
@@ -33,11 +34,15 @@ const FLOW_TRIGGER_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub struct CustomEventHandler {
     audience: Audience,
+    routing: Cached<EventRouting>,
 }
 
 impl CustomEventHandler {
-    pub fn new(audience: Audience) -> Self {
-        Self { audience }
+    pub fn new(audience: Audience, config: ConfigWatch) -> Self {
+        Self {
+            audience,
+            routing: Cached::new(config),
+        }
     }
 }
 
@@ -77,11 +82,21 @@ impl JobHandler for CustomEventHandler {
                 caller: Caller::system(CUSTOM_EVENT_JOB.name),
             };
 
-            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
             let Some(contact_id) = contact_id else {
                 // Without a contact there is nobody to change or enrol.
                 return Ok(());
             };
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+            let routing = self
+                .routing
+                .get(|| EventRouting::load(&mut connection))
+                .await
+                .map_err(retry)?;
+            let rule = routing.rule_for(event_name);
+            if rule.is_none() && routing.flows_listening_for(event_name).next().is_none() {
+                // Nothing to change and nobody to enrol: the contact need not be read.
+                return Ok(());
+            }
             let contact: ContactRow = contacts::table
                 .find(contact_id)
                 .select(ContactRow::as_select())
@@ -92,7 +107,7 @@ impl JobHandler for CustomEventHandler {
                 JobError::Permanent(format!("stored phone number is invalid: {error}"))
             })?;
 
-            if let Some(rule) = rule_for(&mut connection, event_name).await.map_err(retry)? {
+            if let Some(rule) = rule {
                 let mut properties = Map::new();
                 for assignment in rule.properties() {
                     let value = match assignment.source {
@@ -124,9 +139,6 @@ impl JobHandler for CustomEventHandler {
                 }
             }
 
-            let listening = flows_listening_for(&mut connection, event_name)
-                .await
-                .map_err(retry)?;
             drop(connection);
             let data = json!({
                 "event_name": event_name,
@@ -134,7 +146,7 @@ impl JobHandler for CustomEventHandler {
                 "payload": payload,
                 "voucher_pool": job.payload.get("voucher_pool"),
             });
-            for flow in listening {
+            for flow in routing.flows_listening_for(event_name) {
                 let input = TriggerInput {
                     route: Route::Rest {
                         organization: flow.org.clone(),

@@ -2,9 +2,10 @@
 //! job reads to mutate contacts and trigger flows.
 
 mod model;
+mod routing;
 mod service;
 mod store;
 
 pub use model::{EventRuleRow, FlowRow, PropertySource, RuleProperty};
+pub use routing::EventRouting;
 pub use service::FlowsGrpc;
-pub use store::{flows_listening_for, rule_for};

@@ -12,6 +12,7 @@ use super::model::{
 };
 use super::store;
 use crate::audit::{self, AuditRecord};
+use crate::config_watch::ConfigWatch;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::BoxFuture;
@@ -20,11 +21,47 @@ use crate::schema::{event_rules, flows};
 
 pub struct FlowsGrpc {
     pool: DbPool,
+    /// Told of every change (see [`crate::config_watch`]).
+    config: ConfigWatch,
 }
 
 impl FlowsGrpc {
-    pub fn new(pool: DbPool) -> Self {
-        Self { pool }
+    pub fn new(pool: DbPool, config: ConfigWatch) -> Self {
+        Self { pool, config }
+    }
+
+    /// Runs `write` and its audit entry in one transaction, then marks the cached flows and
+    /// rules stale.
+    async fn audited<T: Send>(
+        &self,
+        context: &RequestContext,
+        action: &'static str,
+        target_type: &'static str,
+        target_id: String,
+        write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
+    ) -> Result<T, Status> {
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let written = connection
+            .transaction(async |connection| {
+                let written = write(connection).await?;
+                audit::record(
+                    connection,
+                    AuditRecord {
+                        request_id: context.request_id,
+                        actor: &context.caller,
+                        action,
+                        target_type,
+                        target_id: Some(target_id),
+                        changed_fields: Vec::new(),
+                    },
+                )
+                .await?;
+                Ok::<_, diesel::result::Error>(written)
+            })
+            .await
+            .map_err(db_status)?;
+        self.config.changed();
+        Ok(written)
     }
 }
 
@@ -40,37 +77,6 @@ fn not_found(what: &'static str) -> Status {
     ServiceError::NotFound(what).into()
 }
 
-/// Runs `write` and its audit entry in one transaction.
-async fn audited<T: Send>(
-    pool: &DbPool,
-    context: &RequestContext,
-    action: &'static str,
-    target_type: &'static str,
-    target_id: String,
-    write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
-) -> Result<T, Status> {
-    let mut connection = db::connection(pool).await.map_err(db_status)?;
-    connection
-        .transaction(async |connection| {
-            let written = write(connection).await?;
-            audit::record(
-                connection,
-                AuditRecord {
-                    request_id: context.request_id,
-                    actor: &context.caller,
-                    action,
-                    target_type,
-                    target_id: Some(target_id),
-                    changed_fields: Vec::new(),
-                },
-            )
-            .await?;
-            Ok::<_, diesel::result::Error>(written)
-        })
-        .await
-        .map_err(db_status)
-}
-
 #[tonic::async_trait]
 impl FlowService for FlowsGrpc {
     async fn put_flow(
@@ -80,15 +86,15 @@ impl FlowService for FlowsGrpc {
         let context = RequestContext::from_request(&request)?;
         let flow = request.into_inner().flow.unwrap_or_default();
         let row = flow_from_proto(flow, Utc::now()).map_err(invalid)?;
-        let stored = audited(
-            &self.pool,
-            &context,
-            "flow.put",
-            "flow",
-            row.id.clone(),
-            move |connection| Box::pin(async move { store::put_flow(connection, &row).await }),
-        )
-        .await?;
+        let stored = self
+            .audited(
+                &context,
+                "flow.put",
+                "flow",
+                row.id.clone(),
+                move |connection| Box::pin(async move { store::put_flow(connection, &row).await }),
+            )
+            .await?;
         Ok(Response::new(PutFlowResponse {
             flow: Some(flow_to_proto(stored)),
         }))
@@ -134,17 +140,11 @@ impl FlowService for FlowsGrpc {
     ) -> Result<Response<DeleteFlowResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
         let id = request.into_inner().id.trim().to_owned();
-        let deleted = audited(
-            &self.pool,
-            &context,
-            "flow.delete",
-            "flow",
-            id.clone(),
-            |connection| {
+        let deleted = self
+            .audited(&context, "flow.delete", "flow", id.clone(), |connection| {
                 Box::pin(diesel::delete(flows::table.find(id.clone())).execute(connection))
-            },
-        )
-        .await?;
+            })
+            .await?;
         if deleted == 0 {
             return Err(not_found("flow"));
         }
@@ -158,15 +158,15 @@ impl FlowService for FlowsGrpc {
         let context = RequestContext::from_request(&request)?;
         let rule = request.into_inner().rule.unwrap_or_default();
         let row = rule_from_proto(rule, Utc::now()).map_err(invalid)?;
-        let stored = audited(
-            &self.pool,
-            &context,
-            "event_rule.put",
-            "event_rule",
-            row.event_name.clone(),
-            move |connection| Box::pin(async move { store::put_rule(connection, &row).await }),
-        )
-        .await?;
+        let stored = self
+            .audited(
+                &context,
+                "event_rule.put",
+                "event_rule",
+                row.event_name.clone(),
+                move |connection| Box::pin(async move { store::put_rule(connection, &row).await }),
+            )
+            .await?;
         Ok(Response::new(PutEventRuleResponse {
             rule: Some(rule_to_proto(stored)),
         }))
@@ -208,19 +208,20 @@ impl FlowService for FlowsGrpc {
     ) -> Result<Response<DeleteEventRuleResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
         let event_name = request.into_inner().event_name.trim().to_owned();
-        let deleted = audited(
-            &self.pool,
-            &context,
-            "event_rule.delete",
-            "event_rule",
-            event_name.clone(),
-            |connection| {
-                Box::pin(
-                    diesel::delete(event_rules::table.find(event_name.clone())).execute(connection),
-                )
-            },
-        )
-        .await?;
+        let deleted = self
+            .audited(
+                &context,
+                "event_rule.delete",
+                "event_rule",
+                event_name.clone(),
+                |connection| {
+                    Box::pin(
+                        diesel::delete(event_rules::table.find(event_name.clone()))
+                            .execute(connection),
+                    )
+                },
+            )
+            .await?;
         if deleted == 0 {
             return Err(not_found("event rule"));
         }

@@ -6,20 +6,6 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::model::{EventRuleRow, FlowRow};
 use crate::schema::{event_rules, flows};
 
-/// Enabled flows that listen for `event_name`.
-pub async fn flows_listening_for(
-    connection: &mut AsyncPgConnection,
-    event_name: &str,
-) -> QueryResult<Vec<FlowRow>> {
-    flows::table
-        .filter(flows::enabled.eq(true))
-        .filter(flows::event_names.contains(vec![event_name]))
-        .select(FlowRow::as_select())
-        .order(flows::id)
-        .load(connection)
-        .await
-}
-
 pub async fn rule_for(
     connection: &mut AsyncPgConnection,
     event_name: &str,
