@@ -355,10 +355,7 @@ async fn order_placed(app: &TestApp) {
     let reply = post(app, "", &body.to_string(), &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let job = reply.body["outboxJobId"].as_str().expect("job").to_owned();
-    eventually("the event's job has run", async || {
-        count(app, &format!("SELECT count(*) AS count FROM outbox_jobs WHERE id = '{job}' AND status = 'succeeded'")).await == 1
-    })
-    .await;
+    crate::helpers::until_job_succeeded(&app.database, &job).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

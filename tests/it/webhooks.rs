@@ -21,7 +21,7 @@ use tonic::Code;
 
 use crate::helpers::{
     Answer, Authed, Receiver, TestApp, WithKey, config_listener, eventually, until_config_listened,
-    until_waiting_for_locks,
+    until_job_succeeded, until_waiting_for_locks,
 };
 
 /// Standard Webhooks verification, from the specification's text: the key is the base64
@@ -1447,17 +1447,7 @@ async fn published_and_upserted_events_are_dispatched_at_once_without_waking_the
         .as_str()
         .expect("a job id")
         .to_owned();
-    eventually("the trigger's job has run", async || {
-        count(
-            &app,
-            &format!(
-                "SELECT count(*) FROM outbox_jobs WHERE id = '{trigger_job}' AND status = 'succeeded'"
-            ),
-        )
-        .await
-            == 1
-    })
-    .await;
+    until_job_succeeded(&app.database, &trigger_job).await;
     let woken = tokio::time::timeout(Duration::from_millis(300), notifications.next()).await;
     assert!(woken.is_err(), "a notification arrived: {woken:?}");
 
@@ -1478,17 +1468,7 @@ async fn published_and_upserted_events_are_dispatched_at_once_without_waking_the
             .to_owned()
     };
     let event_job = emarsys_event("+4915112345678").await;
-    eventually("the Emarsys event's job has run", async || {
-        count(
-            &app,
-            &format!(
-                "SELECT count(*) FROM outbox_jobs WHERE id = '{event_job}' AND status = 'succeeded'"
-            ),
-        )
-        .await
-            == 1
-    })
-    .await;
+    until_job_succeeded(&app.database, &event_job).await;
     let woken = tokio::time::timeout(Duration::from_millis(300), notifications.next()).await;
     assert!(woken.is_err(), "a notification arrived: {woken:?}");
 

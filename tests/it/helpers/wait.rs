@@ -70,3 +70,14 @@ pub async fn until_waiting_for_locks(database: &TestDatabase, sessions: i64) {
     })
     .await;
 }
+
+/// Waits until the outbox job `id` has succeeded.
+pub async fn until_job_succeeded(database: &TestDatabase, id: &str) {
+    let sql = format!(
+        "SELECT count(*) AS count FROM outbox_jobs WHERE id = '{id}' AND status = 'succeeded'"
+    );
+    eventually("the job has succeeded", async || {
+        count(database, &sql).await == 1
+    })
+    .await;
+}
