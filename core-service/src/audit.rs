@@ -4,10 +4,11 @@
 //! only field *names* are recorded.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::access::Caller;
+use crate::outbox::BoxFuture;
 use crate::request::RequestId;
 use crate::schema::audit_entries;
 
@@ -64,4 +65,20 @@ pub async fn record(
         .execute(&mut connection)
         .await
         .map(drop)
+}
+
+/// Runs `write`, then records `entry`, in one transaction: a configuration change and its audit
+/// entry commit together or not at all.
+pub async fn audited<T: Send>(
+    connection: &mut AsyncPgConnection,
+    entry: AuditRecord<'_>,
+    write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
+) -> QueryResult<T> {
+    connection
+        .transaction(async |connection| {
+            let written = write(connection).await?;
+            record(connection, entry).await?;
+            Ok(written)
+        })
+        .await
 }

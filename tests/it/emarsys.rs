@@ -397,6 +397,11 @@ async fn rules_and_flows_changed_through_the_api_or_elsewhere_apply_to_the_next_
     let runs_of =
         |flow: &str| format!("SELECT count(*) AS count FROM journey_runs WHERE flow = '{flow}'");
     put("welcome", "first").await;
+    let audited = "SELECT count(*) AS count FROM audit_entries
+         WHERE (action, target_type, target_id) IN
+             (('flow.put', 'flow', 'welcome'), ('event_rule.put', 'event_rule', 'order_placed'))
+         AND actor_role = 'manager'";
+    assert_eq!(count(&app, audited).await, 2, "both changes are audited");
     app.upsert_contact(&json!({"phone_number": PHONE})).await;
     // The job reads the flows and rules, and keeps them.
     order_placed(&app).await;

@@ -1183,6 +1183,42 @@ async fn a_repeated_dispatch_of_an_event_delivers_it_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn endpoint_changes_are_audited_with_the_fields_they_change() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &["message.delivered"]).await;
+    client(&app)
+        .await
+        .disable_endpoint(DisableEndpointRequest {
+            id: endpoint.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("disable");
+
+    let audited = |action: &str| {
+        format!(
+            "SELECT count(*) FROM audit_entries WHERE action = '{action}'
+             AND target_type = 'webhook_endpoint' AND target_id = '{}'
+             AND actor_role = 'admin'",
+            endpoint.id
+        )
+    };
+    assert_eq!(count(&app, &audited("webhook_endpoint.create")).await, 1);
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "{} AND changed_fields = ARRAY['enabled', 'disabled_reason']",
+                audited("webhook_endpoint.disable")
+            )
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn deleting_an_endpoint_drops_the_deliveries_waiting_for_it() {
     // A clock that stands still: no retry comes due while the test looks.
     let app = TestApp::builder()

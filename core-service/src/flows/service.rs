@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use switchbord_api::v1::flow_service_server::FlowService;
 use switchbord_api::v1::*;
 use tonic::{Request, Response, Status};
@@ -41,23 +41,15 @@ impl FlowsGrpc {
         write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
     ) -> Result<T, Status> {
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let written = connection
-            .transaction(async |connection| {
-                let written = write(connection).await?;
-                audit::record(
-                    connection,
-                    AuditRecord {
-                        request_id: context.request_id,
-                        actor: &context.caller,
-                        action,
-                        target_type,
-                        target_id: Some(target_id),
-                        changed_fields: Vec::new(),
-                    },
-                )
-                .await?;
-                Ok::<_, diesel::result::Error>(written)
-            })
+        let entry = AuditRecord {
+            request_id: context.request_id,
+            actor: &context.caller,
+            action,
+            target_type,
+            target_id: Some(target_id),
+            changed_fields: Vec::new(),
+        };
+        let written = audit::audited(&mut connection, entry, write)
             .await
             .map_err(db_status)?;
         self.config.changed();

@@ -134,23 +134,15 @@ impl WebhooksGrpc {
         + Send,
     ) -> Result<T, Status> {
         let mut connection = self.connection().await?;
-        let written = connection
-            .transaction(async |connection| {
-                let written = write(connection).await?;
-                audit::record(
-                    connection,
-                    AuditRecord {
-                        request_id: context.request_id,
-                        actor: &context.caller,
-                        action,
-                        target_type: "webhook_endpoint",
-                        target_id: Some(target.to_string()),
-                        changed_fields: changed.iter().map(|field| (*field).to_owned()).collect(),
-                    },
-                )
-                .await?;
-                Ok::<_, diesel::result::Error>(written)
-            })
+        let entry = AuditRecord {
+            request_id: context.request_id,
+            actor: &context.caller,
+            action,
+            target_type: "webhook_endpoint",
+            target_id: Some(target.to_string()),
+            changed_fields: changed.iter().map(|field| (*field).to_owned()).collect(),
+        };
+        let written = audit::audited(&mut connection, entry, write)
             .await
             .map_err(db_status)?;
         self.config.changed();
