@@ -17,7 +17,7 @@ use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::{ContactRow, ContactUpsert, FieldUpdate, TagUpdate, phone, upsert_on};
 use crate::db;
 use crate::events::Audience;
-use crate::flows::{EventRouting, PropertySource};
+use crate::flows::{EventRouting, FlowRow, PropertySource};
 use crate::journeys::{Route, TriggerInput, accept_trigger};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::request::{RequestContext, RequestId};
@@ -93,7 +93,8 @@ impl JobHandler for CustomEventHandler {
                 .await
                 .map_err(retry)?;
             let rule = routing.rule_for(event_name);
-            if rule.is_none() && routing.flows_listening_for(event_name).next().is_none() {
+            let listening: Vec<&FlowRow> = routing.flows_listening_for(event_name).collect();
+            if rule.is_none() && listening.is_empty() {
                 // Nothing to change and nobody to enrol: the contact need not be read.
                 return Ok(());
             }
@@ -146,7 +147,7 @@ impl JobHandler for CustomEventHandler {
                 "payload": payload,
                 "voucher_pool": job.payload.get("voucher_pool"),
             });
-            for flow in routing.flows_listening_for(event_name) {
+            for flow in listening {
                 let input = TriggerInput {
                     route: Route::Rest {
                         organization: flow.org.clone(),

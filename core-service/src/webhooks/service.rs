@@ -691,9 +691,21 @@ impl WebhookService for WebhooksGrpc {
         }));
         let example = Json::Object(body.example.map(json_from_struct).unwrap_or_default());
         let mut connection = self.connection().await?;
-        let inserted = connection
-            .transaction(async |connection| {
-                let inserted = diesel::insert_into(event_types::table)
+        let entry = AuditRecord {
+            request_id: context.request_id,
+            actor: &context.caller,
+            action: "event_type.register",
+            target_type: "event_type",
+            target_id: Some(name.clone()),
+            changed_fields: vec![
+                "description".to_owned(),
+                "schema".to_owned(),
+                "example".to_owned(),
+            ],
+        };
+        let inserted = audit::audited(&mut connection, entry, |connection| {
+            Box::pin(
+                diesel::insert_into(event_types::table)
                     .values((
                         event_types::name.eq(&name),
                         event_types::description.eq(&description),
@@ -702,28 +714,11 @@ impl WebhookService for WebhooksGrpc {
                         event_types::builtin.eq(false),
                     ))
                     .on_conflict_do_nothing()
-                    .execute(connection)
-                    .await?;
-                audit::record(
-                    connection,
-                    AuditRecord {
-                        request_id: context.request_id,
-                        actor: &context.caller,
-                        action: "event_type.register",
-                        target_type: "event_type",
-                        target_id: Some(name.clone()),
-                        changed_fields: vec![
-                            "description".to_owned(),
-                            "schema".to_owned(),
-                            "example".to_owned(),
-                        ],
-                    },
-                )
-                .await?;
-                Ok::<_, diesel::result::Error>(inserted)
-            })
-            .await
-            .map_err(db_status)?;
+                    .execute(connection),
+            )
+        })
+        .await
+        .map_err(db_status)?;
         if inserted == 0 {
             return Err(ServiceError::Conflict(format!("event type {name} exists already")).into());
         }
