@@ -388,6 +388,79 @@ async fn a_trigger_job_run_again_records_no_second_run_or_event() {
     assert_eq!(count(&app.database, triggered).await, 1);
 }
 
+/// Inserts sixteen `journey.trigger` jobs due now, labelled `label`; those whose number
+/// `is_bad` names a contact that does not exist (as if deleted after its trigger), whose run
+/// breaks the foreign key, and the statement with it.
+async fn insert_trigger_jobs(app: &TestApp, contact_id: &str, label: &str, is_bad: &str) {
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at)
+         SELECT gen_random_uuid(), 'journey.trigger',
+                jsonb_build_object('trigger_event_id', gen_random_uuid(),
+                                   'contact_id', CASE WHEN {is_bad} THEN gen_random_uuid()
+                                                      ELSE '{contact_id}'::uuid END,
+                                   'phone_number', '{PHONE}', 'legacy_path', '{label}',
+                                   'good', NOT ({is_bad})),
+                10, now(), now(), now()
+         FROM generate_series(1, 16) AS i"
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("insert jobs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trigger_jobs_running_together_are_recorded_together_and_a_bad_one_fails_alone() {
+    let app = TestApp::spawn().await;
+    let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
+    let contact_id = contact["contact"]["id"].as_str().expect("contact id");
+    let jobs = |label: &str| {
+        format!(
+            "SELECT count(*) AS count FROM outbox_jobs
+              WHERE kind = 'journey.trigger' AND payload->>'legacy_path' = '{label}'"
+        )
+    };
+    let succeeded_at_once = |label: &str| {
+        format!(
+            "{} AND (payload->>'good')::boolean AND status = 'succeeded' AND attempts = 1",
+            jobs(label)
+        )
+    };
+
+    insert_trigger_jobs(&app, contact_id, "together", "false").await;
+    eventually("every job succeeds at its first attempt", async || {
+        count(&app.database, &succeeded_at_once("together")).await == 16
+    })
+    .await;
+    // Runs written by one statement share its time.
+    let statements = "SELECT count(DISTINCT created_at) AS count FROM journey_runs
+                       WHERE legacy_path = 'together'";
+    assert!(
+        count(&app.database, statements).await < 16,
+        "the runs were written one statement each"
+    );
+
+    insert_trigger_jobs(&app, contact_id, "mixed", "i % 4 = 0").await;
+    eventually("every good job succeeds at its first attempt", async || {
+        count(&app.database, &succeeded_at_once("mixed")).await == 12
+    })
+    .await;
+    let retried = format!(
+        "{} AND NOT (payload->>'good')::boolean AND status = 'pending'
+           AND last_error LIKE '%foreign key%'",
+        jobs("mixed")
+    );
+    eventually("every bad job is retried with its own error", async || {
+        count(&app.database, &retried).await == 4
+    })
+    .await;
+
+    let runs = "SELECT count(*) AS count FROM journey_runs";
+    assert_eq!(count(&app.database, runs).await, 28);
+    let triggered = "SELECT count(*) AS count FROM events WHERE type = 'journey.triggered'";
+    assert_eq!(count(&app.database, triggered).await, 28);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn contact_writes_emit_created_updated_and_opted_out_once_each() {
     let app = TestApp::spawn().await;

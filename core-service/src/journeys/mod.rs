@@ -3,6 +3,7 @@
 
 mod error;
 mod input;
+mod record;
 mod run;
 mod service;
 mod trigger;

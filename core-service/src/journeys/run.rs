@@ -1,16 +1,12 @@
 //! The `journey.trigger` job: records the journey run and emits `journey.triggered`, once per
 //! trigger however often the job runs.
 
-use chrono::Utc;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
-use crate::db;
-use crate::events::{Audience, Dispatch, EventDraft, record_for};
+use super::record::{RunDraft, RunOutcome, RunRecorder};
+use crate::events::{Audience, new_event_id};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
-use crate::schema::journey_runs;
 
 pub const TRIGGER_JOB: JobKind = JobKind {
     name: "journey.trigger",
@@ -18,12 +14,14 @@ pub const TRIGGER_JOB: JobKind = JobKind {
 };
 
 pub struct JourneyTriggerHandler {
-    audience: Audience,
+    recorder: RunRecorder,
 }
 
 impl JourneyTriggerHandler {
     pub fn new(audience: Audience) -> Self {
-        Self { audience }
+        Self {
+            recorder: RunRecorder::new(audience),
+        }
     }
 }
 
@@ -49,66 +47,33 @@ impl JobHandler for JourneyTriggerHandler {
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
             let payload = &job.payload;
-            let trigger_event_id = uuid_field(payload, "trigger_event_id")?;
-            let contact_id = uuid_field(payload, "contact_id")?;
             let run_id = Uuid::now_v7();
-            let route_flow = text(payload, "flow").or_else(|| text(payload, "flow_id"));
-            let mut connection = db::connection(&context.pool)
-                .await
-                .map_err(|error| JobError::retry(error.to_string()))?;
-            // Two round trips: `BEGIN` with the run's insert, the event with `COMMIT`.
-            db::pipelined::read_then_write(
-                &mut connection,
-                async |connection| {
-                    let mut connection = connection;
-                    diesel::insert_into(journey_runs::table)
-                        .values((
-                            journey_runs::id.eq(run_id),
-                            journey_runs::trigger_id.eq(trigger_event_id),
-                            journey_runs::org.eq(text(payload, "organization")),
-                            journey_runs::flow.eq(&route_flow),
-                            journey_runs::legacy_path.eq(text(payload, "legacy_path")),
-                            journey_runs::trigger_ref.eq(text(payload, "trigger_id")),
-                            journey_runs::contact_id.eq(contact_id),
-                            journey_runs::data
-                                .eq(payload.get("data").cloned().unwrap_or(json!({}))),
-                            journey_runs::created_at.eq(Utc::now()),
-                        ))
-                        .on_conflict(journey_runs::trigger_id)
-                        .do_nothing()
-                        .execute(&mut connection)
-                        .await
-                },
-                async |connection, inserted| {
-                    if inserted == 0 {
-                        // A previous attempt committed; nothing more to do.
-                        return Ok(false);
-                    }
-                    let mut data = payload.clone();
-                    if let Some(object) = data.as_object_mut() {
-                        object.insert("journey_run_id".to_owned(), json!(run_id));
-                    }
-                    record_for(
-                        connection,
-                        &self.audience,
-                        EventDraft {
-                            event_type: "journey.triggered",
-                            data,
-                            source: "journeys",
-                            request_id: job.request_id,
-                        },
-                    )
-                    .await
-                    .map(|recorded| matches!(recorded.dispatch, Dispatch::Queued))
-                },
-            )
-            .await
-            .map_err(|error: diesel::result::Error| JobError::retry(error.to_string()))
-            .map(|recorded| {
-                if recorded {
-                    context.jobs_queued();
-                }
-            })
+            let mut event_data = payload.clone();
+            if let Some(object) = event_data.as_object_mut() {
+                object.insert("journey_run_id".to_owned(), json!(run_id));
+            }
+            let run = RunDraft {
+                run_id,
+                trigger_id: uuid_field(payload, "trigger_event_id")?,
+                organization: text(payload, "organization"),
+                flow: text(payload, "flow").or_else(|| text(payload, "flow_id")),
+                legacy_path: text(payload, "legacy_path"),
+                trigger_ref: text(payload, "trigger_id"),
+                contact_id: uuid_field(payload, "contact_id")?,
+                data: payload.get("data").cloned().unwrap_or(json!({})),
+                event_id: new_event_id(),
+                event_data,
+                request_id: job.request_id,
+                dispatch_job_id: Uuid::now_v7(),
+            };
+            match self.recorder.record(run, &context.pool).await {
+                Ok(RunOutcome::New {
+                    dispatch_queued: true,
+                }) => context.jobs_queued(),
+                Ok(_) => {}
+                Err(error) => return Err(JobError::retry(error)),
+            }
+            Ok(())
         })
     }
 }

@@ -1,0 +1,223 @@
+//! Recording journey runs. The `journey.trigger` jobs that run at the same time write their runs
+//! and `journey.triggered` events together, in one statement (a group commit): a trigger's job
+//! then costs a share of one round trip and one commit instead of a transaction of its own.
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use diesel::QueryResult;
+use diesel::sql_types::{Array, Bool, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::db::{self, DbPool, prepared};
+use crate::events::{Audience, DISPATCH_JOB};
+
+/// The event a recorded run emits.
+pub const TRIGGERED: &str = "journey.triggered";
+
+/// Most runs one statement writes; more wait for the next.
+const MOST_PER_STATEMENT: usize = 64;
+
+/// One trigger's run and its `journey.triggered` event, ready to write.
+pub struct RunDraft {
+    pub run_id: Uuid,
+    pub trigger_id: Uuid,
+    pub organization: Option<String>,
+    pub flow: Option<String>,
+    pub legacy_path: Option<String>,
+    pub trigger_ref: Option<String>,
+    pub contact_id: Uuid,
+    pub data: Json,
+    pub event_id: String,
+    pub event_data: Json,
+    pub request_id: Option<Uuid>,
+    /// The event's `event.dispatch` job, written only when someone listens.
+    pub dispatch_job_id: Uuid,
+}
+
+/// What became of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Written now, with its event; `dispatch_queued` when the event's dispatch job was queued
+    /// too (for the caller to announce).
+    New { dispatch_queued: bool },
+    /// Its trigger's run was written before (a job run again after its commit): nothing new.
+    Already,
+}
+
+/// Each run not recorded yet, with its event and, when `$16`, the event's dispatch job: one
+/// statement, so one transaction, however many runs. Events and jobs follow the runs actually
+/// inserted, matched by run id, so a trigger repeated in the input is recorded once. The
+/// dispatch job's columns are those of `outbox::enqueue`'s rows.
+const RECORD_RUNS: &str = "WITH input AS (
+         SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             AS input (run_id, trigger_id, org, flow, legacy_path, trigger_ref, contact_id, data,
+                       event_id, event_data, request_id, dispatch_job_id)
+     ), runs AS (
+         INSERT INTO journey_runs (id, trigger_id, org, flow, legacy_path, trigger_ref,
+                                   contact_id, data, created_at)
+         SELECT run_id, trigger_id, org, flow, legacy_path, trigger_ref, contact_id, data, $13
+           FROM input
+         ON CONFLICT (trigger_id) DO NOTHING
+         RETURNING id
+     ), recorded AS (
+         SELECT input.* FROM input JOIN runs ON runs.id = input.run_id
+     ), events AS (
+         INSERT INTO events (id, type, occurred_at, data, source, request_id)
+         SELECT event_id, $17, $13, event_data, 'journeys', request_id
+           FROM recorded
+     ), dispatch_jobs AS (
+         INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, request_id,
+                                  created_at, updated_at)
+         SELECT dispatch_job_id, $14, jsonb_build_object('event_id', event_id), $15, $13,
+                request_id, $13, $13
+           FROM recorded
+          WHERE $16
+     )
+     SELECT run_id FROM recorded";
+
+#[derive(diesel::QueryableByName)]
+struct WrittenRun {
+    #[diesel(sql_type = SqlUuid)]
+    run_id: Uuid,
+}
+
+/// Writes `runs` that are not recorded yet (see [`RECORD_RUNS`]) and answers the ids of the runs
+/// it wrote.
+async fn record_runs(
+    connection: &mut AsyncPgConnection,
+    runs: &[&RunDraft],
+    dispatch: bool,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<Uuid>> {
+    let column = |field: fn(&RunDraft) -> Option<String>| -> Vec<Option<String>> {
+        runs.iter().map(|run| field(run)).collect()
+    };
+    let written: Vec<WrittenRun> = prepared(
+        diesel::sql_query(RECORD_RUNS)
+            .bind::<Array<SqlUuid>, _>(runs.iter().map(|run| run.run_id).collect::<Vec<_>>())
+            .bind::<Array<SqlUuid>, _>(runs.iter().map(|run| run.trigger_id).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Text>>, _>(column(|run| run.organization.clone()))
+            .bind::<Array<Nullable<Text>>, _>(column(|run| run.flow.clone()))
+            .bind::<Array<Nullable<Text>>, _>(column(|run| run.legacy_path.clone()))
+            .bind::<Array<Nullable<Text>>, _>(column(|run| run.trigger_ref.clone()))
+            .bind::<Array<SqlUuid>, _>(runs.iter().map(|run| run.contact_id).collect::<Vec<_>>())
+            .bind::<Array<Jsonb>, _>(runs.iter().map(|run| &run.data).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(runs.iter().map(|run| &run.event_id).collect::<Vec<_>>())
+            .bind::<Array<Jsonb>, _>(runs.iter().map(|run| &run.event_data).collect::<Vec<_>>())
+            .bind::<Array<Nullable<SqlUuid>>, _>(
+                runs.iter().map(|run| run.request_id).collect::<Vec<_>>(),
+            )
+            .bind::<Array<SqlUuid>, _>(
+                runs.iter()
+                    .map(|run| run.dispatch_job_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Timestamptz, _>(now)
+            .bind::<Text, _>(DISPATCH_JOB.name)
+            .bind::<Int4, _>(DISPATCH_JOB.max_attempts)
+            .bind::<Bool, _>(dispatch)
+            .bind::<Text, _>(TRIGGERED),
+    )
+    .load(connection)
+    .await?;
+    Ok(written.into_iter().map(|run| run.run_id).collect())
+}
+
+/// A run waiting for its statement, and where its outcome goes.
+struct Pending {
+    run: RunDraft,
+    reply: oneshot::Sender<Result<RunOutcome, String>>,
+}
+
+/// Collects the runs of jobs that run at the same time and writes them together: while one
+/// statement is out, the runs that arrive wait and go in the next. A job alone waits for nothing.
+pub struct RunRecorder {
+    audience: Audience,
+    /// Started by the first run, on the pool of the worker that runs it.
+    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+}
+
+impl RunRecorder {
+    pub fn new(audience: Audience) -> Self {
+        Self {
+            audience,
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// Records `run` (once however often it is asked) and answers what became of it, or why it
+    /// could not be written.
+    pub async fn record(&self, run: RunDraft, pool: &DbPool) -> Result<RunOutcome, String> {
+        let queue = self.queue.get_or_init(|| {
+            let (queue, pending) = mpsc::unbounded_channel();
+            tokio::spawn(write_batches(pool.clone(), self.audience.clone(), pending));
+            queue
+        });
+        let (reply, answer) = oneshot::channel();
+        let stopped = || "the journey run recorder stopped".to_owned();
+        queue.send(Pending { run, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Writes what `pending` brings, batch after batch, until every [`RunRecorder`] handle is gone.
+async fn write_batches(
+    pool: DbPool,
+    audience: Audience,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+) {
+    let mut batch = Vec::with_capacity(MOST_PER_STATEMENT);
+    while pending.recv_many(&mut batch, MOST_PER_STATEMENT).await > 0 {
+        let dispatch = audience.listens_to(TRIGGERED);
+        let runs: Vec<&RunDraft> = batch.iter().map(|pending| &pending.run).collect();
+        let written = write(&pool, &runs, dispatch).await;
+        drop(runs);
+        match written {
+            Ok(written) => {
+                for pending in batch.drain(..) {
+                    let recorded = outcome(&written, &pending.run, dispatch);
+                    let _ = pending.reply.send(Ok(recorded));
+                }
+            }
+            // One run that cannot be written (its contact gone) must not fail the others with
+            // it: each is written alone.
+            Err(_) if batch.len() > 1 => {
+                for pending in batch.drain(..) {
+                    let written = write(&pool, &[&pending.run], dispatch).await;
+                    let recorded = written.map(|written| outcome(&written, &pending.run, dispatch));
+                    let _ = pending.reply.send(recorded);
+                }
+            }
+            Err(error) => {
+                for pending in batch.drain(..) {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn write(pool: &DbPool, runs: &[&RunDraft], dispatch: bool) -> Result<Vec<Uuid>, String> {
+    let mut connection = db::connection(pool)
+        .await
+        .map_err(|error| error.to_string())?;
+    // The database keeps microseconds: the time is the same in every row that holds it.
+    let now = Utc::now().trunc_subsecs(6);
+    record_runs(&mut connection, runs, dispatch, now)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+fn outcome(written: &[Uuid], run: &RunDraft, dispatch: bool) -> RunOutcome {
+    if written.contains(&run.run_id) {
+        RunOutcome::New {
+            dispatch_queued: dispatch,
+        }
+    } else {
+        RunOutcome::Already
+    }
+}
