@@ -389,7 +389,7 @@ async fn a_trigger_job_run_again_records_no_second_run_or_event() {
 }
 
 /// Inserts sixteen `journey.trigger` jobs due now, labelled `label`; those whose number
-/// `is_bad` names a contact that does not exist (as if deleted after its trigger), whose run
+/// `is_bad` names a contact that does not exist (a corrupt or hand-made job), whose run
 /// breaks the foreign key, and the statement with it.
 async fn insert_trigger_jobs(app: &TestApp, contact_id: &str, label: &str, is_bad: &str) {
     let mut connection = app.database.connect().await;

@@ -183,8 +183,8 @@ async fn write_batches(
                     let _ = pending.reply.send(Ok(recorded));
                 }
             }
-            // One run that cannot be written (its contact gone) must not fail the others with
-            // it: each is written alone.
+            // One run that cannot be written (naming no existing contact) must not fail the
+            // others with it: each is written alone.
             Err(_) if batch.len() > 1 => {
                 for pending in batch.drain(..) {
                     let written = write(&pool, &[&pending.run], dispatch).await;
