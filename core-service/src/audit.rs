@@ -68,12 +68,13 @@ pub async fn record(
 }
 
 /// Runs `write`, then records `entry`, in one transaction: a configuration change and its audit
-/// entry commit together or not at all.
-pub async fn audited<T: Send>(
+/// entry commit together or not at all. `write` may refuse the change with its own error
+/// (a validation, a precondition), which rolls it back and records nothing.
+pub async fn audited<T: Send, E: From<diesel::result::Error> + Send>(
     connection: &mut AsyncPgConnection,
     entry: AuditRecord<'_>,
-    write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
-) -> QueryResult<T> {
+    write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, Result<T, E>> + Send,
+) -> Result<T, E> {
     connection
         .transaction(async |connection| {
             let written = write(connection).await?;

@@ -192,6 +192,25 @@ async fn contact_by_phone(app: &TestApp, phone: &str) -> Json {
     })
 }
 
+/// The Twenty configuration changes in the audit trail, oldest first: action, changed fields,
+/// target.
+async fn audited_changes(app: &TestApp) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Entry {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        entry: String,
+    }
+    let mut connection = app.database.connect().await;
+    let entries: Vec<Entry> = diesel::sql_query(
+        "SELECT concat_ws(' ', action, NULLIF(array_to_string(changed_fields, ','), ''), target_id) AS entry
+           FROM audit_entries WHERE target_type = 'twenty' ORDER BY occurred_at, id",
+    )
+    .load(&mut connection)
+    .await
+    .expect("audit entries");
+    entries.into_iter().map(|entry| entry.entry).collect()
+}
+
 #[tokio::test]
 async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
     let app = TestApp::spawn().await;
@@ -254,6 +273,18 @@ async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
     let deleted = admin(&app, Method::DELETE, &path, None).await;
     assert_eq!(deleted.status, 200);
     assert_eq!(admin(&app, Method::GET, &path, None).await.status, 404);
+    let deleted_again = admin(&app, Method::DELETE, &path, None).await;
+    assert_eq!(deleted_again.status, 404);
+
+    // Only the changes that were made, with the names of the fields they set.
+    assert_eq!(
+        audited_changes(&app).await,
+        [
+            "twenty.connection.set base_url,api_key,webhook_secret",
+            "twenty.connection.set base_url,api_key",
+            "twenty.connection.delete",
+        ]
+    );
 }
 
 #[tokio::test]
@@ -444,6 +475,15 @@ async fn a_custom_mapping_is_validated_and_syncs_chosen_properties() {
     )
     .await;
     assert_eq!(reset.body["entries"].as_array().unwrap().len(), 6);
+    // The refused updates changed nothing and are not in the audit trail.
+    let changes = audited_changes(&app).await;
+    assert_eq!(
+        changes[1..],
+        [
+            "twenty.mapping.update mapping",
+            "twenty.mapping.update mapping"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -529,6 +569,20 @@ async fn a_validation_error_fails_the_record_until_the_cause_is_fixed_and_it_is_
     assert_eq!(retried.status, 200, "{}", retried.text);
     assert_eq!(retried.body["retried"], 1);
     wait_for_status(&app, &contact_id, "synced").await;
+    let not_failed = call(
+        &app,
+        &app.keys.manager,
+        Method::POST,
+        &format!("{BASE}/sync/retry"),
+        Some(json!({"contact_id": contact_id})),
+    )
+    .await;
+    assert_eq!(not_failed.status, 400, "{}", not_failed.text);
+    assert_eq!(
+        audited_changes(&app).await.last().map(String::as_str),
+        Some(format!("twenty.sync.retry {contact_id}").as_str()),
+        "one retry audited, the refused one not"
+    );
     assert_eq!(fake.people()[0]["locale"], "de-DE");
 
     let user = call(
@@ -765,6 +819,10 @@ async fn backfill_links_and_creates_contacts_across_pages() {
     .await;
     assert_eq!(started.status, 200, "{}", started.text);
     assert_eq!(started.body["status"], "running");
+    assert_eq!(
+        audited_changes(&app).await.last().map(String::as_str),
+        Some("twenty.backfill.start")
+    );
 
     let mut health = Json::Null;
     eventually("the backfill completes", async || {

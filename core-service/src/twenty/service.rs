@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use switchbord_api::v1::twenty_service_server::TwentyService;
 use switchbord_api::v1::*;
 use tonic::{Request, Response, Status};
@@ -60,29 +59,24 @@ impl TwentyGrpc {
     }
 }
 
-/// Records a configuration change in the audit trail (field names only, never values).
-async fn audit_change(
-    connection: &mut AsyncPgConnection,
-    context: &RequestContext,
-    action: &str,
+/// The audit entry of a configuration change (field names only, never values).
+fn change_entry<'a>(
+    context: &'a RequestContext,
+    action: &'a str,
     target_id: Option<String>,
     changed_fields: &[&str],
-) -> diesel::QueryResult<()> {
-    audit::record(
-        connection,
-        AuditRecord {
-            request_id: context.request_id,
-            actor: &context.caller,
-            action,
-            target_type: "twenty",
-            target_id,
-            changed_fields: changed_fields
-                .iter()
-                .map(|&field| field.to_owned())
-                .collect(),
-        },
-    )
-    .await
+) -> AuditRecord<'a> {
+    AuditRecord {
+        request_id: context.request_id,
+        actor: &context.caller,
+        action,
+        target_type: "twenty",
+        target_id,
+        changed_fields: changed_fields
+            .iter()
+            .map(|&field| field.to_owned())
+            .collect(),
+    }
 }
 
 fn mapping_response(mapping: &Mapping) -> Vec<FieldMappingEntry> {
@@ -163,30 +157,24 @@ impl TwentyService for TwentyGrpc {
         let now = self.clock.now();
         let policy = self.client.policy();
         let mut connection = self.db().await?;
-        let stored = connection
-            .transaction(async |connection| {
+        let mut changed = vec!["base_url"];
+        if request.api_key.is_some() {
+            changed.push("api_key");
+        }
+        if request.webhook_secret.is_some() {
+            changed.push("webhook_secret");
+        }
+        let entry = change_entry(&context, "twenty.connection.set", None, &changed);
+        let stored = audit::audited(&mut connection, entry, |connection| {
+            Box::pin(async move {
                 let current = connection::load(connection).await?;
                 let row = connection::apply(current, &request, policy, now)
                     .map_err(ServiceError::InvalidArgument)?;
                 connection::save(connection, &row).await?;
-                let mut changed = vec!["base_url"];
-                if request.api_key.is_some() {
-                    changed.push("api_key");
-                }
-                if request.webhook_secret.is_some() {
-                    changed.push("webhook_secret");
-                }
-                audit_change(
-                    connection,
-                    &context,
-                    "twenty.connection.set",
-                    None,
-                    &changed,
-                )
-                .await?;
                 Ok::<_, ServiceError>(row)
             })
-            .await?;
+        })
+        .await?;
         self.config.changed();
         Ok(Response::new(SetTwentyConnectionResponse {
             connection: Some((&stored).into()),
@@ -254,15 +242,16 @@ impl TwentyService for TwentyGrpc {
     ) -> Result<Response<DeleteTwentyConnectionResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
         let mut connection = self.db().await?;
-        connection
-            .transaction(async |connection| {
+        let entry = change_entry(&context, "twenty.connection.delete", None, &[]);
+        audit::audited(&mut connection, entry, |connection| {
+            Box::pin(async move {
                 if !connection::delete(connection).await? {
                     return Err(ServiceError::NotFound("Twenty connection"));
                 }
-                audit_change(connection, &context, "twenty.connection.delete", None, &[]).await?;
                 Ok(())
             })
-            .await?;
+        })
+        .await?;
         self.config.changed();
         Ok(Response::new(DeleteTwentyConnectionResponse {}))
     }
@@ -308,8 +297,9 @@ impl TwentyService for TwentyGrpc {
             return Err(ServiceError::InvalidArgument(violations).into());
         }
         let mut connection = self.db().await?;
-        let mapping = connection
-            .transaction(async |connection| {
+        let entry = change_entry(&context, "twenty.mapping.update", None, &["mapping"]);
+        let mapping = audit::audited(&mut connection, entry, |connection| {
+            Box::pin(async move {
                 let mut entries = if request.reset_to_default {
                     default_entries()
                 } else {
@@ -322,17 +312,10 @@ impl TwentyService for TwentyGrpc {
                 entries.extend(changes.iter().cloned());
                 let mapping = Mapping::new(entries).map_err(ServiceError::InvalidArgument)?;
                 mapping_store::replace(connection, &mapping).await?;
-                audit_change(
-                    connection,
-                    &context,
-                    "twenty.mapping.update",
-                    None,
-                    &["mapping"],
-                )
-                .await?;
                 Ok::<_, ServiceError>(mapping)
             })
-            .await?;
+        })
+        .await?;
         Ok(Response::new(UpdateFieldMappingResponse {
             entries: mapping_response(&mapping),
         }))
@@ -444,8 +427,10 @@ impl TwentyService for TwentyGrpc {
         };
         let now = self.clock.now();
         let mut connection = self.db().await?;
-        let retried = connection
-            .transaction(async |connection| {
+        let target = contact_id.map(|id| id.to_string());
+        let entry = change_entry(&context, "twenty.sync.retry", target, &[]);
+        let retried = audit::audited(&mut connection, entry, |connection| {
+            Box::pin(async move {
                 let contacts = records::requeue(connection, contact_id, now).await?;
                 if contact_id.is_some() && contacts.is_empty() {
                     return Err(ServiceError::FailedPrecondition(
@@ -455,17 +440,10 @@ impl TwentyService for TwentyGrpc {
                 for contact in &contacts {
                     queue_sync(connection, *contact).await?;
                 }
-                audit_change(
-                    connection,
-                    &context,
-                    "twenty.sync.retry",
-                    contact_id.map(|id| id.to_string()),
-                    &[],
-                )
-                .await?;
                 Ok::<_, ServiceError>(contacts.len())
             })
-            .await?;
+        })
+        .await?;
         if retried > 0 {
             self.announcer.jobs_queued();
         }
@@ -493,13 +471,11 @@ impl TwentyService for TwentyGrpc {
         };
         let now = self.clock.now();
         let mut connection = self.db().await?;
-        let run = connection
-            .transaction(async |connection| {
-                let run = backfill::start(connection, size, request.restart, now).await?;
-                audit_change(connection, &context, "twenty.backfill.start", None, &[]).await?;
-                Ok::<_, ServiceError>(run)
-            })
-            .await?;
+        let entry = change_entry(&context, "twenty.backfill.start", None, &[]);
+        let run = audit::audited(&mut connection, entry, |connection| {
+            Box::pin(async move { backfill::start(connection, size, request.restart, now).await })
+        })
+        .await?;
         self.announcer.jobs_queued();
         Ok(Response::new(StartBackfillResponse {
             backfill: Some(backfill::to_api(run)),

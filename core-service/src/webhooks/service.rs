@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value as Json, json};
 use switchbord_api::json::json_from_struct;
@@ -735,19 +735,28 @@ impl WebhookService for WebhooksGrpc {
             .endpoint(&mut connection, &request.get_ref().id)
             .await?;
         let now = self.clock.now();
-        let (event, delivery) = connection
-            .transaction(async |connection| {
-                let data = json!({"message": "This is a test event from Switchbord.", "endpoint_id": endpoint.id});
-                let (event_id, occurred_at) = record(
-                    connection,
-                    EventDraft {
-                        event_type: "webhook.test",
-                        data: data.clone(),
-                        source: "webhooks",
-                        request_id: Some(context.request_id.0),
-                    },
-                )
-                .await?;
+        // A test send is a write like any other: an event, a delivery, perhaps a disable.
+        let entry = AuditRecord {
+            request_id: context.request_id,
+            actor: &context.caller,
+            action: "webhook_endpoint.test",
+            target_type: "webhook_endpoint",
+            target_id: Some(endpoint.id.to_string()),
+            changed_fields: Vec::new(),
+        };
+        let (event, delivery) = audit::audited(&mut connection, entry, |connection| {
+            Box::pin(async move {
+                let data = json!({
+                    "message": "This is a test event from Switchbord.",
+                    "endpoint_id": endpoint.id,
+                });
+                let draft = EventDraft {
+                    event_type: "webhook.test",
+                    data: data.clone(),
+                    source: "webhooks",
+                    request_id: Some(context.request_id.0),
+                };
+                let (event_id, occurred_at) = record(connection, draft).await?;
                 let delivery = DeliveryRow {
                     id: Uuid::now_v7(),
                     endpoint_id: endpoint.id,
@@ -760,25 +769,22 @@ impl WebhookService for WebhooksGrpc {
                     created_at: now,
                     updated_at: now,
                 };
-                diesel::insert_into(webhook_deliveries::table).values(&delivery).execute(connection).await?;
-                // A test send is a write like any other: an event, a delivery, perhaps a disable.
-                audit::record(
-                    connection,
-                    AuditRecord {
-                        request_id: context.request_id,
-                        actor: &context.caller,
-                        action: "webhook_endpoint.test",
-                        target_type: "webhook_endpoint",
-                        target_id: Some(endpoint.id.to_string()),
-                        changed_fields: Vec::new(),
-                    },
-                )
-                .await?;
-                let event = StoredEvent { id: event_id, event_type: "webhook.test".to_owned(), occurred_at, data, source: "webhooks".to_owned() };
+                diesel::insert_into(webhook_deliveries::table)
+                    .values(&delivery)
+                    .execute(connection)
+                    .await?;
+                let event = StoredEvent {
+                    id: event_id,
+                    event_type: "webhook.test".to_owned(),
+                    occurred_at,
+                    data,
+                    source: "webhooks".to_owned(),
+                };
                 Ok::<_, diesel::result::Error>((event, delivery))
             })
-            .await
-            .map_err(db_status)?;
+        })
+        .await
+        .map_err(db_status)?;
         drop(connection);
         // The test event's dispatch job.
         self.announcer.jobs_queued();
