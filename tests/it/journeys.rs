@@ -462,6 +462,57 @@ async fn trigger_jobs_running_together_are_recorded_together_and_a_bad_one_fails
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_job_waiting_for_its_run_to_be_written_leaves_room_to_start_the_next() {
+    let app = TestApp::builder()
+        .outbox_workers(1)
+        .outbox_poll_interval(Duration::from_secs(3600))
+        .spawn()
+        .await;
+    // The first trigger's run cannot be written while this lock is held.
+    let mut blocker = app.database.connect().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE journey_runs IN EXCLUSIVE MODE")
+        .await
+        .expect("lock journey_runs");
+    let path = "/compat/journey-trigger/waiting";
+    let (_, first_job) = queued(
+        &trigger(
+            &app,
+            path,
+            &json!({"phone_number": PHONE, "trigger_id": "first"}),
+            &[],
+        )
+        .await,
+    );
+    until_waiting_for_locks(&app.database, 1).await;
+
+    let (_, second_job) = queued(
+        &trigger(
+            &app,
+            path,
+            &json!({"phone_number": PHONE, "trigger_id": "second"}),
+            &[],
+        )
+        .await,
+    );
+    let started = format!(
+        "SELECT count(*) AS count FROM outbox_jobs
+          WHERE id IN ('{first_job}', '{second_job}') AND status = 'running' AND attempts = 1"
+    );
+    assert_eq!(
+        count(&app.database, &started).await,
+        2,
+        "the second trigger's job was queued, not started"
+    );
+
+    blocker.batch_execute("COMMIT").await.expect("unlock");
+    eventually("both runs are written", async || {
+        count(&app.database, "SELECT count(*) AS count FROM journey_runs").await == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn contact_writes_emit_created_updated_and_opted_out_once_each() {
     let app = TestApp::spawn().await;
 

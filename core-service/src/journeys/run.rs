@@ -66,7 +66,14 @@ impl JobHandler for JourneyTriggerHandler {
                 request_id: job.request_id,
                 dispatch_job_id: Uuid::now_v7(),
             };
-            match self.recorder.record(run, &context.pool).await {
+            // The wait for the recorder's statement is bounded by the recorder, not by the
+            // worker's slots: the slot is lent back meanwhile, so that requests keep starting
+            // their jobs at once rather than queue them for a claim, which costs the database
+            // more than the run's share of the statement.
+            let recorded = context
+                .without_worker_slot(self.recorder.record(run, &context.pool))
+                .await;
+            match recorded {
                 Ok(RunOutcome::New {
                     dispatch_queued: true,
                 }) => context.jobs_queued(),
