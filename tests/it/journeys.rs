@@ -474,27 +474,15 @@ async fn a_trigger_job_waiting_for_its_run_to_be_written_leaves_room_to_start_th
         .batch_execute("BEGIN; LOCK TABLE journey_runs IN EXCLUSIVE MODE")
         .await
         .expect("lock journey_runs");
-    let path = "/compat/journey-trigger/waiting";
-    let (_, first_job) = queued(
-        &trigger(
-            &app,
-            path,
-            &json!({"phone_number": PHONE, "trigger_id": "first"}),
-            &[],
-        )
-        .await,
-    );
+    let trigger_once = async |trigger_id: &str| {
+        let body = json!({"phone_number": PHONE, "trigger_id": trigger_id});
+        let (_, job) = queued(&trigger(&app, "/compat/journey-trigger/waiting", &body, &[]).await);
+        job
+    };
+    let first_job = trigger_once("first").await;
     until_waiting_for_locks(&app.database, 1).await;
 
-    let (_, second_job) = queued(
-        &trigger(
-            &app,
-            path,
-            &json!({"phone_number": PHONE, "trigger_id": "second"}),
-            &[],
-        )
-        .await,
-    );
+    let second_job = trigger_once("second").await;
     let started = format!(
         "SELECT count(*) AS count FROM outbox_jobs
           WHERE id IN ('{first_job}', '{second_job}') AND status = 'running' AND attempts = 1"

@@ -558,25 +558,21 @@ async fn a_validation_error_fails_the_record_until_the_cause_is_fixed_and_it_is_
 
     // The field is created in Twenty; a manager retries.
     fake.accept_all_fields();
-    let retried = call(
-        &app,
-        &app.keys.manager,
-        Method::POST,
-        &format!("{BASE}/sync/retry"),
-        Some(json!({"contact_id": contact_id})),
-    )
-    .await;
+    let retry = async || {
+        call(
+            &app,
+            &app.keys.manager,
+            Method::POST,
+            &format!("{BASE}/sync/retry"),
+            Some(json!({"contact_id": contact_id})),
+        )
+        .await
+    };
+    let retried = retry().await;
     assert_eq!(retried.status, 200, "{}", retried.text);
     assert_eq!(retried.body["retried"], 1);
     wait_for_status(&app, &contact_id, "synced").await;
-    let not_failed = call(
-        &app,
-        &app.keys.manager,
-        Method::POST,
-        &format!("{BASE}/sync/retry"),
-        Some(json!({"contact_id": contact_id})),
-    )
-    .await;
+    let not_failed = retry().await;
     assert_eq!(not_failed.status, 400, "{}", not_failed.text);
     assert_eq!(
         audited_changes(&app).await.last().map(String::as_str),
