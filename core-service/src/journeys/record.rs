@@ -93,29 +93,20 @@ async fn record_runs(
     dispatch: bool,
     now: DateTime<Utc>,
 ) -> QueryResult<Vec<Uuid>> {
-    let column = |field: fn(&RunDraft) -> Option<String>| -> Vec<Option<String>> {
-        runs.iter().map(|run| field(run)).collect()
-    };
     let written: Vec<WrittenRun> = prepared(
         diesel::sql_query(RECORD_RUNS)
-            .bind::<Array<SqlUuid>, _>(runs.iter().map(|run| run.run_id).collect::<Vec<_>>())
-            .bind::<Array<SqlUuid>, _>(runs.iter().map(|run| run.trigger_id).collect::<Vec<_>>())
-            .bind::<Array<Nullable<Text>>, _>(column(|run| run.organization.clone()))
-            .bind::<Array<Nullable<Text>>, _>(column(|run| run.flow.clone()))
-            .bind::<Array<Nullable<Text>>, _>(column(|run| run.legacy_path.clone()))
-            .bind::<Array<Nullable<Text>>, _>(column(|run| run.trigger_ref.clone()))
-            .bind::<Array<SqlUuid>, _>(runs.iter().map(|run| run.contact_id).collect::<Vec<_>>())
-            .bind::<Array<Jsonb>, _>(runs.iter().map(|run| &run.data).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(runs.iter().map(|run| &run.event_id).collect::<Vec<_>>())
-            .bind::<Array<Jsonb>, _>(runs.iter().map(|run| &run.event_data).collect::<Vec<_>>())
-            .bind::<Array<Nullable<SqlUuid>>, _>(
-                runs.iter().map(|run| run.request_id).collect::<Vec<_>>(),
-            )
-            .bind::<Array<SqlUuid>, _>(
-                runs.iter()
-                    .map(|run| run.dispatch_job_id)
-                    .collect::<Vec<_>>(),
-            )
+            .bind::<Array<SqlUuid>, _>(each(runs, |run| run.run_id))
+            .bind::<Array<SqlUuid>, _>(each(runs, |run| run.trigger_id))
+            .bind::<Array<Nullable<Text>>, _>(each(runs, |run| run.organization.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(each(runs, |run| run.flow.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(each(runs, |run| run.legacy_path.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(each(runs, |run| run.trigger_ref.as_deref()))
+            .bind::<Array<SqlUuid>, _>(each(runs, |run| run.contact_id))
+            .bind::<Array<Jsonb>, _>(each(runs, |run| &run.data))
+            .bind::<Array<Text>, _>(each(runs, |run| run.event_id.as_str()))
+            .bind::<Array<Jsonb>, _>(each(runs, |run| &run.event_data))
+            .bind::<Array<Nullable<SqlUuid>>, _>(each(runs, |run| run.request_id))
+            .bind::<Array<SqlUuid>, _>(each(runs, |run| run.dispatch_job_id))
             .bind::<Timestamptz, _>(now)
             .bind::<Text, _>(DISPATCH_JOB.name)
             .bind::<Int4, _>(DISPATCH_JOB.max_attempts)
@@ -125,6 +116,11 @@ async fn record_runs(
     .load(connection)
     .await?;
     Ok(written.into_iter().map(|run| run.run_id).collect())
+}
+
+/// One column of the statement's input: `field` of every run.
+fn each<'a, T>(runs: &[&'a RunDraft], field: impl Fn(&'a RunDraft) -> T) -> Vec<T> {
+    runs.iter().map(|&run| field(run)).collect()
 }
 
 /// A run waiting for its statement, and where its outcome goes.
