@@ -2,7 +2,8 @@
 //!
 //! The body is decoded into both payload styles as sent (flat fields, and the `contact` or
 //! `contact_data` object); the core merges them and checks the secret, which the gateway only
-//! forwards. Errors use the Charles `{"status": "error", …}` shape.
+//! forwards. A body that cannot be decoded is reported only once the core has accepted the
+//! secret. Errors use the Charles `{"status": "error", …}` shape.
 
 use axum::Json as JsonBody;
 use axum::body::Body;
@@ -11,7 +12,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use switchbord_api::v1::{EmarsysContact, IngestEmarsysEventRequest};
+use switchbord_api::v1::{
+    CheckEmarsysCredentialsRequest, EmarsysContact, IngestEmarsysEventRequest,
+};
 use tonic::metadata::AsciiMetadataValue;
 
 use crate::body::read_json_bytes;
@@ -75,54 +78,25 @@ pub async fn ingest(
 ) -> Response {
     let result: Result<_, ApiError> = async {
         let secret = query.ok().and_then(|Query(query)| query.secret);
-        let (raw, mut body) = read_json_bytes(body).await?;
-        let mut decoder = Decoder::default();
-        let event_name = match body.remove("event_name") {
-            None | Some(Json::Null) => String::new(),
-            Some(Json::String(name)) => name,
-            Some(_) => {
-                return Err(ApiError::invalid_field("event_name", "must be a string"));
+        let request = match decode(body, &headers).await {
+            Ok(request) => request,
+            Err(error) => {
+                // A caller without the secret learns nothing about the body's rules: 401 first.
+                let check = with_secret(
+                    &context,
+                    secret.as_deref(),
+                    CheckEmarsysCredentialsRequest {},
+                );
+                core.emarsys.check_emarsys_credentials(check).await?;
+                return Err(error);
             }
         };
-        let nested_object = match (body.remove("contact"), body.remove("contact_data")) {
-            (Some(Json::Object(object)), _) | (None, Some(Json::Object(object))) => Some(object),
-            (None, None) | (Some(Json::Null), _) | (None, Some(Json::Null)) => None,
-            (Some(_), _) => return Err(ApiError::invalid_field("contact", "must be an object")),
-            (None, Some(_)) => {
-                return Err(ApiError::invalid_field("contact_data", "must be an object"));
-            }
-        };
-        let delivery_id = decoder
-            .identifier(&mut body, "event_id")
-            .or_else(|| decoder.identifier(&mut body, "request_id"))
-            .unwrap_or_default();
-        let flat = contact_fields(&mut decoder, &mut body, "");
-        let nested =
-            nested_object.map(|mut object| contact_fields(&mut decoder, &mut object, "contact."));
-        let request = IngestEmarsysEventRequest {
-            event_name,
-            flat: Some(flat),
-            nested,
-            payload: decoder.object(&mut body, "payload"),
-            voucher_pool: decoder
-                .string(&mut body, "voucher_pool")
-                .unwrap_or_default(),
-            raw_body: String::from_utf8_lossy(&raw).into_owned(),
-            delivery_id,
-            idempotency_key: headers
-                .get("idempotency-key")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-        };
-        let request = decoder.finish(request)?;
-        let mut grpc = context.grpc_request(request);
-        if let Some(secret) = secret
-            && let Ok(value) = AsciiMetadataValue::try_from(secret.as_bytes())
-        {
-            grpc.metadata_mut().insert("x-emarsys-secret", value);
-        }
-        Ok(core.emarsys.ingest_emarsys_event(grpc).await?.into_inner())
+        let ingest = with_secret(&context, secret.as_deref(), request);
+        Ok(core
+            .emarsys
+            .ingest_emarsys_event(ingest)
+            .await?
+            .into_inner())
     }
     .await;
     match result {
@@ -140,4 +114,60 @@ pub async fn ingest(
         .into_response(),
         Err(error) => error.render(Family::Legacy, context.request_id),
     }
+}
+
+/// `message` as a call to the core, with the query's secret as metadata.
+fn with_secret<T>(context: &CallContext, secret: Option<&str>, message: T) -> tonic::Request<T> {
+    let mut grpc = context.grpc_request(message);
+    if let Some(secret) = secret
+        && let Ok(value) = AsciiMetadataValue::try_from(secret.as_bytes())
+    {
+        grpc.metadata_mut().insert("x-emarsys-secret", value);
+    }
+    grpc
+}
+
+/// The call's body and headers as the core's request, or the first field it cannot take.
+async fn decode(body: Body, headers: &HeaderMap) -> Result<IngestEmarsysEventRequest, ApiError> {
+    let (raw, mut body) = read_json_bytes(body).await?;
+    let mut decoder = Decoder::default();
+    let event_name = match body.remove("event_name") {
+        None | Some(Json::Null) => String::new(),
+        Some(Json::String(name)) => name,
+        Some(_) => {
+            return Err(ApiError::invalid_field("event_name", "must be a string"));
+        }
+    };
+    let nested_object = match (body.remove("contact"), body.remove("contact_data")) {
+        (Some(Json::Object(object)), _) | (None, Some(Json::Object(object))) => Some(object),
+        (None, None) | (Some(Json::Null), _) | (None, Some(Json::Null)) => None,
+        (Some(_), _) => return Err(ApiError::invalid_field("contact", "must be an object")),
+        (None, Some(_)) => {
+            return Err(ApiError::invalid_field("contact_data", "must be an object"));
+        }
+    };
+    let delivery_id = decoder
+        .identifier(&mut body, "event_id")
+        .or_else(|| decoder.identifier(&mut body, "request_id"))
+        .unwrap_or_default();
+    let flat = contact_fields(&mut decoder, &mut body, "");
+    let nested =
+        nested_object.map(|mut object| contact_fields(&mut decoder, &mut object, "contact."));
+    let request = IngestEmarsysEventRequest {
+        event_name,
+        flat: Some(flat),
+        nested,
+        payload: decoder.object(&mut body, "payload"),
+        voucher_pool: decoder
+            .string(&mut body, "voucher_pool")
+            .unwrap_or_default(),
+        raw_body: String::from_utf8_lossy(&raw).into_owned(),
+        delivery_id,
+        idempotency_key: headers
+            .get("idempotency-key")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    decoder.finish(request)
 }

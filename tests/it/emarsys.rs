@@ -73,6 +73,54 @@ async fn without_a_configured_secret_the_path_is_open() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_cannot_be_read_is_reported_only_to_a_caller_with_the_secret() {
+    let app = TestApp::builder().emarsys_secret(SECRET).spawn().await;
+    let good = jwt(SECRET, json!({"iat": now(), "exp": now() + 300}));
+    let bearer = format!("Bearer {good}");
+    for (body, field) in [
+        ("{not json", "body"),
+        (r#"{"event_name": 7}"#, "event_name"),
+        (
+            r#"{"event_name": "x", "payload": "not an object"}"#,
+            "payload",
+        ),
+    ] {
+        for (who, reply) in [
+            ("no secret", post(&app, "", body, &[]).await),
+            (
+                "a wrong secret",
+                post(&app, "?secret=nope", body, &[]).await,
+            ),
+        ] {
+            assert_eq!(reply.status, 401, "{body} with {who}: {}", reply.text);
+            assert_eq!(reply.body["status"], "error", "{}", reply.text);
+            assert!(
+                !reply.text.contains(field) || field == "body",
+                "{}",
+                reply.text
+            );
+        }
+        for (who, reply) in [
+            (
+                "the secret",
+                post(&app, &format!("?secret={SECRET}"), body, &[]).await,
+            ),
+            (
+                "a JWT",
+                post(&app, "", body, &[("authorization", &bearer)]).await,
+            ),
+        ] {
+            assert_eq!(reply.status, 400, "{body} with {who}: {}", reply.text);
+            assert!(
+                reply.text.contains(field),
+                "{body} with {who}: {}",
+                reply.text
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
     let app = TestApp::builder().emarsys_secret(SECRET).spawn().await;
     let body = r#"{"event_name": "order_placed"}"#;

@@ -86,6 +86,7 @@ pub const RULES: &[Rule] = &[
     Rule::new("/switchbord.v1.OutboxService/GetOutboxStats", OPERATORS),
     Rule::new("/switchbord.v1.OutboxService/RetryOutboxJob", ADMIN),
     Rule::emarsys("/switchbord.v1.EmarsysService/IngestEmarsysEvent"),
+    Rule::emarsys("/switchbord.v1.EmarsysService/CheckEmarsysCredentials"),
     Rule::new("/switchbord.v1.WebhookService/CreateEndpoint", ADMIN),
     Rule::new("/switchbord.v1.WebhookService/GetEndpoint", ADMIN),
     Rule::new("/switchbord.v1.WebhookService/ListEndpoints", ADMIN),
