@@ -554,6 +554,18 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
         .expect("put rule");
     app.upsert_contact(&json!({"phone_number": PHONE, "tags": ["prospect", "vip"]}))
         .await;
+    // How each job was inserted: already running (started at once) or pending (queued).
+    let mut connection = app.database.connect().await;
+    connection
+        .batch_execute(
+            "CREATE TABLE inserted_jobs (kind text, status text);
+             CREATE FUNCTION note_inserted_job() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO inserted_jobs VALUES (NEW.kind, NEW.status); RETURN NEW; END $$;
+             CREATE TRIGGER note_inserted_job AFTER INSERT ON outbox_jobs
+                 FOR EACH ROW EXECUTE FUNCTION note_inserted_job();",
+        )
+        .await
+        .expect("watch job inserts");
 
     let reply = post(&app, "", &json!({"event_name": "order_placed", "phone_number": PHONE, "payload": {"order": {"total": 42.5}}}).to_string(), &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -563,6 +575,16 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
         count(&app, "SELECT count(*) AS count FROM journey_runs").await == 2
     })
     .await;
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS count FROM inserted_jobs
+              WHERE kind = 'journey.trigger' AND status = 'running'"
+        )
+        .await,
+        2,
+        "the flows' trigger jobs start at once, as a request's do"
+    );
     let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
     assert_eq!(contact["contact"]["tags"], json!(["customer", "vip"]));
     assert_eq!(contact["contact"]["properties"]["last_order_total"], 42.5);

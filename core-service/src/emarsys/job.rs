@@ -159,18 +159,23 @@ impl JobHandler for CustomEventHandler {
                     data: data.as_object().cloned().unwrap_or_default(),
                     idempotency_key: Some(format!("emarsys:{webhook_event_id}")),
                 };
-                let outcome = accept_trigger(
+                // The trigger's job starts at once when the worker has room, as a request's does.
+                let reservation = context.reserve();
+                let mut outcome = accept_trigger(
                     &context.pool,
                     &request,
                     &self.audience,
                     &input,
                     FLOW_TRIGGER_WINDOW,
-                    None,
+                    reservation.as_ref(),
                 )
                 .await
                 .map_err(retry)?;
                 if outcome.queued_jobs() {
                     context.jobs_queued();
+                }
+                if let (Some(reservation), Some(job)) = (reservation, outcome.started.take()) {
+                    reservation.run(job);
                 }
             }
             Ok(())

@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 
 use super::clock::Clock;
+use super::starter::{Reservation, Starter};
 use super::store::{self, ClaimedJob, NewJob};
-use super::worker::{self, Lease};
+use super::worker::{self, Inner, Lease};
 use crate::db::DbPool;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -23,9 +24,19 @@ pub struct JobContext {
     pub clock: Arc<dyn Clock>,
     /// The lease of the worker running the handler, for jobs the handler starts itself.
     pub(super) lease: Arc<Lease>,
+    /// The worker itself, for jobs that a handler's transaction causes and that run at once
+    /// (see [`JobContext::reserve`]); weak, as the worker holds this context.
+    pub(super) worker: Weak<Inner>,
 }
 
 impl JobContext {
+    /// Room in this worker for a job that the handler's transaction causes, to run as soon as
+    /// that commits, as a request's job does (see [`Starter::reserve`]); `None` when the worker
+    /// has none to give, and the job is then queued.
+    pub fn reserve(&self) -> Option<Reservation> {
+        Starter::new(self.worker.upgrade()?).reserve()
+    }
+
     /// Inserts `jobs` as already claimed by this worker, for a handler that runs them itself at
     /// once: they skip the queue's claim, and still run again elsewhere if this process dies
     /// before [`JobContext::finish_started`] (their lease expires like any other). Call it in the

@@ -212,9 +212,14 @@ impl Worker {
             permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
         });
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|worker| Inner {
                 registry,
-                context: JobContext { pool, clock, lease },
+                context: JobContext {
+                    pool,
+                    clock,
+                    lease,
+                    worker: worker.clone(),
+                },
                 stopping: AtomicBool::new(false),
                 backlog: AtomicBool::new(false),
                 config,
