@@ -406,6 +406,18 @@ async fn order_placed(app: &TestApp) {
     crate::helpers::until_job_succeeded(&app.database, &job).await;
 }
 
+/// A flow of the organisation `acme` named after its id, listening for `events`.
+fn acme_flow(id: &str, enabled: bool, events: &[&str]) -> Flow {
+    Flow {
+        id: id.to_owned(),
+        org: "acme".to_owned(),
+        name: id.to_owned(),
+        enabled,
+        event_names: events.iter().map(|&event| event.to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_and_flows_changed_through_the_api_or_elsewhere_apply_to_the_next_events() {
     let app = TestApp::spawn().await;
@@ -417,14 +429,7 @@ async fn rules_and_flows_changed_through_the_api_or_elsewhere_apply_to_the_next_
     let mut put = async |flow: &str, tag: &str| {
         flows
             .put_flow(PutFlowRequest {
-                flow: Some(Flow {
-                    id: flow.to_owned(),
-                    org: "acme".to_owned(),
-                    name: flow.to_owned(),
-                    enabled: true,
-                    event_names: vec!["order_placed".to_owned()],
-                    ..Default::default()
-                }),
+                flow: Some(acme_flow(flow, true, &["order_placed"])),
             })
             .await
             .expect("put flow");
@@ -519,14 +524,7 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
     ] {
         flows
             .put_flow(PutFlowRequest {
-                flow: Some(Flow {
-                    id: id.to_owned(),
-                    org: "acme".to_owned(),
-                    name: format!("{id} flow"),
-                    enabled,
-                    event_names: events.into_iter().map(str::to_owned).collect(),
-                    ..Default::default()
-                }),
+                flow: Some(acme_flow(id, enabled, &events)),
             })
             .await
             .expect("put flow");

@@ -170,9 +170,7 @@ async fn write_batches(
     while pending.recv_many(&mut batch, MOST_PER_STATEMENT).await > 0 {
         let dispatch = audience.listens_to(TRIGGERED);
         let runs: Vec<&RunDraft> = batch.iter().map(|pending| &pending.run).collect();
-        let written = write(&pool, &runs, dispatch).await;
-        drop(runs);
-        match written {
+        match write(&pool, &runs, dispatch).await {
             Ok(written) => {
                 for pending in batch.drain(..) {
                     let recorded = outcome(&written, &pending.run, dispatch);
