@@ -271,22 +271,52 @@ impl Deliverer {
         })
     }
 
-    /// A slot for an attempt at once to `endpoint`, when it is not marked slow, has a free slot
-    /// and its rate limit allows one more. Otherwise, how long its new delivery should wait in
-    /// the queue before it is first tried (the park period of a slow endpoint, the rate
-    /// limit's wait), so that it is not claimed only to be deferred. A busy endpoint's
-    /// delivery is due at once: its slots free as soon as its receiver answers.
-    pub(super) fn admit_now(&self, endpoint: &EndpointRow) -> Result<Slot, Duration> {
+    /// How the first attempt of a new delivery to `endpoint` can be made: at once, in a free
+    /// slot, when it is not marked slow and its rate limit allows one more; after a moment's
+    /// wait, when every slot is busy (its slots free as soon as its receiver answers);
+    /// otherwise after the park period of a slow endpoint or the rate limit's wait, in the
+    /// queue, so that it is not claimed only to be deferred.
+    pub(super) fn admit_now(&self, endpoint: &EndpointRow) -> Admission {
         if !endpoint.enabled {
-            return Err(Duration::ZERO);
+            return Admission::After(Duration::ZERO);
         }
         if let Some(park) = self.park_length(endpoint.id) {
-            return Err(park);
+            return Admission::After(park);
         }
-        let slot = self.try_slot(endpoint.id).map_err(|_| Duration::ZERO)?;
+        let Ok(slot) = self.try_slot(endpoint.id) else {
+            return Admission::WhenFree;
+        };
+        match self.rate_limited(endpoint) {
+            None => Admission::Now(slot),
+            Some(wait) => Admission::After(wait),
+        }
+    }
+
+    /// A slot of `endpoint`, whose slots were all busy, once one frees within [`BUSY_WAIT`],
+    /// unless its rate limit then says not yet (`Err(Defer)`). When none frees, none of its
+    /// requests in flight was answered meanwhile: it is slow, though none may have waited the
+    /// full `slow_attempt` yet (a receiver that stopped answering). It is marked so, and until
+    /// an answer clears the mark its waiting deliveries are parked, this one with them
+    /// (`Err(Defer)`), rather than each holding a worker for the wait.
+    pub(super) async fn admit_when_free(
+        &self,
+        endpoint: &EndpointRow,
+        context: &JobContext,
+    ) -> Result<Slot, JobError> {
+        let Some(slot) = self.wait_for_slot(endpoint.id, BUSY_WAIT).await else {
+            self.mark_slow(endpoint.id);
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+            let parked = park(self, &mut connection, endpoint.id, context).await?;
+            return Err(JobError::Defer { after: parked });
+        };
+        self.unless_rate_limited(slot, endpoint)
+    }
+
+    /// `slot`, unless `endpoint`'s rate limit says not yet: then the job waits in the queue.
+    fn unless_rate_limited(&self, slot: Slot, endpoint: &EndpointRow) -> Result<Slot, JobError> {
         match self.rate_limited(endpoint) {
             None => Ok(slot),
-            Some(wait) => Err(wait),
+            Some(wait) => Err(JobError::Defer { after: wait }),
         }
     }
 
@@ -441,27 +471,16 @@ impl JobHandler for DeliverHandler {
             }
             let deliverer = &*self.deliverer;
             // A slow endpoint may use only a few of its slots: the other workers stay free for
-            // endpoints that answer.
+            // endpoints that answer. No connection is held across a wait or the network call.
             let slot = match deliverer.try_slot(endpoint.id) {
-                Ok(slot) => slot,
-                Err(Full { slow: false }) => {
-                    // Busy, not slow: wait in line for a moment. No connection is held while
-                    // waiting.
+                Ok(slot) => {
                     drop(connection);
-                    if let Some(slot) = deliverer.wait_for_slot(endpoint.id, BUSY_WAIT).await {
-                        return attempt_unless_rate_limited(
-                            deliverer, slot, &delivery, &endpoint, &event, context,
-                        )
-                        .await;
-                    }
-                    // None of its requests in flight was answered while this one waited: it is
-                    // slow, though none has waited the full second yet (a receiver that stopped
-                    // answering). Until an answer clears the mark, its waiting deliveries are
-                    // parked rather than each holding a worker for the wait.
-                    deliverer.mark_slow(endpoint.id);
-                    let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-                    let parked = park(deliverer, &mut connection, endpoint.id, context).await?;
-                    return Err(JobError::Defer { after: parked });
+                    deliverer.unless_rate_limited(slot, &endpoint)?
+                }
+                Err(Full { slow: false }) => {
+                    // Busy, not slow: wait in line for a moment.
+                    drop(connection);
+                    deliverer.admit_when_free(&endpoint, context).await?
                 }
                 Err(Full { slow: true }) => {
                     // A slow endpoint can take only a few deliveries at a time. Deferring each
@@ -473,32 +492,15 @@ impl JobHandler for DeliverHandler {
                     return Err(JobError::Defer { after: parked });
                 }
             };
-            // No connection is held across the network call.
-            drop(connection);
-            attempt_unless_rate_limited(deliverer, slot, &delivery, &endpoint, &event, context)
+            // The job's worker slot is lent back during the attempt: the endpoint's slot bounds
+            // the request, and a slow receiver would otherwise hold a worker for its whole
+            // timeout (2 per slow endpoint: 16 slow endpoints would stall every job of the
+            // default 32 workers).
+            context
+                .without_worker_slot(deliverer.attempt(slot, &delivery, &endpoint, &event, context))
                 .await
         })
     }
-}
-
-/// Makes the attempt in `slot`, unless the endpoint's rate limit says not yet. The job's worker
-/// slot is lent back meanwhile: the endpoint's slot bounds the request, and a slow receiver
-/// would otherwise hold a worker for its whole timeout (2 per slow endpoint: 16 slow endpoints
-/// would stall every job of the default 32 workers).
-async fn attempt_unless_rate_limited(
-    deliverer: &Deliverer,
-    slot: Slot,
-    delivery: &DeliveryRow,
-    endpoint: &EndpointRow,
-    event: &StoredEvent,
-    context: &JobContext,
-) -> Result<(), JobError> {
-    if let Some(wait) = deliverer.rate_limited(endpoint) {
-        return Err(JobError::Defer { after: wait });
-    }
-    context
-        .without_worker_slot(deliverer.attempt(slot, delivery, endpoint, event, context))
-        .await
 }
 
 /// Sets aside every waiting delivery of `endpoint` for one park period (at most once per half
@@ -539,6 +541,16 @@ struct Slots {
 pub(super) struct Slot {
     _any: OwnedSemaphorePermit,
     _slow: Option<OwnedSemaphorePermit>,
+}
+
+/// How a new delivery's first attempt can be made (see [`Deliverer::admit_now`]).
+pub(super) enum Admission {
+    /// At once, in this slot.
+    Now(Slot),
+    /// As soon as a slot of the busy endpoint frees ([`Deliverer::admit_when_free`]).
+    WhenFree,
+    /// By the queue, after this long.
+    After(Duration),
 }
 
 /// No slot was free; `slow` when the endpoint is marked slow.

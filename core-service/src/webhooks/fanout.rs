@@ -2,10 +2,11 @@
 //! with its own `webhook.deliver` job. Endpoints that are disabled get a `skipped` delivery, so
 //! the event can be recovered once they are enabled again.
 //!
-//! The first attempt to an endpoint that has a free slot is made here, at once, on a job that is
-//! inserted already claimed: a delivery then costs no claim and no lookup of its delivery,
-//! endpoint and event, which this job already holds. Deliveries to busy, slow or rate-limited
-//! endpoints, and every retry, go through the queue.
+//! The first attempt to an endpoint is made here, on a job that is inserted already claimed: at
+//! once when the endpoint has a free slot, or as soon as one frees when all are busy. A delivery
+//! then costs no claim and no lookup of its delivery, endpoint and event, which this job
+//! already holds, and holds no worker slot while it waits for its endpoint. Deliveries to slow
+//! or rate-limited endpoints, and every retry, go through the queue.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use futures::future::join_all;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::deliver::{DELIVER_JOB, Deliverer, Slot, deliver_job, retry};
+use super::deliver::{Admission, DELIVER_JOB, Deliverer, Slot, deliver_job, retry};
 use super::model::{DeliveryRow, EndpointRow};
 use crate::config_watch::{Cached, ConfigWatch};
 use crate::db::{self, prepared};
@@ -40,12 +41,13 @@ impl WebhookFanout {
     }
 }
 
-/// A delivery to attempt now, with its job (inserted as claimed) and the endpoint slot it holds.
+/// A delivery to attempt now, with its job (inserted as claimed) and the endpoint slot it holds,
+/// or `None` while its busy endpoint has none free.
 struct Immediate {
     job: ClaimedJob,
     delivery: DeliveryRow,
     endpoint: Arc<EndpointRow>,
-    slot: Slot,
+    slot: Option<Slot>,
 }
 
 /// Test events go to one endpoint only, directly; they are never fanned out.
@@ -93,22 +95,22 @@ impl EventConsumer for WebhookFanout {
                 return Ok(());
             }
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-            // One job per pending delivery, with the slot of its attempt at once if it gets one.
+            // One job per pending delivery, with how its first attempt is made.
             let mut soonest_wait: Option<std::time::Duration> = None;
-            let jobs: Vec<(usize, NewJob, Option<Slot>)> = deliveries
+            let jobs: Vec<(usize, NewJob, Admission)> = deliveries
                 .iter()
                 .enumerate()
                 .filter(|(_, (delivery, _))| delivery.status == "pending")
                 .map(|(index, (delivery, endpoint))| {
                     let job = deliver_job(delivery.id, endpoint.id);
                     match self.deliverer.admit_now(endpoint) {
-                        Ok(slot) => (index, job, Some(slot)),
-                        Err(wait) => {
+                        Admission::After(wait) => {
                             soonest_wait =
                                 Some(soonest_wait.map_or(wait, |soonest| soonest.min(wait)));
                             let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
-                            (index, job.due_at(due), None)
+                            (index, job.due_at(due), Admission::After(wait))
                         }
+                        admitted => (index, job, admitted),
                     }
                 })
                 .collect();
@@ -122,13 +124,18 @@ impl EventConsumer for WebhookFanout {
             let immediate: Vec<Immediate> = jobs
                 .into_iter()
                 .filter(|(_, job, _)| inserted.contains(&job.id))
-                .filter_map(|(index, job, slot)| {
+                .filter_map(|(index, job, admission)| {
+                    let slot = match admission {
+                        Admission::Now(slot) => Some(slot),
+                        Admission::WhenFree => None,
+                        Admission::After(_) => return None,
+                    };
                     let (delivery, endpoint) = &deliveries[index];
                     Some(Immediate {
                         job: ClaimedJob::started(&job),
                         delivery: delivery.clone(),
                         endpoint: endpoint.clone(),
-                        slot: slot?,
+                        slot,
                     })
                 })
                 .collect();
@@ -147,8 +154,9 @@ impl EventConsumer for WebhookFanout {
     }
 }
 
-/// Makes the first attempts of deliveries whose jobs this worker already holds, all at once,
-/// and ends or reschedules those jobs as the queue would.
+/// Makes the first attempts of deliveries whose jobs this worker already holds, all at once
+/// (those to a busy endpoint as soon as it frees a slot), and ends or reschedules those jobs as
+/// the queue would.
 async fn attempt_now(
     deliverer: Arc<Deliverer>,
     immediate: Vec<Immediate>,
@@ -166,9 +174,16 @@ async fn attempt_now(
         let (deliverer, event, context) = (&deliverer, &event, &context);
         async move {
             let started = Instant::now();
-            let result = deliverer
-                .attempt(slot, &delivery, &endpoint, event, context)
-                .await;
+            let result = async {
+                let slot = match slot {
+                    Some(slot) => slot,
+                    None => deliverer.admit_when_free(&endpoint, context).await?,
+                };
+                deliverer
+                    .attempt(slot, &delivery, &endpoint, event, context)
+                    .await
+            }
+            .await;
             context.finish_started(&job, result, started).await;
         }
         .instrument(span)
@@ -178,14 +193,14 @@ async fn attempt_now(
 
 /// Inserts `deliveries` and, in the same statement, the jobs of those that were new: the
 /// unique (endpoint, event) pair makes a repeated dispatch harmless, and only deliveries
-/// inserted now get a job. Jobs with a slot are inserted already claimed by this worker (see
-/// [`JobContext::enqueue_started`]). One statement, so the fan-out needs no BEGIN and COMMIT
-/// round trips. Returns the ids of the jobs inserted.
+/// inserted now get a job. Jobs whose first attempt the fan-out makes are inserted already
+/// claimed by this worker (see [`JobContext::enqueue_started`]). One statement, so the fan-out
+/// needs no BEGIN and COMMIT round trips. Returns the ids of the jobs inserted.
 async fn insert(
     connection: &mut AsyncPgConnection,
     event: &StoredEvent,
     deliveries: &[(DeliveryRow, Arc<EndpointRow>)],
-    jobs: &[(usize, NewJob, Option<Slot>)],
+    jobs: &[(usize, NewJob, Admission)],
     context: &JobContext,
     now: DateTime<Utc>,
 ) -> QueryResult<Vec<Uuid>> {
@@ -216,11 +231,17 @@ async fn insert(
     let payloads: Vec<&serde_json::Value> = jobs.iter().map(|(_, job, _)| &job.payload).collect();
     let job_statuses: Vec<&str> = jobs
         .iter()
-        .map(|(_, _, slot)| if slot.is_some() { "running" } else { "pending" })
+        .map(|(_, _, admission)| {
+            if attempted_here(admission) {
+                "running"
+            } else {
+                "pending"
+            }
+        })
         .collect();
     let attempts: Vec<i32> = jobs
         .iter()
-        .map(|(_, _, slot)| i32::from(slot.is_some()))
+        .map(|(_, _, admission)| i32::from(attempted_here(admission)))
         .collect();
     let run_after: Vec<DateTime<Utc>> = jobs
         .iter()
@@ -228,11 +249,11 @@ async fn insert(
         .collect();
     let lease_owners: Vec<Option<&str>> = jobs
         .iter()
-        .map(|(_, _, slot)| slot.as_ref().map(|_| owner))
+        .map(|(_, _, admission)| attempted_here(admission).then_some(owner))
         .collect();
     let lease_expiries: Vec<Option<DateTime<Utc>>> = jobs
         .iter()
-        .map(|(_, _, slot)| slot.as_ref().map(|_| lease_until))
+        .map(|(_, _, admission)| attempted_here(admission).then_some(lease_until))
         .collect();
     prepared(
         diesel::sql_query(
@@ -275,6 +296,11 @@ async fn insert(
     .load::<Inserted>(connection)
     .await
     .map(|rows| rows.into_iter().map(|row| row.id).collect())
+}
+
+/// Whether the first attempt is made by the fan-out (its job inserted claimed), not the queue.
+fn attempted_here(admission: &Admission) -> bool {
+    !matches!(admission, Admission::After(_))
 }
 
 fn new_delivery(
