@@ -20,7 +20,9 @@ use switchbord_core::contacts::{upsert_on, validate_upsert};
 use switchbord_core::db::{build_pool, pipelined::read_then_write};
 use switchbord_core::events::{Audience, EventConsumer, StoredEvent};
 use switchbord_core::journeys::{accept_trigger, validate_trigger};
-use switchbord_core::outbox::{BoxFuture, JobContext, JobError, JobKind, NewJob, enqueue_started};
+use switchbord_core::outbox::{
+    BoxFuture, JobContext, JobError, JobKind, NewJob, enqueue_started, finish_succeeded,
+};
 use switchbord_core::request::{RequestContext, RequestId};
 
 use crate::helpers::{TestDatabase, eventually};
@@ -292,7 +294,7 @@ impl EventConsumer for EveryEvent {
 }
 
 #[tokio::test]
-async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
+async fn every_statement_of_an_upsert_and_of_its_jobs_is_prepared_once_per_connection() {
     let database = TestDatabase::create().await;
     let mut connection = database.connect().await;
     let context = RequestContext {
@@ -323,9 +325,13 @@ async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
         json!({}),
         None,
     );
-    enqueue_started(&connection, &[job], "test", now, now)
+    enqueue_started(&connection, std::slice::from_ref(&job), "test", now, now)
         .await
         .expect("enqueue a started job");
+    // As a worker records a batch of successes.
+    finish_succeeded(&mut connection, &[job.id], "test", now)
+        .await
+        .expect("finish the job");
 
     let prepared = prepared_statements(&mut connection).await;
     for start in [
@@ -336,6 +342,7 @@ async fn every_statement_of_an_upsert_is_prepared_once_per_connection() {
         "UPDATE \"contacts\"",
         "INSERT INTO \"events\"",
         "INSERT INTO \"audit_entries\"",
+        "UPDATE \"outbox_jobs\"",
     ] {
         assert!(
             prepared

@@ -29,6 +29,6 @@ pub use pruner::{Pruner, prune_succeeded};
 pub use starter::{Reservation, Starter};
 pub use store::{
     ClaimedJob, Depth, JobRow, NewJob, OUTSTANDING_STATUSES, depth, discard_pending, enqueue,
-    enqueue_many, enqueue_started, postpone,
+    enqueue_many, enqueue_started, finish_succeeded, postpone,
 };
 pub use worker::{Worker, WorkerConfig};

@@ -516,27 +516,30 @@ pub async fn delete_succeeded(
     .await
 }
 
-/// Marks `jobs` succeeded, those of them that `owner` still holds, in one statement.
+/// Marks `jobs` succeeded, those of them that `owner` still holds, in one statement. Prepared
+/// once per connection ([`prepared`]): every worker runs it for each batch of successes.
 pub async fn finish_succeeded(
     connection: &mut AsyncPgConnection,
     jobs: &[Uuid],
     owner: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    diesel::update(
-        outbox_jobs::table
-            .filter(outbox_jobs::id.eq_any(jobs))
-            .filter(outbox_jobs::lease_owner.eq(owner))
-            .filter(outbox_jobs::status.eq("running")),
+    prepared(
+        diesel::update(
+            outbox_jobs::table
+                .filter(outbox_jobs::id.eq_any(jobs))
+                .filter(outbox_jobs::lease_owner.eq(owner))
+                .filter(outbox_jobs::status.eq("running")),
+        )
+        .set((
+            outbox_jobs::status.eq("succeeded"),
+            outbox_jobs::run_after.eq(now),
+            outbox_jobs::last_error.eq(None::<String>),
+            outbox_jobs::lease_owner.eq(None::<String>),
+            outbox_jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+            outbox_jobs::updated_at.eq(now),
+        )),
     )
-    .set((
-        outbox_jobs::status.eq("succeeded"),
-        outbox_jobs::run_after.eq(now),
-        outbox_jobs::last_error.eq(None::<String>),
-        outbox_jobs::lease_owner.eq(None::<String>),
-        outbox_jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-        outbox_jobs::updated_at.eq(now),
-    ))
     .execute(connection)
     .await
     .map(drop)
