@@ -7,7 +7,6 @@
 //! outcome, its lease expires and any worker claims it again.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
@@ -34,12 +33,11 @@ impl Starter {
         Self { inner }
     }
 
-    /// Room for one job now, unless every worker slot is busy, queued jobs are waiting for
-    /// one (they go first), or the worker is stopping; then the caller enqueues its job for the
-    /// queue instead.
+    /// Room for one job now, unless every worker slot is busy, queued jobs are waiting and
+    /// fill half the slots or more (they go first), or the worker is stopping; then the caller
+    /// enqueues its job for the queue instead.
     pub fn reserve(&self) -> Option<Reservation> {
-        if self.inner.stopping.load(Ordering::Relaxed) || self.inner.backlog.load(Ordering::Relaxed)
-        {
+        if !self.inner.admits_started_jobs() {
             return None;
         }
         let permit = self
@@ -93,8 +91,8 @@ impl Reservation {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
-    use super::*;
     use crate::outbox::{Announcer, Registry, SystemClock, Worker, WorkerConfig};
 
     /// A worker that is never run: a pool is built without connecting.
@@ -149,15 +147,26 @@ mod tests {
     }
 
     #[test]
-    fn requests_start_nothing_while_queued_jobs_wait_or_the_worker_stops() {
+    fn requests_start_nothing_while_queued_jobs_fill_the_worker_or_it_stops() {
         let worker = idle_worker();
         let starter = worker.starter();
+        let concurrency = WorkerConfig::default().concurrency;
         assert!(starter.reserve().is_some(), "room, and nothing queued");
 
+        // Queued jobs wait, but hold fewer than half of the slots: a request still starts.
         worker.inner.backlog.store(true, Ordering::Relaxed);
+        let permits = worker.inner.context.lease.permits.clone();
+        let claimed = permits
+            .clone()
+            .try_acquire_many_owned(u32::try_from(concurrency / 2 - 1).expect("few"))
+            .expect("room");
+        assert!(starter.reserve().is_some(), "most slots are free");
+        // Fewer than half free: queued jobs go first.
+        let more = permits.clone().try_acquire_many_owned(2).expect("room");
         assert!(starter.reserve().is_none(), "queued jobs go first");
         worker.inner.backlog.store(false, Ordering::Relaxed);
         assert!(starter.reserve().is_some());
+        drop((claimed, more));
 
         worker.inner.stopping.store(true, Ordering::Relaxed);
         assert!(

@@ -57,6 +57,21 @@ pub(super) struct Inner {
     pub(super) backlog: AtomicBool,
 }
 
+impl Inner {
+    /// Whether a request may start a job of its own now (see [`Starter`]): not once shutdown
+    /// has begun, and, while queued jobs wait, only while at least half of the slots are free.
+    /// Queued jobs go first while they keep the worker busy; a backlog of jobs that end at
+    /// once (those of a parked endpoint, deferred again) should not send every request's job
+    /// through a claim, which costs the database several times a start.
+    pub(super) fn admits_started_jobs(&self) -> bool {
+        if self.stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        !self.backlog.load(Ordering::Relaxed)
+            || self.context.lease.permits.available_permits() * 2 >= self.config.concurrency
+    }
+}
+
 /// What the jobs of one worker are claimed under, and where their common outcomes are queued to
 /// be written in batches. Handlers reach it through [`JobContext`] for jobs they start
 /// themselves.
