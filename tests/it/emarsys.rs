@@ -552,18 +552,7 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
         .expect("put rule");
     app.upsert_contact(&json!({"phone_number": PHONE, "tags": ["prospect", "vip"]}))
         .await;
-    // How each job was inserted: already running (started at once) or pending (queued).
-    let mut connection = app.database.connect().await;
-    connection
-        .batch_execute(
-            "CREATE TABLE inserted_jobs (kind text, status text);
-             CREATE FUNCTION note_inserted_job() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN INSERT INTO inserted_jobs VALUES (NEW.kind, NEW.status); RETURN NEW; END $$;
-             CREATE TRIGGER note_inserted_job AFTER INSERT ON outbox_jobs
-                 FOR EACH ROW EXECUTE FUNCTION note_inserted_job();",
-        )
-        .await
-        .expect("watch job inserts");
+    app.database.watch_job_inserts().await;
 
     let reply = post(&app, "", &json!({"event_name": "order_placed", "phone_number": PHONE, "payload": {"order": {"total": 42.5}}}).to_string(), &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -574,12 +563,9 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
     })
     .await;
     assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) AS count FROM inserted_jobs
-              WHERE kind = 'journey.trigger' AND status = 'running'"
-        )
-        .await,
+        app.database
+            .jobs_inserted("journey.trigger", "running")
+            .await,
         2,
         "the flows' trigger jobs start at once, as a request's do"
     );

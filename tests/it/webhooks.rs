@@ -994,8 +994,6 @@ async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_to_a_busy_endpoint_wait_for_its_slot_in_the_fan_out_not_in_the_queue() {
-    use diesel_async::SimpleAsyncConnection;
-
     let app = TestApp::spawn().await;
     let receiver = Receiver::start().await;
     let answer = Arc::new(tokio::sync::Semaphore::new(0));
@@ -1004,33 +1002,14 @@ async fn deliveries_to_a_busy_endpoint_wait_for_its_slot_in_the_fan_out_not_in_t
         ..Answer::default()
     });
     create(&app, &receiver.url(), &["message.delivered"]).await;
-    // How each job was inserted: already running (attempted by the fan-out) or pending (queued).
-    let mut connection = app.database.connect().await;
-    connection
-        .batch_execute(
-            "CREATE TABLE inserted_jobs (kind text, status text);
-             CREATE FUNCTION note_inserted_job() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN INSERT INTO inserted_jobs VALUES (NEW.kind, NEW.status); RETURN NEW; END $$;
-             CREATE TRIGGER note_inserted_job AFTER INSERT ON outbox_jobs
-                 FOR EACH ROW EXECUTE FUNCTION note_inserted_job();",
-        )
-        .await
-        .expect("watch job inserts");
+    // Attempted by the fan-out, its job is inserted running; queued, pending.
+    app.database.watch_job_inserts().await;
 
     // The receiver holds every request: the first 16 take the endpoint's slots, and the 4 after
     // them find it busy.
     publish_messages(&app, 20).await;
     receiver.wait_for(16).await;
-    let inserted = async |status: &str| {
-        count(
-            &app,
-            &format!(
-                "SELECT count(*) FROM inserted_jobs
-                  WHERE kind = 'webhook.deliver' AND status = '{status}'"
-            ),
-        )
-        .await
-    };
+    let inserted = async |status: &str| app.database.jobs_inserted("webhook.deliver", status).await;
     crate::helpers::eventually("every event fanned out", async || {
         inserted("running").await + inserted("pending").await == 20
     })

@@ -149,6 +149,34 @@ impl TestDatabase {
             .await
             .expect("connect to the test database")
     }
+
+    /// From now on, notes how each outbox job is inserted: already running (started at once)
+    /// or pending (queued), for [`TestDatabase::jobs_inserted`].
+    pub async fn watch_job_inserts(&self) {
+        use diesel_async::SimpleAsyncConnection;
+        self.connect()
+            .await
+            .batch_execute(
+                "CREATE TABLE inserted_jobs (kind text, status text);
+                 CREATE FUNCTION note_inserted_job() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO inserted_jobs VALUES (NEW.kind, NEW.status); RETURN NEW; END $$;
+                 CREATE TRIGGER note_inserted_job AFTER INSERT ON outbox_jobs
+                     FOR EACH ROW EXECUTE FUNCTION note_inserted_job();",
+            )
+            .await
+            .expect("watch job inserts");
+    }
+
+    /// Jobs of `kind` inserted with `status` since [`TestDatabase::watch_job_inserts`].
+    pub async fn jobs_inserted(&self, kind: &str, status: &str) -> i64 {
+        super::count(
+            self,
+            &format!(
+                "SELECT count(*) FROM inserted_jobs WHERE kind = '{kind}' AND status = '{status}'"
+            ),
+        )
+        .await
+    }
 }
 
 /// The template is named after the migrations it holds, so it is migrated once per schema
