@@ -602,3 +602,71 @@ async fn a_long_path_of_wide_characters_still_deduplicates() {
     assert_eq!(again.body["status"], "duplicate", "{}", again.text);
     assert_eq!(ids(&again), first);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_that_creates_a_contact_nobody_listens_to_wakes_no_worker() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    use futures::StreamExt;
+
+    let app = TestApp::spawn().await;
+    let mut listener = AsyncPgConnection::establish(app.database.url())
+        .await
+        .expect("listener");
+    sql_query("LISTEN outbox_jobs")
+        .execute(&mut listener)
+        .await
+        .expect("listen");
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+
+    let new_contact = async |phone: &str, runs: i64| {
+        let reply = trigger(
+            &app,
+            "/compat/journey-trigger/welcome",
+            &json!({"phone_number": phone, "trigger_id": phone}),
+            &[],
+        )
+        .await;
+        queued(&reply);
+        eventually("the run is recorded", async || {
+            count(&app.database, "SELECT count(*) FROM journey_runs").await == runs
+        })
+        .await;
+        let sql = format!("SELECT count(*) FROM contacts WHERE phone_number = '{phone}'");
+        assert_eq!(
+            count(&app.database, &sql).await,
+            1,
+            "the trigger created its contact"
+        );
+    };
+    // Until the first dispatch has read the webhook endpoints and the Twenty connection, an
+    // event may have listeners: the first new contact's event is dispatched, and announced.
+    crate::helpers::until_config_listened(&app.database).await;
+    new_contact("+4915112345001", 1).await;
+    eventually("the first contact's event is dispatched", async || {
+        count(
+            &app.database,
+            "SELECT count(*) FROM outbox_jobs WHERE status <> 'succeeded'",
+        )
+        .await
+            == 0
+    })
+    .await;
+    while tokio::time::timeout(Duration::from_millis(300), notifications.next())
+        .await
+        .is_ok()
+    {}
+
+    let dispatch_jobs = "SELECT count(*) FROM outbox_jobs WHERE kind = 'event.dispatch'";
+    let dispatched_before = count(&app.database, dispatch_jobs).await;
+
+    // The next trigger's job starts at once, and its new contact's `contact.created` has no
+    // listener, so no dispatch job: nothing was queued, so nothing is announced.
+    new_contact("+4915112345002", 2).await;
+    let woken = tokio::time::timeout(Duration::from_millis(300), notifications.next()).await;
+    assert!(woken.is_err(), "a notification arrived: {woken:?}");
+    assert_eq!(
+        count(&app.database, dispatch_jobs).await,
+        dispatched_before,
+        "the second contact's event was dispatched"
+    );
+}

@@ -19,9 +19,10 @@ use crate::request::RequestContext;
 /// A contact found or created by [`find_or_create_by_phone`].
 pub struct Ensured {
     pub contact: ContactRow,
-    /// Created now, with its `contact.created` event: its committer announces the event's
-    /// dispatch job (see [`crate::outbox::Announcer`]).
-    pub created: bool,
+    /// Created now, with its `contact.created` event, whose dispatch job was queued because
+    /// someone listens: its committer announces the job (see [`crate::outbox::Announcer`]).
+    /// Announcing a job that was not queued would have every worker look for it in vain.
+    pub events_queued: bool,
 }
 
 /// The contact with `phone_number`, created (subscribed, no other fields) when missing. Runs on
@@ -34,7 +35,7 @@ pub async fn find_or_create_by_phone(
 ) -> Result<Ensured, ContactError> {
     let found = |contact| Ensured {
         contact,
-        created: false,
+        events_queued: false,
     };
     if let Some(existing) = store::find_by_phone(connection, phone_number.as_str())
         .await
@@ -71,7 +72,7 @@ pub async fn find_or_create_by_phone(
                 },
             )
             .await?;
-            record_contact_events(
+            let events = record_contact_events(
                 connection,
                 audience,
                 context.request_id,
@@ -83,7 +84,7 @@ pub async fn find_or_create_by_phone(
             .await?;
             Ok(Ensured {
                 contact: created,
-                created: true,
+                events_queued: events.queued,
             })
         }
         // A concurrent write created it between our look and our insert.

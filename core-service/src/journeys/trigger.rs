@@ -27,8 +27,8 @@ pub struct TriggerOutcome {
     pub trigger_event_id: Uuid,
     pub outbox_job_id: Uuid,
     pub contact_id: Uuid,
-    /// The trigger created the contact (with its `contact.created` event).
-    pub contact_created: bool,
+    /// The trigger created the contact, and its `contact.created` event queued a dispatch job.
+    pub contact_events_queued: bool,
     /// The trigger's job, inserted already claimed under the caller's reservation: for
     /// [`Reservation::run`] once this returns.
     pub started: Option<ClaimedJob>,
@@ -37,9 +37,9 @@ pub struct TriggerOutcome {
 impl TriggerOutcome {
     /// Whether the trigger queued jobs, which its committer announces (see
     /// [`crate::outbox::Announcer`]): its own, unless it was a duplicate or started at once, and
-    /// the new contact's event's.
+    /// the new contact's event's, when someone listens.
     pub fn queued_jobs(&self) -> bool {
-        (!self.duplicate && self.started.is_none()) || self.contact_created
+        (!self.duplicate && self.started.is_none()) || self.contact_events_queued
     }
 }
 
@@ -132,7 +132,7 @@ pub async fn accept_trigger(
                 trigger_event_id: holder.trigger_id,
                 outbox_job_id: holder.outbox_job_id,
                 contact_id: ensured.contact.id,
-                contact_created: ensured.created,
+                contact_events_queued: ensured.events_queued,
                 started: None,
             };
             let job = holder.taken.then(|| NewJob {
