@@ -605,17 +605,10 @@ async fn a_long_path_of_wide_characters_still_deduplicates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trigger_that_creates_a_contact_nobody_listens_to_wakes_no_worker() {
-    use diesel_async::{AsyncConnection, AsyncPgConnection};
     use futures::StreamExt;
 
     let app = TestApp::spawn().await;
-    let mut listener = AsyncPgConnection::establish(app.database.url())
-        .await
-        .expect("listener");
-    sql_query("LISTEN outbox_jobs")
-        .execute(&mut listener)
-        .await
-        .expect("listen");
+    let mut listener = app.database.listen("outbox_jobs").await;
     let mut notifications = std::pin::pin!(listener.notifications_stream());
 
     let new_contact = async |phone: &str, runs: i64| {

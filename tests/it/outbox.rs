@@ -493,11 +493,7 @@ async fn queuing_a_job_notifies_nobody_from_inside_its_transaction() {
     use futures::StreamExt;
 
     let setup = setup().await;
-    let mut listener = setup.database.connect().await;
-    sql_query("LISTEN outbox_jobs")
-        .execute(&mut listener)
-        .await
-        .expect("listen");
+    let mut listener = setup.database.listen("outbox_jobs").await;
     let mut notifications = std::pin::pin!(listener.notifications_stream());
 
     enqueue_one(&setup).await;

@@ -1446,7 +1446,6 @@ async fn delete_while_the_outcome_is_recorded(status: u16) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn published_and_upserted_events_are_dispatched_at_once_without_waking_the_queue() {
-    use diesel_async::{AsyncConnection, AsyncPgConnection};
     use futures::StreamExt;
 
     let app = TestApp::spawn().await;
@@ -1457,13 +1456,7 @@ async fn published_and_upserted_events_are_dispatched_at_once_without_waking_the
         &["message.delivered", "contact.created"],
     )
     .await;
-    let mut listener = AsyncPgConnection::establish(app.database.url())
-        .await
-        .expect("listener");
-    sql_query("LISTEN outbox_jobs")
-        .execute(&mut listener)
-        .await
-        .expect("listen");
+    let mut listener = app.database.listen("outbox_jobs").await;
     let mut notifications = std::pin::pin!(listener.notifications_stream());
 
     // Its dispatch job and its delivery's job are inserted already claimed and run at once:

@@ -150,6 +150,17 @@ impl TestDatabase {
             .expect("connect to the test database")
     }
 
+    /// A connection that listens on `channel`, for a test to read its notifications
+    /// (`notifications_stream`).
+    pub async fn listen(&self, channel: &str) -> AsyncPgConnection {
+        let mut listener = self.connect().await;
+        sql_query(format!("LISTEN {channel}"))
+            .execute(&mut listener)
+            .await
+            .expect("listen");
+        listener
+    }
+
     /// From now on, notes how each outbox job is inserted: already running (started at once)
     /// or pending (queued), for [`TestDatabase::jobs_inserted`].
     pub async fn watch_job_inserts(&self) {
