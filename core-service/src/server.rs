@@ -16,8 +16,8 @@ use switchbord_api::v1::twenty_service_server::TwentyServiceServer;
 use switchbord_api::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
@@ -348,10 +348,7 @@ impl CoreServer {
         );
 
         tracing::info!(addr = %self.local_addr(), "gRPC core listening");
-        // Small request/response messages: without TCP_NODELAY, Nagle's algorithm and delayed
-        // ACKs add milliseconds to every call (measured by switchbord-bench).
         let served = Server::builder()
-            .tcp_nodelay(true)
             .layer(CallObserverLayer)
             .layer(AuthLayer::new(self.authenticator.clone()))
             .add_service(health_service)
@@ -416,7 +413,7 @@ impl CoreServer {
                 self.state.announcer.clone(),
                 self.state.config.clone(),
             )))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(self.listener), shutdown)
             .await;
         flusher.abort();
         config_listener.abort();
@@ -427,5 +424,34 @@ impl CoreServer {
             tracing::warn!("the outbox worker stopped abnormally");
         }
         Ok(served?)
+    }
+}
+
+/// The core's connections, with `TCP_NODELAY`. Calls are small messages, and with Nagle's
+/// algorithm a response frame written while the one before is not yet acknowledged waits for
+/// that ACK, which the peer may delay. `Server::tcp_nodelay` applies only to `Server::serve`,
+/// not to a listener the server is handed.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpStream;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_frames_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let mut incoming = incoming(listener);
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let accepted = incoming
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(accepted.nodelay().expect("TCP_NODELAY readable"));
     }
 }

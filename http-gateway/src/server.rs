@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::serve::{ListenerExt, TapIo};
 use ipnet::IpNet;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tower_http::trace::TraceLayer;
 
 use crate::client_ip::assign_client_ip;
@@ -83,7 +84,7 @@ impl GatewayServer {
     ) -> Result<(), GatewayStartupError> {
         tracing::info!(addr = %self.local_addr(), "HTTP gateway listening");
         axum::serve(
-            self.listener,
+            with_nodelay(self.listener),
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
@@ -91,6 +92,16 @@ impl GatewayServer {
         .await
         .map_err(GatewayStartupError::Serve)
     }
+}
+
+/// The gateway's connections, with `TCP_NODELAY`: a response written in more than one piece
+/// must not wait for the client's (possibly delayed) ACK of the first.
+fn with_nodelay(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(|connection| {
+        if let Err(error) = connection.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    })
 }
 
 /// Every (method, path) the gateway serves, for checking the OpenAPI document against.
@@ -296,7 +307,20 @@ mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
-    use super::span_without_query;
+    use axum::serve::Listener;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{span_without_query, with_nodelay};
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let mut listener = with_nodelay(listener);
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().expect("TCP_NODELAY readable"));
+    }
 
     /// Everything the subscriber writes, shared with the test.
     #[derive(Clone, Default)]
