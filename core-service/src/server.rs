@@ -154,6 +154,7 @@ impl CoreServer {
                 "EMARSYS_WEBHOOK_SECRET is not set: the Emarsys path accepts events (which can create and change contacts) from anyone who can reach it"
             );
         }
+        crate::contacts::phone::load_metadata();
         let authenticator = Arc::new(Authenticator::new(
             pool.clone(),
             hasher,
