@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use diesel::pg::Pg;
 use diesel::serialize::{self, Output, ToSql};
-use diesel::sql_types::{Integer, Text};
+use diesel::sql_types::{BigInt, Integer, Text};
 use diesel::{QueryResult, QueryableByName, sql_query};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
@@ -21,7 +21,8 @@ use switchbord_core::db::{build_pool, pipelined::read_then_write};
 use switchbord_core::events::{Audience, EventConsumer, StoredEvent};
 use switchbord_core::journeys::{accept_trigger, validate_trigger};
 use switchbord_core::outbox::{
-    BoxFuture, JobContext, JobError, JobKind, NewJob, enqueue_started, finish_succeeded,
+    BoxFuture, JobContext, JobError, JobKind, NewJob, claim, claim_expired, enqueue_started,
+    finish_succeeded,
 };
 use switchbord_core::request::{RequestContext, RequestId};
 
@@ -397,4 +398,64 @@ async fn a_triggers_key_is_taken_by_a_prepared_statement() {
                 && statement.contains("INSERT INTO journey_trigger_keys")),
         "{prepared:#?}"
     );
+}
+
+#[derive(QueryableByName)]
+struct Plans {
+    #[diesel(sql_type = Text)]
+    statement: String,
+    #[diesel(sql_type = BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = BigInt)]
+    custom_plans: i64,
+}
+
+#[tokio::test]
+async fn claims_are_planned_once_per_connection_not_on_every_call() {
+    let database = TestDatabase::create().await;
+    let mut connection = database.connect().await;
+    // A queue with a history, as a running service's has: over a few rows every plan is cheap,
+    // and PostgreSQL would keep a generic one whatever the statement.
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             created_at, updated_at)
+         SELECT gen_random_uuid(), 'test.job', '{}', 'succeeded', 1, 1, now(), now(), now()
+         FROM generate_series(1, 20000)",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("succeeded jobs");
+    sql_query("ANALYZE outbox_jobs")
+        .execute(&mut connection)
+        .await
+        .expect("analyze");
+
+    // PostgreSQL plans a prepared statement's first five executions for their values, then
+    // keeps a generic plan unless those custom plans were cheaper.
+    for _ in 0..10 {
+        let now = chrono::Utc::now();
+        claim_expired(&mut connection, "test", now, now, 8)
+            .await
+            .expect("claim expired leases");
+        claim(&mut connection, "test", now, now, 8)
+            .await
+            .expect("claim due jobs");
+    }
+
+    let claims: Vec<Plans> = sql_query(
+        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE statement LIKE 'UPDATE \"outbox_jobs\" SET%'",
+    )
+    .load(&mut connection)
+    .await
+    .expect("list prepared statements");
+    assert_eq!(claims.len(), 2, "both claims are prepared");
+    for plans in claims {
+        assert!(
+            plans.generic_plans >= 5 && plans.custom_plans <= 5,
+            "planned {} times for 10 calls: {}",
+            plans.custom_plans,
+            plans.statement
+        );
+    }
 }

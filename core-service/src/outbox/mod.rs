@@ -28,7 +28,7 @@ pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry
 pub use pruner::{Pruner, prune_succeeded};
 pub use starter::{Reservation, Starter};
 pub use store::{
-    ClaimedJob, Depth, JobRow, NewJob, OUTSTANDING_STATUSES, depth, discard_pending, enqueue,
-    enqueue_many, enqueue_started, finish_succeeded, postpone,
+    ClaimedJob, Depth, JobRow, NewJob, OUTSTANDING_STATUSES, claim, claim_expired, depth,
+    discard_pending, enqueue, enqueue_many, enqueue_started, finish_succeeded, postpone,
 };
 pub use worker::{Worker, WorkerConfig};
