@@ -13,7 +13,7 @@ use super::get::get_contact;
 use super::input::validate_upsert;
 use super::upsert::{Operation, upsert_contact};
 use crate::error::ServiceError;
-use crate::outbox::Starter;
+use crate::outbox::{self, Starter};
 use crate::request::RequestContext;
 use crate::state::AppState;
 
@@ -52,12 +52,7 @@ impl ContactService for ContactsService {
         )
         .await
         .map_err(status)?;
-        if let (Some(reservation), Some(dispatch)) = (reservation, outcome.events.started.take()) {
-            reservation.run(dispatch);
-        }
-        if outcome.queued_jobs() {
-            self.state.announcer.jobs_queued();
-        }
+        outbox::after_commit(&self.state.announcer, reservation, &mut outcome);
         let operation = match outcome.operation {
             Operation::Created => v1::UpsertOperation::Created,
             Operation::Updated => v1::UpsertOperation::Updated,

@@ -16,7 +16,7 @@ use crate::audit::{self, AuditRecord};
 use crate::db::{self, DbError, DbPool};
 use crate::error::FieldViolation;
 use crate::events::Audience;
-use crate::outbox::Reservation;
+use crate::outbox::{ClaimedJob, Committed, Reservation};
 use crate::request::RequestContext;
 
 /// Two upserts that create the same new contact at once race on the unique keys; the loser
@@ -40,11 +40,13 @@ pub struct UpsertOutcome {
     pub events: RecordedEvents,
 }
 
-impl UpsertOutcome {
-    /// Whether the upsert queued jobs, which its committer announces (see
-    /// [`crate::outbox::Announcer`]).
-    pub fn queued_jobs(&self) -> bool {
+impl Committed for UpsertOutcome {
+    fn queued_jobs(&self) -> bool {
         self.events.queued
+    }
+
+    fn take_started(&mut self) -> Option<ClaimedJob> {
+        self.events.started.take()
     }
 }
 

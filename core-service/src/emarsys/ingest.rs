@@ -24,7 +24,7 @@ use crate::contacts::{
 use crate::db::{self, DbPool, prepared};
 use crate::error::ServiceError;
 use crate::events::{Audience, Dispatch, EventDraft, record_for};
-use crate::outbox::{self, ClaimedJob, NewJob, Reservation};
+use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
 use crate::request::RequestContext;
 use crate::schema::{contacts, webhook_event_keys, webhook_events};
 
@@ -36,18 +36,21 @@ pub struct IngestOutcome {
     pub contact_id: Option<Uuid>,
     pub duplicate: bool,
     /// The event's job, inserted already claimed under the caller's reservation: for
-    /// [`Reservation::run`] once this returns.
+    /// [`outbox::after_commit`] once this returns.
     pub started: Option<ClaimedJob>,
     /// Other jobs the event queued: its contact's and its domain event's dispatches.
     pub others_queued: bool,
 }
 
-impl IngestOutcome {
-    /// Whether the event queued jobs, which its committer announces (see
-    /// [`crate::outbox::Announcer`]): its own, unless it was a duplicate or started at once,
-    /// and the dispatches of its events.
-    pub fn queued_jobs(&self) -> bool {
+impl Committed for IngestOutcome {
+    /// Its own job, unless it was a duplicate or started at once, and the dispatches of its
+    /// events.
+    fn queued_jobs(&self) -> bool {
         (!self.duplicate && self.started.is_none()) || self.others_queued
+    }
+
+    fn take_started(&mut self) -> Option<ClaimedJob> {
+        self.started.take()
     }
 }
 

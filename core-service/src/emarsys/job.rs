@@ -132,12 +132,10 @@ impl JobHandler for CustomEventHandler {
                         remove: rule.remove_tags.clone(),
                     },
                 };
-                let outcome = upsert_on(&mut connection, &request, &self.audience, &upsert)
+                let mut outcome = upsert_on(&mut connection, &request, &self.audience, &upsert)
                     .await
                     .map_err(retry)?;
-                if outcome.queued_jobs() {
-                    context.jobs_queued();
-                }
+                context.after_commit(None, &mut outcome);
             }
 
             drop(connection);
@@ -171,12 +169,7 @@ impl JobHandler for CustomEventHandler {
                 )
                 .await
                 .map_err(retry)?;
-                if outcome.queued_jobs() {
-                    context.jobs_queued();
-                }
-                if let (Some(reservation), Some(job)) = (reservation, outcome.started.take()) {
-                    reservation.run(job);
-                }
+                context.after_commit(reservation, &mut outcome);
             }
             Ok(())
         })

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::ingest::{IngestSettings, ingest};
 use super::input::normalize;
 use crate::error::ServiceError;
-use crate::outbox::Starter;
+use crate::outbox::{self, Starter};
 use crate::request::RequestContext;
 use crate::state::AppState;
 
@@ -50,12 +50,7 @@ impl EmarsysService for EmarsysGrpc {
             reservation.as_ref(),
         )
         .await?;
-        if outcome.queued_jobs() {
-            self.state.announcer.jobs_queued();
-        }
-        if let (Some(reservation), Some(job)) = (reservation, outcome.started.take()) {
-            reservation.run(job);
-        }
+        outbox::after_commit(&self.state.announcer, reservation, &mut outcome);
         Ok(Response::new(IngestEmarsysEventResponse {
             webhook_event_id: outcome.webhook_event_id.to_string(),
             outbox_job_id: outcome.outbox_job_id.to_string(),

@@ -10,7 +10,7 @@ use super::error::JourneyError;
 use super::input::validate_trigger;
 use super::trigger::accept_trigger;
 use crate::error::ServiceError;
-use crate::outbox::Starter;
+use crate::outbox::{self, Starter};
 use crate::request::RequestContext;
 use crate::state::AppState;
 
@@ -50,12 +50,7 @@ impl JourneyService for JourneysGrpc {
         )
         .await
         .map_err(status)?;
-        if outcome.queued_jobs() {
-            self.state.announcer.jobs_queued();
-        }
-        if let (Some(reservation), Some(job)) = (reservation, outcome.started.take()) {
-            reservation.run(job);
-        }
+        outbox::after_commit(&self.state.announcer, reservation, &mut outcome);
         let trigger_status = if outcome.duplicate {
             TriggerStatus::Duplicate
         } else {

@@ -16,7 +16,7 @@ use crate::audit::{self, AuditRecord};
 use crate::contacts::find_or_create_by_phone;
 use crate::db::{self, DbPool, prepared};
 use crate::events::Audience;
-use crate::outbox::{self, ClaimedJob, NewJob, Reservation};
+use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
 use crate::request::RequestContext;
 use crate::schema::journey_trigger_keys;
 
@@ -30,16 +30,19 @@ pub struct TriggerOutcome {
     /// The trigger created the contact, and its `contact.created` event queued a dispatch job.
     pub contact_events_queued: bool,
     /// The trigger's job, inserted already claimed under the caller's reservation: for
-    /// [`Reservation::run`] once this returns.
+    /// [`outbox::after_commit`] once this returns.
     pub started: Option<ClaimedJob>,
 }
 
-impl TriggerOutcome {
-    /// Whether the trigger queued jobs, which its committer announces (see
-    /// [`crate::outbox::Announcer`]): its own, unless it was a duplicate or started at once, and
-    /// the new contact's event's, when someone listens.
-    pub fn queued_jobs(&self) -> bool {
+impl Committed for TriggerOutcome {
+    /// Its own job, unless it was a duplicate or started at once, and the new contact's event's,
+    /// when someone listens.
+    fn queued_jobs(&self) -> bool {
         (!self.duplicate && self.started.is_none()) || self.contact_events_queued
+    }
+
+    fn take_started(&mut self) -> Option<ClaimedJob> {
+        self.started.take()
     }
 }
 

@@ -10,7 +10,7 @@ use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 
 use super::clock::Clock;
-use super::starter::{Reservation, Starter};
+use super::starter::{self, Committed, Reservation, Starter};
 use super::store::{self, ClaimedJob, NewJob};
 use super::worker::{self, Inner, Lease};
 use crate::db::DbPool;
@@ -81,6 +81,12 @@ impl JobContext {
     /// transaction has committed (see [`super::Announcer`]).
     pub fn jobs_queued(&self) {
         self.lease.announcer.jobs_queued();
+    }
+
+    /// Announces the jobs the handler's committed transaction queued and runs the one it
+    /// started under `reservation` (see [`starter::after_commit`]).
+    pub fn after_commit(&self, reservation: Option<Reservation>, committed: &mut impl Committed) {
+        starter::after_commit(&self.lease.announcer, reservation, committed);
     }
 
     /// Has this worker look for due jobs after `delay`: for jobs the handler inserted due a

@@ -26,7 +26,7 @@ pub use backoff::{BackoffPolicy, retry_delay};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry};
 pub use pruner::{Pruner, prune_succeeded};
-pub use starter::{Reservation, Starter};
+pub use starter::{Committed, Reservation, Starter, after_commit};
 pub use store::{
     ClaimedJob, Depth, JobRow, NewJob, OUTSTANDING_STATUSES, claim, claim_expired, depth,
     discard_pending, enqueue, enqueue_many, enqueue_started, finish_succeeded, postpone,

@@ -12,6 +12,7 @@ use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::announcer::Announcer;
 use super::store::{self, ClaimedJob, NewJob};
 use super::worker::{Inner, execute};
 
@@ -85,6 +86,33 @@ impl Reservation {
         let Self { inner, permit } = self;
         let task = execute(inner.clone(), job, permit);
         inner.context.lease.spawn(task);
+    }
+}
+
+/// What a committed transaction leaves to the outbox: jobs due now that it queued for a claim,
+/// and the job it inserted already claimed under the caller's [`Reservation`].
+pub trait Committed {
+    /// Whether it queued jobs due now, which its committer announces (see [`Announcer`]).
+    /// Announcing jobs that were not queued would have every worker look for them in vain.
+    fn queued_jobs(&self) -> bool;
+
+    /// The job it inserted under the caller's reservation (see [`Reservation::enqueue`]).
+    fn take_started(&mut self) -> Option<ClaimedJob>;
+}
+
+/// Announces the jobs `committed` queued and runs the one it started under `reservation`. Call
+/// it once the transaction has committed, never before: a worker could look for the jobs and
+/// not see them yet.
+pub fn after_commit(
+    announcer: &Announcer,
+    reservation: Option<Reservation>,
+    committed: &mut impl Committed,
+) {
+    if committed.queued_jobs() {
+        announcer.jobs_queued();
+    }
+    if let (Some(reservation), Some(job)) = (reservation, committed.take_started()) {
+        reservation.run(job);
     }
 }
 
