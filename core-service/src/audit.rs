@@ -9,17 +9,58 @@ use uuid::Uuid;
 
 use crate::access::Caller;
 use crate::outbox::BoxFuture;
-use crate::request::RequestId;
+use crate::request::{RequestContext, RequestId};
 use crate::schema::audit_entries;
 
 /// What one write changed, for the audit trail.
 pub struct AuditRecord<'a> {
-    pub request_id: RequestId,
-    pub actor: &'a Caller,
-    pub action: &'a str,
-    pub target_type: &'a str,
-    pub target_id: Option<String>,
-    pub changed_fields: Vec<String>,
+    request_id: RequestId,
+    actor: &'a Caller,
+    action: &'a str,
+    target_type: &'a str,
+    target_id: Option<String>,
+    changed_fields: Vec<&'a str>,
+}
+
+impl<'a> AuditRecord<'a> {
+    /// `context`'s caller did `action` to something of `target_type`.
+    pub fn new(context: &'a RequestContext, action: &'a str, target_type: &'a str) -> Self {
+        Self::by(context.request_id, &context.caller, action, target_type)
+    }
+
+    /// `actor` did `action` to something of `target_type`, under `request_id`: for writes made
+    /// outside a request's context (the first admin key).
+    pub fn by(
+        request_id: RequestId,
+        actor: &'a Caller,
+        action: &'a str,
+        target_type: &'a str,
+    ) -> Self {
+        Self {
+            request_id,
+            actor,
+            action,
+            target_type,
+            target_id: None,
+            changed_fields: Vec::new(),
+        }
+    }
+
+    /// The target's id.
+    pub fn target(self, id: impl ToString) -> Self {
+        Self {
+            target_id: Some(id.to_string()),
+            ..self
+        }
+    }
+
+    /// The fields the write changed: their names only, never their values, which may be secret.
+    pub fn changing(self, fields: &[&'a str]) -> Self {
+        Self {
+            changed_fields: fields.to_vec(),
+            ..self
+        }
+    }
 }
 
 #[derive(Insertable)]
@@ -32,7 +73,7 @@ struct NewAuditEntry<'a> {
     action: &'a str,
     target_type: &'a str,
     target_id: Option<String>,
-    changed_fields: Vec<String>,
+    changed_fields: Vec<&'a str>,
     actor_key_id: Option<Uuid>,
     actor_name: Option<&'a str>,
     actor_role: Option<&'static str>,

@@ -105,14 +105,9 @@ pub async fn create_key(
                 .await?;
             audit::record(
                 connection,
-                AuditRecord {
-                    request_id,
-                    actor,
-                    action: "api_key.create",
-                    target_type: "api_key",
-                    target_id: Some(row.id.to_string()),
-                    changed_fields: ["name", "role", "expires_at"].map(str::to_owned).to_vec(),
-                },
+                AuditRecord::by(request_id, actor, "api_key.create", "api_key")
+                    .target(row.id)
+                    .changing(&["name", "role", "expires_at"]),
             )
             .await?;
             Ok::<_, AccessError>(row)
@@ -164,14 +159,9 @@ pub async fn revoke_key(
                 .await?;
             audit::record(
                 connection,
-                AuditRecord {
-                    request_id,
-                    actor,
-                    action: "api_key.revoke",
-                    target_type: "api_key",
-                    target_id: Some(id.to_string()),
-                    changed_fields: vec!["revoked_at".to_owned()],
-                },
+                AuditRecord::by(request_id, actor, "api_key.revoke", "api_key")
+                    .target(id)
+                    .changing(&["revoked_at"]),
             )
             .await?;
             Ok(row)

@@ -62,14 +62,9 @@ pub async fn find_or_create_by_phone(
             let changed = ["phone_number", "subscriber_status"];
             audit::record(
                 connection,
-                AuditRecord {
-                    request_id: context.request_id,
-                    actor: &context.caller,
-                    action: "contact.create",
-                    target_type: "contact",
-                    target_id: Some(created.id.to_string()),
-                    changed_fields: changed.map(str::to_owned).to_vec(),
-                },
+                AuditRecord::new(context, "contact.create", "contact")
+                    .target(created.id)
+                    .changing(&changed),
             )
             .await?;
             let events = record_contact_events(

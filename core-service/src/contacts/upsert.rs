@@ -288,22 +288,15 @@ async fn save(
         &changed_fields,
         reservation,
     );
+    let action = match operation {
+        Operation::Created => "contact.create",
+        Operation::Updated => "contact.update",
+    };
     let audit_entry = audit::record(
         connection,
-        AuditRecord {
-            request_id: context.request_id,
-            actor: &context.caller,
-            action: match operation {
-                Operation::Created => "contact.create",
-                Operation::Updated => "contact.update",
-            },
-            target_type: "contact",
-            target_id: Some(contact.id.to_string()),
-            changed_fields: changed_fields
-                .iter()
-                .map(|&field| field.to_owned())
-                .collect(),
-        },
+        AuditRecord::new(context, action, "contact")
+            .target(contact.id)
+            .changing(&changed_fields),
     );
     let ((), events, ()) = futures::try_join!(write, events, audit_entry)?;
     Ok(UpsertOutcome {

@@ -281,14 +281,8 @@ async fn ingest_once(
             );
             let audit_entry = audit::record(
                 connection,
-                AuditRecord {
-                    request_id: context.request_id,
-                    actor: &context.caller,
-                    action: "emarsys.event_ingest",
-                    target_type: "webhook_event",
-                    target_id: Some(webhook_event_id.to_string()),
-                    changed_fields: Vec::new(),
-                },
+                AuditRecord::new(context, "emarsys.event_ingest", "webhook_event")
+                    .target(webhook_event_id),
             );
             let (contact_queued, _, started, recorded, ()) = futures::try_join!(
                 save_contact,

@@ -131,14 +131,7 @@ impl EventService for EventsGrpc {
                 ),
                 audit::record(
                     connection,
-                    AuditRecord {
-                        request_id: context.request_id,
-                        actor: &context.caller,
-                        action: "event.publish",
-                        target_type: "event",
-                        target_id: Some(id.clone()),
-                        changed_fields: Vec::new(),
-                    },
+                    AuditRecord::new(&context, "event.publish", "event").target(&id),
                 ),
             )?;
             Ok(stored)

@@ -41,14 +41,7 @@ impl FlowsGrpc {
         write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
     ) -> Result<T, Status> {
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let entry = AuditRecord {
-            request_id: context.request_id,
-            actor: &context.caller,
-            action,
-            target_type,
-            target_id: Some(target_id),
-            changed_fields: Vec::new(),
-        };
+        let entry = AuditRecord::new(context, action, target_type).target(target_id);
         let written = audit::audited(&mut connection, entry, write)
             .await
             .map_err(db_status)?;

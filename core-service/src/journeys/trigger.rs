@@ -161,14 +161,8 @@ pub async fn accept_trigger(
             };
             let audit_entry = audit::record(
                 connection,
-                AuditRecord {
-                    request_id: context.request_id,
-                    actor: &context.caller,
-                    action: "journey.trigger",
-                    target_type: "journey_trigger",
-                    target_id: Some(trigger_event_id.to_string()),
-                    changed_fields: Vec::new(),
-                },
+                AuditRecord::new(context, "journey.trigger", "journey_trigger")
+                    .target(trigger_event_id),
             );
             let (started, ()) = futures::try_join!(enqueue, audit_entry)?;
             outcome.started = started;

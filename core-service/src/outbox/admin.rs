@@ -180,16 +180,9 @@ impl OutboxService for OutboxGrpc {
                 if row.is_some() {
                     audit::record(
                         connection,
-                        AuditRecord {
-                            request_id: context.request_id,
-                            actor: &context.caller,
-                            action: "outbox_job.retry",
-                            target_type: "outbox_job",
-                            target_id: Some(id.to_string()),
-                            changed_fields: ["status", "attempts", "run_after"]
-                                .map(str::to_owned)
-                                .to_vec(),
-                        },
+                        AuditRecord::new(&context, "outbox_job.retry", "outbox_job")
+                            .target(id)
+                            .changing(&["status", "attempts", "run_after"]),
                     )
                     .await?;
                 }

@@ -59,26 +59,6 @@ impl TwentyGrpc {
     }
 }
 
-/// The audit entry of a configuration change (field names only, never values).
-fn change_entry<'a>(
-    context: &'a RequestContext,
-    action: &'a str,
-    target_id: Option<String>,
-    changed_fields: &[&str],
-) -> AuditRecord<'a> {
-    AuditRecord {
-        request_id: context.request_id,
-        actor: &context.caller,
-        action,
-        target_type: "twenty",
-        target_id,
-        changed_fields: changed_fields
-            .iter()
-            .map(|&field| field.to_owned())
-            .collect(),
-    }
-}
-
 fn mapping_response(mapping: &Mapping) -> Vec<FieldMappingEntry> {
     mapping
         .entries()
@@ -164,7 +144,8 @@ impl TwentyService for TwentyGrpc {
         if request.webhook_secret.is_some() {
             changed.push("webhook_secret");
         }
-        let entry = change_entry(&context, "twenty.connection.set", None, &changed);
+        let entry =
+            AuditRecord::new(&context, "twenty.connection.set", "twenty").changing(&changed);
         let stored = audit::audited(&mut connection, entry, |connection| {
             Box::pin(async move {
                 let current = connection::load(connection).await?;
@@ -242,7 +223,7 @@ impl TwentyService for TwentyGrpc {
     ) -> Result<Response<DeleteTwentyConnectionResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
         let mut connection = self.db().await?;
-        let entry = change_entry(&context, "twenty.connection.delete", None, &[]);
+        let entry = AuditRecord::new(&context, "twenty.connection.delete", "twenty");
         audit::audited(&mut connection, entry, |connection| {
             Box::pin(async move {
                 if !connection::delete(connection).await? {
@@ -297,7 +278,8 @@ impl TwentyService for TwentyGrpc {
             return Err(ServiceError::InvalidArgument(violations).into());
         }
         let mut connection = self.db().await?;
-        let entry = change_entry(&context, "twenty.mapping.update", None, &["mapping"]);
+        let entry =
+            AuditRecord::new(&context, "twenty.mapping.update", "twenty").changing(&["mapping"]);
         let mapping = audit::audited(&mut connection, entry, |connection| {
             Box::pin(async move {
                 let mut entries = if request.reset_to_default {
@@ -427,8 +409,11 @@ impl TwentyService for TwentyGrpc {
         };
         let now = self.clock.now();
         let mut connection = self.db().await?;
-        let target = contact_id.map(|id| id.to_string());
-        let entry = change_entry(&context, "twenty.sync.retry", target, &[]);
+        let entry = AuditRecord::new(&context, "twenty.sync.retry", "twenty");
+        let entry = match contact_id {
+            Some(id) => entry.target(id),
+            None => entry,
+        };
         let retried = audit::audited(&mut connection, entry, |connection| {
             Box::pin(async move {
                 let contacts = records::requeue(connection, contact_id, now).await?;
@@ -471,7 +456,7 @@ impl TwentyService for TwentyGrpc {
         };
         let now = self.clock.now();
         let mut connection = self.db().await?;
-        let entry = change_entry(&context, "twenty.backfill.start", None, &[]);
+        let entry = AuditRecord::new(&context, "twenty.backfill.start", "twenty");
         let run = audit::audited(&mut connection, entry, |connection| {
             Box::pin(async move { backfill::start(connection, size, request.restart, now).await })
         })

@@ -134,14 +134,9 @@ impl WebhooksGrpc {
         + Send,
     ) -> Result<T, Status> {
         let mut connection = self.connection().await?;
-        let entry = AuditRecord {
-            request_id: context.request_id,
-            actor: &context.caller,
-            action,
-            target_type: "webhook_endpoint",
-            target_id: Some(target.to_string()),
-            changed_fields: changed.iter().map(|field| (*field).to_owned()).collect(),
-        };
+        let entry = AuditRecord::new(context, action, "webhook_endpoint")
+            .target(target)
+            .changing(changed);
         let written = audit::audited(&mut connection, entry, write)
             .await
             .map_err(db_status)?;
@@ -691,18 +686,9 @@ impl WebhookService for WebhooksGrpc {
         }));
         let example = Json::Object(body.example.map(json_from_struct).unwrap_or_default());
         let mut connection = self.connection().await?;
-        let entry = AuditRecord {
-            request_id: context.request_id,
-            actor: &context.caller,
-            action: "event_type.register",
-            target_type: "event_type",
-            target_id: Some(name.clone()),
-            changed_fields: vec![
-                "description".to_owned(),
-                "schema".to_owned(),
-                "example".to_owned(),
-            ],
-        };
+        let entry = AuditRecord::new(&context, "event_type.register", "event_type")
+            .target(&name)
+            .changing(&["description", "schema", "example"]);
         let inserted = audit::audited(&mut connection, entry, |connection| {
             Box::pin(
                 diesel::insert_into(event_types::table)
@@ -736,14 +722,8 @@ impl WebhookService for WebhooksGrpc {
             .await?;
         let now = self.clock.now();
         // A test send is a write like any other: an event, a delivery, perhaps a disable.
-        let entry = AuditRecord {
-            request_id: context.request_id,
-            actor: &context.caller,
-            action: "webhook_endpoint.test",
-            target_type: "webhook_endpoint",
-            target_id: Some(endpoint.id.to_string()),
-            changed_fields: Vec::new(),
-        };
+        let entry = AuditRecord::new(&context, "webhook_endpoint.test", "webhook_endpoint")
+            .target(endpoint.id);
         let (event, delivery) = audit::audited(&mut connection, entry, |connection| {
             Box::pin(async move {
                 let data = json!({
