@@ -47,7 +47,11 @@ async fn internal_services_publish_catalogued_events_only() {
         .await
         .expect_err("not in the catalog");
     for emitted in [
+        "contact.created",
+        "contact.updated",
         "contact.opted_out",
+        "journey.triggered",
+        "integration.emarsys.event_received",
         "crm.twenty.sync_failed",
         "webhook.test",
     ] {

@@ -5,6 +5,7 @@ use diesel_async::AsyncPgConnection;
 use serde_json::json;
 
 use super::model::{ContactRow, contact_json};
+use crate::events::types::{CONTACT_CREATED, CONTACT_OPTED_OUT, CONTACT_UPDATED};
 use crate::events::{Audience, Dispatch, EventDraft, new_event_id, record_dispatching, record_for};
 use crate::outbox::{ClaimedJob, Reservation};
 use crate::request::RequestId;
@@ -38,12 +39,12 @@ pub async fn record_contact_events(
     let created = previous_status.is_none();
     let mut types = Vec::with_capacity(2);
     if created {
-        types.push("contact.created");
+        types.push(CONTACT_CREATED);
     } else if !changed_fields.is_empty() {
-        types.push("contact.updated");
+        types.push(CONTACT_UPDATED);
     }
     if contact.subscriber_status == "blocked" && previous_status != Some("blocked") {
-        types.push("contact.opted_out");
+        types.push(CONTACT_OPTED_OUT);
     }
     let Some((&first, rest)) = types.split_first() else {
         return Ok(RecordedEvents::default());

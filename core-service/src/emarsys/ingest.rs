@@ -23,6 +23,7 @@ use crate::contacts::{
 };
 use crate::db::{self, DbPool, prepared};
 use crate::error::ServiceError;
+use crate::events::types::EMARSYS_EVENT_RECEIVED;
 use crate::events::{Audience, Dispatch, EventDraft, record_for};
 use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
 use crate::request::RequestContext;
@@ -273,7 +274,7 @@ async fn ingest_once(
                 connection,
                 audience,
                 EventDraft {
-                    event_type: "integration.emarsys.event_received",
+                    event_type: EMARSYS_EVENT_RECEIVED,
                     data: payload,
                     source: "emarsys",
                     request_id: Some(context.request_id.0),

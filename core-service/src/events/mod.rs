@@ -6,6 +6,8 @@ mod dispatch;
 mod service;
 mod store;
 
+pub mod types;
+
 pub use dispatch::{Audience, DISPATCH_JOB, DispatchHandler, EventConsumer, StoredEvent};
 pub use service::EventsGrpc;
 pub use store::{

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::dispatch::Audience;
 use super::store::{Dispatch, EventDraft, new_event_id, record_dispatching};
+use super::types::EMITTED_BY_SWITCHBORD;
 use crate::audit::{self, AuditRecord};
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
@@ -21,7 +22,6 @@ use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{Announcer, Starter};
 use crate::request::RequestContext;
 use crate::schema::event_types;
-use crate::twenty::SYNC_FAILED_EVENT;
 use crate::validation::free_form_problem;
 
 const MAX_SOURCE_LEN: usize = 100;
@@ -51,19 +51,6 @@ impl EventsGrpc {
         }
     }
 }
-
-/// Built-in types that only Switchbord's own writes emit. Receivers trust them as such (an
-/// opt-out, a Twenty sync failure), so no caller may publish them: internal services publish
-/// message and custom events (SPEC §4).
-const EMITTED_BY_SWITCHBORD: [&str; 7] = [
-    "contact.created",
-    "contact.updated",
-    "contact.opted_out",
-    "journey.triggered",
-    "integration.emarsys.event_received",
-    SYNC_FAILED_EVENT,
-    "webhook.test",
-];
 
 fn invalid(field: &str, description: impl Into<String>) -> Status {
     ServiceError::InvalidArgument(vec![FieldViolation::new(field, description)]).into()

@@ -13,10 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::db::{self, DbPool, prepared};
+use crate::events::types::JOURNEY_TRIGGERED;
 use crate::events::{Audience, DISPATCH_JOB};
-
-/// The event a recorded run emits.
-pub const TRIGGERED: &str = "journey.triggered";
 
 /// Most runs one statement writes; more wait for the next.
 const MOST_PER_STATEMENT: usize = 64;
@@ -111,7 +109,7 @@ async fn record_runs(
             .bind::<Text, _>(DISPATCH_JOB.name)
             .bind::<Int4, _>(DISPATCH_JOB.max_attempts)
             .bind::<Bool, _>(dispatch)
-            .bind::<Text, _>(TRIGGERED),
+            .bind::<Text, _>(JOURNEY_TRIGGERED),
     )
     .load(connection)
     .await?;
@@ -168,7 +166,7 @@ async fn write_batches(
 ) {
     let mut batch = Vec::with_capacity(MOST_PER_STATEMENT);
     while pending.recv_many(&mut batch, MOST_PER_STATEMENT).await > 0 {
-        let dispatch = audience.listens_to(TRIGGERED);
+        let dispatch = audience.listens_to(JOURNEY_TRIGGERED);
         let runs: Vec<&RunDraft> = batch.iter().map(|pending| &pending.run).collect();
         match write(&pool, &runs, dispatch).await {
             Ok(written) => {

@@ -20,6 +20,3 @@ pub use inbound::InboundSettings;
 pub use records::{SyncStatus, counts as sync_status_counts};
 pub use service::TwentyGrpc;
 pub use sync::{SYNC_JOB, SyncHandler, TwentySyncConsumer};
-
-/// Emitted when a contact could not be written to Twenty for good.
-pub const SYNC_FAILED_EVENT: &str = "crm.twenty.sync_failed";

@@ -12,11 +12,12 @@ use uuid::Uuid;
 use super::client::{TwentyClient, TwentyError};
 use super::connection::{self, Connection};
 use super::mapping::{Mapping, Values};
+use super::mapping_store;
 use super::records::{self, SyncRow, SyncStatus};
-use super::{SYNC_FAILED_EVENT, mapping_store};
 use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::{self, ContactRow, phone};
 use crate::db::{self, DbPool};
+use crate::events::types::{CONTACT_CREATED, CONTACT_UPDATED, TWENTY_SYNC_FAILED};
 use crate::events::{EventConsumer, EventDraft, StoredEvent, record};
 use crate::outbox::{
     self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
@@ -45,7 +46,7 @@ impl TwentySyncConsumer {
 
 /// The events that can change what Twenty should hold.
 fn syncs(event_type: &str) -> bool {
-    matches!(event_type, "contact.created" | "contact.updated")
+    event_type == CONTACT_CREATED || event_type == CONTACT_UPDATED
 }
 
 impl EventConsumer for TwentySyncConsumer {
@@ -275,7 +276,7 @@ async fn fail_for_good(
             record(
                 connection,
                 EventDraft {
-                    event_type: SYNC_FAILED_EVENT,
+                    event_type: TWENTY_SYNC_FAILED,
                     data: json!({
                         "contact_id": contact_id,
                         "error": message,

@@ -22,6 +22,7 @@ use super::deliver::{Admission, DELIVER_JOB, Deliverer, Slot, deliver_job, retry
 use super::model::{DeliveryRow, EndpointRow};
 use crate::config_watch::{Cached, ConfigWatch};
 use crate::db::{self, prepared};
+use crate::events::types::WEBHOOK_TEST;
 use crate::events::{EventConsumer, StoredEvent};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, NewJob};
 use crate::schema::webhook_endpoints;
@@ -50,12 +51,9 @@ struct Immediate {
     slot: Option<Slot>,
 }
 
-/// Test events go to one endpoint only, directly; they are never fanned out.
-const TEST_EVENT: &str = "webhook.test";
-
 impl EventConsumer for WebhookFanout {
     fn may_act_on(&self, event_type: &str) -> bool {
-        event_type != TEST_EVENT
+        event_type != WEBHOOK_TEST
             && self.endpoints.peek().is_none_or(|endpoints| {
                 endpoints
                     .iter()
@@ -69,7 +67,7 @@ impl EventConsumer for WebhookFanout {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            if event.event_type == TEST_EVENT {
+            if event.event_type == WEBHOOK_TEST {
                 return Ok(());
             }
             let endpoints = self

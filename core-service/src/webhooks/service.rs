@@ -24,6 +24,7 @@ use crate::config_watch::ConfigWatch;
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
+use crate::events::types::WEBHOOK_TEST;
 use crate::events::{EventDraft, StoredEvent, record};
 use crate::outbox::{self, Announcer, Clock, NewJob};
 use crate::pagination;
@@ -731,7 +732,7 @@ impl WebhookService for WebhooksGrpc {
                     "endpoint_id": endpoint.id,
                 });
                 let draft = EventDraft {
-                    event_type: "webhook.test",
+                    event_type: WEBHOOK_TEST,
                     data: data.clone(),
                     source: "webhooks",
                     request_id: Some(context.request_id.0),
@@ -741,7 +742,7 @@ impl WebhookService for WebhooksGrpc {
                     id: Uuid::now_v7(),
                     endpoint_id: endpoint.id,
                     event_id: event_id.clone(),
-                    event_type: "webhook.test".to_owned(),
+                    event_type: WEBHOOK_TEST.to_owned(),
                     status: "pending".to_owned(),
                     attempts: 0,
                     last_status_code: None,
@@ -755,7 +756,7 @@ impl WebhookService for WebhooksGrpc {
                     .await?;
                 let event = StoredEvent {
                     id: event_id,
-                    event_type: "webhook.test".to_owned(),
+                    event_type: WEBHOOK_TEST.to_owned(),
                     occurred_at,
                     data,
                     source: "webhooks".to_owned(),

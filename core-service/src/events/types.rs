@@ -1,0 +1,23 @@
+//! The built-in event types that only Switchbord's own writes emit. The catalog's other
+//! built-ins (`message.*`) and registered types are published by callers.
+
+pub const CONTACT_CREATED: &str = "contact.created";
+pub const CONTACT_UPDATED: &str = "contact.updated";
+pub const CONTACT_OPTED_OUT: &str = "contact.opted_out";
+pub const JOURNEY_TRIGGERED: &str = "journey.triggered";
+pub const EMARSYS_EVENT_RECEIVED: &str = "integration.emarsys.event_received";
+pub const TWENTY_SYNC_FAILED: &str = "crm.twenty.sync_failed";
+/// Sent to one endpoint only, directly; never fanned out.
+pub const WEBHOOK_TEST: &str = "webhook.test";
+
+/// Every type above. Receivers trust them as Switchbord's own (an opt-out, a Twenty sync
+/// failure), so no caller may publish them (SPEC §4).
+pub const EMITTED_BY_SWITCHBORD: [&str; 7] = [
+    CONTACT_CREATED,
+    CONTACT_UPDATED,
+    CONTACT_OPTED_OUT,
+    JOURNEY_TRIGGERED,
+    EMARSYS_EVENT_RECEIVED,
+    TWENTY_SYNC_FAILED,
+    WEBHOOK_TEST,
+];
