@@ -10,6 +10,7 @@ use diesel::sql_types::{Array, Bool, Int4, Jsonb, Nullable, Text, Timestamptz, U
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value as Json;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::{self, DbPool, prepared};
@@ -125,6 +126,9 @@ fn each<'a, T>(runs: &[&'a RunDraft], field: impl Fn(&'a RunDraft) -> T) -> Vec<
 struct Pending {
     run: RunDraft,
     reply: oneshot::Sender<Result<RunOutcome, String>>,
+    /// The job's span, which the statement's span follows from: a slow or failed statement is
+    /// then traced to the jobs it wrote for.
+    job_span: tracing::Span,
 }
 
 /// Collects the runs of jobs that run at the same time and writes them together: while one
@@ -153,7 +157,14 @@ impl RunRecorder {
         });
         let (reply, answer) = oneshot::channel();
         let stopped = || "the journey run recorder stopped".to_owned();
-        queue.send(Pending { run, reply }).map_err(|_| stopped())?;
+        let job_span = tracing::Span::current();
+        queue
+            .send(Pending {
+                run,
+                reply,
+                job_span,
+            })
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -168,7 +179,11 @@ async fn write_batches(
     while pending.recv_many(&mut batch, MOST_PER_STATEMENT).await > 0 {
         let dispatch = audience.listens_to(JOURNEY_TRIGGERED);
         let runs: Vec<&RunDraft> = batch.iter().map(|pending| &pending.run).collect();
-        match write(&pool, &runs, dispatch).await {
+        let span = tracing::info_span!("journey.record_runs", runs = runs.len());
+        for pending in &batch {
+            span.follows_from(&pending.job_span);
+        }
+        match write(&pool, &runs, dispatch).instrument(span).await {
             Ok(written) => {
                 for pending in batch.drain(..) {
                     let recorded = outcome(&written, &pending.run, dispatch);
@@ -179,7 +194,9 @@ async fn write_batches(
             // others with it: each is written alone.
             Err(_) if batch.len() > 1 => {
                 for pending in batch.drain(..) {
-                    let written = write(&pool, &[&pending.run], dispatch).await;
+                    let written = write(&pool, &[&pending.run], dispatch)
+                        .instrument(pending.job_span.clone())
+                        .await;
                     let recorded = written.map(|written| outcome(&written, &pending.run, dispatch));
                     let _ = pending.reply.send(recorded);
                 }
@@ -211,5 +228,76 @@ fn outcome(written: &[Uuid], run: &RunDraft, dispatch: bool) -> RunOutcome {
         }
     } else {
         RunOutcome::Already
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::span::Id;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::*;
+
+    /// The names of each pair of spans where the first follows from the second.
+    #[derive(Clone, Default)]
+    struct FollowsFrom(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for FollowsFrom {
+        fn on_follows_from(&self, span: &Id, follows: &Id, context: Context<'_, S>) {
+            let name = |id| {
+                context
+                    .span(id)
+                    .map_or(String::new(), |span| span.name().to_owned())
+            };
+            self.0
+                .lock()
+                .expect("lock")
+                .push((name(span), name(follows)));
+        }
+    }
+
+    fn draft() -> RunDraft {
+        RunDraft {
+            run_id: Uuid::now_v7(),
+            trigger_id: Uuid::now_v7(),
+            organization: None,
+            flow: None,
+            legacy_path: None,
+            trigger_ref: None,
+            contact_id: Uuid::now_v7(),
+            data: Json::Null,
+            event_id: "evt_test".to_owned(),
+            event_data: Json::Null,
+            request_id: None,
+            dispatch_job_id: Uuid::now_v7(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_statement_is_traced_to_the_job_it_writes_for() {
+        let follows = FollowsFrom::default();
+        let _subscriber =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(follows.clone()));
+        // No database: the statement fails, and is traced all the same.
+        let pool = db::build_pool("postgres://nobody@127.0.0.1:1/none", 1).expect("pool");
+        let recorder = RunRecorder::new(Audience::new(Vec::new()));
+
+        let recorded = recorder
+            .record(draft(), &pool)
+            .instrument(tracing::info_span!("journey.trigger job"))
+            .await;
+
+        assert!(recorded.is_err(), "{recorded:?}");
+        assert_eq!(
+            *follows.0.lock().expect("lock"),
+            [(
+                "journey.record_runs".to_owned(),
+                "journey.trigger job".to_owned()
+            )]
+        );
     }
 }
