@@ -1,6 +1,7 @@
 //! `switchbord`: runs the core and the gateway together (the default), the gateway alone
 //! against a remote core, or operator commands.
 
+mod allocator;
 mod check_config;
 mod cli;
 mod core_connection;

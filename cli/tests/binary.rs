@@ -390,6 +390,29 @@ fn without_usable_postgresql_it_says_so_in_one_line() {
     );
 }
 
+/// The allocator is jemalloc with the settings of `src/allocator.rs`, which jemalloc reports
+/// when asked to confirm its configuration.
+#[test]
+fn it_allocates_with_jemalloc_configured_to_hand_memory_back() {
+    let output = Command::new(BINARY)
+        .arg("--help")
+        .env("_RJEM_MALLOC_CONF", "confirm_conf:true")
+        .output()
+        .expect("run switchbord --help");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for setting in [
+        "narenas:2",
+        "background_thread:true",
+        "dirty_decay_ms:1000",
+        "muzzy_decay_ms:0",
+    ] {
+        assert!(
+            stderr.contains(&format!("Set conf value: {setting}\n")),
+            "{setting} not set: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn help_explains_flags_and_their_environment_variables() {
     let output = Command::new(BINARY)
