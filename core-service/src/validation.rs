@@ -7,6 +7,18 @@ pub use switchbord_api::json::{MAX_NESTING, NESTING_PROBLEM, nesting};
 /// PostgreSQL cannot store U+0000 in text or JSONB, so it is refused up front.
 pub const NUL_PROBLEM: &str = "must not contain the NUL character (U+0000)";
 
+/// What is wrong with a short text field (trimmed by the caller): a NUL, or a length outside 1 to
+/// `max` characters; `None` when nothing is.
+pub fn short_text_problem(text: &str, max: usize) -> Option<String> {
+    if text.contains('\0') {
+        Some(NUL_PROBLEM.to_owned())
+    } else if text.is_empty() || text.chars().count() > max {
+        Some(format!("must be 1 to {max} characters"))
+    } else {
+        None
+    }
+}
+
 /// `text` from outside (a receiver's answer, an error it caused) made storable: PostgreSQL text
 /// cannot hold NUL, so each one becomes U+FFFD, as bytes that are not UTF-8 already do.
 pub fn storable_text(text: String) -> String {
@@ -46,7 +58,30 @@ pub fn contains_nul(value: &Json) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::storable_text;
+    use super::{NUL_PROBLEM, short_text_problem, storable_text};
+
+    #[test]
+    fn a_short_text_names_a_nul_before_its_length() {
+        assert_eq!(short_text_problem("ok", 5), None);
+        assert_eq!(
+            short_text_problem("", 5).as_deref(),
+            Some("must be 1 to 5 characters")
+        );
+        assert_eq!(
+            short_text_problem("ßßßßß", 5),
+            None,
+            "characters, not bytes"
+        );
+        assert_eq!(
+            short_text_problem("ßßßßßß", 5).as_deref(),
+            Some("must be 1 to 5 characters")
+        );
+        assert_eq!(short_text_problem("a\0", 5).as_deref(), Some(NUL_PROBLEM));
+        assert_eq!(
+            short_text_problem(&"\0".repeat(9), 5).as_deref(),
+            Some(NUL_PROBLEM)
+        );
+    }
 
     #[test]
     fn storable_text_replaces_only_nul() {

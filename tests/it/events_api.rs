@@ -69,6 +69,20 @@ async fn internal_services_publish_catalogued_events_only() {
             .expect("BadRequest detail");
         assert_eq!(bad_request.field_violations[0].field, "type");
     }
+    let nul_source = events
+        .publish_event(PublishEventRequest {
+            r#type: "message.delivered".to_owned(),
+            data: None,
+            source: "sms\0".to_owned(),
+        })
+        .await
+        .expect_err("a NUL in the source");
+    let details = nul_source.get_details_bad_request().expect("details");
+    let violation = &details.field_violations[0];
+    assert_eq!(
+        (violation.field.as_str(), violation.description.as_str()),
+        ("source", "must not contain the NUL character (U+0000)")
+    );
     let catalog = events
         .list_event_types(ListEventTypesRequest {})
         .await

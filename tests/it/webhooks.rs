@@ -1836,6 +1836,27 @@ async fn bad_descriptions_names_and_filters_are_invalid_naming_the_field() {
         assert_eq!(field_of(refused), field);
     }
 
+    // A NUL in a disable's reason is named as such, not as a length.
+    let long_reason = "r".repeat(501);
+    for (reason, problem) in [
+        ("a\0b", "must not contain the NUL character (U+0000)"),
+        (long_reason.as_str(), "must be 1 to 500 characters"),
+    ] {
+        let refused = webhooks
+            .disable_endpoint(DisableEndpointRequest {
+                id: endpoint.id.clone(),
+                reason: reason.to_owned(),
+            })
+            .await
+            .expect_err(problem);
+        let details = tonic_types::StatusExt::get_details_bad_request(&refused).expect("details");
+        let violation = &details.field_violations[0];
+        assert_eq!(
+            (violation.field.as_str(), violation.description.as_str()),
+            ("reason", problem)
+        );
+    }
+
     let filtered = webhooks
         .list_deliveries(ListDeliveriesRequest {
             event_type: "\0".to_owned(),

@@ -12,6 +12,7 @@ use super::role::Role;
 use crate::audit::{self, AuditRecord};
 use crate::request::RequestId;
 use crate::schema::api_keys;
+use crate::validation::short_text_problem;
 
 const MAX_NAME_LEN: usize = 100;
 
@@ -68,11 +69,8 @@ pub async fn create_key(
     request_id: RequestId,
 ) -> Result<(ApiKeyRow, String), AccessError> {
     let name = new.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.contains('\0') {
-        return Err(AccessError::invalid(
-            "name",
-            format!("must be 1 to {MAX_NAME_LEN} characters"),
-        ));
+    if let Some(problem) = short_text_problem(&name, MAX_NAME_LEN) {
+        return Err(AccessError::invalid("name", problem));
     }
     if new.expires_at.is_some_and(|expiry| expiry <= Utc::now()) {
         return Err(AccessError::invalid("expires_at", "must be in the future"));

@@ -22,7 +22,7 @@ use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{Announcer, Starter};
 use crate::request::RequestContext;
 use crate::schema::event_types;
-use crate::validation::free_form_problem;
+use crate::validation::{free_form_problem, short_text_problem};
 
 const MAX_SOURCE_LEN: usize = 100;
 
@@ -84,13 +84,10 @@ impl EventService for EventsGrpc {
         }
         let source = match body.source.trim() {
             "" => "api".to_owned(),
-            source if source.chars().count() > MAX_SOURCE_LEN || source.contains('\0') => {
-                return Err(invalid(
-                    "source",
-                    format!("must be 1 to {MAX_SOURCE_LEN} characters"),
-                ));
-            }
-            source => source.to_owned(),
+            source => match short_text_problem(source, MAX_SOURCE_LEN) {
+                Some(problem) => return Err(invalid("source", problem)),
+                None => source.to_owned(),
+            },
         };
         let data = object(body.data);
         if let Some(problem) = free_form_problem(&data) {

@@ -10,6 +10,7 @@ use switchbord_api::v1::{self, property_assignment};
 use crate::contacts::timestamp;
 use crate::error::FieldViolation;
 use crate::schema::{event_rules, flows};
+use crate::validation::short_text_problem;
 
 const MAX_ID_LEN: usize = 255;
 const MAX_PROPERTY_LEN: usize = 128;
@@ -97,11 +98,8 @@ pub fn flow_from_proto(flow: v1::Flow, now: DateTime<Utc>) -> Result<FlowRow, Ve
     let id = check_id(&mut violations, "flow.id", &flow.id);
     let org = check_id(&mut violations, "flow.org", &flow.org);
     let name = flow.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_ID_LEN || name.contains('\0') {
-        violations.push(FieldViolation::new(
-            "flow.name",
-            format!("must be 1 to {MAX_ID_LEN} characters"),
-        ));
+    if let Some(problem) = short_text_problem(&name, MAX_ID_LEN) {
+        violations.push(FieldViolation::new("flow.name", problem));
     }
     let mut event_names: Vec<String> = flow
         .event_names

@@ -30,12 +30,13 @@ use crate::outbox::{self, Announcer, Clock, NewJob};
 use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{event_types, webhook_attempts, webhook_deliveries, webhook_endpoints};
-use crate::validation::NUL_PROBLEM;
+use crate::validation::{NUL_PROBLEM, short_text_problem};
 
 /// How long a rotated-out secret keeps signing.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
 const MAX_HEADERS: usize = 20;
 const MAX_DESCRIPTION_LEN: usize = 1000;
+const MAX_REASON_LEN: usize = 500;
 const MAX_RATE_PER_SECOND: i32 = 10_000;
 /// Headers the service sets itself; an endpoint cannot override them.
 const RESERVED_HEADERS: [&str; 9] = [
@@ -566,10 +567,10 @@ impl WebhookService for WebhooksGrpc {
         let id = parse_id("id", &body.id)?;
         let reason = match body.reason.trim() {
             "" => "disabled by an operator".to_owned(),
-            reason if reason.chars().count() > 500 || reason.contains('\0') => {
-                return Err(invalid("reason", "must be at most 500 characters"));
-            }
-            reason => reason.to_owned(),
+            reason => match short_text_problem(reason, MAX_REASON_LEN) {
+                Some(problem) => return Err(invalid("reason", problem)),
+                None => reason.to_owned(),
+            },
         };
         let stored: Option<EndpointRow> = self
             .audited(
