@@ -1223,6 +1223,13 @@ async fn endpoint_changes_are_audited_with_the_fields_they_change() {
         })
         .await
         .expect("disable");
+    client(&app)
+        .await
+        .enable_endpoint(EnableEndpointRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("enable");
 
     let audited = |action: &str| {
         format!(
@@ -1239,6 +1246,18 @@ async fn endpoint_changes_are_audited_with_the_fields_they_change() {
             &format!(
                 "{} AND changed_fields = ARRAY['enabled', 'disabled_reason']",
                 audited("webhook_endpoint.disable")
+            )
+        )
+        .await,
+        1
+    );
+    // Enabling clears why and since when the endpoint was off.
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "{} AND changed_fields = ARRAY['enabled', 'disabled_reason', 'failing_since']",
+                audited("webhook_endpoint.enable")
             )
         )
         .await,

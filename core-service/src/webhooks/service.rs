@@ -101,6 +101,13 @@ impl WebhooksGrpc {
             .ok_or_else(|| ServiceError::NotFound("endpoint").into())
     }
 
+    /// The endpoint a write answered, described; `NOT_FOUND` when the write found none.
+    async fn describe_stored(&self, stored: Option<EndpointRow>) -> Result<Endpoint, Status> {
+        let row = stored.ok_or_else(|| Status::from(ServiceError::NotFound("endpoint")))?;
+        let mut connection = self.connection().await?;
+        self.describe(&mut connection, row).await
+    }
+
     async fn describe(
         &self,
         connection: &mut AsyncPgConnection,
@@ -532,7 +539,7 @@ impl WebhookService for WebhooksGrpc {
                 &context,
                 "webhook_endpoint.enable",
                 id,
-                &["enabled"],
+                &["enabled", "disabled_reason", "failing_since"],
                 move |connection| {
                     Box::pin(async move {
                         diesel::update(webhook_endpoints::table.find(id))
@@ -550,11 +557,8 @@ impl WebhookService for WebhooksGrpc {
                 },
             )
             .await?;
-        let row = stored.ok_or_else(|| Status::from(ServiceError::NotFound("endpoint")))?;
-        let mut connection = self.connection().await?;
-        let endpoint = self.describe(&mut connection, row).await?;
         Ok(Response::new(EnableEndpointResponse {
-            endpoint: Some(endpoint),
+            endpoint: Some(self.describe_stored(stored).await?),
         }))
     }
 
@@ -594,11 +598,8 @@ impl WebhookService for WebhooksGrpc {
                 },
             )
             .await?;
-        let row = stored.ok_or_else(|| Status::from(ServiceError::NotFound("endpoint")))?;
-        let mut connection = self.connection().await?;
-        let endpoint = self.describe(&mut connection, row).await?;
         Ok(Response::new(DisableEndpointResponse {
-            endpoint: Some(endpoint),
+            endpoint: Some(self.describe_stored(stored).await?),
         }))
     }
 
