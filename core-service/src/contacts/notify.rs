@@ -16,7 +16,7 @@ const SOURCE: &str = "contacts";
 #[derive(Debug, Clone, Default)]
 pub struct RecordedEvents {
     /// The first event's dispatch job, started under the caller's reservation: for
-    /// [`Reservation::run`].
+    /// [`crate::outbox::after_commit`].
     pub started: Option<ClaimedJob>,
     /// Dispatch jobs were queued: the committer announces them (see
     /// [`crate::outbox::Announcer`]).

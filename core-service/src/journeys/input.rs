@@ -52,7 +52,7 @@ impl TriggerInput {
 
     /// Route identity, then `trigger_id` or else `flow_id`, then the phone number; or, when the
     /// caller sent an idempotency key, the route identity and that key.
-    /// A key longer than [`MAX_PLAIN_KEY_BYTES`] is stored as its SHA-256.
+    /// A key longer than `MAX_PLAIN_KEY_BYTES` is stored as its SHA-256.
     pub fn dedup_key(&self) -> String {
         let key = self.plain_dedup_key();
         if key.len() <= MAX_PLAIN_KEY_BYTES {

@@ -257,7 +257,7 @@ pub struct JobRow {
 /// pending index in `run_after` order and stops at `limit`, so a claim costs the same however
 /// long the queue is (a query that also took expired leases scanned and sorted every due job).
 /// Prepared once per connection ([`prepared`]: diesel would plan an `UPDATE` on every call),
-/// and planned once too: see [`PENDING_LITERAL`].
+/// and planned once too: see `PENDING_LITERAL`.
 pub async fn claim(
     connection: &mut AsyncPgConnection,
     owner: &str,

@@ -99,7 +99,7 @@ impl TwentyClient {
         take(answer, &["data", "createPerson"])
     }
 
-    /// `PATCH /rest/people/{id}`: the updated person; [`TwentyError::NotFound`] when it is gone.
+    /// `PATCH /rest/people/{id}`: the updated person; `TwentyError::NotFound` when it is gone.
     pub async fn update_person(
         &self,
         connection: &Connection,

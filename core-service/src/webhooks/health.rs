@@ -77,7 +77,7 @@ pub async fn stats(
 }
 
 /// Endpoints per health state (every state present, zero when none), for the metrics gauges.
-/// Computed with [`HealthStats::health`], the same rule the API reports.
+/// Computed with `HealthStats::health`, the same rule the API reports.
 pub async fn health_counts(
     connection: &mut AsyncPgConnection,
     now: DateTime<Utc>,
