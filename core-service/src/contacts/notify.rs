@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::model::{ContactRow, contact_json};
 use crate::events::types::{CONTACT_CREATED, CONTACT_OPTED_OUT, CONTACT_UPDATED};
-use crate::events::{Audience, Dispatch, EventDraft, new_event_id, record_dispatching, record_for};
-use crate::outbox::{ClaimedJob, Reservation};
+use crate::events::{Audience, EventDraft, new_event_id, record_dispatching, record_for};
+use crate::outbox::{ClaimedJob, Committed, Reservation};
 use crate::request::RequestId;
 
 const SOURCE: &str = "contacts";
@@ -57,7 +57,7 @@ pub async fn record_contact_events(
         request_id: Some(request_id.0),
     };
     // Pipelined, like each event's own inserts.
-    let (first, rest) = futures::try_join!(
+    let (mut first, rest) = futures::try_join!(
         record_dispatching(
             connection,
             audience,
@@ -71,12 +71,9 @@ pub async fn record_contact_events(
             draft(event_type)
         ))),
     )?;
-    let queued = |dispatch: &Dispatch| matches!(dispatch, Dispatch::Queued);
     Ok(RecordedEvents {
-        queued: queued(&first.dispatch) || rest.iter().any(|event| queued(&event.dispatch)),
-        started: match first.dispatch {
-            Dispatch::Started(job) => Some(job),
-            Dispatch::Queued | Dispatch::Skipped => None,
-        },
+        queued: first.dispatch.queued_jobs()
+            || rest.iter().any(|event| event.dispatch.queued_jobs()),
+        started: first.dispatch.take_started(),
     })
 }

@@ -24,7 +24,7 @@ use crate::contacts::{
 use crate::db::{self, DbPool, prepared};
 use crate::error::ServiceError;
 use crate::events::types::EMARSYS_EVENT_RECEIVED;
-use crate::events::{Audience, Dispatch, EventDraft, record_for};
+use crate::events::{Audience, EventDraft, record_for};
 use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
 use crate::request::RequestContext;
 use crate::schema::{contacts, webhook_event_keys, webhook_events};
@@ -298,7 +298,7 @@ async fn ingest_once(
                 contact_id,
                 duplicate: false,
                 started,
-                others_queued: contact_queued || matches!(recorded.dispatch, Dispatch::Queued),
+                others_queued: contact_queued || recorded.dispatch.queued_jobs(),
             })
         },
     )

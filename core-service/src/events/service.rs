@@ -13,13 +13,13 @@ use switchbord_api::v1::{
 use tonic::{Request, Response, Status};
 
 use super::dispatch::Audience;
-use super::store::{Dispatch, EventDraft, new_event_id, record_dispatching};
+use super::store::{EventDraft, new_event_id, record_dispatching};
 use super::types::EMITTED_BY_SWITCHBORD;
 use crate::audit::{self, AuditRecord};
 use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
-use crate::outbox::{Announcer, Starter};
+use crate::outbox::{self, Announcer, Starter};
 use crate::request::RequestContext;
 use crate::schema::event_types;
 use crate::validation::{free_form_problem, short_text_problem};
@@ -97,7 +97,7 @@ impl EventService for EventsGrpc {
         let id = new_event_id();
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
         let reservation = self.dispatcher.reserve();
-        let recorded = db::pipelined::write_only(&mut connection, async |connection| {
+        let mut recorded = db::pipelined::write_only(&mut connection, async |connection| {
             // The event, its dispatch job and the audit entry go in one round trip with
             // COMMIT: the entry names the event by the id made above, not by a reply.
             let (stored, ()) = futures::try_join!(
@@ -131,11 +131,7 @@ impl EventService for EventsGrpc {
             other => db_status(other),
         })?;
         drop(connection);
-        match (reservation, recorded.dispatch) {
-            (Some(reservation), Dispatch::Started(dispatch)) => reservation.run(dispatch),
-            (_, Dispatch::Queued) => self.announcer.jobs_queued(),
-            (_, Dispatch::Started(_) | Dispatch::Skipped) => {}
-        }
+        outbox::after_commit(&self.announcer, reservation, &mut recorded.dispatch);
         let Json::Object(data) = data else {
             unreachable!("built as an object above")
         };

@@ -7,7 +7,7 @@ use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
 use super::dispatch::{Audience, DISPATCH_JOB, StoredEvent};
-use crate::outbox::{self, ClaimedJob, NewJob, Reservation};
+use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
 use crate::schema::events;
 
 /// An event about to be stored.
@@ -60,9 +60,25 @@ pub enum Dispatch {
     Skipped,
     /// Queued: the committer announces it (see [`crate::outbox::Announcer`]).
     Queued,
-    /// Inserted already claimed, carrying the event: for [`Reservation::run`] once the
+    /// Inserted already claimed, carrying the event: for [`outbox::after_commit`] once the
     /// transaction has committed.
     Started(ClaimedJob),
+}
+
+impl Committed for Dispatch {
+    fn queued_jobs(&self) -> bool {
+        matches!(self, Self::Queued)
+    }
+
+    fn take_started(&mut self) -> Option<ClaimedJob> {
+        match std::mem::replace(self, Self::Skipped) {
+            Self::Started(job) => Some(job),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
 }
 
 /// How [`store`] writes the dispatch job.
