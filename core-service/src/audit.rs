@@ -124,3 +124,22 @@ pub async fn audited<T: Send, E: From<diesel::result::Error> + Send>(
         })
         .await
 }
+
+/// As [`audited`], for a write that learns what it changed only as it writes (a replacement,
+/// compared with what it replaced): `write` answers its result and the changed fields' names.
+pub async fn audited_changes<T: Send, E: From<diesel::result::Error> + Send>(
+    connection: &mut AsyncPgConnection,
+    entry: AuditRecord<'_>,
+    write: impl for<'c> FnOnce(
+        &'c mut AsyncPgConnection,
+    ) -> BoxFuture<'c, Result<(T, Vec<&'static str>), E>>
+    + Send,
+) -> Result<T, E> {
+    connection
+        .transaction(async |connection| {
+            let (written, changed) = write(connection).await?;
+            record(connection, entry.changing(&changed)).await?;
+            Ok(written)
+        })
+        .await
+}

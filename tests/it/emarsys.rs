@@ -13,8 +13,8 @@ use switchbord_api::v1::emarsys_service_client::EmarsysServiceClient;
 use switchbord_api::v1::flow_service_client::FlowServiceClient;
 use switchbord_api::v1::property_assignment::Source;
 use switchbord_api::v1::{
-    EmarsysContact, EventRule, Flow, IngestEmarsysEventRequest, PropertyAssignment,
-    PutEventRuleRequest, PutFlowRequest,
+    DeleteFlowRequest, EmarsysContact, EventRule, Flow, IngestEmarsysEventRequest,
+    PropertyAssignment, PutEventRuleRequest, PutFlowRequest,
 };
 
 use crate::helpers::{HttpReply, TestApp, WithKey, eventually, until_waiting_for_locks};
@@ -506,6 +506,78 @@ async fn rules_and_flows_changed_through_the_api_or_elsewhere_apply_to_the_next_
         count(&app, &runs_of("upsell")).await,
         upsell_runs,
         "the flow disabled elsewhere is not triggered"
+    );
+}
+
+/// The flow and rule changes in the audit trail, oldest first: action, changed fields, target.
+async fn audited_config_changes(app: &TestApp) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Entry {
+        #[diesel(sql_type = Text)]
+        entry: String,
+    }
+    let mut connection = app.database.connect().await;
+    let entries: Vec<Entry> = sql_query(
+        "SELECT concat_ws(' ', action, NULLIF(array_to_string(changed_fields, ','), ''), target_id) AS entry
+           FROM audit_entries WHERE target_type IN ('flow', 'event_rule') ORDER BY occurred_at, id",
+    )
+    .load(&mut connection)
+    .await
+    .expect("audit entries");
+    entries.into_iter().map(|entry| entry.entry).collect()
+}
+
+#[tokio::test]
+async fn a_flow_or_rule_put_audits_the_fields_it_changed() {
+    let app = TestApp::spawn().await;
+    let mut flows = FlowServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.manager)),
+    );
+    let flow = acme_flow("welcome", true, &["order_placed"]);
+    let renamed_and_off = Flow {
+        name: "Welcome series".to_owned(),
+        enabled: false,
+        ..flow.clone()
+    };
+    for flow in [flow.clone(), flow, renamed_and_off] {
+        flows
+            .put_flow(PutFlowRequest { flow: Some(flow) })
+            .await
+            .expect("put flow");
+    }
+    let rule = EventRule {
+        event_name: "order_placed".to_owned(),
+        add_tags: vec!["buyer".to_owned()],
+        ..Default::default()
+    };
+    let retagged = EventRule {
+        remove_tags: vec!["prospect".to_owned()],
+        ..rule.clone()
+    };
+    for rule in [rule, retagged] {
+        flows
+            .put_event_rule(PutEventRuleRequest { rule: Some(rule) })
+            .await
+            .expect("put rule");
+    }
+    flows
+        .delete_flow(DeleteFlowRequest {
+            id: "welcome".to_owned(),
+        })
+        .await
+        .expect("delete flow");
+
+    assert_eq!(
+        audited_config_changes(&app).await,
+        [
+            "flow.put org,name,enabled,event_names welcome",
+            "flow.put welcome",
+            "flow.put name,enabled welcome",
+            "event_rule.put add_tags,remove_tags,set_properties order_placed",
+            "event_rule.put remove_tags order_placed",
+            "flow.delete welcome",
+        ]
     );
 }
 

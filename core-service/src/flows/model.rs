@@ -129,6 +129,50 @@ pub fn flow_from_proto(flow: v1::Flow, now: DateTime<Utc>) -> Result<FlowRow, Ve
     })
 }
 
+/// The fields of `stored` that differ from `replaced`: all of them when it replaced nothing.
+/// Timestamps are bookkeeping, not changes.
+pub fn flow_changes(replaced: Option<&FlowRow>, stored: &FlowRow) -> Vec<&'static str> {
+    differing([
+        ("org", replaced.map(|flow| flow.org == stored.org)),
+        ("name", replaced.map(|flow| flow.name == stored.name)),
+        (
+            "enabled",
+            replaced.map(|flow| flow.enabled == stored.enabled),
+        ),
+        (
+            "event_names",
+            replaced.map(|flow| flow.event_names == stored.event_names),
+        ),
+    ])
+}
+
+/// The fields of `stored` that differ from `replaced`, as [`flow_changes`].
+pub fn rule_changes(replaced: Option<&EventRuleRow>, stored: &EventRuleRow) -> Vec<&'static str> {
+    differing([
+        (
+            "add_tags",
+            replaced.map(|rule| rule.add_tags == stored.add_tags),
+        ),
+        (
+            "remove_tags",
+            replaced.map(|rule| rule.remove_tags == stored.remove_tags),
+        ),
+        (
+            "set_properties",
+            replaced.map(|rule| rule.set_properties == stored.set_properties),
+        ),
+    ])
+}
+
+/// The names whose comparison is not `Some(true)` (unequal, or nothing to compare with).
+fn differing<const N: usize>(fields: [(&'static str, Option<bool>); N]) -> Vec<&'static str> {
+    fields
+        .into_iter()
+        .filter(|&(_, same)| same != Some(true))
+        .map(|(name, _)| name)
+        .collect()
+}
+
 pub fn flow_to_proto(row: FlowRow) -> v1::Flow {
     v1::Flow {
         id: row.id,

@@ -30,19 +30,22 @@ impl FlowsGrpc {
         Self { pool, config }
     }
 
-    /// Runs `write` and its audit entry in one transaction, then marks the cached flows and
-    /// rules stale.
+    /// Runs `write` and its audit entry, naming the fields `write` answers it changed, in one
+    /// transaction, then marks the cached flows and rules stale.
     async fn audited<T: Send>(
         &self,
         context: &RequestContext,
         action: &'static str,
         target_type: &'static str,
         target_id: String,
-        write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, QueryResult<T>> + Send,
+        write: impl for<'c> FnOnce(
+            &'c mut AsyncPgConnection,
+        ) -> BoxFuture<'c, QueryResult<(T, Vec<&'static str>)>>
+        + Send,
     ) -> Result<T, Status> {
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
         let entry = AuditRecord::new(context, action, target_type).target(target_id);
-        let written = audit::audited(&mut connection, entry, write)
+        let written = audit::audited_changes(&mut connection, entry, write)
             .await
             .map_err(db_status)?;
         self.config.changed();
@@ -127,7 +130,12 @@ impl FlowService for FlowsGrpc {
         let id = request.into_inner().id.trim().to_owned();
         let deleted = self
             .audited(&context, "flow.delete", "flow", id.clone(), |connection| {
-                Box::pin(diesel::delete(flows::table.find(id.clone())).execute(connection))
+                Box::pin(async move {
+                    let deleted = diesel::delete(flows::table.find(id.clone()))
+                        .execute(connection)
+                        .await?;
+                    Ok((deleted, Vec::new()))
+                })
             })
             .await?;
         if deleted == 0 {
@@ -200,10 +208,12 @@ impl FlowService for FlowsGrpc {
                 "event_rule",
                 event_name.clone(),
                 |connection| {
-                    Box::pin(
-                        diesel::delete(event_rules::table.find(event_name.clone()))
-                            .execute(connection),
-                    )
+                    Box::pin(async move {
+                        let deleted = diesel::delete(event_rules::table.find(event_name.clone()))
+                            .execute(connection)
+                            .await?;
+                        Ok((deleted, Vec::new()))
+                    })
                 },
             )
             .await?;

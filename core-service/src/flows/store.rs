@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::model::{EventRuleRow, FlowRow};
+use super::model::{EventRuleRow, FlowRow, flow_changes, rule_changes};
 use crate::schema::{event_rules, flows};
 
 pub async fn rule_for(
@@ -18,9 +18,22 @@ pub async fn rule_for(
         .optional()
 }
 
-/// Creates or replaces a flow, keeping its creation time.
-pub async fn put_flow(connection: &mut AsyncPgConnection, row: &FlowRow) -> QueryResult<FlowRow> {
-    diesel::insert_into(flows::table)
+/// Creates or replaces a flow, keeping its creation time. Answers the stored flow and the fields
+/// in which it differs from the flow it replaced (every field of a new one), for the audit entry:
+/// the replaced flow is locked until the transaction ends, so the comparison is with the flow
+/// this write replaces.
+pub async fn put_flow(
+    connection: &mut AsyncPgConnection,
+    row: &FlowRow,
+) -> QueryResult<(FlowRow, Vec<&'static str>)> {
+    let replaced: Option<FlowRow> = flows::table
+        .find(&row.id)
+        .select(FlowRow::as_select())
+        .for_update()
+        .first(connection)
+        .await
+        .optional()?;
+    let stored = diesel::insert_into(flows::table)
         .values(row)
         .on_conflict(flows::id)
         .do_update()
@@ -33,15 +46,25 @@ pub async fn put_flow(connection: &mut AsyncPgConnection, row: &FlowRow) -> Quer
         ))
         .returning(FlowRow::as_returning())
         .get_result(connection)
-        .await
+        .await?;
+    let changed = flow_changes(replaced.as_ref(), &stored);
+    Ok((stored, changed))
 }
 
-/// Creates or replaces a rule, keeping its creation time.
+/// Creates or replaces a rule, keeping its creation time. Answers the stored rule and the fields
+/// in which it differs from the rule it replaced, as [`put_flow`] does.
 pub async fn put_rule(
     connection: &mut AsyncPgConnection,
     row: &EventRuleRow,
-) -> QueryResult<EventRuleRow> {
-    diesel::insert_into(event_rules::table)
+) -> QueryResult<(EventRuleRow, Vec<&'static str>)> {
+    let replaced: Option<EventRuleRow> = event_rules::table
+        .find(&row.event_name)
+        .select(EventRuleRow::as_select())
+        .for_update()
+        .first(connection)
+        .await
+        .optional()?;
+    let stored = diesel::insert_into(event_rules::table)
         .values(row)
         .on_conflict(event_rules::event_name)
         .do_update()
@@ -53,5 +76,7 @@ pub async fn put_rule(
         ))
         .returning(EventRuleRow::as_returning())
         .get_result(connection)
-        .await
+        .await?;
+    let changed = rule_changes(replaced.as_ref(), &stored);
+    Ok((stored, changed))
 }
