@@ -329,7 +329,8 @@ async fn a_410_disables_the_endpoint_with_its_reason() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start().await;
     receiver.status(410);
-    let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
+    let url_with_token = format!("{}?token=t0ps3cret", receiver.url());
+    let (endpoint, _) = create(&app, &url_with_token, &["contact.created"]).await;
 
     new_contact(&app, "+4915112345678").await;
     receiver.wait_for(1).await;
@@ -363,14 +364,15 @@ async fn a_410_disables_the_endpoint_with_its_reason() {
         disabled.disabled_reason
     );
     assert_eq!(disabled.health(), EndpointHealth::Attention);
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) AS count FROM events WHERE type = 'webhook.endpoint_disabled'"
-        )
-        .await,
-        1
+    // The event names the endpoint by id and origin: other receivers get it, and the URL's
+    // token is not theirs to see.
+    let announced = format!(
+        "SELECT count(*) AS count FROM events WHERE type = 'webhook.endpoint_disabled'
+            AND data ->> 'endpoint_id' = '{}' AND data ->> 'origin' = 'http://{}'
+            AND data ->> 'reason' LIKE '%410%' AND data::text NOT LIKE '%t0ps3cret%'",
+        endpoint.id, receiver.addr
     );
+    assert_eq!(count(&app, &announced).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,10 +9,12 @@ pub const EMARSYS_EVENT_RECEIVED: &str = "integration.emarsys.event_received";
 pub const TWENTY_SYNC_FAILED: &str = "crm.twenty.sync_failed";
 /// Sent to one endpoint only, directly; never fanned out.
 pub const WEBHOOK_TEST: &str = "webhook.test";
+pub const WEBHOOK_ENDPOINT_DISABLED: &str = "webhook.endpoint_disabled";
 
 /// Every type above. Receivers trust them as Switchbord's own (an opt-out, a Twenty sync
-/// failure), so no caller may publish them (SPEC §4).
-pub const EMITTED_BY_SWITCHBORD: [&str; 7] = [
+/// failure, an endpoint disabled), so no caller may publish them (SPEC §4). A test checks that
+/// every built-in type of the catalog but `message.*` is here.
+pub const EMITTED_BY_SWITCHBORD: [&str; 8] = [
     CONTACT_CREATED,
     CONTACT_UPDATED,
     CONTACT_OPTED_OUT,
@@ -20,4 +22,5 @@ pub const EMITTED_BY_SWITCHBORD: [&str; 7] = [
     EMARSYS_EVENT_RECEIVED,
     TWENTY_SYNC_FAILED,
     WEBHOOK_TEST,
+    WEBHOOK_ENDPOINT_DISABLED,
 ];

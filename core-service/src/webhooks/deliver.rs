@@ -28,6 +28,7 @@ use super::sender::{AttemptResult, Sender};
 use super::success_log::SuccessLog;
 use crate::config_watch::ConfigWatch;
 use crate::db::{self, prepared};
+use crate::events::types::WEBHOOK_ENDPOINT_DISABLED;
 use crate::events::{EventDraft, StoredEvent, record};
 use crate::outbox::{
     self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
@@ -817,11 +818,16 @@ async fn disable(
         .execute(connection)
         .await?;
     tracing::warn!(endpoint_id = %endpoint.id, reason, "webhook endpoint disabled");
+    // The origin, not the URL: the event goes to other receivers, and a URL's path or query
+    // may carry the endpoint's token (as Slack's do).
+    let origin = reqwest::Url::parse(&endpoint.url)
+        .map(|url| url.origin().ascii_serialization())
+        .unwrap_or_default();
     record(
         connection,
         EventDraft {
-            event_type: "webhook.endpoint_disabled",
-            data: json!({"endpoint_id": endpoint.id, "url": endpoint.url, "reason": reason}),
+            event_type: WEBHOOK_ENDPOINT_DISABLED,
+            data: json!({"endpoint_id": endpoint.id, "origin": origin, "reason": reason}),
             source: "webhooks",
             request_id: None,
         },
