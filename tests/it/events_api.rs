@@ -7,14 +7,15 @@ use diesel_async::RunQueryDsl;
 use switchbord_api::json::struct_from_json;
 use switchbord_api::v1::event_service_client::EventServiceClient;
 use switchbord_api::v1::outbox_service_client::OutboxServiceClient;
+use switchbord_api::v1::webhook_service_client::WebhookServiceClient;
 use switchbord_api::v1::{
-    GetOutboxJobRequest, GetOutboxStatsRequest, ListEventTypesRequest, ListOutboxJobsRequest,
-    PublishEventRequest, RetryOutboxJobRequest,
+    CreateEndpointRequest, GetOutboxJobRequest, GetOutboxStatsRequest, ListEventTypesRequest,
+    ListOutboxJobsRequest, PublishEventRequest, RetryOutboxJobRequest, SendTestEventRequest,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, WithKey};
+use crate::helpers::{Receiver, TestApp, WithKey, eventually};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn internal_services_publish_catalogued_events_only() {
@@ -343,4 +344,77 @@ async fn outbox_admin_rest_routes_map_the_rpcs_and_their_errors() {
     assert_eq!(anonymous.status, 401);
     assert!(anonymous.header("www-authenticate").is_some());
     assert_eq!(missing.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn built_in_types_describe_their_data_and_emitted_events_carry_it() {
+    let app = TestApp::spawn().await;
+    let database = &app.database;
+    let described = "SELECT count(*) FROM event_types
+         WHERE builtin AND name NOT LIKE 'message.%'
+           AND jsonb_array_length(COALESCE(schema -> 'required', '[]')) > 0";
+    let builtins = "SELECT count(*) FROM event_types WHERE builtin AND name NOT LIKE 'message.%'";
+    assert_eq!(
+        crate::helpers::count(database, described).await,
+        crate::helpers::count(database, builtins).await,
+        "every type Switchbord emits names its required fields"
+    );
+    let examples_lacking = "SELECT count(*) FROM event_types,
+             jsonb_array_elements_text(COALESCE(schema -> 'required', '[]')) AS required (key)
+         WHERE NOT example ? key";
+    assert_eq!(crate::helpers::count(database, examples_lacking).await, 0);
+
+    // Events of five built-in types, emitted for real.
+    let phone = "+4915112345678";
+    app.upsert_contact(&serde_json::json!({"phone_number": phone}))
+        .await;
+    app.upsert_contact(&serde_json::json!({"phone_number": phone, "tags": ["vip"]}))
+        .await;
+    let trigger = serde_json::json!({"phone_number": phone, "trigger_id": "t-1"});
+    let triggered = app
+        .post_json("/compat/journey-trigger/welcome", &trigger)
+        .await;
+    assert_eq!(triggered.status, 200, "{}", triggered.text);
+    let emarsys = serde_json::json!({"event_name": "order_placed", "phone": phone});
+    let received = app
+        .post_json(
+            "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+            &emarsys,
+        )
+        .await;
+    assert_eq!(received.status, 200, "{}", received.text);
+    let receiver = Receiver::start().await;
+    let mut webhooks = WebhookServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.admin)),
+    );
+    let endpoint = webhooks
+        .create_endpoint(CreateEndpointRequest {
+            url: receiver.url(),
+            event_types: vec!["webhook.test".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("create endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    webhooks
+        .send_test_event(SendTestEventRequest { id: endpoint.id })
+        .await
+        .expect("test send");
+    let emitted_types = "SELECT count(DISTINCT type) FROM events";
+    eventually("the trigger's run is recorded", async || {
+        crate::helpers::count(database, emitted_types).await == 5
+    })
+    .await;
+
+    let missing = "SELECT count(*) FROM events JOIN event_types ON event_types.name = events.type,
+             jsonb_array_elements_text(schema -> 'required') AS required (key)
+         WHERE NOT events.data ? key";
+    assert_eq!(crate::helpers::count(database, missing).await, 0);
+    let contact_missing = "SELECT count(*) FROM events JOIN event_types ON event_types.name = events.type,
+             jsonb_array_elements_text(schema -> 'properties' -> 'contact' -> 'required') AS required (key)
+         WHERE NOT events.data -> 'contact' ? key";
+    assert_eq!(crate::helpers::count(database, contact_missing).await, 0);
 }

@@ -1,0 +1,1 @@
+UPDATE event_types SET schema = '{"type": "object"}', example = '{}' WHERE builtin;
