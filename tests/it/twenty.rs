@@ -505,6 +505,56 @@ async fn a_rate_limited_sync_is_retried_after_the_requested_delay() {
 }
 
 #[tokio::test]
+async fn an_oversized_answer_fails_the_sync_without_being_read_whole() {
+    let (app, fake) = connected().await;
+    fake.fail_next(Failure::Oversized);
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340005"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    let failed = wait_for_status(&app, &contact_id, "failed").await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("the answer is larger than 4 MiB"),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_twenty_is_retried_and_its_error_keeps_the_phone_number_out() {
+    let app = TestApp::spawn().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let reply = admin(
+        &app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": format!("http://{closed}"), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340006"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    let mut record = Json::Null;
+    eventually("the failed attempt is recorded", async || {
+        record = sync_of(&app, &contact_id).await;
+        record["last_error"].is_string()
+    })
+    .await;
+    assert_eq!(record["status"], "pending", "{record}");
+    let error = record["last_error"].as_str().unwrap();
+    assert!(error.starts_with("Twenty is unreachable"), "{error}");
+    // The lookup's URL carries the number in its query; the error must not.
+    assert!(!error.contains("5112340006"), "{error}");
+}
+
+#[tokio::test]
 async fn a_server_error_is_retried() {
     let (app, fake) = connected().await;
     fake.fail_next(Failure::ServerError);

@@ -15,6 +15,10 @@ use crate::webhooks::{GuardedResolver, UrlPolicy, error_chain, retry_after_delay
 const USER_AGENT: &str = concat!("Switchbord-Twenty-Sync/", env!("CARGO_PKG_VERSION"));
 /// How much of an unexpected answer is quoted in an error.
 const EXCERPT_CHARS: usize = 300;
+/// The largest answer read. A page of people is tens of kilobytes; a server that sends more is
+/// not Twenty as we know it, and reading on would let it fill the memory of every sync job
+/// running at once.
+const MOST_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why a call to Twenty did not give what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -202,23 +206,14 @@ impl TwentyClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|error| {
-            TwentyError::Unreachable(if error.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                error_chain(&error)
-            })
-        })?;
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(retry_after_delay);
-        let text = response
-            .text()
-            .await
-            .map_err(|error| TwentyError::Unreachable(error_chain(&error)))?;
+        let text = read_answer(response).await?;
         if status.is_success() {
             return serde_json::from_str(&text).map_err(|_| TwentyError::Malformed(excerpt(&text)));
         }
@@ -255,6 +250,41 @@ impl TwentyClient {
         }
         Ok(url)
     }
+}
+
+/// Why a call or its answer could not be carried out. Never with the URL: a lookup's query
+/// holds the contact's phone number, and this text is logged and stored.
+fn unreachable(error: reqwest::Error) -> TwentyError {
+    TwentyError::Unreachable(if error.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        error_chain(&error.without_url())
+    })
+}
+
+/// The answer's text, refused beyond [`MOST_ANSWER_BYTES`] without reading the rest.
+async fn read_answer(mut response: reqwest::Response) -> Result<String, TwentyError> {
+    let too_large = || {
+        TwentyError::Malformed(format!(
+            "the answer is larger than {} MiB",
+            MOST_ANSWER_BYTES / (1024 * 1024)
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > MOST_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        if body.len() + chunk.len() > MOST_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8(body)
+        .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()))
 }
 
 /// The object at `path` in Twenty's answer.
