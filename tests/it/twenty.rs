@@ -268,6 +268,30 @@ async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
     assert_eq!(tested.body["authenticated"], false);
     assert_eq!(tested.body["status_code"], 401);
 
+    // The stored key follows a new base URL on the same origin, and never to another one.
+    let elsewhere = admin(
+        &app,
+        Method::PUT,
+        &path,
+        Some(json!({"base_url": "http://127.0.0.1:1"})),
+    )
+    .await;
+    assert_eq!(elsewhere.status, 400, "{}", elsewhere.text);
+    assert_eq!(
+        elsewhere.body["details"][0]["field"], "api_key",
+        "{}",
+        elsewhere.text
+    );
+    let same_origin = admin(
+        &app,
+        Method::PUT,
+        &path,
+        Some(json!({"base_url": format!("{}/", fake.url())})),
+    )
+    .await;
+    assert_eq!(same_origin.status, 200, "{}", same_origin.text);
+    assert_eq!(same_origin.body["api_key_hint"], "…enty");
+
     let read = call(&app, &app.keys.manager, Method::GET, &path, None).await;
     assert_eq!(read.status, 403);
     let deleted = admin(&app, Method::DELETE, &path, None).await;
@@ -282,6 +306,7 @@ async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
         [
             "twenty.connection.set base_url,api_key,webhook_secret",
             "twenty.connection.set base_url,api_key",
+            "twenty.connection.set base_url",
             "twenty.connection.delete",
         ]
     );

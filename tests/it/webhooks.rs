@@ -1804,6 +1804,78 @@ async fn concurrent_retries_of_a_failed_delivery_send_it_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn custom_headers_follow_a_new_url_to_another_origin_only_when_sent_again() {
+    let app = TestApp::spawn().await;
+    let (old_host, new_host) = (Receiver::start().await, Receiver::start().await);
+    let mut webhooks = client(&app).await;
+    let endpoint = webhooks
+        .create_endpoint(CreateEndpointRequest {
+            url: old_host.url(),
+            headers: [(
+                "Authorization".to_owned(),
+                "Bearer for-the-old-host".to_owned(),
+            )]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    let update = |url: String, headers: Option<&str>| UpdateEndpointRequest {
+        id: endpoint.id.clone(),
+        url: Some(url),
+        replace_headers: headers.is_some(),
+        headers: headers
+            .map(|value| [("Authorization".to_owned(), value.to_owned())].into())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+
+    let refused = webhooks
+        .update_endpoint(update(new_host.url(), None))
+        .await
+        .expect_err("the stored headers would go to another host");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let details = tonic_types::StatusExt::get_details_bad_request(&refused).expect("details");
+    assert_eq!(details.field_violations[0].field, "headers");
+    let kept = webhooks
+        .get_endpoint(GetEndpointRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    assert_eq!(kept.url, old_host.url(), "nothing changed");
+
+    // Another path on the same origin keeps them; another origin takes them sent again.
+    let same_origin = format!("{}/elsewhere", old_host.url());
+    webhooks
+        .update_endpoint(update(same_origin, None))
+        .await
+        .expect("same origin");
+    webhooks
+        .update_endpoint(update(new_host.url(), Some("Bearer for-the-new-host")))
+        .await
+        .expect("headers sent again");
+    webhooks
+        .send_test_event(SendTestEventRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("test send");
+    let received = new_host.wait_for(1).await;
+    assert_eq!(
+        received[0].header("authorization"),
+        "Bearer for-the-new-host"
+    );
+    assert!(old_host.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_descriptions_names_and_filters_are_invalid_naming_the_field() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start().await;

@@ -9,12 +9,13 @@ use switchbord_api::v1;
 use crate::contacts::timestamp;
 use crate::error::FieldViolation;
 use crate::schema::twenty_connection;
-use crate::webhooks::UrlPolicy;
+use crate::webhooks::{UrlPolicy, same_origin};
 
 const MIN_SECRET_LEN: usize = 8;
 const MAX_SECRET_LEN: usize = 4096;
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+// No `Debug`: it would print the secrets.
+#[derive(Clone, Queryable, Selectable)]
 #[diesel(table_name = twenty_connection, check_for_backend(diesel::pg::Pg))]
 pub struct Connection {
     pub base_url: String,
@@ -81,7 +82,18 @@ pub fn apply(
             ));
             String::new()
         }
-        (None, Some(current)) => current.api_key.clone(),
+        (None, Some(current))
+            if base_url.is_empty() || same_origin(&current.base_url, &base_url) =>
+        {
+            current.api_key.clone()
+        }
+        (None, Some(_)) => {
+            violations.push(FieldViolation::new(
+                "api_key",
+                "must be sent again when base_url moves to another origin: the stored key is for the old one",
+            ));
+            String::new()
+        }
         (None, None) => {
             violations.push(FieldViolation::new("api_key", "is required"));
             String::new()

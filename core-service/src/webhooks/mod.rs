@@ -18,4 +18,4 @@ pub use health::health_counts;
 pub use sender::{Sender, USER_AGENT};
 pub(crate) use sender::{error_chain, retry_after_delay};
 pub use service::WebhooksGrpc;
-pub use ssrf::{GuardedResolver, UrlPolicy, is_forbidden};
+pub use ssrf::{GuardedResolver, UrlPolicy, is_forbidden, same_origin};

@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use crate::schema::{webhook_attempts, webhook_deliveries, webhook_endpoints};
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+// No `Debug`: it would print the secrets.
+#[derive(Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = webhook_endpoints, check_for_backend(diesel::pg::Pg))]
 pub struct EndpointRow {
     pub id: Uuid,

@@ -19,6 +19,7 @@ use super::health;
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::Sender;
 use super::signing::{generate_secret, secret_key};
+use super::ssrf::same_origin;
 use crate::audit::{self, AuditRecord};
 use crate::config_watch::ConfigWatch;
 use crate::contacts::timestamp;
@@ -169,6 +170,10 @@ fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
 fn proto_time(field: &str, value: prost_types::Timestamp) -> Result<DateTime<Utc>, Status> {
     DateTime::from_timestamp(value.seconds, u32::try_from(value.nanos).unwrap_or(0))
         .ok_or_else(|| invalid(field, "is not a valid timestamp"))
+}
+
+fn no_headers(headers: &Json) -> bool {
+    headers.as_object().is_none_or(Map::is_empty)
 }
 
 fn validate_headers(headers: HashMap<String, String>) -> Result<Json, Status> {
@@ -438,7 +443,15 @@ impl WebhookService for WebhooksGrpc {
         let mut row = self.endpoint(&mut connection, &body.id).await?;
         let mut changed = Vec::new();
         if let Some(url) = body.url {
-            row.url = self.validated_url(&url).await?;
+            let url = self.validated_url(&url).await?;
+            if !body.replace_headers && !no_headers(&row.headers) && !same_origin(&row.url, &url) {
+                return Err(invalid(
+                    "headers",
+                    "must be sent again (replace_headers) when the URL moves to another origin: \
+                     the stored ones may be credentials for the old one",
+                ));
+            }
+            row.url = url;
             changed.push("url");
         }
         if let Some(description) = body.description {

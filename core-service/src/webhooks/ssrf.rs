@@ -15,6 +15,16 @@ pub struct UrlPolicy {
     pub allow_http: bool,
 }
 
+/// Whether two stored URLs reach the same origin (scheme, host and port). Credentials kept for
+/// one origin (an endpoint's custom headers, Twenty's API key) must not follow a URL to another
+/// unless they are sent again.
+pub fn same_origin(stored: &str, new: &str) -> bool {
+    match (Url::parse(stored), Url::parse(new)) {
+        (Ok(stored), Ok(new)) => stored.origin() == new.origin(),
+        _ => false,
+    }
+}
+
 impl UrlPolicy {
     /// Parses and checks an endpoint URL's form, and its address when the host is an IP.
     pub fn check_url(&self, raw: &str) -> Result<Url, String> {
