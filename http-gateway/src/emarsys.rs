@@ -127,6 +127,28 @@ fn with_secret<T>(context: &CallContext, secret: Option<&str>, message: T) -> to
     grpc
 }
 
+/// A nested contact object, with the prefix its fields are named by in errors.
+type NestedContact = (&'static str, Map<String, Json>);
+
+/// The nested contact, from `contact` or `contact_data` (`null` counts as absent). Both at once
+/// are refused rather than one of them ignored.
+fn nested_contact(body: &mut Map<String, Json>) -> Result<Option<NestedContact>, ApiError> {
+    let mut take = |name: &str| body.remove(name).filter(|value| !value.is_null());
+    match (take("contact"), take("contact_data")) {
+        (None, None) => Ok(None),
+        (Some(Json::Object(object)), None) => Ok(Some(("contact.", object))),
+        (None, Some(Json::Object(object))) => Ok(Some(("contact_data.", object))),
+        (Some(Json::Object(_)), Some(Json::Object(_))) => Err(ApiError::invalid_field(
+            "contact_data",
+            "must not be sent with contact: send the contact in one of them",
+        )),
+        (Some(Json::Object(_)) | None, Some(_)) => {
+            Err(ApiError::invalid_field("contact_data", "must be an object"))
+        }
+        (Some(_), _) => Err(ApiError::invalid_field("contact", "must be an object")),
+    }
+}
+
 /// The call's body and headers as the core's request, or the first field it cannot take.
 async fn decode(body: Body, headers: &HeaderMap) -> Result<IngestEmarsysEventRequest, ApiError> {
     let (raw, mut body) = read_json_bytes(body).await?;
@@ -138,21 +160,14 @@ async fn decode(body: Body, headers: &HeaderMap) -> Result<IngestEmarsysEventReq
             return Err(ApiError::invalid_field("event_name", "must be a string"));
         }
     };
-    let nested_object = match (body.remove("contact"), body.remove("contact_data")) {
-        (Some(Json::Object(object)), _) | (None, Some(Json::Object(object))) => Some(object),
-        (None, None) | (Some(Json::Null), _) | (None, Some(Json::Null)) => None,
-        (Some(_), _) => return Err(ApiError::invalid_field("contact", "must be an object")),
-        (None, Some(_)) => {
-            return Err(ApiError::invalid_field("contact_data", "must be an object"));
-        }
-    };
+    let nested_object = nested_contact(&mut body)?;
     let delivery_id = decoder
         .identifier(&mut body, "event_id")
         .or_else(|| decoder.identifier(&mut body, "request_id"))
         .unwrap_or_default();
     let flat = contact_fields(&mut decoder, &mut body, "");
     let nested =
-        nested_object.map(|mut object| contact_fields(&mut decoder, &mut object, "contact."));
+        nested_object.map(|(prefix, mut object)| contact_fields(&mut decoder, &mut object, prefix));
     let request = IngestEmarsysEventRequest {
         event_name,
         flat: Some(flat),

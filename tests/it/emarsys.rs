@@ -128,6 +128,7 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
     let forged = jwt("another-secret", json!({"iat": now()}));
     let expired = jwt(SECRET, json!({"exp": now() - 3600}));
     let future = jwt(SECRET, json!({"iat": now() + 3600}));
+    let not_yet_valid = jwt(SECRET, json!({"iat": now(), "nbf": now() + 3600}));
 
     let missing = post(&app, "", body, &[]).await;
     let wrong = post(&app, "?secret=nope", body, &[]).await;
@@ -152,6 +153,13 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
         &[("authorization", &format!("Bearer {future}"))],
     )
     .await;
+    let not_yet_valid_reply = post(
+        &app,
+        "",
+        body,
+        &[("authorization", &format!("Bearer {not_yet_valid}"))],
+    )
+    .await;
     let garbage = post(&app, "", body, &[("authorization", "Bearer not.a.jwt")]).await;
     assert_eq!(
         count(&app, "SELECT count(*) AS count FROM webhook_events").await,
@@ -174,6 +182,7 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
         ("forged", &forged_reply),
         ("expired", &expired_reply),
         ("future iat", &future_reply),
+        ("nbf ahead", &not_yet_valid_reply),
         ("garbage", &garbage),
     ] {
         assert_eq!(reply.status, 401, "{name}: {}", reply.text);
@@ -218,6 +227,51 @@ async fn event_name_is_required_and_has_no_whitespace() {
         let reply = post(&app, "", malformed, &[]).await;
         assert_eq!(reply.status, 400, "{malformed:?}: {}", reply.text);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_name_the_events_own_fields_and_one_nested_style_is_taken() {
+    let app = TestApp::spawn().await;
+    for (body, field) in [
+        (
+            json!({"event_name": "x", "phone": PHONE, "email": "not-an-address"}),
+            "email",
+        ),
+        (
+            json!({"event_name": "x", "contact": {"phone": PHONE, "email": "not-an-address"}}),
+            "email",
+        ),
+        (json!({"event_name": "x", "phone": "12"}), "phone_number"),
+        (
+            json!({"event_name": "x", "contact_data": {"email": [5]}}),
+            "contact_data.email",
+        ),
+        (
+            json!({"event_name": "x", "contact": {"email": [5]}}),
+            "contact.email",
+        ),
+        (
+            json!({"event_name": "x", "contact": {"phone": PHONE}, "contact_data": {"phone": PHONE}}),
+            "contact_data",
+        ),
+    ] {
+        let reply = post(&app, "", &body.to_string(), &[]).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
+        assert_eq!(reply.body["field"], field, "{body}: {}", reply.text);
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM webhook_events").await,
+        0,
+        "refused events store nothing"
+    );
+
+    // A null `contact` is absent: the `contact_data` beside it is the contact.
+    let body = json!({"event_name": "x", "contact": null, "contact_data": {"phone": PHONE}});
+    let reply = post(&app, "", &body.to_string(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let event = stored(&app, reply.body["webhookEventId"].as_str().expect("id")).await;
+    assert_eq!(event.normalized["contact"]["phone_number"], PHONE);
+    assert!(event.contact_id.is_some(), "{event:?}");
 }
 
 #[derive(diesel::QueryableByName, Debug)]

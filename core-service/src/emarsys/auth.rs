@@ -70,6 +70,7 @@ fn verify_jwt(token: &str, secret: &str) -> Result<(), Status> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.required_spec_claims = HashSet::new();
     validation.validate_exp = true;
+    validation.validate_nbf = true;
     validation.leeway = LEEWAY_SECONDS;
     let claims = jsonwebtoken::decode::<serde_json::Value>(
         token,

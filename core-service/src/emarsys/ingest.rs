@@ -22,7 +22,7 @@ use crate::contacts::{
     plan_upsert, save_planned, validate_upsert,
 };
 use crate::db::{self, DbPool, prepared};
-use crate::error::ServiceError;
+use crate::error::{FieldViolation, ServiceError};
 use crate::events::types::EMARSYS_EVENT_RECEIVED;
 use crate::events::{Audience, EventDraft, record_for};
 use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
@@ -331,6 +331,18 @@ async fn read_holder(connection: &AsyncPgConnection, key: &str) -> Result<KeyHol
     })
 }
 
+/// `violations` of the upsert made from an event, named as the event's fields: the email goes in
+/// as a person property, which the event does not have.
+fn in_event_terms(violations: Vec<FieldViolation>) -> Vec<FieldViolation> {
+    violations
+        .into_iter()
+        .map(|violation| match violation.field.as_str() {
+            "person_properties.email" => FieldViolation::new("email", violation.description),
+            _ => violation,
+        })
+        .collect()
+}
+
 /// The contact upsert an event makes. With a phone number, the contact is upserted exactly as
 /// `UpsertContact` would (same validation, identity and conflict rules, same events), except
 /// that its subscriber status is left alone. With only an external reference, an existing
@@ -369,8 +381,8 @@ async fn contact_upsert(
         person_properties: properties,
         ..Default::default()
     };
-    let mut upsert: ContactUpsert =
-        validate_upsert(request, default_region).map_err(ContactError::Invalid)?;
+    let mut upsert: ContactUpsert = validate_upsert(request, default_region)
+        .map_err(|violations| ContactError::Invalid(in_event_terms(violations)))?;
     upsert.subscriber_status = None;
     debug_assert_eq!(upsert.tags, TagUpdate::Keep);
     debug_assert_eq!(upsert.name, FieldUpdate::Keep);
