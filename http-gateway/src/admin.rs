@@ -1,7 +1,7 @@
 //! Operator routes under `/api/v1/admin/`: REST mappings of `OutboxService`.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -16,6 +16,7 @@ use crate::core_client::CoreClient;
 use crate::error::ApiError;
 use crate::openapi::responses::AdminErrors;
 use crate::openapi::schemas;
+use crate::path::Path;
 use crate::time::rfc3339;
 
 #[derive(Debug, Deserialize)]

@@ -32,13 +32,15 @@ impl Family {
     }
 }
 
-/// Middleware around a family's routes: rewrites a rate-limit rejection (produced by the
+/// Middleware around a family's routes: tells the extractors the family (for
+/// [`crate::path::Path`]'s rejections), and rewrites a rate-limit rejection (produced by the
 /// limiter, which knows nothing of families) into the family's error shape.
 pub async fn render_rejections(
     State(family): State<Family>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    request.extensions_mut().insert(family);
     let request_id = request.extensions().get::<RequestId>().copied();
     let response = next.run(request).await;
     match (response.extensions().get::<RateLimited>(), request_id) {

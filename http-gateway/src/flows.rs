@@ -2,7 +2,7 @@
 //! `/api/v1/admin/`.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde_json::{Map, Value as Json, json};
 use switchbord_api::json::{json_from_value, value_from_json};
@@ -20,6 +20,7 @@ use crate::decode::Decoder;
 use crate::error::ApiError;
 use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors};
 use crate::openapi::schemas;
+use crate::path::Path;
 use crate::time::rfc3339;
 
 fn flow_json(flow: Flow) -> Json {

@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use crate::decode::Decoder;
 use crate::error::ApiError;
 use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors, TwentyWebhookErrors};
 use crate::openapi::schemas;
+use crate::path::Path;
 use crate::time::rfc3339;
 
 fn connection_json(connection: Option<TwentyConnection>) -> Json {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use chrono::DateTime;
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use crate::decode::Decoder;
 use crate::error::ApiError;
 use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors};
 use crate::openapi::schemas;
+use crate::path::Path;
 use crate::time::rfc3339;
 
 fn health_name(health: EndpointHealth) -> &'static str {

@@ -144,3 +144,46 @@ async fn deep_data_and_unstorable_ids_are_400_naming_the_field() {
         assert_eq!(named, Some(field), "{path}: {}", reply.text);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_segment_that_is_not_utf8_is_named_in_the_familys_error_shape() {
+    let app = TestApp::spawn().await;
+    let body = json!({"phone_number": "+4915112345678"}).to_string();
+    let cases = [
+        (
+            Method::POST,
+            "/webhooks/v0/rest-trigger/organization/%FF/flow/welcome/trigger/",
+            "org",
+        ),
+        (
+            Method::POST,
+            "/webhooks/v0/rest-trigger/organization/acme/flow/welcome/trigger/t-%C3%28/",
+            "trigger_id",
+        ),
+        (
+            Method::POST,
+            "/compat/journey-trigger/welcome/%FF",
+            "legacy_path",
+        ),
+        (Method::GET, "/api/v1/admin/flows/%FF", "id"),
+    ];
+    for (method, path, field) in cases {
+        let admin_key = app.keys.admin.clone();
+        let reply = app
+            .send(method, path, &[("x-api-key", &admin_key)], body.clone())
+            .await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text);
+        let request_id = reply.headers["x-request-id"].to_str().expect("request id");
+        assert_eq!(
+            reply.body["request_id"], request_id,
+            "{path}: {}",
+            reply.text
+        );
+        // Legacy {"status": "error", "field"}, compat {"error": {"field"}}, admin {"details"}.
+        let named = reply.body["field"]
+            .as_str()
+            .or(reply.body["error"]["field"].as_str())
+            .or(reply.body["details"][0]["field"].as_str());
+        assert_eq!(named, Some(field), "{path}: {}", reply.text);
+    }
+}

@@ -3,7 +3,7 @@
 
 use axum::Json as JsonBody;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::family::Family;
 use crate::openapi::responses::{CompatErrors, LegacyErrors};
 use crate::openapi::schemas;
+use crate::path::Path;
 
 /// Triggers the journey named by the path; a repeat within the deduplication window (24 h by
 /// default) enqueues nothing and answers with the first trigger's ids.
