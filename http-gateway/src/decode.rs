@@ -22,6 +22,21 @@ impl Decoder {
         }
     }
 
+    /// The `Idempotency-Key` header: empty when absent. A value that is not visible ASCII is
+    /// named as a field error rather than ignored, which would deduplicate by the body instead.
+    pub fn idempotency_key(&mut self, headers: &axum::http::HeaderMap) -> String {
+        let Some(value) = headers.get("idempotency-key") else {
+            return String::new();
+        };
+        match value.to_str() {
+            Ok(key) => key.to_owned(),
+            Err(_) => {
+                self.wrong_type("Idempotency-Key", "visible ASCII text");
+                String::new()
+            }
+        }
+    }
+
     fn wrong_type(&mut self, field: &str, expected: &str) {
         self.violations.push(Violation {
             field: field.to_owned(),

@@ -178,11 +178,7 @@ async fn decode(body: Body, headers: &HeaderMap) -> Result<IngestEmarsysEventReq
             .unwrap_or_default(),
         raw_body: String::from_utf8_lossy(&raw).into_owned(),
         delivery_id,
-        idempotency_key: headers
-            .get("idempotency-key")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+        idempotency_key: decoder.idempotency_key(headers),
     };
     decoder.finish(request)
 }

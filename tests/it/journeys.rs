@@ -196,6 +196,21 @@ async fn an_idempotency_key_replaces_the_computed_key() {
     assert_eq!(retried.body["status"], "duplicate", "{}", retried.text);
     assert_eq!(ids(&retried), first_ids);
     queued(&new_key);
+
+    // A key that is not ASCII is refused, not ignored (which would deduplicate by the body).
+    let unreadable = trigger(
+        &app,
+        path,
+        &json!({"phone_number": PHONE}),
+        &[("Idempotency-Key", "clé-1")],
+    )
+    .await;
+    assert_eq!(unreadable.status, 400, "{}", unreadable.text);
+    assert_eq!(
+        unreadable.body["field"], "Idempotency-Key",
+        "{}",
+        unreadable.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -46,7 +46,12 @@ impl TriggerInput {
     fn route_identity(&self) -> String {
         match &self.route {
             Route::Compat { legacy_path } => format!("compat:{legacy_path}"),
-            Route::Rest { organization, flow } => format!("rest:{organization}/{flow}"),
+            // The organisation escaped, so that its first `/` ends it: `a/b` + `c` and `a` +
+            // `b/c` are different routes. Organisations without `/` or `%` keep their keys.
+            Route::Rest { organization, flow } => format!(
+                "rest:{}/{flow}",
+                organization.replace('%', "%25").replace('/', "%2F")
+            ),
         }
     }
 
@@ -193,5 +198,41 @@ pub fn validate_trigger(
             idempotency_key,
         }),
         _ => Err(violations),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rest_trigger(organization: &str, flow: &str) -> TriggerInput {
+        TriggerInput {
+            route: Route::Rest {
+                organization: organization.to_owned(),
+                flow: flow.to_owned(),
+            },
+            phone_number: phone::normalize("+4915112345678", None).expect("a valid number"),
+            flow_id: None,
+            trigger_id: Some("t-1".to_owned()),
+            data: Map::new(),
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn rest_routes_that_read_alike_are_different_keys() {
+        let keys = [
+            rest_trigger("a/b", "c").dedup_key(),
+            rest_trigger("a", "b/c").dedup_key(),
+            rest_trigger("a%2Fb", "c").dedup_key(),
+        ];
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[0], keys[2]);
+        assert_ne!(keys[1], keys[2]);
+        // An ordinary route's key is what it was before the escaping.
+        assert_eq!(
+            rest_trigger("acme", "welcome").dedup_key(),
+            "rest:acme/welcome\u{1f}trigger:t-1\u{1f}+4915112345678"
+        );
     }
 }

@@ -132,11 +132,7 @@ async fn trigger(
                 .identifier(&mut body, "trigger_id")
                 .unwrap_or_default(),
             data: decoder.object(&mut body, "data"),
-            idempotency_key: headers
-                .get("idempotency-key")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
+            idempotency_key: decoder.idempotency_key(headers),
         };
         let request = decoder.finish(request)?;
         Ok(core
