@@ -87,7 +87,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub gateway: GatewayConfig,
 
-    /// URL of a remote core (for example http://core.internal:50051). When set, only the HTTP
+    /// URL of a remote core (for example `http://core.internal:50051`). When set, only the HTTP
     /// gateway runs here, and no database is used.
     #[arg(long, env = "SWITCHBORD_CORE_URL")]
     pub core_url: Option<String>,
