@@ -1412,6 +1412,100 @@ async fn a_success_for_an_endpoint_deleted_meanwhile_ends_its_job_quietly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_late_failure_does_not_set_back_a_delivery_that_moved_on() {
+    let app = TestApp::spawn().await;
+    let (_endpoint, _receiver, answer) = held_delivery(&app, 500).await;
+    // Another run took the delivery over and delivered it, as after a lease that ran out.
+    let mut connection = app.database.connect().await;
+    sql_query("UPDATE webhook_deliveries SET status = 'succeeded', attempts = 1")
+        .execute(&mut connection)
+        .await
+        .expect("the delivery moves on");
+    answer.add_permits(1);
+
+    until_deliveries_end_or_fail(&app).await;
+    let errors = count(&app, "SELECT count(*) FROM outbox_job_errors").await;
+    assert_eq!(errors, 0, "the late failure was retried");
+    let delivered =
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded' AND attempts = 1";
+    assert_eq!(count(&app, delivered).await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM webhook_attempts").await,
+        0,
+        "the late attempt is not logged as the delivery's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_410_after_an_operators_disable_keeps_the_operators_reason() {
+    let app = TestApp::spawn().await;
+    let (endpoint, _receiver, answer) = held_delivery(&app, 410).await;
+    let mut webhooks = client(&app).await;
+    webhooks
+        .disable_endpoint(DisableEndpointRequest {
+            id: endpoint.id.clone(),
+            reason: "maintenance".to_owned(),
+        })
+        .await
+        .expect("disable");
+    answer.add_permits(1);
+
+    until_deliveries_end_or_fail(&app).await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM webhook_attempts").await,
+        1
+    );
+    let stored = webhooks
+        .get_endpoint(GetEndpointRequest { id: endpoint.id })
+        .await
+        .expect("get")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    assert_eq!(stored.disabled_reason, "maintenance");
+    let announced = "SELECT count(*) FROM events WHERE type = 'webhook.endpoint_disabled'";
+    assert_eq!(
+        count(&app, announced).await,
+        0,
+        "no automatic disable to announce"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_send_whose_caller_gives_up_still_ends_its_delivery() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let answer = Arc::new(tokio::sync::Semaphore::new(0));
+    receiver.answer(Answer {
+        held: Some(answer.clone()),
+        ..Answer::default()
+    });
+    let (endpoint, _) = create(&app, &receiver.url(), &["webhook.test"]).await;
+    let mut request = tonic::Request::new(SendTestEventRequest { id: endpoint.id });
+    request.set_timeout(Duration::from_millis(500));
+    let gave_up = client(&app).await.send_test_event(request).await;
+    assert!(
+        gave_up.is_err(),
+        "the receiver had not answered: {gave_up:?}"
+    );
+    answer.add_permits(1);
+
+    eventually("the test delivery ends", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM webhook_attempts").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn deleting_an_endpoint_while_its_success_is_recorded_does_not_deadlock() {
     delete_while_the_outcome_is_recorded(200).await;
 }

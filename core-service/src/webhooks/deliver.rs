@@ -578,15 +578,20 @@ pub(super) fn record_metrics(result: &AttemptResult, next: &Next) {
 }
 
 async fn mark_skipped(connection: &mut AsyncPgConnection, delivery: Uuid) -> QueryResult<()> {
-    diesel::update(webhook_deliveries::table.find(delivery))
-        .set((
-            webhook_deliveries::status.eq("skipped"),
-            webhook_deliveries::last_error.eq("endpoint disabled"),
-            webhook_deliveries::updated_at.eq(Utc::now()),
-        ))
-        .execute(connection)
-        .await
-        .map(drop)
+    // Only a delivery still waiting: one another run has ended keeps its outcome.
+    diesel::update(
+        webhook_deliveries::table
+            .find(delivery)
+            .filter(webhook_deliveries::status.eq("pending")),
+    )
+    .set((
+        webhook_deliveries::status.eq("skipped"),
+        webhook_deliveries::last_error.eq("endpoint disabled"),
+        webhook_deliveries::updated_at.eq(Utc::now()),
+    ))
+    .execute(connection)
+    .await
+    .map(drop)
 }
 
 /// Stores the attempt and its consequences in one transaction. With `retries` off (a test
@@ -607,19 +612,14 @@ pub async fn record_attempt(
             .await
             .map(|()| Next::Done);
     }
-    connection
+    let recorded = connection
         .transaction(async |connection| {
             // The endpoint is locked before the delivery, as in `record_successes`.
             let Some(failing_since) = mark_failing(connection, endpoint.id, now).await? else {
                 // Deleted meanwhile, with its deliveries.
                 return Ok(Next::Done);
             };
-            diesel::insert_into(webhook_attempts::table)
-                .values(&row)
-                .execute(connection)
-                .await?;
-
-            let (status, next) = {
+            let (status, disable_reason, next) = {
                 let window = chrono::Duration::from_std(policy.disable_after)
                     .unwrap_or(chrono::Duration::MAX);
                 let disable_reason = if result.status_code == Some(410) {
@@ -633,39 +633,64 @@ pub async fn record_attempt(
                     None
                 };
                 match disable_reason {
-                    Some(reason) => {
-                        disable(connection, endpoint, &reason, now).await?;
-                        ("failed", Next::Disabled)
-                    }
-                    None if !retries => ("failed", Next::Done),
+                    Some(reason) => ("failed", Some(reason), Next::Disabled),
+                    None if !retries => ("failed", None, Next::Done),
                     None => match policy
                         .schedule
                         .get(usize::try_from(attempt).unwrap_or(usize::MAX))
                     {
-                        None => ("failed", Next::Done),
+                        None => ("failed", None, Next::Done),
                         Some(delay) => {
                             let jittered = delay.mul_f64(rand::rng().random_range(1.0..1.1));
                             let after = result
                                 .retry_after
                                 .map_or(jittered, |asked| asked.max(jittered));
-                            ("pending", Next::RetryAfter(after))
+                            ("pending", None, Next::RetryAfter(after))
                         }
                     },
                 }
             };
-            diesel::update(webhook_deliveries::table.find(delivery.id))
-                .set((
-                    webhook_deliveries::status.eq(status),
-                    webhook_deliveries::attempts.eq(attempt),
-                    webhook_deliveries::last_status_code.eq(result.status_code.map(i32::from)),
-                    webhook_deliveries::last_error.eq(&result.error),
-                    webhook_deliveries::updated_at.eq(now),
-                ))
+            // Only the attempt the delivery is waiting for is recorded: a run whose lease ran
+            // out (another took over and may have succeeded) must not set it back to pending.
+            let updated = diesel::update(
+                webhook_deliveries::table
+                    .find(delivery.id)
+                    .filter(webhook_deliveries::status.eq("pending"))
+                    .filter(webhook_deliveries::attempts.eq(delivery.attempts)),
+            )
+            .set((
+                webhook_deliveries::status.eq(status),
+                webhook_deliveries::attempts.eq(attempt),
+                webhook_deliveries::last_status_code.eq(result.status_code.map(i32::from)),
+                webhook_deliveries::last_error.eq(&result.error),
+                webhook_deliveries::updated_at.eq(now),
+            ))
+            .execute(connection)
+            .await?;
+            if updated == 0 {
+                return Err(diesel::result::Error::RollbackTransaction);
+            }
+            diesel::insert_into(webhook_attempts::table)
+                .values(&row)
                 .execute(connection)
                 .await?;
+            if let Some(reason) = disable_reason {
+                disable(connection, endpoint, &reason, now).await?;
+            }
             Ok(next)
         })
-        .await
+        .await;
+    match recorded {
+        Err(diesel::result::Error::RollbackTransaction) => {
+            tracing::info!(
+                delivery_id = %delivery.id,
+                attempt,
+                "attempt not recorded: the delivery moved on meanwhile"
+            );
+            Ok(Next::Done)
+        }
+        other => other,
+    }
 }
 
 /// The record of an attempt of `delivery` made at `now`.
@@ -802,21 +827,30 @@ pub(super) async fn record_successes(
     .map(drop)
 }
 
-/// Disables `endpoint` with `reason` and emits `webhook.endpoint_disabled`.
+/// Disables `endpoint` with `reason` and emits `webhook.endpoint_disabled`, unless it is
+/// disabled already: many attempts in flight can fail at once (16 answers of 410), and an
+/// operator's disable keeps its own reason.
 async fn disable(
     connection: &mut AsyncPgConnection,
     endpoint: &EndpointRow,
     reason: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    diesel::update(webhook_endpoints::table.find(endpoint.id))
-        .set((
-            webhook_endpoints::enabled.eq(false),
-            webhook_endpoints::disabled_reason.eq(reason),
-            webhook_endpoints::updated_at.eq(now),
-        ))
-        .execute(connection)
-        .await?;
+    let disabled = diesel::update(
+        webhook_endpoints::table
+            .find(endpoint.id)
+            .filter(webhook_endpoints::enabled),
+    )
+    .set((
+        webhook_endpoints::enabled.eq(false),
+        webhook_endpoints::disabled_reason.eq(reason),
+        webhook_endpoints::updated_at.eq(now),
+    ))
+    .execute(connection)
+    .await?;
+    if disabled == 0 {
+        return Ok(());
+    }
     tracing::warn!(endpoint_id = %endpoint.id, reason, "webhook endpoint disabled");
     // The origin, not the URL: the event goes to other receivers, and a URL's path or query
     // may carry the endpoint's token (as Slack's do).

@@ -120,6 +120,44 @@ impl WebhooksGrpc {
         Ok(endpoint_proto(row, &stats))
     }
 
+    /// Sends a test event's one attempt and records it; owns all it needs, so that it can run
+    /// apart from the request.
+    fn test_attempt(
+        &self,
+        endpoint: EndpointRow,
+        event: StoredEvent,
+        delivery: DeliveryRow,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<AttemptRow, Status>> + Send + 'static {
+        let (pool, sender, policy) = (self.pool.clone(), self.sender.clone(), self.policy.clone());
+        let (announcer, config) = (self.announcer.clone(), self.config.clone());
+        async move {
+            let result = sender.send(&endpoint, &event, now).await;
+            let mut connection = db::connection(&pool).await.map_err(db_status)?;
+            let next = record_attempt(
+                &mut connection,
+                &policy,
+                &delivery,
+                &endpoint,
+                &result,
+                now,
+                false,
+            )
+            .await
+            .map_err(db_status)?;
+            if next == Next::Disabled {
+                config.changed();
+                announcer.jobs_queued();
+            }
+            webhook_attempts::table
+                .filter(webhook_attempts::delivery_id.eq(delivery.id))
+                .select(AttemptRow::as_select())
+                .first(&mut connection)
+                .await
+                .map_err(db_status)
+        }
+    }
+
     async fn validated_url(&self, raw: &str) -> Result<String, Status> {
         let policy = self.sender.policy();
         let url = policy
@@ -784,32 +822,16 @@ impl WebhookService for WebhooksGrpc {
         drop(connection);
         // The test event's dispatch job.
         self.announcer.jobs_queued();
-        let result = self.sender.send(&endpoint, &event, now).await;
-        let mut connection = self.connection().await?;
-        let next = record_attempt(
-            &mut connection,
-            &self.policy,
-            &delivery,
-            &endpoint,
-            &result,
-            now,
-            false,
-        )
-        .await
-        .map_err(db_status)?;
-        if next == Next::Disabled {
-            self.config.changed();
-            self.announcer.jobs_queued();
-        }
-        let attempt: AttemptRow = webhook_attempts::table
-            .filter(webhook_attempts::delivery_id.eq(delivery.id))
-            .select(AttemptRow::as_select())
-            .first(&mut connection)
+        let event_id = event.id.clone();
+        // The delivery is stored pending, and only its attempt's record ends it: the send and
+        // the record run to the end even when the caller goes away meanwhile (a deadline, a
+        // closed connection), which drops this future.
+        let attempt = tokio::spawn(self.test_attempt(endpoint, event, delivery, now))
             .await
-            .map_err(db_status)?;
+            .map_err(|_| Status::internal("the test send stopped unexpectedly"))??;
         Ok(Response::new(SendTestEventResponse {
             attempt: Some(attempt_proto(attempt)),
-            event_id: event.id,
+            event_id,
         }))
     }
 
