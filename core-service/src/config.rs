@@ -96,7 +96,7 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_WEBHOOK_ALLOW_HTTP", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     pub webhook_allow_http: bool,
 
-    /// How long a webhook receiver has to answer.
+    /// How long a webhook receiver has to answer; at most 45 s (inside a job's 60 s lease).
     #[arg(long, env = "SWITCHBORD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
 
@@ -203,6 +203,19 @@ impl CoreConfig {
                     "must be at least SWITCHBORD_TRIGGER_DEDUP_WINDOW ({}), so that a repeated \
                      trigger's job can still be looked up",
                     humantime::format_duration(self.trigger_dedup_window)
+                ),
+            ));
+        }
+        let lease = crate::outbox::WorkerConfig::default().lease;
+        if self.webhook_timeout > lease.mul_f64(0.75) {
+            problems.push(ConfigError::new(
+                "SWITCHBORD_WEBHOOK_TIMEOUT",
+                "webhook-timeout",
+                format!(
+                    "must be at most {}: an attempt must end well inside its job's {} lease, \
+                     or another worker takes the job over and sends it again meanwhile",
+                    humantime::format_duration(lease.mul_f64(0.75)),
+                    humantime::format_duration(lease)
                 ),
             ));
         }
@@ -338,4 +351,28 @@ fn this_host() -> Vec<IpNet> {
         .split(',')
         .filter_map(|net| net.parse().ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook_timeout_problems(timeout: Duration) -> usize {
+        let config = CoreConfig {
+            webhook_timeout: timeout,
+            ..CoreConfig::with_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
+        config
+            .problems()
+            .iter()
+            .filter(|problem| problem.variable == "SWITCHBORD_WEBHOOK_TIMEOUT")
+            .count()
+    }
+
+    #[test]
+    fn a_webhook_timeout_ends_inside_a_jobs_lease() {
+        assert_eq!(webhook_timeout_problems(Duration::from_secs(45)), 0);
+        assert_eq!(webhook_timeout_problems(Duration::from_secs(46)), 1);
+        assert_eq!(webhook_timeout_problems(Duration::ZERO), 1);
+    }
 }

@@ -1080,7 +1080,7 @@ async fn slow_receivers_do_not_hold_the_workers_other_jobs_need() {
 async fn an_endpoint_that_answers_none_of_its_requests_is_parked_before_any_is_slow() {
     // No attempt reaches the slow mark in this test: only the wait for a slot can tell.
     let app = TestApp::builder()
-        .webhook_timeout(Duration::from_secs(60))
+        .webhook_timeout(Duration::from_secs(45))
         .webhook_slow_after(Duration::from_secs(30))
         .spawn()
         .await;
