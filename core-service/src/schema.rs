@@ -252,6 +252,7 @@ diesel::table! {
         synced_values -> Jsonb,
         remote_updated_at -> Nullable<Timestamptz>,
         updated_at -> Timestamptz,
+        syncing_until -> Nullable<Timestamptz>,
     }
 }
 

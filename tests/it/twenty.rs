@@ -188,6 +188,8 @@ async fn contact_by_phone(app: &TestApp, phone: &str) -> Json {
         "name": contact.name,
         "email": contact.email,
         "phone_number": contact.phone_number,
+        "locale": contact.locale,
+        "tags": contact.tags,
         "properties": json_from_struct(contact.properties.unwrap_or_default()),
     })
 }
@@ -774,6 +776,57 @@ async fn changes_from_twenty_apply_to_contacts_and_are_not_echoed_back() {
         })
     })
     .await;
+}
+
+#[tokio::test]
+async fn fields_a_twenty_record_leaves_out_keep_the_contacts_values() {
+    let (app, fake) = connected().await;
+    let created = app
+        .upsert_contact(&json!({
+            "phone_number": "+4915112340007",
+            "tags": ["vip"],
+            "person_properties": {"name": "Ed Ko", "locale": "de-DE"},
+        }))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    let synced = wait_for_status(&app, &contact_id, "synced").await;
+    let person_id = synced["person_id"].as_str().unwrap().to_owned();
+    assert_eq!(fake.people().len(), 1);
+
+    // A workspace without the custom `tags` and `locale` fields sends records without them.
+    let mut renamed = person_record(&person_id, "Ed", "Koch", "", "15112340007");
+    renamed["updatedAt"] = json!(timestamp(Utc::now() + TimeDelta::seconds(2)));
+    let reply = send_webhook(&app, "person.updated", &renamed).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "applied",
+        "{}",
+        reply.text
+    );
+    let contact = contact_by_phone(&app, "+4915112340007").await;
+    assert_eq!(contact["name"], "Ed Koch");
+    assert_eq!(contact["tags"], json!(["vip"]));
+    assert_eq!(contact["locale"], "de-DE");
+}
+
+#[tokio::test]
+async fn two_syncs_of_one_contact_run_one_after_the_other() {
+    let (app, fake) = connected().await;
+    fake.slow_down(std::time::Duration::from_millis(300));
+    // Two events, two sync jobs, both started before the first has found or made a person.
+    let phone = "+4915112340008";
+    app.upsert_contact(&json!({"phone_number": phone, "person_properties": {"name": "Ann First"}}))
+        .await;
+    app.upsert_contact(
+        &json!({"phone_number": phone, "person_properties": {"name": "Ann Second"}}),
+    )
+    .await;
+    settled(&app).await;
+    let people = fake.people();
+    assert_eq!(people.len(), 1, "one person, not one per job: {people:?}");
+    assert_eq!(
+        people[0]["name"],
+        json!({"firstName": "Ann", "lastName": "Second"})
+    );
 }
 
 #[tokio::test]

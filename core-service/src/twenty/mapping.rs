@@ -130,6 +130,19 @@ impl TwentyField {
         }
     }
 
+    /// Whether a person record carries the field at all. A workspace without a custom field
+    /// (or a record trimmed by Twenty) leaves it out, which says nothing of its value; only a
+    /// field present and `null` or empty is a value to apply.
+    fn carried_by(&self, person: &Json) -> bool {
+        let key = match self {
+            Self::Name => "name",
+            Self::PrimaryEmail => "emails",
+            Self::PrimaryPhone => "phones",
+            Self::Plain(name) => name,
+        };
+        person.get(key).is_some()
+    }
+
     /// The field's value on a Twenty person record, canonical.
     fn value(&self, person: &Json) -> Json {
         fn text(value: Option<&Json>) -> &str {
@@ -310,8 +323,9 @@ impl Mapping {
         Json::Object(body)
     }
 
-    /// An upsert carrying the person's values of every field read from Twenty. `current_phone`
-    /// stands in when the phone number is not read from Twenty or the person has none.
+    /// An upsert carrying the person's values of every field read from Twenty that the record
+    /// carries: a field it leaves out keeps the contact's value. `current_phone` stands in when
+    /// the phone number is not read from Twenty or the person has none.
     pub fn contact_request(
         &self,
         person: &Json,
@@ -319,7 +333,11 @@ impl Mapping {
     ) -> Option<UpsertContactRequest> {
         let mut request = UpsertContactRequest::default();
         let mut properties = Map::new();
-        for entry in self.entries.iter().filter(|e| e.direction.reads_twenty()) {
+        let read = self
+            .entries
+            .iter()
+            .filter(|entry| entry.direction.reads_twenty() && entry.twenty.carried_by(person));
+        for entry in read {
             let value = entry.twenty.value(person);
             match &entry.contact {
                 ContactField::Name => {
@@ -462,6 +480,7 @@ fn phone_parts(e164: &str) -> Json {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
+    use switchbord_api::json::json_from_struct;
     use uuid::Uuid;
 
     use super::*;
@@ -505,6 +524,25 @@ mod tests {
             json!({"primaryPhoneNumber": "15112345678", "primaryPhoneCallingCode": "+49", "primaryPhoneCountryCode": "DE"})
         );
         assert_eq!(mapping.twenty_holds(&person), sent);
+    }
+
+    #[test]
+    fn fields_a_record_leaves_out_keep_the_contacts_values() {
+        let mapping = Mapping::new(default_entries()).unwrap();
+        // A workspace without the `locale` and `tags` fields, and a person without a name.
+        let person = json!({
+            "id": "p1",
+            "emails": {"primaryEmail": ""},
+            "phones": {"primaryPhoneNumber": "15112345678", "primaryPhoneCallingCode": "+49"},
+        });
+        let request = mapping.contact_request(&person, None).unwrap();
+        assert_eq!(request.tags, None, "tags kept");
+        let properties = json_from_struct(request.person_properties.unwrap());
+        // A field sent empty is a value (the email cleared); one left out is not.
+        assert_eq!(
+            properties,
+            json!({"email": null}).as_object().cloned().unwrap()
+        );
     }
 
     #[test]

@@ -140,6 +140,65 @@ pub async fn mark_pending(
         .map(|written| written == 1)
 }
 
+/// How long a sync job holds its contact: past its calls to Twenty (15 s each, at most three),
+/// and no longer than a job that died holding it keeps the next one waiting.
+const SYNC_HOLD: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Whether a sync job may go on with its contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// This job holds the contact until it lets go (or the hold runs out).
+    Taken,
+    /// Another sync of the contact is running: try again once it is done.
+    HeldByAnother,
+    /// The contact has no sync record (deleted meanwhile): nothing to hold.
+    NoRecord,
+}
+
+/// Takes the contact for one sync job. Two jobs for one contact (its `contact.created` and a
+/// `contact.updated` right after) would otherwise both find no person and both create one, or
+/// the older would push its values over the newer's.
+pub async fn take_for_sync(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    now: DateTime<Utc>,
+) -> QueryResult<Hold> {
+    let taken = diesel::update(
+        syncs::table.find(contact_id).filter(
+            syncs::syncing_until
+                .is_null()
+                .or(syncs::syncing_until.lt(now)),
+        ),
+    )
+    .set(syncs::syncing_until.eq(now + SYNC_HOLD))
+    .execute(connection)
+    .await?;
+    if taken == 1 {
+        return Ok(Hold::Taken);
+    }
+    let exists = syncs::table
+        .find(contact_id)
+        .select(syncs::contact_id)
+        .first::<Uuid>(connection)
+        .await
+        .optional()?
+        .is_some();
+    Ok(if exists {
+        Hold::HeldByAnother
+    } else {
+        Hold::NoRecord
+    })
+}
+
+/// Ends a sync job's hold on the contact.
+pub async fn let_go(connection: &mut AsyncPgConnection, contact_id: Uuid) -> QueryResult<()> {
+    diesel::update(syncs::table.find(contact_id))
+        .set(syncs::syncing_until.eq(None::<DateTime<Utc>>))
+        .execute(connection)
+        .await
+        .map(drop)
+}
+
 /// Twenty holds `values` for the contact, as person `person_id` last changed at `remote_updated_at`.
 pub async fn record_synced(
     connection: &mut AsyncPgConnection,

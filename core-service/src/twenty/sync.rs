@@ -13,7 +13,7 @@ use super::client::{TwentyClient, TwentyError};
 use super::connection::{self, Connection};
 use super::mapping::{Mapping, Values};
 use super::mapping_store;
-use super::records::{self, SyncRow, SyncStatus};
+use super::records::{self, Hold, SyncRow, SyncStatus};
 use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::{self, ContactRow, phone};
 use crate::db::{self, DbPool};
@@ -29,6 +29,10 @@ pub const SYNC_JOB: JobKind = JobKind {
 };
 
 const EVENT_SOURCE: &str = "twenty";
+
+/// How soon a sync of a contact that another sync holds tries again (not counted as an
+/// attempt): a sync takes a few of Twenty's round trips.
+const WHILE_HELD: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Queues a sync for every created or changed contact while a connection exists.
 pub struct TwentySyncConsumer {
@@ -149,114 +153,142 @@ impl JobHandler for SyncHandler {
                 .and_then(|id| Uuid::parse_str(id).ok())
                 .ok_or_else(|| JobError::Permanent("payload has no contact_id".to_owned()))?;
             let mut db = db::connection(&context.pool).await.map_err(retry)?;
-            // One snapshot: a webhook from Twenty changes the contact and its record together,
-            // and a contact read before it with a record read after it would differ, and be
-            // pushed back to Twenty as a change of ours.
-            let read = db
-                .build_transaction()
-                .read_only()
-                .repeatable_read()
-                .run(async |db| {
-                    let Some(twenty) = connection::load(db).await? else {
-                        return Ok(None);
-                    };
-                    let mapping = mapping_store::load(db).await?;
-                    let Some(contact) = contacts::find_by_id(db, contact_id).await.optional()?
-                    else {
-                        return Ok(None);
-                    };
-                    let record = records::find(db, contact_id).await?;
-                    Ok::<_, diesel::result::Error>(Some((twenty, mapping, contact, record)))
-                })
+            let hold = records::take_for_sync(&mut db, contact_id, context.clock.now())
                 .await
                 .map_err(retry)?;
-            let Some((twenty, mapping, contact, record)) = read else {
-                return Ok(());
-            };
-            if record.as_ref().map(SyncRow::status) == Some(SyncStatus::Unlinked) {
-                return Ok(());
-            }
             drop(db);
+            if hold == Hold::HeldByAnother {
+                return Err(JobError::Defer { after: WHILE_HELD });
+            }
+            let synced = self.sync(contact_id, job, context).await;
+            let released = async {
+                let mut db = db::connection(&context.pool).await?;
+                records::let_go(&mut db, contact_id)
+                    .await
+                    .map_err(db::DbError::from)
+            }
+            .await;
+            if let Err(error) = released {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    %contact_id,
+                    "cannot end the sync's hold on the contact; it runs out by itself"
+                );
+            }
+            synced
+        })
+    }
+}
 
-            let target = Target {
-                client: &self.client,
-                twenty: &twenty,
-                mapping: &mapping,
-                pool: &context.pool,
-            };
-            let pushed = target.push(&contact, record.as_ref()).await;
-            let now = context.clock.now();
-            let mut db = db::connection(&context.pool).await.map_err(retry)?;
-            let read_at = record.as_ref().map(|record| record.updated_at);
-            let store = async |db: &mut AsyncPgConnection,
-                               person_id: &str,
-                               values: &Json,
-                               remote: Option<DateTime<Utc>>| {
-                let written = match read_at {
-                    Some(read_at) => {
-                        records::record_synced_if_unchanged(
-                            db, contact_id, read_at, person_id, values, remote, now,
-                        )
-                        .await
-                    }
-                    None => records::record_synced(db, contact_id, person_id, values, remote, now)
-                        .await
-                        .map(|()| true),
-                }
-                .map_err(retry)?;
-                if written {
-                    Ok(())
-                } else {
-                    // A webhook or another sync changed the link meanwhile: compare again with
-                    // what it stored (not an attempt of this job's).
-                    Err(JobError::Defer {
-                        after: std::time::Duration::ZERO,
-                    })
-                }
-            };
-            match pushed {
-                Ok(Pushed::Person(person)) => {
-                    let person_id = person_id(&person).unwrap_or_default();
-                    let holds = values_json(mapping.twenty_holds(&person));
-                    store(&mut db, person_id, &holds, updated_at(&person)).await
-                }
-                Ok(Pushed::Unchanged { person_id, values }) => {
-                    store(&mut db, &person_id, &values, None).await
-                }
-                Err(PushError::Gone) => {
-                    records::unlink(&mut db, contact_id, "the person was deleted in Twenty", now)
-                        .await
-                        .map_err(retry)
-                }
-                Err(PushError::Db(error)) => Err(JobError::retry(error)),
-                Err(PushError::Twenty(error))
-                    if error.is_transient() && job.attempts < job.max_attempts =>
-                {
-                    let message = error.to_string();
-                    records::record_failure(
-                        &mut db,
-                        contact_id,
-                        SyncStatus::Pending,
-                        &message,
-                        now,
+impl SyncHandler {
+    /// Brings Twenty's person up to date with the contact, under the job's hold on it.
+    async fn sync(
+        &self,
+        contact_id: Uuid,
+        job: &ClaimedJob,
+        context: &JobContext,
+    ) -> Result<(), JobError> {
+        let mut db = db::connection(&context.pool).await.map_err(retry)?;
+        // One snapshot: a webhook from Twenty changes the contact and its record together,
+        // and a contact read before it with a record read after it would differ, and be
+        // pushed back to Twenty as a change of ours.
+        let read = db
+            .build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run(async |db| {
+                let Some(twenty) = connection::load(db).await? else {
+                    return Ok(None);
+                };
+                let mapping = mapping_store::load(db).await?;
+                let Some(contact) = contacts::find_by_id(db, contact_id).await.optional()? else {
+                    return Ok(None);
+                };
+                let record = records::find(db, contact_id).await?;
+                Ok::<_, diesel::result::Error>(Some((twenty, mapping, contact, record)))
+            })
+            .await
+            .map_err(retry)?;
+        let Some((twenty, mapping, contact, record)) = read else {
+            return Ok(());
+        };
+        if record.as_ref().map(SyncRow::status) == Some(SyncStatus::Unlinked) {
+            return Ok(());
+        }
+        drop(db);
+
+        let target = Target {
+            client: &self.client,
+            twenty: &twenty,
+            mapping: &mapping,
+            pool: &context.pool,
+        };
+        let pushed = target.push(&contact, record.as_ref()).await;
+        let now = context.clock.now();
+        let mut db = db::connection(&context.pool).await.map_err(retry)?;
+        let read_at = record.as_ref().map(|record| record.updated_at);
+        let store = async |db: &mut AsyncPgConnection,
+                           person_id: &str,
+                           values: &Json,
+                           remote: Option<DateTime<Utc>>| {
+            let written = match read_at {
+                Some(read_at) => {
+                    records::record_synced_if_unchanged(
+                        db, contact_id, read_at, person_id, values, remote, now,
                     )
                     .await
-                    .map_err(retry)?;
-                    Err(JobError::Retry {
-                        message,
-                        after: error.retry_after(),
-                    })
                 }
-                Err(PushError::Twenty(error)) => {
-                    fail_for_good(&mut db, contact_id, &error, job.attempts, now)
-                        .await
-                        .map_err(retry)?;
-                    // Its `crm.twenty.sync_failed` event.
-                    context.jobs_queued();
-                    Ok(())
-                }
+                None => records::record_synced(db, contact_id, person_id, values, remote, now)
+                    .await
+                    .map(|()| true),
             }
-        })
+            .map_err(retry)?;
+            if written {
+                Ok(())
+            } else {
+                // A webhook or another sync changed the link meanwhile: compare again with
+                // what it stored (not an attempt of this job's).
+                Err(JobError::Defer {
+                    after: std::time::Duration::ZERO,
+                })
+            }
+        };
+        match pushed {
+            Ok(Pushed::Person(person)) => {
+                let person_id = person_id(&person).unwrap_or_default();
+                let holds = values_json(mapping.twenty_holds(&person));
+                store(&mut db, person_id, &holds, updated_at(&person)).await
+            }
+            Ok(Pushed::Unchanged { person_id, values }) => {
+                store(&mut db, &person_id, &values, None).await
+            }
+            Err(PushError::Gone) => {
+                records::unlink(&mut db, contact_id, "the person was deleted in Twenty", now)
+                    .await
+                    .map_err(retry)
+            }
+            Err(PushError::Db(error)) => Err(JobError::retry(error)),
+            Err(PushError::Twenty(error))
+                if error.is_transient() && job.attempts < job.max_attempts =>
+            {
+                let message = error.to_string();
+                records::record_failure(&mut db, contact_id, SyncStatus::Pending, &message, now)
+                    .await
+                    .map_err(retry)?;
+                Err(JobError::Retry {
+                    message,
+                    after: error.retry_after(),
+                })
+            }
+            Err(PushError::Twenty(error)) => {
+                fail_for_good(&mut db, contact_id, &error, job.attempts, now)
+                    .await
+                    .map_err(retry)?;
+                // Its `crm.twenty.sync_failed` event.
+                context.jobs_queued();
+                Ok(())
+            }
+        }
     }
 }
 

@@ -47,6 +47,8 @@ struct World {
     failures: Vec<Failure>,
     /// Writes naming these fields are refused with 400, as Twenty does for unknown fields.
     unknown_fields: Vec<String>,
+    /// How long each request takes before it is answered, as over a real network.
+    latency: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -115,6 +117,8 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let body: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
+    let latency = fake.world.lock().unwrap().latency;
+    tokio::time::sleep(latency).await;
     let mut world = fake.world.lock().unwrap();
     world.requests.push(TwentyRequest {
         method: method.clone(),
@@ -332,6 +336,11 @@ impl FakeTwenty {
             .into_iter()
             .filter(|request| request.method != Method::GET)
             .collect()
+    }
+
+    /// Answers every later request only after `latency`.
+    pub fn slow_down(&self, latency: std::time::Duration) {
+        self.world.lock().unwrap().latency = latency;
     }
 
     pub fn fail_next(&self, failure: Failure) {

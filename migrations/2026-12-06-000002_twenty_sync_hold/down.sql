@@ -1,0 +1,1 @@
+ALTER TABLE twenty_contact_syncs DROP COLUMN syncing_until;
