@@ -546,7 +546,7 @@ pub async fn start_backfill(
     params(
         ("X-Twenty-Webhook-Signature" = String, Header, description = "HMAC-SHA256 of `timestamp:body` with the webhook secret, hex."),
         ("X-Twenty-Webhook-Timestamp" = String, Header, description = "Milliseconds since the epoch; must be recent."),
-        ("X-Twenty-Webhook-Nonce" = Option<String>, Header, description = "Rejected when seen before."),
+        ("X-Twenty-Webhook-Nonce" = Option<String>, Header, description = "Sent by Twenty, not used: the signature does not cover it. A replay is refused by its signed timestamp and body (docs/twenty.md)."),
     ),
     request_body(content = schemas::TwentyWebhook, description = "Passed to the core byte for byte."),
     responses(

@@ -714,6 +714,51 @@ async fn custom_headers_are_sent_and_masked_and_rotation_signs_with_both_secrets
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_out_secret_stops_signing_after_its_24_hours() {
+    let clock = Arc::new(ManualClock::default());
+    let app = TestApp::builder().clock(clock.clone()).spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, old_secret) = create(&app, &receiver.url(), &["webhook.test"]).await;
+    let mut webhooks = client(&app).await;
+    let new_secret = webhooks
+        .rotate_endpoint_secret(RotateEndpointSecretRequest {
+            id: endpoint.id.clone(),
+            secret: String::new(),
+        })
+        .await
+        .expect("rotate")
+        .into_inner()
+        .secret;
+    let signatures = async |expected: usize| {
+        webhooks
+            .clone()
+            .send_test_event(SendTestEventRequest {
+                id: endpoint.id.clone(),
+            })
+            .await
+            .expect("test send");
+        let received = receiver.wait_for(expected).await;
+        let request = &received[expected - 1];
+        let header = request.header("webhook-signature").to_owned();
+        let verifies_with = |secret: &str| {
+            verifies(
+                secret,
+                request.header("webhook-id"),
+                request.header("webhook-timestamp"),
+                &request.body,
+                &header,
+            )
+        };
+        (verifies_with(&old_secret), verifies_with(&new_secret))
+    };
+
+    clock.advance(Duration::from_secs(23 * 3600));
+    assert_eq!(signatures(1).await, (true, true), "within the overlap");
+    clock.advance(Duration::from_secs(3600 + 1));
+    assert_eq!(signatures(2).await, (false, true), "after it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_ssrf_guard_refuses_private_addresses_at_save_and_at_connect() {
     let app = TestApp::builder().webhook_guard_on().spawn().await;
     let mut webhooks = client(&app).await;
