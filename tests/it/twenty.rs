@@ -913,6 +913,40 @@ async fn a_person_deleted_in_twenty_unlinks_the_contact_and_keeps_it() {
 }
 
 #[tokio::test]
+async fn a_delete_older_than_a_restore_already_applied_is_stale() {
+    let (app, _fake) = connected().await;
+    let person_id = "7b0c2b9e-0000-4000-8000-0000000000d2";
+    let created = person_record(person_id, "Re", "Stored", "re@example.com", "15112340009");
+    send_webhook(&app, "person.created", &created).await;
+    let contact = contact_by_phone(&app, "+4915112340009").await;
+    let contact_id = contact["id"].as_str().unwrap().to_owned();
+
+    // Deleted, then restored; the restore arrives first.
+    let deleted_at = Utc::now() + TimeDelta::seconds(2);
+    let mut deleted = created.clone();
+    deleted["deletedAt"] = json!(timestamp(deleted_at));
+    deleted["updatedAt"] = json!(timestamp(deleted_at));
+    let mut restored = created.clone();
+    restored["updatedAt"] = json!(timestamp(deleted_at + TimeDelta::seconds(2)));
+    let reply = send_webhook(&app, "person.restored", &restored).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "applied",
+        "{}",
+        reply.text
+    );
+    let reply = send_webhook(&app, "person.deleted", &deleted).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "stale",
+        "{}",
+        reply.text
+    );
+
+    let sync = sync_of(&app, &contact_id).await;
+    assert_eq!(sync["status"], "synced", "{sync}");
+    assert_eq!(sync["person_id"], person_id);
+}
+
+#[tokio::test]
 async fn backfill_links_and_creates_contacts_across_pages() {
     let (app, fake) = connected().await;
     // An existing contact that one Twenty person matches by phone.

@@ -178,6 +178,20 @@ impl Apply<'_> {
         let link = records::lock_by_person(connection, &person_id).await?;
         match event.name.as_str() {
             "person.deleted" | "person.destroyed" => Ok(match link {
+                // Twenty sends one request per event, so they can arrive out of order: a delete
+                // older than a restore already applied is not the person's state.
+                Some(link)
+                    if link
+                        .remote_updated_at
+                        .is_some_and(|seen| self.deleted_version(&event.record) < seen) =>
+                {
+                    result(
+                        &person_id,
+                        Some(link.contact_id),
+                        Outcome::Stale,
+                        "a newer version of this person was already applied",
+                    )
+                }
                 Some(link) => {
                     records::unlink(
                         connection,
@@ -217,6 +231,21 @@ impl Apply<'_> {
     /// The person version the event carries.
     fn version(&self, record: &Json) -> DateTime<Utc> {
         updated_at(record).unwrap_or(self.signed_at)
+    }
+
+    /// The person version a delete carries: when it was deleted, or its last update when that
+    /// is later.
+    fn deleted_version(&self, record: &Json) -> DateTime<Utc> {
+        let deleted_at = record
+            .get("deletedAt")
+            .and_then(Json::as_str)
+            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            .map(|time| time.with_timezone(&Utc));
+        deleted_at
+            .into_iter()
+            .chain(updated_at(record))
+            .max()
+            .unwrap_or(self.signed_at)
     }
 
     async fn linked(
