@@ -538,6 +538,37 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
         .attempt
         .expect("attempt");
     let attention = health(&mut webhooks).await;
+    // A success afterwards leaves the failed delivery to recover: still Attention, until it is
+    // sent again.
+    receiver.answer(Answer::default());
+    webhooks
+        .send_test_event(SendTestEventRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("test");
+    let to_recover = health(&mut webhooks).await;
+    let failed_delivery = webhooks
+        .list_deliveries(ListDeliveriesRequest {
+            endpoint_id: endpoint.id.clone(),
+            status: "failed".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .deliveries
+        .remove(0);
+    webhooks
+        .retry_delivery(RetryDeliveryRequest {
+            delivery_id: failed_delivery.id,
+        })
+        .await
+        .expect("retry");
+    eventually("the retried delivery succeeds", async || {
+        health(&mut webhooks).await.health() == EndpointHealth::Live
+    })
+    .await;
 
     assert!(ok.succeeded);
     assert_eq!(ok.status_code, 200);
@@ -550,6 +581,7 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
     assert_eq!(attention.health(), EndpointHealth::Attention);
     assert_eq!(attention.success_rate, 0.5);
     assert!(attention.last_failure_at.is_some());
+    assert_eq!(to_recover.health(), EndpointHealth::Attention);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,10 @@
 //! Endpoint health, computed from the delivery history.
 //!
 //! Setup: no delivery history and disabled. Ready: no history, enabled (an empty subscription
-//! means every type). Live: the last attempt succeeded and no retry is pending. Attention: the
-//! last attempt failed, a retry is pending, or the endpoint was disabled after deliveries.
+//! means every type). Live: the last attempt succeeded, no retry is pending and no delivery
+//! failed in the last 24 hours. Attention: the last attempt failed, a retry is pending, a
+//! delivery failed in the last 24 hours (its event waits to be recovered, however well the
+//! endpoint does since), or the endpoint was disabled after deliveries.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -30,6 +32,8 @@ pub struct HealthStats {
     pub last_succeeded: Option<bool>,
     #[diesel(sql_type = BigInt)]
     pub pending_retries: i64,
+    #[diesel(sql_type = BigInt)]
+    pub recent_failed_deliveries: i64,
 }
 
 impl HealthStats {
@@ -39,6 +43,7 @@ impl HealthStats {
             (0, true) if self.pending_retries == 0 => EndpointHealth::Ready,
             _ if !endpoint.enabled
                 || self.pending_retries > 0
+                || self.recent_failed_deliveries > 0
                 || self.last_succeeded == Some(false) =>
             {
                 EndpointHealth::Attention
@@ -68,7 +73,8 @@ pub async fn stats(
              (SELECT max(attempted_at) FROM webhook_attempts WHERE endpoint_id = $1 AND succeeded) AS last_success_at,
              (SELECT max(attempted_at) FROM webhook_attempts WHERE endpoint_id = $1 AND NOT succeeded) AS last_failure_at,
              (SELECT succeeded FROM webhook_attempts WHERE endpoint_id = $1 ORDER BY attempted_at DESC, id DESC LIMIT 1) AS last_succeeded,
-             (SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 'pending' AND attempts > 0) AS pending_retries",
+             (SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 'pending' AND attempts > 0) AS pending_retries,
+             (SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 'failed' AND updated_at > $2 - interval '24 hours') AS recent_failed_deliveries",
     )
     .bind::<diesel::sql_types::Uuid, _>(endpoint)
     .bind::<Timestamptz, _>(now))
