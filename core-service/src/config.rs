@@ -332,6 +332,11 @@ pub fn parse_schedule(raw: &str) -> Result<Schedule, String> {
     if delays.is_empty() {
         return Err("needs at least one attempt".to_owned());
     }
+    // The fan-out makes each delivery's first attempt as soon as its event is dispatched; a
+    // first delay would be ignored, so it is refused rather than believed.
+    if !delays[0].is_zero() {
+        return Err("must start with 0s: the first attempt is made at once".to_owned());
+    }
     Ok(Schedule(delays))
 }
 
@@ -367,6 +372,14 @@ mod tests {
             .iter()
             .filter(|problem| problem.variable == "SWITCHBORD_WEBHOOK_TIMEOUT")
             .count()
+    }
+
+    #[test]
+    fn a_retry_schedule_starts_with_the_first_attempt_at_once() {
+        assert!(parse_schedule("0s,5s,5m").is_ok());
+        assert!(parse_schedule("0s").is_ok());
+        let refused = parse_schedule("10s,5m").unwrap_err();
+        assert!(refused.contains("must start with 0s"), "{refused}");
     }
 
     #[test]
