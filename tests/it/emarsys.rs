@@ -728,6 +728,90 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_rule_sets_no_null_it_cannot_keep_and_its_invalid_change_does_not_stop_the_flows() {
+    let app = TestApp::spawn().await;
+    let mut flows = FlowServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.manager)),
+    );
+    let from = |property: &str, pointer: &str| PropertyAssignment {
+        property: property.to_owned(),
+        source: Some(Source::FromPayload(pointer.to_owned())),
+    };
+    let fixed = |value: Json| EventRule {
+        event_name: "order_placed".to_owned(),
+        set_properties: vec![PropertyAssignment {
+            property: "p".to_owned(),
+            source: Some(Source::Value(value_from_json(value))),
+        }],
+        ..Default::default()
+    };
+    // A fixed value the contact's properties could not store is refused when the rule is put.
+    for value in [
+        json!("a\u{0}b"),
+        crate::contact_validation::nested_arrays(20),
+    ] {
+        let refused = flows
+            .put_event_rule(PutEventRuleRequest {
+                rule: Some(fixed(value)),
+            })
+            .await
+            .expect_err("an unstorable value");
+        let details = tonic_types::StatusExt::get_details_bad_request(&refused).expect("details");
+        assert_eq!(
+            details.field_violations[0].field,
+            "rule.set_properties[0].value"
+        );
+    }
+    flows
+        .put_flow(PutFlowRequest {
+            flow: Some(acme_flow("welcome", true, &["order_placed"])),
+        })
+        .await
+        .expect("put flow");
+    flows
+        .put_event_rule(PutEventRuleRequest {
+            rule: Some(EventRule {
+                event_name: "order_placed".to_owned(),
+                set_properties: vec![
+                    from("last_order_total", "/order/total"),
+                    from("note", "/note"),
+                ],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("put rule");
+    app.upsert_contact(
+        &json!({"phone_number": PHONE, "person_properties": {"last_order_total": 10}}),
+    )
+    .await;
+
+    // `null` at the pointer sets nothing: the property is kept, not removed.
+    let body = json!({"event_name": "order_placed", "phone_number": PHONE, "payload": {"order": {"total": null}}});
+    let reply = post(&app, "", &body.to_string(), &[]).await;
+    let job = reply.body["outboxJobId"].as_str().expect("job").to_owned();
+    crate::helpers::until_job_succeeded(&app.database, &job).await;
+    let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
+    assert_eq!(contact["contact"]["properties"]["last_order_total"], 10);
+
+    // A value that would take the properties over their 64 KiB: the rule is skipped, the
+    // flow still runs, and the job is not retried.
+    let body = json!({"event_name": "order_placed", "phone_number": PHONE, "payload": {"note": "n".repeat(70_000)}});
+    let reply = post(&app, "", &body.to_string(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let job = reply.body["outboxJobId"].as_str().expect("job").to_owned();
+    crate::helpers::until_job_succeeded(&app.database, &job).await;
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM journey_runs").await,
+        2,
+        "the flow ran for both events"
+    );
+    let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
+    assert!(contact["contact"]["properties"]["note"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_request_is_not_stored_twice() {
     let app = TestApp::spawn().await;
     let body = json!({"event_name": "order_placed", "phone_number": PHONE, "payload": {"n": 1}})

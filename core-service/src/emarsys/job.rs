@@ -1,23 +1,28 @@
 //! The `integration.emarsys.custom_event` job: applies the event's rule to its contact and
 //! triggers every enabled flow that listens for the event name.
 //!
-//! Re-running it is harmless: tags and properties converge to the same values, and each flow is
-//! triggered with the webhook event id as idempotency key, so a retried job never triggers a
-//! flow twice.
+//! Each flow is triggered with the webhook event id as idempotency key, so a retried job never
+//! triggers a flow twice. The rule is applied again on a retry: its tags and properties converge
+//! to the same values, unless a later event's rule changed them meanwhile: nothing records that
+//! a rule was applied, so a retry after that sets its values again.
 
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::{Map, Value as Json, json};
+use switchbord_api::json::{MAX_NESTING, nesting};
 use uuid::Uuid;
 
 use crate::access::Caller;
 use crate::config_watch::{Cached, ConfigWatch};
-use crate::contacts::{ContactRow, ContactUpsert, FieldUpdate, TagUpdate, phone, upsert_on};
+use crate::contacts::phone::{self, PhoneNumber};
+use crate::contacts::{
+    ContactError, ContactRow, ContactUpsert, FieldUpdate, TagUpdate, lock_by_id, upsert_on,
+};
 use crate::db;
 use crate::events::Audience;
-use crate::flows::{EventRouting, FlowRow, PropertySource};
+use crate::flows::{EventRouting, EventRuleRow, FlowRow, PropertySource};
 use crate::journeys::{Route, TriggerInput, accept_trigger};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::request::{RequestContext, RequestId};
@@ -48,6 +53,58 @@ impl CustomEventHandler {
 
 fn retry(error: impl std::fmt::Display) -> JobError {
     JobError::retry(error.to_string())
+}
+
+/// Why applying an event's rule stopped.
+enum RuleError {
+    Contact(ContactError),
+    Job(JobError),
+}
+
+impl From<diesel::result::Error> for RuleError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Contact(error.into())
+    }
+}
+
+/// The contact's stored phone number, by which the upsert and the flows' triggers find it.
+fn stored_number(contact: &ContactRow) -> Result<PhoneNumber, JobError> {
+    phone::normalize(&contact.phone_number, None)
+        .map_err(|error| JobError::Permanent(format!("stored phone number is invalid: {error}")))
+}
+
+/// The contact change `rule` makes for an event with `payload`.
+fn rule_upsert(rule: &EventRuleRow, payload: &Json, number: PhoneNumber) -> ContactUpsert {
+    let mut properties = Map::new();
+    for assignment in rule.properties() {
+        let value = match assignment.source {
+            PropertySource::Value(value) => Some(value),
+            // A pointer that finds nothing, or `null`, sets nothing: `null` in a contact's
+            // properties would remove the property. A value that would nest too deep once
+            // inside the properties is left out too (the payload was checked as a whole, not
+            // one level down).
+            PropertySource::FromPayload(pointer) => payload
+                .pointer(&pointer)
+                .filter(|value| !value.is_null() && nesting(value) < MAX_NESTING)
+                .cloned(),
+        };
+        if let Some(value) = value {
+            properties.insert(assignment.property, value);
+        }
+    }
+    ContactUpsert {
+        phone_number: number,
+        external_reference_id: None,
+        subscriber_status: None,
+        name: FieldUpdate::Keep,
+        email: FieldUpdate::Keep,
+        locale: FieldUpdate::Keep,
+        properties,
+        tags: TagUpdate::Modify {
+            add: rule.add_tags.clone(),
+            remove: rule.remove_tags.clone(),
+        },
+    }
 }
 
 impl JobHandler for CustomEventHandler {
@@ -98,45 +155,60 @@ impl JobHandler for CustomEventHandler {
                 // Nothing to change and nobody to enrol: the contact need not be read.
                 return Ok(());
             }
-            let contact: ContactRow = contacts::table
-                .find(contact_id)
-                .select(ContactRow::as_select())
-                .first(&mut connection)
-                .await
-                .map_err(retry)?;
-            let number = phone::normalize(&contact.phone_number, None).map_err(|error| {
-                JobError::Permanent(format!("stored phone number is invalid: {error}"))
-            })?;
-
-            if let Some(rule) = rule {
-                let mut properties = Map::new();
-                for assignment in rule.properties() {
-                    let value = match assignment.source {
-                        PropertySource::Value(value) => Some(value),
-                        PropertySource::FromPayload(pointer) => payload.pointer(&pointer).cloned(),
-                    };
-                    if let Some(value) = value {
-                        properties.insert(assignment.property, value);
+            let number = match rule {
+                None => {
+                    let contact: ContactRow = contacts::table
+                        .find(contact_id)
+                        .select(ContactRow::as_select())
+                        .first(&mut connection)
+                        .await
+                        .map_err(retry)?;
+                    stored_number(&contact)?
+                }
+                Some(rule) => {
+                    let applied = connection
+                        .transaction(async |connection| {
+                            // Locked: the rule's upsert finds the contact by its phone number,
+                            // which a concurrent upsert could otherwise change in between (the
+                            // rule would then create a contact of the old number).
+                            let contact = lock_by_id(connection, contact_id)
+                                .await?
+                                .ok_or(RuleError::Contact(ContactError::NotFound))?;
+                            let number = stored_number(&contact).map_err(RuleError::Job)?;
+                            let upsert = rule_upsert(rule, &payload, number.clone());
+                            match upsert_on(connection, &request, &self.audience, &upsert).await {
+                                Ok(outcome) => Ok((number, Some(outcome))),
+                                // No retry can make the rule's result valid (its properties over
+                                // the size limit, say): the rule is skipped, and the flows are
+                                // still triggered.
+                                Err(ContactError::Invalid(violations)) => {
+                                    tracing::warn!(
+                                        webhook_event_id,
+                                        event_name,
+                                        ?violations,
+                                        "the event rule's change is not a valid contact change; \
+                                         rule skipped"
+                                    );
+                                    Ok((number, None))
+                                }
+                                Err(error) => Err(RuleError::Contact(error)),
+                            }
+                        })
+                        .await;
+                    match applied {
+                        Ok((number, outcome)) => {
+                            if let Some(mut outcome) = outcome {
+                                context.after_commit(None, &mut outcome);
+                            }
+                            number
+                        }
+                        // Deleted meanwhile: nobody to change or enrol.
+                        Err(RuleError::Contact(ContactError::NotFound)) => return Ok(()),
+                        Err(RuleError::Contact(error)) => return Err(retry(error)),
+                        Err(RuleError::Job(error)) => return Err(error),
                     }
                 }
-                let upsert = ContactUpsert {
-                    phone_number: number.clone(),
-                    external_reference_id: None,
-                    subscriber_status: None,
-                    name: FieldUpdate::Keep,
-                    email: FieldUpdate::Keep,
-                    locale: FieldUpdate::Keep,
-                    properties,
-                    tags: TagUpdate::Modify {
-                        add: rule.add_tags.clone(),
-                        remove: rule.remove_tags.clone(),
-                    },
-                };
-                let mut outcome = upsert_on(&mut connection, &request, &self.audience, &upsert)
-                    .await
-                    .map_err(retry)?;
-                context.after_commit(None, &mut outcome);
-            }
+            };
 
             drop(connection);
             let data = json!({

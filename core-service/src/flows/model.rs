@@ -4,13 +4,15 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use switchbord_api::json::{json_from_value, value_from_json};
+use switchbord_api::json::{
+    MAX_NESTING, NESTING_PROBLEM, json_from_value, nesting, value_from_json,
+};
 use switchbord_api::v1::{self, property_assignment};
 
 use crate::contacts::timestamp;
 use crate::error::FieldViolation;
 use crate::schema::{event_rules, flows};
-use crate::validation::short_text_problem;
+use crate::validation::{NUL_PROBLEM, contains_nul, short_text_problem};
 
 const MAX_ID_LEN: usize = 255;
 const MAX_PROPERTY_LEN: usize = 128;
@@ -218,7 +220,20 @@ pub fn rule_from_proto(
         }
         let source = match assignment.source {
             Some(property_assignment::Source::Value(value)) => {
-                PropertySource::Value(json_from_value(value))
+                let value = json_from_value(value);
+                // The value lands inside the contact's properties, one level down.
+                let problem = if contains_nul(&value) {
+                    Some(NUL_PROBLEM)
+                } else if 1 + nesting(&value) > MAX_NESTING {
+                    Some(NESTING_PROBLEM)
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    violations.push(FieldViolation::new(format!("{field}.value"), problem));
+                    continue;
+                }
+                PropertySource::Value(value)
             }
             Some(property_assignment::Source::FromPayload(pointer))
                 if pointer.starts_with('/') || pointer.is_empty() =>
