@@ -137,6 +137,7 @@ diesel::table! {
         request_id -> Uuid,
         contact_id -> Nullable<Uuid>,
         outbox_job_id -> Uuid,
+        rule_applied_at -> Nullable<Timestamptz>,
     }
 }
 

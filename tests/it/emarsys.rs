@@ -710,7 +710,11 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
         "the rule's change emits contact.updated"
     );
 
-    // The job runs again (as after a crash before it recorded success): no second trigger.
+    // A later change takes the rule's tag away; then the job runs again (as after a crash
+    // before it recorded success): no second trigger, and the rule is not applied again over
+    // the later change.
+    app.upsert_contact(&json!({"phone_number": PHONE, "tags": ["vip"]}))
+        .await;
     let mut connection = app.database.connect().await;
     sql_query(format!("UPDATE outbox_jobs SET status = 'pending', run_after = now(), attempts = 1 WHERE id = '{job_id}'"))
         .execute(&mut connection)
@@ -725,6 +729,8 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
         count(&app, "SELECT count(*) AS count FROM journey_runs").await,
         2
     );
+    let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
+    assert_eq!(contact["contact"]["tags"], json!(["vip"]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -29,16 +29,17 @@ pub async fn lock_matching(
     }
 }
 
-/// The contact with `id`, locked for update.
+/// The contact with `id`, locked for update. Takes the connection by shared reference so that
+/// `BEGIN` can be pipelined with it.
 pub async fn lock_by_id(
-    connection: &mut AsyncPgConnection,
+    mut connection: &AsyncPgConnection,
     id: Uuid,
 ) -> QueryResult<Option<ContactRow>> {
     contacts::table
         .find(id)
         .select(ContactRow::as_select())
         .for_update()
-        .first(connection)
+        .first(&mut connection)
         .await
         .optional()
 }

@@ -143,6 +143,16 @@ pub async fn plan_upsert(
     plan(identify(matches, upsert)?, upsert).map(PlannedUpsert)
 }
 
+/// Decides what `upsert` writes to `existing`, a contact the caller found by id and locked (a job
+/// that knows its contact by id, whose phone number a concurrent upsert could change): the read
+/// half for [`save_planned`].
+pub fn plan_for(
+    existing: ContactRow,
+    upsert: &ContactUpsert,
+) -> Result<PlannedUpsert, ContactError> {
+    plan(Some(existing), upsert).map(PlannedUpsert)
+}
+
 /// Writes a [`PlannedUpsert`]; every statement is sent at once, as the write half of
 /// [`db::pipelined::read_then_write`] needs.
 pub async fn save_planned(

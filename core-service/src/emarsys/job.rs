@@ -1,15 +1,14 @@
 //! The `integration.emarsys.custom_event` job: applies the event's rule to its contact and
 //! triggers every enabled flow that listens for the event name.
 //!
-//! Each flow is triggered with the webhook event id as idempotency key, so a retried job never
-//! triggers a flow twice. The rule is applied again on a retry: its tags and properties converge
-//! to the same values, unless a later event's rule changed them meanwhile: nothing records that
-//! a rule was applied, so a retry after that sets its values again.
+//! Each flow is triggered with the webhook event id as idempotency key, and the rule is applied
+//! once per event (the event is marked in the rule's transaction), so a retried job neither
+//! triggers a flow twice nor sets the rule's values again over a later event's.
 
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value as Json, json};
 use switchbord_api::json::{MAX_NESTING, nesting};
 use uuid::Uuid;
@@ -18,15 +17,16 @@ use crate::access::Caller;
 use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::phone::{self, PhoneNumber};
 use crate::contacts::{
-    ContactError, ContactRow, ContactUpsert, FieldUpdate, TagUpdate, lock_by_id, upsert_on,
+    ContactError, ContactRow, ContactUpsert, FieldUpdate, PlannedUpsert, TagUpdate, UpsertOutcome,
+    lock_by_id, plan_for, save_planned,
 };
-use crate::db;
+use crate::db::{self, prepared};
 use crate::events::Audience;
 use crate::flows::{EventRouting, EventRuleRow, FlowRow, PropertySource};
 use crate::journeys::{Route, TriggerInput, accept_trigger};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::request::{RequestContext, RequestId};
-use crate::schema::contacts;
+use crate::schema::{contacts, webhook_events};
 
 pub const CUSTOM_EVENT_JOB: JobKind = JobKind {
     name: "integration.emarsys.custom_event",
@@ -107,6 +107,97 @@ fn rule_upsert(rule: &EventRuleRow, payload: &Json, number: PhoneNumber) -> Cont
     }
 }
 
+/// What the read half of a rule's transaction found.
+enum RuleRead {
+    /// The contact is gone.
+    Gone,
+    /// Applied by an earlier run of this job, or not a valid change: nothing to write.
+    NothingToWrite(PhoneNumber),
+    Planned(PhoneNumber, Box<PlannedUpsert>),
+}
+
+/// Marks the event's rule applied, unless an earlier run of its job did: whether this is the
+/// first run to apply it.
+async fn first_to_apply(mut connection: &AsyncPgConnection, event_id: Uuid) -> QueryResult<bool> {
+    prepared(
+        diesel::update(
+            webhook_events::table
+                .find(event_id)
+                .filter(webhook_events::rule_applied_at.is_null()),
+        )
+        .set(webhook_events::rule_applied_at.eq(diesel::dsl::now)),
+    )
+    .execute(&mut connection)
+    .await
+    .map(|marked| marked == 1)
+}
+
+impl CustomEventHandler {
+    /// Applies `rule` to the contact, once per event, in two round trips: `BEGIN` with the
+    /// contact's lock and the event's mark, then the contact's writes with `COMMIT`. Answers the
+    /// contact's phone number and the upsert's outcome, or `None` when the contact is gone.
+    async fn apply_rule(
+        &self,
+        connection: &mut AsyncPgConnection,
+        request: &RequestContext,
+        rule: &EventRuleRow,
+        payload: &Json,
+        event_id: Uuid,
+        contact_id: Uuid,
+    ) -> Result<Option<(PhoneNumber, Option<UpsertOutcome>)>, JobError> {
+        let applied = db::pipelined::read_then_write(
+            connection,
+            async |connection| {
+                // Locked by id: an upsert finds its contact by phone number, which a concurrent
+                // upsert could change in between (the rule then creating a contact of the old
+                // number). Marked in the same transaction: a retried job (its flows' triggers
+                // failed after this commit) must not set the rule's values again over a later
+                // event's.
+                let (contact, first) = futures::try_join!(
+                    lock_by_id(connection, contact_id),
+                    first_to_apply(connection, event_id)
+                )?;
+                let Some(contact) = contact else {
+                    return Ok(RuleRead::Gone);
+                };
+                let number = stored_number(&contact).map_err(RuleError::Job)?;
+                if !first {
+                    return Ok(RuleRead::NothingToWrite(number));
+                }
+                match plan_for(contact, &rule_upsert(rule, payload, number.clone())) {
+                    Ok(planned) => Ok(RuleRead::Planned(number, Box::new(planned))),
+                    // No retry can make the rule's result valid (its properties over the size
+                    // limit, say): the rule is skipped, and the flows are still triggered.
+                    Err(ContactError::Invalid(violations)) => {
+                        tracing::warn!(
+                            %event_id,
+                            ?violations,
+                            "the event rule's change is not a valid contact change; rule skipped"
+                        );
+                        Ok(RuleRead::NothingToWrite(number))
+                    }
+                    Err(error) => Err(RuleError::Contact(error)),
+                }
+            },
+            async |connection, read| match read {
+                RuleRead::Gone => Ok(None),
+                RuleRead::NothingToWrite(number) => Ok(Some((number, None))),
+                RuleRead::Planned(number, planned) => {
+                    save_planned(connection, request, &self.audience, *planned, None)
+                        .await
+                        .map(|outcome| Some((number, Some(outcome))))
+                }
+            },
+        )
+        .await;
+        match applied {
+            Ok(applied) => Ok(applied),
+            Err(RuleError::Contact(error)) => Err(retry(error)),
+            Err(RuleError::Job(error)) => Err(error),
+        }
+    }
+}
+
 impl JobHandler for CustomEventHandler {
     fn kind(&self) -> JobKind {
         CUSTOM_EVENT_JOB
@@ -128,6 +219,9 @@ impl JobHandler for CustomEventHandler {
                 .get("webhook_event_id")
                 .and_then(Json::as_str)
                 .ok_or_else(|| JobError::Permanent("payload has no webhook_event_id".to_owned()))?;
+            let event_id = Uuid::parse_str(webhook_event_id).map_err(|_| {
+                JobError::Permanent("payload's webhook_event_id is not a UUID".to_owned())
+            })?;
             let contact_id = job
                 .payload
                 .get("contact_id")
@@ -166,47 +260,24 @@ impl JobHandler for CustomEventHandler {
                     stored_number(&contact)?
                 }
                 Some(rule) => {
-                    let applied = connection
-                        .transaction(async |connection| {
-                            // Locked: the rule's upsert finds the contact by its phone number,
-                            // which a concurrent upsert could otherwise change in between (the
-                            // rule would then create a contact of the old number).
-                            let contact = lock_by_id(connection, contact_id)
-                                .await?
-                                .ok_or(RuleError::Contact(ContactError::NotFound))?;
-                            let number = stored_number(&contact).map_err(RuleError::Job)?;
-                            let upsert = rule_upsert(rule, &payload, number.clone());
-                            match upsert_on(connection, &request, &self.audience, &upsert).await {
-                                Ok(outcome) => Ok((number, Some(outcome))),
-                                // No retry can make the rule's result valid (its properties over
-                                // the size limit, say): the rule is skipped, and the flows are
-                                // still triggered.
-                                Err(ContactError::Invalid(violations)) => {
-                                    tracing::warn!(
-                                        webhook_event_id,
-                                        event_name,
-                                        ?violations,
-                                        "the event rule's change is not a valid contact change; \
-                                         rule skipped"
-                                    );
-                                    Ok((number, None))
-                                }
-                                Err(error) => Err(RuleError::Contact(error)),
-                            }
-                        })
-                        .await;
-                    match applied {
-                        Ok((number, outcome)) => {
-                            if let Some(mut outcome) = outcome {
-                                context.after_commit(None, &mut outcome);
-                            }
-                            number
-                        }
+                    let applied = self
+                        .apply_rule(
+                            &mut connection,
+                            &request,
+                            rule,
+                            &payload,
+                            event_id,
+                            contact_id,
+                        )
+                        .await?;
+                    let Some((number, outcome)) = applied else {
                         // Deleted meanwhile: nobody to change or enrol.
-                        Err(RuleError::Contact(ContactError::NotFound)) => return Ok(()),
-                        Err(RuleError::Contact(error)) => return Err(retry(error)),
-                        Err(RuleError::Job(error)) => return Err(error),
+                        return Ok(());
+                    };
+                    if let Some(mut outcome) = outcome {
+                        context.after_commit(None, &mut outcome);
                     }
+                    number
                 }
             };
 

@@ -1,0 +1,1 @@
+ALTER TABLE webhook_events DROP COLUMN rule_applied_at;
