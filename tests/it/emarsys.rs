@@ -818,6 +818,35 @@ async fn a_rule_sets_no_null_it_cannot_keep_and_its_invalid_change_does_not_stop
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_rule_that_would_pass_the_tag_limit_is_skipped() {
+    let app = TestApp::spawn().await;
+    FlowServiceClient::with_interceptor(app.channel().await, WithKey::new(Some(&app.keys.manager)))
+        .put_event_rule(PutEventRuleRequest {
+            rule: Some(EventRule {
+                event_name: "order_placed".to_owned(),
+                add_tags: vec!["customer".to_owned()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("put rule");
+    let tags: Vec<String> = (0..100).map(|index| format!("t{index:03}")).collect();
+    app.upsert_contact(&json!({"phone_number": PHONE, "tags": tags}))
+        .await;
+
+    let body = json!({"event_name": "order_placed", "phone_number": PHONE});
+    let reply = post(&app, "", &body.to_string(), &[]).await;
+    let job = reply.body["outboxJobId"].as_str().expect("job").to_owned();
+    crate::helpers::until_job_succeeded(&app.database, &job).await;
+    let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
+    assert_eq!(
+        contact["contact"]["tags"],
+        json!(tags),
+        "101 tags could not be sent back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_request_is_not_stored_twice() {
     let app = TestApp::spawn().await;
     let body = json!({"event_name": "order_placed", "phone_number": PHONE, "payload": {"n": 1}})

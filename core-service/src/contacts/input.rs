@@ -28,7 +28,7 @@ const MAX_EMAIL_LEN: usize = 320;
 const MAX_LOCALE_LEN: usize = 35;
 const MAX_SOURCE_TYPE_LEN: usize = 64;
 const MAX_TAG_LEN: usize = 100;
-const MAX_TAGS: usize = 100;
+pub(super) const MAX_TAGS: usize = 100;
 const MAX_PROPERTY_KEY_LEN: usize = 128;
 
 /// The source type that opts a contact out.

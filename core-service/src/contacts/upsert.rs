@@ -8,7 +8,7 @@ use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
 use super::error::ContactError;
-use super::input::{ContactUpsert, SubscriberStatus};
+use super::input::{ContactUpsert, MAX_TAGS, SubscriberStatus};
 use super::model::ContactRow;
 use super::notify::{RecordedEvents, record_contact_events};
 use super::store;
@@ -196,7 +196,7 @@ struct Plan {
 }
 
 /// The row `upsert` makes of `existing` (or a new one). Refuses properties that would grow past
-/// [`MAX_PROPERTIES_BYTES`].
+/// [`MAX_PROPERTIES_BYTES`], and tags past [`MAX_TAGS`].
 fn plan(existing: Option<ContactRow>, upsert: &ContactUpsert) -> Result<Plan, ContactError> {
     // The database keeps microseconds: the row built here is then exactly the row stored.
     let now = Utc::now().trunc_subsecs(6);
@@ -226,6 +226,13 @@ fn plan(existing: Option<ContactRow>, upsert: &ContactUpsert) -> Result<Plan, Co
             }
         }
     };
+    // Tags added to the set (an event rule's) can pass the limit a replacing list is held to.
+    if plan.changed_fields.contains(&"tags") && plan.contact.tags.len() > MAX_TAGS {
+        return Err(ContactError::Invalid(vec![FieldViolation::new(
+            "tags",
+            format!("would give the contact more than {MAX_TAGS} tags"),
+        )]));
+    }
     if plan.changed_fields.contains(&"properties")
         && json_len(&plan.contact.properties) > MAX_PROPERTIES_BYTES
     {
