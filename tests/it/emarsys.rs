@@ -563,24 +563,6 @@ async fn rules_and_flows_changed_through_the_api_or_elsewhere_apply_to_the_next_
     );
 }
 
-/// The flow and rule changes in the audit trail, oldest first: action, changed fields, target.
-async fn audited_config_changes(app: &TestApp) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct Entry {
-        #[diesel(sql_type = Text)]
-        entry: String,
-    }
-    let mut connection = app.database.connect().await;
-    let entries: Vec<Entry> = sql_query(
-        "SELECT concat_ws(' ', action, NULLIF(array_to_string(changed_fields, ','), ''), target_id) AS entry
-           FROM audit_entries WHERE target_type IN ('flow', 'event_rule') ORDER BY occurred_at, id",
-    )
-    .load(&mut connection)
-    .await
-    .expect("audit entries");
-    entries.into_iter().map(|entry| entry.entry).collect()
-}
-
 #[tokio::test]
 async fn a_flow_or_rule_put_audits_the_fields_it_changed() {
     let app = TestApp::spawn().await;
@@ -623,7 +605,7 @@ async fn a_flow_or_rule_put_audits_the_fields_it_changed() {
         .expect("delete flow");
 
     assert_eq!(
-        audited_config_changes(&app).await,
+        crate::helpers::audit_trail(&app.database, "'flow', 'event_rule'").await,
         [
             "flow.put org,name,enabled,event_names welcome",
             "flow.put welcome",

@@ -194,25 +194,6 @@ async fn contact_by_phone(app: &TestApp, phone: &str) -> Json {
     })
 }
 
-/// The Twenty configuration changes in the audit trail, oldest first: action, changed fields,
-/// target.
-async fn audited_changes(app: &TestApp) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct Entry {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        entry: String,
-    }
-    let mut connection = app.database.connect().await;
-    let entries: Vec<Entry> = diesel::sql_query(
-        "SELECT concat_ws(' ', action, NULLIF(array_to_string(changed_fields, ','), ''), target_id) AS entry
-           FROM audit_entries WHERE target_type = 'twenty' ORDER BY occurred_at, id",
-    )
-    .load(&mut connection)
-    .await
-    .expect("audit entries");
-    entries.into_iter().map(|entry| entry.entry).collect()
-}
-
 #[tokio::test]
 async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
     let app = TestApp::spawn().await;
@@ -304,7 +285,7 @@ async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
 
     // Only the changes that were made, with the names of the fields they set.
     assert_eq!(
-        audited_changes(&app).await,
+        crate::helpers::audit_trail(&app.database, "'twenty'").await,
         [
             "twenty.connection.set base_url,api_key,webhook_secret",
             "twenty.connection.set base_url,api_key",
@@ -503,7 +484,7 @@ async fn a_custom_mapping_is_validated_and_syncs_chosen_properties() {
     .await;
     assert_eq!(reset.body["entries"].as_array().unwrap().len(), 6);
     // The refused updates changed nothing and are not in the audit trail.
-    let changes = audited_changes(&app).await;
+    let changes = crate::helpers::audit_trail(&app.database, "'twenty'").await;
     assert_eq!(
         changes[1..],
         [
@@ -652,7 +633,10 @@ async fn a_validation_error_fails_the_record_until_the_cause_is_fixed_and_it_is_
     let not_failed = retry().await;
     assert_eq!(not_failed.status, 400, "{}", not_failed.text);
     assert_eq!(
-        audited_changes(&app).await.last().map(String::as_str),
+        crate::helpers::audit_trail(&app.database, "'twenty'")
+            .await
+            .last()
+            .map(String::as_str),
         Some(format!("twenty.sync.retry {contact_id}").as_str()),
         "one retry audited, the refused one not"
     );
@@ -978,7 +962,10 @@ async fn backfill_links_and_creates_contacts_across_pages() {
     assert_eq!(started.status, 200, "{}", started.text);
     assert_eq!(started.body["status"], "running");
     assert_eq!(
-        audited_changes(&app).await.last().map(String::as_str),
+        crate::helpers::audit_trail(&app.database, "'twenty'")
+            .await
+            .last()
+            .map(String::as_str),
         Some("twenty.backfill.start")
     );
 

@@ -24,6 +24,25 @@ pub async fn count(database: &TestDatabase, sql: &str) -> i64 {
         .count
 }
 
+/// The audit trail of targets of `target_types` (a SQL list such as `'flow', 'event_rule'`),
+/// oldest first, one line per entry: action, changed fields, target.
+pub async fn audit_trail(database: &TestDatabase, target_types: &str) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Entry {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        entry: String,
+    }
+    let mut connection = database.connect().await;
+    let entries: Vec<Entry> = sql_query(format!(
+        "SELECT concat_ws(' ', action, NULLIF(array_to_string(changed_fields, ','), ''), target_id) AS entry
+           FROM audit_entries WHERE target_type IN ({target_types}) ORDER BY occurred_at, id"
+    ))
+    .load(&mut connection)
+    .await
+    .expect("audit entries");
+    entries.into_iter().map(|entry| entry.entry).collect()
+}
+
 /// Waits (up to 20 s) until `check` holds, reading fresh state each time.
 pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
