@@ -207,14 +207,15 @@ impl CoreConfig {
             ));
         }
         let lease = crate::outbox::WorkerConfig::default().lease;
-        if self.webhook_timeout > lease.mul_f64(0.75) {
+        let most_timeout = lease.mul_f64(0.75);
+        if self.webhook_timeout > most_timeout {
             problems.push(ConfigError::new(
                 "SWITCHBORD_WEBHOOK_TIMEOUT",
                 "webhook-timeout",
                 format!(
                     "must be at most {}: an attempt must end well inside its job's {} lease, \
                      or another worker takes the job over and sends it again meanwhile",
-                    humantime::format_duration(lease.mul_f64(0.75)),
+                    humantime::format_duration(most_timeout),
                     humantime::format_duration(lease)
                 ),
             ));

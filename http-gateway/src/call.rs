@@ -26,11 +26,7 @@ impl CallContext {
     fn from_parts(parts: &Parts) -> Self {
         let header = |headers: &HeaderMap, name| headers.get(name).cloned();
         Self {
-            request_id: parts
-                .extensions
-                .get::<RequestId>()
-                .copied()
-                .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4())),
+            request_id: RequestId::of(&parts.extensions),
             client_ip: parts.extensions.get::<ClientIp>().map(|ip| ip.0),
             api_key: header(&parts.headers, "x-api-key"),
             authorization: header(&parts.headers, header::AUTHORIZATION.as_str()),

@@ -8,7 +8,6 @@ use axum::extract::rejection::PathRejection;
 use axum::http::request::Parts;
 use axum::response::Response;
 use serde::de::DeserializeOwned;
-use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::family::Family;
@@ -34,12 +33,7 @@ where
                     .get::<Family>()
                     .copied()
                     .unwrap_or(Family::Admin);
-                let request_id = parts
-                    .extensions
-                    .get::<RequestId>()
-                    .copied()
-                    .unwrap_or_else(|| RequestId(Uuid::new_v4()));
-                Err(problem(&rejection).render(family, request_id))
+                Err(problem(&rejection).render(family, RequestId::of(&parts.extensions)))
             }
         }
     }

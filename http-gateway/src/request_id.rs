@@ -12,6 +12,16 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestId(pub Uuid);
 
+impl RequestId {
+    /// The id [`assign_request_id`] gave the request; a fresh one for a request it did not see.
+    pub fn of(extensions: &axum::http::Extensions) -> Self {
+        extensions
+            .get::<Self>()
+            .copied()
+            .unwrap_or_else(|| Self(Uuid::new_v4()))
+    }
+}
+
 impl std::fmt::Display for RequestId {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(formatter)

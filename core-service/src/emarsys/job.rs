@@ -10,7 +10,6 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value as Json, json};
-use switchbord_api::json::{MAX_NESTING, nesting};
 use uuid::Uuid;
 
 use crate::access::Caller;
@@ -18,15 +17,15 @@ use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::phone::{self, PhoneNumber};
 use crate::contacts::{
     ContactError, ContactRow, ContactUpsert, FieldUpdate, PlannedUpsert, TagUpdate, UpsertOutcome,
-    lock_by_id, plan_for, save_planned,
+    find_by_id, lock_by_id, plan_for, save_planned,
 };
 use crate::db::{self, prepared};
 use crate::events::Audience;
-use crate::flows::{EventRouting, EventRuleRow, FlowRow, PropertySource};
+use crate::flows::{EventRouting, EventRuleRow, FlowRow, PropertySource, property_value_problem};
 use crate::journeys::{Route, TriggerInput, accept_trigger};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::request::{RequestContext, RequestId};
-use crate::schema::{contacts, webhook_events};
+use crate::schema::webhook_events;
 
 pub const CUSTOM_EVENT_JOB: JobKind = JobKind {
     name: "integration.emarsys.custom_event",
@@ -80,12 +79,11 @@ fn rule_upsert(rule: &EventRuleRow, payload: &Json, number: PhoneNumber) -> Cont
         let value = match assignment.source {
             PropertySource::Value(value) => Some(value),
             // A pointer that finds nothing, or `null`, sets nothing: `null` in a contact's
-            // properties would remove the property. A value that would nest too deep once
-            // inside the properties is left out too (the payload was checked as a whole, not
-            // one level down).
+            // properties would remove the property. A value the properties cannot hold is left
+            // out too (the payload was checked as a whole, not one level down).
             PropertySource::FromPayload(pointer) => payload
                 .pointer(&pointer)
-                .filter(|value| !value.is_null() && nesting(value) < MAX_NESTING)
+                .filter(|value| !value.is_null() && property_value_problem(value).is_none())
                 .cloned(),
         };
         if let Some(value) = value {
@@ -251,10 +249,7 @@ impl JobHandler for CustomEventHandler {
             }
             let number = match rule {
                 None => {
-                    let contact: ContactRow = contacts::table
-                        .find(contact_id)
-                        .select(ContactRow::as_select())
-                        .first(&mut connection)
+                    let contact = find_by_id(&mut connection, contact_id)
                         .await
                         .map_err(retry)?;
                     stored_number(&contact)?

@@ -6,6 +6,6 @@ mod routing;
 mod service;
 mod store;
 
-pub use model::{EventRuleRow, FlowRow, PropertySource, RuleProperty};
+pub use model::{EventRuleRow, FlowRow, PropertySource, RuleProperty, property_value_problem};
 pub use routing::EventRouting;
 pub use service::FlowsGrpc;

@@ -187,6 +187,19 @@ pub fn flow_to_proto(row: FlowRow) -> v1::Flow {
     }
 }
 
+/// What keeps `value` out of a contact's properties, where it lands one level down: a NUL, or
+/// nesting past [`MAX_NESTING`] once there. Checked when a rule is put (a fixed value) and when
+/// it is applied (a value from the event's payload).
+pub fn property_value_problem(value: &Json) -> Option<&'static str> {
+    if contains_nul(value) {
+        Some(NUL_PROBLEM)
+    } else if 1 + nesting(value) > MAX_NESTING {
+        Some(NESTING_PROBLEM)
+    } else {
+        None
+    }
+}
+
 /// Validates a rule from the API.
 pub fn rule_from_proto(
     rule: v1::EventRule,
@@ -221,15 +234,7 @@ pub fn rule_from_proto(
         let source = match assignment.source {
             Some(property_assignment::Source::Value(value)) => {
                 let value = json_from_value(value);
-                // The value lands inside the contact's properties, one level down.
-                let problem = if contains_nul(&value) {
-                    Some(NUL_PROBLEM)
-                } else if 1 + nesting(&value) > MAX_NESTING {
-                    Some(NESTING_PROBLEM)
-                } else {
-                    None
-                };
-                if let Some(problem) = problem {
+                if let Some(problem) = property_value_problem(&value) {
                     violations.push(FieldViolation::new(format!("{field}.value"), problem));
                     continue;
                 }

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::mapping::Mapping;
 use super::records::{self, SyncRow};
 use super::signature::{self, SignatureError};
-use super::sync::{person_id, queue_sync, updated_at, values_json};
+use super::sync::{person_id, queue_sync, time_field, updated_at, values_json};
 use super::{connection, mapping_store};
 use crate::contacts::{
     self, ContactError, ContactRow, ContactUpsert, Operation, update_by_id_on, upsert_on,
@@ -236,12 +236,7 @@ impl Apply<'_> {
     /// The person version a delete carries: when it was deleted, or its last update when that
     /// is later.
     fn deleted_version(&self, record: &Json) -> DateTime<Utc> {
-        let deleted_at = record
-            .get("deletedAt")
-            .and_then(Json::as_str)
-            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-            .map(|time| time.with_timezone(&Utc));
-        deleted_at
+        time_field(record, "deletedAt")
             .into_iter()
             .chain(updated_at(record))
             .max()

@@ -461,8 +461,13 @@ pub fn person_id(person: &Json) -> Option<&str> {
 
 /// Twenty's `updatedAt` of a person.
 pub fn updated_at(person: &Json) -> Option<DateTime<Utc>> {
+    time_field(person, "updatedAt")
+}
+
+/// The person's timestamp `field` (`updatedAt`, `deletedAt`), when it has a readable one.
+pub fn time_field(person: &Json, field: &str) -> Option<DateTime<Utc>> {
     person
-        .get("updatedAt")
+        .get(field)
         .and_then(Json::as_str)
         .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
         .map(|time| time.with_timezone(&Utc))
