@@ -476,12 +476,14 @@ pub(super) async fn conclude(
     {
         return;
     }
-    let recorded = async {
+    // Boxed: this rarer path's state is most of the future's size, and the first attempts the
+    // fan-out makes hold that size while they wait for their success to be written.
+    let recorded = Box::pin(async {
         let mut connection = db::connection(&context.pool).await?;
         store::finish(&mut connection, job, &lease.owner, now, &outcome)
             .await
             .map_err(db::DbError::from)
-    }
+    })
     .await;
     if let Err(error) = recorded {
         tracing::warn!(

@@ -306,8 +306,12 @@ impl Deliverer {
     ) -> Result<Slot, JobError> {
         let Some(slot) = self.wait_for_slot(endpoint.id, BUSY_WAIT).await else {
             self.mark_slow(endpoint.id);
-            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-            let parked = park(self, &mut connection, endpoint.id, context).await?;
+            // Boxed, as the rare paths of `attempt` are.
+            let parked = Box::pin(async {
+                let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+                park(self, &mut connection, endpoint.id, context).await
+            })
+            .await?;
             return Err(JobError::Defer { after: parked });
         };
         self.unless_rate_limited(slot, endpoint)
@@ -332,7 +336,10 @@ impl Deliverer {
         context: &JobContext,
     ) -> Result<(), JobError> {
         let now = context.clock.now();
-        let result = self.send(endpoint, event, now).await;
+        // The send and the failure's record are boxed: under load thousands of deliveries wait
+        // for their success to be written (see `SuccessLog`), and each would otherwise hold
+        // the size of the largest of these states, several times that of its own.
+        let result = Box::pin(self.send(endpoint, event, now)).await;
         // The slot bounds requests in flight to the receiver, not our own bookkeeping.
         drop(slot);
         self.record(delivery, endpoint, result, now, context).await
@@ -379,18 +386,21 @@ impl Deliverer {
             record_metrics(&result, &Next::Done);
             return Ok(());
         }
-        let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-        let next = record_attempt(
-            &mut connection,
-            &self.policy,
-            delivery,
-            endpoint,
-            &result,
-            now,
-            true,
-        )
-        .await
-        .map_err(retry)?;
+        let next = Box::pin(async {
+            let mut connection = db::connection(&context.pool).await.map_err(retry)?;
+            record_attempt(
+                &mut connection,
+                &self.policy,
+                delivery,
+                endpoint,
+                &result,
+                now,
+                true,
+            )
+            .await
+            .map_err(retry)
+        })
+        .await?;
         record_metrics(&result, &next);
         match next {
             Next::Done => Ok(()),
