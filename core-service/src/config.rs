@@ -111,6 +111,15 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_WEBHOOK_SLOW_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
     pub webhook_slow_after: Duration,
 
+    /// Delivered webhooks whose success may wait in memory to be written. When the database falls
+    /// this far behind, new events wait in the outbox queue instead, so memory stays bounded.
+    #[arg(
+        long,
+        env = "SWITCHBORD_WEBHOOK_SUCCESS_BACKLOG",
+        default_value_t = 1024
+    )]
+    pub webhook_success_backlog: usize,
+
     /// Delay before each delivery attempt, comma-separated; its length is the number of attempts.
     #[arg(long, env = "SWITCHBORD_WEBHOOK_RETRY_SCHEDULE", default_value = "0s,5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
     pub webhook_retry_schedule: Schedule,
@@ -141,6 +150,7 @@ impl CoreConfig {
             webhook_allow_http: false,
             webhook_timeout: Duration::from_secs(15),
             webhook_slow_after: Duration::from_secs(1),
+            webhook_success_backlog: 1024,
             twenty_webhook_tolerance: Duration::from_secs(300),
             webhook_retry_schedule: parse_schedule("0s,5s,5m,30m,2h,5h,10h,10h")
                 .unwrap_or_default(),
@@ -193,6 +203,13 @@ impl CoreConfig {
                 "SWITCHBORD_OUTBOX_WORKERS",
                 "outbox-workers",
                 "must be at least 1 (with 0 no job would ever run)",
+            ));
+        }
+        if self.webhook_success_backlog == 0 {
+            problems.push(ConfigError::new(
+                "SWITCHBORD_WEBHOOK_SUCCESS_BACKLOG",
+                "webhook-success-backlog",
+                "must be at least 1 (with 0 no webhook would ever be delivered)",
             ));
         }
         if self.outbox_retention < self.trigger_dedup_window {
@@ -381,6 +398,22 @@ mod tests {
         assert!(parse_schedule("0s").is_ok());
         let refused = parse_schedule("10s,5m").unwrap_err();
         assert!(refused.contains("must start with 0s"), "{refused}");
+    }
+
+    #[test]
+    fn a_success_backlog_of_zero_is_refused() {
+        let with_backlog = |backlog| CoreConfig {
+            webhook_success_backlog: backlog,
+            ..CoreConfig::with_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
+        let refused = |backlog| {
+            with_backlog(backlog)
+                .problems()
+                .iter()
+                .any(|problem| problem.variable == "SWITCHBORD_WEBHOOK_SUCCESS_BACKLOG")
+        };
+        assert!(!refused(1));
+        assert!(refused(0));
     }
 
     #[test]

@@ -180,6 +180,7 @@ impl CoreServer {
             schedule: config.webhook_retry_schedule.0.clone(),
             disable_after: config.webhook_disable_after,
             slow_attempt: config.webhook_slow_after,
+            success_backlog: config.webhook_success_backlog,
             ..DeliveryPolicy::default()
         };
         let watch = ConfigWatch::default();

@@ -1100,6 +1100,48 @@ async fn deliveries_to_a_busy_endpoint_wait_for_its_slot_in_the_fan_out_not_in_t
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_new_deliveries_are_sent_while_their_successes_cannot_be_written() {
+    let app = TestApp::builder().webhook_success_backlog(4).spawn().await;
+    let receiver = Receiver::start().await;
+    create(&app, &receiver.url(), &["message.delivered"]).await;
+    // Successes are written to `webhook_attempts`, which this transaction keeps them from.
+    let mut holder = app.database.connect().await;
+    sql_query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sql_query("LOCK TABLE webhook_attempts IN EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+
+    // Four are delivered; the first is being written, three wait in memory behind it.
+    publish_messages(&app, 4).await;
+    receiver.wait_for(4).await;
+    until_waiting_for_locks(&app.database, 1).await;
+    // The three are handed to the log once their answers are read, in memory.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The backlog is full: events are still accepted, but not delivered.
+    publish_messages(&app, 16).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 4, "delivered while behind");
+
+    sql_query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("commit");
+    receiver.wait_for(20).await;
+    until_deliveries_end_or_fail(&app).await;
+    let succeeded = count(
+        &app,
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'",
+    )
+    .await;
+    assert_eq!(succeeded, 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_waiting_deliveries_of_a_hanging_endpoint_are_parked_not_polled() {
     let app = TestApp::builder()
         .webhook_timeout(Duration::from_millis(1500))

@@ -71,6 +71,9 @@ pub struct DeliveryPolicy {
     /// claiming its backlog every few seconds would cost the healthy endpoints.
     pub slow_park: Duration,
     pub slow_park_max: Duration,
+    /// Delivered attempts whose success may wait in memory to be written (see [`SuccessLog`]);
+    /// beyond it, new deliveries wait for the database rather than pile up.
+    pub success_backlog: usize,
 }
 
 impl Default for DeliveryPolicy {
@@ -93,6 +96,7 @@ impl Default for DeliveryPolicy {
             slow_attempt: Duration::from_secs(1),
             slow_park: Duration::from_secs(2),
             slow_park_max: Duration::from_secs(30),
+            success_backlog: 1024,
         }
     }
 }
@@ -130,14 +134,23 @@ impl Deliverer {
     pub fn new(sender: Sender, policy: DeliveryPolicy, config: ConfigWatch) -> Self {
         Self {
             sender,
+            successes: SuccessLog::new(policy.success_backlog),
             policy,
             config,
             in_flight: Mutex::default(),
             slow: Mutex::default(),
             rate_limits: Mutex::default(),
             parked: Mutex::default(),
-            successes: SuccessLog::default(),
         }
+    }
+
+    /// Returns once the successes waiting to be written are fewer than the policy's backlog.
+    /// Callers wait here before they start new deliveries: while the database writes
+    /// successes more slowly than receivers answer, every delivery sent meanwhile would wait in
+    /// memory for its record, and under a sustained load those would grow without bound.
+    /// Waiting keeps the caller's worker slot, so later jobs wait in the queue, on disk.
+    pub(super) async fn successes_caught_up(&self) {
+        self.successes.caught_up().await;
     }
 
     /// A slot for one attempt to `endpoint`, if it has one free. A slow endpoint also needs
@@ -451,6 +464,7 @@ impl JobHandler for DeliverHandler {
                 .and_then(Json::as_str)
                 .and_then(|id| Uuid::parse_str(id).ok())
                 .ok_or_else(|| JobError::Permanent("payload has no delivery_id".to_owned()))?;
+            self.deliverer.successes_caught_up().await;
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
             let found: Option<(DeliveryRow, EndpointRow, StoredEvent)> = webhook_deliveries::table
                 .inner_join(webhook_endpoints::table)

@@ -285,6 +285,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn webhook_success_backlog(mut self, backlog: usize) -> Self {
+        self.core.webhook_success_backlog = backlog;
+        self
+    }
+
     pub fn outbox_workers(mut self, workers: usize) -> Self {
         self.core.outbox_workers = workers;
         self
