@@ -1145,6 +1145,136 @@ async fn a_failed_backfill_resumes_from_the_last_imported_page() {
     );
 }
 
+#[derive(diesel::QueryableByName)]
+struct DeadJob {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    error: String,
+}
+
+/// Runs `sql` on the test database.
+async fn execute(app: &TestApp, sql: &str) {
+    let mut connection = app.database.connect().await;
+    diesel::sql_query(sql)
+        .execute(&mut connection)
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
+}
+
+/// Waits until a job of `kind` has failed once, then spends its attempts but the last, which it
+/// makes at once: the next failure dead-letters it.
+async fn until_its_last_attempt(app: &TestApp, kind: &str) {
+    eventually("the job failed once", async || {
+        count(
+            &app.database,
+            &format!(
+                "SELECT count(*) AS count FROM outbox_jobs WHERE kind = '{kind}' \
+                 AND status = 'pending' AND last_error IS NOT NULL"
+            ),
+        )
+        .await
+            == 1
+    })
+    .await;
+    execute(
+        app,
+        &format!(
+            "UPDATE outbox_jobs SET attempts = max_attempts - 1, run_after = now() \
+             WHERE kind = '{kind}' AND status = 'pending'"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_page_that_fails_on_every_run_fails_the_backfill() {
+    let app = TestApp::builder()
+        .outbox_poll_interval(std::time::Duration::from_millis(100))
+        .spawn()
+        .await;
+    let (app, fake) = connected_app(app).await;
+    fake.insert_person(json!({
+        "name": {"firstName": "Never", "lastName": "Imported"},
+        "phones": {"primaryPhoneNumber": "15112340070", "primaryPhoneCallingCode": "+49"},
+    }));
+    // The import's contact cannot be written, on any run.
+    execute(
+        &app,
+        "ALTER TABLE contacts ADD CONSTRAINT no_new_contacts CHECK (false) NOT VALID",
+    )
+    .await;
+    let backfill = format!("{BASE}/backfill");
+    let health = format!("{BASE}/sync/health");
+    admin(&app, Method::POST, &backfill, None).await;
+    until_its_last_attempt(&app, "twenty.backfill").await;
+
+    let mut state = Json::Null;
+    eventually("the backfill fails", async || {
+        state = admin(&app, Method::GET, &health, None).await.body["backfill"].clone();
+        state["status"] == "failed"
+    })
+    .await;
+    // The dead job's error, as the backfill's.
+    let mut connection = app.database.connect().await;
+    let dead: Vec<DeadJob> = diesel::sql_query(
+        "SELECT last_error AS error FROM outbox_jobs \
+         WHERE kind = 'twenty.backfill' AND status = 'dead'",
+    )
+    .load(&mut connection)
+    .await
+    .expect("dead jobs");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(state["last_error"], dead[0].error, "{state}");
+
+    // Once the cause is gone, starting it again completes it.
+    execute(&app, "ALTER TABLE contacts DROP CONSTRAINT no_new_contacts").await;
+    admin(&app, Method::POST, &backfill, None).await;
+    eventually("the backfill completes", async || {
+        state = admin(&app, Method::GET, &health, None).await.body["backfill"].clone();
+        state["status"] == "completed"
+    })
+    .await;
+    assert_eq!(state["created"], 1, "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_whose_every_run_fails_in_the_database_fails_the_record() {
+    let app = TestApp::builder()
+        .outbox_poll_interval(std::time::Duration::from_millis(100))
+        .spawn()
+        .await;
+    let (app, _fake) = connected_app(app).await;
+    // What Twenty answered cannot be recorded, on any run.
+    execute(
+        &app,
+        "ALTER TABLE twenty_contact_syncs ADD CONSTRAINT never_synced \
+         CHECK (status <> 'synced') NOT VALID",
+    )
+    .await;
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340080"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    until_its_last_attempt(&app, "twenty.sync").await;
+
+    let failed = wait_for_status(&app, &contact_id, "failed").await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("never_synced"),
+        "{failed}"
+    );
+    eventually("crm.twenty.sync_failed is emitted", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM events WHERE type = 'crm.twenty.sync_failed'",
+        )
+        .await
+            == 1
+    })
+    .await;
+}
+
 /// The jobs Twenty's paths queue are announced once committed (see `wakeups.rs`): with the poll
 /// an hour away, each still runs at once.
 #[tokio::test(flavor = "multi_thread")]

@@ -325,6 +325,63 @@ async fn eventually_attempts(app: &TestApp, delivery: &str, count: usize) -> Vec
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_whose_job_runs_out_of_runs_fails_and_can_be_retried() {
+    let app = TestApp::builder()
+        .webhook_schedule("0s,1h,1h")
+        .outbox_poll_interval(Duration::from_millis(100))
+        .spawn()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.status(500);
+    let (endpoint, _) = create(&app, &receiver.url(), &["message.delivered"]).await;
+    publish_messages(&app, 1).await;
+    rescheduled(&app, 1).await;
+
+    // The job's backstop all but spent (as by many runs that the database failed), its next
+    // run is its last; the delivery still has an attempt to come after it.
+    let mut connection = app.database.connect().await;
+    sql_query(
+        "UPDATE outbox_jobs SET attempts = max_attempts - 1, run_after = now() \
+         WHERE kind = 'webhook.deliver'",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("spend the backstop");
+    receiver.wait_for(2).await;
+    eventually("the delivery failed with its job", async || {
+        deliveries_of(&app, &endpoint.id).await[0].status == "failed"
+    })
+    .await;
+    let delivery = deliveries_of(&app, &endpoint.id).await.remove(0);
+    assert!(
+        delivery.last_error.contains("its job gave up"),
+        "{}",
+        delivery.last_error
+    );
+    let dead = count(
+        &app,
+        "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver' AND status = 'dead'",
+    )
+    .await;
+    assert_eq!(dead, 1);
+
+    // A failed delivery is what the delivery log retries.
+    receiver.status(200);
+    client(&app)
+        .await
+        .retry_delivery(RetryDeliveryRequest {
+            delivery_id: delivery.id,
+        })
+        .await
+        .expect("retry");
+    receiver.wait_for(3).await;
+    eventually("the retried delivery succeeded", async || {
+        deliveries_of(&app, &endpoint.id).await[0].status == "succeeded"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_410_disables_the_endpoint_with_its_reason() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start().await;

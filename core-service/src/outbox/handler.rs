@@ -165,6 +165,19 @@ pub trait JobHandler: Send + Sync + 'static {
         job: &'a ClaimedJob,
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>>;
+
+    /// Called once this worker has dead-lettered a job of this kind (its last attempt failed,
+    /// or it failed for good) and recorded that: for a handler whose own records would
+    /// otherwise show the job's work as still under way. It may find that work ended already,
+    /// and an error here leaves the job dead all the same.
+    fn dead_lettered<'a>(
+        &'a self,
+        _job: &'a ClaimedJob,
+        _error: &'a str,
+        _context: &'a JobContext,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The handlers of every job kind this process runs.

@@ -385,15 +385,15 @@ impl Outcome {
 }
 
 /// Records `outcome` if `owner` still holds the job's lease (a worker that lost its lease to
-/// another must not overwrite that worker's result). A failure also goes into the job's error
-/// history, in the same transaction.
+/// another must not overwrite that worker's result), and says whether it did. A failure also
+/// goes into the job's error history, in the same transaction.
 pub async fn finish(
     connection: &mut AsyncPgConnection,
     job: &ClaimedJob,
     owner: &str,
     now: DateTime<Utc>,
     outcome: &Outcome,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     if let Outcome::Deferred { at } = outcome {
         return diesel::update(
             outbox_jobs::table
@@ -411,7 +411,7 @@ pub async fn finish(
         ))
         .execute(connection)
         .await
-        .map(drop);
+        .map(|updated| updated > 0);
     }
     let (status, run_after, error) = match outcome {
         Outcome::Deferred { .. } => unreachable!("handled above"),
@@ -435,11 +435,12 @@ pub async fn finish(
     ));
     let Some(error) = error else {
         // The common path stays one statement, with no transaction around it.
-        return update.execute(connection).await.map(drop);
+        return update.execute(connection).await.map(|updated| updated > 0);
     };
     connection
         .transaction(async |connection| {
-            if update.execute(connection).await? > 0 {
+            let recorded = update.execute(connection).await? > 0;
+            if recorded {
                 diesel::insert_into(outbox_job_errors::table)
                     .values((
                         outbox_job_errors::job_id.eq(job.id),
@@ -451,7 +452,7 @@ pub async fn finish(
                     .execute(connection)
                     .await?;
             }
-            Ok(())
+            Ok(recorded)
         })
         .await
 }

@@ -485,11 +485,29 @@ pub(super) async fn conclude(
             .map_err(db::DbError::from)
     })
     .await;
-    if let Err(error) = recorded {
-        tracing::warn!(
+    match recorded {
+        Ok(true) => {
+            if let Outcome::Dead { error } = &outcome {
+                Box::pin(tell_dead_lettered(context, job, error)).await;
+            }
+        }
+        Ok(false) => {}
+        Err(error) => tracing::warn!(
             error = &error as &dyn std::error::Error,
             "cannot record the job outcome; its lease will expire and it will run again"
-        );
+        ),
+    }
+}
+
+/// Lets the handler of a job that this worker has just dead-lettered end what the job was
+/// doing (see [`super::JobHandler::dead_lettered`]).
+async fn tell_dead_lettered(context: &JobContext, job: &ClaimedJob, error: &str) {
+    let handler = context
+        .worker
+        .upgrade()
+        .and_then(|inner| inner.registry.get(&job.kind));
+    if let Some(handler) = handler {
+        handler.dead_lettered(job, error, context).await;
     }
 }
 

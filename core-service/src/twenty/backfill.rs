@@ -189,11 +189,7 @@ impl JobHandler for BackfillHandler {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let run_id = job
-                .payload
-                .get("run_id")
-                .and_then(Json::as_str)
-                .and_then(|id| Uuid::parse_str(id).ok())
+            let run_id = run_of(job)
                 .ok_or_else(|| JobError::Permanent("payload has no run_id".to_owned()))?;
             let mut db = db::connection(&context.pool).await.map_err(retry)?;
             let Some(run) = load(&mut db).await.map_err(retry)? else {
@@ -292,6 +288,37 @@ impl JobHandler for BackfillHandler {
             Ok(())
         })
     }
+
+    /// A page that failed on every run (a database error, or a person whose import fails
+    /// each time) would leave the backfill `running` for good; it fails with that error, and
+    /// starting the backfill again resumes from its cursor.
+    fn dead_lettered<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        error: &'a str,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(run_id) = run_of(job) else {
+                return;
+            };
+            let failed = async {
+                let mut db = db::connection(&context.pool).await.map_err(retry)?;
+                fail(&mut db, run_id, error, context.clock.now()).await
+            }
+            .await;
+            if let Err(error) = failed {
+                tracing::warn!(%error, %run_id, "cannot mark the backfill of a dead job failed");
+            }
+        })
+    }
+}
+
+fn run_of(job: &ClaimedJob) -> Option<Uuid> {
+    job.payload
+        .get("run_id")
+        .and_then(Json::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 async fn import(
@@ -332,17 +359,22 @@ async fn fail(
     error: &str,
     now: DateTime<Utc>,
 ) -> Result<(), JobError> {
-    diesel::update(backfill::table.filter(backfill::run_id.eq(run_id)))
-        .set((
-            backfill::status.eq("failed"),
-            backfill::last_error.eq(error),
-            backfill::finished_at.eq(now),
-            backfill::updated_at.eq(now),
-        ))
-        .execute(connection)
-        .await
-        .map(drop)
-        .map_err(retry)
+    // Only a run still going: a completed one keeps its outcome.
+    diesel::update(
+        backfill::table
+            .filter(backfill::run_id.eq(run_id))
+            .filter(backfill::status.eq("running")),
+    )
+    .set((
+        backfill::status.eq("failed"),
+        backfill::last_error.eq(error),
+        backfill::finished_at.eq(now),
+        backfill::updated_at.eq(now),
+    ))
+    .execute(connection)
+    .await
+    .map(drop)
+    .map_err(retry)
 }
 
 fn retry(error: impl std::fmt::Display) -> JobError {

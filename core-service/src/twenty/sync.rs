@@ -146,11 +146,7 @@ impl JobHandler for SyncHandler {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let contact_id = job
-                .payload
-                .get("contact_id")
-                .and_then(Json::as_str)
-                .and_then(|id| Uuid::parse_str(id).ok())
+            let contact_id = contact_of(job)
                 .ok_or_else(|| JobError::Permanent("payload has no contact_id".to_owned()))?;
             let mut db = db::connection(&context.pool).await.map_err(retry)?;
             let hold = records::take_for_sync(&mut db, contact_id, context.clock.now())
@@ -176,6 +172,43 @@ impl JobHandler for SyncHandler {
                 );
             }
             synced
+        })
+    }
+
+    /// A sync whose every run failed short of Twenty's answer (the database failing to the
+    /// end) would leave its contact `pending` for good; it fails as a refused sync does, with
+    /// `crm.twenty.sync_failed`, and can be queued again.
+    fn dead_lettered<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        error: &'a str,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(contact_id) = contact_of(job) else {
+                return;
+            };
+            let failed = async {
+                let mut db = db::connection(&context.pool).await?;
+                fail_for_good(
+                    &mut db,
+                    contact_id,
+                    error,
+                    job.attempts,
+                    context.clock.now(),
+                )
+                .await
+                .map_err(db::DbError::from)
+            }
+            .await;
+            match failed {
+                Ok(()) => context.jobs_queued(),
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    %contact_id,
+                    "cannot mark the sync of a dead job failed"
+                ),
+            }
         })
     }
 }
@@ -281,7 +314,7 @@ impl SyncHandler {
                 })
             }
             Err(PushError::Twenty(error)) => {
-                fail_for_good(&mut db, contact_id, &error, job.attempts, now)
+                fail_for_good(&mut db, contact_id, &error.to_string(), job.attempts, now)
                     .await
                     .map_err(retry)?;
                 // Its `crm.twenty.sync_failed` event.
@@ -292,18 +325,24 @@ impl SyncHandler {
     }
 }
 
+fn contact_of(job: &ClaimedJob) -> Option<Uuid> {
+    job.payload
+        .get("contact_id")
+        .and_then(Json::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
 /// Records the failure and emits `crm.twenty.sync_failed`, together.
 async fn fail_for_good(
     connection: &mut AsyncPgConnection,
     contact_id: Uuid,
-    error: &TwentyError,
+    message: &str,
     attempts: i32,
     now: DateTime<Utc>,
 ) -> diesel::QueryResult<()> {
-    let message = error.to_string();
     connection
         .transaction(async |connection| {
-            records::record_failure(connection, contact_id, SyncStatus::Failed, &message, now)
+            records::record_failure(connection, contact_id, SyncStatus::Failed, message, now)
                 .await?;
             record(
                 connection,

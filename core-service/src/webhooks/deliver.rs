@@ -458,11 +458,7 @@ impl JobHandler for DeliverHandler {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let delivery_id = job
-                .payload
-                .get("delivery_id")
-                .and_then(Json::as_str)
-                .and_then(|id| Uuid::parse_str(id).ok())
+            let delivery_id = delivery_of(job)
                 .ok_or_else(|| JobError::Permanent("payload has no delivery_id".to_owned()))?;
             self.deliverer.successes_caught_up().await;
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
@@ -526,6 +522,43 @@ impl JobHandler for DeliverHandler {
                 .await
         })
     }
+
+    /// A job that ran out of runs (its backstop, not the delivery's schedule: repeated
+    /// database errors) would leave its delivery pending with no job, where neither a retry
+    /// nor a recovery can reach it. It fails, and can be retried from the delivery log.
+    fn dead_lettered<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        error: &'a str,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(delivery) = delivery_of(job) else {
+                return;
+            };
+            let failed = async {
+                let mut connection = db::connection(&context.pool).await?;
+                mark_given_up(&mut connection, delivery, error, context.clock.now())
+                    .await
+                    .map_err(db::DbError::from)
+            }
+            .await;
+            if let Err(error) = failed {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    %delivery,
+                    "cannot mark the delivery of a dead job failed"
+                );
+            }
+        })
+    }
+}
+
+fn delivery_of(job: &ClaimedJob) -> Option<Uuid> {
+    job.payload
+        .get("delivery_id")
+        .and_then(Json::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 /// Sets aside every waiting delivery of `endpoint` for one park period (at most once per half
@@ -612,6 +645,28 @@ async fn mark_skipped(connection: &mut AsyncPgConnection, delivery: Uuid) -> Que
         webhook_deliveries::status.eq("skipped"),
         webhook_deliveries::last_error.eq("endpoint disabled"),
         webhook_deliveries::updated_at.eq(Utc::now()),
+    ))
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
+/// Fails `delivery` if it still waits: its job was dead-lettered with `error`.
+async fn mark_given_up(
+    connection: &mut AsyncPgConnection,
+    delivery: Uuid,
+    error: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(
+        webhook_deliveries::table
+            .find(delivery)
+            .filter(webhook_deliveries::status.eq("pending")),
+    )
+    .set((
+        webhook_deliveries::status.eq("failed"),
+        webhook_deliveries::last_error.eq(format!("its job gave up: {error}")),
+        webhook_deliveries::updated_at.eq(now),
     ))
     .execute(connection)
     .await
