@@ -379,12 +379,49 @@ async fn an_existing_person_with_the_same_phone_number_is_linked_not_duplicated(
         .filter(|request| request.query.contains("filter="))
         .collect();
     assert!(
-        lookups[0]
-            .query
-            .contains("phones.primaryPhoneNumber[eq]:\"15112345679\""),
+        lookups[0].query.contains(
+            "phones.primaryPhoneNumber[in]:[\"15112345679\",\"+4915112345679\",\"015112345679\"]"
+        ),
         "{:?}",
         lookups[0]
     );
+}
+
+#[tokio::test]
+async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_duplicated() {
+    let (app, fake) = connected().await;
+    let whole = fake.insert_person(json!({
+        "name": {"firstName": "Whole", "lastName": "Number"},
+        "phones": {"primaryPhoneNumber": "+4915112340090", "primaryPhoneCallingCode": ""},
+    }));
+    let trunk = fake.insert_person(json!({
+        "name": {"firstName": "Trunk", "lastName": "Prefix"},
+        "phones": {"primaryPhoneNumber": "015112340091", "primaryPhoneCallingCode": "+49"},
+    }));
+    // The same national number under another country's code is another number.
+    fake.insert_person(json!({
+        "name": {"firstName": "Other", "lastName": "Country"},
+        "phones": {"primaryPhoneNumber": "015112340092", "primaryPhoneCallingCode": "+43"},
+    }));
+    for (phone, person) in [("+4915112340090", &whole), ("+4915112340091", &trunk)] {
+        let created = app.upsert_contact(&json!({"phone_number": phone})).await;
+        let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+        let synced = wait_for_status(&app, &contact_id, "synced").await;
+        assert_eq!(synced["person_id"], person["id"], "{phone}");
+    }
+    assert!(
+        fake.writes()
+            .iter()
+            .all(|write| write.method != Method::POST),
+        "no person was created"
+    );
+
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340092"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+    assert_eq!(fake.people().len(), 4, "a person for the German number");
 }
 
 #[tokio::test]

@@ -118,27 +118,50 @@ impl TwentyClient {
     }
 
     /// The person whose primary phone is `national_number` under `calling_code` (`+49`).
+    /// Switchbord writes the national number and its calling code apart, as Twenty's own
+    /// form does; people imported into Twenty often hold the whole number (`+4915112345678`)
+    /// or the national one with its trunk prefix (`015112345678`) instead, and are found by
+    /// those too, in that order of preference, so that a sync links them rather than create
+    /// a duplicate.
     pub async fn find_by_phone(
         &self,
         connection: &Connection,
         calling_code: &str,
         national_number: &str,
     ) -> Result<Option<Json>, TwentyError> {
-        let filter = format!("phones.primaryPhoneNumber[eq]:\"{national_number}\"");
+        let code = calling_code.trim_start_matches('+');
+        let spellings = phone_spellings(code, national_number);
+        let filter = format!(
+            "phones.primaryPhoneNumber[in]:{}",
+            Json::from(spellings.to_vec())
+        );
         let page = self
             .list(
                 connection,
                 &[("filter", filter), ("limit", "20".to_owned())],
             )
             .await?;
-        let same_code = |person: &&Json| {
-            let code = person
-                .pointer("/phones/primaryPhoneCallingCode")
+        let held = |person: &Json, field: &str| {
+            person
+                .pointer(&format!("/phones/{field}"))
                 .and_then(Json::as_str)
-                .unwrap_or_default();
-            code.is_empty() || code.trim_start_matches('+') == calling_code.trim_start_matches('+')
+                .unwrap_or_default()
+                .to_owned()
         };
-        Ok(page.people.iter().find(same_code).cloned())
+        let same_number = |person: &&Json, spelling: &str| {
+            let number = held(person, "primaryPhoneNumber");
+            let held_code = held(person, "primaryPhoneCallingCode");
+            number == spelling
+                && (spelling.starts_with('+')
+                    || held_code.is_empty()
+                    || held_code.trim_start_matches('+') == code)
+        };
+        Ok(spellings.iter().find_map(|spelling| {
+            page.people
+                .iter()
+                .find(|person| same_number(person, spelling))
+                .cloned()
+        }))
     }
 
     /// One page of people after `cursor`, in Twenty's default order.
@@ -337,6 +360,16 @@ fn path_segment(id: &str) -> String {
             }
         })
         .collect()
+}
+
+/// How a person's primary phone may spell the number `+{calling_code}{national_number}`: as
+/// Switchbord writes it, whole, and with the trunk prefix `0`.
+fn phone_spellings(calling_code: &str, national_number: &str) -> [String; 3] {
+    [
+        national_number.to_owned(),
+        format!("+{calling_code}{national_number}"),
+        format!("0{national_number}"),
+    ]
 }
 
 #[cfg(test)]

@@ -192,9 +192,15 @@ async fn handle(
         (Method::GET, None) => {
             let mut matching: Vec<Json> = world.people.clone();
             if let Some(filter) = query_value("filter") {
-                let wanted = filter
-                    .strip_prefix("phones.primaryPhoneNumber[eq]:")
-                    .map(|value| value.trim_matches('"').to_owned());
+                // Twenty's `field[eq]:"value"` and `field[in]:["a","b"]`.
+                let wanted: Option<Vec<String>> =
+                    if let Some(value) = filter.strip_prefix("phones.primaryPhoneNumber[eq]:") {
+                        Some(vec![value.trim_matches('"').to_owned()])
+                    } else {
+                        filter
+                            .strip_prefix("phones.primaryPhoneNumber[in]:")
+                            .and_then(|list| serde_json::from_str(list).ok())
+                    };
                 let Some(wanted) = wanted else {
                     return twenty_error(
                         StatusCode::BAD_REQUEST,
@@ -206,7 +212,7 @@ async fn handle(
                     person
                         .pointer("/phones/primaryPhoneNumber")
                         .and_then(Json::as_str)
-                        == Some(wanted.as_str())
+                        .is_some_and(|number| wanted.iter().any(|wanted| wanted == number))
                 });
             }
             let limit: usize = query_value("limit")
