@@ -388,6 +388,31 @@ async fn an_existing_person_with_the_same_phone_number_is_linked_not_duplicated(
 }
 
 #[tokio::test]
+async fn a_person_found_by_phone_and_deleted_before_its_update_is_replaced_by_a_new_one() {
+    let (app, fake) = connected().await;
+    let found = fake.insert_person(json!({
+        "name": {"firstName": "Gone", "lastName": "Soon"},
+        "phones": {"primaryPhoneNumber": "15112340093", "primaryPhoneCallingCode": "+49"},
+    }));
+    // The lookup finds it; it is deleted before the update that follows.
+    fake.fail_next(Failure::Pass);
+    fake.fail_next(Failure::DeletedFirst);
+    let created = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915112340093", "person_properties": {"name": "New Name"}}),
+        )
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+
+    let synced = wait_for_status(&app, &contact_id, "synced").await;
+    assert_ne!(synced["person_id"], found["id"]);
+    let people = fake.people();
+    assert_eq!(people.len(), 1, "{people:?}");
+    assert_eq!(synced["person_id"], people[0]["id"]);
+    assert_eq!(people[0]["name"]["firstName"], "New");
+}
+
+#[tokio::test]
 async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_duplicated() {
     let (app, fake) = connected().await;
     let whole = fake.insert_person(json!({

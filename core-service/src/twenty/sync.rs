@@ -426,11 +426,17 @@ impl Target<'_> {
             }
             let person_id = person_id(&person).unwrap_or_default();
             let body = self.mapping.request_body(&changed);
-            return Ok(Pushed::Person(
-                self.client
-                    .update_person(self.twenty, person_id, &body)
-                    .await?,
-            ));
+            match self
+                .client
+                .update_person(self.twenty, person_id, &body)
+                .await
+            {
+                Ok(person) => return Ok(Pushed::Person(person)),
+                // Deleted since it was found: the contact is not linked to it, so it is as
+                // if it had not been found.
+                Err(TwentyError::NotFound) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
         let body = self.mapping.request_body(&desired);
         Ok(Pushed::Person(

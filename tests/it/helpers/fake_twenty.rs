@@ -37,6 +37,8 @@ pub enum Failure {
     /// 200 with an endless-looking answer: 8 MiB streamed without a length, as a hostile
     /// server at the configured URL might.
     Oversized,
+    /// Someone deletes the person this request names in Twenty just before it arrives.
+    DeletedFirst,
 }
 
 #[derive(Default)]
@@ -140,9 +142,16 @@ async fn handle(
         );
     }
     let failure = (!world.failures.is_empty()).then(|| world.failures.remove(0));
-    if let Some(failure) = failure.filter(|failure| !matches!(failure, Failure::Pass)) {
+    if matches!(failure, Some(Failure::DeletedFirst))
+        && let Some(Path(id)) = &path
+    {
+        world.people.retain(|person| person["id"] != json!(id));
+    }
+    let answered_as_usual =
+        |failure: &Failure| matches!(failure, Failure::Pass | Failure::DeletedFirst);
+    if let Some(failure) = failure.filter(|failure| !answered_as_usual(failure)) {
         return match failure {
-            Failure::Pass => unreachable!("filtered out"),
+            Failure::Pass | Failure::DeletedFirst => unreachable!("filtered out"),
             Failure::RateLimited { retry_after_secs } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 [("retry-after", retry_after_secs.to_string())],
