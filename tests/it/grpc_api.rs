@@ -175,3 +175,47 @@ async fn reflection_lists_the_contact_service_and_health_says_serving() {
         .into_inner();
     assert_eq!(health.status, 1, "SERVING");
 }
+
+/// Numbers are stored in `jsonb` and read back with serde_json. Without its exact float parsing
+/// (`float_roundtrip`), 2.215117259789243e72 read back as another number, so every repeat of
+/// the upsert was a change (and a `contact.updated` event), and the largest f64, which
+/// PostgreSQL prints as 309 digits, read back as out of range: the contact could no longer be
+/// read at all (500s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_upsert_of_float_properties_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let mut client = app.contacts_client().await;
+    let numbers = [
+        2.215117259789243e72,
+        0.1,
+        1.0 / 3.0,
+        6.02214076e23,
+        -4.9e-324,
+        1.7976931348623157e308,
+        123_456.789_012_345_67,
+    ];
+    let request = UpsertContactRequest {
+        phone_number: "+4915112345601".to_owned(),
+        person_properties: Some(struct_from_json(
+            serde_json::json!({"numbers": numbers})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )),
+        ..Default::default()
+    };
+    client
+        .upsert_contact(request.clone())
+        .await
+        .expect("first upsert");
+
+    let repeated = client
+        .upsert_contact(request)
+        .await
+        .expect("repeated upsert")
+        .into_inner();
+    assert_eq!(repeated.changed_fields, Vec::<String>::new());
+    let stored = repeated.contact.expect("contact").properties;
+    let stored = switchbord_api::json::json_from_struct(stored.expect("properties"));
+    assert_eq!(stored["numbers"], serde_json::json!(numbers));
+}
