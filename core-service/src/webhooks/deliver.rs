@@ -104,6 +104,11 @@ impl Default for DeliveryPolicy {
 /// How long a delivery waits when every slot of its endpoint is taken.
 const BUSY_WAIT: Duration = Duration::from_millis(200);
 
+/// How long a job waits for the success log to catch up before it is put back, and for how
+/// long (see [`Deliverer::successes_caught_up`]).
+const BACKLOG_WAIT: Duration = Duration::from_secs(5);
+const BACKLOG_RETRY: Duration = Duration::from_millis(500);
+
 /// What happens after an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
@@ -148,9 +153,16 @@ impl Deliverer {
     /// Callers wait here before they start new deliveries: while the database writes
     /// successes more slowly than receivers answer, every delivery sent meanwhile would wait in
     /// memory for its record, and under a sustained load those would grow without bound.
-    /// Waiting keeps the caller's worker slot, so later jobs wait in the queue, on disk.
-    pub(super) async fn successes_caught_up(&self) {
-        self.successes.caught_up().await;
+    /// Waiting keeps the caller's worker slot, so later jobs wait in the queue, on disk. After
+    /// [`BACKLOG_WAIT`] the caller's job is put back instead (`Err(Defer)`, not an attempt):
+    /// a writer stuck for longer must not use up jobs' attempts, nor hold their slots.
+    pub(super) async fn successes_caught_up(&self) -> Result<(), JobError> {
+        match self.successes.caught_up(BACKLOG_WAIT).await {
+            true => Ok(()),
+            false => Err(JobError::Defer {
+                after: BACKLOG_RETRY,
+            }),
+        }
     }
 
     /// A slot for one attempt to `endpoint`, if it has one free. A slow endpoint also needs
@@ -460,7 +472,7 @@ impl JobHandler for DeliverHandler {
         Box::pin(async move {
             let delivery_id = delivery_of(job)
                 .ok_or_else(|| JobError::Permanent("payload has no delivery_id".to_owned()))?;
-            self.deliverer.successes_caught_up().await;
+            self.deliverer.successes_caught_up().await?;
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
             let found: Option<(DeliveryRow, EndpointRow, StoredEvent)> = webhook_deliveries::table
                 .inner_join(webhook_endpoints::table)

@@ -92,7 +92,7 @@ impl EventConsumer for WebhookFanout {
             if deliveries.is_empty() {
                 return Ok(());
             }
-            self.deliverer.successes_caught_up().await;
+            self.deliverer.successes_caught_up().await?;
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
             // One job per pending delivery, with how its first attempt is made.
             let mut soonest_wait: Option<std::time::Duration> = None;

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -80,19 +81,26 @@ impl SuccessLog {
             .map_err(|_| "the success log has stopped".to_owned())?
     }
 
-    /// Returns once fewer successes than the backlog's limit wait to be written.
-    pub(super) async fn caught_up(&self) {
+    /// Whether fewer successes than the backlog's limit wait to be written, waiting up to
+    /// `within` for a batch to bring them under it. A log whose writer has stopped holds no one
+    /// up: its successes fail at once.
+    pub(super) async fn caught_up(&self, within: Duration) -> bool {
         let backlog = &*self.backlog;
-        loop {
-            // Registered before the count is read, so that a batch written in between wakes it.
-            let written = backlog.written.notified();
-            tokio::pin!(written);
-            written.as_mut().enable();
-            if backlog.unwritten.load(Ordering::Relaxed) < backlog.most {
-                return;
+        let wait = async {
+            loop {
+                // Registered before the count is read, so that a batch written in between
+                // wakes it.
+                let written = backlog.written.notified();
+                tokio::pin!(written);
+                written.as_mut().enable();
+                let stopped = self.queue.get().is_some_and(|queue| queue.is_closed());
+                if stopped || backlog.unwritten.load(Ordering::Relaxed) < backlog.most {
+                    return;
+                }
+                written.await;
             }
-            written.await;
-        }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
     }
 }
 
@@ -128,11 +136,9 @@ mod tests {
 
     use super::*;
 
-    /// Whether `caught_up` returns within a moment (it waits for no timer, only a batch).
+    /// Whether `caught_up` says so within a moment (it waits for no timer, only a batch).
     async fn returns_at_once(log: &SuccessLog) -> bool {
-        tokio::time::timeout(Duration::from_millis(50), log.caught_up())
-            .await
-            .is_ok()
+        log.caught_up(Duration::from_millis(50)).await
     }
 
     #[tokio::test]
@@ -146,14 +152,24 @@ mod tests {
         backlog.add();
         assert!(!returns_at_once(&log).await, "three of three: full");
 
-        let waiting = tokio::spawn(async move { log.caught_up().await });
+        let waiting = tokio::spawn(async move { log.caught_up(Duration::from_secs(30)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "still full");
         // What the writer does once a batch of one is written.
         backlog.remove(1);
-        tokio::time::timeout(Duration::from_secs(5), waiting)
+        let caught_up = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken by the batch")
             .expect("no panic");
+        assert!(caught_up);
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_outlasts_its_limit_says_so() {
+        let log = SuccessLog::new(1);
+        log.backlog.add();
+        let started = std::time::Instant::now();
+        assert!(!log.caught_up(Duration::from_millis(100)).await);
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 }
