@@ -423,10 +423,16 @@ async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_
         "name": {"firstName": "Trunk", "lastName": "Prefix"},
         "phones": {"primaryPhoneNumber": "015112340091", "primaryPhoneCallingCode": "+49"},
     }));
-    // The same national number under another country's code is another number.
+    // The same national number under another country's code is another number; so is a
+    // German landline's trunk spelling without a code, for a number of a region whose trunk
+    // prefix is not 0 (+1 202 555 0123).
     fake.insert_person(json!({
         "name": {"firstName": "Other", "lastName": "Country"},
         "phones": {"primaryPhoneNumber": "015112340092", "primaryPhoneCallingCode": "+43"},
+    }));
+    fake.insert_person(json!({
+        "name": {"firstName": "Wuppertal", "lastName": "Landline"},
+        "phones": {"primaryPhoneNumber": "02025550123", "primaryPhoneCallingCode": ""},
     }));
     for (phone, person) in [("+4915112340090", &whole), ("+4915112340091", &trunk)] {
         let created = app.upsert_contact(&json!({"phone_number": phone})).await;
@@ -441,12 +447,12 @@ async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_
         "no person was created"
     );
 
-    let created = app
-        .upsert_contact(&json!({"phone_number": "+4915112340092"}))
-        .await;
-    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(&app, &contact_id, "synced").await;
-    assert_eq!(fake.people().len(), 4, "a person for the German number");
+    for phone in ["+4915112340092", "+12025550123"] {
+        let created = app.upsert_contact(&json!({"phone_number": phone})).await;
+        let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+        wait_for_status(&app, &contact_id, "synced").await;
+    }
+    assert_eq!(fake.people().len(), 6, "a person for each of the last two");
 }
 
 #[tokio::test]
@@ -1335,6 +1341,65 @@ async fn a_sync_whose_every_run_fails_in_the_database_fails_the_record() {
             == 1
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_sync_leaves_a_contact_that_another_sync_brought_up_to_date() {
+    let app = TestApp::builder()
+        .outbox_poll_interval(std::time::Duration::from_millis(100))
+        .spawn()
+        .await;
+    let (app, _fake) = connected_app(app).await;
+    let block = "ALTER TABLE twenty_contact_syncs ADD CONSTRAINT never_synced \
+                 CHECK (status <> 'synced') NOT VALID";
+    execute(&app, block).await;
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340081"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    until_its_last_attempt(&app, "twenty.sync").await;
+    // Put off, while the contact is synced as by a later job.
+    execute(
+        &app,
+        "UPDATE outbox_jobs SET run_after = now() + interval '1 hour' WHERE kind = 'twenty.sync'",
+    )
+    .await;
+    execute(
+        &app,
+        "ALTER TABLE twenty_contact_syncs DROP CONSTRAINT never_synced",
+    )
+    .await;
+    execute(
+        &app,
+        &format!(
+            "UPDATE twenty_contact_syncs SET status = 'synced' WHERE contact_id = '{contact_id}'"
+        ),
+    )
+    .await;
+    execute(&app, block).await;
+    execute(
+        &app,
+        "UPDATE outbox_jobs SET run_after = now() WHERE kind = 'twenty.sync'",
+    )
+    .await;
+
+    eventually("the old sync job is dead", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'twenty.sync' AND status = 'dead'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    settled(&app).await;
+    assert_eq!(sync_of(&app, &contact_id).await["status"], "synced");
+    let failures = count(
+        &app.database,
+        "SELECT count(*) AS count FROM events WHERE type = 'crm.twenty.sync_failed'",
+    )
+    .await;
+    assert_eq!(failures, 0);
 }
 
 /// The jobs Twenty's paths queue are announced once committed (see `wakeups.rs`): with the poll

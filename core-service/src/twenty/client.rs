@@ -9,6 +9,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value as Json;
 
 use super::connection::Connection;
+use crate::contacts::phone::PhoneParts;
 use crate::validation::storable_text;
 use crate::webhooks::{GuardedResolver, UrlPolicy, error_chain, retry_after_delay};
 
@@ -117,23 +118,25 @@ impl TwentyClient {
         take(answer, &["data", "updatePerson"])
     }
 
-    /// The person whose primary phone is `national_number` under `calling_code` (`+49`).
-    /// Switchbord writes the national number and its calling code apart, as Twenty's own
-    /// form does; people imported into Twenty often hold the whole number (`+4915112345678`)
-    /// or the national one with its trunk prefix (`015112345678`) instead, and are found by
-    /// those too, in that order of preference, so that a sync links them rather than create
-    /// a duplicate.
+    /// The person whose primary phone is the number `phone`. Switchbord writes the national
+    /// number and its calling code apart, as Twenty's own form does; people imported into
+    /// Twenty often hold the whole number (`+4915112345678`) or the national one with its
+    /// region's trunk prefix (`015112345678`) instead, and are found by those too, in that
+    /// order of preference, so that a sync links them rather than create a duplicate.
     pub async fn find_by_phone(
         &self,
         connection: &Connection,
-        calling_code: &str,
-        national_number: &str,
+        phone: &PhoneParts,
     ) -> Result<Option<Json>, TwentyError> {
-        let code = calling_code.trim_start_matches('+');
-        let spellings = phone_spellings(code, national_number);
+        let spellings = phone_spellings(phone);
         let filter = format!(
             "phones.primaryPhoneNumber[in]:{}",
-            Json::from(spellings.to_vec())
+            Json::from(
+                spellings
+                    .iter()
+                    .map(|(spelling, _)| spelling.clone())
+                    .collect::<Vec<_>>()
+            )
         );
         let page = self
             .list(
@@ -141,6 +144,7 @@ impl TwentyClient {
                 &[("filter", filter), ("limit", "20".to_owned())],
             )
             .await?;
+        let code = phone.calling_code.to_string();
         let held = |person: &Json, field: &str| {
             person
                 .pointer(&format!("/phones/{field}"))
@@ -148,18 +152,20 @@ impl TwentyClient {
                 .unwrap_or_default()
                 .to_owned()
         };
-        let same_number = |person: &&Json, spelling: &str| {
-            let number = held(person, "primaryPhoneNumber");
+        let matches = |person: &&Json, (spelling, codes): &(String, CodeRule)| {
             let held_code = held(person, "primaryPhoneCallingCode");
-            number == spelling
-                && (spelling.starts_with('+')
-                    || held_code.is_empty()
-                    || held_code.trim_start_matches('+') == code)
+            let held_code = held_code.trim_start_matches('+');
+            held(person, "primaryPhoneNumber") == *spelling
+                && match codes {
+                    CodeRule::Any => true,
+                    CodeRule::SameOrNone => held_code.is_empty() || held_code == code,
+                    CodeRule::Same => held_code == code,
+                }
         };
         Ok(spellings.iter().find_map(|spelling| {
             page.people
                 .iter()
-                .find(|person| same_number(person, spelling))
+                .find(|person| matches(person, spelling))
                 .cloned()
         }))
     }
@@ -362,14 +368,33 @@ fn path_segment(id: &str) -> String {
         .collect()
 }
 
-/// How a person's primary phone may spell the number `+{calling_code}{national_number}`: as
-/// Switchbord writes it, whole, and with the trunk prefix `0`.
-fn phone_spellings(calling_code: &str, national_number: &str) -> [String; 3] {
-    [
-        national_number.to_owned(),
-        format!("+{calling_code}{national_number}"),
-        format!("0{national_number}"),
-    ]
+/// Which calling codes a person may hold beside a spelling of the number.
+enum CodeRule {
+    /// The spelling carries its own (`+49…`).
+    Any,
+    /// The national number: the same code, or none (then it is read as ours).
+    SameOrNone,
+    /// The national number with a trunk prefix, which many regions share: the same code only.
+    Same,
+}
+
+/// How a person's primary phone may spell `phone`: as Switchbord writes it, whole, and with its
+/// region's trunk prefix (`0` in Germany; none where the region has none).
+fn phone_spellings(phone: &PhoneParts) -> Vec<(String, CodeRule)> {
+    let national = &phone.national_number;
+    let mut spellings = vec![
+        (national.clone(), CodeRule::SameOrNone),
+        (format!("+{}{national}", phone.calling_code), CodeRule::Any),
+    ];
+    let trunk_prefix = phone
+        .region
+        .as_deref()
+        .and_then(|region| phonenumber::metadata::DATABASE.by_id(region))
+        .and_then(|metadata| metadata.national_prefix());
+    if let Some(prefix) = trunk_prefix {
+        spellings.push((format!("{prefix}{national}"), CodeRule::Same));
+    }
+    spellings
 }
 
 #[cfg(test)]

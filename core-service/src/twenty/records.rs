@@ -304,6 +304,31 @@ pub async fn record_failure(
     .map(drop)
 }
 
+/// Fails the contact's sync with `error` if it still waits for one (`pending`): a job that
+/// was dead-lettered after a later one synced the contact leaves it synced. Whether it did.
+pub async fn fail_if_pending(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    error: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<bool> {
+    diesel::update(
+        syncs::table
+            .find(contact_id)
+            .filter(syncs::status.eq(SyncStatus::Pending.as_str())),
+    )
+    .set((
+        syncs::status.eq(SyncStatus::Failed.as_str()),
+        syncs::attempts.eq(syncs::attempts + 1),
+        syncs::last_error.eq(error),
+        syncs::last_attempt_at.eq(now),
+        syncs::updated_at.eq(now),
+    ))
+    .execute(connection)
+    .await
+    .map(|updated| updated == 1)
+}
+
 /// The person is gone from Twenty: drop the link, keep the contact.
 pub async fn unlink(
     connection: &mut AsyncPgConnection,

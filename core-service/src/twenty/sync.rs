@@ -177,7 +177,8 @@ impl JobHandler for SyncHandler {
 
     /// A sync whose every run failed short of Twenty's answer (the database failing to the
     /// end) would leave its contact `pending` for good; it fails as a refused sync does, with
-    /// `crm.twenty.sync_failed`, and can be queued again.
+    /// `crm.twenty.sync_failed`, and can be queued again. A contact that another sync has
+    /// brought up to date meanwhile is left as it is.
     fn dead_lettered<'a>(
         &'a self,
         job: &'a ClaimedJob,
@@ -190,7 +191,7 @@ impl JobHandler for SyncHandler {
             };
             let failed = async {
                 let mut db = db::connection(&context.pool).await?;
-                fail_for_good(
+                fail_if_pending(
                     &mut db,
                     contact_id,
                     error,
@@ -202,7 +203,8 @@ impl JobHandler for SyncHandler {
             }
             .await;
             match failed {
-                Ok(()) => context.jobs_queued(),
+                Ok(true) => context.jobs_queued(),
+                Ok(false) => {}
                 Err(error) => tracing::warn!(
                     error = &error as &dyn std::error::Error,
                     %contact_id,
@@ -332,6 +334,39 @@ fn contact_of(job: &ClaimedJob) -> Option<Uuid> {
         .and_then(|id| Uuid::parse_str(id).ok())
 }
 
+/// [`fail_for_good`], only while the contact's sync is still `pending`; whether it was.
+async fn fail_if_pending(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    message: &str,
+    attempts: i32,
+    now: DateTime<Utc>,
+) -> diesel::QueryResult<bool> {
+    connection
+        .transaction(async |connection| {
+            if !records::fail_if_pending(connection, contact_id, message, now).await? {
+                return Ok(false);
+            }
+            record(connection, sync_failed(contact_id, message, attempts))
+                .await
+                .map(|_| true)
+        })
+        .await
+}
+
+fn sync_failed(contact_id: Uuid, message: &str, attempts: i32) -> EventDraft<'static> {
+    EventDraft {
+        event_type: TWENTY_SYNC_FAILED,
+        data: json!({
+            "contact_id": contact_id,
+            "error": message,
+            "attempts": attempts,
+        }),
+        source: EVENT_SOURCE,
+        request_id: None,
+    }
+}
+
 /// Records the failure and emits `crm.twenty.sync_failed`, together.
 async fn fail_for_good(
     connection: &mut AsyncPgConnection,
@@ -344,21 +379,9 @@ async fn fail_for_good(
         .transaction(async |connection| {
             records::record_failure(connection, contact_id, SyncStatus::Failed, message, now)
                 .await?;
-            record(
-                connection,
-                EventDraft {
-                    event_type: TWENTY_SYNC_FAILED,
-                    data: json!({
-                        "contact_id": contact_id,
-                        "error": message,
-                        "attempts": attempts,
-                    }),
-                    source: EVENT_SOURCE,
-                    request_id: None,
-                },
-            )
-            .await
-            .map(drop)
+            record(connection, sync_failed(contact_id, message, attempts))
+                .await
+                .map(drop)
         })
         .await
 }
@@ -452,12 +475,7 @@ impl Target<'_> {
         let Some(parts) = phone::split(&contact.phone_number) else {
             return Ok(None);
         };
-        let calling_code = format!("+{}", parts.calling_code);
-        let Some(person) = self
-            .client
-            .find_by_phone(self.twenty, &calling_code, &parts.national_number)
-            .await?
-        else {
+        let Some(person) = self.client.find_by_phone(self.twenty, &parts).await? else {
             return Ok(None);
         };
         let Some(person_id) = person_id(&person) else {
