@@ -49,26 +49,51 @@ impl KeyExtractor for ClientIpKey {
     }
 }
 
-/// The client address of a request that arrived from `peer`.
+/// The client address of a request that arrived from `peer`: the entries of
+/// `X-Forwarded-For` are read from the right, past trusted proxies, to the first untrusted one.
+/// An entry that is not an address (a client can write anything to the left of what the proxies
+/// appended) ends the walk at the last proxy that was read: it must not discard the entries
+/// the proxies wrote, or a client could make itself look like its proxy.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
     let peer = peer.to_canonical();
     if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = headers
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .map(|entry| entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()))
-        .collect::<Result<_, _>>()
-        .unwrap_or_default();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+        .collect();
+    let mut nearest = peer;
+    for entry in entries.into_iter().rev() {
+        let Some(ip) = forwarded_address(entry) else {
+            return nearest;
+        };
+        if !is_trusted(&ip) {
+            return ip;
+        }
+        nearest = ip;
+    }
+    nearest
+}
+
+/// One `X-Forwarded-For` entry as proxies write it: `203.0.113.9`, `203.0.113.9:4711`,
+/// `2001:db8::1` or `[2001:db8::1]:443`.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|socket| socket.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|inner| inner.parse().ok())
+        })?;
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -102,6 +127,44 @@ mod tests {
             client_ip(ip("10.0.0.2"), &forwarded, &trusted),
             ip("198.51.100.7")
         );
+    }
+
+    #[test]
+    fn a_clients_garbage_does_not_hide_what_the_proxies_appended() {
+        let trusted = ["10.0.0.0/8".parse().expect("net")];
+        for forwarded in ["x, 198.51.100.7", "unknown,198.51.100.7, 10.1.1.1"] {
+            assert_eq!(
+                client_ip(ip("10.0.0.2"), &headers(forwarded), &trusted),
+                ip("198.51.100.7"),
+                "{forwarded}"
+            );
+        }
+        // Garbage that a proxy wrote: the nearest proxy is all that is known.
+        assert_eq!(
+            client_ip(
+                ip("10.0.0.2"),
+                &headers("198.51.100.7, unknown, 10.1.1.1"),
+                &trusted
+            ),
+            ip("10.1.1.1")
+        );
+    }
+
+    #[test]
+    fn entries_with_ports_and_brackets_are_addresses() {
+        let trusted = ["10.0.0.0/8".parse().expect("net")];
+        for (forwarded, client) in [
+            ("198.51.100.7:4711", "198.51.100.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::2]", "2001:db8::2"),
+            ("2001:db8::3, 10.1.1.1:80", "2001:db8::3"),
+        ] {
+            assert_eq!(
+                client_ip(ip("10.0.0.2"), &headers(forwarded), &trusted),
+                ip(client),
+                "{forwarded}"
+            );
+        }
     }
 
     #[test]
