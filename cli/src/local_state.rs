@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -43,7 +43,8 @@ pub fn new_pepper() -> Secret {
     Secret::new(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// Writes `contents` to `path`, readable by the owner only.
+/// Writes `contents` to `path`, readable by the owner only (a file that was there before, with
+/// wider permissions, is narrowed before anything is written to it).
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<PathBuf> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -56,8 +57,34 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<PathBuf> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // `mode` applies only to a file the open creates.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
     file.write_all(contents.as_bytes())
         .and_then(|()| file.write_all(b"\n"))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_file_that_was_readable_by_others_is_made_private() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("admin-key");
+        std::fs::write(&path, "old").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+        write_private(&path, "secret").expect("write private");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "secret\n");
+    }
 }

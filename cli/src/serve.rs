@@ -85,15 +85,16 @@ async fn wait_for_signal() {
 }
 
 /// Shows a generated first admin key once, on stderr, and keeps it in the data directory
-/// (mode 0600) for scripts.
+/// (mode 0600) for scripts. The key is shown first: it is already stored, and a start that
+/// failed to save it would otherwise lose it for good (later starts find keys and show none).
 fn announce_bootstrap_key(bootstrap: &Bootstrap, data_dir: &Path) -> anyhow::Result<()> {
     match bootstrap {
         Bootstrap::Generated(key) => {
-            let path = write_private(&data_dir.join(ADMIN_KEY_FILE), key)?;
-            eprintln!(
-                "switchbord: created the first admin API key (shown only this once; also saved to {}):\n{key}",
-                path.display()
-            );
+            eprintln!("switchbord: created the first admin API key (shown only this once):\n{key}");
+            match write_private(&data_dir.join(ADMIN_KEY_FILE), key) {
+                Ok(path) => eprintln!("switchbord: the key is also saved to {}", path.display()),
+                Err(error) => eprintln!("switchbord: the key could not be saved: {error:#}"),
+            }
         }
         Bootstrap::Configured => {
             tracing::info!("installed the admin API key from SWITCHBORD_BOOTSTRAP_ADMIN_KEY");

@@ -177,6 +177,19 @@ fn printed_admin_key(logs: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_first_admin_key_that_cannot_be_saved_is_still_shown() {
+    let data = data_dir();
+    // Where the key file would go, a directory: the save fails.
+    std::fs::create_dir_all(data.path().join("admin-key")).expect("directory");
+
+    let mut running = Running::start(data.path(), &[]);
+    running.wait_until_serving().await;
+    let logs = running.logs();
+    assert!(printed_admin_key(&logs).is_some(), "{logs}");
+    assert!(logs.contains("the key could not be saved"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn runs_with_no_configuration_stops_cleanly_and_keeps_data_across_restarts() {
     let data = data_dir();
 
