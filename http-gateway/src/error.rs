@@ -98,6 +98,17 @@ impl ApiError {
         )
     }
 
+    pub fn method_not_allowed() -> Self {
+        Self {
+            grpc_code: Code::Unimplemented,
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take this method (see Allow)",
+            )
+        }
+    }
+
     pub fn rate_limited(retry_after: u64) -> Self {
         Self {
             retry_after: Some(retry_after),

@@ -1,6 +1,7 @@
 //! Route families: each answers errors in the body shape its callers were built for.
 
 use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -22,6 +23,18 @@ pub enum Family {
 }
 
 impl Family {
+    /// The family whose callers use `path`: Charles' paths and `/compat/*` by their prefixes,
+    /// every other path the admin REST shape.
+    pub fn of_path(path: &str) -> Self {
+        if path.starts_with("/compat/") {
+            Self::Compat
+        } else if path.starts_with("/api/v1beta/") || path.starts_with("/webhooks/v0/") {
+            Self::Legacy
+        } else {
+            Self::Admin
+        }
+    }
+
     /// The family's name in metric labels.
     pub fn label(self) -> &'static str {
         match self {
@@ -50,4 +63,29 @@ pub async fn render_rejections(
         }
         _ => response,
     }
+}
+
+/// Middleware over the whole router: a path that no route serves, or a method its route does
+/// not take, gets the router's empty 404 or 405; this answers it in the body shape of the
+/// family the path belongs to (a Charles client gets `{"status": "error", …}`), keeping the
+/// 405's `Allow`. Responses that carry a body of their own are left as they are.
+pub async fn render_unrouted(request: Request, next: Next) -> Response {
+    let family = Family::of_path(request.uri().path());
+    let request_id = RequestId::of(request.extensions());
+    let response = next.run(request).await;
+    let error = match response.status() {
+        _ if response.headers().contains_key(header::CONTENT_TYPE) => return response,
+        StatusCode::NOT_FOUND => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no route serves this path",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::method_not_allowed(),
+        _ => return response,
+    };
+    let mut rendered = error.render(family, request_id);
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        rendered.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    rendered
 }

@@ -233,6 +233,33 @@ async fn a_valid_incoming_request_id_is_kept_and_an_invalid_one_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn unrouted_paths_and_methods_answer_in_their_familys_shape() {
+    let app = TestApp::spawn().await;
+
+    let legacy = app
+        .send(Method::POST, "/api/v1beta/contact/", &[], "")
+        .await;
+    assert_eq!(legacy.status, 405);
+    assert_eq!(legacy.header("allow"), Some("PUT"));
+    assert_eq!(legacy.body["status"], "error", "{}", legacy.text);
+    assert!(legacy.body["message"].is_string());
+
+    let compat = app
+        .send(Method::GET, "/compat/journey-trigger/", &[], "")
+        .await;
+    assert_eq!(compat.status, 404);
+    assert_eq!(compat.body["success"], false, "{}", compat.text);
+    assert_eq!(compat.body["mode"], "compatibility");
+    assert_eq!(compat.body["error"]["code"], "not_found");
+
+    let admin = app.send(Method::GET, "/api/v1/nothing-here", &[], "").await;
+    assert_eq!(admin.status, 404);
+    assert_eq!(admin.body["code"], 5, "{}", admin.text);
+    let request_id = admin.header("x-request-id").expect("request id").to_owned();
+    assert_eq!(admin.body["request_id"], request_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unknown_paths_still_carry_a_request_id() {
     let app = TestApp::spawn().await;
 
