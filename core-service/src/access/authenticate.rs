@@ -37,8 +37,16 @@ pub struct Authenticator {
     /// Peers whose [`CLIENT_IP_METADATA`] is believed.
     trusted_gateways: Vec<IpNet>,
     emarsys: EmarsysAuth,
-    cache: Mutex<HashMap<String, (ApiKeyRow, Instant)>>,
+    cache: Mutex<KeyCache>,
     last_used: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+}
+
+/// Verified keys by prefix, and how many times a key was forgotten: a key read from the
+/// database before a revocation forgot it must not be remembered after.
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, (ApiKeyRow, Instant)>,
+    forgotten: u64,
 }
 
 impl Authenticator {
@@ -55,7 +63,7 @@ impl Authenticator {
             legacy_paths_open,
             trusted_gateways,
             emarsys,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(KeyCache::default()),
             last_used: Mutex::new(HashMap::new()),
         }
     }
@@ -143,6 +151,7 @@ impl Authenticator {
         let key = match self.cached(&prefix) {
             Some(key) => key,
             None => {
+                let forgotten = self.forgotten();
                 let mut connection = db::connection(&self.pool).await.map_err(|_| {
                     Status::unavailable("the key store is unavailable; retry later")
                 })?;
@@ -150,7 +159,7 @@ impl Authenticator {
                     .await
                     .map_err(|_| Status::unavailable("the key store is unavailable; retry later"))?
                     .ok_or_else(invalid)?;
-                self.remember(&prefix, &key);
+                self.remember(&prefix, &key, forgotten);
                 key
             }
         };
@@ -169,24 +178,39 @@ impl Authenticator {
     fn cached(&self, prefix: &str) -> Option<ApiKeyRow> {
         let cache = self.cache.lock().ok()?;
         cache
+            .keys
             .get(prefix)
             .filter(|(_, fetched)| fetched.elapsed() < CACHE_TTL)
             .map(|(key, _)| key.clone())
     }
 
-    fn remember(&self, prefix: &str, key: &ApiKeyRow) {
+    /// How many times a key was forgotten so far: read before a key is fetched, and given to
+    /// [`Authenticator::remember`] with it.
+    fn forgotten(&self) -> u64 {
+        self.cache.lock().map_or(0, |cache| cache.forgotten)
+    }
+
+    /// Caches `key`, fetched when [`Authenticator::forgotten`] said `forgotten`, unless a key was
+    /// forgotten since: the fetch may have read it before its revocation committed.
+    fn remember(&self, prefix: &str, key: &ApiKeyRow, forgotten: u64) {
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
+            if cache.forgotten != forgotten {
+                return;
             }
-            cache.insert(prefix.to_owned(), (key.clone(), Instant::now()));
+            if cache.keys.len() >= CACHE_LIMIT {
+                cache.keys.clear();
+            }
+            cache
+                .keys
+                .insert(prefix.to_owned(), (key.clone(), Instant::now()));
         }
     }
 
     /// Drops a key from the cache, so that its revocation applies here at once.
     pub fn forget(&self, prefix: &str) {
         if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(prefix);
+            cache.keys.remove(prefix);
+            cache.forgotten += 1;
         }
     }
 
@@ -237,4 +261,53 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = authorization.split_once(char::is_whitespace)?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator() -> Authenticator {
+        // A pool is built without connecting; these tests never query.
+        let pool = db::build_pool("postgres://nobody@127.0.0.1:1/none", 1).expect("pool");
+        Authenticator::new(
+            pool,
+            KeyHasher::new(b"pepper-for-tests-0123456789abcdef".to_vec()),
+            false,
+            Vec::new(),
+            EmarsysAuth::new(None),
+        )
+    }
+
+    fn key(prefix: &str) -> ApiKeyRow {
+        ApiKeyRow {
+            id: Uuid::new_v4(),
+            name: "k".to_owned(),
+            role: "user".to_owned(),
+            prefix: prefix.to_owned(),
+            secret_hash: Vec::new(),
+            created_at: Utc::now(),
+            created_by: None,
+            expires_at: None,
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_key_read_before_its_revocation_is_not_cached_after_it() {
+        let authenticator = authenticator();
+        // A call reads the key from the database...
+        let forgotten = authenticator.forgotten();
+        // ...while the key is revoked on this instance, which forgets it...
+        authenticator.forget("sb_abc");
+        // ...and the call, done reading, would cache the row it read.
+        authenticator.remember("sb_abc", &key("sb_abc"), forgotten);
+        assert!(authenticator.cached("sb_abc").is_none());
+
+        // A read after the revocation is cached as usual.
+        let forgotten = authenticator.forgotten();
+        authenticator.remember("sb_abc", &key("sb_abc"), forgotten);
+        assert!(authenticator.cached("sb_abc").is_some());
+    }
 }
