@@ -220,11 +220,7 @@ impl JobHandler for CustomEventHandler {
             let event_id = Uuid::parse_str(webhook_event_id).map_err(|_| {
                 JobError::Permanent("payload's webhook_event_id is not a UUID".to_owned())
             })?;
-            let contact_id = job
-                .payload
-                .get("contact_id")
-                .and_then(Json::as_str)
-                .and_then(|id| Uuid::parse_str(id).ok());
+            let contact_id = job.payload_id("contact_id");
             let payload = job.payload.get("payload").cloned().unwrap_or(json!({}));
             let request = RequestContext {
                 request_id: RequestId(job.request_id.unwrap_or_else(Uuid::new_v4)),

@@ -29,9 +29,8 @@ fn text(payload: &Json, field: &str) -> Option<String> {
     payload.get(field).and_then(Json::as_str).map(str::to_owned)
 }
 
-fn uuid_field(payload: &Json, field: &str) -> Result<Uuid, JobError> {
-    text(payload, field)
-        .and_then(|value| Uuid::parse_str(&value).ok())
+fn uuid_field(job: &ClaimedJob, field: &str) -> Result<Uuid, JobError> {
+    job.payload_id(field)
         .ok_or_else(|| JobError::Permanent(format!("payload has no valid {field}")))
 }
 
@@ -54,12 +53,12 @@ impl JobHandler for JourneyTriggerHandler {
             }
             let run = RunDraft {
                 run_id,
-                trigger_id: uuid_field(payload, "trigger_event_id")?,
+                trigger_id: uuid_field(job, "trigger_event_id")?,
                 organization: text(payload, "organization"),
                 flow: text(payload, "flow").or_else(|| text(payload, "flow_id")),
                 legacy_path: text(payload, "legacy_path"),
                 trigger_ref: text(payload, "trigger_id"),
-                contact_id: uuid_field(payload, "contact_id")?,
+                contact_id: uuid_field(job, "contact_id")?,
                 data: payload.get("data").cloned().unwrap_or(json!({})),
                 event_id: new_event_id(),
                 event_data,

@@ -167,16 +167,18 @@ pub trait JobHandler: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), JobError>>;
 
     /// Called once this worker has dead-lettered a job of this kind (its last attempt failed,
-    /// or it failed for good) and recorded that: for a handler whose own records would
-    /// otherwise show the job's work as still under way. It may find that work ended already,
-    /// and an error here leaves the job dead all the same.
+    /// or it failed for good) and recorded that, with `error`: for a handler whose own records
+    /// would otherwise show the job's work as still under way, to end them on `connection`.
+    /// It may find that work ended already; it answers whether it queued jobs (to be
+    /// announced). An error here is logged, and leaves the job dead all the same.
     fn dead_lettered<'a>(
         &'a self,
         _job: &'a ClaimedJob,
         _error: &'a str,
-        _context: &'a JobContext,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+        _connection: &'a mut AsyncPgConnection,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, QueryResult<bool>> {
+        Box::pin(async { Ok(false) })
     }
 }
 

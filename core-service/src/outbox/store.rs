@@ -206,6 +206,14 @@ impl std::fmt::Debug for Carried {
 }
 
 impl ClaimedJob {
+    /// The UUID the payload holds as text under `field`, if it does.
+    pub fn payload_id(&self, field: &str) -> Option<Uuid> {
+        self.payload
+            .get(field)
+            .and_then(Json::as_str)
+            .and_then(|id| Uuid::parse_str(id).ok())
+    }
+
     /// `job` as inserted already claimed: running, its first attempt counted.
     pub fn started(job: &NewJob) -> Self {
         Self {

@@ -506,8 +506,24 @@ async fn tell_dead_lettered(context: &JobContext, job: &ClaimedJob, error: &str)
         .worker
         .upgrade()
         .and_then(|inner| inner.registry.get(&job.kind));
-    if let Some(handler) = handler {
-        handler.dead_lettered(job, error, context).await;
+    let Some(handler) = handler else {
+        return;
+    };
+    let ended = async {
+        let mut connection = db::connection(&context.pool).await?;
+        handler
+            .dead_lettered(job, error, &mut connection, context.clock.now())
+            .await
+            .map_err(db::DbError::from)
+    }
+    .await;
+    match ended {
+        Ok(true) => context.jobs_queued(),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(
+            error = &error as &dyn std::error::Error,
+            "cannot end the work of a dead-lettered job; its records show it under way"
+        ),
     }
 }
 

@@ -189,7 +189,8 @@ impl JobHandler for BackfillHandler {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let run_id = run_of(job)
+            let run_id = job
+                .payload_id("run_id")
                 .ok_or_else(|| JobError::Permanent("payload has no run_id".to_owned()))?;
             let mut db = db::connection(&context.pool).await.map_err(retry)?;
             let Some(run) = load(&mut db).await.map_err(retry)? else {
@@ -205,7 +206,8 @@ impl JobHandler for BackfillHandler {
                     "Twenty is not connected",
                     context.clock.now(),
                 )
-                .await;
+                .await
+                .map_err(retry);
             };
             let mapping = mapping_store::load(&mut db).await.map_err(retry)?;
             drop(db);
@@ -225,7 +227,11 @@ impl JobHandler for BackfillHandler {
                         after: error.retry_after(),
                     });
                 }
-                Err(error) => return fail(&mut db, run_id, &error.to_string(), now).await,
+                Err(error) => {
+                    return fail(&mut db, run_id, &error.to_string(), now)
+                        .await
+                        .map_err(retry);
+                }
             };
             let request = RequestContext {
                 request_id: RequestId(job.request_id.unwrap_or_else(Uuid::new_v4)),
@@ -296,29 +302,16 @@ impl JobHandler for BackfillHandler {
         &'a self,
         job: &'a ClaimedJob,
         error: &'a str,
-        context: &'a JobContext,
-    ) -> BoxFuture<'a, ()> {
+        connection: &'a mut AsyncPgConnection,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, QueryResult<bool>> {
         Box::pin(async move {
-            let Some(run_id) = run_of(job) else {
-                return;
-            };
-            let failed = async {
-                let mut db = db::connection(&context.pool).await.map_err(retry)?;
-                fail(&mut db, run_id, error, context.clock.now()).await
+            if let Some(run_id) = job.payload_id("run_id") {
+                fail(connection, run_id, error, now).await?;
             }
-            .await;
-            if let Err(error) = failed {
-                tracing::warn!(%error, %run_id, "cannot mark the backfill of a dead job failed");
-            }
+            Ok(false)
         })
     }
-}
-
-fn run_of(job: &ClaimedJob) -> Option<Uuid> {
-    job.payload
-        .get("run_id")
-        .and_then(Json::as_str)
-        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 async fn import(
@@ -358,7 +351,7 @@ async fn fail(
     run_id: Uuid,
     error: &str,
     now: DateTime<Utc>,
-) -> Result<(), JobError> {
+) -> QueryResult<()> {
     // Only a run still going: a completed one keeps its outcome.
     diesel::update(
         backfill::table
@@ -374,7 +367,6 @@ async fn fail(
     .execute(connection)
     .await
     .map(drop)
-    .map_err(retry)
 }
 
 fn retry(error: impl std::fmt::Display) -> JobError {

@@ -287,21 +287,10 @@ pub async fn record_failure(
     error: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    diesel::update(
-        syncs::table
-            .find(contact_id)
-            .filter(syncs::status.ne(SyncStatus::Unlinked.as_str())),
-    )
-    .set((
-        syncs::status.eq(status.as_str()),
-        syncs::attempts.eq(syncs::attempts + 1),
-        syncs::last_error.eq(error),
-        syncs::last_attempt_at.eq(now),
-        syncs::updated_at.eq(now),
-    ))
-    .execute(connection)
-    .await
-    .map(drop)
+    let linked = [SyncStatus::Pending, SyncStatus::Synced, SyncStatus::Failed];
+    record_failure_from(connection, contact_id, &linked, status, error, now)
+        .await
+        .map(drop)
 }
 
 /// Fails the contact's sync with `error` if it still waits for one (`pending`): a job that
@@ -312,13 +301,36 @@ pub async fn fail_if_pending(
     error: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<bool> {
+    let pending = [SyncStatus::Pending];
+    record_failure_from(
+        connection,
+        contact_id,
+        &pending,
+        SyncStatus::Failed,
+        error,
+        now,
+    )
+    .await
+}
+
+/// Records a failed sync of the contact as `status`, if its sync is in one of `from`; whether
+/// it was.
+async fn record_failure_from(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    from: &[SyncStatus],
+    status: SyncStatus,
+    error: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let from: Vec<&str> = from.iter().map(|status| status.as_str()).collect();
     diesel::update(
         syncs::table
             .find(contact_id)
-            .filter(syncs::status.eq(SyncStatus::Pending.as_str())),
+            .filter(syncs::status.eq_any(from)),
     )
     .set((
-        syncs::status.eq(SyncStatus::Failed.as_str()),
+        syncs::status.eq(status.as_str()),
         syncs::attempts.eq(syncs::attempts + 1),
         syncs::last_error.eq(error),
         syncs::last_attempt_at.eq(now),

@@ -146,7 +146,8 @@ impl JobHandler for SyncHandler {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let contact_id = contact_of(job)
+            let contact_id = job
+                .payload_id("contact_id")
                 .ok_or_else(|| JobError::Permanent("payload has no contact_id".to_owned()))?;
             let mut db = db::connection(&context.pool).await.map_err(retry)?;
             let hold = records::take_for_sync(&mut db, contact_id, context.clock.now())
@@ -183,33 +184,16 @@ impl JobHandler for SyncHandler {
         &'a self,
         job: &'a ClaimedJob,
         error: &'a str,
-        context: &'a JobContext,
-    ) -> BoxFuture<'a, ()> {
+        connection: &'a mut AsyncPgConnection,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, diesel::QueryResult<bool>> {
         Box::pin(async move {
-            let Some(contact_id) = contact_of(job) else {
-                return;
-            };
-            let failed = async {
-                let mut db = db::connection(&context.pool).await?;
-                fail_if_pending(
-                    &mut db,
-                    contact_id,
-                    error,
-                    job.attempts,
-                    context.clock.now(),
-                )
-                .await
-                .map_err(db::DbError::from)
-            }
-            .await;
-            match failed {
-                Ok(true) => context.jobs_queued(),
-                Ok(false) => {}
-                Err(error) => tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    %contact_id,
-                    "cannot mark the sync of a dead job failed"
-                ),
+            // Its `crm.twenty.sync_failed` event's dispatch, when it failed the contact.
+            match job.payload_id("contact_id") {
+                Some(contact_id) => {
+                    fail_if_pending(connection, contact_id, error, job.attempts, now).await
+                }
+                None => Ok(false),
             }
         })
     }
@@ -325,13 +309,6 @@ impl SyncHandler {
             }
         }
     }
-}
-
-fn contact_of(job: &ClaimedJob) -> Option<Uuid> {
-    job.payload
-        .get("contact_id")
-        .and_then(Json::as_str)
-        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 /// [`fail_for_good`], only while the contact's sync is still `pending`; whether it was.

@@ -19,7 +19,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
@@ -470,7 +470,8 @@ impl JobHandler for DeliverHandler {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let delivery_id = delivery_of(job)
+            let delivery_id = job
+                .payload_id("delivery_id")
                 .ok_or_else(|| JobError::Permanent("payload has no delivery_id".to_owned()))?;
             self.deliverer.successes_caught_up().await?;
             let mut connection = db::connection(&context.pool).await.map_err(retry)?;
@@ -542,35 +543,16 @@ impl JobHandler for DeliverHandler {
         &'a self,
         job: &'a ClaimedJob,
         error: &'a str,
-        context: &'a JobContext,
-    ) -> BoxFuture<'a, ()> {
+        connection: &'a mut AsyncPgConnection,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, QueryResult<bool>> {
         Box::pin(async move {
-            let Some(delivery) = delivery_of(job) else {
-                return;
-            };
-            let failed = async {
-                let mut connection = db::connection(&context.pool).await?;
-                mark_given_up(&mut connection, delivery, error, context.clock.now())
-                    .await
-                    .map_err(db::DbError::from)
+            if let Some(delivery) = job.payload_id("delivery_id") {
+                mark_given_up(connection, delivery, error, now).await?;
             }
-            .await;
-            if let Err(error) = failed {
-                tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    %delivery,
-                    "cannot mark the delivery of a dead job failed"
-                );
-            }
+            Ok(false)
         })
     }
-}
-
-fn delivery_of(job: &ClaimedJob) -> Option<Uuid> {
-    job.payload
-        .get("delivery_id")
-        .and_then(Json::as_str)
-        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 /// Sets aside every waiting delivery of `endpoint` for one park period (at most once per half
