@@ -72,6 +72,12 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub outbox_poll_interval: Duration,
 
+    /// How long a request waits for a free outbox slot to start its job in while the workers
+    /// are all busy, before it queues the job instead; 0 never waits. Callers that send their
+    /// next request on each answer are then paced to the workers instead of building a queue.
+    #[arg(long, env = "SWITCHBORD_OUTBOX_START_WAIT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub outbox_start_wait: Duration,
+
     /// How long succeeded outbox jobs are kept before they are deleted (pending, running and
     /// dead jobs are never deleted). At least the trigger deduplication window, so that a
     /// repeated trigger's job can still be looked up.
@@ -158,6 +164,7 @@ impl CoreConfig {
             trigger_dedup_window: Duration::from_secs(24 * 3600),
             outbox_workers: 32,
             outbox_poll_interval: Duration::from_secs(1),
+            outbox_start_wait: Duration::from_millis(100),
             outbox_retention: Duration::from_secs(7 * 24 * 3600),
             shutdown_grace: Duration::from_secs(10),
             metrics_sample_interval: Duration::from_secs(15),

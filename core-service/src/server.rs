@@ -203,6 +203,7 @@ impl CoreServer {
         let worker_config = WorkerConfig {
             concurrency: config.outbox_workers,
             poll_interval: config.outbox_poll_interval,
+            start_wait: config.outbox_start_wait,
             shutdown_grace: config.shutdown_grace,
             ..WorkerConfig::default()
         };

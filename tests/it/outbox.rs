@@ -837,6 +837,84 @@ async fn queued_jobs_run_while_requests_take_room_for_their_own() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_waits_for_a_slot_to_free_within_its_wait_then_queues() {
+    let setup = setup().await;
+    let config = WorkerConfig {
+        concurrency: 1,
+        start_wait: Duration::from_millis(300),
+        ..fast()
+    };
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
+    let starter = worker.starter.clone();
+
+    // The one slot frees while the request waits: the request gets it.
+    let held = starter.reserve().expect("room for one");
+    let waiting = tokio::spawn({
+        let starter = starter.clone();
+        async move { starter.reserve_within_wait().await.is_some() }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(held);
+    assert!(
+        waiting.await.expect("the request ends"),
+        "the slot freed within the wait"
+    );
+
+    // None frees: after its wait the request goes without, and queues its job.
+    // (The worker's claim loop may hold the slot for a moment: it waited in line too.)
+    let held = starter.reserve_within_wait().await.expect("room again");
+    let asked = std::time::Instant::now();
+    assert!(starter.reserve_within_wait().await.is_none());
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "it waited first"
+    );
+    drop(held);
+
+    worker.stop().await;
+    assert!(
+        starter.reserve_within_wait().await.is_none(),
+        "a stopped worker starts nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_waiting_for_room_leave_queued_jobs_their_turn() {
+    let setup = setup().await;
+    // No poll to fall back on; requests would wait far longer than the test.
+    let config = WorkerConfig {
+        concurrency: 1,
+        poll_interval: Duration::from_secs(3600),
+        start_wait: Duration::from_secs(600),
+        ..fast()
+    };
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
+    until_listening(&setup).await;
+    let held = worker.starter.reserve().expect("room for one");
+
+    // A job is queued while the only slot is held: the worker waits in line for the slot ...
+    let id = enqueue_one(&setup).await;
+    worker.announcer.jobs_queued();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... and a request then waits behind it, and keeps the slot once it has it.
+    let request = tokio::spawn({
+        let starter = worker.starter.clone();
+        async move { starter.reserve_within_wait().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(held);
+
+    eventually("the queued job had its turn", || async {
+        job_state(&setup, id).await.status == "succeeded"
+    })
+    .await;
+    let reservation = request.await.expect("the request ends");
+    assert!(reservation.is_some(), "and the request had the next");
+    drop(reservation);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_job_queued_while_requests_hold_every_slot_runs_when_one_frees_up() {
     let setup = setup().await;
     // No poll to fall back on: only the announcement, or a slot freeing up, can start it.

@@ -13,6 +13,7 @@ use super::get::get_contact;
 use super::input::validate_upsert;
 use super::upsert::{Operation, upsert_contact};
 use crate::error::ServiceError;
+use crate::events::types::CONTACT_EVENTS;
 use crate::outbox::{self, Starter};
 use crate::request::RequestContext;
 use crate::state::AppState;
@@ -42,7 +43,12 @@ impl ContactService for ContactsService {
         let context = RequestContext::from_request(&request)?;
         let upsert = validate_upsert(request.into_inner(), self.state.default_region)
             .map_err(|violations| status(ContactError::Invalid(violations)))?;
-        let reservation = self.dispatcher.reserve();
+        // Room for the contact's event's dispatch job, which only a listened-to event gets.
+        let reservation = if self.state.audience.listens_to_any(&CONTACT_EVENTS) {
+            self.dispatcher.reserve_within_wait().await
+        } else {
+            None
+        };
         let mut outcome = upsert_contact(
             &self.state.pool,
             &context,

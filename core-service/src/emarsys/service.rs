@@ -36,7 +36,7 @@ impl EmarsysService for EmarsysGrpc {
         let context = RequestContext::from_request(&request)?;
         let request = request.into_inner();
         let event = normalize(&request).map_err(ServiceError::InvalidArgument)?;
-        let reservation = self.starter.reserve();
+        let reservation = self.starter.reserve_within_wait().await;
         let mut outcome = ingest(
             &self.state.pool,
             &context,

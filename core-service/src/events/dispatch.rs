@@ -70,6 +70,13 @@ impl Audience {
             .iter()
             .any(|consumer| consumer.may_act_on(event_type))
     }
+
+    /// Whether an event of any of these types needs an `event.dispatch` job.
+    pub fn listens_to_any(&self, event_types: &[&str]) -> bool {
+        event_types
+            .iter()
+            .any(|event_type| self.listens_to(event_type))
+    }
 }
 
 /// Runs `event.dispatch` jobs.

@@ -95,8 +95,14 @@ impl EventService for EventsGrpc {
         }
         let data = Json::Object(data);
         let id = new_event_id();
+        // Room for its dispatch job, which only a listened-to event gets; waited for before a
+        // connection is checked out, so that no connection waits with it.
+        let reservation = if self.audience.listens_to(&event_type) {
+            self.dispatcher.reserve_within_wait().await
+        } else {
+            None
+        };
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let reservation = self.dispatcher.reserve();
         let mut recorded = db::pipelined::write_only(&mut connection, async |connection| {
             // The event, its dispatch job and the audit entry go in one round trip with
             // COMMIT: the entry names the event by the id made above, not by a reply.

@@ -4,6 +4,8 @@
 pub const CONTACT_CREATED: &str = "contact.created";
 pub const CONTACT_UPDATED: &str = "contact.updated";
 pub const CONTACT_OPTED_OUT: &str = "contact.opted_out";
+/// Every event a contact's upsert may emit.
+pub const CONTACT_EVENTS: [&str; 3] = [CONTACT_CREATED, CONTACT_UPDATED, CONTACT_OPTED_OUT];
 pub const JOURNEY_TRIGGERED: &str = "journey.triggered";
 pub const EMARSYS_EVENT_RECEIVED: &str = "integration.emarsys.event_received";
 pub const TWENTY_SYNC_FAILED: &str = "crm.twenty.sync_failed";

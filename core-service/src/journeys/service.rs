@@ -39,7 +39,7 @@ impl JourneyService for JourneysGrpc {
         let context = RequestContext::from_request(&request)?;
         let input = validate_trigger(request.into_inner(), self.state.default_region)
             .map_err(|violations| status(JourneyError::Invalid(violations)))?;
-        let reservation = self.starter.reserve();
+        let reservation = self.starter.reserve_within_wait().await;
         let mut outcome = accept_trigger(
             &self.state.pool,
             &context,

@@ -7,6 +7,7 @@
 //! outcome, its lease expires and any worker claims it again.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
@@ -49,6 +50,42 @@ impl Starter {
             .clone()
             .try_acquire_owned()
             .ok()?;
+        Some(Reservation {
+            inner: self.inner.clone(),
+            permit,
+        })
+    }
+}
+
+impl Starter {
+    /// Room for one job, as [`Starter::reserve`] gives, or else the first slot that frees within
+    /// the worker's `start_wait`, waited for in line with the worker's own claims; `None` when
+    /// none frees in time or the worker is stopping, and the caller then queues its job.
+    ///
+    /// Why requests wait: a request that queues its job when the worker is full is answered at
+    /// once, so a caller that sends its next request on each answer is accepted faster than the
+    /// worker runs their jobs, and the queue, with every job's wait in it, grows for as long as
+    /// it keeps sending. Waiting in line for a slot paces such callers to the worker, and the
+    /// bound keeps a worker held up by slow jobs (a slow receiver's deliveries do not hold
+    /// slots, but a slow CRM's syncs do) from holding up requests for longer than that.
+    ///
+    /// Call it before checking out a database connection, so that no connection waits too.
+    pub async fn reserve_within_wait(&self) -> Option<Reservation> {
+        if let Some(reservation) = self.reserve() {
+            return Some(reservation);
+        }
+        let wait = self.inner.config.start_wait;
+        if wait.is_zero() || self.inner.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        let permits = self.inner.context.lease.permits.clone();
+        let permit = tokio::time::timeout(wait, permits.acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
         Some(Reservation {
             inner: self.inner.clone(),
             permit,

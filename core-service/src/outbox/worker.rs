@@ -32,6 +32,9 @@ pub struct WorkerConfig {
     /// On shutdown, how long running jobs may take to finish before they are released.
     pub shutdown_grace: Duration,
     pub backoff: BackoffPolicy,
+    /// How long a request waits for a free slot to start its job in before it queues the job
+    /// instead (see [`super::Starter::reserve_within_wait`]); zero: it never waits.
+    pub start_wait: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -42,6 +45,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             backoff: BackoffPolicy::default(),
+            start_wait: Duration::from_millis(100),
         }
     }
 }
@@ -49,7 +53,7 @@ impl Default for WorkerConfig {
 pub(super) struct Inner {
     registry: Registry,
     pub(super) context: JobContext,
-    config: WorkerConfig,
+    pub(super) config: WorkerConfig,
     /// Set once shutdown begins: no more jobs are started.
     pub(super) stopping: AtomicBool,
     /// Set while the last claim found as many due jobs as it had room for: queued jobs are
@@ -278,19 +282,26 @@ impl Worker {
         // Expired leases (a worker died) are rare; they are looked for once per poll interval
         // rather than in every claim.
         let mut expired_looked_for: Option<Instant> = None;
+        // A slot this loop waited in line for, kept for the first job it claims: given back, it
+        // would go straight to the next request waiting for room (see `Starter`), and queued jobs
+        // would wait for as long as requests keep coming.
+        let mut held: Option<OwnedSemaphorePermit> = None;
         tokio::pin!(shutdown);
         loop {
             while running.try_join_next().is_some() {}
-            let free = permits.available_permits();
-            if free == 0 {
+            if held.is_none() && permits.available_permits() == 0 {
                 // Every slot is taken, by claimed jobs or by requests running jobs of their own
                 // (see `Starter`): look for due jobs as soon as one frees up, rather than wait
                 // for a notification that may have come already, or for the next poll.
                 tokio::select! {
                     () = &mut shutdown => break,
-                    _ = permits.acquire() => continue,
+                    permit = permits.clone().acquire_owned() => {
+                        held = permit.ok();
+                        continue;
+                    }
                 }
             }
+            let free = permits.available_permits() + usize::from(held.is_some());
             let look_for_expired =
                 expired_looked_for.is_none_or(|last| last.elapsed() >= inner.config.poll_interval);
             if look_for_expired {
@@ -303,17 +314,23 @@ impl Worker {
                     for job in jobs {
                         // Requests may have taken room meanwhile (see `Starter`); they hold
                         // it for a short transaction and job, and a job claimed must run.
-                        let Ok(permit) = permits.clone().acquire_owned().await else {
-                            break;
+                        let permit = match held.take() {
+                            Some(permit) => permit,
+                            None => match permits.clone().acquire_owned().await {
+                                Ok(permit) => permit,
+                                Err(_) => break,
+                            },
                         };
                         running.spawn(execute(inner.clone(), job, permit));
                     }
+                    held = None;
                     if backlog && permits.available_permits() > 0 {
                         continue;
                     }
                     backlog
                 }
                 Err(error) => {
+                    held = None;
                     tracing::warn!(
                         error = &error as &dyn std::error::Error,
                         "cannot claim outbox jobs"
@@ -326,7 +343,7 @@ impl Worker {
                 () = announcer.woken() => {}
                 () = tokio::time::sleep_until(inner.context.lease.next_look(inner.config.poll_interval)) => {}
                 // A slot freed by a claimed job or by a request's own: claim the next ones.
-                _ = permits.acquire(), if backlog => {}
+                permit = permits.clone().acquire_owned(), if backlog => held = permit.ok(),
             }
         }
 
