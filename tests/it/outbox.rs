@@ -775,8 +775,11 @@ async fn a_job_a_request_starts_runs_at_once_after_its_commit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_start_jobs_only_while_the_worker_has_room_and_runs() {
     let setup = setup().await;
+    // No poll: a claim loop woken while the slot is held would wait in line for it, and hold
+    // it for its claim when it frees.
     let config = WorkerConfig {
         concurrency: 1,
+        poll_interval: Duration::from_secs(3600),
         ..fast()
     };
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);

@@ -58,38 +58,55 @@ impl Starter {
 }
 
 impl Starter {
-    /// Room for one job, as [`Starter::reserve`] gives, or else the first slot that frees within
-    /// the worker's `start_wait`, waited for in line with the worker's own claims; `None` when
-    /// none frees in time or the worker is stopping, and the caller then queues its job.
+    /// Room for one job, as [`Starter::reserve`] gives, or else as soon as the worker has some,
+    /// within its `start_wait`: while every slot is busy, the request waits in line for the
+    /// next one with the worker's own claims; while queued jobs go first, it waits for the
+    /// worker's next claim and looks again. `None` when no room comes in time or the worker is
+    /// stopping, and the caller then queues its job.
     ///
     /// Why requests wait: a request that queues its job when the worker is full is answered at
     /// once, so a caller that sends its next request on each answer is accepted faster than the
     /// worker runs their jobs, and the queue, with every job's wait in it, grows for as long as
-    /// it keeps sending. Waiting in line for a slot paces such callers to the worker, and the
-    /// bound keeps a worker held up by slow jobs (a slow receiver's deliveries do not hold
-    /// slots, but a slow CRM's syncs do) from holding up requests for longer than that.
+    /// it keeps sending. Waiting paces such callers to the worker, and the bound keeps a worker
+    /// held up by slow jobs (a slow CRM's syncs hold slots; a slow receiver's deliveries do not)
+    /// from holding up requests for longer than that.
     ///
     /// Call it before checking out a database connection, so that no connection waits too.
     pub async fn reserve_within_wait(&self) -> Option<Reservation> {
-        if let Some(reservation) = self.reserve() {
-            return Some(reservation);
-        }
         let wait = self.inner.config.start_wait;
-        if wait.is_zero() || self.inner.stopping.load(Ordering::Relaxed) {
-            return None;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so that a claim in between is not missed.
+            let claimed = self.inner.claimed.notified();
+            tokio::pin!(claimed);
+            claimed.as_mut().enable();
+            if let Some(reservation) = self.reserve() {
+                return Some(reservation);
+            }
+            if wait.is_zero() || self.inner.stopping.load(Ordering::Relaxed) {
+                return None;
+            }
+            if !self.inner.admits_started_jobs() {
+                // Queued jobs go first (see `reserve`): wait until the worker has claimed them,
+                // and look a last time when the wait is over.
+                if tokio::time::timeout_at(deadline, claimed).await.is_err() {
+                    return self.reserve();
+                }
+                continue;
+            }
+            let permits = self.inner.context.lease.permits.clone();
+            let permit = tokio::time::timeout_at(deadline, permits.acquire_owned())
+                .await
+                .ok()?
+                .ok()?;
+            if self.inner.stopping.load(Ordering::Relaxed) {
+                return None;
+            }
+            return Some(Reservation {
+                inner: self.inner.clone(),
+                permit,
+            });
         }
-        let permits = self.inner.context.lease.permits.clone();
-        let permit = tokio::time::timeout(wait, permits.acquire_owned())
-            .await
-            .ok()?
-            .ok()?;
-        if self.inner.stopping.load(Ordering::Relaxed) {
-            return None;
-        }
-        Some(Reservation {
-            inner: self.inner.clone(),
-            permit,
-        })
     }
 }
 
@@ -238,5 +255,34 @@ mod tests {
             starter.reserve().is_none(),
             "a stopping worker starts nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_lets_queued_jobs_go_first_until_the_worker_claims_them() {
+        let worker = idle_worker();
+        let starter = worker.starter();
+        let concurrency = WorkerConfig::default().concurrency;
+        let permits = worker.inner.context.lease.permits.clone();
+        // Queued jobs wait and fewer than half of the slots are free; one is.
+        worker.inner.backlog.store(true, Ordering::Relaxed);
+        let claimed = permits
+            .clone()
+            .try_acquire_many_owned(u32::try_from(concurrency - 1).expect("few"))
+            .expect("room");
+
+        // It does not take the free slot ahead of them, and gives up after its wait.
+        assert!(starter.reserve_within_wait().await.is_none());
+        assert_eq!(permits.available_permits(), 1, "the slot is left free");
+
+        // The worker's next claim finds no more: the request looks again and starts.
+        let waiting = tokio::spawn({
+            let starter = starter.clone();
+            async move { starter.reserve_within_wait().await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        worker.inner.backlog.store(false, Ordering::Relaxed);
+        worker.inner.claimed.notify_waiters();
+        assert!(waiting.await.expect("the request ends"));
+        drop(claimed);
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use switchbord_telemetry as telemetry;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -59,6 +59,9 @@ pub(super) struct Inner {
     /// Set while the last claim found as many due jobs as it had room for: queued jobs are
     /// waiting, and requests queue theirs behind them rather than start them first.
     pub(super) backlog: AtomicBool,
+    /// Told after each claim and when shutdown begins: requests that let queued jobs go first
+    /// look again (see [`Starter::reserve_within_wait`]).
+    pub(super) claimed: Notify,
 }
 
 impl Inner {
@@ -241,6 +244,7 @@ impl Worker {
                 },
                 stopping: AtomicBool::new(false),
                 backlog: AtomicBool::new(false),
+                claimed: Notify::new(),
                 config,
             }),
             database_url: database_url.to_owned(),
@@ -311,6 +315,7 @@ impl Worker {
                 Ok(jobs) => {
                     let backlog = jobs.len() == free;
                     inner.backlog.store(backlog, Ordering::Relaxed);
+                    inner.claimed.notify_waiters();
                     for job in jobs {
                         // Requests may have taken room meanwhile (see `Starter`); they hold
                         // it for a short transaction and job, and a job claimed must run.
@@ -348,6 +353,7 @@ impl Worker {
         }
 
         inner.stopping.store(true, Ordering::Relaxed);
+        inner.claimed.notify_waiters();
         listener.abort();
         broadcaster.abort();
         // Claimed jobs first: they may still start background ones.
