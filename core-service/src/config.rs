@@ -13,6 +13,9 @@ use crate::access::validate_custom_key;
 /// Shortest accepted `SWITCHBORD_KEY_PEPPER`.
 pub const MIN_PEPPER_LEN: usize = 32;
 
+/// The longest `SWITCHBORD_OUTBOX_START_WAIT` accepted.
+const MOST_START_WAIT: Duration = Duration::from_secs(10);
+
 /// Settings of the gRPC core. Each field is a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoreConfig {
@@ -219,6 +222,17 @@ impl CoreConfig {
                 "must be at least 1 (with 0 no webhook would ever be delivered)",
             ));
         }
+        if self.outbox_start_wait > MOST_START_WAIT {
+            problems.push(ConfigError::new(
+                "SWITCHBORD_OUTBOX_START_WAIT",
+                "outbox-start-wait",
+                format!(
+                    "must be at most {}: every request that may start a job waits this long \
+                     while the workers are stuck, and callers' own timeouts come soon after",
+                    humantime::format_duration(MOST_START_WAIT)
+                ),
+            ));
+        }
         if self.outbox_retention < self.trigger_dedup_window {
             problems.push(ConfigError::new(
                 "SWITCHBORD_OUTBOX_RETENTION",
@@ -405,6 +419,22 @@ mod tests {
         assert!(parse_schedule("0s").is_ok());
         let refused = parse_schedule("10s,5m").unwrap_err();
         assert!(refused.contains("must start with 0s"), "{refused}");
+    }
+
+    #[test]
+    fn a_start_wait_longer_than_ten_seconds_is_refused() {
+        let refused = |wait| {
+            CoreConfig {
+                outbox_start_wait: wait,
+                ..CoreConfig::with_addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+            }
+            .problems()
+            .iter()
+            .any(|problem| problem.variable == "SWITCHBORD_OUTBOX_START_WAIT")
+        };
+        assert!(!refused(Duration::ZERO), "0s turns the wait off");
+        assert!(!refused(Duration::from_secs(10)));
+        assert!(refused(Duration::from_millis(10_001)));
     }
 
     #[test]
