@@ -1528,3 +1528,52 @@ async fn a_connection_made_by_another_instance_syncs_the_next_contact_change() {
     })
     .await;
 }
+
+/// A request waits for a busy worker only for a job it may have (`docs/outbox.md`): here the
+/// only slot is held by a sync waiting for a slow Twenty, and a published event that nobody
+/// listens to is answered without waiting for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_nobody_listens_to_does_not_wait_for_a_busy_worker() {
+    use switchbord_api::json::struct_from_json;
+    use switchbord_api::v1::PublishEventRequest;
+    use switchbord_api::v1::event_service_client::EventServiceClient;
+
+    let app = TestApp::builder()
+        .outbox_workers(1)
+        .outbox_start_wait(std::time::Duration::from_secs(10))
+        .spawn()
+        .await;
+    let (app, fake) = connected_app(app).await;
+    fake.slow_down(std::time::Duration::from_secs(5));
+    app.upsert_contact(&json!({"phone_number": "+4915112345678"}))
+        .await;
+    eventually("the contact's sync is waiting for Twenty", async || {
+        !fake.requests().is_empty()
+    })
+    .await;
+
+    let mut events = EventServiceClient::with_interceptor(
+        app.channel().await,
+        crate::helpers::WithKey::new(Some(&app.keys.user)),
+    );
+    let asked = std::time::Instant::now();
+    events
+        .publish_event(PublishEventRequest {
+            r#type: "message.delivered".to_owned(),
+            data: Some(struct_from_json(
+                json!({"message_id": "wamid.1"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            )),
+            source: "sender".to_owned(),
+        })
+        .await
+        .expect("publish");
+    // Waiting for the slot would take until the sync's 5 s answer at least.
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(3),
+        "the publish waited for the worker: {:?}",
+        asked.elapsed()
+    );
+}

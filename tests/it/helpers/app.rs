@@ -295,6 +295,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn outbox_start_wait(mut self, wait: std::time::Duration) -> Self {
+        self.core.outbox_start_wait = wait;
+        self
+    }
+
     pub fn outbox_poll_interval(mut self, interval: std::time::Duration) -> Self {
         self.core.outbox_poll_interval = interval;
         self
