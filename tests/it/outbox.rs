@@ -14,8 +14,8 @@ use serde_json::json;
 use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
     Announcer, BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind,
-    ManualClock, NewJob, Registry, Starter as RequestStarter, SystemClock, Worker, WorkerConfig,
-    depth, enqueue, enqueue_many, postpone, prune_succeeded,
+    ManualClock, NewJob, Registry, Reservation as RequestReservation, Starter as RequestStarter,
+    SystemClock, Worker, WorkerConfig, depth, enqueue, enqueue_many, postpone, prune_succeeded,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -881,25 +881,39 @@ async fn a_request_waits_for_a_slot_to_free_within_its_wait_then_queues() {
     );
 }
 
+/// A one-slot worker with no poll to fall back on (only an announcement, or a slot freeing up,
+/// can start a job), the slot held by a request, and one job queued and announced meanwhile.
+async fn queued_while_the_only_slot_is_held(
+    setup: &Setup,
+    config: WorkerConfig,
+) -> (RunningWorker, RequestReservation, Uuid) {
+    let config = WorkerConfig {
+        concurrency: 1,
+        poll_interval: Duration::from_secs(3600),
+        ..config
+    };
+    let worker = RunningWorker::start(setup, Behaviour::Succeed, Arc::new(SystemClock), config);
+    until_listening(setup).await;
+    let held = worker.starter.reserve().expect("room for one");
+    let id = enqueue_one(setup).await;
+    worker.announcer.jobs_queued();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (worker, held, id)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_waiting_for_room_leave_queued_jobs_their_turn() {
     let setup = setup().await;
     // No poll to fall back on; requests would wait far longer than the test.
-    let config = WorkerConfig {
-        concurrency: 1,
-        poll_interval: Duration::from_secs(3600),
-        start_wait: Duration::from_secs(600),
-        ..fast()
-    };
-    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
-    until_listening(&setup).await;
-    let held = worker.starter.reserve().expect("room for one");
-
-    // A job is queued while the only slot is held: the worker waits in line for the slot ...
-    let id = enqueue_one(&setup).await;
-    worker.announcer.jobs_queued();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // ... and a request then waits behind it, and keeps the slot once it has it.
+    let (worker, held, id) = queued_while_the_only_slot_is_held(
+        &setup,
+        WorkerConfig {
+            start_wait: Duration::from_secs(600),
+            ..fast()
+        },
+    )
+    .await;
+    // The worker waits in line for the slot, and a request then waits behind it, and keeps the slot once it has it.
     let request = tokio::spawn({
         let starter = worker.starter.clone();
         async move { starter.reserve_within_wait().await }
@@ -920,20 +934,8 @@ async fn requests_waiting_for_room_leave_queued_jobs_their_turn() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_queued_while_requests_hold_every_slot_runs_when_one_frees_up() {
     let setup = setup().await;
-    // No poll to fall back on: only the announcement, or a slot freeing up, can start it.
-    let config = WorkerConfig {
-        concurrency: 1,
-        poll_interval: Duration::from_secs(3600),
-        ..fast()
-    };
-    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
-    until_listening(&setup).await;
-    let held = worker.starter.reserve().expect("room for one");
-
     // The announcement comes while the only slot is held, and finds no room.
-    let id = enqueue_one(&setup).await;
-    worker.announcer.jobs_queued();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (worker, held, id) = queued_while_the_only_slot_is_held(&setup, fast()).await;
     assert_eq!(job_state(&setup, id).await.status, "pending");
     drop(held);
 

@@ -55,9 +55,7 @@ impl Starter {
             permit,
         })
     }
-}
 
-impl Starter {
     /// Room for one job, as [`Starter::reserve`] gives, or else as soon as the worker has some,
     /// within its `start_wait`: while every slot is busy, the request waits in line for the
     /// next one with the worker's own claims; while queued jobs go first, it waits for the
