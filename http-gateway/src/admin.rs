@@ -66,7 +66,7 @@ fn job_json(job: OutboxJob) -> Json {
     )
 )]
 pub async fn list_jobs(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     filter: Result<Query<JobFilter>, QueryRejection>,
 ) -> Response {
@@ -74,7 +74,7 @@ pub async fn list_jobs(
         let Query(filter) =
             filter.map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))?;
         let page = core
-            .outbox
+            .outbox()
             .list_outbox_jobs(context.grpc_request(ListOutboxJobsRequest {
                 status: filter.status,
                 kind: filter.kind,
@@ -106,13 +106,13 @@ pub async fn list_jobs(
     )
 )]
 pub async fn get_job(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
         let found = core
-            .outbox
+            .outbox()
             .get_outbox_job(context.grpc_request(GetOutboxJobRequest { id }))
             .await?
             .into_inner();
@@ -143,13 +143,13 @@ pub async fn get_job(
     )
 )]
 pub async fn retry_job(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
         let retried = core
-            .outbox
+            .outbox()
             .retry_outbox_job(context.grpc_request(RetryOutboxJobRequest { id }))
             .await?
             .into_inner();
@@ -169,10 +169,10 @@ pub async fn retry_job(
         AdminErrors,
     )
 )]
-pub async fn stats(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn stats(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let stats = core
-            .outbox
+            .outbox()
             .get_outbox_stats(context.grpc_request(GetOutboxStatsRequest {}))
             .await?
             .into_inner();

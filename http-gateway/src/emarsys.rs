@@ -70,7 +70,7 @@ fn contact_fields(
     )
 )]
 pub async fn ingest(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     query: Result<Query<SecretQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -87,13 +87,13 @@ pub async fn ingest(
                     secret.as_deref(),
                     CheckEmarsysCredentialsRequest {},
                 );
-                core.emarsys.check_emarsys_credentials(check).await?;
+                core.emarsys().check_emarsys_credentials(check).await?;
                 return Err(error);
             }
         };
         let ingest = with_secret(&context, secret.as_deref(), request);
         Ok(core
-            .emarsys
+            .emarsys()
             .ingest_emarsys_event(ingest)
             .await?
             .into_inner())

@@ -146,10 +146,10 @@ fn decode_rule(event_name: String, mut body: Map<String, Json>) -> Result<EventR
         AdminErrors,
     )
 )]
-pub async fn list_flows(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn list_flows(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let flows = core
-            .flows
+            .flows()
             .list_flows(context.grpc_request(ListFlowsRequest {}))
             .await?
             .into_inner()
@@ -174,13 +174,13 @@ pub async fn list_flows(State(mut core): State<CoreClient>, context: CallContext
     )
 )]
 pub async fn get_flow(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
         let flow = core
-            .flows
+            .flows()
             .get_flow(context.grpc_request(GetFlowRequest { id }))
             .await?
             .into_inner()
@@ -206,7 +206,7 @@ pub async fn get_flow(
     )
 )]
 pub async fn put_flow(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
     body: Body,
@@ -214,7 +214,7 @@ pub async fn put_flow(
     let result = async {
         let flow = decode_flow(id, read_json_object(body).await?)?;
         let stored = core
-            .flows
+            .flows()
             .put_flow(context.grpc_request(PutFlowRequest { flow: Some(flow) }))
             .await?
             .into_inner()
@@ -239,12 +239,12 @@ pub async fn put_flow(
     )
 )]
 pub async fn delete_flow(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
-        core.flows
+        core.flows()
             .delete_flow(context.grpc_request(DeleteFlowRequest { id }))
             .await?;
         Ok(json!({}))
@@ -263,10 +263,10 @@ pub async fn delete_flow(
         AdminErrors,
     )
 )]
-pub async fn list_rules(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn list_rules(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let rules = core
-            .flows
+            .flows()
             .list_event_rules(context.grpc_request(ListEventRulesRequest {}))
             .await?
             .into_inner()
@@ -291,13 +291,13 @@ pub async fn list_rules(State(mut core): State<CoreClient>, context: CallContext
     )
 )]
 pub async fn get_rule(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(event_name): Path<String>,
 ) -> Response {
     let result = async {
         let rule = core
-            .flows
+            .flows()
             .get_event_rule(context.grpc_request(GetEventRuleRequest { event_name }))
             .await?
             .into_inner()
@@ -323,7 +323,7 @@ pub async fn get_rule(
     )
 )]
 pub async fn put_rule(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(event_name): Path<String>,
     body: Body,
@@ -331,7 +331,7 @@ pub async fn put_rule(
     let result = async {
         let rule = decode_rule(event_name, read_json_object(body).await?)?;
         let stored = core
-            .flows
+            .flows()
             .put_event_rule(context.grpc_request(PutEventRuleRequest { rule: Some(rule) }))
             .await?
             .into_inner()
@@ -356,12 +356,12 @@ pub async fn put_rule(
     )
 )]
 pub async fn delete_rule(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(event_name): Path<String>,
 ) -> Response {
     let result = async {
-        core.flows
+        core.flows()
             .delete_event_rule(context.grpc_request(DeleteEventRuleRequest { event_name }))
             .await?;
         Ok(json!({}))

@@ -58,7 +58,7 @@ pub async fn healthz() -> &'static str {
     )
 )]
 pub async fn readyz(State(core): State<CoreClient>) -> Response {
-    let mut health = core.health.clone();
+    let mut health = core.health();
     let asked = tokio::time::timeout(
         READINESS_TIMEOUT,
         health.check(HealthCheckRequest {

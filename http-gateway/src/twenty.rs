@@ -155,7 +155,7 @@ async fn optional_object(body: Body) -> Result<Map<String, Json>, ApiError> {
     )
 )]
 pub async fn set_connection(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     body: Body,
 ) -> Response {
@@ -169,7 +169,7 @@ pub async fn set_connection(
         };
         let request = decoder.finish(request)?;
         let stored = core
-            .twenty
+            .twenty()
             .set_twenty_connection(context.grpc_request(request))
             .await?
             .into_inner();
@@ -189,10 +189,10 @@ pub async fn set_connection(
         AdminErrors,
     )
 )]
-pub async fn get_connection(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn get_connection(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let found = core
-            .twenty
+            .twenty()
             .get_twenty_connection(context.grpc_request(GetTwentyConnectionRequest {}))
             .await?
             .into_inner();
@@ -212,12 +212,9 @@ pub async fn get_connection(State(mut core): State<CoreClient>, context: CallCon
         AdminErrors,
     )
 )]
-pub async fn delete_connection(
-    State(mut core): State<CoreClient>,
-    context: CallContext,
-) -> Response {
+pub async fn delete_connection(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
-        core.twenty
+        core.twenty()
             .delete_twenty_connection(context.grpc_request(DeleteTwentyConnectionRequest {}))
             .await?;
         Ok(json!({}))
@@ -236,10 +233,10 @@ pub async fn delete_connection(
         AdminErrors,
     )
 )]
-pub async fn test_connection(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn test_connection(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let tested = core
-            .twenty
+            .twenty()
             .test_twenty_connection(context.grpc_request(TestTwentyConnectionRequest {}))
             .await?
             .into_inner();
@@ -264,10 +261,10 @@ pub async fn test_connection(State(mut core): State<CoreClient>, context: CallCo
         AdminErrors,
     )
 )]
-pub async fn get_mapping(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn get_mapping(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let mapping = core
-            .twenty
+            .twenty()
             .get_field_mapping(context.grpc_request(GetFieldMappingRequest {}))
             .await?
             .into_inner();
@@ -323,7 +320,7 @@ fn mapping_entry(index: usize, value: Json) -> Result<FieldMappingEntry, ApiErro
     )
 )]
 pub async fn update_mapping(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     body: Body,
 ) -> Response {
@@ -349,7 +346,7 @@ pub async fn update_mapping(
             reset_to_default,
         })?;
         let mapping = core
-            .twenty
+            .twenty()
             .update_field_mapping(context.grpc_request(request))
             .await?
             .into_inner();
@@ -369,10 +366,10 @@ pub async fn update_mapping(
         AdminErrors,
     )
 )]
-pub async fn sync_health(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn sync_health(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let health = core
-            .twenty
+            .twenty()
             .get_sync_health(context.grpc_request(GetSyncHealthRequest {}))
             .await?
             .into_inner();
@@ -405,13 +402,13 @@ pub async fn sync_health(State(mut core): State<CoreClient>, context: CallContex
     )
 )]
 pub async fn contact_sync(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(contact_id): Path<String>,
 ) -> Response {
     let result = async {
         let found = core
-            .twenty
+            .twenty()
             .get_contact_sync(context.grpc_request(GetContactSyncRequest { contact_id }))
             .await?
             .into_inner();
@@ -444,7 +441,7 @@ pub struct PageQuery {
     )
 )]
 pub async fn failed_syncs(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
@@ -452,7 +449,7 @@ pub async fn failed_syncs(
         let Query(query) =
             query.map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))?;
         let page = core
-            .twenty
+            .twenty()
             .list_failed_syncs(context.grpc_request(ListFailedSyncsRequest {
                 page_size: query.page_size,
                 page_token: query.page_token,
@@ -480,7 +477,7 @@ pub async fn failed_syncs(
     )
 )]
 pub async fn retry_syncs(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     body: Body,
 ) -> Response {
@@ -490,7 +487,7 @@ pub async fn retry_syncs(
         let contact_id = decoder.string(&mut body, "contact_id").unwrap_or_default();
         let request = decoder.finish(RetryFailedSyncsRequest { contact_id })?;
         let retried = core
-            .twenty
+            .twenty()
             .retry_failed_syncs(context.grpc_request(request))
             .await?
             .into_inner();
@@ -512,7 +509,7 @@ pub async fn retry_syncs(
     )
 )]
 pub async fn start_backfill(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     body: Body,
 ) -> Response {
@@ -523,7 +520,7 @@ pub async fn start_backfill(
             restart: boolean(&mut body, "restart")?,
         };
         let started = core
-            .twenty
+            .twenty()
             .start_backfill(context.grpc_request(request))
             .await?
             .into_inner();
@@ -555,7 +552,7 @@ pub async fn start_backfill(
     )
 )]
 pub async fn incoming(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     headers: HeaderMap,
     body: Body,
@@ -578,7 +575,7 @@ pub async fn incoming(
             nonce: header("x-twenty-webhook-nonce"),
         };
         let received = core
-            .twenty
+            .twenty()
             .receive_twenty_webhook(context.grpc_request(request))
             .await?
             .into_inner();

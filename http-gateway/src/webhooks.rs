@@ -140,7 +140,7 @@ fn timestamp_field(field: &str, raw: &str) -> Result<prost_types::Timestamp, Api
     )
 )]
 pub async fn create_endpoint(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     body: Body,
 ) -> Response {
@@ -161,7 +161,7 @@ pub async fn create_endpoint(
         };
         let request = decoder.finish(request)?;
         let created = core
-            .webhooks
+            .webhooks()
             .create_endpoint(context.grpc_request(request))
             .await?
             .into_inner();
@@ -181,9 +181,9 @@ pub async fn create_endpoint(
         AdminErrors,
     )
 )]
-pub async fn list_endpoints(State(mut core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn list_endpoints(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
-        let listed = core.webhooks.list_endpoints(context.grpc_request(ListEndpointsRequest {})).await?.into_inner();
+        let listed = core.webhooks().list_endpoints(context.grpc_request(ListEndpointsRequest {})).await?.into_inner();
         Ok(json!({"endpoints": listed.endpoints.into_iter().map(endpoint_json).collect::<Vec<_>>()}))
     }
     .await;
@@ -204,13 +204,13 @@ pub async fn list_endpoints(State(mut core): State<CoreClient>, context: CallCon
     )
 )]
 pub async fn get_endpoint(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
         let found = core
-            .webhooks
+            .webhooks()
             .get_endpoint(context.grpc_request(GetEndpointRequest { id }))
             .await?
             .into_inner();
@@ -235,7 +235,7 @@ pub async fn get_endpoint(
     )
 )]
 pub async fn update_endpoint(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
     body: Body,
@@ -257,7 +257,7 @@ pub async fn update_endpoint(
         };
         let request = decoder.finish(request)?;
         let updated = core
-            .webhooks
+            .webhooks()
             .update_endpoint(context.grpc_request(request))
             .await?
             .into_inner();
@@ -281,12 +281,12 @@ pub async fn update_endpoint(
     )
 )]
 pub async fn delete_endpoint(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
-        core.webhooks
+        core.webhooks()
             .delete_endpoint(context.grpc_request(DeleteEndpointRequest { id }))
             .await?;
         Ok(json!({}))
@@ -309,13 +309,13 @@ pub async fn delete_endpoint(
     )
 )]
 pub async fn enable_endpoint(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
         let enabled = core
-            .webhooks
+            .webhooks()
             .enable_endpoint(context.grpc_request(EnableEndpointRequest { id }))
             .await?
             .into_inner();
@@ -351,7 +351,7 @@ async fn optional_object(body: Body) -> Result<Map<String, Json>, ApiError> {
     )
 )]
 pub async fn disable_endpoint(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
     body: Body,
@@ -362,7 +362,7 @@ pub async fn disable_endpoint(
         let reason = decoder.string(&mut body, "reason").unwrap_or_default();
         let request = decoder.finish(DisableEndpointRequest { id, reason })?;
         let disabled = core
-            .webhooks
+            .webhooks()
             .disable_endpoint(context.grpc_request(request))
             .await?
             .into_inner();
@@ -387,7 +387,7 @@ pub async fn disable_endpoint(
     )
 )]
 pub async fn rotate_secret(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
     body: Body,
@@ -398,7 +398,7 @@ pub async fn rotate_secret(
         let secret = decoder.string(&mut body, "secret").unwrap_or_default();
         let request = decoder.finish(RotateEndpointSecretRequest { id, secret })?;
         let rotated = core
-            .webhooks
+            .webhooks()
             .rotate_endpoint_secret(context.grpc_request(request))
             .await?
             .into_inner();
@@ -422,13 +422,13 @@ pub async fn rotate_secret(
     )
 )]
 pub async fn get_secret(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
         let secret = core
-            .webhooks
+            .webhooks()
             .get_endpoint_secret(context.grpc_request(GetEndpointSecretRequest { id }))
             .await?
             .into_inner();
@@ -452,13 +452,13 @@ pub async fn get_secret(
     )
 )]
 pub async fn send_test(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
         let sent = core
-            .webhooks
+            .webhooks()
             .send_test_event(context.grpc_request(SendTestEventRequest { id }))
             .await?
             .into_inner();
@@ -483,7 +483,7 @@ pub async fn send_test(
     )
 )]
 pub async fn recover(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(endpoint_id): Path<String>,
     body: Body,
@@ -495,7 +495,7 @@ pub async fn recover(
             _ => return Err(ApiError::invalid_field("since", "is required (RFC 3339)")),
         };
         let recovered = core
-            .webhooks
+            .webhooks()
             .recover_deliveries(context.grpc_request(RecoverDeliveriesRequest {
                 endpoint_id,
                 since: Some(since),
@@ -518,13 +518,10 @@ pub async fn recover(
         AdminErrors,
     )
 )]
-pub async fn list_event_types(
-    State(mut core): State<CoreClient>,
-    context: CallContext,
-) -> Response {
+pub async fn list_event_types(State(core): State<CoreClient>, context: CallContext) -> Response {
     let result = async {
         let listed = core
-            .events
+            .events()
             .list_event_types(context.grpc_request(ListEventTypesRequest {}))
             .await?
             .into_inner();
@@ -559,7 +556,7 @@ pub async fn list_event_types(
     )
 )]
 pub async fn register_event_type(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     body: Body,
 ) -> Response {
@@ -573,7 +570,7 @@ pub async fn register_event_type(
             example: decoder.object(&mut body, "example"),
         };
         let request = decoder.finish(request)?;
-        core.webhooks
+        core.webhooks()
             .register_event_type(context.grpc_request(request))
             .await?;
         Ok(json!({}))
@@ -618,7 +615,7 @@ pub struct DeliveryFilter {
     )
 )]
 pub async fn list_deliveries(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     filter: Result<Query<DeliveryFilter>, QueryRejection>,
 ) -> Response {
@@ -643,7 +640,7 @@ pub async fn list_deliveries(
             page_token: filter.page_token,
         };
         let page = core
-            .webhooks
+            .webhooks()
             .list_deliveries(context.grpc_request(request))
             .await?
             .into_inner();
@@ -670,13 +667,13 @@ pub async fn list_deliveries(
     )
 )]
 pub async fn list_attempts(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(delivery_id): Path<String>,
 ) -> Response {
     let result = async {
         let attempts = core
-            .webhooks
+            .webhooks()
             .list_delivery_attempts(
                 context.grpc_request(ListDeliveryAttemptsRequest { delivery_id }),
             )
@@ -702,13 +699,13 @@ pub async fn list_attempts(
     )
 )]
 pub async fn retry_delivery(
-    State(mut core): State<CoreClient>,
+    State(core): State<CoreClient>,
     context: CallContext,
     Path(delivery_id): Path<String>,
 ) -> Response {
     let result = async {
         let retried = core
-            .webhooks
+            .webhooks()
             .retry_delivery(context.grpc_request(RetryDeliveryRequest { delivery_id }))
             .await?
             .into_inner();

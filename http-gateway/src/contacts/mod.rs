@@ -55,7 +55,7 @@ pub async fn upsert_contact_legacy(
 }
 
 async fn upsert_contact(
-    mut core: CoreClient,
+    core: CoreClient,
     context: CallContext,
     body: Body,
     family: Family,
@@ -63,7 +63,7 @@ async fn upsert_contact(
     let result: Result<_, ApiError> = async {
         let request = decode::upsert_request(read_json_object(body).await?)?;
         let response = core
-            .contacts
+            .contacts()
             .upsert_contact(context.grpc_request(request))
             .await?;
         Ok(response.into_inner())

@@ -112,7 +112,7 @@ pub async fn trigger_rest_with_id(
 }
 
 async fn trigger(
-    mut core: CoreClient,
+    core: CoreClient,
     context: CallContext,
     headers: &HeaderMap,
     body: Body,
@@ -136,7 +136,7 @@ async fn trigger(
         };
         let request = decoder.finish(request)?;
         Ok(core
-            .journeys
+            .journeys()
             .trigger_journey(context.grpc_request(request))
             .await?
             .into_inner())
