@@ -515,6 +515,55 @@ async fn a_trigger_job_waiting_for_its_run_to_be_written_leaves_room_to_start_th
     .await;
 }
 
+/// A request waits for a busy worker only for a job it may have (`docs/outbox.md`): here a
+/// trigger holds the only slot while the table of its key is locked, and an upsert whose
+/// events nobody listens to (no endpoint, no Twenty) is answered without waiting for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upsert_nobody_listens_to_does_not_wait_for_a_busy_worker() {
+    let app = TestApp::builder()
+        .outbox_workers(1)
+        .outbox_start_wait(Duration::from_secs(10))
+        .spawn()
+        .await;
+    // Until a dispatch has read that nothing listens, the service assumes something may.
+    app.upsert_contact(&json!({"phone_number": "+4915112340001"}))
+        .await;
+    eventually("the first contact event was dispatched", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM outbox_jobs \
+              WHERE kind = 'event.dispatch' AND status = 'succeeded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+
+    let mut blocker = app.database.connect().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE journey_trigger_keys IN EXCLUSIVE MODE")
+        .await
+        .expect("lock journey_trigger_keys");
+    let body = json!({"phone_number": PHONE, "trigger_id": "holds-the-slot"});
+    let holding = trigger(&app, "/compat/journey-trigger/holding", &body, &[]);
+    let upsert_while_held = async {
+        until_waiting_for_locks(&app.database, 1).await;
+        let asked = std::time::Instant::now();
+        app.upsert_contact(&json!({"phone_number": "+4915112340002"}))
+            .await;
+        let took = asked.elapsed();
+        blocker.batch_execute("COMMIT").await.expect("unlock");
+        took
+    };
+    let (held, took) = tokio::join!(holding, upsert_while_held);
+    assert_eq!(held.status, 200, "{}", held.text);
+    // Waiting for the slot would take the whole 10 s wait.
+    assert!(
+        took < Duration::from_secs(3),
+        "the upsert waited for the worker: {took:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn contact_writes_emit_created_updated_and_opted_out_once_each() {
     let app = TestApp::spawn().await;
