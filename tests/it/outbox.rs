@@ -881,6 +881,32 @@ async fn a_request_waits_for_a_slot_to_free_within_its_wait_then_queues() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_waiting_for_room_gives_up_when_the_worker_stops() {
+    let setup = setup().await;
+    let config = WorkerConfig {
+        concurrency: 1,
+        start_wait: Duration::from_secs(600),
+        ..fast()
+    };
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
+    let held = worker.starter.reserve().expect("room for one");
+    let waiting = tokio::spawn({
+        let starter = worker.starter.clone();
+        async move { starter.reserve_within_wait().await.is_some() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    worker.stop().await;
+    // Without being told, it would wait in line for its whole wait (here 10 minutes).
+    let started = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the request gave up when the worker stopped")
+        .expect("the request ends");
+    assert!(!started, "a stopped worker starts nothing");
+    drop(held);
+}
+
 /// A one-slot worker with no poll to fall back on (only an announcement, or a slot freeing up,
 /// can start a job), the slot held by a request, and one job queued and announced meanwhile.
 async fn queued_while_the_only_slot_is_held(

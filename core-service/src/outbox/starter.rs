@@ -74,10 +74,12 @@ impl Starter {
         let wait = self.inner.config.start_wait;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            // Registered before looking, so that a claim in between is not missed.
+            // Registered before looking, so that a claim or a stop in between is not missed.
             let claimed = self.inner.claimed.notified();
-            tokio::pin!(claimed);
+            let stopped = self.inner.stopped.notified();
+            tokio::pin!(claimed, stopped);
             claimed.as_mut().enable();
+            stopped.as_mut().enable();
             if let Some(reservation) = self.reserve() {
                 return Some(reservation);
             }
@@ -93,10 +95,14 @@ impl Starter {
                 continue;
             }
             let permits = self.inner.context.lease.permits.clone();
-            let permit = tokio::time::timeout_at(deadline, permits.acquire_owned())
-                .await
-                .ok()?
-                .ok()?;
+            // A stop ends the wait: the worker starts nothing more, and a slot freed by its
+            // last jobs would only be given back.
+            let permit = tokio::select! {
+                acquired = tokio::time::timeout_at(deadline, permits.acquire_owned()) => {
+                    acquired.ok()?.ok()?
+                }
+                () = stopped => return None,
+            };
             if self.inner.stopping.load(Ordering::Relaxed) {
                 return None;
             }

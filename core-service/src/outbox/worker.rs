@@ -62,6 +62,9 @@ pub(super) struct Inner {
     /// Told after each claim and when shutdown begins: requests that let queued jobs go first
     /// look again (see [`Starter::reserve_within_wait`]).
     pub(super) claimed: Notify,
+    /// Told when shutdown begins: requests waiting in line for a slot give up (see
+    /// [`Starter::reserve_within_wait`]).
+    pub(super) stopped: Notify,
 }
 
 impl Inner {
@@ -245,6 +248,7 @@ impl Worker {
                 stopping: AtomicBool::new(false),
                 backlog: AtomicBool::new(false),
                 claimed: Notify::new(),
+                stopped: Notify::new(),
                 config,
             }),
             database_url: database_url.to_owned(),
@@ -354,6 +358,7 @@ impl Worker {
 
         inner.stopping.store(true, Ordering::Relaxed);
         inner.claimed.notify_waiters();
+        inner.stopped.notify_waiters();
         listener.abort();
         broadcaster.abort();
         // Claimed jobs first: they may still start background ones.
