@@ -891,11 +891,17 @@ async fn a_request_waiting_for_room_gives_up_when_the_worker_stops() {
     };
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
     let held = worker.starter.reserve().expect("room for one");
-    let waiting = tokio::spawn({
+    let mut waiting = tokio::spawn({
         let starter = worker.starter.clone();
         async move { starter.reserve_within_wait().await.is_some() }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Still waiting, so it is in line before the stop (not turned away by it).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut waiting)
+            .await
+            .is_err(),
+        "the request waits in line"
+    );
 
     worker.stop().await;
     // Without being told, it would wait in line for its whole wait (here 10 minutes).
