@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::SubsecRound;
 use diesel::sql_query;
 use diesel::sql_types::{BigInt, Int4, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use serde_json::json;
 use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
@@ -20,7 +20,7 @@ use switchbord_core::outbox::{
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{TestDatabase, until_waiting_for_locks};
 
 const KIND: JobKind = JobKind {
     name: "test.record",
@@ -65,6 +65,23 @@ impl JobHandler for Recorder {
                 }
                 Behaviour::Defer(after) => Err(JobError::Defer { after: *after }),
             }
+        })
+    }
+
+    /// Records the dead job in `test_dead_letters`, on the connection it is given.
+    fn dead_lettered<'a>(
+        &'a self,
+        job: &'a ClaimedJob,
+        _error: &'a str,
+        connection: &'a mut AsyncPgConnection,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, diesel::QueryResult<bool>> {
+        Box::pin(async move {
+            sql_query("INSERT INTO test_dead_letters (job_id) VALUES ($1)")
+                .bind::<diesel::sql_types::Uuid, _>(job.id)
+                .execute(connection)
+                .await?;
+            Ok(false)
         })
     }
 }
@@ -157,6 +174,10 @@ async fn setup() -> Setup {
         .execute(&mut connection)
         .await
         .expect("create test_job_runs");
+    sql_query("CREATE TABLE test_dead_letters (job_id uuid NOT NULL)")
+        .execute(&mut connection)
+        .await
+        .expect("create test_dead_letters");
     let pool = db::build_pool(database.url(), 16).expect("pool");
     Setup { database, pool }
 }
@@ -304,6 +325,63 @@ async fn enqueue_one(setup: &Setup) -> Uuid {
     enqueue(&connection, &NewJob::new(KIND, json!({"n": 1}), None))
         .await
         .expect("enqueue")
+}
+
+/// Inserts a `test.record` job that is dead-lettered on its first failure.
+async fn enqueue_mortal(setup: &Setup) -> Uuid {
+    let id = Uuid::new_v4();
+    let mut connection = setup.database.connect().await;
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at)
+         VALUES ($1, 'test.record', '{}', 1, now(), now(), now())",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .execute(&mut connection)
+    .await
+    .expect("insert a job");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_jobs_handler_ends_its_work_in_the_transaction_that_records_it_dead() {
+    let setup = setup().await;
+    let mut blocker = setup.database.connect().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE test_dead_letters IN EXCLUSIVE MODE")
+        .await
+        .expect("lock test_dead_letters");
+    let worker = RunningWorker::start(&setup, Behaviour::Fail, Arc::new(SystemClock), fast());
+    let id = enqueue_mortal(&setup).await;
+    until_waiting_for_locks(&setup.database, 1).await;
+    // The handler waits for the lock, and the dead record, in its transaction, is not in yet: a
+    // process that stopped now would leave neither.
+    assert_eq!(job_state(&setup, id).await.status, "running");
+
+    blocker.batch_execute("COMMIT").await.expect("unlock");
+    eventually("the job is dead and its handler's record in", || async {
+        job_state(&setup, id).await.status == "dead"
+            && count(&setup, "SELECT count(*) AS count FROM test_dead_letters").await == 1
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_jobs_handler_that_fails_leaves_the_job_dead() {
+    let setup = setup().await;
+    let mut connection = setup.database.connect().await;
+    sql_query("DROP TABLE test_dead_letters")
+        .execute(&mut connection)
+        .await
+        .expect("drop test_dead_letters");
+    let worker = RunningWorker::start(&setup, Behaviour::Fail, Arc::new(SystemClock), fast());
+    let id = enqueue_mortal(&setup).await;
+
+    eventually("the job is dead", || async {
+        job_state(&setup, id).await.status == "dead"
+    })
+    .await;
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

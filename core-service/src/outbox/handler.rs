@@ -166,11 +166,12 @@ pub trait JobHandler: Send + Sync + 'static {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>>;
 
-    /// Called once this worker has dead-lettered a job of this kind (its last attempt failed,
-    /// or it failed for good) and recorded that, with `error`: for a handler whose own records
-    /// would otherwise show the job's work as still under way, to end them on `connection`.
-    /// It may find that work ended already; it answers whether it queued jobs (to be
-    /// announced). An error here is logged, and leaves the job dead all the same.
+    /// Called when this worker dead-lettered a job of this kind (its last attempt failed, or
+    /// it failed for good), with `error`: for a handler whose own records would otherwise show
+    /// the job's work as still under way, to end them on `connection`, which is in the
+    /// transaction recording the job dead (in a savepoint of it). It may find that work ended
+    /// already; it answers whether it queued jobs (to be announced). An error here is logged,
+    /// undoes only what the hook wrote, and leaves the job dead all the same.
     fn dead_lettered<'a>(
         &'a self,
         _job: &'a ClaimedJob,

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use diesel::QueryResult;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use switchbord_telemetry as telemetry;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -508,17 +510,19 @@ pub(super) async fn conclude(
     // fan-out makes hold that size while they wait for their success to be written.
     let recorded = Box::pin(async {
         let mut connection = db::connection(&context.pool).await?;
-        store::finish(&mut connection, job, &lease.owner, now, &outcome)
-            .await
-            .map_err(db::DbError::from)
+        match &outcome {
+            Outcome::Dead { error } => {
+                record_dead(context, &mut connection, job, now, &outcome, error).await
+            }
+            _ => store::finish(&mut connection, job, &lease.owner, now, &outcome)
+                .await
+                .map(|_| false),
+        }
+        .map_err(db::DbError::from)
     })
     .await;
     match recorded {
-        Ok(true) => {
-            if let Outcome::Dead { error } = &outcome {
-                Box::pin(tell_dead_lettered(context, job, error)).await;
-            }
-        }
+        Ok(true) => context.jobs_queued(),
         Ok(false) => {}
         Err(error) => tracing::warn!(
             error = &error as &dyn std::error::Error,
@@ -527,32 +531,46 @@ pub(super) async fn conclude(
     }
 }
 
-/// Lets the handler of a job that this worker has just dead-lettered end what the job was
-/// doing (see [`super::JobHandler::dead_lettered`]).
-async fn tell_dead_lettered(context: &JobContext, job: &ClaimedJob, error: &str) {
+/// Records a job dead and, in the same transaction, lets its handler end what the job was
+/// doing (see [`super::JobHandler::dead_lettered`]): committed apart, a process that stopped
+/// between the two would leave that work shown as under way for good, with no job left to end
+/// it. The handler runs in a savepoint, so that its failing leaves the job dead all the same.
+/// Answers whether the handler queued jobs.
+async fn record_dead(
+    context: &JobContext,
+    connection: &mut AsyncPgConnection,
+    job: &ClaimedJob,
+    now: DateTime<Utc>,
+    outcome: &Outcome,
+    error: &str,
+) -> QueryResult<bool> {
     let handler = context
         .worker
         .upgrade()
         .and_then(|inner| inner.registry.get(&job.kind));
-    let Some(handler) = handler else {
-        return;
-    };
-    let ended = async {
-        let mut connection = db::connection(&context.pool).await?;
-        handler
-            .dead_lettered(job, error, &mut connection, context.clock.now())
-            .await
-            .map_err(db::DbError::from)
-    }
-    .await;
-    match ended {
-        Ok(true) => context.jobs_queued(),
-        Ok(false) => {}
-        Err(error) => tracing::warn!(
-            error = &error as &dyn std::error::Error,
-            "cannot end the work of a dead-lettered job; its records show it under way"
-        ),
-    }
+    let owner = &context.lease.owner;
+    connection
+        .transaction(async |connection| {
+            let recorded = store::finish(connection, job, owner, now, outcome).await?;
+            let Some(handler) = handler.filter(|_| recorded) else {
+                return Ok(false);
+            };
+            let ended = connection
+                .transaction(async |connection| {
+                    handler
+                        .dead_lettered(job, error, connection, context.clock.now())
+                        .await
+                })
+                .await;
+            Ok(ended.unwrap_or_else(|error: diesel::result::Error| {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "cannot end the work of a dead-lettered job; its records show it under way"
+                );
+                false
+            }))
+        })
+        .await
 }
 
 /// Writes successes and deferrals in batches: whatever finished while the previous batch was
