@@ -354,8 +354,14 @@ async fn a_dead_jobs_handler_ends_its_work_in_the_transaction_that_records_it_de
     let id = enqueue_mortal(&setup).await;
     until_waiting_for_locks(&setup.database, 1).await;
     // The handler waits for the lock, and the dead record, in its transaction, is not in yet: a
-    // process that stopped now would leave neither.
+    // process that stopped now would leave neither. The job's row is locked by that transaction.
     assert_eq!(job_state(&setup, id).await.status, "running");
+    let mut probe = setup.database.connect().await;
+    let locked = sql_query("SELECT 1 FROM outbox_jobs WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .execute(&mut probe)
+        .await;
+    assert!(locked.is_err(), "the job's row is being written");
 
     blocker.batch_execute("COMMIT").await.expect("unlock");
     eventually("the job is dead and its handler's record in", || async {

@@ -171,7 +171,9 @@ pub trait JobHandler: Send + Sync + 'static {
     /// the job's work as still under way, to end them on `connection`, which is in the
     /// transaction recording the job dead (in a savepoint of it). It may find that work ended
     /// already; it answers whether it queued jobs (to be announced). An error here is logged,
-    /// undoes only what the hook wrote, and leaves the job dead all the same.
+    /// undoes only what the hook wrote, and leaves the job dead all the same; so pass database
+    /// errors on rather than handle them. It holds the job's row locked meanwhile: no slow
+    /// work, and no `build_transaction` (a savepoint cannot take settings of its own).
     fn dead_lettered<'a>(
         &'a self,
         _job: &'a ClaimedJob,

@@ -508,7 +508,7 @@ pub(super) async fn conclude(
     }
     // Boxed: this rarer path's state is most of the future's size, and the first attempts the
     // fan-out makes hold that size while they wait for their success to be written.
-    let recorded = Box::pin(async {
+    let queued = Box::pin(async {
         let mut connection = db::connection(&context.pool).await?;
         match &outcome {
             Outcome::Dead { error } => {
@@ -521,7 +521,7 @@ pub(super) async fn conclude(
         .map_err(db::DbError::from)
     })
     .await;
-    match recorded {
+    match queued {
         Ok(true) => context.jobs_queued(),
         Ok(false) => {}
         Err(error) => tracing::warn!(
