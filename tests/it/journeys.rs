@@ -9,7 +9,9 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use reqwest::Method;
 use serde_json::{Value as Json, json};
 
-use crate::helpers::{HttpReply, TestApp, count, eventually, until_waiting_for_locks};
+use crate::helpers::{
+    HttpReply, TestApp, count, eventually, until_dispatched, until_waiting_for_locks,
+};
 
 const PHONE: &str = "+4915112345678";
 
@@ -528,16 +530,7 @@ async fn an_upsert_nobody_listens_to_does_not_wait_for_a_busy_worker() {
     // Until a dispatch has read that nothing listens, the service assumes something may.
     app.upsert_contact(&json!({"phone_number": "+4915112340001"}))
         .await;
-    eventually("the first contact event was dispatched", async || {
-        count(
-            &app.database,
-            "SELECT count(*) AS count FROM outbox_jobs \
-              WHERE kind = 'event.dispatch' AND status = 'succeeded'",
-        )
-        .await
-            == 1
-    })
-    .await;
+    until_dispatched(&app.database, 1).await;
 
     let mut blocker = app.database.connect().await;
     blocker

@@ -11,7 +11,9 @@ use switchbord_api::json::json_from_struct;
 use switchbord_api::v1::{GetContactRequest, get_contact_request};
 
 use crate::helpers::fake_twenty::{Failure, FakeTwenty, twenty_signature_headers};
-use crate::helpers::{HttpReply, TestApp, count, eventually, until_config_listened};
+use crate::helpers::{
+    HttpReply, TestApp, count, eventually, until_config_listened, until_dispatched,
+};
 
 const API_KEY: &str = "twenty-api-key-0123456789abcdef";
 const SECRET: &str = "twenty-webhook-secret-value";
@@ -79,20 +81,6 @@ async fn wait_for_status(app: &TestApp, contact_id: &str, status: &str) -> Json 
     })
     .await;
     last
-}
-
-/// Waits until `events` events have been dispatched.
-async fn until_dispatched(app: &TestApp, events: i64) {
-    eventually(&format!("{events} events dispatched"), async || {
-        count(
-            &app.database,
-            "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'event.dispatch' \
-             AND status = 'succeeded'",
-        )
-        .await
-            == events
-    })
-    .await;
 }
 
 /// Waits until the outbox has nothing left to do, so that "nothing was sent" can be asserted.
@@ -1431,7 +1419,7 @@ async fn twenty_jobs_run_without_waiting_for_the_poll() {
     let record = person_record(person_id, "In", "Coming", "in@example.com", "15112340021");
     let reply = send_webhook(&app, "person.created", &record).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    until_dispatched(&app, 2).await;
+    until_dispatched(&app.database, 2).await;
     settled(&app).await;
 
     // A backfill: its first page's job, announced by the request; the next page's, by the job.
@@ -1501,7 +1489,7 @@ async fn a_connection_made_by_another_instance_syncs_the_next_contact_change() {
     // Not connected: the consumer reads so, and keeps it.
     app.upsert_contact(&json!({"phone_number": "+4915112340030"}))
         .await;
-    until_dispatched(&app, 1).await;
+    until_dispatched(&app.database, 1).await;
 
     // Connected in SQL, as by another instance: this one's API tells its consumer nothing.
     let mut connection = app.database.connect().await;

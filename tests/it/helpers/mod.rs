@@ -10,6 +10,6 @@ pub use app::{Authed, HttpReply, TestApp, WithKey};
 pub use database::TestDatabase;
 pub use receiver::{Answer, Receiver};
 pub use wait::{
-    audit_trail, config_listener, count, eventually, until_config_listened, until_job_succeeded,
-    until_waiting_for_locks,
+    audit_trail, config_listener, count, eventually, until_config_listened, until_dispatched,
+    until_job_succeeded, until_waiting_for_locks,
 };

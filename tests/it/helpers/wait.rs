@@ -100,3 +100,17 @@ pub async fn until_job_succeeded(database: &TestDatabase, id: &str) {
     })
     .await;
 }
+
+/// Waits until `events` events have been dispatched (their `event.dispatch` jobs succeeded).
+pub async fn until_dispatched(database: &TestDatabase, events: i64) {
+    eventually(&format!("{events} events dispatched"), async || {
+        count(
+            database,
+            "SELECT count(*) AS count FROM outbox_jobs WHERE kind = 'event.dispatch' \
+             AND status = 'succeeded'",
+        )
+        .await
+            == events
+    })
+    .await;
+}
