@@ -27,6 +27,16 @@ fn is_ready(port: u16) -> bool {
         .is_ok_and(|status| status.success())
 }
 
+fn is_ready_on_socket(socket_dir: &Path, port: u16) -> bool {
+    Command::new(bin_dir().join("pg_isready"))
+        .arg("-q")
+        .arg("-h")
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -89,10 +99,12 @@ fn ephemeral_cluster_accepts_connections_and_leaves_nothing_behind() {
 
     TcpStream::connect(("127.0.0.1", port)).expect("the server listens on 127.0.0.1");
     assert!(is_ready(port));
-    assert_eq!(
-        cluster.url("app"),
-        format!("postgres://postgres@127.0.0.1:{port}/app")
+    let url = cluster.url("app");
+    assert!(
+        url.starts_with("postgres://postgres@%2F") && url.ends_with(&format!(":{port}/app")),
+        "{url} goes through the socket in the data directory"
     );
+    assert!(is_ready_on_socket(&data_dir, port));
 
     cluster.stop().expect("stop");
     assert!(!data_dir.exists(), "{} is removed", data_dir.display());
