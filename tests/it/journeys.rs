@@ -245,6 +245,45 @@ async fn fifty_concurrent_identical_triggers_queue_exactly_one_job() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn concurrent_triggers_for_one_new_number_create_one_contact_and_all_queue() {
+    let app = TestApp::spawn().await;
+
+    let bodies: Vec<Json> = (0..20)
+        .map(|n| json!({"phone_number": PHONE, "trigger_id": format!("t-{n}")}))
+        .collect();
+    let replies = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|body| trigger(&app, "/compat/journey-trigger/race", body, &[])),
+    )
+    .await;
+
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(reply.body["status"], "queued", "{}", reply.text);
+    }
+    assert_eq!(trigger_jobs(&app).await, 20);
+    for (rows, sql) in [
+        ("contacts", "SELECT count(*) AS count FROM contacts"),
+        (
+            "contact.created events",
+            "SELECT count(*) AS count FROM events WHERE type = 'contact.created'",
+        ),
+        (
+            "contact.create audit entries",
+            "SELECT count(*) AS count FROM audit_entries WHERE action = 'contact.create'",
+        ),
+    ] {
+        let mut connection = app.database.connect().await;
+        let found = sql_query(sql)
+            .get_result::<Count>(&mut connection)
+            .await
+            .expect("count");
+        assert_eq!(found.count, 1, "{rows}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_triggers_are_400_naming_the_field() {
     let app = TestApp::spawn().await;
     let cases = [
@@ -364,6 +403,61 @@ async fn the_job_records_a_run_and_emits_journey_triggered_with_the_data() {
         .await
         .expect("runs");
     assert_eq!(runs.count, 1);
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct AuditAction {
+    #[diesel(sql_type = Text)]
+    action: String,
+    #[diesel(sql_type = Text)]
+    target_type: String,
+    #[diesel(sql_type = diesel::sql_types::Array<Text>)]
+    changed_fields: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_for_a_new_number_audits_the_contact_it_creates_with_its_event() {
+    let app = TestApp::spawn().await;
+    let reply = trigger(
+        &app,
+        "/compat/journey-trigger/welcome",
+        &json!({"phone_number": PHONE}),
+        &[],
+    )
+    .await;
+    queued(&reply);
+
+    let mut connection = app.database.connect().await;
+    let audit: Vec<AuditAction> = sql_query(
+        "SELECT action, target_type, changed_fields FROM audit_entries
+          WHERE action <> 'api_key.create' ORDER BY occurred_at, action",
+    )
+    .load(&mut connection)
+    .await
+    .expect("audit entries");
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|entry| (entry.action.as_str(), entry.target_type.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("contact.create", "contact"),
+            ("journey.trigger", "journey_trigger")
+        ],
+        "{audit:?}"
+    );
+    assert_eq!(
+        audit[0].changed_fields,
+        ["phone_number", "subscriber_status"]
+    );
+    let created: Vec<EventRow> = events(&app)
+        .await
+        .into_iter()
+        .filter(|event| event.r#type == "contact.created")
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0].data["contact"]["phone_number"], PHONE);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,8 +1,10 @@
 //! Finding a contact by phone number, creating a bare one when there is none (journey triggers
-//! and integrations enrol people who may not be contacts yet).
+//! and integrations enrol people who may not be contacts yet). In two halves, for a caller's
+//! [`crate::db::pipelined::read_then_write`]: the lookup with its reads, the creation with its
+//! writes.
 
 use chrono::Utc;
-use diesel::OptionalExtension;
+use diesel::{OptionalExtension, QueryResult};
 use diesel_async::AsyncPgConnection;
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
@@ -16,35 +18,34 @@ use crate::audit::{self, AuditRecord};
 use crate::events::Audience;
 use crate::request::RequestContext;
 
-/// A contact found or created by [`find_or_create_by_phone`].
-pub struct Ensured {
-    pub contact: ContactRow,
-    /// Created now, with its `contact.created` event, whose dispatch job was queued because
-    /// someone listens: its committer announces the job (see [`crate::outbox::Announcer`]).
-    /// Announcing a job that was not queued would have every worker look for it in vain.
-    pub events_queued: bool,
+/// The contact with a phone number: found, or new and not written yet (see [`save_new`]).
+pub enum ContactPlan {
+    Found(ContactRow),
+    New(ContactRow),
 }
 
-/// The contact with `phone_number`, created (subscribed, no other fields) when missing. Runs on
-/// `connection`, inside the caller's transaction; an existing contact is not changed.
-pub async fn find_or_create_by_phone(
+impl ContactPlan {
+    pub fn contact(&self) -> &ContactRow {
+        match self {
+            Self::Found(contact) | Self::New(contact) => contact,
+        }
+    }
+}
+
+/// The read half: the contact with `phone_number`, or a new bare one (subscribed, no other
+/// fields) for [`save_new`] to write. An existing contact is not changed.
+pub async fn find_or_plan(
     connection: &AsyncPgConnection,
-    context: &RequestContext,
-    audience: &Audience,
     phone_number: &PhoneNumber,
-) -> Result<Ensured, ContactError> {
-    let found = |contact| Ensured {
-        contact,
-        events_queued: false,
-    };
+) -> Result<ContactPlan, ContactError> {
     if let Some(existing) = store::find_by_phone(connection, phone_number.as_str())
         .await
         .optional()?
     {
-        return Ok(found(existing));
+        return Ok(ContactPlan::Found(existing));
     }
     let now = Utc::now();
-    let row = ContactRow {
+    Ok(ContactPlan::New(ContactRow {
         id: Uuid::now_v7(),
         phone_number: phone_number.as_str().to_owned(),
         external_reference_id: None,
@@ -56,35 +57,45 @@ pub async fn find_or_create_by_phone(
         tags: Vec::new(),
         created_at: now,
         updated_at: now,
+    }))
+}
+
+/// The write half: a new contact's row, its `contact.created` event and its audit entry, sent
+/// together (pipelined, as [`crate::db::pipelined::read_then_write`] needs of its writes);
+/// nothing for a contact that was found. A concurrent write that created the same number first
+/// makes the insert fail with a unique violation: the caller runs its transaction again, which
+/// then finds that contact (see [`super::lost_race`]).
+///
+/// Answers whether the event's dispatch job was queued because someone listens: its committer
+/// announces the job (see [`crate::outbox::Announcer`]). Announcing a job that was not queued
+/// would have every worker look for it in vain.
+pub async fn save_new(
+    connection: &AsyncPgConnection,
+    context: &RequestContext,
+    audience: &Audience,
+    plan: &ContactPlan,
+) -> QueryResult<bool> {
+    let ContactPlan::New(contact) = plan else {
+        return Ok(false);
     };
-    match store::insert_if_absent(connection, &row).await? {
-        Some(created) => {
-            let changed = ["phone_number", "subscriber_status"];
-            audit::record(
-                connection,
-                AuditRecord::new(context, "contact.create", "contact")
-                    .target(created.id)
-                    .changing(&changed),
-            )
-            .await?;
-            let events = record_contact_events(
-                connection,
-                audience,
-                context.request_id,
-                None,
-                &created,
-                &changed,
-                None,
-            )
-            .await?;
-            Ok(Ensured {
-                contact: created,
-                events_queued: events.queued,
-            })
-        }
-        // A concurrent write created it between our look and our insert.
-        None => Ok(found(
-            store::find_by_phone(connection, phone_number.as_str()).await?,
-        )),
-    }
+    let changed = ["phone_number", "subscriber_status"];
+    let ((), (), events) = futures::try_join!(
+        store::insert(connection, contact),
+        audit::record(
+            connection,
+            AuditRecord::new(context, "contact.create", "contact")
+                .target(contact.id)
+                .changing(&changed),
+        ),
+        record_contact_events(
+            connection,
+            audience,
+            context.request_id,
+            None,
+            contact,
+            &changed,
+            None,
+        ),
+    )?;
+    Ok(events.queued)
 }

@@ -12,7 +12,7 @@ mod upsert;
 
 pub mod phone;
 
-pub use ensure::{Ensured, find_or_create_by_phone};
+pub use ensure::{ContactPlan, find_or_plan, save_new as save_new_contact};
 pub use error::ContactError;
 pub use input::{
     ContactUpsert, FieldUpdate, SubscriberStatus, TagUpdate, Violations, validate_tags,

@@ -102,18 +102,3 @@ pub async fn find_by_reference(
         .first(connection)
         .await
 }
-
-/// Inserts `row` unless its phone number exists; `None` when another write got there first.
-pub async fn insert_if_absent(
-    mut connection: &AsyncPgConnection,
-    row: &ContactRow,
-) -> QueryResult<Option<ContactRow>> {
-    diesel::insert_into(contacts::table)
-        .values(row)
-        .on_conflict(contacts::phone_number)
-        .do_nothing()
-        .returning(ContactRow::as_returning())
-        .get_result(&mut connection)
-        .await
-        .optional()
-}

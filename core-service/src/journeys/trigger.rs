@@ -1,5 +1,5 @@
-//! Accepting a trigger: the contact, the deduplication record, the job and the audit entry in
-//! one transaction.
+//! Accepting a trigger: the contact (created when missing), the deduplication record, the job
+//! and the audit entry in one transaction.
 
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use super::error::JourneyError;
 use super::input::TriggerInput;
 use super::run::TRIGGER_JOB;
 use crate::audit::{self, AuditRecord};
-use crate::contacts::find_or_create_by_phone;
-use crate::db::{self, DbPool, prepared};
+use crate::contacts::{MAX_ATTEMPTS, find_or_plan, lost_race, save_new_contact};
+use crate::db::{self, DbError, DbPool, prepared};
 use crate::events::Audience;
 use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
 use crate::request::RequestContext;
@@ -84,9 +84,10 @@ const TAKE_KEY: &str = "WITH taken AS (
 /// trigger's job is inserted already claimed, for the caller to run once this returns (see
 /// [`crate::outbox::Starter`]).
 ///
-/// Two round trips for a known contact: `BEGIN` with the contact's lookup and the key (the key
-/// does not depend on the contact, so it need not wait for it), then the job and the audit entry
-/// with `COMMIT` ([`db::pipelined::read_then_write`]).
+/// Two round trips: `BEGIN` with the contact's lookup and the key (the key does not depend on
+/// the contact, so it need not wait for it), then a new contact's rows, the job and the audit
+/// entry with `COMMIT` ([`db::pipelined::read_then_write`]). A trigger that lost the race to
+/// create its contact runs again and finds it.
 #[tracing::instrument(skip_all, fields(request_id = %context.request_id.0))]
 pub async fn accept_trigger(
     pool: &DbPool,
@@ -97,10 +98,47 @@ pub async fn accept_trigger(
     reservation: Option<&Reservation>,
 ) -> Result<TriggerOutcome, JourneyError> {
     let mut connection = db::connection(pool).await?;
+    let mut attempt = 1;
+    loop {
+        match accept_once(
+            &mut connection,
+            context,
+            audience,
+            input,
+            window,
+            reservation,
+        )
+        .await
+        {
+            Err(error) if lost_contact_race(&error) && attempt < MAX_ATTEMPTS => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+/// Whether the transaction failed because a concurrent write created its new contact first:
+/// the only unique key a trigger writes without `ON CONFLICT` is the new contact's.
+fn lost_contact_race(error: &JourneyError) -> bool {
+    match error {
+        JourneyError::Db(DbError::UniqueViolation { .. }) => true,
+        JourneyError::Contact(error) => lost_race(error),
+        _ => false,
+    }
+}
+
+/// One attempt at [`accept_trigger`], in one transaction.
+async fn accept_once(
+    connection: &mut AsyncPgConnection,
+    context: &RequestContext,
+    audience: &Audience,
+    input: &TriggerInput,
+    window: Duration,
+    reservation: Option<&Reservation>,
+) -> Result<TriggerOutcome, JourneyError> {
     let trigger_event_id = Uuid::now_v7();
     let job_id = Uuid::now_v7();
     db::pipelined::read_then_write(
-        &mut connection,
+        connection,
         async |connection| {
             let now = Utc::now();
             let window_start =
@@ -124,49 +162,52 @@ pub async fn accept_trigger(
                     None => read_holder(connection, &key).await,
                 }
             };
-            let ensure_contact =
-                find_or_create_by_phone(connection, context, audience, &input.phone_number);
-            let (ensured, holder) = futures::try_join!(
-                async { ensure_contact.await.map_err(JourneyError::from) },
-                take_key
-            )?;
-            let outcome = TriggerOutcome {
-                duplicate: !holder.taken,
-                trigger_event_id: holder.trigger_id,
-                outbox_job_id: holder.outbox_job_id,
-                contact_id: ensured.contact.id,
-                contact_events_queued: ensured.events_queued,
-                started: None,
+            let find_contact = async {
+                find_or_plan(connection, &input.phone_number)
+                    .await
+                    .map_err(JourneyError::from)
             };
+            let (contact, holder) = futures::try_join!(find_contact, take_key)?;
             let job = holder.taken.then(|| NewJob {
                 id: job_id,
                 ..NewJob::new(
                     TRIGGER_JOB,
-                    input.payload(trigger_event_id, ensured.contact.id),
+                    input.payload(trigger_event_id, contact.contact().id),
                     Some(context.request_id.0),
                 )
             });
-            Ok((outcome, job))
+            Ok((contact, holder, job))
         },
-        async |connection, (mut outcome, job)| {
-            // A duplicate writes nothing more: its transaction ends with the key's lookup.
-            let Some(job) = job else {
-                return Ok(outcome);
+        async |connection, (contact, holder, job)| {
+            let new_contact = save_new_contact(connection, context, audience, &contact);
+            // A duplicate writes nothing of its own: only a contact that was missing.
+            let trigger = async {
+                let Some(job) = &job else {
+                    return Ok(None);
+                };
+                let enqueue = async {
+                    match reservation {
+                        Some(reservation) => reservation.enqueue(connection, job).await.map(Some),
+                        None => outbox::enqueue(connection, job).await.map(|_| None),
+                    }
+                };
+                let audit_entry = audit::record(
+                    connection,
+                    AuditRecord::new(context, "journey.trigger", "journey_trigger")
+                        .target(trigger_event_id),
+                );
+                let (started, ()) = futures::try_join!(enqueue, audit_entry)?;
+                Ok(started)
             };
-            let enqueue = async {
-                match reservation {
-                    Some(reservation) => reservation.enqueue(connection, &job).await.map(Some),
-                    None => outbox::enqueue(connection, &job).await.map(|_| None),
-                }
-            };
-            let audit_entry = audit::record(
-                connection,
-                AuditRecord::new(context, "journey.trigger", "journey_trigger")
-                    .target(trigger_event_id),
-            );
-            let (started, ()) = futures::try_join!(enqueue, audit_entry)?;
-            outcome.started = started;
-            Ok(outcome)
+            let (contact_events_queued, started) = futures::try_join!(new_contact, trigger)?;
+            Ok(TriggerOutcome {
+                duplicate: !holder.taken,
+                trigger_event_id: holder.trigger_id,
+                outbox_job_id: holder.outbox_job_id,
+                contact_id: contact.contact().id,
+                contact_events_queued,
+                started,
+            })
         },
     )
     .await
