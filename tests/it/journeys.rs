@@ -283,6 +283,57 @@ async fn concurrent_triggers_for_one_new_number_create_one_contact_and_all_queue
     }
 }
 
+/// A trigger that finds no contact and then loses the race to create it (another transaction
+/// inserted the number and commits while the trigger's insert waits for it) runs again and
+/// enrols the contact that won.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_that_loses_the_race_to_create_its_contact_enrols_the_winner() {
+    let app = TestApp::spawn().await;
+    let winner = "0190a000-0000-7000-8000-0000000000c1";
+    let mut creator = app.database.connect().await;
+    creator
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO contacts (id, phone_number) VALUES ('{winner}', '{PHONE}')"
+        ))
+        .await
+        .expect("create the contact");
+    let commit_once_waited_for = async {
+        until_waiting_for_locks(&app.database, 1).await;
+        creator.batch_execute("COMMIT").await.expect("commit");
+    };
+    let body = json!({"phone_number": PHONE});
+    let (reply, ()) = tokio::join!(
+        trigger(&app, "/compat/journey-trigger/race", &body, &[]),
+        commit_once_waited_for
+    );
+
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["status"], "queued", "{}", reply.text);
+    #[derive(diesel::QueryableByName)]
+    struct Enrolled {
+        #[diesel(sql_type = Text)]
+        contact_id: String,
+    }
+    let mut connection = app.database.connect().await;
+    let enrolled: Vec<Enrolled> = sql_query(
+        "SELECT payload->>'contact_id' AS contact_id FROM outbox_jobs WHERE kind = 'journey.trigger'",
+    )
+    .load(&mut connection)
+    .await
+    .expect("trigger jobs");
+    let enrolled: Vec<&str> = enrolled.iter().map(|job| job.contact_id.as_str()).collect();
+    assert_eq!(enrolled, [winner]);
+    let created =
+        sql_query("SELECT count(*) AS count FROM audit_entries WHERE action = 'contact.create'")
+            .get_result::<Count>(&mut connection)
+            .await
+            .expect("count");
+    assert_eq!(
+        created.count, 0,
+        "the losing attempt's rows were rolled back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_triggers_are_400_naming_the_field() {
     let app = TestApp::spawn().await;

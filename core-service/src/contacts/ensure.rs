@@ -3,7 +3,7 @@
 //! [`crate::db::pipelined::read_then_write`]: the lookup with its reads, the creation with its
 //! writes.
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use diesel::{OptionalExtension, QueryResult};
 use diesel_async::AsyncPgConnection;
 use serde_json::{Map, Value as Json};
@@ -17,6 +17,9 @@ use super::store;
 use crate::audit::{self, AuditRecord};
 use crate::events::Audience;
 use crate::request::RequestContext;
+
+/// The unique constraint on a contact's phone number (`migrations/…_contacts`).
+pub const PHONE_NUMBER_KEY: &str = "contacts_phone_number_key";
 
 /// The contact with a phone number: found, or new and not written yet (see [`save_new`]).
 pub enum ContactPlan {
@@ -44,7 +47,8 @@ pub async fn find_or_plan(
     {
         return Ok(ContactPlan::Found(existing));
     }
-    let now = Utc::now();
+    // Microseconds, as PostgreSQL stores them: the row built is the row stored.
+    let now = Utc::now().trunc_subsecs(6);
     Ok(ContactPlan::New(ContactRow {
         id: Uuid::now_v7(),
         phone_number: phone_number.as_str().to_owned(),
@@ -64,7 +68,7 @@ pub async fn find_or_plan(
 /// together (pipelined, as [`crate::db::pipelined::read_then_write`] needs of its writes);
 /// nothing for a contact that was found. A concurrent write that created the same number first
 /// makes the insert fail with a unique violation: the caller runs its transaction again, which
-/// then finds that contact (see [`super::lost_race`]).
+/// then finds that contact: the violation names [`PHONE_NUMBER_KEY`].
 ///
 /// Answers whether the event's dispatch job was queued because someone listens: its committer
 /// announces the job (see [`crate::outbox::Announcer`]). Announcing a job that was not queued

@@ -12,7 +12,7 @@ mod upsert;
 
 pub mod phone;
 
-pub use ensure::{ContactPlan, find_or_plan, save_new as save_new_contact};
+pub use ensure::{ContactPlan, PHONE_NUMBER_KEY, find_or_plan, save_new as save_new_contact};
 pub use error::ContactError;
 pub use input::{
     ContactUpsert, FieldUpdate, SubscriberStatus, TagUpdate, Violations, validate_tags,

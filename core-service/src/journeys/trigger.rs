@@ -13,7 +13,7 @@ use super::error::JourneyError;
 use super::input::TriggerInput;
 use super::run::TRIGGER_JOB;
 use crate::audit::{self, AuditRecord};
-use crate::contacts::{MAX_ATTEMPTS, find_or_plan, lost_race, save_new_contact};
+use crate::contacts::{MAX_ATTEMPTS, PHONE_NUMBER_KEY, find_or_plan, save_new_contact};
 use crate::db::{self, DbError, DbPool, prepared};
 use crate::events::Audience;
 use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
@@ -116,14 +116,15 @@ pub async fn accept_trigger(
     }
 }
 
-/// Whether the transaction failed because a concurrent write created its new contact first:
-/// the only unique key a trigger writes without `ON CONFLICT` is the new contact's.
+/// Whether the transaction failed because a concurrent write created its new contact first: its
+/// insert broke the phone number's unique key (the trigger's other keys are new UUIDs, and the
+/// deduplication key is taken `ON CONFLICT`).
 fn lost_contact_race(error: &JourneyError) -> bool {
-    match error {
-        JourneyError::Db(DbError::UniqueViolation { .. }) => true,
-        JourneyError::Contact(error) => lost_race(error),
-        _ => false,
-    }
+    matches!(
+        error,
+        JourneyError::Db(DbError::UniqueViolation { constraint, .. })
+            if constraint == PHONE_NUMBER_KEY
+    )
 }
 
 /// One attempt at [`accept_trigger`], in one transaction.

@@ -315,7 +315,8 @@ impl PgCluster {
         }
     }
 
-    /// The TCP port on 127.0.0.1: usually picked at start, so never assume 5432.
+    /// The port, on 127.0.0.1 and in the socket's name: usually picked at start, so never assume
+    /// 5432.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -470,7 +471,8 @@ fn server_settings(
 
 /// The data directory (double-quoted: PostgreSQL splits this list at commas), or no Unix socket
 /// at all when the socket path would be too long for the kernel or the path cannot be quoted:
-/// clients here use TCP, and a missing socket is better than a server that refuses to start.
+/// [`PgCluster::url`] then names TCP, and a missing socket is better than a server that refuses
+/// to start.
 fn socket_directories(data_dir: &Path) -> String {
     let dir = data_dir.to_string_lossy();
     let socket_path_len = dir.len() + "/.s.PGSQL.65535".len();

@@ -100,11 +100,17 @@ fn ephemeral_cluster_accepts_connections_and_leaves_nothing_behind() {
     TcpStream::connect(("127.0.0.1", port)).expect("the server listens on 127.0.0.1");
     assert!(is_ready(port));
     let url = cluster.url("app");
-    assert!(
-        url.starts_with("postgres://postgres@%2F") && url.ends_with(&format!(":{port}/app")),
-        "{url} goes through the socket in the data directory"
-    );
-    assert!(is_ready_on_socket(&data_dir, port));
+    // The kernel takes socket paths of up to 107 bytes; a longer temporary directory gets TCP.
+    let socket = data_dir.join(format!(".s.PGSQL.{port}"));
+    if socket.as_os_str().len() <= 107 {
+        assert!(
+            url.starts_with("postgres://postgres@%2F") && url.ends_with(&format!(":{port}/app")),
+            "{url} goes through the socket in the data directory"
+        );
+        assert!(is_ready_on_socket(&data_dir, port));
+    } else {
+        assert_eq!(url, format!("postgres://postgres@127.0.0.1:{port}/app"));
+    }
 
     cluster.stop().expect("stop");
     assert!(!data_dir.exists(), "{} is removed", data_dir.display());

@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 /// The PostgreSQL server the tests use: `DATABASE_URL`'s, or a private one for this process.
 struct Server {
-    /// URL without the database name, for example `postgres://postgres@127.0.0.1:5432`.
+    /// URL without the database name, for example `postgres://postgres@127.0.0.1:5432` or, for
+    /// the private cluster, `postgres://postgres@%2Ftmp%2F…%2Fdata:port`.
     base_url: String,
     _cluster: Option<PgCluster>,
 }
