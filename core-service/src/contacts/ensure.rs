@@ -21,16 +21,18 @@ use crate::request::RequestContext;
 /// The unique constraint on a contact's phone number (`migrations/…_contacts`).
 pub const PHONE_NUMBER_KEY: &str = "contacts_phone_number_key";
 
-/// The contact with a phone number: found, or new and not written yet (see [`save_new`]).
+/// The contact with a phone number: found (its id is all a trigger needs of it), or new and not
+/// written yet (see [`save_new`]).
 pub enum ContactPlan {
-    Found(ContactRow),
-    New(ContactRow),
+    Found(Uuid),
+    New(Box<ContactRow>),
 }
 
 impl ContactPlan {
-    pub fn contact(&self) -> &ContactRow {
+    pub fn id(&self) -> Uuid {
         match self {
-            Self::Found(contact) | Self::New(contact) => contact,
+            Self::Found(id) => *id,
+            Self::New(contact) => contact.id,
         }
     }
 }
@@ -41,7 +43,7 @@ pub async fn find_or_plan(
     connection: &AsyncPgConnection,
     phone_number: &PhoneNumber,
 ) -> Result<ContactPlan, ContactError> {
-    if let Some(existing) = store::find_by_phone(connection, phone_number.as_str())
+    if let Some(existing) = store::id_by_phone(connection, phone_number.as_str())
         .await
         .optional()?
     {
@@ -49,7 +51,7 @@ pub async fn find_or_plan(
     }
     // Microseconds, as PostgreSQL stores them: the row built is the row stored.
     let now = Utc::now().trunc_subsecs(6);
-    Ok(ContactPlan::New(ContactRow {
+    Ok(ContactPlan::New(Box::new(ContactRow {
         id: Uuid::now_v7(),
         phone_number: phone_number.as_str().to_owned(),
         external_reference_id: None,
@@ -61,7 +63,7 @@ pub async fn find_or_plan(
         tags: Vec::new(),
         created_at: now,
         updated_at: now,
-    }))
+    })))
 }
 
 /// The write half: a new contact's row, its `contact.created` event and its audit entry, sent

@@ -92,6 +92,19 @@ pub async fn find_by_phone(
         .await
 }
 
+/// The id of the contact with `phone_number`, for a caller that needs nothing else: the row's
+/// other columns (its properties above all) are neither sent nor decoded.
+pub async fn id_by_phone(
+    mut connection: &AsyncPgConnection,
+    phone_number: &str,
+) -> QueryResult<Uuid> {
+    contacts::table
+        .filter(contacts::phone_number.eq(phone_number))
+        .select(contacts::id)
+        .first(&mut connection)
+        .await
+}
+
 pub async fn find_by_reference(
     connection: &mut AsyncPgConnection,
     external_reference_id: &str,

@@ -173,7 +173,7 @@ async fn accept_once(
                 id: job_id,
                 ..NewJob::new(
                     TRIGGER_JOB,
-                    input.payload(trigger_event_id, contact.contact().id),
+                    input.payload(trigger_event_id, contact.id()),
                     Some(context.request_id.0),
                 )
             });
@@ -205,7 +205,7 @@ async fn accept_once(
                 duplicate: !holder.taken,
                 trigger_event_id: holder.trigger_id,
                 outbox_job_id: holder.outbox_job_id,
-                contact_id: contact.contact().id,
+                contact_id: contact.id(),
                 contact_events_queued,
                 started,
             })
