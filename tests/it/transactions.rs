@@ -360,7 +360,7 @@ async fn every_statement_of_an_upsert_and_of_its_jobs_is_prepared_once_per_conne
 }
 
 #[tokio::test]
-async fn a_triggers_key_is_taken_by_a_prepared_statement() {
+async fn a_triggers_key_and_contact_lookup_are_prepared_statements() {
     let database = TestDatabase::create().await;
     // One connection, so the statements it prepared can be listed afterwards.
     let pool = build_pool(database.url(), 1).expect("build the pool");
@@ -396,6 +396,13 @@ async fn a_triggers_key_is_taken_by_a_prepared_statement() {
             .iter()
             .any(|statement| statement.starts_with("WITH taken AS")
                 && statement.contains("INSERT INTO journey_trigger_keys")),
+        "{prepared:#?}"
+    );
+    // The second trigger found the contact the first created, by its id alone.
+    assert!(
+        prepared
+            .iter()
+            .any(|statement| statement.starts_with(r#"SELECT "contacts"."id" FROM "contacts""#)),
         "{prepared:#?}"
     );
 }

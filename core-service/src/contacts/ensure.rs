@@ -1,5 +1,5 @@
 //! Finding a contact by phone number, creating a bare one when there is none (journey triggers
-//! and integrations enrol people who may not be contacts yet). In two halves, for a caller's
+//! enrol people who may not be contacts yet). In two halves, for a caller's
 //! [`crate::db::pipelined::read_then_write`]: the lookup with its reads, the creation with its
 //! writes.
 
