@@ -274,12 +274,7 @@ async fn concurrent_triggers_for_one_new_number_create_one_contact_and_all_queue
             "SELECT count(*) AS count FROM audit_entries WHERE action = 'contact.create'",
         ),
     ] {
-        let mut connection = app.database.connect().await;
-        let found = sql_query(sql)
-            .get_result::<Count>(&mut connection)
-            .await
-            .expect("count");
-        assert_eq!(found.count, 1, "{rows}");
+        assert_eq!(count(&app.database, sql).await, 1, "{rows}");
     }
 }
 
@@ -323,15 +318,12 @@ async fn a_trigger_that_loses_the_race_to_create_its_contact_enrols_the_winner()
     .expect("trigger jobs");
     let enrolled: Vec<&str> = enrolled.iter().map(|job| job.contact_id.as_str()).collect();
     assert_eq!(enrolled, [winner]);
-    let created =
-        sql_query("SELECT count(*) AS count FROM audit_entries WHERE action = 'contact.create'")
-            .get_result::<Count>(&mut connection)
-            .await
-            .expect("count");
-    assert_eq!(
-        created.count, 0,
-        "the losing attempt's rows were rolled back"
-    );
+    let created = count(
+        &app.database,
+        "SELECT count(*) AS count FROM audit_entries WHERE action = 'contact.create'",
+    )
+    .await;
+    assert_eq!(created, 0, "the losing attempt's rows were rolled back");
 }
 
 #[tokio::test(flavor = "multi_thread")]
