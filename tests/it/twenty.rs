@@ -1293,6 +1293,105 @@ async fn a_backfill_page_that_fails_on_every_run_fails_the_backfill() {
     assert_eq!(state["created"], 1, "{state}");
 }
 
+/// The backfill's run: its status and cursor.
+#[derive(diesel::QueryableByName)]
+struct BackfillRun {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    cursor: Option<String>,
+}
+
+async fn backfill_run(app: &TestApp) -> BackfillRun {
+    let mut connection = app.database.connect().await;
+    diesel::sql_query("SELECT status, cursor FROM twenty_backfill")
+        .get_result(&mut connection)
+        .await
+        .expect("the backfill's run")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_backfill_page_job_neither_reads_twenty_nor_fails_the_run() {
+    let app = TestApp::builder()
+        .outbox_poll_interval(std::time::Duration::from_millis(100))
+        .spawn()
+        .await;
+    let (app, fake) = connected_app(app).await;
+    // A run another job has moved past its first page, and a duplicate of that first page's
+    // job, run again after its lease expired. Twenty would refuse the read.
+    execute(
+        &app,
+        "INSERT INTO twenty_backfill (run_id, status, page_size, cursor, pages, started_at, updated_at) \
+         VALUES ('0193a3b0-0000-7000-8000-000000000001', 'running', 2, 'after-page-1', 1, now(), now())",
+    )
+    .await;
+    fake.fail_next(Failure::BadRequest("Invalid cursor".to_owned()));
+    execute(
+        &app,
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after, created_at, updated_at) \
+         VALUES (gen_random_uuid(), 'twenty.backfill', \
+                 '{\"run_id\": \"0193a3b0-0000-7000-8000-000000000001\", \"after\": null}', \
+                 'pending', 1, 10, now(), now(), now())",
+    )
+    .await;
+    eventually("the stale job ends", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM outbox_jobs \
+             WHERE kind = 'twenty.backfill' AND status = 'succeeded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let run = backfill_run(&app).await;
+    assert_eq!(run.status, "running");
+    assert_eq!(run.cursor.as_deref(), Some("after-page-1"));
+    assert_eq!(fake.arrivals(), 0, "the stale job read a page");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_page_refused_after_its_run_moved_on_leaves_the_run_alone() {
+    let app = TestApp::builder()
+        .outbox_poll_interval(std::time::Duration::from_millis(100))
+        .spawn()
+        .await;
+    let (app, fake) = connected_app(app).await;
+    fake.insert_person(json!({
+        "name": {"firstName": "Moved", "lastName": "On"},
+        "phones": {"primaryPhoneNumber": "15112340080", "primaryPhoneCallingCode": "+49"},
+    }));
+    fake.slow_down(std::time::Duration::from_secs(1));
+    fake.fail_next(Failure::BadRequest("Invalid cursor".to_owned()));
+    admin(&app, Method::POST, &format!("{BASE}/backfill"), None).await;
+    // The first page's job is reading; meanwhile a duplicate of it imports the page.
+    eventually("the first page is being read", async || {
+        fake.arrivals() == 1
+    })
+    .await;
+    execute(
+        &app,
+        "UPDATE twenty_backfill SET cursor = 'after-page-1', pages = 1",
+    )
+    .await;
+    eventually("the refused read's job ends", async || {
+        count(
+            &app.database,
+            "SELECT count(*) AS count FROM outbox_jobs \
+             WHERE kind = 'twenty.backfill' AND status = 'succeeded'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let run = backfill_run(&app).await;
+    assert_eq!(
+        run.status, "running",
+        "the refusal failed a run that moved on"
+    );
+    assert_eq!(run.cursor.as_deref(), Some("after-page-1"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_whose_every_run_fails_in_the_database_fails_the_record() {
     let app = TestApp::builder()

@@ -135,19 +135,61 @@ pub async fn start(
                     run_id
                 }
             };
-            queue_page(connection, run_id).await?;
-            Ok(load(connection).await?)
+            let run = load(connection).await?;
+            let cursor = run.as_ref().and_then(|run| run.cursor.as_deref());
+            queue_page(connection, run_id, cursor).await?;
+            Ok(run)
         })
         .await
 }
 
-async fn queue_page(connection: &mut AsyncPgConnection, run_id: Uuid) -> QueryResult<()> {
+/// Queues the job of the page after `cursor` (`None`: the first page). The job names its page,
+/// so that a stale duplicate of it (run again after its lease expired while the first run went
+/// on) can tell that the run has moved on, and neither reads that page again nor fails the run.
+async fn queue_page(
+    connection: &mut AsyncPgConnection,
+    run_id: Uuid,
+    cursor: Option<&str>,
+) -> QueryResult<()> {
     outbox::enqueue(
         connection,
-        &NewJob::new(BACKFILL_JOB, json!({"run_id": run_id}), None),
+        &NewJob::new(
+            BACKFILL_JOB,
+            json!({"run_id": run_id, PAGE_CURSOR: cursor}),
+            None,
+        ),
     )
     .await
     .map(drop)
+}
+
+/// The payload field naming the cursor a page job reads after.
+const PAGE_CURSOR: &str = "after";
+
+/// Which page of its run a job is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Page<'a> {
+    /// The page after this cursor (`None`: the first page).
+    After(Option<&'a str>),
+    /// Not named: a job queued before jobs named their page. Any page matches it.
+    Unnamed,
+}
+
+impl<'a> Page<'a> {
+    fn of(job: &'a ClaimedJob) -> Self {
+        match job.payload.get(PAGE_CURSOR) {
+            None => Self::Unnamed,
+            Some(cursor) => Self::After(cursor.as_str()),
+        }
+    }
+
+    /// Whether a run at `cursor` is still at this page.
+    fn is_current(self, cursor: Option<&str>) -> bool {
+        match self {
+            Self::After(after) => after == cursor,
+            Self::Unnamed => true,
+        }
+    }
 }
 
 /// Runs `twenty.backfill` jobs: one page each.
@@ -196,13 +238,20 @@ impl JobHandler for BackfillHandler {
             let Some(run) = load(&mut db).await.map_err(retry)? else {
                 return Ok(());
             };
-            if run.run_id != run_id || run.status != "running" {
+            // A stale duplicate of a page job finds the run moved on (or ended) and does nothing.
+            if run.run_id != run_id
+                || run.status != "running"
+                || !Page::of(job).is_current(run.cursor.as_deref())
+            {
                 return Ok(());
             }
+            // Failures below fail the run only while it is still at this page.
+            let page_read = Page::After(run.cursor.as_deref());
             let Some(twenty) = connection::load(&mut db).await.map_err(retry)? else {
                 return fail(
                     &mut db,
                     run_id,
+                    page_read,
                     "Twenty is not connected",
                     context.clock.now(),
                 )
@@ -228,7 +277,7 @@ impl JobHandler for BackfillHandler {
                     });
                 }
                 Err(error) => {
-                    return fail(&mut db, run_id, &error.to_string(), now)
+                    return fail(&mut db, run_id, page_read, &error.to_string(), now)
                         .await
                         .map_err(retry);
                 }
@@ -283,7 +332,7 @@ impl JobHandler for BackfillHandler {
                     .execute(connection)
                     .await?;
                 if more {
-                    queue_page(connection, run_id).await?;
+                    queue_page(connection, run_id, page.end_cursor.as_deref()).await?;
                 }
                 Ok(())
             })
@@ -297,7 +346,8 @@ impl JobHandler for BackfillHandler {
 
     /// A page that failed on every run (a database error, or a person whose import fails
     /// each time) would leave the backfill `running` for good; it fails with that error, and
-    /// starting the backfill again resumes from its cursor.
+    /// starting the backfill again resumes from its cursor. A stale duplicate's death leaves a
+    /// run that has moved on to a later page alone.
     fn dead_lettered<'a>(
         &'a self,
         job: &'a ClaimedJob,
@@ -307,7 +357,7 @@ impl JobHandler for BackfillHandler {
     ) -> BoxFuture<'a, QueryResult<bool>> {
         Box::pin(async move {
             if let Some(run_id) = job.payload_id("run_id") {
-                fail(connection, run_id, error, now).await?;
+                fail(connection, run_id, Page::of(job), error, now).await?;
             }
             Ok(false)
         })
@@ -346,27 +396,31 @@ async fn import(
     Ok(())
 }
 
+/// Fails the run, if it is still going (a completed one keeps its outcome) and still at `page`.
 async fn fail(
     connection: &mut AsyncPgConnection,
     run_id: Uuid,
+    page: Page<'_>,
     error: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    // Only a run still going: a completed one keeps its outcome.
-    diesel::update(
-        backfill::table
-            .filter(backfill::run_id.eq(run_id))
-            .filter(backfill::status.eq("running")),
-    )
-    .set((
-        backfill::status.eq("failed"),
-        backfill::last_error.eq(error),
-        backfill::finished_at.eq(now),
-        backfill::updated_at.eq(now),
-    ))
-    .execute(connection)
-    .await
-    .map(drop)
+    let mut update = diesel::update(backfill::table)
+        .filter(backfill::run_id.eq(run_id))
+        .filter(backfill::status.eq("running"))
+        .into_boxed();
+    if let Page::After(cursor) = page {
+        update = update.filter(backfill::cursor.is_not_distinct_from(cursor));
+    }
+    update
+        .set((
+            backfill::status.eq("failed"),
+            backfill::last_error.eq(error),
+            backfill::finished_at.eq(now),
+            backfill::updated_at.eq(now),
+        ))
+        .execute(connection)
+        .await
+        .map(drop)
 }
 
 fn retry(error: impl std::fmt::Display) -> JobError {

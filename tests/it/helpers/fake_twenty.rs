@@ -51,6 +51,8 @@ struct World {
     unknown_fields: Vec<String>,
     /// How long each request takes before it is answered, as over a real network.
     latency: std::time::Duration,
+    /// Requests received, counted on arrival (`requests` holds them once answered).
+    arrivals: usize,
 }
 
 #[derive(Clone)]
@@ -119,7 +121,11 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let body: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
-    let latency = fake.world.lock().unwrap().latency;
+    let latency = {
+        let mut world = fake.world.lock().unwrap();
+        world.arrivals += 1;
+        world.latency
+    };
     tokio::time::sleep(latency).await;
     let mut world = fake.world.lock().unwrap();
     world.requests.push(TwentyRequest {
@@ -351,6 +357,11 @@ impl FakeTwenty {
             .into_iter()
             .filter(|request| request.method != Method::GET)
             .collect()
+    }
+
+    /// How many requests have arrived, answered or not.
+    pub fn arrivals(&self) -> usize {
+        self.world.lock().unwrap().arrivals
     }
 
     /// Answers every later request only after `latency`.
