@@ -71,6 +71,61 @@ struct Report {
     step_seconds: f64,
     rows: Vec<Row>,
     outbound: Vec<OutboundRow>,
+    hanging_endpoint: Vec<HangingEffect>,
+}
+
+/// The runs with several endpoints, without and with one more that hangs: each twice, in
+/// mirrored order, so that a drift over the runs (the machine's speed, the tables growing)
+/// weighs on both sides alike rather than always on the later one.
+const HANGING_ORDER: [bool; 4] = [false, true, true, false];
+
+/// What a hanging endpoint does to the others' delivery rate at one load.
+#[derive(Debug, Serialize, PartialEq)]
+struct HangingEffect {
+    endpoints: usize,
+    publishers: usize,
+    /// The healthy endpoints' deliveries/s, the mean of the runs without it and with it.
+    without_per_second: f64,
+    with_per_second: f64,
+    /// `with / without - 1`, in percent: below zero, the hanging endpoint's cost.
+    change_percent: f64,
+}
+
+/// The effect of a hanging endpoint, for each load that was run both without and with one.
+fn hanging_effects(outbound: &[OutboundRow]) -> Vec<HangingEffect> {
+    let mut loads: Vec<(usize, usize)> = Vec::new();
+    for row in outbound.iter().filter(|row| row.outbound.hanging_endpoint) {
+        let load = (row.outbound.endpoints, row.outbound.publishers);
+        if !loads.contains(&load) {
+            loads.push(load);
+        }
+    }
+    loads
+        .into_iter()
+        .filter_map(|(endpoints, publishers)| {
+            let mean = |hanging: bool| {
+                let rates: Vec<f64> = outbound
+                    .iter()
+                    .map(|row| &row.outbound)
+                    .filter(|run| {
+                        run.endpoints == endpoints
+                            && run.publishers == publishers
+                            && run.hanging_endpoint == hanging
+                    })
+                    .map(|run| run.deliveries_per_second)
+                    .collect();
+                (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
+            };
+            let (without, with) = (mean(false)?, mean(true)?);
+            Some(HangingEffect {
+                endpoints,
+                publishers,
+                without_per_second: without,
+                with_per_second: with,
+                change_percent: (with / without.max(1e-9) - 1.0) * 100.0,
+            })
+        })
+        .collect()
 }
 
 async fn fresh_database(
@@ -245,10 +300,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let publishers: Vec<usize> = if args.quick { vec![4] } else { vec![8, 32] };
     for &endpoints in &[1_usize, 4] {
         for &clients in &publishers {
-            for hanging in [false, true] {
-                if hanging && endpoints == 1 {
-                    continue;
-                }
+            let order: &[bool] = if endpoints == 1 {
+                &[false]
+            } else {
+                &HANGING_ORDER
+            };
+            for &hanging in order {
                 server.reset_peak();
                 let cpu_before = server.cpu_seconds();
                 scenarios::drain_outbox(&server).await?;
@@ -281,6 +338,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    let hanging_endpoint = hanging_effects(&outbound);
+    println!(
+        "\na hanging endpoint's effect on the others' deliveries/s (each the mean of two runs):"
+    );
+    for effect in &hanging_endpoint {
+        println!(
+            "  {} endpoints, {} clients: {:.0} without, {:.0} with: {:+.1} %",
+            effect.endpoints,
+            effect.publishers,
+            effect.without_per_second,
+            effect.with_per_second,
+            effect.change_percent
+        );
+    }
+
     let errors: u64 = rows.iter().map(|row| row.figures.errors).sum::<u64>()
         + outbound
             .iter()
@@ -292,6 +364,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         step_seconds: args.duration.as_secs_f64(),
         rows,
         outbound,
+        hanging_endpoint,
     };
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -301,4 +374,63 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("{errors} requests failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(endpoints: usize, publishers: usize, hanging: bool, rate: f64) -> OutboundRow {
+        OutboundRow {
+            outbound: scenarios::Outbound {
+                endpoints,
+                publishers,
+                events: 5000,
+                hanging_endpoint: hanging,
+                accepted_per_second: 0.0,
+                deliveries_per_second: rate,
+                latency_p50_ms: 0.0,
+                latency_p99_ms: 0.0,
+                publish_errors: 0,
+                deliver_runs_deferred: 0,
+                attempts_retried: 0,
+            },
+            peak_rss_mib: 0.0,
+            cpu_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_hanging_endpoints_effect_compares_the_means_of_its_runs_at_each_load() {
+        let runs = [
+            run(1, 8, false, 1000.0),
+            run(4, 8, false, 6000.0),
+            run(4, 8, true, 5000.0),
+            run(4, 8, true, 5400.0),
+            run(4, 8, false, 4400.0),
+            run(4, 32, false, 8000.0),
+            run(4, 32, true, 8800.0),
+        ];
+        let effects = hanging_effects(&runs);
+        assert_eq!(effects.len(), 2, "{effects:?}");
+        assert_eq!(
+            (effects[0].endpoints, effects[0].publishers),
+            (4, 8),
+            "{effects:?}"
+        );
+        assert_eq!(effects[0].without_per_second, 5200.0);
+        assert_eq!(effects[0].with_per_second, 5200.0);
+        assert!(effects[0].change_percent.abs() < 1e-9, "{effects:?}");
+        assert_eq!(effects[1].publishers, 32);
+        assert!(
+            (effects[1].change_percent - 10.0).abs() < 1e-9,
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn a_load_run_only_with_or_only_without_a_hanging_endpoint_has_no_effect_reported() {
+        assert!(hanging_effects(&[run(4, 8, true, 5000.0)]).is_empty());
+        assert!(hanging_effects(&[run(4, 8, false, 5000.0)]).is_empty());
+    }
 }
