@@ -87,3 +87,25 @@ async fn malformed_numbers_are_400_naming_the_field() {
         assert_eq!(reply.body["error"]["code"], "invalid_argument");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_prefix_after_the_country_code_names_the_same_contact() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": "+4915112345678"}),
+        )
+        .await;
+    let again = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": "+49 (0)151 12345678", "first_name": "Ada"}),
+        )
+        .await;
+
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["operation"], "updated", "{}", again.text);
+    assert_eq!(again.body["contact"]["id"], created.body["contact"]["id"]);
+    assert_eq!(again.body["contact"]["phone_number"], "+4915112345678");
+}

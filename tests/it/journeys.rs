@@ -84,6 +84,14 @@ async fn a_repeated_trigger_is_a_duplicate_with_the_first_ids() {
         &[],
     )
     .await;
+    // The same phone with its trunk prefix written after the country code.
+    let with_trunk_prefix = trigger(
+        &app,
+        path,
+        &json!({"phone_number": "+49 (0)151 12345678", "flow_id": "f-1"}),
+        &[],
+    )
+    .await;
     let other_phone = trigger(
         &app,
         path,
@@ -104,6 +112,12 @@ async fn a_repeated_trigger_is_a_duplicate_with_the_first_ids() {
     assert_eq!(again.status, 200);
     assert_eq!(again.body["status"], "duplicate", "{}", again.text);
     assert_eq!(ids(&again), first_ids, "the first trigger's ids");
+    assert_eq!(
+        with_trunk_prefix.body["status"], "duplicate",
+        "{}",
+        with_trunk_prefix.text
+    );
+    assert_eq!(ids(&with_trunk_prefix), first_ids);
     queued(&other_phone);
     queued(&other_flow);
     queued(&other_route);

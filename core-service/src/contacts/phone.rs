@@ -163,13 +163,15 @@ fn check_possible(international: &str) -> Result<PhoneNumber, PhoneError> {
     let (Some(shortest), Some(longest)) = (lengths.clone().min(), lengths.max()) else {
         return Err(PhoneError::UnknownCountryCode);
     };
-    let national_digits = digit_count - code.to_string().len();
-    // A leading zero of the national number is dropped by the parser, so count the digits we
-    // were sent rather than the parsed value.
-    match u16::try_from(national_digits).unwrap_or(u16::MAX) {
+    // The number is the one parsed, not the digits sent: the parser drops a trunk prefix written
+    // after the country code ("+49 (0)151 …", a common spelling), which would otherwise make a
+    // second contact and a second deduplication key for one phone. The national number's
+    // display keeps the leading zeros that belong to it (Italy's `06…`).
+    let national = parsed.national().to_string();
+    match u16::try_from(national.len()).unwrap_or(u16::MAX) {
         length if length < shortest => Err(PhoneError::TooShort),
         length if length > longest => Err(PhoneError::TooLong),
-        _ => Ok(PhoneNumber(international.to_owned())),
+        _ => Ok(PhoneNumber(format!("+{code}{national}"))),
     }
 }
 
@@ -204,6 +206,16 @@ mod tests {
         assert_eq!(ok("004915112345678"), "+4915112345678");
         assert_eq!(ok("491573758431"), "+491573758431");
         assert_eq!(ok("+1 415 555 2671"), "+14155552671");
+    }
+
+    #[test]
+    fn a_trunk_prefix_written_after_the_country_code_is_dropped() {
+        assert_eq!(ok("+49 (0)151 12345678"), "+4915112345678");
+        assert_eq!(ok("0049 (0)151 12345678"), "+4915112345678");
+        assert_eq!(ok("+44 (0)20 7946 0958"), "+442079460958");
+        assert_eq!(ok("+43 (0)664 1234567"), "+436641234567");
+        // Italy's leading zero is part of the number, not a trunk prefix.
+        assert_eq!(ok("+39 06 1234 5678"), "+390612345678");
     }
 
     #[test]
