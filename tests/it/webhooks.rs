@@ -970,6 +970,46 @@ async fn only_admins_configure_webhooks_and_event_types_can_be_registered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_event_type_whose_schema_or_example_holds_a_nul_is_400_naming_the_field() {
+    use reqwest::Method;
+    let app = TestApp::spawn().await;
+    let admin = [
+        ("x-api-key", app.keys.admin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    for (field, body) in [
+        (
+            "schema",
+            json!({"name": "order.shipped", "description": "x", "schema": {"type": "object", "title": "a\u{0}b"}}),
+        ),
+        (
+            "example",
+            json!({"name": "order.shipped", "description": "x", "example": {"a\u{0}": 1}}),
+        ),
+    ] {
+        let reply = app
+            .send(
+                Method::POST,
+                "/api/v1/webhooks/event-types",
+                &admin,
+                body.to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{field}: {}", reply.text);
+        assert_eq!(reply.body["details"][0]["field"], field, "{}", reply.text);
+    }
+    let registered = app
+        .send(
+            Method::POST,
+            "/api/v1/webhooks/event-types",
+            &admin,
+            json!({"name": "order.shipped", "description": "x", "example": {"a": 1}}).to_string(),
+        )
+        .await;
+    assert_eq!(registered.status, 200, "{}", registered.text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_rest_mapping_covers_configuration_and_the_delivery_log() {
     use reqwest::Method;
     let app = TestApp::spawn().await;

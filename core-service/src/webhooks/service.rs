@@ -31,6 +31,7 @@ use crate::outbox::{self, Announcer, Clock, NewJob};
 use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{event_types, webhook_attempts, webhook_deliveries, webhook_endpoints};
+use crate::validation::free_form_problem;
 use crate::validation::{NUL_PROBLEM, short_text_problem};
 
 /// How long a rotated-out secret keeps signing.
@@ -733,12 +734,19 @@ impl WebhookService for WebhooksGrpc {
         if description.is_empty() || description.len() > 1000 || description.contains('\0') {
             return Err(invalid("description", "must be 1 to 1000 characters"));
         }
-        let schema = Json::Object(body.schema.map(json_from_struct).unwrap_or_else(|| {
+        let schema = body.schema.map(json_from_struct).unwrap_or_else(|| {
             let mut object = Map::new();
             object.insert("type".to_owned(), json!("object"));
             object
-        }));
-        let example = Json::Object(body.example.map(json_from_struct).unwrap_or_default());
+        });
+        let example = body.example.map(json_from_struct).unwrap_or_default();
+        // PostgreSQL refuses a NUL in jsonb; caught here, it is the caller's error, not ours.
+        for (field, object) in [("schema", &schema), ("example", &example)] {
+            if let Some(problem) = free_form_problem(object) {
+                return Err(invalid(field, problem));
+            }
+        }
+        let (schema, example) = (Json::Object(schema), Json::Object(example));
         let mut connection = self.connection().await?;
         let entry = AuditRecord::new(&context, "event_type.register", "event_type")
             .target(&name)
