@@ -175,6 +175,18 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
         &[("authorization", &format!("Bearer {good}"))],
     )
     .await;
+    // Claims beyond the times are not checked: a token naming an audience is as good.
+    let with_audience = jwt(
+        SECRET,
+        json!({"iat": now(), "aud": "switchbord", "iss": "emarsys"}),
+    );
+    let with_audience_reply = post(
+        &app,
+        "",
+        r#"{"event_name": "order_returned"}"#,
+        &[("authorization", &format!("Bearer {with_audience}"))],
+    )
+    .await;
 
     for (name, reply) in [
         ("missing", &missing),
@@ -191,8 +203,13 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
     assert_eq!(right.status, 200, "{}", right.text);
     assert_eq!(with_jwt.status, 200, "{}", with_jwt.text);
     assert_eq!(
+        with_audience_reply.status, 200,
+        "{}",
+        with_audience_reply.text
+    );
+    assert_eq!(
         count(&app, "SELECT count(*) AS count FROM webhook_events").await,
-        2
+        3
     );
 }
 
