@@ -28,7 +28,10 @@ impl Family {
     pub fn of_path(path: &str) -> Self {
         if path.starts_with("/compat/") {
             Self::Compat
-        } else if path.starts_with("/api/v1beta/") || path.starts_with("/webhooks/v0/") {
+        } else if path.starts_with("/api/v1beta/")
+            || path.starts_with("/webhooks/v0/")
+            || path.starts_with("/api/v0/")
+        {
             Self::Legacy
         } else {
             Self::Admin

@@ -244,6 +244,18 @@ async fn unrouted_paths_and_methods_answer_in_their_familys_shape() {
     assert_eq!(legacy.body["status"], "error", "{}", legacy.text);
     assert!(legacy.body["message"].is_string());
 
+    // Emarsys calls a Charles path too.
+    let emarsys = app
+        .send(
+            Method::GET,
+            "/api/v0/webhooks/incoming/emarsys/custom_external_event",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(emarsys.status, 405);
+    assert_eq!(emarsys.body["status"], "error", "{}", emarsys.text);
+
     let compat = app
         .send(Method::GET, "/compat/journey-trigger/", &[], "")
         .await;
