@@ -491,6 +491,52 @@ async fn redirects_are_not_followed_and_slow_receivers_time_out() {
     assert!(timed_out.error.contains("timed out"), "{}", timed_out.error);
 }
 
+/// A receiver that answers `200` with a `Content-Length` it never sends in full: the status
+/// arrives at once, the body stalls.
+async fn stalling_body_receiver() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0_u8; 64 * 1024];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nreceived")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            });
+        }
+    });
+    format!("http://{addr}/hook")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2xx_whose_body_stalls_is_a_success() {
+    let app = TestApp::builder()
+        .webhook_timeout(Duration::from_millis(500))
+        .spawn()
+        .await;
+    let url = stalling_body_receiver().await;
+    let (endpoint, _) = create(&app, &url, &["webhook.test"]).await;
+
+    let attempt = client(&app)
+        .await
+        .send_test_event(SendTestEventRequest { id: endpoint.id })
+        .await
+        .expect("test send")
+        .into_inner()
+        .attempt
+        .expect("attempt");
+
+    assert_eq!(attempt.status_code, 200);
+    assert!(attempt.succeeded, "{}", attempt.error);
+    assert!(attempt.error.is_empty(), "{}", attempt.error);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endpoint_failing_for_the_whole_window_is_disabled() {
     let app = TestApp::spawn().await;
@@ -1007,6 +1053,125 @@ async fn an_event_type_whose_schema_or_example_holds_a_nul_is_400_naming_the_fie
         )
         .await;
     assert_eq!(registered.status, 200, "{}", registered.text);
+}
+
+#[derive(diesel::QueryableByName)]
+struct StoredSecrets {
+    #[diesel(sql_type = Text)]
+    secret: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    previous_secret: Option<String>,
+}
+
+/// Holds the endpoint's row locked, in a transaction of its own, until `COMMIT` is sent on the
+/// returned connection: requests that read it go on, and their writes wait.
+async fn hold_endpoint(app: &TestApp, id: &str) -> diesel_async::AsyncPgConnection {
+    use diesel_async::SimpleAsyncConnection;
+    let mut holder = app.database.connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM webhook_endpoints WHERE id = '{id}' FOR UPDATE"
+        ))
+        .await
+        .expect("lock the endpoint");
+    holder
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_rotations_at_once_the_later_keeps_the_earlier_ones_secret_as_previous() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, original) = create(&app, &receiver.url(), &[]).await;
+    let mut holder = hold_endpoint(&app, &endpoint.id).await;
+    let mut rotations = Vec::new();
+    for _ in 0..2 {
+        let mut webhooks = client(&app).await;
+        let id = endpoint.id.clone();
+        rotations.push(tokio::spawn(async move {
+            webhooks
+                .rotate_endpoint_secret(RotateEndpointSecretRequest {
+                    id,
+                    ..Default::default()
+                })
+                .await
+                .expect("rotate")
+                .into_inner()
+                .secret
+        }));
+    }
+    until_waiting_for_locks(&app.database, 2).await;
+    holder.batch_execute("COMMIT").await.expect("release");
+    let mut returned = Vec::new();
+    for rotation in rotations {
+        returned.push(rotation.await.expect("rotation"));
+    }
+
+    let mut connection = app.database.connect().await;
+    let stored: StoredSecrets = sql_query(format!(
+        "SELECT secret, previous_secret FROM webhook_endpoints WHERE id = '{}'",
+        endpoint.id
+    ))
+    .get_result(&mut connection)
+    .await
+    .expect("secrets");
+    let later = returned
+        .iter()
+        .position(|secret| *secret == stored.secret)
+        .expect("the stored secret is one returned");
+    let earlier = &returned[1 - later];
+    assert_eq!(
+        stored.previous_secret.as_deref(),
+        Some(earlier.as_str()),
+        "the earlier rotation's secret, still valid during the overlap (not the original {original})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_updates_of_different_fields_at_once_both_keep_their_change() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let moved_to = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &[]).await;
+    let mut holder = hold_endpoint(&app, &endpoint.id).await;
+    let mut updates = Vec::new();
+    for update in [
+        UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            url: Some(moved_to.url()),
+            ..Default::default()
+        },
+        UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            event_types: vec!["webhook.test".to_owned()],
+            replace_event_types: true,
+            ..Default::default()
+        },
+    ] {
+        let mut webhooks = client(&app).await;
+        updates.push(tokio::spawn(async move {
+            webhooks.update_endpoint(update).await.expect("update")
+        }));
+    }
+    until_waiting_for_locks(&app.database, 2).await;
+    holder.batch_execute("COMMIT").await.expect("release");
+    for update in updates {
+        update.await.expect("update");
+    }
+
+    let stored = client(&app)
+        .await
+        .get_endpoint(GetEndpointRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    assert_eq!(stored.url, moved_to.url());
+    assert_eq!(stored.event_types, ["webhook.test"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

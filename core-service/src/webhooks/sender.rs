@@ -156,10 +156,13 @@ impl Sender {
                 }
             }
         }
+        // Success is a 2xx within the timeout: the status line decides. A body that stalls or
+        // breaks after it only shortens the excerpt; counted a failure, it would send the event
+        // again to a receiver that has taken it.
         let error = match (status.as_u16(), read_error) {
+            (200..=299, _) => None,
             (_, Some(error)) => Some(error),
             (300..=399, None) => Some(format!("redirect ({status}) not followed")),
-            (200..=299, None) => None,
             (_, None) => Some(format!("receiver answered {status}")),
         };
         AttemptResult {

@@ -194,6 +194,33 @@ impl WebhooksGrpc {
     }
 }
 
+/// What an update sets: only the fields it was sent, so that two updates of different fields
+/// at once both keep their changes.
+#[derive(AsChangeset)]
+#[diesel(table_name = webhook_endpoints)]
+struct EndpointChanges {
+    url: Option<String>,
+    description: Option<String>,
+    event_types: Option<Vec<String>>,
+    headers: Option<Json>,
+    /// `Some(None)` clears the limit.
+    rate_limit_per_second: Option<Option<i32>>,
+    updated_at: DateTime<Utc>,
+}
+
+impl EndpointChanges {
+    fn at(now: DateTime<Utc>) -> Self {
+        Self {
+            url: None,
+            description: None,
+            event_types: None,
+            headers: None,
+            rate_limit_per_second: None,
+            updated_at: now,
+        }
+    }
+}
+
 fn db_status(error: impl Into<DbError>) -> Status {
     ServiceError::from(error.into()).into()
 }
@@ -479,7 +506,8 @@ impl WebhookService for WebhooksGrpc {
         let context = RequestContext::from_request(&request)?;
         let body = request.into_inner();
         let mut connection = self.connection().await?;
-        let mut row = self.endpoint(&mut connection, &body.id).await?;
+        let row = self.endpoint(&mut connection, &body.id).await?;
+        let mut changes = EndpointChanges::at(Utc::now());
         let mut changed = Vec::new();
         if let Some(url) = body.url {
             let url = self.validated_url(&url).await?;
@@ -490,27 +518,27 @@ impl WebhookService for WebhooksGrpc {
                      the stored ones may be credentials for the old one",
                 ));
             }
-            row.url = url;
+            changes.url = Some(url);
             changed.push("url");
         }
         if let Some(description) = body.description {
-            row.description = validate_description(&description)?;
+            changes.description = Some(validate_description(&description)?);
             changed.push("description");
         }
         if body.replace_event_types {
-            row.event_types = validate_event_types(&mut connection, body.event_types).await?;
+            changes.event_types =
+                Some(validate_event_types(&mut connection, body.event_types).await?);
             changed.push("event_types");
         }
         if body.replace_headers {
-            row.headers = validate_headers(body.headers)?;
+            changes.headers = Some(validate_headers(body.headers)?);
             changed.push("headers");
         }
         if let Some(rate) = body.rate_limit_per_second {
-            row.rate_limit_per_second = validate_rate(rate)?;
+            changes.rate_limit_per_second = Some(validate_rate(rate)?);
             changed.push("rate_limit_per_second");
         }
         drop(connection);
-        row.updated_at = Utc::now();
         let id = row.id;
         let stored = self
             .audited(
@@ -520,16 +548,8 @@ impl WebhookService for WebhooksGrpc {
                 &changed,
                 move |connection| {
                     Box::pin(async move {
-                        diesel::update(webhook_endpoints::table.find(row.id))
-                            .set((
-                                webhook_endpoints::url.eq(&row.url),
-                                webhook_endpoints::description.eq(&row.description),
-                                webhook_endpoints::event_types.eq(&row.event_types),
-                                webhook_endpoints::headers.eq(&row.headers),
-                                webhook_endpoints::rate_limit_per_second
-                                    .eq(row.rate_limit_per_second),
-                                webhook_endpoints::updated_at.eq(row.updated_at),
-                            ))
+                        diesel::update(webhook_endpoints::table.find(id))
+                            .set(&changes)
                             .returning(EndpointRow::as_returning())
                             .get_result(connection)
                             .await
@@ -679,15 +699,19 @@ impl WebhookService for WebhooksGrpc {
             &["secret"],
             move |connection| {
                 Box::pin(async move {
+                    // The secret replaced is the stored one, read by this statement: of
+                    // two rotations at once, the second keeps the first's as its previous.
                     diesel::update(webhook_endpoints::table.find(row.id))
                         .set((
                             webhook_endpoints::secret.eq(&new_secret),
-                            webhook_endpoints::previous_secret.eq(&row.secret),
+                            webhook_endpoints::previous_secret
+                                .eq(webhook_endpoints::secret.nullable()),
                             webhook_endpoints::previous_secret_expires_at
                                 .eq(now + Duration::hours(ROTATION_OVERLAP_HOURS)),
                             webhook_endpoints::updated_at.eq(now),
                         ))
-                        .execute(connection)
+                        .returning(webhook_endpoints::id)
+                        .get_result::<Uuid>(connection)
                         .await
                 })
             },
