@@ -7,7 +7,7 @@ use serde_json::{Value as Json, json};
 use switchbord_api::v1::{
     self, ApiKey, CreateApiKeyRequest, ListApiKeysRequest, RevokeApiKeyRequest,
 };
-use switchbord_core::access::{self, Caller, KeyHasher, NewKey, Role, api_key_proto};
+use switchbord_core::access::{self, Caller, KeyHasher, NewKey, Role, api_key_proto, check_pepper};
 use switchbord_core::config::Secret;
 use switchbord_core::request::RequestId;
 use uuid::Uuid;
@@ -156,6 +156,8 @@ async fn on_database(
     let result = async {
         switchbord_core::db::run_migrations(opened.url()).await?;
         let mut connection = database::connect(opened.url()).await?;
+        // A key made with another pepper than the core's would never authenticate.
+        check_pepper(&mut connection, &hasher).await?;
         let actor = Caller::system("switchbord keys");
         let request_id = RequestId(Uuid::new_v4());
         anyhow::Ok(match command {

@@ -128,6 +128,21 @@ impl Running {
         (status, reply.json().await.unwrap_or(Json::Null))
     }
 
+    /// The exit status of a server that stops on its own (within two minutes).
+    fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for switchbord") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("switchbord did not stop: {}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then the exit status (within a minute).
     fn terminate(mut self) -> std::process::ExitStatus {
         let pid = i32::try_from(self.child.id()).expect("pid");
@@ -321,6 +336,33 @@ async fn runs_with_no_configuration_stops_cleanly_and_keeps_data_across_restarts
     assert_eq!(through_gateway["contact"]["id"], created["contact"]["id"]);
     assert!(gateway.terminate().success());
     assert!(second.terminate().success());
+
+    // Another pepper than the one the keys were made with (a different working directory, a
+    // second instance configured apart): refused, naming the setting, rather than every key
+    // refused later.
+    let another_pepper = "another-pepper-0123456789abcdef0123456789";
+    let key_with_another_pepper = Command::new(BINARY)
+        .env_remove("DATABASE_URL")
+        .env("SWITCHBORD_KEY_PEPPER", another_pepper)
+        .env("SWITCHBORD_DATA_DIR", data.path())
+        .args(["keys", "create", "--role", "user", "--name", "never-usable"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchbord keys");
+    let refusal = String::from_utf8_lossy(&key_with_another_pepper.stderr);
+    assert!(!key_with_another_pepper.status.success(), "{refusal}");
+    assert!(refusal.contains("SWITCHBORD_KEY_PEPPER"), "{refusal}");
+    let mut refused = Running::start(
+        data.path(),
+        &[("SWITCHBORD_KEY_PEPPER", another_pepper.to_owned())],
+    );
+    let exit = refused.wait_for_exit();
+    assert!(!exit.success(), "{exit}");
+    assert!(
+        refused.logs().contains("SWITCHBORD_KEY_PEPPER"),
+        "{}",
+        refused.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -547,3 +547,37 @@ async fn grpc_callers_get_the_same_checks() {
     assert_eq!(anonymous.code(), Code::Unauthenticated);
     assert!(bearer.is_ok(), "{bearer:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_core_with_another_pepper_than_its_databases_keys_refuses_to_start() {
+    use switchbord_core::access::BootstrapError;
+    use switchbord_core::config::{CoreConfig, Secret};
+    use switchbord_core::{CoreServer, StartupError};
+
+    let app = TestApp::spawn().await;
+    let loopback = "127.0.0.1:0".parse().expect("loopback address");
+    let with_pepper = |pepper: &str| CoreConfig {
+        key_pepper: Some(Secret::new(pepper)),
+        ..CoreConfig::with_addr(loopback)
+    };
+
+    let refused = CoreServer::build(
+        &with_pepper("another-pepper-0123456789abcdef0123456789"),
+        app.database.url(),
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StartupError::Bootstrap(BootstrapError::PepperMismatch))
+        ),
+        "{:?}",
+        refused.err()
+    );
+    let same = CoreServer::build(
+        &with_pepper(crate::helpers::TEST_PEPPER),
+        app.database.url(),
+    )
+    .await;
+    assert!(same.is_ok(), "{:?}", same.err());
+}

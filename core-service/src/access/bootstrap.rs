@@ -1,8 +1,10 @@
 //! The first admin key, created on first start so that no manual step stands between a new
 //! user and a working service.
 
+use diesel::QueryableByName;
 use diesel::sql_query;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel::sql_types::Text;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::caller::Caller;
@@ -31,6 +33,12 @@ pub enum Bootstrap {
 pub enum BootstrapError {
     #[error("SWITCHBORD_BOOTSTRAP_ADMIN_KEY {0}")]
     InvalidConfiguredKey(String),
+    #[error(
+        "the API key pepper is not the one this database's keys were made with, so every key would \
+         be refused: set SWITCHBORD_KEY_PEPPER to that pepper (unset, it is read from key-pepper in \
+         SWITCHBORD_DATA_DIR, relative to the working directory by default)"
+    )]
+    PepperMismatch,
     #[error("cannot create the bootstrap admin key")]
     Access(#[from] AccessError),
     #[error("cannot create the bootstrap admin key")]
@@ -40,6 +48,41 @@ pub enum BootstrapError {
 impl From<diesel::result::Error> for BootstrapError {
     fn from(error: diesel::result::Error) -> Self {
         Self::Db(DbError::from(error))
+    }
+}
+
+#[derive(QueryableByName)]
+struct RecordedPepper {
+    #[diesel(sql_type = Text)]
+    fingerprint: String,
+}
+
+/// Records the pepper's fingerprint on the database's first start, and refuses a pepper whose
+/// fingerprint differs from the recorded one. Also for tools that write keys to the database
+/// directly (`switchbord keys` without a core).
+pub async fn check_pepper(
+    connection: &mut AsyncPgConnection,
+    hasher: &KeyHasher,
+) -> Result<(), BootstrapError> {
+    let fingerprint = hasher.pepper_fingerprint();
+    let recorded: RecordedPepper = sql_query(
+        "WITH recorded AS (
+             INSERT INTO key_pepper (fingerprint) VALUES ($1)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING fingerprint
+         )
+         SELECT fingerprint FROM recorded
+         UNION ALL
+         SELECT fingerprint FROM key_pepper
+         LIMIT 1",
+    )
+    .bind::<Text, _>(&fingerprint)
+    .get_result(connection)
+    .await?;
+    if recorded.fingerprint == fingerprint {
+        Ok(())
+    } else {
+        Err(BootstrapError::PepperMismatch)
     }
 }
 
@@ -60,6 +103,7 @@ pub async fn bootstrap_admin_key(
             ))
             .execute(connection)
             .await?;
+            check_pepper(connection, hasher).await?;
             if store::count_keys(connection).await? > 0 {
                 return Ok(Bootstrap::KeysExist);
             }

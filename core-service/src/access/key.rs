@@ -57,6 +57,11 @@ impl KeyHasher {
         self.mac(b"key:", key).finalize().into_bytes().to_vec()
     }
 
+    /// A value that tells peppers apart without revealing them: the HMAC of a fixed label.
+    pub fn pepper_fingerprint(&self) -> String {
+        hex::encode(self.mac(b"pepper-fingerprint:", "").finalize().into_bytes())
+    }
+
     /// Whether `key` hashes to `stored`, compared in constant time.
     pub fn matches(&self, key: &str, stored: &[u8]) -> bool {
         self.mac(b"key:", key).verify_slice(stored).is_ok()

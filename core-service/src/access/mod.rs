@@ -17,7 +17,7 @@ mod service;
 mod store;
 
 pub use authenticate::Authenticator;
-pub use bootstrap::{Bootstrap, BootstrapError, bootstrap_admin_key};
+pub use bootstrap::{Bootstrap, BootstrapError, bootstrap_admin_key, check_pepper};
 pub use caller::Caller;
 pub use error::AccessError;
 pub use key::{KeyHasher, validate_custom_key};

@@ -6,7 +6,7 @@ pub mod fake_twenty;
 mod receiver;
 mod wait;
 
-pub use app::{Authed, HttpReply, TestApp, WithKey};
+pub use app::{Authed, HttpReply, TEST_PEPPER, TestApp, WithKey};
 pub use database::TestDatabase;
 pub use receiver::{Answer, Receiver};
 pub use wait::{
