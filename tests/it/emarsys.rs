@@ -937,6 +937,48 @@ async fn a_redelivery_answers_with_the_first_deliverys_contact_and_job() {
     assert_eq!(count(&app, &naming_the_job).await, 1);
 }
 
+/// A gRPC caller sends no body: its events are told apart by what they say, not all taken for
+/// redeliveries of the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_events_without_a_body_or_id_are_redeliveries_only_when_they_are_the_same_event() {
+    let app = TestApp::spawn().await;
+    let mut emarsys = EmarsysServiceClient::new(app.channel().await);
+    let event = |name: &str, phone: &str| IngestEmarsysEventRequest {
+        event_name: name.to_owned(),
+        flat: Some(EmarsysContact {
+            phone_number: phone.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let first = emarsys
+        .ingest_emarsys_event(event("order_placed", PHONE))
+        .await
+        .expect("first")
+        .into_inner();
+    let other = emarsys
+        .ingest_emarsys_event(event("signup", "+4915199999999"))
+        .await
+        .expect("another event")
+        .into_inner();
+    let same = emarsys
+        .ingest_emarsys_event(event("order_placed", PHONE))
+        .await
+        .expect("the first again")
+        .into_inner();
+
+    assert!(!first.duplicate);
+    assert!(!other.duplicate, "a different event is not a redelivery");
+    assert_ne!(other.webhook_event_id, first.webhook_event_id);
+    assert!(same.duplicate, "the same event again is");
+    assert_eq!(same.webhook_event_id, first.webhook_event_id);
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM webhook_events").await,
+        2
+    );
+}
+
 /// A redelivery that finds its expired key locked waits; when the holder commits a fresh take,
 /// the redelivery answers with that holder, not with the expired one it could still see.
 #[tokio::test(flavor = "multi_thread")]

@@ -56,13 +56,21 @@ impl Committed for IngestOutcome {
 }
 
 /// How a redelivery is recognised: the caller's Idempotency-Key, else Emarsys' own event or
-/// request id, else the exact body.
-fn delivery_key(request: &IngestEmarsysEventRequest) -> String {
+/// request id, else the exact body, else (a gRPC caller sends no body) the normalised event:
+/// keyed on an empty body, every such call after the first would pass for its redelivery.
+fn delivery_key(request: &IngestEmarsysEventRequest, event: &EmarsysEvent) -> String {
     if !request.idempotency_key.trim().is_empty() {
         return format!("idempotency:{}", request.idempotency_key.trim());
     }
     if !request.delivery_id.trim().is_empty() {
         return format!("delivery:{}", request.delivery_id.trim());
+    }
+    if request.raw_body.is_empty() {
+        let normalised = event.to_json().to_string();
+        return format!(
+            "event:{}",
+            hex::encode(Sha256::digest(normalised.as_bytes()))
+        );
     }
     format!(
         "body:{}",
@@ -171,7 +179,7 @@ async fn ingest_once(
         default_region,
         window,
     } = settings;
-    let key = &delivery_key(request);
+    let key = &delivery_key(request, event);
     let webhook_event_id = Uuid::now_v7();
     let job_id = Uuid::now_v7();
     let now = Utc::now();
