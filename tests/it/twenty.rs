@@ -434,6 +434,41 @@ async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_
             .all(|write| write.method != Method::POST),
         "no person was created"
     );
+    // The contacts knew only their phone numbers: what the CRM knew of the people stays.
+    let names: Vec<Json> = fake
+        .people()
+        .iter()
+        .filter(|person| person["id"] == whole["id"] || person["id"] == trunk["id"])
+        .map(|person| person["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            json!({"firstName": "Whole", "lastName": "Number"}),
+            json!({"firstName": "Trunk", "lastName": "Prefix"})
+        ]
+    );
+    // Nor does the contact's next change send its blanks.
+    app.upsert_contact(&json!({
+        "phone_number": "+4915112340090",
+        "person_properties": {"email": "whole@example.com"},
+    }))
+    .await;
+    eventually("the email reaches Twenty", async || {
+        fake.people().iter().any(|person| {
+            person["id"] == whole["id"] && person["emails"]["primaryEmail"] == "whole@example.com"
+        })
+    })
+    .await;
+    let whole_now = fake
+        .people()
+        .into_iter()
+        .find(|person| person["id"] == whole["id"])
+        .expect("the person");
+    assert_eq!(
+        whole_now["name"],
+        json!({"firstName": "Whole", "lastName": "Number"})
+    );
 
     for phone in ["+4915112340092", "+12025550123"] {
         let created = app.upsert_contact(&json!({"phone_number": phone})).await;

@@ -281,6 +281,10 @@ impl SyncHandler {
             Ok(Pushed::Unchanged { person_id, values }) => {
                 store(&mut db, &person_id, &values, None).await
             }
+            Ok(Pushed::Linked { person, values }) => {
+                let person_id = person_id(&person).unwrap_or_default();
+                store(&mut db, person_id, &values, updated_at(&person)).await
+            }
             Err(PushError::Gone) => {
                 records::unlink(&mut db, contact_id, "the person was deleted in Twenty", now)
                     .await
@@ -368,6 +372,9 @@ enum Pushed {
     Person(Json),
     /// Twenty already holds every mapped value; nothing was sent.
     Unchanged { person_id: String, values: Json },
+    /// First linked to a person found by its phone number, with only the fields the contact
+    /// holds written; `values` are the contact's, to compare its later changes with.
+    Linked { person: Json, values: Json },
 }
 
 enum PushError {
@@ -420,9 +427,17 @@ impl Target<'_> {
             };
         }
         if let Some(person) = self.unlinked_person_with_phone(contact).await? {
-            let changed = changed(&desired, &self.mapping.twenty_holds(&person));
+            // Only the fields the contact holds: its blank ones (a contact a trigger created
+            // knows only its phone) would erase what the CRM knows of the person. The values
+            // recorded are the contact's, blanks included, so that its next change does not
+            // send them either; Twenty's own reach the contact with the person's next webhook.
+            let values = values_json(desired.clone());
+            let changed: Values = changed(&desired, &self.mapping.twenty_holds(&person))
+                .into_iter()
+                .filter(|(_, value)| !value.is_null())
+                .collect();
             if changed.is_empty() {
-                return Ok(Pushed::Person(person));
+                return Ok(Pushed::Linked { person, values });
             }
             let person_id = person_id(&person).unwrap_or_default();
             let body = self.mapping.request_body(&changed);
@@ -431,7 +446,7 @@ impl Target<'_> {
                 .update_person(self.twenty, person_id, &body)
                 .await
             {
-                Ok(person) => return Ok(Pushed::Person(person)),
+                Ok(person) => return Ok(Pushed::Linked { person, values }),
                 // Deleted since it was found: the contact is not linked to it, so it is as
                 // if it had not been found.
                 Err(TwentyError::NotFound) => {}
