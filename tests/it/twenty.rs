@@ -479,6 +479,48 @@ async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_
 }
 
 #[tokio::test]
+async fn a_person_sharing_a_linked_contacts_reference_does_not_take_it_over() {
+    let (app, _fake) = connected().await;
+    let first = "7b0c2b9e-0000-4000-8000-0000000000e1";
+    let mut holder = person_record(first, "First", "Holder", "first@example.com", "15112340101");
+    holder["externalReferenceId"] = json!("crm-shared");
+    send_webhook(&app, "person.created", &holder).await;
+    let contact = contact_by_phone(&app, "+4915112340101").await;
+    let contact_id = contact["id"].as_str().unwrap().to_owned();
+    assert_eq!(sync_of(&app, &contact_id).await["person_id"], first);
+
+    // A duplicate in Twenty with the same reference and another phone number.
+    let second = "7b0c2b9e-0000-4000-8000-0000000000e2";
+    let mut duplicate = person_record(
+        second,
+        "Second",
+        "Holder",
+        "second@example.com",
+        "15112340102",
+    );
+    duplicate["externalReferenceId"] = json!("crm-shared");
+    let reply = send_webhook(&app, "person.created", &duplicate).await;
+
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "skipped",
+        "{}",
+        reply.text
+    );
+    assert!(
+        reply.body["results"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(first),
+        "{}",
+        reply.text
+    );
+    assert_eq!(sync_of(&app, &contact_id).await["person_id"], first);
+    let still = contact_by_phone(&app, "+4915112340101").await;
+    assert_eq!(still["id"], contact_id, "the contact kept its phone number");
+    assert_eq!(still["name"], "First Holder");
+}
+
+#[tokio::test]
 async fn a_custom_mapping_is_validated_and_syncs_chosen_properties() {
     let (app, fake) = connected().await;
     let path = format!("{BASE}/mapping");

@@ -320,6 +320,30 @@ impl Apply<'_> {
         let existing = contacts::find_by_phone(connection, upsert.phone_number.as_str())
             .await
             .optional()?;
+        // No contact has the phone number: the upsert would address the contact with the
+        // person's external reference id, changing its phone. One linked to another person is
+        // not this person's to take (two people sharing a reference would take it in turns).
+        if existing.is_none()
+            && let Some(reference) = upsert.external_reference_id.as_deref()
+            && let Some(by_reference) = contacts::find_by_reference(connection, reference)
+                .await
+                .optional()?
+            && let Some(other) = records::find(connection, by_reference.id)
+                .await?
+                .and_then(|link| link.person_id)
+        {
+            return Ok((
+                result(
+                    person_id,
+                    Some(by_reference.id),
+                    Outcome::Skipped,
+                    &format!(
+                        "the contact with this external reference id is linked to person {other}"
+                    ),
+                ),
+                false,
+            ));
+        }
         if let Some(existing) = &existing {
             let link = records::find(connection, existing.id).await?;
             if let Some(other) = link.as_ref().and_then(|link| link.person_id.as_deref()) {
