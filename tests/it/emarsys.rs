@@ -1130,6 +1130,17 @@ async fn operators_configure_flows_and_rules_over_rest() {
     let gone = app
         .send(Method::GET, "/api/v1/admin/flows/welcome", &manager, "")
         .await;
+    let deleted_again = app
+        .send(Method::DELETE, "/api/v1/admin/flows/welcome", &manager, "")
+        .await;
+    let no_rule = app
+        .send(
+            Method::DELETE,
+            "/api/v1/admin/event-rules/never-configured",
+            &manager,
+            "",
+        )
+        .await;
 
     assert_eq!(flow.status, 200, "{}", flow.text);
     assert_eq!(flow.body["enabled"], true);
@@ -1149,6 +1160,23 @@ async fn operators_configure_flows_and_rules_over_rest() {
     assert_eq!(as_user.status, 403);
     assert_eq!(deleted.status, 200);
     assert_eq!(gone.status, 404);
+    assert_eq!(deleted_again.status, 404, "{}", deleted_again.text);
+    assert!(
+        deleted_again.text.contains("flow not found"),
+        "{}",
+        deleted_again.text
+    );
+    assert_eq!(no_rule.status, 404, "{}", no_rule.text);
+    assert!(
+        no_rule.text.contains("event rule not found"),
+        "{}",
+        no_rule.text
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM audit_entries WHERE action IN ('flow.delete', 'event_rule.delete')").await,
+        1,
+        "only the deletion that happened is audited"
+    );
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {

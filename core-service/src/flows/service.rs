@@ -65,6 +65,25 @@ fn not_found(what: &'static str) -> Status {
     ServiceError::NotFound(what).into()
 }
 
+/// A delete that found nothing fails inside the audited transaction, so that no audit entry
+/// records a deletion that did not happen.
+fn nothing_deleted_rolls_back(deleted: usize) -> QueryResult<((), Vec<&'static str>)> {
+    if deleted == 0 {
+        Err(diesel::result::Error::NotFound)
+    } else {
+        Ok(((), Vec::new()))
+    }
+}
+
+/// The not-found of a delete, naming what was not found.
+fn named_not_found(status: Status, what: &'static str) -> Status {
+    if status.code() == tonic::Code::NotFound {
+        not_found(what)
+    } else {
+        status
+    }
+}
+
 #[tonic::async_trait]
 impl FlowService for FlowsGrpc {
     async fn put_flow(
@@ -128,19 +147,16 @@ impl FlowService for FlowsGrpc {
     ) -> Result<Response<DeleteFlowResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
         let id = request.into_inner().id.trim().to_owned();
-        let deleted = self
-            .audited(&context, "flow.delete", "flow", id.clone(), |connection| {
-                Box::pin(async move {
-                    let deleted = diesel::delete(flows::table.find(id.clone()))
-                        .execute(connection)
-                        .await?;
-                    Ok((deleted, Vec::new()))
-                })
+        self.audited(&context, "flow.delete", "flow", id.clone(), |connection| {
+            Box::pin(async move {
+                let deleted = diesel::delete(flows::table.find(id.clone()))
+                    .execute(connection)
+                    .await?;
+                nothing_deleted_rolls_back(deleted)
             })
-            .await?;
-        if deleted == 0 {
-            return Err(not_found("flow"));
-        }
+        })
+        .await
+        .map_err(|status| named_not_found(status, "flow"))?;
         Ok(Response::new(DeleteFlowResponse {}))
     }
 
@@ -201,25 +217,22 @@ impl FlowService for FlowsGrpc {
     ) -> Result<Response<DeleteEventRuleResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
         let event_name = request.into_inner().event_name.trim().to_owned();
-        let deleted = self
-            .audited(
-                &context,
-                "event_rule.delete",
-                "event_rule",
-                event_name.clone(),
-                |connection| {
-                    Box::pin(async move {
-                        let deleted = diesel::delete(event_rules::table.find(event_name.clone()))
-                            .execute(connection)
-                            .await?;
-                        Ok((deleted, Vec::new()))
-                    })
-                },
-            )
-            .await?;
-        if deleted == 0 {
-            return Err(not_found("event rule"));
-        }
+        self.audited(
+            &context,
+            "event_rule.delete",
+            "event_rule",
+            event_name.clone(),
+            |connection| {
+                Box::pin(async move {
+                    let deleted = diesel::delete(event_rules::table.find(event_name.clone()))
+                        .execute(connection)
+                        .await?;
+                    nothing_deleted_rolls_back(deleted)
+                })
+            },
+        )
+        .await
+        .map_err(|status| named_not_found(status, "event rule"))?;
         Ok(Response::new(DeleteEventRuleResponse {}))
     }
 }
