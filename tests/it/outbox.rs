@@ -33,6 +33,7 @@ enum Behaviour {
     Fail,
     Block(Arc<Notify>),
     Defer(Duration),
+    Panic,
 }
 
 /// Records every run in `test_job_runs`, then behaves as told.
@@ -64,6 +65,7 @@ impl JobHandler for Recorder {
                     Ok(())
                 }
                 Behaviour::Defer(after) => Err(JobError::Defer { after: *after }),
+                Behaviour::Panic => panic!("the handler broke"),
             }
         })
     }
@@ -259,11 +261,13 @@ struct JobState {
     run_after: chrono::DateTime<chrono::Utc>,
     #[diesel(sql_type = Timestamptz)]
     updated_at: chrono::DateTime<chrono::Utc>,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
 }
 
 async fn job_state(setup: &Setup, id: Uuid) -> JobState {
     let mut connection = setup.database.connect().await;
-    sql_query("SELECT status, attempts, lease_owner, run_after, updated_at FROM outbox_jobs WHERE id = $1")
+    sql_query("SELECT status, attempts, lease_owner, run_after, updated_at, last_error FROM outbox_jobs WHERE id = $1")
         .bind::<diesel::sql_types::Uuid, _>(id)
         .get_result(&mut connection)
         .await
@@ -505,6 +509,77 @@ async fn a_job_whose_worker_died_runs_again_after_its_lease_expires() {
     worker.stop().await;
 
     assert_eq!(job_state(&setup, id).await.attempts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_handler_panics_fails_its_attempt_and_is_dead_lettered_after_the_last() {
+    let setup = setup().await;
+    let worker = RunningWorker::start(&setup, Behaviour::Panic, Arc::new(SystemClock), fast());
+    let id = enqueue_mortal(&setup).await;
+
+    eventually("the job is dead", || async {
+        job_state(&setup, id).await.status == "dead"
+    })
+    .await;
+    worker.stop().await;
+
+    let state = job_state(&setup, id).await;
+    assert_eq!(state.attempts, 1);
+    assert!(
+        state
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("panicked: the handler broke")),
+        "{state:?}"
+    );
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_dead_letters").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_lease_expired_on_its_last_attempt_is_dead_lettered_not_run_again() {
+    let setup = setup().await;
+    let id = Uuid::new_v4();
+    let mut connection = setup.database.connect().await;
+    // Its third and last attempt stopped the process that ran it.
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+                                  lease_owner, lease_expires_at, created_at, updated_at)
+         VALUES ($1, 'test.record', '{}', 'running', 3, 3, now(), 'crashed-worker',
+                 now() - interval '1 second', now(), now())",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .execute(&mut connection)
+    .await
+    .expect("insert a claimed job");
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
+
+    eventually("the job is dead", || async {
+        job_state(&setup, id).await.status == "dead"
+    })
+    .await;
+    worker.stop().await;
+
+    let state = job_state(&setup, id).await;
+    assert!(
+        state
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("lease of its last attempt")),
+        "{state:?}"
+    );
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_job_runs").await,
+        0,
+        "not run again"
+    );
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_dead_letters").await,
+        1,
+        "its handler ended its work"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! records each outcome.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures::FutureExt;
 use switchbord_telemetry as telemetry;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -427,6 +429,13 @@ async fn claim(
 pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
     let started = Instant::now();
     let result = match inner.registry.get(&job.kind) {
+        // Claimed again after the lease of its last attempt expired: that attempt stopped the
+        // process or outran the lease (an out-of-memory kill, a hang). Run again, it would do
+        // so each lease period for ever, never dead-lettered.
+        _ if job.attempts > job.max_attempts => Err(JobError::Permanent(format!(
+            "the lease of its last attempt ({} of {}) expired before it ended",
+            job.max_attempts, job.max_attempts
+        ))),
         None => Err(JobError::retry(format!(
             "no handler for job kind `{}` on this instance",
             job.kind
@@ -434,8 +443,15 @@ pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSe
         Some(handler) => {
             // Stop well inside the lease, so that no other worker starts the same job meanwhile.
             let limit = inner.config.lease.mul_f64(0.9);
-            match tokio::time::timeout(limit, handler.run(&job, &inner.context)).await {
-                Ok(result) => result,
+            // A panic is a failed attempt, retried and in the end dead-lettered like any other;
+            // unwinding the job's task would leave it running until its lease expired.
+            let run = AssertUnwindSafe(handler.run(&job, &inner.context)).catch_unwind();
+            match tokio::time::timeout(limit, run).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(JobError::retry(format!(
+                    "the handler panicked: {}",
+                    panic_message(panic.as_ref())
+                ))),
                 Err(_) => Err(JobError::retry(format!(
                     "timed out after {} s",
                     limit.as_secs()
@@ -444,6 +460,15 @@ pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSe
         }
     };
     conclude(&inner.context, &job, result, started).await;
+}
+
+/// What a panic said, when it said it as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The longest a job is put off in one step. Delays come from bounded schedules and from
