@@ -401,6 +401,31 @@ async fn a_person_found_by_phone_and_deleted_before_its_update_is_replaced_by_a_
 }
 
 #[tokio::test]
+async fn a_404_that_is_not_twentys_fails_the_sync_and_keeps_the_link() {
+    let (app, fake) = connected().await;
+    let created = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915112340094", "person_properties": {"name": "Kept Link"}}),
+        )
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    let person_id = wait_for_status(&app, &contact_id, "synced").await["person_id"].clone();
+    assert!(person_id.is_string());
+
+    // A reverse proxy answers the update with its own 404 page.
+    fake.fail_next(Failure::ProxyNotFound);
+    app.upsert_contact(&json!({
+        "phone_number": "+4915112340094",
+        "person_properties": {"email": "kept@example.com"},
+    }))
+    .await;
+
+    let failed = wait_for_status(&app, &contact_id, "failed").await;
+    assert_eq!(failed["person_id"], person_id, "still linked: {failed}");
+    assert_eq!(fake.people().len(), 1);
+}
+
+#[tokio::test]
 async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_duplicated() {
     let (app, fake) = connected().await;
     let whole = fake.insert_person(json!({

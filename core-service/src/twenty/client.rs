@@ -250,7 +250,9 @@ impl TwentyClient {
         let status_code = status.as_u16();
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => TwentyError::RateLimited { retry_after },
-            StatusCode::NOT_FOUND => TwentyError::NotFound,
+            // Only Twenty's own "not found" says the person is gone (and unlinks its contact);
+            // a proxy's page or a wrong base path answers 404 too, and is a failed call.
+            StatusCode::NOT_FOUND if is_twenty_not_found(&text) => TwentyError::NotFound,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => TwentyError::Unauthorized {
                 status: status_code,
                 message,
@@ -331,6 +333,14 @@ fn take(mut answer: Json, path: &[&str]) -> Result<Json, TwentyError> {
 
 /// Twenty's own words from an error body (`{"messages": [...]}` or `{"message": ...}`), made
 /// storable.
+/// Whether a 404's body is Twenty's error: `{"statusCode": 404, "error": …, "messages": […]}`.
+fn is_twenty_not_found(text: &str) -> bool {
+    serde_json::from_str::<Json>(text)
+        .ok()
+        .and_then(|body| body.get("statusCode").and_then(Json::as_u64))
+        == Some(404)
+}
+
 fn error_message(text: &str) -> String {
     storable_text(own_words(text))
 }

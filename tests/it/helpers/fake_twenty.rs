@@ -39,6 +39,9 @@ pub enum Failure {
     Oversized,
     /// Someone deletes the person this request names in Twenty just before it arrives.
     DeletedFirst,
+    /// A 404 that is not Twenty's: a reverse proxy's page during a deploy, or a base URL whose
+    /// path is wrong.
+    ProxyNotFound,
 }
 
 #[derive(Default)]
@@ -172,6 +175,12 @@ async fn handle(
             Failure::BadRequest(message) => {
                 twenty_error(StatusCode::BAD_REQUEST, "BadRequestException", &message)
             }
+            Failure::ProxyNotFound => (
+                StatusCode::NOT_FOUND,
+                [("content-type", "text/html")],
+                "<html><body><h1>404 Not Found</h1></body></html>",
+            )
+                .into_response(),
             Failure::Oversized => {
                 let chunk = Bytes::from(vec![b' '; 64 * 1024]);
                 let chunks = std::iter::repeat_n(chunk, 128).map(Ok::<_, std::io::Error>);
