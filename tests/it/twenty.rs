@@ -426,6 +426,32 @@ async fn a_404_that_is_not_twentys_fails_the_sync_and_keeps_the_link() {
 }
 
 #[tokio::test]
+async fn syncs_left_pending_while_disconnected_run_when_twenty_is_connected_again() {
+    let (app, fake) = connected().await;
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340095", "person_properties": {"name": "Re Connected"}}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+
+    let deleted = admin(&app, Method::DELETE, &format!("{BASE}/connection"), None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    // A sync job that ran meanwhile found no connection and ended, leaving its contact
+    // pending with no job to come.
+    execute(&app, "UPDATE twenty_contact_syncs SET status = 'pending'").await;
+
+    let reconnected = admin(
+        &app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    assert_eq!(reconnected.status, 200, "{}", reconnected.text);
+    wait_for_status(&app, &contact_id, "synced").await;
+}
+
+#[tokio::test]
 async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_duplicated() {
     let (app, fake) = connected().await;
     let whole = fake.insert_person(json!({

@@ -14,7 +14,7 @@ use super::mapping::{
     ContactField, Direction, Mapping, MappingEntry, TwentyField, default_entries,
 };
 use super::records::{self, SyncStatus};
-use super::sync::queue_sync;
+use super::sync::{queue_sync, queue_syncs};
 use super::{connection, mapping_store};
 use crate::audit::{self, AuditRecord};
 use crate::config_watch::ConfigWatch;
@@ -146,16 +146,29 @@ impl TwentyService for TwentyGrpc {
         }
         let entry =
             AuditRecord::new(&context, "twenty.connection.set", "twenty").changing(&changed);
-        let stored = audit::audited(&mut connection, entry, |connection| {
+        let (stored, requeued) = audit::audited(&mut connection, entry, |connection| {
             Box::pin(async move {
                 let current = connection::load(connection).await?;
+                let connecting = current.is_none();
                 let row = connection::apply(current, &request, policy, now)
                     .map_err(ServiceError::InvalidArgument)?;
                 connection::save(connection, &row).await?;
-                Ok::<_, ServiceError>(row)
+                // Syncs whose job ran while there was no connection ended there and left their
+                // contacts pending, with no job to come: a new connection takes them up.
+                let requeued = if connecting {
+                    let pending = records::pending_contacts(connection).await?;
+                    queue_syncs(connection, &pending).await?;
+                    !pending.is_empty()
+                } else {
+                    false
+                };
+                Ok::<_, ServiceError>((row, requeued))
             })
         })
         .await?;
+        if requeued {
+            self.announcer.jobs_queued();
+        }
         self.config.changed();
         Ok(Response::new(SetTwentyConnectionResponse {
             connection: Some((&stored).into()),

@@ -124,6 +124,18 @@ pub async fn queue_sync(
     .map(drop)
 }
 
+/// Queues a `twenty.sync` job for each of `contacts`, in one statement.
+pub async fn queue_syncs(
+    connection: &mut AsyncPgConnection,
+    contacts: &[Uuid],
+) -> diesel::QueryResult<()> {
+    let jobs: Vec<NewJob> = contacts
+        .iter()
+        .map(|contact_id| NewJob::new(SYNC_JOB, json!({"contact_id": contact_id}), None))
+        .collect();
+    outbox::enqueue_many(connection, &jobs).await
+}
+
 /// Runs `twenty.sync` jobs.
 pub struct SyncHandler {
     client: TwentyClient,
