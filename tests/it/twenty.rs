@@ -452,6 +452,37 @@ async fn syncs_left_pending_while_disconnected_run_when_twenty_is_connected_agai
 }
 
 #[tokio::test]
+async fn a_person_created_while_its_contact_changed_is_kept_not_created_twice() {
+    let (app, fake) = connected().await;
+    fake.slow_down(std::time::Duration::from_millis(500));
+    let created = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915112340096", "external_reference_id": "crm-moving"}),
+        )
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    // The lookup by phone, then the create; while the create is on its way, the contact's
+    // phone number changes (found by its reference).
+    eventually("the create is on its way", async || fake.arrivals() == 2).await;
+    app.upsert_contact(
+        &json!({"phone_number": "+4915112340097", "external_reference_id": "crm-moving"}),
+    )
+    .await;
+    fake.slow_down(std::time::Duration::ZERO);
+
+    eventually("the person has the new number", async || {
+        fake.people()
+            .iter()
+            .any(|person| person["phones"]["primaryPhoneNumber"] == "15112340097")
+    })
+    .await;
+    let synced = wait_for_status(&app, &contact_id, "synced").await;
+    let people = fake.people();
+    assert_eq!(people.len(), 1, "one person: {people:?}");
+    assert_eq!(synced["person_id"], people[0]["id"]);
+}
+
+#[tokio::test]
 async fn people_imported_with_the_whole_number_or_a_trunk_prefix_are_linked_not_duplicated() {
     let (app, fake) = connected().await;
     let whole = fake.insert_person(json!({

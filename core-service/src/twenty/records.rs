@@ -278,6 +278,26 @@ pub async fn record_synced_if_unchanged(
     .map(|updated| updated == 1)
 }
 
+/// Links the contact to `person_id` if it is linked to no person (and was not unlinked by a
+/// deletion in Twenty), leaving its values and status to the next sync.
+pub async fn link_if_unlinked(
+    connection: &mut AsyncPgConnection,
+    contact_id: Uuid,
+    person_id: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(
+        syncs::table
+            .find(contact_id)
+            .filter(syncs::person_id.is_null())
+            .filter(syncs::status.ne(SyncStatus::Unlinked.as_str())),
+    )
+    .set((syncs::person_id.eq(person_id), syncs::updated_at.eq(now)))
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
 /// A sync attempt failed; `status` is pending (to be retried) or failed (for good). A link that
 /// a webhook unlinked meanwhile stays unlinked.
 pub async fn record_failure(

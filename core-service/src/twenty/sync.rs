@@ -278,7 +278,13 @@ impl SyncHandler {
                 Ok(())
             } else {
                 // A webhook or another sync changed the link meanwhile: compare again with
-                // what it stored (not an attempt of this job's).
+                // what it stored (not an attempt of this job's). A person this job created or
+                // first linked is kept all the same, unless the contact was linked meanwhile:
+                // the rerun would look it up by a phone number that may have changed since,
+                // and create a second one.
+                records::link_if_unlinked(db, contact_id, person_id, now)
+                    .await
+                    .map_err(retry)?;
                 Err(JobError::Defer {
                     after: std::time::Duration::ZERO,
                 })
