@@ -452,6 +452,39 @@ async fn syncs_left_pending_while_disconnected_run_when_twenty_is_connected_agai
 }
 
 #[tokio::test]
+async fn a_contact_that_changes_while_first_linked_by_phone_never_writes_its_blanks() {
+    let (app, fake) = connected().await;
+    let person = fake.insert_person(json!({
+        "name": {"firstName": "Kept", "lastName": "Name"},
+        "phones": {"primaryPhoneNumber": "15112340098", "primaryPhoneCallingCode": "+49"},
+    }));
+    fake.slow_down(std::time::Duration::from_millis(500));
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340098"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    // While the lookup that finds the person is on its way, the contact changes.
+    eventually("the lookup is on its way", async || fake.arrivals() == 1).await;
+    app.upsert_contact(&json!({
+        "phone_number": "+4915112340098",
+        "person_properties": {"email": "kept@example.com"},
+    }))
+    .await;
+    fake.slow_down(std::time::Duration::ZERO);
+
+    eventually("the email reaches Twenty", async || {
+        fake.people()[0]["emails"]["primaryEmail"] == "kept@example.com"
+    })
+    .await;
+    let synced = wait_for_status(&app, &contact_id, "synced").await;
+    assert_eq!(synced["person_id"], person["id"]);
+    assert_eq!(
+        fake.people()[0]["name"],
+        json!({"firstName": "Kept", "lastName": "Name"})
+    );
+}
+
+#[tokio::test]
 async fn a_person_created_while_its_contact_changed_is_kept_not_created_twice() {
     let (app, fake) = connected().await;
     fake.slow_down(std::time::Duration::from_millis(500));

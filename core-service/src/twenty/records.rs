@@ -278,12 +278,16 @@ pub async fn record_synced_if_unchanged(
     .map(|updated| updated == 1)
 }
 
-/// Links the contact to `person_id` if it is linked to no person (and was not unlinked by a
-/// deletion in Twenty), leaving its values and status to the next sync.
+/// Links the contact to `person_id`, with the values the sync left it holding, if it is linked
+/// to no person (and was not unlinked by a deletion in Twenty), leaving its status to the next
+/// sync. Without the values, that sync would compare the contact with none and write its
+/// blanks too.
 pub async fn link_if_unlinked(
     connection: &mut AsyncPgConnection,
     contact_id: Uuid,
     person_id: &str,
+    values: &Json,
+    remote_updated_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
     diesel::update(
@@ -292,7 +296,12 @@ pub async fn link_if_unlinked(
             .filter(syncs::person_id.is_null())
             .filter(syncs::status.ne(SyncStatus::Unlinked.as_str())),
     )
-    .set((syncs::person_id.eq(person_id), syncs::updated_at.eq(now)))
+    .set((
+        syncs::person_id.eq(person_id),
+        syncs::synced_values.eq(values),
+        syncs::remote_updated_at.eq(remote_updated_at),
+        syncs::updated_at.eq(now),
+    ))
     .execute(connection)
     .await
     .map(drop)

@@ -282,7 +282,7 @@ impl SyncHandler {
                 // first linked is kept all the same, unless the contact was linked meanwhile:
                 // the rerun would look it up by a phone number that may have changed since,
                 // and create a second one.
-                records::link_if_unlinked(db, contact_id, person_id, now)
+                records::link_if_unlinked(db, contact_id, person_id, values, remote, now)
                     .await
                     .map_err(retry)?;
                 Err(JobError::Defer {
