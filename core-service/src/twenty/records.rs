@@ -422,15 +422,6 @@ pub async fn failed_page(
     query.load(connection).await
 }
 
-/// The contacts whose sync is pending.
-pub async fn pending_contacts(connection: &mut AsyncPgConnection) -> QueryResult<Vec<Uuid>> {
-    syncs::table
-        .filter(syncs::status.eq(SyncStatus::Pending.as_str()))
-        .select(syncs::contact_id)
-        .load(connection)
-        .await
-}
-
 /// Sets failed (or, when `contact_id` names one, failed or unlinked) syncs back to pending and
 /// returns their contacts.
 pub async fn requeue(

@@ -14,7 +14,7 @@ use super::mapping::{
     ContactField, Direction, Mapping, MappingEntry, TwentyField, default_entries,
 };
 use super::records::{self, SyncStatus};
-use super::sync::{queue_sync, queue_syncs};
+use super::sync::{queue_pending_syncs, queue_sync};
 use super::{connection, mapping_store};
 use crate::audit::{self, AuditRecord};
 use crate::config_watch::ConfigWatch;
@@ -155,13 +155,7 @@ impl TwentyService for TwentyGrpc {
                 connection::save(connection, &row).await?;
                 // Syncs whose job ran while there was no connection ended there and left their
                 // contacts pending, with no job to come: a new connection takes them up.
-                let requeued = if connecting {
-                    let pending = records::pending_contacts(connection).await?;
-                    queue_syncs(connection, &pending).await?;
-                    !pending.is_empty()
-                } else {
-                    false
-                };
+                let requeued = connecting && queue_pending_syncs(connection).await? > 0;
                 Ok::<_, ServiceError>((row, requeued))
             })
         })

@@ -124,16 +124,24 @@ pub async fn queue_sync(
     .map(drop)
 }
 
-/// Queues a `twenty.sync` job for each of `contacts`, in one statement.
-pub async fn queue_syncs(
-    connection: &mut AsyncPgConnection,
-    contacts: &[Uuid],
-) -> diesel::QueryResult<()> {
-    let jobs: Vec<NewJob> = contacts
-        .iter()
-        .map(|contact_id| NewJob::new(SYNC_JOB, json!({"contact_id": contact_id}), None))
-        .collect();
-    outbox::enqueue_many(connection, &jobs).await
+/// Queues a `twenty.sync` job for every contact whose sync is pending, in one statement
+/// however many there are (a list of rows would run out of bind parameters past some
+/// thousands), and answers how many.
+pub async fn queue_pending_syncs(connection: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
+    use diesel::sql_types::{Int4, Text, Timestamptz};
+    use diesel_async::RunQueryDsl;
+    let now = chrono::Utc::now();
+    diesel::sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at)
+         SELECT gen_random_uuid(), $1, jsonb_build_object('contact_id', contact_id), $2, $3, $3, $3
+           FROM twenty_contact_syncs
+          WHERE status = 'pending'",
+    )
+    .bind::<Text, _>(SYNC_JOB.name)
+    .bind::<Int4, _>(SYNC_JOB.max_attempts)
+    .bind::<Timestamptz, _>(now)
+    .execute(connection)
+    .await
 }
 
 /// Runs `twenty.sync` jobs.
