@@ -1174,6 +1174,81 @@ async fn two_updates_of_different_fields_at_once_both_keep_their_change() {
     assert_eq!(stored.event_types, ["webhook.test"]);
 }
 
+#[derive(diesel::QueryableByName)]
+struct StoredTarget {
+    #[diesel(sql_type = Text)]
+    url: String,
+    #[diesel(sql_type = Text)]
+    token: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_replaced_while_the_url_moves_never_end_up_on_the_new_origin() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::spawn().await;
+    let (old_origin, new_origin) = (Receiver::start().await, Receiver::start().await);
+    let endpoint = client(&app)
+        .await
+        .create_endpoint(CreateEndpointRequest {
+            url: old_origin.url(),
+            headers: [("X-Token".to_owned(), "for-the-old-origin".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    let mut holder = hold_endpoint(&app, &endpoint.id).await;
+    // First in line: a move with the new origin's token. Second: new credentials for the
+    // old origin, sent by someone who read the endpoint before the move.
+    let mut updates = Vec::new();
+    for (waiting, update) in [
+        UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            url: Some(new_origin.url()),
+            headers: [("X-Token".to_owned(), "for-the-new-origin".to_owned())].into(),
+            replace_headers: true,
+            ..Default::default()
+        },
+        UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            headers: [(
+                "X-Token".to_owned(),
+                "rotated-for-the-old-origin".to_owned(),
+            )]
+            .into(),
+            replace_headers: true,
+            ..Default::default()
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut webhooks = client(&app).await;
+        updates.push(tokio::spawn(async move {
+            webhooks.update_endpoint(update).await.expect("update")
+        }));
+        until_waiting_for_locks(&app.database, i64::try_from(waiting).unwrap() + 1).await;
+    }
+    holder.batch_execute("COMMIT").await.expect("release");
+    for update in updates {
+        update.await.expect("update");
+    }
+
+    let mut connection = app.database.connect().await;
+    let stored: StoredTarget = sql_query(format!(
+        "SELECT url, headers ->> 'x-token' AS token FROM webhook_endpoints WHERE id = '{}'",
+        endpoint.id
+    ))
+    .get_result(&mut connection)
+    .await
+    .expect("endpoint");
+    let consistent = (stored.url == new_origin.url() && stored.token == "for-the-new-origin")
+        || (stored.url == old_origin.url() && stored.token == "rotated-for-the-old-origin");
+    assert!(consistent, "{} with {}", stored.url, stored.token);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rest_mapping_covers_configuration_and_the_delivery_log() {
     use reqwest::Method;

@@ -539,6 +539,13 @@ impl WebhookService for WebhooksGrpc {
             changed.push("rate_limit_per_second");
         }
         drop(connection);
+        // The URL and the headers are written as a pair, as checked above: written apart, an
+        // update of the headers alone (credentials for the old origin) racing one that moves
+        // the URL could leave them on the new one.
+        if changes.url.is_some() || changes.headers.is_some() {
+            changes.url.get_or_insert_with(|| row.url.clone());
+            changes.headers.get_or_insert_with(|| row.headers.clone());
+        }
         let id = row.id;
         let stored = self
             .audited(
