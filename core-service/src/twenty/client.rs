@@ -250,9 +250,14 @@ impl TwentyClient {
         let status_code = status.as_u16();
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => TwentyError::RateLimited { retry_after },
-            // Only Twenty's own "not found" says the person is gone (and unlinks its contact);
-            // a proxy's page or a wrong base path answers 404 too, and is a failed call.
+            // Only Twenty's own "not found" says the person is gone (and unlinks its contact).
+            // A proxy's page while Twenty is being deployed answers 404 too: retried like a
+            // server error, and failed after the last attempt (a wrong base path, for good).
             StatusCode::NOT_FOUND if is_twenty_not_found(&text) => TwentyError::NotFound,
+            StatusCode::NOT_FOUND => TwentyError::Server {
+                status: status_code,
+                message,
+            },
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => TwentyError::Unauthorized {
                 status: status_code,
                 message,
@@ -331,8 +336,6 @@ fn take(mut answer: Json, path: &[&str]) -> Result<Json, TwentyError> {
     Ok(answer)
 }
 
-/// Twenty's own words from an error body (`{"messages": [...]}` or `{"message": ...}`), made
-/// storable.
 /// Whether a 404's body is Twenty's error: `{"statusCode": 404, "error": …, "messages": […]}`.
 fn is_twenty_not_found(text: &str) -> bool {
     serde_json::from_str::<Json>(text)
@@ -341,6 +344,8 @@ fn is_twenty_not_found(text: &str) -> bool {
         == Some(404)
 }
 
+/// Twenty's own words from an error body (`{"messages": [...]}` or `{"message": ...}`), made
+/// storable.
 fn error_message(text: &str) -> String {
     storable_text(own_words(text))
 }
