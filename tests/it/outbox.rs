@@ -539,15 +539,45 @@ async fn a_job_whose_handler_panics_fails_its_attempt_and_is_dead_lettered_after
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_job_whose_lease_expired_on_its_last_attempt_is_dead_lettered_not_run_again() {
+async fn a_job_whose_last_attempt_lost_its_outcome_runs_once_more() {
     let setup = setup().await;
     let id = Uuid::new_v4();
     let mut connection = setup.database.connect().await;
-    // Its third and last attempt stopped the process that ran it.
+    // Its last attempt succeeded, but its success was never written before the lease expired.
     sql_query(
         "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
                                   lease_owner, lease_expires_at, created_at, updated_at)
          VALUES ($1, 'test.record', '{}', 'running', 3, 3, now(), 'crashed-worker',
+                 now() - interval '1 second', now(), now())",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .execute(&mut connection)
+    .await
+    .expect("insert a claimed job");
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
+
+    eventually("the job ran once more and succeeded", || async {
+        job_state(&setup, id).await.status == "succeeded"
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_dead_letters").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_last_attempt_and_its_extra_run_both_outran_their_lease_is_dead() {
+    let setup = setup().await;
+    let id = Uuid::new_v4();
+    let mut connection = setup.database.connect().await;
+    // Its third and last attempt stopped the process that ran it, and so did the one more run
+    // it is given (in case only its outcome was lost).
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+                                  lease_owner, lease_expires_at, created_at, updated_at)
+         VALUES ($1, 'test.record', '{}', 'running', 4, 3, now(), 'crashed-worker',
                  now() - interval '1 second', now(), now())",
     )
     .bind::<diesel::sql_types::Uuid, _>(id)
@@ -567,7 +597,7 @@ async fn a_job_whose_lease_expired_on_its_last_attempt_is_dead_lettered_not_run_
         state
             .last_error
             .as_deref()
-            .is_some_and(|error| error.contains("lease of its last attempt")),
+            .is_some_and(|error| error.contains("lease of its last attempt (3 of 3) expired twice")),
         "{state:?}"
     );
     assert_eq!(

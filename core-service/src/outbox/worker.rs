@@ -429,13 +429,16 @@ async fn claim(
 pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
     let started = Instant::now();
     let result = match inner.registry.get(&job.kind) {
-        // Claimed again after the lease of its last attempt expired: that attempt stopped the
-        // process or outran the lease (an out-of-memory kill, a hang). Run again, it would do
-        // so each lease period for ever, never dead-lettered.
-        _ if job.attempts > job.max_attempts => Err(JobError::Permanent(format!(
-            "the lease of its last attempt ({} of {}) expired before it ended",
-            job.max_attempts, job.max_attempts
-        ))),
+        // Claimed again after the lease of its last attempt expired, and of the one run it is
+        // given after that (in case only its outcome was lost): those runs stopped the process
+        // or outran the lease (an out-of-memory kill, a hang). Run again, it would do so each
+        // lease period for ever, never dead-lettered.
+        _ if job.attempts > job.max_attempts.saturating_add(1) => {
+            Err(JobError::Permanent(format!(
+                "the lease of its last attempt ({} of {}) expired twice before it ended",
+                job.max_attempts, job.max_attempts
+            )))
+        }
         None => Err(JobError::retry(format!(
             "no handler for job kind `{}` on this instance",
             job.kind
