@@ -30,7 +30,7 @@ impl Family {
             Self::Compat
         } else if path.starts_with("/api/v1beta/")
             || path.starts_with("/webhooks/v0/")
-            || path.starts_with("/api/v0/")
+            || path.starts_with("/api/v0/webhooks/incoming/emarsys/")
         {
             Self::Legacy
         } else {
