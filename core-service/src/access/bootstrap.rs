@@ -1,9 +1,9 @@
 //! The first admin key, created on first start so that no manual step stands between a new
 //! user and a working service.
 
+use diesel::QueryableByName;
 use diesel::sql_query;
 use diesel::sql_types::Text;
-use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -65,31 +65,15 @@ pub async fn check_pepper(
     hasher: &KeyHasher,
 ) -> Result<(), BootstrapError> {
     let fingerprint = hasher.pepper_fingerprint();
-    let recorded: Option<RecordedPepper> = sql_query(
-        "WITH recorded AS (
-             INSERT INTO key_pepper (fingerprint) VALUES ($1)
-             ON CONFLICT (id) DO NOTHING
-             RETURNING fingerprint
-         )
-         SELECT fingerprint FROM recorded
-         UNION ALL
-         SELECT fingerprint FROM key_pepper
-         LIMIT 1",
-    )
-    .bind::<Text, _>(&fingerprint)
-    .get_result(connection)
-    .await
-    .optional()?;
-    // Nothing when another process recorded it after this statement's snapshot was taken (the
-    // keys command does not take the bootstrap's lock): read what it recorded.
-    let recorded = match recorded {
-        Some(recorded) => recorded,
-        None => {
-            sql_query("SELECT fingerprint FROM key_pepper")
-                .get_result(connection)
-                .await?
-        }
-    };
+    // Two statements, so that the read sees a fingerprint another process recorded meanwhile
+    // (the keys command does not take the bootstrap's lock). Start-up only.
+    sql_query("INSERT INTO key_pepper (fingerprint) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+        .bind::<Text, _>(&fingerprint)
+        .execute(connection)
+        .await?;
+    let recorded: RecordedPepper = sql_query("SELECT fingerprint FROM key_pepper")
+        .get_result(connection)
+        .await?;
     if recorded.fingerprint == fingerprint {
         Ok(())
     } else {
