@@ -67,11 +67,12 @@ diesel::table! {
 }
 
 diesel::table! {
-    outbox_job_errors (job_id, attempt) {
+    outbox_job_errors (id) {
         job_id -> Uuid,
         attempt -> Int4,
         error -> Text,
         occurred_at -> Timestamptz,
+        id -> Int8,
     }
 }
 

@@ -613,6 +613,141 @@ async fn a_job_whose_last_attempt_and_its_extra_run_both_outran_their_lease_is_d
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_job_that_waited_for_a_slot_past_its_lease_is_handed_back_not_run() {
+    let setup = setup().await;
+    let id = enqueue_one(&setup).await;
+    // The worker's claim is held up by a lock until a request has taken its only slot: the job
+    // is claimed, then waits for the slot.
+    let mut locker = setup.database.connect().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE outbox_jobs IN SHARE MODE")
+        .await
+        .expect("lock the queue");
+    let short_lease = WorkerConfig {
+        concurrency: 1,
+        lease: Duration::from_secs(1),
+        ..fast()
+    };
+    let waiting = RunningWorker::start(
+        &setup,
+        Behaviour::Succeed,
+        Arc::new(SystemClock),
+        short_lease,
+    );
+    until_waiting_for_locks(&setup.database, 1).await;
+    let held = waiting.starter.reserve().expect("the only slot");
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    eventually("the job is claimed", || async {
+        job_state(&setup, id).await.status == "running"
+    })
+    .await;
+
+    // Its lease expires while it waits, and another instance claims and runs it.
+    let other = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
+    eventually("the other instance ran the job", || async {
+        job_state(&setup, id).await.status == "succeeded"
+    })
+    .await;
+    // The slot frees up only now.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    waiting.stop().await;
+    other.stop().await;
+
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_job_runs").await,
+        1,
+        "run once, by the instance holding its lease"
+    );
+    assert_eq!(job_state(&setup, id).await.status, "succeeded");
+}
+
+const LENDER: JobKind = JobKind {
+    name: "test.lend",
+    max_attempts: 3,
+};
+
+/// Lends its worker slot back for `0` while it waits, as a webhook delivery does during its
+/// request, then fails with a retry after five minutes of its own.
+struct Lender(Duration);
+
+impl JobHandler for Lender {
+    fn kind(&self) -> JobKind {
+        LENDER
+    }
+
+    fn run<'a>(
+        &'a self,
+        _job: &'a ClaimedJob,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            context
+                .without_worker_slot(tokio::time::sleep(self.0))
+                .await;
+            Err(JobError::Retry {
+                message: "the receiver said later".to_owned(),
+                after: Some(Duration::from_secs(300)),
+            })
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_lent_its_slot_keeps_its_outcome_when_every_slot_is_busy_after() {
+    let setup = setup().await;
+    let release = Arc::new(Notify::new());
+    let mut registry = Registry::default();
+    registry
+        .register(Lender(Duration::from_millis(400)))
+        .register(Recorder(Behaviour::Block(release.clone())));
+    let config = WorkerConfig {
+        concurrency: 1,
+        lease: Duration::from_secs(1),
+        ..fast()
+    };
+    let worker = RunningWorker::start_with(&setup, registry, Arc::new(SystemClock), config);
+    let lender = Uuid::now_v7();
+    let connection = setup.database.connect().await;
+    enqueue(
+        &connection,
+        &NewJob {
+            id: lender,
+            ..NewJob::new(LENDER, json!({}), None)
+        },
+    )
+    .await
+    .expect("enqueue");
+    eventually("the lending job runs", || async {
+        job_state(&setup, lender).await.status == "running"
+    })
+    .await;
+    // The slot it lent goes to a job that holds it past the lender's cut-off.
+    let blocker = enqueue_one(&setup).await;
+    eventually("the blocking job runs", || async {
+        job_state(&setup, blocker).await.status == "running"
+    })
+    .await;
+
+    eventually("the lending job ended", || async {
+        job_state(&setup, lender).await.status == "pending"
+    })
+    .await;
+    let state = job_state(&setup, lender).await;
+    release.notify_waiters();
+    worker.stop().await;
+    assert_eq!(
+        state.last_error.as_deref(),
+        Some("the receiver said later"),
+        "its own outcome, not a cut-off waiting for a slot"
+    );
+    assert!(
+        state.run_after > chrono::Utc::now() + chrono::Duration::seconds(200),
+        "retried after its own delay: {state:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn failures_back_off_exponentially_then_dead_letter() {
     let setup = setup().await;
     let clock = Arc::new(ManualClock::default());
@@ -651,6 +786,39 @@ async fn failures_back_off_exponentially_then_dead_letter() {
         count(&setup, "SELECT count(*) AS count FROM outbox_job_errors").await,
         3,
         "every failed attempt is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_job_retried_keeps_the_errors_of_both_runs() {
+    let setup = setup().await;
+    let worker = RunningWorker::start(&setup, Behaviour::Fail, Arc::new(SystemClock), fast());
+    let id = enqueue_mortal(&setup).await;
+    eventually("the job is dead", || async {
+        job_state(&setup, id).await.status == "dead"
+    })
+    .await;
+    // What `RetryOutboxJob` does: its attempts count from one again.
+    let mut connection = setup.database.connect().await;
+    sql_query(
+        "UPDATE outbox_jobs SET status = 'pending', attempts = 0, run_after = now() WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .execute(&mut connection)
+    .await
+    .expect("retry the job");
+    worker.announcer.jobs_queued();
+    eventually("the retried job is dead again", || async {
+        count(&setup, "SELECT count(*) AS count FROM test_job_runs").await == 2
+            && job_state(&setup, id).await.status == "dead"
+    })
+    .await;
+    worker.stop().await;
+
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM outbox_job_errors").await,
+        2,
+        "the first attempt of each run"
     );
 }
 

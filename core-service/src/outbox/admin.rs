@@ -135,7 +135,8 @@ impl OutboxService for OutboxGrpc {
                 outbox_job_errors::error,
                 outbox_job_errors::occurred_at,
             ))
-            .order(outbox_job_errors::attempt)
+            // In the order recorded: after an operator's retry, attempts count from one again.
+            .order(outbox_job_errors::id)
             .load(&mut connection)
             .await
             .map_err(db_status)?;

@@ -95,17 +95,19 @@ impl JobContext {
         self.lease.wake_after(delay);
     }
 
-    /// Runs `work` with the job's worker slot lent back to the worker, then waits in line for a
-    /// slot again: for a handler that waits on something bounded elsewhere (a webhook request,
-    /// which its endpoint's slots bound), so that slow receivers cannot fill the worker and hold
-    /// up every other kind of job.
+    /// Runs `work` with the job's worker slot lent back to the worker, then takes a slot back
+    /// without waiting for one (the job runs over the worker's concurrency until one frees up):
+    /// for a handler that waits on something bounded elsewhere (a webhook request, which its
+    /// endpoint's slots bound), so that slow receivers cannot fill the worker and hold up every
+    /// other kind of job. What the handler does after `work` should be little: it is not bounded
+    /// by the worker's slots.
     ///
     /// Only in [`JobHandler::run`], whose job holds a slot; never in work started with
     /// [`JobContext::spawn`], which holds none.
     pub async fn without_worker_slot<T>(&self, work: impl Future<Output = T>) -> T {
         let lent = self.lease.lend_slot();
         let output = work.await;
-        lent.take_back().await;
+        lent.take_back();
         output
     }
 

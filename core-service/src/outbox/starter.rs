@@ -196,7 +196,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lent_slot_is_taken_back_even_when_its_job_is_cut_off() {
+    async fn a_lent_slot_is_taken_back_at_once_or_when_one_frees_even_when_its_job_is_cut_off() {
         let worker = idle_worker();
         let permits = worker.inner.context.lease.permits.clone();
         let concurrency = permits.available_permits();
@@ -212,17 +212,24 @@ mod tests {
             concurrency,
             "lent while it waits"
         );
-        lent.take_back().await;
+        lent.take_back();
+        assert_eq!(permits.available_permits(), concurrency - 1);
+
+        // Every slot busy when it takes its own back: it goes on without waiting, and the next
+        // slot to free up is taken in its place.
+        let lent = worker.inner.context.lease.lend_slot();
+        let busy = permits
+            .clone()
+            .try_acquire_many_owned(u32::try_from(concurrency).expect("few"))
+            .expect("every slot");
+        lent.take_back();
+        drop(busy);
+        settle(&permits, concurrency - 1).await;
         assert_eq!(permits.available_permits(), concurrency - 1);
 
         // Dropped without being taken back, as when the handler's future is dropped.
         drop(worker.inner.context.lease.lend_slot());
-        for _ in 0..100 {
-            if permits.available_permits() == concurrency - 1 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        settle(&permits, concurrency - 1).await;
         assert_eq!(permits.available_permits(), concurrency - 1);
         drop(held);
         assert_eq!(
@@ -230,6 +237,16 @@ mod tests {
             concurrency,
             "no slot gained or lost"
         );
+    }
+
+    /// Lets background tasks run until `permits` has `available` free, or a while has passed.
+    async fn settle(permits: &tokio::sync::Semaphore, available: usize) {
+        for _ in 0..100 {
+            if permits.available_permits() == available {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use diesel::deserialize::FromStaticSqlRow;
@@ -168,6 +169,9 @@ pub struct ClaimedJob {
     pub attempts: i32,
     pub max_attempts: i32,
     pub request_id: Option<Uuid>,
+    /// When this worker took the job's lease (read back from the claim, or inserted already
+    /// claimed): the job's cut-off counts from here, not from when a slot let it start.
+    pub(super) claimed_at: Instant,
     /// See [`ClaimedJob::carrying`]; never set on a job read from the table.
     carried: Option<Carried>,
 }
@@ -190,6 +194,7 @@ where
             attempts,
             max_attempts,
             request_id,
+            claimed_at: Instant::now(),
             carried: None,
         })
     }
@@ -223,6 +228,7 @@ impl ClaimedJob {
             attempts: 1,
             max_attempts: job.kind.max_attempts,
             request_id: job.request_id,
+            claimed_at: Instant::now(),
             carried: None,
         }
     }
@@ -456,7 +462,6 @@ pub async fn finish(
                         outbox_job_errors::error.eq(error),
                         outbox_job_errors::occurred_at.eq(now),
                     ))
-                    .on_conflict_do_nothing()
                     .execute(connection)
                     .await?;
             }

@@ -182,23 +182,29 @@ impl Lease {
 }
 
 /// A slot that a running job lent back to its worker (see [`super::JobContext::without_worker_slot`]).
-/// The job's own permit is released when it ends, so the job takes a slot back first: otherwise
-/// the worker would end up with one slot more than its concurrency. A lent slot dropped before it
-/// was taken back (the handler was cut off) is taken back in the background.
+/// The job's own permit is released when it ends, so the job takes a slot back: otherwise the
+/// worker would end up with one slot more than its concurrency. It takes one at once when one is
+/// free, and otherwise (also when it is dropped, its handler cut off) the next one that frees up,
+/// in the background.
 pub(super) struct LentSlot {
     permits: Option<Arc<Semaphore>>,
 }
 
 impl LentSlot {
-    /// Waits in line for a slot, as claimed jobs and requests do.
-    pub(super) async fn take_back(mut self) {
-        let Some(permits) = self.permits.clone() else {
-            return;
-        };
-        if let Ok(permit) = permits.acquire().await {
-            permit.forget();
+    /// Takes the slot back without waiting for one: a job waiting in line for a slot after its
+    /// work was done (a delivery's attempt sent and recorded) could reach its cut-off there, and
+    /// the cut-off's outcome would replace the one its work had come to. Until a slot frees up,
+    /// the worker runs one job more than its concurrency: this one, recording its outcome.
+    pub(super) fn take_back(mut self) {
+        let taken = self
+            .permits
+            .as_ref()
+            .and_then(|permits| permits.try_acquire().ok())
+            .map(tokio::sync::SemaphorePermit::forget)
+            .is_some();
+        if taken {
+            self.permits = None;
         }
-        self.permits = None;
     }
 }
 
@@ -411,6 +417,8 @@ async fn claim(
 ) -> Result<Vec<ClaimedJob>, db::DbError> {
     let lease = &inner.context.lease;
     let now = inner.context.clock.now();
+    // The lease runs from `now`, before the wait for a connection and the claim itself.
+    let claimed_at = Instant::now();
     let until = lease.until(now);
     let mut connection = db::connection(&inner.context.pool).await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -421,6 +429,9 @@ async fn claim(
     let left = limit - i64::try_from(jobs.len()).unwrap_or(limit);
     if left > 0 {
         jobs.extend(store::claim(&mut connection, &lease.owner, now, until, left).await?);
+    }
+    for job in &mut jobs {
+        job.claimed_at = claimed_at;
     }
     Ok(jobs)
 }
@@ -443,26 +454,44 @@ pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSe
             "no handler for job kind `{}` on this instance",
             job.kind
         ))),
-        Some(handler) => {
-            // Stop well inside the lease, so that no other worker starts the same job meanwhile.
-            let limit = inner.config.lease.mul_f64(0.9);
-            // A panic is a failed attempt, retried and in the end dead-lettered like any other;
-            // unwinding the job's task would leave it running until its lease expired.
-            let run = AssertUnwindSafe(handler.run(&job, &inner.context)).catch_unwind();
-            match tokio::time::timeout(limit, run).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(panic)) => Err(JobError::retry(format!(
-                    "the handler panicked: {}",
-                    panic_message(panic.as_ref())
-                ))),
-                Err(_) => Err(JobError::retry(format!(
-                    "timed out after {} s",
-                    limit.as_secs()
-                ))),
+        Some(handler) => match time_left(inner.config.lease, job.claimed_at.elapsed()) {
+            None => {
+                tracing::info!(
+                    "outbox job waited for a slot until its lease ran short; handed back"
+                );
+                Err(JobError::Defer {
+                    after: Duration::ZERO,
+                })
             }
-        }
+            Some(limit) => {
+                // A panic is a failed attempt, retried and in the end dead-lettered like any
+                // other; unwinding the job's task would leave it running until its lease expired.
+                let run = AssertUnwindSafe(handler.run(&job, &inner.context)).catch_unwind();
+                match tokio::time::timeout(limit, run).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(panic)) => Err(JobError::retry(format!(
+                        "the handler panicked: {}",
+                        panic_message(panic.as_ref())
+                    ))),
+                    Err(_) => Err(JobError::retry(format!(
+                        "timed out after {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ))),
+                }
+            }
+        },
     };
     conclude(&inner.context, &job, result, started).await;
+}
+
+/// How long a job claimed `since_claim` ago may still run: until 90 % of its lease, so that no
+/// other worker claims it again meanwhile (the lease counts from the claim, and a claimed job
+/// may have waited for a slot before it started). `None` when less than a tenth of the lease
+/// is left: too little to be worth an attempt that would likely be cut off and counted, so the
+/// job is handed back instead, its attempt not counted.
+fn time_left(lease: Duration, since_claim: Duration) -> Option<Duration> {
+    let left = lease.mul_f64(0.9).saturating_sub(since_claim);
+    (left >= lease / 10).then_some(left)
 }
 
 /// What a panic said, when it said it as text.
