@@ -823,6 +823,41 @@ async fn a_dead_job_retried_keeps_the_errors_of_both_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_instance_without_the_jobs_handler_hands_it_back_without_spending_an_attempt() {
+    let setup = setup().await;
+    // An instance of a version that does not know the kind yet, as in a rolling deploy.
+    let worker =
+        RunningWorker::start_with(&setup, Registry::default(), Arc::new(SystemClock), fast());
+    let id = enqueue_mortal(&setup).await;
+    eventually("the job was claimed and handed back", || async {
+        let state = job_state(&setup, id).await;
+        state.status == "pending" && state.run_after > chrono::Utc::now()
+    })
+    .await;
+    worker.stop().await;
+
+    let state = job_state(&setup, id).await;
+    assert_eq!(state.attempts, 0, "{state:?}");
+    assert!(
+        state.run_after > chrono::Utc::now() + chrono::Duration::seconds(20),
+        "set aside, not claimed over and over: {state:?}"
+    );
+    // An instance that knows the kind runs it when it comes due.
+    let knowing = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
+    let mut connection = setup.database.connect().await;
+    sql_query("UPDATE outbox_jobs SET run_after = now() WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .execute(&mut connection)
+        .await
+        .expect("make it due");
+    eventually("the job ran", || async {
+        job_state(&setup, id).await.status == "succeeded"
+    })
+    .await;
+    knowing.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_job_announced_after_its_commit_wakes_an_idle_worker() {
     let setup = setup().await;
     let config = WorkerConfig {

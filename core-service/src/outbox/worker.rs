@@ -450,10 +450,18 @@ pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSe
                 job.max_attempts, job.max_attempts
             )))
         }
-        None => Err(JobError::retry(format!(
-            "no handler for job kind `{}` on this instance",
-            job.kind
-        ))),
+        // Not the job's fault: during a rolling deploy, an instance of the previous version
+        // meets the kinds the next one added. Counting attempts here would dead-letter the job
+        // before an instance that knows it claims it.
+        None => {
+            tracing::warn!(
+                after_seconds = UNKNOWN_KIND_DELAY.as_secs(),
+                "no handler for this job kind on this instance; handed back"
+            );
+            Err(JobError::Defer {
+                after: UNKNOWN_KIND_DELAY,
+            })
+        }
         Some(handler) => match time_left(inner.config.lease, job.claimed_at.elapsed()) {
             None => {
                 tracing::info!(
@@ -483,6 +491,11 @@ pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSe
     };
     conclude(&inner.context, &job, result, started).await;
 }
+
+/// How long a job of a kind this instance has no handler for is set aside, its attempt not
+/// counted: long enough that instances without it do not claim it over and over, short enough
+/// that one that has it soon runs it.
+const UNKNOWN_KIND_DELAY: Duration = Duration::from_secs(30);
 
 /// How long a job claimed `since_claim` ago may still run: until 90 % of its lease, so that no
 /// other worker claims it again meanwhile (the lease counts from the claim, and a claimed job
