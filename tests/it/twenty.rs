@@ -1547,6 +1547,64 @@ async fn a_stale_backfill_page_job_neither_reads_twenty_nor_fails_the_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_page_job_queued_before_jobs_named_their_page_reads_at_the_runs_cursor() {
+    let app = TestApp::builder()
+        .outbox_poll_interval(std::time::Duration::from_millis(100))
+        .spawn()
+        .await;
+    let (app, fake) = connected_app(app).await;
+    for index in 0..3 {
+        fake.insert_person(json!({
+            "name": {"firstName": format!("U{index}"), "lastName": "Unnamed"},
+            "phones": {"primaryPhoneNumber": format!("1511234009{index}"), "primaryPhoneCallingCode": "+49"},
+        }));
+    }
+    // A run past its first page, and its next page's job as the previous version queued it:
+    // with no cursor in its payload.
+    let first_page_end = fake.people()[0]["id"].as_str().unwrap().to_owned();
+    execute(
+        &app,
+        &format!(
+            "INSERT INTO twenty_backfill (run_id, status, page_size, cursor, pages, started_at, updated_at) \
+             VALUES ('0193a3b0-0000-7000-8000-000000000002', 'running', 2, '{first_page_end}', 1, now(), now())"
+        ),
+    )
+    .await;
+    execute(
+        &app,
+        "INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at) \
+         VALUES (gen_random_uuid(), 'twenty.backfill', \
+                 '{\"run_id\": \"0193a3b0-0000-7000-8000-000000000002\"}', 10, now(), now(), now())",
+    )
+    .await;
+
+    let health = format!("{BASE}/sync/health");
+    let mut state = Json::Null;
+    eventually("the backfill completes", async || {
+        state = admin(&app, Method::GET, &health, None).await.body["backfill"].clone();
+        state["status"] == "completed"
+    })
+    .await;
+    assert_eq!(state["pages"], 2, "{state}");
+    assert_eq!(
+        state["created"], 2,
+        "the two people after the run's cursor: {state}"
+    );
+    let page_reads: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == Method::GET)
+        .map(|request| request.query)
+        .collect();
+    assert!(
+        page_reads
+            .iter()
+            .any(|query| query.contains(&format!("starting_after={first_page_end}"))),
+        "read after the run's cursor: {page_reads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_backfill_page_refused_after_its_run_moved_on_leaves_the_run_alone() {
     let app = TestApp::builder()
         .outbox_poll_interval(std::time::Duration::from_millis(100))
