@@ -15,7 +15,8 @@ use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
     Announcer, BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind,
     ManualClock, NewJob, Registry, Reservation as RequestReservation, Starter as RequestStarter,
-    SystemClock, Worker, WorkerConfig, depth, enqueue, enqueue_many, postpone, prune_succeeded,
+    SystemClock, Worker, WorkerConfig, claim, claim_expired, depth, enqueue, enqueue_many,
+    finish_succeeded, postpone, prune_succeeded,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -648,9 +649,8 @@ async fn a_claimed_job_that_waited_for_a_slot_past_its_lease_is_handed_back_not_
         job_state(&setup, id).await.status == "succeeded"
     })
     .await;
-    // The slot frees up only now.
+    // The slot frees up only now; stopping waits for the job it then starts.
     drop(held);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     waiting.stop().await;
     other.stop().await;
 
@@ -667,9 +667,9 @@ const LENDER: JobKind = JobKind {
     max_attempts: 3,
 };
 
-/// Lends its worker slot back for `0` while it waits, as a webhook delivery does during its
+/// Lends its worker slot back while it waits for `0`, as a webhook delivery does during its
 /// request, then fails with a retry after five minutes of its own.
-struct Lender(Duration);
+struct Lender(Arc<Notify>);
 
 impl JobHandler for Lender {
     fn kind(&self) -> JobKind {
@@ -682,9 +682,7 @@ impl JobHandler for Lender {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            context
-                .without_worker_slot(tokio::time::sleep(self.0))
-                .await;
+            context.without_worker_slot(self.0.notified()).await;
             Err(JobError::Retry {
                 message: "the receiver said later".to_owned(),
                 after: Some(Duration::from_secs(300)),
@@ -697,13 +695,16 @@ impl JobHandler for Lender {
 async fn a_job_that_lent_its_slot_keeps_its_outcome_when_every_slot_is_busy_after() {
     let setup = setup().await;
     let release = Arc::new(Notify::new());
+    let answer = Arc::new(Notify::new());
     let mut registry = Registry::default();
     registry
-        .register(Lender(Duration::from_millis(400)))
+        .register(Lender(answer.clone()))
         .register(Recorder(Behaviour::Block(release.clone())));
+    // Cut off after 2.7 s: long enough for the steps below on a loaded machine, which must
+    // happen within the lender's cut-off.
     let config = WorkerConfig {
         concurrency: 1,
-        lease: Duration::from_secs(1),
+        lease: Duration::from_secs(3),
         ..fast()
     };
     let worker = RunningWorker::start_with(&setup, registry, Arc::new(SystemClock), config);
@@ -728,6 +729,8 @@ async fn a_job_that_lent_its_slot_keeps_its_outcome_when_every_slot_is_busy_afte
         job_state(&setup, blocker).await.status == "running"
     })
     .await;
+    // The lender's wait ends while the blocker holds the only slot.
+    answer.notify_one();
 
     eventually("the lending job ended", || async {
         job_state(&setup, lender).await.status == "pending"
@@ -745,6 +748,37 @@ async fn a_job_that_lent_its_slot_keeps_its_outcome_when_every_slot_is_busy_afte
         state.run_after > chrono::Utc::now() + chrono::Duration::seconds(200),
         "retried after its own delay: {state:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_is_recorded_only_for_the_claim_it_ran_on() {
+    let setup = setup().await;
+    let id = enqueue_one(&setup).await;
+    let mut connection = setup.database.connect().await;
+    let owner = "worker-a";
+    let now = chrono::Utc::now().trunc_subsecs(6);
+    let first_until = now + chrono::Duration::seconds(1);
+    let claimed = claim(&mut connection, owner, now, first_until, 1)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    // Its lease expires, and the same worker claims it again.
+    let later = first_until + chrono::Duration::seconds(1);
+    let second_until = later + chrono::Duration::seconds(60);
+    let again = claim_expired(&mut connection, owner, later, second_until, 1)
+        .await
+        .expect("claim the expired job");
+    assert_eq!(again.len(), 1);
+
+    // The first run's success comes in late: the job runs under the second claim.
+    finish_succeeded(&mut connection, &[(id, first_until)], owner, later)
+        .await
+        .expect("record the first run's success");
+    assert_eq!(job_state(&setup, id).await.status, "running");
+    finish_succeeded(&mut connection, &[(id, second_until)], owner, later)
+        .await
+        .expect("record the second run's success");
+    assert_eq!(job_state(&setup, id).await.status, "succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -829,9 +863,27 @@ async fn an_instance_without_the_jobs_handler_hands_it_back_without_spending_an_
     let worker =
         RunningWorker::start_with(&setup, Registry::default(), Arc::new(SystemClock), fast());
     let id = enqueue_mortal(&setup).await;
-    eventually("the job was claimed and handed back", || async {
-        let state = job_state(&setup, id).await;
-        state.status == "pending" && state.run_after > chrono::Utc::now()
+    // A job whose last attempt's lease expired twice is dead-lettered only where its handler
+    // can end its work (`dead_lettered`).
+    let expired_twice = Uuid::new_v4();
+    let mut connection = setup.database.connect().await;
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+                                  lease_owner, lease_expires_at, created_at, updated_at)
+         VALUES ($1, 'test.record', '{}', 'running', 4, 3, now(), 'crashed-worker',
+                 now() - interval '1 second', now(), now())",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(expired_twice)
+    .execute(&mut connection)
+    .await
+    .expect("insert a claimed job");
+    eventually("the jobs were claimed and handed back", || async {
+        let mut handed_back = true;
+        for job in [id, expired_twice] {
+            let state = job_state(&setup, job).await;
+            handed_back &= state.status == "pending" && state.run_after > chrono::Utc::now();
+        }
+        handed_back
     })
     .await;
     worker.stop().await;
@@ -842,19 +894,24 @@ async fn an_instance_without_the_jobs_handler_hands_it_back_without_spending_an_
         state.run_after > chrono::Utc::now() + chrono::Duration::seconds(20),
         "set aside, not claimed over and over: {state:?}"
     );
-    // An instance that knows the kind runs it when it comes due.
+    // An instance that knows the kind runs the first when it comes due, and dead-letters the
+    // other with its handler's help.
     let knowing = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
-    let mut connection = setup.database.connect().await;
-    sql_query("UPDATE outbox_jobs SET run_after = now() WHERE id = $1")
-        .bind::<diesel::sql_types::Uuid, _>(id)
+    sql_query("UPDATE outbox_jobs SET run_after = now()")
         .execute(&mut connection)
         .await
-        .expect("make it due");
-    eventually("the job ran", || async {
+        .expect("make them due");
+    eventually("the jobs ended", || async {
         job_state(&setup, id).await.status == "succeeded"
+            && job_state(&setup, expired_twice).await.status == "dead"
     })
     .await;
     knowing.stop().await;
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM test_dead_letters").await,
+        1,
+        "its handler ended its work"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -330,7 +330,7 @@ async fn every_statement_of_an_upsert_and_of_its_jobs_is_prepared_once_per_conne
         .await
         .expect("enqueue a started job");
     // As a worker records a batch of successes.
-    finish_succeeded(&mut connection, &[job.id], "test", now)
+    finish_succeeded(&mut connection, &[(job.id, now)], "test", now)
         .await
         .expect("finish the job");
 
@@ -343,7 +343,7 @@ async fn every_statement_of_an_upsert_and_of_its_jobs_is_prepared_once_per_conne
         "UPDATE \"contacts\"",
         "INSERT INTO \"events\"",
         "INSERT INTO \"audit_entries\"",
-        "UPDATE \"outbox_jobs\"",
+        "UPDATE outbox_jobs AS job",
     ] {
         assert!(
             prepared

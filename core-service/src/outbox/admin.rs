@@ -136,7 +136,8 @@ impl OutboxService for OutboxGrpc {
                 outbox_job_errors::occurred_at,
             ))
             // In the order recorded: after an operator's retry, attempts count from one again.
-            .order(outbox_job_errors::id)
+            // Rows from before the identity key were numbered in their order on disk.
+            .order((outbox_job_errors::occurred_at, outbox_job_errors::id))
             .load(&mut connection)
             .await
             .map_err(db_status)?;

@@ -127,15 +127,16 @@ impl Reservation {
     ) -> QueryResult<ClaimedJob> {
         let context = &self.inner.context;
         let now = context.clock.now();
+        let until = context.lease.until(now);
         store::enqueue_started(
             connection,
             std::slice::from_ref(job),
             &context.lease.owner,
             now,
-            context.lease.until(now),
+            until,
         )
         .await?;
-        Ok(ClaimedJob::started(job))
+        Ok(ClaimedJob::started(job, until))
     }
 
     /// Runs `job` (from [`Reservation::enqueue`], committed) through its handler in the

@@ -156,7 +156,10 @@ pub async fn enqueue_started(
                 .await?
         }
     };
-    Ok(jobs.iter().map(ClaimedJob::started).collect())
+    Ok(jobs
+        .iter()
+        .map(|job| ClaimedJob::started(job, lease_until))
+        .collect())
 }
 
 /// A job a worker holds under its lease.
@@ -172,12 +175,24 @@ pub struct ClaimedJob {
     /// When this worker took the job's lease (read back from the claim, or inserted already
     /// claimed): the job's cut-off counts from here, not from when a slot let it start.
     pub(super) claimed_at: Instant,
+    /// The expiry its claim set: with the lease's owner, it names this claim, so that an outcome
+    /// is recorded only for the claim it came from. The same worker may claim the job again
+    /// once this lease has expired (the job ran long, or was handed back after waiting).
+    pub(super) lease_until: DateTime<Utc>,
     /// See [`ClaimedJob::carrying`]; never set on a job read from the table.
     carried: Option<Carried>,
 }
 
 /// The columns of a [`ClaimedJob`] as read ([`CLAIMED`]).
-type ClaimedRow = (Uuid, String, Json, i32, i32, Option<Uuid>);
+type ClaimedRow = (
+    Uuid,
+    String,
+    Json,
+    i32,
+    i32,
+    Option<Uuid>,
+    Option<DateTime<Utc>>,
+);
 
 impl<ST> Queryable<ST, Pg> for ClaimedJob
 where
@@ -186,7 +201,7 @@ where
     type Row = ClaimedRow;
 
     fn build(row: ClaimedRow) -> diesel::deserialize::Result<Self> {
-        let (id, kind, payload, attempts, max_attempts, request_id) = row;
+        let (id, kind, payload, attempts, max_attempts, request_id, lease_until) = row;
         Ok(Self {
             id,
             kind,
@@ -195,6 +210,9 @@ where
             max_attempts,
             request_id,
             claimed_at: Instant::now(),
+            // Always set by a claim; were it missing, no outcome would be recorded and the job
+            // would run again once its lease expired.
+            lease_until: lease_until.unwrap_or_default(),
             carried: None,
         })
     }
@@ -219,8 +237,8 @@ impl ClaimedJob {
             .and_then(|id| Uuid::parse_str(id).ok())
     }
 
-    /// `job` as inserted already claimed: running, its first attempt counted.
-    pub fn started(job: &NewJob) -> Self {
+    /// `job` as inserted already claimed until `lease_until`: running, its first attempt counted.
+    pub fn started(job: &NewJob, lease_until: DateTime<Utc>) -> Self {
         Self {
             id: job.id,
             kind: job.kind.name.to_owned(),
@@ -229,6 +247,7 @@ impl ClaimedJob {
             max_attempts: job.kind.max_attempts,
             request_id: job.request_id,
             claimed_at: Instant::now(),
+            lease_until,
             carried: None,
         }
     }
@@ -360,6 +379,7 @@ const CLAIMED: (
     outbox_jobs::attempts,
     outbox_jobs::max_attempts,
     outbox_jobs::request_id,
+    outbox_jobs::lease_expires_at,
 ) = (
     outbox_jobs::id,
     outbox_jobs::kind,
@@ -367,6 +387,7 @@ const CLAIMED: (
     outbox_jobs::attempts,
     outbox_jobs::max_attempts,
     outbox_jobs::request_id,
+    outbox_jobs::lease_expires_at,
 );
 
 /// How a claimed job ended.
@@ -398,8 +419,9 @@ impl Outcome {
     }
 }
 
-/// Records `outcome` if `owner` still holds the job's lease (a worker that lost its lease to
-/// another must not overwrite that worker's result), and says whether it did. A failure also
+/// Records `outcome` if `owner` still holds the job under the claim it ran on (a worker whose
+/// lease expired must not overwrite the result of the claim that followed, its own or
+/// another's), and says whether it did. A failure also
 /// goes into the job's error history, in the same transaction.
 pub async fn finish(
     connection: &mut AsyncPgConnection,
@@ -413,6 +435,7 @@ pub async fn finish(
             outbox_jobs::table
                 .find(job.id)
                 .filter(outbox_jobs::lease_owner.eq(owner))
+                .filter(outbox_jobs::lease_expires_at.eq(job.lease_until))
                 .filter(outbox_jobs::status.eq("running")),
         )
         .set((
@@ -437,6 +460,7 @@ pub async fn finish(
         outbox_jobs::table
             .find(job.id)
             .filter(outbox_jobs::lease_owner.eq(owner))
+            .filter(outbox_jobs::lease_expires_at.eq(job.lease_until))
             .filter(outbox_jobs::status.eq("running")),
     )
     .set((
@@ -549,29 +573,30 @@ pub async fn delete_succeeded(
     .await
 }
 
-/// Marks `jobs` succeeded, those of them that `owner` still holds, in one statement. Prepared
-/// once per connection ([`prepared`]): every worker runs it for each batch of successes.
+/// Marks `jobs` succeeded, each named by its id and the expiry of the claim it ran on, those of
+/// them that `owner` still holds under that claim, in one statement. Prepared once per
+/// connection ([`prepared`]): every worker runs it for each batch of successes.
 pub async fn finish_succeeded(
     connection: &mut AsyncPgConnection,
-    jobs: &[Uuid],
+    jobs: &[(Uuid, DateTime<Utc>)],
     owner: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Uuid as SqlUuid};
+    let (ids, claims): (Vec<Uuid>, Vec<DateTime<Utc>>) = jobs.iter().copied().unzip();
     prepared(
-        diesel::update(
-            outbox_jobs::table
-                .filter(outbox_jobs::id.eq_any(jobs))
-                .filter(outbox_jobs::lease_owner.eq(owner))
-                .filter(outbox_jobs::status.eq("running")),
+        diesel::sql_query(
+            "UPDATE outbox_jobs AS job
+         SET status = 'succeeded', run_after = $3, last_error = NULL, lease_owner = NULL,
+             lease_expires_at = NULL, updated_at = $3
+         FROM unnest($1, $2) AS finished (id, claimed_until)
+         WHERE job.id = finished.id AND job.lease_expires_at = finished.claimed_until
+           AND job.lease_owner = $4 AND job.status = 'running'",
         )
-        .set((
-            outbox_jobs::status.eq("succeeded"),
-            outbox_jobs::run_after.eq(now),
-            outbox_jobs::last_error.eq(None::<String>),
-            outbox_jobs::lease_owner.eq(None::<String>),
-            outbox_jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-            outbox_jobs::updated_at.eq(now),
-        )),
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<Timestamptz>, _>(claims)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(owner),
     )
     .execute(connection)
     .await
@@ -579,28 +604,33 @@ pub async fn finish_succeeded(
 }
 
 /// Hands `jobs` back to the queue, each due at its time, not counting the attempt: those of them
-/// that `owner` still holds, in one statement.
+/// that `owner` still holds under the claim they ran on (as for [`finish_succeeded`]), in one
+/// statement. Each is `(id, claim's expiry, due)`.
 pub async fn finish_deferred(
     connection: &mut AsyncPgConnection,
-    jobs: &[(Uuid, DateTime<Utc>)],
+    jobs: &[(Uuid, DateTime<Utc>, DateTime<Utc>)],
     owner: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
     use diesel::sql_types::{Array, Uuid as SqlUuid};
-    let (ids, due): (Vec<Uuid>, Vec<DateTime<Utc>>) = jobs.iter().copied().unzip();
+    let ids: Vec<Uuid> = jobs.iter().map(|job| job.0).collect();
+    let claims: Vec<DateTime<Utc>> = jobs.iter().map(|job| job.1).collect();
+    let due: Vec<DateTime<Utc>> = jobs.iter().map(|job| job.2).collect();
     prepared(
         diesel::sql_query(
             "UPDATE outbox_jobs AS job
          SET status = 'pending', run_after = deferred.until,
              attempts = GREATEST(job.attempts - 1, 0), lease_owner = NULL,
              lease_expires_at = NULL, updated_at = $3
-         FROM unnest($1, $2) AS deferred (id, until)
-         WHERE job.id = deferred.id AND job.lease_owner = $4 AND job.status = 'running'",
+         FROM unnest($1, $2, $5) AS deferred (id, until, claimed_until)
+         WHERE job.id = deferred.id AND job.lease_expires_at = deferred.claimed_until
+           AND job.lease_owner = $4 AND job.status = 'running'",
         )
         .bind::<Array<SqlUuid>, _>(ids)
         .bind::<Array<Timestamptz>, _>(due)
         .bind::<Timestamptz, _>(now)
-        .bind::<Text, _>(owner),
+        .bind::<Text, _>(owner)
+        .bind::<Array<Timestamptz>, _>(claims),
     )
     .execute(connection)
     .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use diesel::QueryResult;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::FutureExt;
@@ -108,14 +108,18 @@ pub(super) struct Lease {
 }
 
 /// An outcome written in a batch with others: the common ones, which need no error history.
+/// Each names its job and the expiry of the claim it ran on (see [`ClaimedJob`]).
 enum Batched {
-    Succeeded(Uuid),
-    Deferred(Uuid, DateTime<Utc>),
+    Succeeded(Uuid, DateTime<Utc>),
+    /// Due again at the second time.
+    Deferred(Uuid, DateTime<Utc>, DateTime<Utc>),
 }
 
 impl Lease {
+    /// When a lease taken at `now` expires, to the microsecond that the database keeps: the
+    /// expiry names the claim when its outcome is recorded (see [`ClaimedJob`]).
     pub(super) fn until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + chrono::Duration::from_std(self.duration).unwrap_or_default()
+        (now + chrono::Duration::from_std(self.duration).unwrap_or_default()).trunc_subsecs(6)
     }
 
     pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -440,16 +444,6 @@ async fn claim(
 pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSemaphorePermit) {
     let started = Instant::now();
     let result = match inner.registry.get(&job.kind) {
-        // Claimed again after the lease of its last attempt expired, and of the one run it is
-        // given after that (in case only its outcome was lost): those runs stopped the process
-        // or outran the lease (an out-of-memory kill, a hang). Run again, it would do so each
-        // lease period for ever, never dead-lettered.
-        _ if job.attempts > job.max_attempts.saturating_add(1) => {
-            Err(JobError::Permanent(format!(
-                "the lease of its last attempt ({} of {}) expired twice before it ended",
-                job.max_attempts, job.max_attempts
-            )))
-        }
         // Not the job's fault: during a rolling deploy, an instance of the previous version
         // meets the kinds the next one added. Counting attempts here would dead-letter the job
         // before an instance that knows it claims it.
@@ -461,6 +455,16 @@ pub(super) async fn execute(inner: Arc<Inner>, job: ClaimedJob, _permit: OwnedSe
             Err(JobError::Defer {
                 after: UNKNOWN_KIND_DELAY,
             })
+        }
+        // Claimed again after the lease of its last attempt expired, and of the one run it is
+        // given after that (in case only its outcome was lost): those runs stopped the process
+        // or outran the lease (an out-of-memory kill, a hang). Run again, it would do so each
+        // lease period for ever, never dead-lettered.
+        Some(_) if job.attempts > job.max_attempts.saturating_add(1) => {
+            Err(JobError::Permanent(format!(
+                "the lease of its last attempt ({} of {}) expired twice before it ended",
+                job.max_attempts, job.max_attempts
+            )))
         }
         Some(handler) => match time_left(inner.config.lease, job.claimed_at.elapsed()) {
             None => {
@@ -500,8 +504,8 @@ const UNKNOWN_KIND_DELAY: Duration = Duration::from_secs(30);
 /// How long a job claimed `since_claim` ago may still run: until 90 % of its lease, so that no
 /// other worker claims it again meanwhile (the lease counts from the claim, and a claimed job
 /// may have waited for a slot before it started). `None` when less than a tenth of the lease
-/// is left: too little to be worth an attempt that would likely be cut off and counted, so the
-/// job is handed back instead, its attempt not counted.
+/// is left before that cut-off: too little to be worth an attempt that would likely be cut off
+/// and counted, so the job is handed back instead, its attempt not counted.
 fn time_left(lease: Duration, since_claim: Duration) -> Option<Duration> {
     let left = lease.mul_f64(0.9).saturating_sub(since_claim);
     (left >= lease / 10).then_some(left)
@@ -567,8 +571,8 @@ pub(super) async fn conclude(
         Outcome::Dead { error } => tracing::warn!(error, "outbox job dead-lettered"),
     }
     let batched = match &outcome {
-        Outcome::Succeeded => Some(Batched::Succeeded(job.id)),
-        Outcome::Deferred { at } => Some(Batched::Deferred(job.id, *at)),
+        Outcome::Succeeded => Some(Batched::Succeeded(job.id, job.lease_until)),
+        Outcome::Deferred { at } => Some(Batched::Deferred(job.id, job.lease_until, *at)),
         Outcome::RetryAt { .. } | Outcome::Dead { .. } => None,
     };
     if let Some(batched) = batched
@@ -676,8 +680,8 @@ async fn record_batches(
         let mut deferred = Vec::new();
         for outcome in batch.drain(..) {
             match outcome {
-                Batched::Succeeded(id) => succeeded.push(id),
-                Batched::Deferred(id, at) => deferred.push((id, at)),
+                Batched::Succeeded(id, claimed_until) => succeeded.push((id, claimed_until)),
+                Batched::Deferred(id, claimed_until, at) => deferred.push((id, claimed_until, at)),
             }
         }
         let recorded = async {
@@ -698,5 +702,32 @@ async fn record_batches(
                 "cannot record finished jobs; their leases will expire and they will run again"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::time_left;
+
+    #[test]
+    fn a_job_runs_until_nine_tenths_of_its_lease_from_its_claim_and_not_on_the_last_tenth() {
+        let lease = Duration::from_secs(60);
+        assert_eq!(
+            time_left(lease, Duration::ZERO),
+            Some(Duration::from_secs(54))
+        );
+        assert_eq!(
+            time_left(lease, Duration::from_secs(20)),
+            Some(Duration::from_secs(34)),
+            "the wait for a slot counts"
+        );
+        assert_eq!(
+            time_left(lease, Duration::from_secs(48)),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(time_left(lease, Duration::from_millis(48_001)), None);
+        assert_eq!(time_left(lease, Duration::from_secs(90)), None);
     }
 }

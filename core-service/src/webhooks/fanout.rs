@@ -116,6 +116,8 @@ impl EventConsumer for WebhookFanout {
             let inserted = insert(&mut connection, event, &deliveries, &jobs, context, now)
                 .await
                 .map_err(retry)?;
+            // The lease `insert` gave the jobs it inserted running.
+            let (_, lease_until) = context.started_lease(now);
             drop(connection);
             if let Some(wait) = soonest_wait {
                 context.wake_after(wait);
@@ -131,7 +133,7 @@ impl EventConsumer for WebhookFanout {
                     };
                     let (delivery, endpoint) = &deliveries[index];
                     Some(Immediate {
-                        job: ClaimedJob::started(&job),
+                        job: ClaimedJob::started(&job, lease_until),
                         delivery: delivery.clone(),
                         endpoint: endpoint.clone(),
                         slot,
