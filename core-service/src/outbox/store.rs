@@ -202,6 +202,8 @@ where
 
     fn build(row: ClaimedRow) -> diesel::deserialize::Result<Self> {
         let (id, kind, payload, attempts, max_attempts, request_id, lease_until) = row;
+        // Every claim sets it; a job without one could never have its outcome recorded.
+        let lease_until = lease_until.ok_or("a claimed job has no lease expiry")?;
         Ok(Self {
             id,
             kind,
@@ -210,9 +212,7 @@ where
             max_attempts,
             request_id,
             claimed_at: Instant::now(),
-            // Always set by a claim; were it missing, no outcome would be recorded and the job
-            // would run again once its lease expired.
-            lease_until: lease_until.unwrap_or_default(),
+            lease_until,
             carried: None,
         })
     }
@@ -590,7 +590,8 @@ pub async fn finish_succeeded(
          SET status = 'succeeded', run_after = $3, last_error = NULL, lease_owner = NULL,
              lease_expires_at = NULL, updated_at = $3
          FROM unnest($1, $2) AS finished (id, claimed_until)
-         WHERE job.id = finished.id AND job.lease_expires_at = finished.claimed_until
+         WHERE job.id = ANY($1) AND job.id = finished.id
+           AND job.lease_expires_at = finished.claimed_until
            AND job.lease_owner = $4 AND job.status = 'running'",
         )
         .bind::<Array<SqlUuid>, _>(ids)
@@ -623,7 +624,8 @@ pub async fn finish_deferred(
              attempts = GREATEST(job.attempts - 1, 0), lease_owner = NULL,
              lease_expires_at = NULL, updated_at = $3
          FROM unnest($1, $2, $5) AS deferred (id, until, claimed_until)
-         WHERE job.id = deferred.id AND job.lease_expires_at = deferred.claimed_until
+         WHERE job.id = ANY($1) AND job.id = deferred.id
+           AND job.lease_expires_at = deferred.claimed_until
            AND job.lease_owner = $4 AND job.status = 'running'",
         )
         .bind::<Array<SqlUuid>, _>(ids)

@@ -113,11 +113,12 @@ impl EventConsumer for WebhookFanout {
                     }
                 })
                 .collect();
-            let inserted = insert(&mut connection, event, &deliveries, &jobs, context, now)
+            // The lease of the jobs attempted here, on the clock the worker's claims read.
+            let lease = context.started_lease(context.clock.now());
+            let inserted = insert(&mut connection, event, &deliveries, &jobs, lease, now)
                 .await
                 .map_err(retry)?;
-            // The lease `insert` gave the jobs it inserted running.
-            let (_, lease_until) = context.started_lease(now);
+            let (_, lease_until) = lease;
             drop(connection);
             if let Some(wait) = soonest_wait {
                 context.wake_after(wait);
@@ -202,7 +203,7 @@ async fn insert(
     event: &StoredEvent,
     deliveries: &[(DeliveryRow, Arc<EndpointRow>)],
     jobs: &[(usize, NewJob, Admission)],
-    context: &JobContext,
+    (owner, lease_until): (&str, DateTime<Utc>),
     now: DateTime<Utc>,
 ) -> QueryResult<Vec<Uuid>> {
     use diesel::sql_types::{Array, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
@@ -213,7 +214,6 @@ async fn insert(
         id: Uuid,
     }
 
-    let (owner, lease_until) = context.started_lease(now);
     let delivery_ids: Vec<Uuid> = deliveries.iter().map(|(row, _)| row.id).collect();
     let endpoint_ids: Vec<Uuid> = deliveries.iter().map(|(row, _)| row.endpoint_id).collect();
     let statuses: Vec<&str> = deliveries
