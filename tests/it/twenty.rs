@@ -950,6 +950,78 @@ async fn webhook_signatures_are_checked_with_a_tolerance_and_replays_are_refused
     assert!(renamed.text.contains("replayed"), "{}", renamed.text);
 }
 
+/// The answer's status, code and message (not its request id).
+fn refusal(reply: &HttpReply) -> (u16, Json, Json) {
+    (
+        reply.status,
+        reply.body["code"].clone(),
+        reply.body["message"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_caller_without_the_secret_cannot_tell_whether_twenty_is_connected() {
+    let app = TestApp::spawn().await;
+    let record = person_record(
+        "7b0c2b9e-0000-4000-8000-0000000000a2",
+        "Hid",
+        "Den",
+        "hidden@example.com",
+        "15112340006",
+    );
+    let body = webhook_body("person.created", &record);
+    let now_ms = Utc::now().timestamp_millis();
+    let unsigned = async |app: &TestApp| {
+        app.send_anonymous(
+            Method::POST,
+            "/api/v0/webhooks/incoming/twenty",
+            &[],
+            body.clone(),
+        )
+        .await
+    };
+
+    // Not connected: a call signed with any secret, and one not signed at all...
+    let signed_before = post_signed(&app, &body, SECRET, now_ms, "n1").await;
+    let unsigned_before = unsigned(&app).await;
+    assert_eq!(signed_before.status, 401, "{}", signed_before.text);
+    assert_eq!(unsigned_before.status, 401, "{}", unsigned_before.text);
+
+    // ...get what they get once Twenty is connected and the secret is not theirs.
+    let (app, fake) = connected_app(app).await;
+    let wrong = post_signed(&app, &body, "not-the-secret", now_ms, "n2").await;
+    assert_eq!(refusal(&signed_before), refusal(&wrong), "{}", wrong.text);
+    assert_eq!(
+        refusal(&unsigned_before),
+        refusal(&unsigned(&app).await),
+        "{}",
+        unsigned_before.text
+    );
+    assert_eq!(
+        count(&app.database, "SELECT count(*) AS count FROM contacts").await,
+        0,
+        "nothing refused was applied"
+    );
+
+    // The secret read while nothing was connected is not kept: the connection's is used at
+    // once, and so is a new one.
+    let good = post_signed(&app, &body, SECRET, now_ms, "n3").await;
+    assert_eq!(good.status, 200, "{}", good.text);
+    let renewed = admin(
+        &app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": fake.url(), "webhook_secret": "a-new-twenty-webhook-secret"})),
+    )
+    .await;
+    assert_eq!(renewed.status, 200, "{}", renewed.text);
+    let later = Utc::now().timestamp_millis();
+    let old_secret = post_signed(&app, &body, SECRET, later, "n4").await;
+    assert_eq!(refusal(&old_secret), refusal(&wrong), "{}", old_secret.text);
+    let new_secret = post_signed(&app, &body, "a-new-twenty-webhook-secret", later, "n5").await;
+    assert_eq!(new_secret.status, 200, "{}", new_secret.text);
+}
+
 #[tokio::test]
 async fn changes_from_twenty_apply_to_contacts_and_are_not_echoed_back() {
     let (app, fake) = connected().await;
@@ -1416,6 +1488,11 @@ async fn execute(app: &TestApp, sql: &str) {
 /// Waits until a job of `kind` has failed once, then spends its attempts but the last, which it
 /// makes at once: the next failure dead-letters it.
 async fn until_its_last_attempt(app: &TestApp, kind: &str) {
+    until_its_last_attempt_at(app, kind, "now()").await;
+}
+
+/// [`until_its_last_attempt`], with the last attempt due at the SQL time `run_after`.
+async fn until_its_last_attempt_at(app: &TestApp, kind: &str, run_after: &str) {
     eventually("the job failed once", async || {
         count(
             &app.database,
@@ -1431,7 +1508,7 @@ async fn until_its_last_attempt(app: &TestApp, kind: &str) {
     execute(
         app,
         &format!(
-            "UPDATE outbox_jobs SET attempts = max_attempts - 1, run_after = now() \
+            "UPDATE outbox_jobs SET attempts = max_attempts - 1, run_after = {run_after} \
              WHERE kind = '{kind}' AND status = 'pending'"
         ),
     )
@@ -1699,13 +1776,9 @@ async fn a_dead_sync_leaves_a_contact_that_another_sync_brought_up_to_date() {
         .upsert_contact(&json!({"phone_number": "+4915112340081"}))
         .await;
     let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
-    until_its_last_attempt(&app, "twenty.sync").await;
-    // Put off, while the contact is synced as by a later job.
-    execute(
-        &app,
-        "UPDATE outbox_jobs SET run_after = now() + interval '1 hour' WHERE kind = 'twenty.sync'",
-    )
-    .await;
+    // Put off (in the same statement, so that no worker runs it meanwhile), while the contact
+    // is synced as by a later job.
+    until_its_last_attempt_at(&app, "twenty.sync", "now() + interval '1 hour'").await;
     execute(
         &app,
         "ALTER TABLE twenty_contact_syncs DROP CONSTRAINT never_synced",

@@ -5,6 +5,7 @@
 //! local changes Twenty does not have yet, newer than the contact's last change. The losing side
 //! is then corrected by the next outbound sync.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,8 @@ use super::records::{self, SyncRow};
 use super::signature::{self, SignatureError};
 use super::sync::{person_id, queue_sync, time_field, updated_at, values_json};
 use super::{connection, mapping_store};
+use crate::config::Secret;
+use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::{
     self, ContactError, ContactRow, ContactUpsert, Operation, update_by_id_on, upsert_on,
     validate_upsert,
@@ -48,30 +51,77 @@ pub struct InboundSettings {
     pub audience: Audience,
 }
 
-/// Verifies the call, refuses replays, and applies each record, all in one transaction.
-pub async fn receive(
-    pool: &db::DbPool,
-    context: &RequestContext,
+/// The webhook secret, read from the database only after the connection changed (see
+/// [`crate::config_watch`]): a call whose signature is wrong costs no round trip.
+pub struct WebhookSecret {
+    cached: Cached<Option<Secret>>,
+}
+
+impl WebhookSecret {
+    pub fn new(config: ConfigWatch) -> Self {
+        Self {
+            cached: Cached::new(config),
+        }
+    }
+
+    async fn get(&self, pool: &db::DbPool) -> Result<Arc<Option<Secret>>, ServiceError> {
+        self.cached
+            .get(|| async {
+                let mut connection = db::connection(pool).await?;
+                let twenty = connection::load(&mut connection).await?;
+                Ok::<_, ServiceError>(
+                    twenty.and_then(|twenty| twenty.webhook_secret.map(Secret::new)),
+                )
+            })
+            .await
+    }
+}
+
+/// Checks the call's signature. Without a connection or a webhook secret the caller is told
+/// what a wrong signature is told: whether Twenty is connected is not for an unauthenticated
+/// caller to learn. The operator is told in the log.
+fn verify(
+    secret: Option<&Secret>,
     settings: &InboundSettings,
     now: DateTime<Utc>,
     request: &ReceiveTwentyWebhookRequest,
-) -> Result<Vec<TwentyWebhookResult>, ServiceError> {
-    let mut connection = db::connection(pool).await?;
-    let twenty = connection::load(&mut connection)
-        .await?
-        .ok_or_else(|| ServiceError::FailedPrecondition("Twenty is not connected".to_owned()))?;
-    let secret = twenty.webhook_secret.ok_or_else(|| {
-        ServiceError::FailedPrecondition("no Twenty webhook secret is configured".to_owned())
-    })?;
+) -> Result<DateTime<Utc>, SignatureError> {
+    // Verified against a key no caller holds, so that a malformed call gets the same answer
+    // either way.
+    let key = secret.map_or("no Twenty webhook secret is configured", Secret::expose);
     let signed_at = signature::verify(
-        &secret,
+        key,
         &request.timestamp,
         &request.signature,
         &request.body,
         now,
         settings.tolerance,
-    )
-    .map_err(|error: SignatureError| ServiceError::Unauthenticated(error.to_string()))?;
+    );
+    if secret.is_none() {
+        tracing::warn!(
+            "refused a Twenty webhook call: no Twenty connection with a webhook secret is configured"
+        );
+        // What a wrong signature gets, even one made with this placeholder key.
+        return Err(match signed_at {
+            Err(error @ (SignatureError::Missing | SignatureError::BadTimestamp)) => error,
+            _ => SignatureError::Mismatch,
+        });
+    }
+    signed_at
+}
+
+/// Verifies the call, refuses replays, and applies each record, all in one transaction.
+pub async fn receive(
+    pool: &db::DbPool,
+    context: &RequestContext,
+    settings: &InboundSettings,
+    secret: &WebhookSecret,
+    now: DateTime<Utc>,
+    request: &ReceiveTwentyWebhookRequest,
+) -> Result<Vec<TwentyWebhookResult>, ServiceError> {
+    let secret = secret.get(pool).await?;
+    let signed_at = verify(secret.as_ref().as_ref(), settings, now, request)
+        .map_err(|error| ServiceError::Unauthenticated(error.to_string()))?;
     let events =
         parse(&request.body).map_err(|violation| ServiceError::InvalidArgument(vec![violation]))?;
     // What the signature covers, not the nonce (which it does not cover, so a replay could
@@ -86,6 +136,7 @@ pub async fn receive(
                 .finalize()
         )
     );
+    let mut connection = db::connection(pool).await?;
     let mapping = mapping_store::load(&mut connection).await?;
     let forget_before =
         now - chrono::Duration::from_std(settings.tolerance * 2).unwrap_or_default();

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::backfill::{self, MAX_PAGE_SIZE};
 use super::client::{TwentyClient, TwentyError};
-use super::inbound::{self, InboundSettings};
+use super::inbound::{self, InboundSettings, WebhookSecret};
 use super::mapping::{
     ContactField, Direction, Mapping, MappingEntry, TwentyField, default_entries,
 };
@@ -29,6 +29,7 @@ pub struct TwentyGrpc {
     client: TwentyClient,
     clock: Arc<dyn Clock>,
     inbound: InboundSettings,
+    webhook_secret: WebhookSecret,
     /// Wakes the workers for the syncs, backfill pages and contact events a request queued.
     announcer: Announcer,
     /// Told when the connection is set or deleted (see [`crate::config_watch`]).
@@ -49,6 +50,7 @@ impl TwentyGrpc {
             client,
             clock,
             announcer,
+            webhook_secret: WebhookSecret::new(config.clone()),
             config,
             inbound,
         }
@@ -320,6 +322,7 @@ impl TwentyService for TwentyGrpc {
             &self.pool,
             &context,
             &self.inbound,
+            &self.webhook_secret,
             self.clock.now(),
             &request,
         )
