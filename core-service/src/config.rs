@@ -32,6 +32,11 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
 
+    /// How long an API call waits for a free pooled connection when all are busy before it is
+    /// refused as unavailable (503, `UNAVAILABLE`), for example 5s; 0 refuses at once.
+    #[arg(long, env = "SWITCHBORD_DB_POOL_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_pool_wait: Duration,
+
     /// Server secret mixed into API key hashes (at least 32 characters). Every instance that
     /// shares a database needs the same value. Unset: read from (or created in)
     /// `$SWITCHBORD_DATA_DIR/key-pepper`.
@@ -150,6 +155,7 @@ impl CoreConfig {
             grpc_addr,
             default_region: None,
             db_pool_size: 16,
+            db_pool_wait: Duration::from_secs(5),
             key_pepper: None,
             bootstrap_admin_key: None,
             auth_legacy_paths: OnOff::On,

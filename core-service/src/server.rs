@@ -134,7 +134,7 @@ impl CoreServer {
         // Installs the metrics recorder before anything is recorded.
         switchbord_telemetry::prometheus();
         db::run_migrations(database_url).await?;
-        let pool = db::build_pool(database_url, config.db_pool_size)?;
+        let pool = db::build_pool(database_url, config.db_pool_size, config.db_pool_wait)?;
         let job_pool = db::build_job_pool(database_url, config.db_pool_size)?;
         let hasher = KeyHasher::new(pepper.expose().as_bytes().to_vec());
         let bootstrap = bootstrap_admin_key(

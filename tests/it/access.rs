@@ -581,3 +581,116 @@ async fn a_core_with_another_pepper_than_its_databases_keys_refuses_to_start() {
     .await;
     assert!(same.is_ok(), "{:?}", same.err());
 }
+
+/// Holds `LOCK TABLE {table}` in a transaction of its own until dropped or committed.
+async fn lock_table(app: &TestApp, table: &str, mode: &str) -> diesel_async::AsyncPgConnection {
+    use diesel_async::SimpleAsyncConnection;
+    let mut blocker = app.database.connect().await;
+    blocker
+        .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN {mode} MODE"))
+        .await
+        .expect("lock the table");
+    blocker
+}
+
+async fn upsert(app: &TestApp, phone: &str) -> crate::helpers::HttpReply {
+    app.post_json("/compat/contact", &json!({"phone_number": phone}))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_finds_every_connection_busy_is_refused_after_the_pool_wait() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::builder()
+        .db_pool(2, std::time::Duration::from_millis(500))
+        .spawn()
+        .await;
+    // The user key is read now, and cached: the calls below need a connection only for their
+    // contact.
+    assert_eq!(upsert(&app, "+4915112345670").await.status, 200);
+
+    // Two upserts hold both connections, waiting for the contacts table; a third has none.
+    let mut blocker = lock_table(&app, "contacts", "EXCLUSIVE").await;
+    let calls = futures::future::join_all(
+        ["+4915112345671", "+4915112345672", "+4915112345673"].map(|phone| upsert(&app, phone)),
+    );
+    let release_after_a_refusal = async {
+        crate::helpers::until_waiting_for_locks(&app.database, 2).await;
+        // The third call is refused while the lock is still held: it did not wait for it.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        blocker.batch_execute("COMMIT").await.expect("unlock");
+    };
+    let (replies, ()) = tokio::join!(calls, release_after_a_refusal);
+    let mut statuses: Vec<u16> = replies.iter().map(|reply| reply.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503]);
+    let refused = replies
+        .iter()
+        .find(|reply| reply.status == 503)
+        .expect("one 503");
+    assert!(refused.headers.contains_key("retry-after"), "{refused:?}");
+    assert_eq!(
+        refused.body["error"]["code"], "unavailable",
+        "{}",
+        refused.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_keys_cannot_take_the_connections_of_callers_whose_keys_are_known() {
+    // Six connections: one key-store read at a time.
+    let app = TestApp::builder()
+        .db_pool(6, std::time::Duration::from_secs(3))
+        .spawn()
+        .await;
+    let made_up = |n: usize| format!("sbk_{n:012x}_not-a-secret-anyone-was-given");
+    let with_key = async |key: &str| {
+        app.send(
+            Method::POST,
+            "/compat/contact",
+            &[("x-api-key", key), ("content-type", "application/json")],
+            CONTACT,
+        )
+        .await
+    };
+    // Known, and cached: the user key, and a made-up key already refused once.
+    assert_eq!(upsert(&app, "+4915112345670").await.status, 200);
+    assert_eq!(with_key(&made_up(0)).await.status, 401);
+
+    // While the key store cannot be read, six callers with made-up keys wait for it...
+    let mut blocker = lock_table(&app, "api_keys", "ACCESS EXCLUSIVE").await;
+    let flood = futures::future::join_all((1..=6).map(|n| {
+        let key = made_up(n);
+        async move { with_key(&key).await }
+    }));
+    let known_callers = async {
+        // (The last-used times' writer may be waiting for the table too.)
+        crate::helpers::eventually("a made-up key's read waits for the lock", async || {
+            crate::helpers::count(
+                &app.database,
+                "SELECT count(*) AS count FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+                >= 1
+        })
+        .await;
+        // (time for the other five to reach whatever they wait for)
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // ...and a caller whose key is known is served all the same, as is the made-up key
+        // refused before, without a read.
+        let served = upsert(&app, "+4915112345679").await;
+        let refused_again = with_key(&made_up(0)).await;
+        use diesel_async::SimpleAsyncConnection;
+        blocker.batch_execute("COMMIT").await.expect("unlock");
+        (served, refused_again)
+    };
+    let (flood, (served, refused_again)) = tokio::join!(flood, known_callers);
+    assert_eq!(served.status, 200, "{}", served.text);
+    assert_eq!(refused_again.status, 401, "{}", refused_again.text);
+    for reply in flood {
+        // Refused as unknown once the store could be read, or as unavailable after waiting
+        // their turn for too long.
+        assert!([401, 503].contains(&reply.status), "{reply:?}");
+    }
+}

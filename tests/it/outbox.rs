@@ -181,7 +181,7 @@ async fn setup() -> Setup {
         .execute(&mut connection)
         .await
         .expect("create test_dead_letters");
-    let pool = db::build_pool(database.url(), 16).expect("pool");
+    let pool = db::build_pool(database.url(), 16, std::time::Duration::from_secs(5)).expect("pool");
     Setup { database, pool }
 }
 

@@ -211,7 +211,8 @@ async fn inside_a_callers_transaction_it_is_a_savepoint() {
 #[tokio::test]
 async fn a_transaction_dropped_half_way_does_not_go_back_to_the_pool() {
     let (database, mut watcher) = probe_database().await;
-    let pool = build_pool(database.url(), 1).expect("build the pool");
+    let pool =
+        build_pool(database.url(), 1, std::time::Duration::from_secs(5)).expect("build the pool");
     let abandoned_pid = Arc::new(Mutex::new(None));
     let mut connection = pool.get().await.expect("check out a connection");
     let dropped = tokio::time::timeout(
@@ -363,7 +364,8 @@ async fn every_statement_of_an_upsert_and_of_its_jobs_is_prepared_once_per_conne
 async fn a_triggers_key_and_contact_lookup_are_prepared_statements() {
     let database = TestDatabase::create().await;
     // One connection, so the statements it prepared can be listed afterwards.
-    let pool = build_pool(database.url(), 1).expect("build the pool");
+    let pool =
+        build_pool(database.url(), 1, std::time::Duration::from_secs(5)).expect("build the pool");
     let context = RequestContext {
         request_id: RequestId(uuid::Uuid::new_v4()),
         caller: Caller::system("test"),

@@ -2,7 +2,12 @@
 //!
 //! Verified keys are cached for [`CACHE_TTL`], so a busy caller costs no query per call; a
 //! revocation takes effect at once on the instance that revoked, and within the TTL on others.
-//! Last-used times are gathered in memory and written every few seconds, off the request path.
+//! A prefix that names no key is cached as such for as long, so that a client sending a wrong
+//! key in a loop costs one query per TTL, not one per call. Reads of the key store run at most
+//! a quarter of the pool at once ([`LOOKUPS_PER_CONNECTION`]): a flood of made-up keys, each a
+//! read, then holds at most that share, and the calls of callers whose keys are cached keep the
+//! rest. Last-used times are gathered in memory and written every few seconds, off the request
+//! path.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,6 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use ipnet::IpNet;
+use tokio::sync::Semaphore;
 use tonic::Status;
 use uuid::Uuid;
 
@@ -26,6 +32,8 @@ use crate::emarsys::EmarsysAuth;
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Beyond this many cached keys the cache starts over (a bound, not an expected size).
 const CACHE_LIMIT: usize = 10_000;
+/// One key-store read at once for every this many pooled connections (at least one).
+const LOOKUPS_PER_CONNECTION: usize = 4;
 
 /// Metadata carrying the client address seen by the gateway.
 pub const CLIENT_IP_METADATA: &str = "x-switchbord-client-ip";
@@ -38,14 +46,19 @@ pub struct Authenticator {
     trusted_gateways: Vec<IpNet>,
     emarsys: EmarsysAuth,
     cache: Mutex<KeyCache>,
+    /// Permits to read the key store; see the module's documentation.
+    lookups: Semaphore,
+    /// How long a call waits for a permit: as long as the pool lets it wait for a connection.
+    lookup_wait: Option<Duration>,
     last_used: Mutex<HashMap<Uuid, DateTime<Utc>>>,
 }
 
-/// Verified keys by prefix, and how many times a key was forgotten: a key read from the
-/// database before a revocation forgot it must not be remembered after.
+/// Keys by prefix as last read (`None`: no key has that prefix), and how many times a key was
+/// forgotten: a key read from the database before a revocation forgot it must not be
+/// remembered after.
 #[derive(Default)]
 struct KeyCache {
-    keys: HashMap<String, (ApiKeyRow, Instant)>,
+    keys: HashMap<String, (Option<ApiKeyRow>, Instant)>,
     forgotten: u64,
 }
 
@@ -57,6 +70,8 @@ impl Authenticator {
         trusted_gateways: Vec<IpNet>,
         emarsys: EmarsysAuth,
     ) -> Self {
+        let lookups = (pool.status().max_size / LOOKUPS_PER_CONNECTION).max(1);
+        let lookup_wait = pool.timeouts().wait;
         Self {
             pool,
             hasher,
@@ -64,6 +79,8 @@ impl Authenticator {
             trusted_gateways,
             emarsys,
             cache: Mutex::new(KeyCache::default()),
+            lookups: Semaphore::new(lookups),
+            lookup_wait,
             last_used: Mutex::new(HashMap::new()),
         }
     }
@@ -146,26 +163,15 @@ impl Authenticator {
     }
 
     async fn verify(&self, token: &str) -> Result<ApiKeyRow, Status> {
-        let invalid = || Status::unauthenticated("invalid API key");
         let prefix = self.hasher.lookup_prefix(token);
         let key = match self.cached(&prefix) {
             Some(key) => key,
-            None => {
-                let forgotten = self.forgotten();
-                let mut connection = db::connection(&self.pool).await.map_err(|_| {
-                    Status::unavailable("the key store is unavailable; retry later")
-                })?;
-                let key = store::find_by_prefix(&mut connection, &prefix)
-                    .await
-                    .map_err(|_| Status::unavailable("the key store is unavailable; retry later"))?
-                    .ok_or_else(invalid)?;
-                self.remember(&prefix, &key, forgotten);
-                key
-            }
+            None => self.fetch(&prefix).await?,
         };
-        if !self.hasher.matches(token, &key.secret_hash) {
-            return Err(invalid());
-        }
+        // A made-up key is told what a wrong secret is told.
+        let key = key
+            .filter(|key| self.hasher.matches(token, &key.secret_hash))
+            .ok_or_else(|| Status::unauthenticated("invalid API key"))?;
         if key.revoked_at.is_some() {
             return Err(Status::unauthenticated("the API key was revoked"));
         }
@@ -175,7 +181,30 @@ impl Authenticator {
         Ok(key)
     }
 
-    fn cached(&self, prefix: &str) -> Option<ApiKeyRow> {
+    /// Reads the key with `prefix` (`None`: there is none) and caches what was read.
+    async fn fetch(&self, prefix: &str) -> Result<Option<ApiKeyRow>, Status> {
+        let unavailable = || Status::unavailable("the key store is unavailable; retry later");
+        let permit = match self.lookup_wait {
+            Some(wait) => tokio::time::timeout(wait, self.lookups.acquire())
+                .await
+                .map_err(|_| unavailable())?,
+            None => self.lookups.acquire().await,
+        };
+        let _permit = permit.map_err(|_| unavailable())?;
+        let forgotten = self.forgotten();
+        let mut connection = db::connection(&self.pool)
+            .await
+            .map_err(|_| unavailable())?;
+        let key = store::find_by_prefix(&mut connection, prefix)
+            .await
+            .map_err(|_| unavailable())?;
+        self.remember(prefix, key.as_ref(), forgotten);
+        Ok(key)
+    }
+
+    /// What was last read for `prefix`, if it was read within [`CACHE_TTL`]: `Some(None)` when
+    /// no key had that prefix.
+    fn cached(&self, prefix: &str) -> Option<Option<ApiKeyRow>> {
         let cache = self.cache.lock().ok()?;
         cache
             .keys
@@ -190,9 +219,10 @@ impl Authenticator {
         self.cache.lock().map_or(0, |cache| cache.forgotten)
     }
 
-    /// Caches `key`, fetched when [`Authenticator::forgotten`] said `forgotten`, unless a key was
-    /// forgotten since: the fetch may have read it before its revocation committed.
-    fn remember(&self, prefix: &str, key: &ApiKeyRow, forgotten: u64) {
+    /// Caches `key` (`None`: no key has `prefix`), fetched when [`Authenticator::forgotten`]
+    /// said `forgotten`, unless a key was forgotten since: the fetch may have read it before its
+    /// revocation (or its creation) committed.
+    fn remember(&self, prefix: &str, key: Option<&ApiKeyRow>, forgotten: u64) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.forgotten != forgotten {
                 return;
@@ -202,11 +232,12 @@ impl Authenticator {
             }
             cache
                 .keys
-                .insert(prefix.to_owned(), (key.clone(), Instant::now()));
+                .insert(prefix.to_owned(), (key.cloned(), Instant::now()));
         }
     }
 
-    /// Drops a key from the cache, so that its revocation applies here at once.
+    /// Drops what is cached for `prefix`, so that a key's revocation, or its creation, applies
+    /// here at once.
     pub fn forget(&self, prefix: &str) {
         if let Ok(mut cache) = self.cache.lock() {
             cache.keys.remove(prefix);
@@ -269,7 +300,12 @@ mod tests {
 
     fn authenticator() -> Authenticator {
         // A pool is built without connecting; these tests never query.
-        let pool = db::build_pool("postgres://nobody@127.0.0.1:1/none", 1).expect("pool");
+        let pool = db::build_pool(
+            "postgres://nobody@127.0.0.1:1/none",
+            1,
+            std::time::Duration::from_secs(5),
+        )
+        .expect("pool");
         Authenticator::new(
             pool,
             KeyHasher::new(b"pepper-for-tests-0123456789abcdef".to_vec()),
@@ -302,12 +338,16 @@ mod tests {
         // ...while the key is revoked on this instance, which forgets it...
         authenticator.forget("sb_abc");
         // ...and the call, done reading, would cache the row it read.
-        authenticator.remember("sb_abc", &key("sb_abc"), forgotten);
+        authenticator.remember("sb_abc", Some(&key("sb_abc")), forgotten);
         assert!(authenticator.cached("sb_abc").is_none());
 
         // A read after the revocation is cached as usual.
         let forgotten = authenticator.forgotten();
-        authenticator.remember("sb_abc", &key("sb_abc"), forgotten);
-        assert!(authenticator.cached("sb_abc").is_some());
+        authenticator.remember("sb_abc", Some(&key("sb_abc")), forgotten);
+        assert!(
+            authenticator
+                .cached("sb_abc")
+                .is_some_and(|key| key.is_some())
+        );
     }
 }

@@ -94,6 +94,8 @@ impl AccessService for AccessGrpc {
         )
         .await
         .map_err(status)?;
+        // Not known before it was created: nothing cached may say so.
+        self.authenticator.forget(&row.prefix);
         tracing::info!(key_id = %row.id, prefix = %row.prefix, role = %row.role, "API key created");
         Ok(Response::new(CreateApiKeyResponse {
             api_key: Some(api_key_proto(row)),

@@ -11,6 +11,9 @@ pub use listen::{Listener, listen};
 pub use migrate::{MigrationError, embedded_versions, run_migrations};
 pub use prepared::{Prepared, prepared};
 
+use std::time::Duration;
+
+use ::deadpool::Runtime;
 use diesel_async::pooled_connection::deadpool::{self, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
@@ -36,13 +39,29 @@ fn manager_config() -> ManagerConfig<AsyncPgConnection> {
     config
 }
 
-/// Builds the pool. Connections are opened lazily, on first use.
-pub fn build_pool(database_url: &str, max_size: usize) -> Result<DbPool, deadpool::BuildError> {
+/// How long opening a connection to PostgreSQL may take (a host that drops packets would
+/// otherwise hold the caller for the operating system's TCP timeout, minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the API calls' pool. Connections are opened lazily, on first use. A call that finds
+/// every connection busy waits at most `wait` for one and is then refused as unavailable (a
+/// `503` the caller may retry), rather than queueing without bound behind an overloaded
+/// database; 0 refuses at once.
+pub fn build_pool(
+    database_url: &str,
+    max_size: usize,
+    wait: Duration,
+) -> Result<DbPool, deadpool::BuildError> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
         database_url,
         manager_config(),
     );
-    Pool::builder(manager).max_size(max_size.max(1)).build()
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .build()
 }
 
 /// Builds the outbox workers' pool, whose commits do not wait for the WAL flush
@@ -69,7 +88,12 @@ pub fn build_job_pool(database_url: &str, max_size: usize) -> Result<DbPool, dea
     });
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
-    Pool::builder(manager).max_size(max_size.max(1)).build()
+    // No wait timeout: a worker holds a claimed job and has nothing better to do than wait.
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .build()
 }
 
 /// Checks a connection out of the pool.

@@ -283,7 +283,12 @@ mod tests {
         let _subscriber =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(follows.clone()));
         // No database: the statement fails, and is traced all the same.
-        let pool = db::build_pool("postgres://nobody@127.0.0.1:1/none", 1).expect("pool");
+        let pool = db::build_pool(
+            "postgres://nobody@127.0.0.1:1/none",
+            1,
+            std::time::Duration::from_secs(5),
+        )
+        .expect("pool");
         let recorder = RunRecorder::new(Audience::new(Vec::new()));
 
         let recorded = recorder

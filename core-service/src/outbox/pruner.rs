@@ -76,7 +76,7 @@ mod tests {
 
     fn pruner(retention: Duration) -> Pruner {
         let url = "postgres://nobody@127.0.0.1:1/none";
-        let pool = db::build_pool(url, 1).expect("pool");
+        let pool = db::build_pool(url, 1, std::time::Duration::from_secs(5)).expect("pool");
         Pruner::new(pool, Arc::new(SystemClock), retention)
     }
 

@@ -185,7 +185,7 @@ mod tests {
     /// A worker that is never run: a pool is built without connecting.
     fn idle_worker() -> Worker {
         let url = "postgres://nobody@127.0.0.1:1/none";
-        let pool = crate::db::build_pool(url, 1).expect("pool");
+        let pool = crate::db::build_pool(url, 1, std::time::Duration::from_secs(5)).expect("pool");
         Worker::new(
             pool,
             url,

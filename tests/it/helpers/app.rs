@@ -290,6 +290,13 @@ impl TestAppBuilder {
         self
     }
 
+    /// The API calls' pool: `size` connections, each call waiting at most `wait` for one.
+    pub fn db_pool(mut self, size: usize, wait: std::time::Duration) -> Self {
+        self.core.db_pool_size = size;
+        self.core.db_pool_wait = wait;
+        self
+    }
+
     pub fn outbox_workers(mut self, workers: usize) -> Self {
         self.core.outbox_workers = workers;
         self
