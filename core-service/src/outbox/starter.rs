@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
@@ -127,6 +128,7 @@ impl Reservation {
     ) -> QueryResult<ClaimedJob> {
         let context = &self.inner.context;
         let now = context.clock.now();
+        let claimed_at = Instant::now();
         let until = context.lease.until(now);
         store::enqueue_started(
             connection,
@@ -136,7 +138,7 @@ impl Reservation {
             until,
         )
         .await?;
-        Ok(ClaimedJob::started(job, until))
+        Ok(ClaimedJob::started(job, until, claimed_at))
     }
 
     /// Runs `job` (from [`Reservation::enqueue`], committed) through its handler in the

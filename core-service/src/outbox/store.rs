@@ -130,6 +130,8 @@ pub async fn enqueue_started(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
+    // (The caller read `now` just before: the cut-off counts from before the insert.)
+    let claimed_at = Instant::now();
     let rows: Vec<InsertStartedJob<'_>> = jobs
         .iter()
         .map(|job| InsertStartedJob {
@@ -158,7 +160,7 @@ pub async fn enqueue_started(
     };
     Ok(jobs
         .iter()
-        .map(|job| ClaimedJob::started(job, lease_until))
+        .map(|job| ClaimedJob::started(job, lease_until, claimed_at))
         .collect())
 }
 
@@ -237,8 +239,9 @@ impl ClaimedJob {
             .and_then(|id| Uuid::parse_str(id).ok())
     }
 
-    /// `job` as inserted already claimed until `lease_until`: running, its first attempt counted.
-    pub fn started(job: &NewJob, lease_until: DateTime<Utc>) -> Self {
+    /// `job` as inserted already claimed until `lease_until`, a lease taken at `claimed_at`:
+    /// running, its first attempt counted.
+    pub fn started(job: &NewJob, lease_until: DateTime<Utc>, claimed_at: Instant) -> Self {
         Self {
             id: job.id,
             kind: job.kind.name.to_owned(),
@@ -246,7 +249,7 @@ impl ClaimedJob {
             attempts: 1,
             max_attempts: job.kind.max_attempts,
             request_id: job.request_id,
-            claimed_at: Instant::now(),
+            claimed_at,
             lease_until,
             carried: None,
         }

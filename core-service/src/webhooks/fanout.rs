@@ -115,6 +115,7 @@ impl EventConsumer for WebhookFanout {
                 .collect();
             // The lease of the jobs attempted here, on the clock the worker's claims read.
             let lease = context.started_lease(context.clock.now());
+            let claimed_at = Instant::now();
             let inserted = insert(&mut connection, event, &deliveries, &jobs, lease, now)
                 .await
                 .map_err(retry)?;
@@ -134,7 +135,7 @@ impl EventConsumer for WebhookFanout {
                     };
                     let (delivery, endpoint) = &deliveries[index];
                     Some(Immediate {
-                        job: ClaimedJob::started(&job, lease_until),
+                        job: ClaimedJob::started(&job, lease_until, claimed_at),
                         delivery: delivery.clone(),
                         endpoint: endpoint.clone(),
                         slot,
