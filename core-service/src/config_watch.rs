@@ -13,16 +13,27 @@
 //! within a millisecond of the commit; a change made through this instance's API is seen by its
 //! very next request, as the service calls [`ConfigWatch::changed`] after committing.
 //!
+//! Whatever happens to the listener, no value is kept longer than [`MAX_AGE`]: a connection
+//! that died without a word (a NAT or a failover that dropped it silently) stops the
+//! notifications while the process still believes it listens, and the webhook secret of
+//! Twenty, among others, must not stay stale for the life of the process then.
+//!
 //! Two reads fewer for every event dispatched (`docs/performance.md`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::db;
 
 /// The channel the triggers notify.
 const CHANNEL: &str = "config_changed";
+
+/// How long a cached value is used at most, even with no change heard of: one read a minute.
+pub const MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Whether the cached configuration is current. Cheap to clone.
 #[derive(Clone, Default)]
@@ -85,7 +96,8 @@ impl db::Listener for ConfigWatch {
 /// One piece of configuration, read from the database only when it may have changed.
 pub struct Cached<T> {
     watch: ConfigWatch,
-    slot: Mutex<Option<(u64, Arc<T>)>>,
+    /// The value, the generation it was read at, and when it was read.
+    slot: Mutex<Option<(u64, Instant, Arc<T>)>>,
 }
 
 impl<T> Cached<T> {
@@ -108,6 +120,7 @@ impl<T> Cached<T> {
         {
             return Ok(value);
         }
+        let read_at = Instant::now();
         let value = Arc::new(load().await?);
         if let Some(generation) = generation {
             let mut slot = self
@@ -117,7 +130,7 @@ impl<T> Cached<T> {
             // Checked under the lock: a change heard of from here on moves the generation
             // past the one stored, and a change heard of during the read was not stored.
             if self.watch.current() == Some(generation) {
-                *slot = Some((generation, value.clone()));
+                *slot = Some((generation, read_at, value.clone()));
             }
         }
         Ok(value)
@@ -135,7 +148,11 @@ impl<T> Cached<T> {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         match &*slot {
-            Some((cached, value)) if *cached == generation => Some(value.clone()),
+            Some((cached, read_at, value))
+                if *cached == generation && read_at.elapsed() < MAX_AGE =>
+            {
+                Some(value.clone())
+            }
             _ => None,
         }
     }
@@ -272,5 +289,17 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(*next, "read");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_is_read_again_after_its_maximum_age_even_with_no_change_heard_of() {
+        let watch = listening();
+        let counting = Counting::new(&watch);
+        assert_eq!(counting.get().await, 0);
+        tokio::time::advance(MAX_AGE - Duration::from_secs(1)).await;
+        assert_eq!(counting.get().await, 0, "still young enough");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(counting.cached.peek(), None, "too old to be used");
+        assert_eq!(counting.get().await, 1, "read again");
     }
 }

@@ -593,6 +593,18 @@ async fn lock_table(app: &TestApp, table: &str, mode: &str) -> diesel_async::Asy
     blocker
 }
 
+/// Waits until at least `sessions` statements like `query` (an `ILIKE` pattern) wait for a lock.
+async fn until_waiting_for_a_lock(app: &TestApp, query: &str, sessions: i64) {
+    let sql = format!(
+        "SELECT count(*) AS count FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '{query}'"
+    );
+    crate::helpers::eventually("statements wait for the lock", async || {
+        crate::helpers::count(&app.database, &sql).await >= sessions
+    })
+    .await;
+}
+
 async fn upsert(app: &TestApp, phone: &str) -> crate::helpers::HttpReply {
     app.post_json("/compat/contact", &json!({"phone_number": phone}))
         .await
@@ -615,7 +627,7 @@ async fn a_call_that_finds_every_connection_busy_is_refused_after_the_pool_wait(
         ["+4915112345671", "+4915112345672", "+4915112345673"].map(|phone| upsert(&app, phone)),
     );
     let release_after_a_refusal = async {
-        crate::helpers::until_waiting_for_locks(&app.database, 2).await;
+        until_waiting_for_a_lock(&app, "%contacts%", 2).await;
         // The third call is refused while the lock is still held: it did not wait for it.
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         blocker.batch_execute("COMMIT").await.expect("unlock");
@@ -664,17 +676,8 @@ async fn made_up_keys_cannot_take_the_connections_of_callers_whose_keys_are_know
         async move { with_key(&key).await }
     }));
     let known_callers = async {
-        // (The last-used times' writer may be waiting for the table too.)
-        crate::helpers::eventually("a made-up key's read waits for the lock", async || {
-            crate::helpers::count(
-                &app.database,
-                "SELECT count(*) AS count FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await
-                >= 1
-        })
-        .await;
+        // (A read, not the last-used times' writer, which may wait for the table too.)
+        until_waiting_for_a_lock(&app, "SELECT%api_keys%", 1).await;
         // (time for the other five to reach whatever they wait for)
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         // ...and a caller whose key is known is served all the same, as is the made-up key

@@ -1493,25 +1493,19 @@ async fn until_its_last_attempt(app: &TestApp, kind: &str) {
 
 /// [`until_its_last_attempt`], with the last attempt due at the SQL time `run_after`.
 async fn until_its_last_attempt_at(app: &TestApp, kind: &str, run_after: &str) {
-    eventually("the job failed once", async || {
-        count(
-            &app.database,
-            &format!(
-                "SELECT count(*) AS count FROM outbox_jobs WHERE kind = '{kind}' \
-                 AND status = 'pending' AND last_error IS NOT NULL"
-            ),
-        )
-        .await
+    // The check and the change in one statement: a worker may claim the job between two.
+    let sql = format!(
+        "UPDATE outbox_jobs SET attempts = max_attempts - 1, run_after = {run_after} \
+         WHERE kind = '{kind}' AND status = 'pending' AND last_error IS NOT NULL"
+    );
+    eventually("the job failed once, and is pending", async || {
+        let mut connection = app.database.connect().await;
+        diesel::sql_query(&sql)
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"))
             == 1
     })
-    .await;
-    execute(
-        app,
-        &format!(
-            "UPDATE outbox_jobs SET attempts = max_attempts - 1, run_after = {run_after} \
-             WHERE kind = '{kind}' AND status = 'pending'"
-        ),
-    )
     .await;
 }
 

@@ -30,7 +30,8 @@ use crate::emarsys::EmarsysAuth;
 
 /// How long a verified key is trusted without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
-/// Beyond this many cached keys the cache starts over (a bound, not an expected size).
+/// Beyond this many cached keys (or unknown prefixes) that part of the cache starts over (a
+/// bound, not an expected size).
 const CACHE_LIMIT: usize = 10_000;
 /// One key-store read at once for every this many pooled connections (at least one).
 const LOOKUPS_PER_CONNECTION: usize = 4;
@@ -53,12 +54,15 @@ pub struct Authenticator {
     last_used: Mutex<HashMap<Uuid, DateTime<Utc>>>,
 }
 
-/// Keys by prefix as last read (`None`: no key has that prefix), and how many times a key was
+/// Keys by prefix as last read, the prefixes that named no key, and how many times a key was
 /// forgotten: a key read from the database before a revocation forgot it must not be
 /// remembered after.
 #[derive(Default)]
 struct KeyCache {
-    keys: HashMap<String, (Option<ApiKeyRow>, Instant)>,
+    keys: HashMap<String, (ApiKeyRow, Instant)>,
+    /// Apart from `keys`, so that made-up keys, which anyone can send, never push the keys of
+    /// real callers out of the cache.
+    unknown: HashMap<String, Instant>,
     forgotten: u64,
 }
 
@@ -184,13 +188,17 @@ impl Authenticator {
     /// Reads the key with `prefix` (`None`: there is none) and caches what was read.
     async fn fetch(&self, prefix: &str) -> Result<Option<ApiKeyRow>, Status> {
         let unavailable = || Status::unavailable("the key store is unavailable; retry later");
-        let permit = match self.lookup_wait {
+        let _permit = match self.lookup_wait {
+            // As the pool does with a wait of 0: take a free permit or none, never time out.
+            Some(wait) if wait.is_zero() => {
+                self.lookups.try_acquire().map_err(|_| unavailable())?
+            }
             Some(wait) => tokio::time::timeout(wait, self.lookups.acquire())
                 .await
+                .map_err(|_| unavailable())?
                 .map_err(|_| unavailable())?,
-            None => self.lookups.acquire().await,
+            None => self.lookups.acquire().await.map_err(|_| unavailable())?,
         };
-        let _permit = permit.map_err(|_| unavailable())?;
         let forgotten = self.forgotten();
         let mut connection = db::connection(&self.pool)
             .await
@@ -206,11 +214,16 @@ impl Authenticator {
     /// no key had that prefix.
     fn cached(&self, prefix: &str) -> Option<Option<ApiKeyRow>> {
         let cache = self.cache.lock().ok()?;
+        if let Some((key, fetched)) = cache.keys.get(prefix)
+            && fetched.elapsed() < CACHE_TTL
+        {
+            return Some(Some(key.clone()));
+        }
         cache
-            .keys
+            .unknown
             .get(prefix)
-            .filter(|(_, fetched)| fetched.elapsed() < CACHE_TTL)
-            .map(|(key, _)| key.clone())
+            .is_some_and(|fetched| fetched.elapsed() < CACHE_TTL)
+            .then_some(None)
     }
 
     /// How many times a key was forgotten so far: read before a key is fetched, and given to
@@ -227,12 +240,26 @@ impl Authenticator {
             if cache.forgotten != forgotten {
                 return;
             }
-            if cache.keys.len() >= CACHE_LIMIT {
-                cache.keys.clear();
+            let now = Instant::now();
+            match key {
+                Some(key) => {
+                    if cache.keys.len() >= CACHE_LIMIT {
+                        cache.keys.clear();
+                    }
+                    cache.keys.insert(prefix.to_owned(), (key.clone(), now));
+                }
+                None => {
+                    if cache.unknown.len() >= CACHE_LIMIT {
+                        cache
+                            .unknown
+                            .retain(|_, fetched| fetched.elapsed() < CACHE_TTL);
+                    }
+                    if cache.unknown.len() >= CACHE_LIMIT {
+                        cache.unknown.clear();
+                    }
+                    cache.unknown.insert(prefix.to_owned(), now);
+                }
             }
-            cache
-                .keys
-                .insert(prefix.to_owned(), (key.cloned(), Instant::now()));
         }
     }
 
@@ -241,6 +268,7 @@ impl Authenticator {
     pub fn forget(&self, prefix: &str) {
         if let Ok(mut cache) = self.cache.lock() {
             cache.keys.remove(prefix);
+            cache.unknown.remove(prefix);
             cache.forgotten += 1;
         }
     }
@@ -268,8 +296,19 @@ impl Authenticator {
         if written.is_none() {
             tracing::warn!(
                 keys = used.len(),
-                "could not record API key last-used times"
+                "could not record API key last-used times; kept for the next write"
             );
+            self.keep_for_next_flush(used);
+        }
+    }
+
+    /// Puts back times that could not be written, unless a later use was noted meanwhile.
+    fn keep_for_next_flush(&self, used: Vec<(Uuid, DateTime<Utc>)>) {
+        if let Ok(mut pending) = self.last_used.lock() {
+            for (key_id, at) in used {
+                let kept = pending.entry(key_id).or_insert(at);
+                *kept = (*kept).max(at);
+            }
         }
     }
 }
@@ -349,5 +388,43 @@ mod tests {
                 .cached("sb_abc")
                 .is_some_and(|key| key.is_some())
         );
+    }
+
+    #[test]
+    fn made_up_keys_never_push_a_real_key_out_of_the_cache() {
+        let authenticator = authenticator();
+        let forgotten = authenticator.forgotten();
+        authenticator.remember(
+            "sbk_000000000001",
+            Some(&key("sbk_000000000001")),
+            forgotten,
+        );
+        for n in 0..=CACHE_LIMIT {
+            authenticator.remember(&format!("sbk_{n:012x}x"), None, forgotten);
+        }
+        assert!(
+            authenticator
+                .cached("sbk_000000000001")
+                .is_some_and(|key| key.is_some())
+        );
+        // The last unknown prefix is remembered as such.
+        let last = format!("sbk_{CACHE_LIMIT:012x}x");
+        assert!(authenticator.cached(&last).is_some_and(|key| key.is_none()));
+    }
+
+    #[tokio::test]
+    async fn last_used_times_that_could_not_be_written_are_kept_for_the_next_write() {
+        // The pool's database does not exist: the write fails.
+        let authenticator = authenticator();
+        let (written_before, noted_since) = (Uuid::new_v4(), Uuid::new_v4());
+        let earlier = Utc::now() - chrono::Duration::minutes(1);
+        authenticator.note_use(written_before);
+        authenticator.flush_last_used().await;
+        authenticator.note_use(noted_since);
+        authenticator.keep_for_next_flush(vec![(noted_since, earlier)]);
+
+        let pending = authenticator.last_used.lock().expect("lock").clone();
+        assert!(pending.contains_key(&written_before), "{pending:?}");
+        assert!(pending[&noted_since] > earlier, "the later use wins");
     }
 }

@@ -6,12 +6,14 @@
 //! is then corrected by the next outbound sync.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use phonenumber::country;
+use rand::RngCore;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use switchbord_api::v1::{
@@ -21,7 +23,7 @@ use uuid::Uuid;
 
 use super::mapping::Mapping;
 use super::records::{self, SyncRow};
-use super::signature::{self, SignatureError};
+use super::signature::{Signature, SignatureError};
 use super::sync::{person_id, queue_sync, time_field, updated_at, values_json};
 use super::{connection, mapping_store};
 use crate::config::Secret;
@@ -52,15 +54,28 @@ pub struct InboundSettings {
 }
 
 /// The webhook secret, read from the database only after the connection changed (see
-/// [`crate::config_watch`]): a call whose signature is wrong costs no round trip.
+/// [`crate::config_watch`]): once read, a call whose signature is wrong costs no round trip.
 pub struct WebhookSecret {
     cached: Cached<Option<Secret>>,
+    /// What a call is verified against while no secret is configured, so that it costs what a
+    /// wrong signature costs. Random, so that no caller holds it.
+    stand_in: Secret,
+    /// When a call was last refused for want of a secret, in seconds since the epoch: the log
+    /// says so at most once a minute, however often unauthenticated callers call.
+    warned_at: AtomicI64,
 }
+
+/// How often the log may say that calls are refused for want of a secret, in seconds.
+const WARN_EVERY_SECONDS: i64 = 60;
 
 impl WebhookSecret {
     pub fn new(config: ConfigWatch) -> Self {
+        let mut random = [0_u8; 32];
+        rand::rng().fill_bytes(&mut random);
         Self {
             cached: Cached::new(config),
+            stand_in: Secret::new(hex::encode(random)),
+            warned_at: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -75,39 +90,50 @@ impl WebhookSecret {
             })
             .await
     }
-}
 
-/// Checks the call's signature. Without a connection or a webhook secret the caller is told
-/// what a wrong signature is told: whether Twenty is connected is not for an unauthenticated
-/// caller to learn. The operator is told in the log.
-fn verify(
-    secret: Option<&Secret>,
-    settings: &InboundSettings,
-    now: DateTime<Utc>,
-    request: &ReceiveTwentyWebhookRequest,
-) -> Result<DateTime<Utc>, SignatureError> {
-    // Verified against a key no caller holds, so that a malformed call gets the same answer
-    // either way.
-    let key = secret.map_or("no Twenty webhook secret is configured", Secret::expose);
-    let signed_at = signature::verify(
-        key,
-        &request.timestamp,
-        &request.signature,
-        &request.body,
-        now,
-        settings.tolerance,
-    );
-    if secret.is_none() {
-        tracing::warn!(
-            "refused a Twenty webhook call: no Twenty connection with a webhook secret is configured"
-        );
-        // What a wrong signature gets, even one made with this placeholder key.
-        return Err(match signed_at {
-            Err(error @ (SignatureError::Missing | SignatureError::BadTimestamp)) => error,
-            _ => SignatureError::Mismatch,
-        });
+    /// Checks the call's signature, refusing what can be refused before the secret is read.
+    /// Without a connection or a webhook secret the caller is told what a wrong signature is
+    /// told: whether Twenty is connected is not for an unauthenticated caller to learn. The
+    /// operator is told in the log.
+    async fn verify(
+        &self,
+        pool: &db::DbPool,
+        settings: &InboundSettings,
+        now: DateTime<Utc>,
+        request: &ReceiveTwentyWebhookRequest,
+    ) -> Result<DateTime<Utc>, ServiceError> {
+        let refused = |error: SignatureError| ServiceError::Unauthenticated(error.to_string());
+        let signature = Signature::read(&request.timestamp, &request.signature).map_err(refused)?;
+        let secret = self.get(pool).await?;
+        let Some(secret) = secret.as_ref() else {
+            self.warn_unconfigured(now);
+            let _ = signature.verify(
+                self.stand_in.expose(),
+                &request.body,
+                now,
+                settings.tolerance,
+            );
+            return Err(refused(SignatureError::Mismatch));
+        };
+        signature
+            .verify(secret.expose(), &request.body, now, settings.tolerance)
+            .map_err(refused)
     }
-    signed_at
+
+    fn warn_unconfigured(&self, now: DateTime<Utc>) {
+        let now = now.timestamp();
+        let last = AtomicI64::load(&self.warned_at, Ordering::Relaxed);
+        if now.saturating_sub(last) >= WARN_EVERY_SECONDS
+            && self
+                .warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                "refused a Twenty webhook call: no Twenty connection with a webhook secret is configured (said at most once a minute)"
+            );
+        }
+    }
 }
 
 /// Verifies the call, refuses replays, and applies each record, all in one transaction.
@@ -119,9 +145,7 @@ pub async fn receive(
     now: DateTime<Utc>,
     request: &ReceiveTwentyWebhookRequest,
 ) -> Result<Vec<TwentyWebhookResult>, ServiceError> {
-    let secret = secret.get(pool).await?;
-    let signed_at = verify(secret.as_ref().as_ref(), settings, now, request)
-        .map_err(|error| ServiceError::Unauthenticated(error.to_string()))?;
+    let signed_at = secret.verify(pool, settings, now, request).await?;
     let events =
         parse(&request.body).map_err(|violation| ServiceError::InvalidArgument(vec![violation]))?;
     // What the signature covers, not the nonce (which it does not cover, so a replay could

@@ -21,8 +21,63 @@ pub enum SignatureError {
     Mismatch,
 }
 
-/// Checks `signature` over `timestamp` and `body` in constant time, and that `timestamp` lies
-/// within `tolerance` of `now`. Returns the signed time.
+/// A call's timestamp and signature, well formed: what can be refused without the secret is
+/// refused by [`Signature::read`], before the secret is looked for.
+pub struct Signature<'a> {
+    timestamp: &'a str,
+    signed_at: DateTime<Utc>,
+    sent: Vec<u8>,
+}
+
+impl<'a> Signature<'a> {
+    /// Reads the headers' values: both present, the timestamp in milliseconds, the signature
+    /// hex (anything else cannot match).
+    pub fn read(timestamp: &'a str, signature: &str) -> Result<Self, SignatureError> {
+        let (timestamp, signature) = (timestamp.trim(), signature.trim());
+        if timestamp.is_empty() || signature.is_empty() {
+            return Err(SignatureError::Missing);
+        }
+        let millis: i64 = timestamp
+            .parse()
+            .map_err(|_| SignatureError::BadTimestamp)?;
+        let signed_at =
+            DateTime::from_timestamp_millis(millis).ok_or(SignatureError::BadTimestamp)?;
+        let sent = hex::decode(signature).map_err(|_| SignatureError::Mismatch)?;
+        Ok(Self {
+            timestamp,
+            signed_at,
+            sent,
+        })
+    }
+
+    /// Checks the signature over the timestamp and `body` in constant time, and that the
+    /// timestamp lies within `tolerance` of `now`. Returns the signed time.
+    pub fn verify(
+        &self,
+        secret: &str,
+        body: &[u8],
+        now: DateTime<Utc>,
+        tolerance: Duration,
+    ) -> Result<DateTime<Utc>, SignatureError> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+            .map_err(|_| SignatureError::Mismatch)?;
+        mac.update(self.timestamp.as_bytes());
+        mac.update(b":");
+        mac.update(body);
+        mac.verify_slice(&self.sent)
+            .map_err(|_| SignatureError::Mismatch)?;
+        let skew = (now - self.signed_at)
+            .abs()
+            .to_std()
+            .unwrap_or(Duration::MAX);
+        if skew > tolerance {
+            return Err(SignatureError::Stale);
+        }
+        Ok(self.signed_at)
+    }
+}
+
+/// [`Signature::read`], then [`Signature::verify`].
 pub fn verify(
     secret: &str,
     timestamp: &str,
@@ -31,27 +86,7 @@ pub fn verify(
     now: DateTime<Utc>,
     tolerance: Duration,
 ) -> Result<DateTime<Utc>, SignatureError> {
-    let (timestamp, signature) = (timestamp.trim(), signature.trim());
-    if timestamp.is_empty() || signature.is_empty() {
-        return Err(SignatureError::Missing);
-    }
-    let millis: i64 = timestamp
-        .parse()
-        .map_err(|_| SignatureError::BadTimestamp)?;
-    let signed_at = DateTime::from_timestamp_millis(millis).ok_or(SignatureError::BadTimestamp)?;
-    let sent = hex::decode(signature).map_err(|_| SignatureError::Mismatch)?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| SignatureError::Mismatch)?;
-    mac.update(timestamp.as_bytes());
-    mac.update(b":");
-    mac.update(body);
-    mac.verify_slice(&sent)
-        .map_err(|_| SignatureError::Mismatch)?;
-    let skew = (now - signed_at).abs().to_std().unwrap_or(Duration::MAX);
-    if skew > tolerance {
-        return Err(SignatureError::Stale);
-    }
-    Ok(signed_at)
+    Signature::read(timestamp, signature)?.verify(secret, body, now, tolerance)
 }
 
 /// The signature Twenty would send (used by tests and the documentation's example).
