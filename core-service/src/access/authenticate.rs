@@ -252,10 +252,12 @@ impl Authenticator {
                     if cache.unknown.len() >= CACHE_LIMIT {
                         cache
                             .unknown
-                            .retain(|_, fetched| fetched.elapsed() < CACHE_TTL);
-                    }
-                    if cache.unknown.len() >= CACHE_LIMIT {
-                        cache.unknown.clear();
+                            .retain(|_, fetched| now.duration_since(*fetched) < CACHE_TTL);
+                        // A flood that keeps the map nearly full would otherwise have every
+                        // insert scan it, under the lock every call takes.
+                        if cache.unknown.len() > CACHE_LIMIT / 2 {
+                            cache.unknown.clear();
+                        }
                     }
                     cache.unknown.insert(prefix.to_owned(), now);
                 }
@@ -338,7 +340,7 @@ mod tests {
     use super::*;
 
     fn authenticator() -> Authenticator {
-        // A pool is built without connecting; these tests never query.
+        // A pool is built without connecting, to a port where nothing listens: a query fails.
         let pool = db::build_pool(
             "postgres://nobody@127.0.0.1:1/none",
             1,

@@ -122,6 +122,7 @@ impl WebhookSecret {
 
     fn warn_unconfigured(&self, now: DateTime<Utc>) {
         let now = now.timestamp();
+        // (Spelled out: diesel's `RunQueryDsl::load` is in scope too.)
         let last = AtomicI64::load(&self.warned_at, Ordering::Relaxed);
         if now.saturating_sub(last) >= WARN_EVERY_SECONDS
             && self
