@@ -732,6 +732,80 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
     assert_eq!(contact["contact"]["tags"], json!(["vip"]));
 }
 
+/// The flows enrol the contact the event was stored for, by id: looked up again by its number
+/// for each flow, a contact whose number changed while the job ran would not be found, and a
+/// second contact made under the old number. Here the first flow's trigger waits for a lock
+/// while the contact's number changes; the second flow's comes after.
+#[tokio::test(flavor = "multi_thread")]
+async fn listening_flows_enrol_the_events_contact_even_if_its_number_changes_meanwhile() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::spawn().await;
+    let mut flows = FlowServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.manager)),
+    );
+    for flow in ["welcome", "upsell"] {
+        flows
+            .put_flow(PutFlowRequest {
+                flow: Some(acme_flow(flow, true, &["order_placed"])),
+            })
+            .await
+            .expect("put flow");
+    }
+    let created = app
+        .upsert_contact(&json!({"phone_number": PHONE, "external_reference_id": "crm-7"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().expect("id").to_owned();
+
+    let mut blocker = app.database.connect().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE journey_trigger_keys IN EXCLUSIVE MODE")
+        .await
+        .expect("lock journey_trigger_keys");
+    let body = json!({"event_name": "order_placed", "phone_number": PHONE});
+    let reply = post(&app, "", &body.to_string(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    eventually("the first flow's trigger waits for the lock", async || {
+        count(
+            &app,
+            "SELECT count(*) AS count FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+               AND query ILIKE '%journey_trigger_keys%'",
+        )
+        .await
+            >= 1
+    })
+    .await;
+    let moved = app
+        .upsert_contact(
+            &json!({"phone_number": "+4915199999999", "external_reference_id": "crm-7"}),
+        )
+        .await;
+    assert_eq!(moved["contact"]["id"], contact_id.as_str());
+    blocker.batch_execute("COMMIT").await.expect("unlock");
+
+    eventually("both flows ran", async || {
+        count(&app, "SELECT count(*) AS count FROM journey_runs").await == 2
+    })
+    .await;
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT count(*) AS count FROM journey_runs WHERE contact_id = '{contact_id}'"
+            )
+        )
+        .await,
+        2,
+        "both runs are the event's contact's"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) AS count FROM contacts").await,
+        1,
+        "no contact made under the old number"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rule_sets_no_null_it_cannot_keep_and_its_invalid_change_does_not_stop_the_flows() {
     let app = TestApp::spawn().await;

@@ -290,6 +290,7 @@ impl JobHandler for CustomEventHandler {
                     trigger_id: None,
                     data: data.as_object().cloned().unwrap_or_default(),
                     idempotency_key: Some(format!("emarsys:{webhook_event_id}")),
+                    contact_id: Some(contact_id),
                 };
                 // The trigger's job starts at once when the worker has room, as a request's does.
                 let reservation = context.reserve();

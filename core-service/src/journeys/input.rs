@@ -40,6 +40,9 @@ pub struct TriggerInput {
     pub trigger_id: Option<String>,
     pub data: Map<String, Json>,
     pub idempotency_key: Option<String>,
+    /// The contact to enrol when the caller knows it already (an Emarsys event's job): enrolled
+    /// by id, not looked up by `phone_number`, which may have changed since it was read.
+    pub contact_id: Option<Uuid>,
 }
 
 impl TriggerInput {
@@ -196,6 +199,7 @@ pub fn validate_trigger(
             trigger_id: route_trigger_id.or(body_trigger_id),
             data,
             idempotency_key,
+            contact_id: None,
         }),
         _ => Err(violations),
     }
@@ -216,6 +220,7 @@ mod tests {
             trigger_id: Some("t-1".to_owned()),
             data: Map::new(),
             idempotency_key: None,
+            contact_id: None,
         }
     }
 

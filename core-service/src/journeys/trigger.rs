@@ -13,7 +13,9 @@ use super::error::JourneyError;
 use super::input::TriggerInput;
 use super::run::TRIGGER_JOB;
 use crate::audit::{self, AuditRecord};
-use crate::contacts::{MAX_ATTEMPTS, PHONE_NUMBER_KEY, find_or_plan, save_new_contact};
+use crate::contacts::{
+    ContactPlan, MAX_ATTEMPTS, PHONE_NUMBER_KEY, find_or_plan, save_new_contact,
+};
 use crate::db::{self, DbError, DbPool, prepared};
 use crate::events::Audience;
 use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
@@ -164,9 +166,12 @@ async fn accept_once(
                 }
             };
             let find_contact = async {
-                find_or_plan(connection, &input.phone_number)
-                    .await
-                    .map_err(JourneyError::from)
+                match input.contact_id {
+                    Some(known) => Ok(ContactPlan::Found(known)),
+                    None => find_or_plan(connection, &input.phone_number)
+                        .await
+                        .map_err(JourneyError::from),
+                }
             };
             let (contact, holder) = futures::try_join!(find_contact, take_key)?;
             let job = holder.taken.then(|| NewJob {
