@@ -15,6 +15,8 @@ pub const MIN_PEPPER_LEN: usize = 32;
 
 /// The longest `SWITCHBORD_OUTBOX_START_WAIT` accepted.
 const MOST_START_WAIT: Duration = Duration::from_secs(10);
+/// The longest window, retention or tolerance: a hundred years.
+const LONGEST_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Settings of the gRPC core. Each field is a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -290,6 +292,40 @@ impl CoreConfig {
                 problems.push(ConfigError::new(variable, flag, "must be longer than 0s"));
             }
         }
+        // Spans taken back from the current time: past chrono's range, that subtraction panics.
+        for (variable, flag, duration) in [
+            (
+                "SWITCHBORD_TRIGGER_DEDUP_WINDOW",
+                "trigger-dedup-window",
+                self.trigger_dedup_window,
+            ),
+            (
+                "SWITCHBORD_OUTBOX_RETENTION",
+                "outbox-retention",
+                self.outbox_retention,
+            ),
+            (
+                "SWITCHBORD_WEBHOOK_DISABLE_AFTER",
+                "webhook-disable-after",
+                self.webhook_disable_after,
+            ),
+            (
+                "SWITCHBORD_TWENTY_WEBHOOK_TOLERANCE",
+                "twenty-webhook-tolerance",
+                self.twenty_webhook_tolerance,
+            ),
+        ] {
+            if duration > LONGEST_SPAN {
+                problems.push(ConfigError::new(
+                    variable,
+                    flag,
+                    format!(
+                        "must be at most {}",
+                        humantime::format_duration(LONGEST_SPAN)
+                    ),
+                ));
+            }
+        }
         problems
     }
 
@@ -464,5 +500,26 @@ mod tests {
         assert_eq!(webhook_timeout_problems(Duration::from_secs(45)), 0);
         assert_eq!(webhook_timeout_problems(Duration::from_secs(46)), 1);
         assert_eq!(webhook_timeout_problems(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn spans_taken_back_from_now_are_bounded() {
+        let mut config = CoreConfig::with_addr("127.0.0.1:0".parse().expect("addr"));
+        config.key_pepper = Some(Secret::new("p".repeat(MIN_PEPPER_LEN)));
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        config.trigger_dedup_window = humantime::parse_duration("300000years").expect("duration");
+        config.outbox_retention = config.trigger_dedup_window;
+        let named: Vec<&str> = config
+            .problems()
+            .iter()
+            .map(|problem| problem.variable)
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "SWITCHBORD_TRIGGER_DEDUP_WINDOW",
+                "SWITCHBORD_OUTBOX_RETENTION"
+            ]
+        );
     }
 }

@@ -79,6 +79,32 @@ async fn internal_services_publish_catalogued_events_only() {
         (violation.field.as_str(), violation.description.as_str()),
         ("source", "must not contain the NUL character (U+0000)")
     );
+    // A type PostgreSQL could neither store nor index is the caller's error, named.
+    for (event_type, problem) in [
+        (
+            "message.\0x".to_owned(),
+            "must not contain the NUL character (U+0000)",
+        ),
+        (
+            format!("message.{}", "x".repeat(3000)),
+            "must be 1 to 255 characters",
+        ),
+    ] {
+        let refused = events
+            .publish_event(PublishEventRequest {
+                r#type: event_type,
+                data: None,
+                source: String::new(),
+            })
+            .await
+            .expect_err("an impossible type");
+        let details = refused.get_details_bad_request().expect("details");
+        let violation = &details.field_violations[0];
+        assert_eq!(
+            (violation.field.as_str(), violation.description.as_str()),
+            ("type", problem)
+        );
+    }
     let catalog = events
         .list_event_types(ListEventTypesRequest {})
         .await

@@ -124,6 +124,31 @@ async fn unknown_contact_is_not_found_and_a_bad_id_is_invalid() {
     assert_eq!(missing.code(), Code::NotFound);
     assert_eq!(malformed.code(), Code::InvalidArgument);
     assert_eq!(empty.code(), Code::InvalidArgument);
+
+    // A reference no contact could hold is named, not a database error.
+    for reference in ["crm\0".to_owned(), "r".repeat(256)] {
+        let refused = client
+            .get_contact(GetContactRequest {
+                lookup: Some(Lookup::ExternalReferenceId(reference)),
+            })
+            .await
+            .expect_err("an impossible reference");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        let bad_request = refused
+            .get_details_bad_request()
+            .expect("BadRequest detail");
+        assert_eq!(
+            bad_request.field_violations[0].field,
+            "external_reference_id"
+        );
+    }
+    let unknown = client
+        .get_contact(GetContactRequest {
+            lookup: Some(Lookup::ExternalReferenceId("crm-none".to_owned())),
+        })
+        .await
+        .expect_err("no such reference");
+    assert_eq!(unknown.code(), Code::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread")]

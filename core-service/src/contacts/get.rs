@@ -4,11 +4,13 @@ use switchbord_api::v1::get_contact_request::Lookup;
 use uuid::Uuid;
 
 use super::error::ContactError;
+use super::input::MAX_REFERENCE_LEN;
 use super::model::ContactRow;
 use super::{phone, store};
 use crate::db::{self, DbError};
 use crate::error::FieldViolation;
 use crate::state::AppState;
+use crate::validation::short_text_problem;
 
 #[tracing::instrument(skip_all)]
 pub async fn get_contact(
@@ -37,7 +39,13 @@ pub async fn get_contact(
             store::find_by_phone(&connection, number.as_str()).await
         }
         Lookup::ExternalReferenceId(reference) => {
-            store::find_by_reference(&mut connection, reference.trim()).await
+            // What no contact can hold is the caller's error (PostgreSQL refuses a NUL with an
+            // error that names no field).
+            let reference = reference.trim();
+            if let Some(problem) = short_text_problem(reference, MAX_REFERENCE_LEN) {
+                return Err(invalid("external_reference_id", problem));
+            }
+            store::find_by_reference(&mut connection, reference).await
         }
     };
     found.map_err(|error| match DbError::from(error) {

@@ -22,7 +22,7 @@ const NAME_KEY: &str = "name";
 const EMAIL_KEY: &str = "email";
 const LOCALE_KEY: &str = "locale";
 
-const MAX_REFERENCE_LEN: usize = 255;
+pub(super) const MAX_REFERENCE_LEN: usize = 255;
 const MAX_NAME_LEN: usize = 255;
 const MAX_EMAIL_LEN: usize = 320;
 const MAX_LOCALE_LEN: usize = 35;

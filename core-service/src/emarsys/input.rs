@@ -108,6 +108,10 @@ pub fn normalize(request: &IngestEmarsysEventRequest) -> Result<EmarsysEvent, Ve
             violations.push(FieldViolation::new(field, NUL_PROBLEM));
         }
     }
+    // Stored as text, as received (a gRPC caller may send what JSON over HTTP cannot carry).
+    if request.raw_body.contains('\0') {
+        violations.push(FieldViolation::new("raw_body", NUL_PROBLEM));
+    }
     if !violations.is_empty() {
         return Err(violations);
     }
@@ -145,6 +149,20 @@ mod tests {
         assert_eq!(event.phone_number.as_deref(), Some("+4915122222222"));
         assert_eq!(event.external_reference_id.as_deref(), Some("flat-ref"));
         assert_eq!(event.email.as_deref(), Some("nested@example.com"));
+    }
+
+    #[test]
+    fn a_raw_body_with_a_nul_is_refused_by_name() {
+        let request = IngestEmarsysEventRequest {
+            event_name: "order_placed".to_owned(),
+            flat: contact("+4915111111111", "", ""),
+            raw_body: "{\"a\": \"\0\"}".to_owned(),
+            ..Default::default()
+        };
+        let Err(violations) = normalize(&request) else {
+            panic!("a raw body with a NUL was accepted");
+        };
+        assert_eq!(violations[0].field, "raw_body");
     }
 
     #[test]

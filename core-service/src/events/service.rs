@@ -25,6 +25,8 @@ use crate::schema::event_types;
 use crate::validation::{free_form_problem, short_text_problem};
 
 const MAX_SOURCE_LEN: usize = 100;
+/// Longer than any type in the catalog can be.
+const MAX_TYPE_LEN: usize = 255;
 
 pub struct EventsGrpc {
     pool: DbPool,
@@ -75,6 +77,11 @@ impl EventService for EventsGrpc {
         let event_type = body.r#type.trim().to_owned();
         if event_type.is_empty() {
             return Err(invalid("type", "is required"));
+        }
+        // Checked before the catalog's foreign key can be: PostgreSQL refuses a NUL, and an
+        // index entry past its size limit, with errors that name no field.
+        if let Some(problem) = short_text_problem(&event_type, MAX_TYPE_LEN) {
+            return Err(invalid("type", problem));
         }
         if EMITTED_BY_SWITCHBORD.contains(&event_type.as_str()) {
             return Err(invalid(
