@@ -2,7 +2,7 @@
 //! nearest untrusted address in `X-Forwarded-For` (read from the right, since every proxy
 //! appends the address it saw) is the client.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -33,7 +33,9 @@ pub async fn assign_client_ip(
     next.run(request).await
 }
 
-/// The rate limiter's key: the client address stored by [`assign_client_ip`].
+/// The rate limiter's key: the client address stored by [`assign_client_ip`], or for IPv6 its
+/// /64 network, which one subscriber holds whole: keyed by address, a client could take a new
+/// bucket for every request.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIpKey;
 
@@ -44,8 +46,16 @@ impl KeyExtractor for ClientIpKey {
         request
             .extensions()
             .get::<ClientIp>()
-            .map(|ip| ip.0)
+            .map(|ip| rate_limit_bucket(ip.0))
             .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+/// `ip` for IPv4, its /64 network for IPv6.
+fn rate_limit_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
     }
 }
 
@@ -60,11 +70,12 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -
     if !is_trusted(&peer) {
         return peer;
     }
-    let entries: Vec<&str> = headers
+    // Split as bytes: a byte that is not visible ASCII, which a client may write to the left of
+    // what the proxies appended on the same line, must not void the whole line.
+    let entries: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
         .collect();
     let mut nearest = peer;
     for entry in entries.into_iter().rev() {
@@ -81,8 +92,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -
 
 /// One `X-Forwarded-For` entry as proxies write it: `203.0.113.9`, `203.0.113.9:4711`,
 /// `2001:db8::1` or `[2001:db8::1]:443`.
-fn forwarded_address(entry: &str) -> Option<IpAddr> {
-    let entry = entry.trim();
+fn forwarded_address(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim();
     let ip = entry
         .parse::<IpAddr>()
         .ok()
@@ -148,6 +159,33 @@ mod tests {
             ),
             ip("10.1.1.1")
         );
+    }
+
+    #[test]
+    fn a_clients_bytes_that_are_not_visible_ascii_do_not_void_the_proxies_entries() {
+        let trusted = ["10.0.0.0/8".parse().expect("net")];
+        let mut forwarded = HeaderMap::new();
+        forwarded.insert(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes("é, 198.51.100.7, 10.1.1.1".as_bytes())
+                .expect("a header value may carry such bytes"),
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &forwarded, &trusted),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_limited_by_its_64_network_and_an_ipv4_one_by_its_address() {
+        let key = |client: &str| {
+            let mut request = http::Request::new(());
+            request.extensions_mut().insert(ClientIp(ip(client)));
+            ClientIpKey.extract(&request).expect("a key")
+        };
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("198.51.100.7"), key("198.51.100.8"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Configuration of the gateway, from flags and environment variables.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -25,6 +26,12 @@ pub struct GatewayConfig {
         value_parser = parse_network
     )]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// Longest time a request may take, the core's answer included; after it the caller gets
+    /// 504 (`deadline_exceeded`) and the call to the core is dropped. Each connection attempt
+    /// to the core gives up after 5 s (503).
+    #[arg(long, env = "SWITCHBORD_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -34,6 +41,7 @@ impl GatewayConfig {
             http_addr,
             rate_limit_per_minute: 100,
             trusted_proxies: Vec::new(),
+            request_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The gateway's gRPC connection to the core.
 
+use std::time::Duration;
+
 use switchbord_api::v1::contact_service_client::ContactServiceClient;
 use switchbord_api::v1::emarsys_service_client::EmarsysServiceClient;
 use switchbord_api::v1::event_service_client::EventServiceClient;
@@ -10,6 +12,9 @@ use switchbord_api::v1::twenty_service_client::TwentyServiceClient;
 use switchbord_api::v1::webhook_service_client::WebhookServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
+
+/// How long connecting to the core may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The core's services over one shared HTTP/2 channel. Cheap to clone, which axum does for
 /// every request; each handler then makes the one client it calls (a channel handle and a few
@@ -24,6 +29,9 @@ impl CoreClient {
     pub fn connect_lazy(core_url: &str) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(core_url.to_owned())?
             .tcp_nodelay(true)
+            // A core host that drops packets would otherwise hold requests for the operating
+            // system's TCP timeout (minutes); refused, the caller gets 503.
+            .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy();
         Ok(Self { channel })
     }

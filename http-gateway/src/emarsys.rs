@@ -10,7 +10,6 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 use switchbord_api::v1::{
     CheckEmarsysCredentialsRequest, EmarsysContact, IngestEmarsysEventRequest,
@@ -26,9 +25,14 @@ use crate::family::Family;
 use crate::openapi::responses::EmarsysErrors;
 use crate::openapi::schemas;
 
-#[derive(Debug, Deserialize)]
-pub struct SecretQuery {
-    secret: Option<String>,
+/// The query's parameters, repeats kept: a URL that names `secret` twice (a template that
+/// appends it to a URL that had it) is read by its first, not refused as malformed.
+type QueryPairs = Vec<(String, String)>;
+
+fn first_secret(query: QueryPairs) -> Option<String> {
+    query
+        .into_iter()
+        .find_map(|(name, value)| (name == "secret").then_some(value))
 }
 
 fn contact_fields(
@@ -72,12 +76,12 @@ fn contact_fields(
 pub async fn ingest(
     State(core): State<CoreClient>,
     context: CallContext,
-    query: Result<Query<SecretQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<QueryPairs>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let result: Result<_, ApiError> = async {
-        let secret = query.ok().and_then(|Query(query)| query.secret);
+        let secret = query.ok().and_then(|Query(query)| first_secret(query));
         let request = match decode(body, &headers).await {
             Ok(request) => request,
             Err(error) => {

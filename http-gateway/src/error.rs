@@ -109,6 +109,21 @@ impl ApiError {
         }
     }
 
+    /// The request took longer than the gateway waits for the core.
+    pub fn timed_out(limit: std::time::Duration) -> Self {
+        Self {
+            grpc_code: Code::DeadlineExceeded,
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline_exceeded",
+                format!(
+                    "no answer within {}; a write may or may not have been applied",
+                    humantime::format_duration(limit)
+                ),
+            )
+        }
+    }
+
     pub fn rate_limited(retry_after: u64) -> Self {
         Self {
             retry_after: Some(retry_after),

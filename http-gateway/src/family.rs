@@ -4,6 +4,7 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use std::time::Duration;
 
 use switchbord_telemetry as telemetry;
 
@@ -65,6 +66,25 @@ pub async fn render_rejections(
             ApiError::rate_limited(rejection.retry_after).render(family, request_id)
         }
         _ => response,
+    }
+}
+
+/// Middleware over the whole router: a request that takes longer than `limit` (a core that
+/// stalls) is answered 504 in its family's shape, and its call to the core dropped, rather than
+/// held for as long as the core takes.
+pub async fn answer_within(
+    State(limit): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let family = Family::of_path(request.uri().path());
+    let request_id = RequestId::of(request.extensions());
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout = ?limit, "request timed out");
+            ApiError::timed_out(limit).render(family, request_id)
+        }
     }
 }
 

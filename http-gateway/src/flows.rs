@@ -5,7 +5,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use serde_json::{Map, Value as Json, json};
-use switchbord_api::json::{json_from_value, value_from_json};
+use switchbord_api::json::{
+    MAX_NESTING, NESTING_PROBLEM, json_from_value, nesting, value_from_json,
+};
 use switchbord_api::v1::property_assignment::Source;
 use switchbord_api::v1::{
     DeleteEventRuleRequest, DeleteFlowRequest, EventRule, Flow, GetEventRuleRequest,
@@ -105,6 +107,14 @@ fn decode_rule(event_name: String, mut body: Map<String, Json>) -> Result<EventR
                     }
                 };
                 let source = match (item.remove("value"), item.remove("from_payload")) {
+                    // The core would refuse it by name too, but a value nested past protobuf's
+                    // own limit would not reach it: its decoding fails first, without a field.
+                    (Some(value), None) if 1 + nesting(&value) > MAX_NESTING => {
+                        return Err(ApiError::invalid_field(
+                            format!("{field}.value"),
+                            NESTING_PROBLEM,
+                        ));
+                    }
                     (Some(value), None) => Source::Value(value_from_json(value)),
                     (None, Some(Json::String(pointer))) => Source::FromPayload(pointer),
                     _ => {

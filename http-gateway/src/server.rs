@@ -14,7 +14,7 @@ use tower_http::trace::TraceLayer;
 use crate::client_ip::assign_client_ip;
 use crate::config::GatewayConfig;
 use crate::core_client::CoreClient;
-use crate::family::{Family, render_rejections, render_unrouted};
+use crate::family::{Family, answer_within, render_rejections, render_unrouted};
 use crate::rate_limit;
 use crate::request_id::assign_request_id;
 use crate::routes::{RouteTable, ServedRoute, get, post, put};
@@ -119,6 +119,7 @@ fn router(config: &GatewayConfig, core: CoreClient) -> Router {
             Arc::<[IpNet]>::from(config.trusted_proxies.as_slice()),
             assign_client_ip,
         ))
+        .layer(from_fn_with_state(config.request_timeout, answer_within))
         .layer(from_fn(render_unrouted))
         .layer(from_fn(assign_request_id))
         .layer(TraceLayer::new_for_http().make_span_with(span_without_query))

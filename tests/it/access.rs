@@ -697,3 +697,27 @@ async fn made_up_keys_cannot_take_the_connections_of_callers_whose_keys_are_know
         assert!([401, 503].contains(&reply.status), "{reply:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_the_core_does_not_answer_in_time_gets_a_504_in_its_familys_shape() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::builder()
+        .request_timeout(std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
+    assert_eq!(upsert(&app, "+4915112345670").await.status, 200);
+    let mut blocker = lock_table(&app, "contacts", "EXCLUSIVE").await;
+    let (reply, ()) = tokio::join!(upsert(&app, "+4915112345671"), async {
+        until_waiting_for_a_lock(&app, "%contacts%", 1).await;
+        // Held well past the timeout: the answer must not wait for it.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        blocker.batch_execute("COMMIT").await.expect("unlock");
+    });
+    assert_eq!(reply.status, 504, "{}", reply.text);
+    assert_eq!(reply.body["success"], false, "{}", reply.text);
+    assert_eq!(
+        reply.body["error"]["code"], "deadline_exceeded",
+        "{}",
+        reply.text
+    );
+}

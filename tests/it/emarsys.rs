@@ -168,6 +168,14 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
     );
 
     let right = post(&app, &format!("?secret={SECRET}"), body, &[]).await;
+    // Named twice (a URL template that appends it again): read by the first.
+    let twice = post(
+        &app,
+        &format!("?secret={SECRET}&secret={SECRET}"),
+        r#"{"event_name": "order_cancelled"}"#,
+        &[],
+    )
+    .await;
     let with_jwt = post(
         &app,
         "",
@@ -201,6 +209,7 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
         assert_eq!(reply.body["status"], "error", "{name}");
     }
     assert_eq!(right.status, 200, "{}", right.text);
+    assert_eq!(twice.status, 200, "{}", twice.text);
     assert_eq!(with_jwt.status, 200, "{}", with_jwt.text);
     assert_eq!(
         with_audience_reply.status, 200,
@@ -209,7 +218,7 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
     );
     assert_eq!(
         count(&app, "SELECT count(*) AS count FROM webhook_events").await,
-        3
+        4
     );
 }
 
@@ -804,6 +813,36 @@ async fn listening_flows_enrol_the_events_contact_even_if_its_number_changes_mea
         1,
         "no contact made under the old number"
     );
+}
+
+/// Nested one level too deep, a rule's value is refused by the core; nested past protobuf's own
+/// decoding limit (100), it would not reach the core's check: the gateway names it either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rules_value_nested_too_deep_is_a_400_naming_it_however_deep() {
+    let app = TestApp::spawn().await;
+    let manager = [
+        ("x-api-key", app.keys.manager.as_str()),
+        ("content-type", "application/json"),
+    ];
+    for levels in [20, 50, 120] {
+        let body = json!({"set_properties": [
+            {"property": "p", "value": crate::contact_validation::nested_arrays(levels)}
+        ]});
+        let reply = app
+            .send(
+                Method::PUT,
+                "/api/v1/admin/event-rules/order_placed",
+                &manager,
+                body.to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{levels} levels: {}", reply.text);
+        assert_eq!(
+            reply.body["details"][0]["field"], "set_properties[0].value",
+            "{levels} levels: {}",
+            reply.text
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -322,6 +322,20 @@ async fn documented_shapes_match_real_answers() {
         keys(&created.body["contact"]),
         schema_properties(&document, "Contact")
     );
+    // A field answered `null` (no email, no locale here) is documented as nullable.
+    let contact_schema = &document["components"]["schemas"]["Contact"]["properties"];
+    for (field, value) in created.body["contact"].as_object().expect("an object") {
+        if value.is_null() {
+            let schema = &contact_schema[field];
+            let nullable = schema["type"]
+                .as_array()
+                .is_some_and(|types| types.contains(&json!("null")))
+                || schema["oneOf"]
+                    .as_array()
+                    .is_some_and(|choices| choices.iter().any(|choice| choice["type"] == "null"));
+            assert!(nullable, "Contact.{field} is answered null: {schema}");
+        }
+    }
     let updated = app.put_json("/api/v1beta/contact/", &contact).await;
     assert_eq!(updated.status, 200, "{}", updated.text);
     assert_eq!(

@@ -164,10 +164,11 @@ pub struct Contact {
     pub id: String,
     #[schema(example = "+4915112345678")]
     pub phone_number: String,
-    pub external_reference_id: String,
-    pub name: String,
-    pub email: String,
-    pub locale: String,
+    /// `null` when the contact has none (likewise `name`, `email` and `locale`).
+    pub external_reference_id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub locale: Option<String>,
     pub subscriber_status: SubscriberStatus,
     pub properties: Object,
     pub tags: Vec<String>,

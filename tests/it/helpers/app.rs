@@ -233,6 +233,12 @@ impl Drop for TestApp {
 }
 
 impl TestAppBuilder {
+    /// The gateway's limit on a request's time.
+    pub fn request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.gateway.request_timeout = timeout;
+        self
+    }
+
     pub fn rate_limit_per_minute(mut self, limit: u32) -> Self {
         self.gateway.rate_limit_per_minute = limit;
         self
