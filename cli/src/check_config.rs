@@ -14,6 +14,7 @@ use pg_cluster::PgCluster;
 use serde_json::{Map, Value as Json, json};
 use switchbord_core::CoreConfig;
 use switchbord_core::config::{ConfigError, Secret};
+use switchbord_gateway::GatewayConfig;
 use tonic::transport::Endpoint;
 
 use crate::cli::{Cli, DatabaseArgs, ServeArgs};
@@ -74,9 +75,11 @@ pub fn startup_problems(args: &ServeArgs, core: &CoreConfig) -> Vec<Problem> {
                 )
             })
             .into_iter()
+            .chain(gateway_problems(&args.gateway))
             .collect();
     }
     let mut problems: Vec<Problem> = core.problems().into_iter().map(Problem::from).collect();
+    problems.extend(gateway_problems(&args.gateway));
     if core.grpc_addr == args.gateway.http_addr && core.grpc_addr.port() != 0 {
         problems.push(Problem::new(
             "SWITCHBORD_HTTP_ADDR",
@@ -88,6 +91,15 @@ pub fn startup_problems(args: &ServeArgs, core: &CoreConfig) -> Vec<Problem> {
     }
     problems.extend(database_problem(&args.database));
     problems
+}
+
+fn gateway_problems(gateway: &GatewayConfig) -> Option<Problem> {
+    gateway.request_timeout.is_zero().then(|| {
+        Problem::new(
+            "SWITCHBORD_REQUEST_TIMEOUT",
+            "SWITCHBORD_REQUEST_TIMEOUT (--request-timeout) must be longer than 0s (every request would time out)",
+        )
+    })
 }
 
 fn database_problem(database: &DatabaseArgs) -> Option<Problem> {

@@ -844,6 +844,7 @@ fn check_config_accepts_the_defaults_hides_secrets_and_names_bad_settings() {
             // Shorter than the trigger deduplication window (24 h).
             ("SWITCHBORD_OUTBOX_RETENTION", "1h"),
             ("SWITCHBORD_WEBHOOK_TIMEOUT", "0s"),
+            ("SWITCHBORD_REQUEST_TIMEOUT", "0s"),
         ],
         &["--json"],
     );
@@ -861,7 +862,8 @@ fn check_config_accepts_the_defaults_hides_secrets_and_names_bad_settings() {
             "SWITCHBORD_KEY_PEPPER",
             "SWITCHBORD_OUTBOX_WORKERS",
             "SWITCHBORD_OUTBOX_RETENTION",
-            "SWITCHBORD_WEBHOOK_TIMEOUT"
+            "SWITCHBORD_WEBHOOK_TIMEOUT",
+            "SWITCHBORD_REQUEST_TIMEOUT"
         ]
     );
 

@@ -15,8 +15,8 @@ pub const MIN_PEPPER_LEN: usize = 32;
 
 /// The longest `SWITCHBORD_OUTBOX_START_WAIT` accepted.
 const MOST_START_WAIT: Duration = Duration::from_secs(10);
-/// The longest window, retention or tolerance: a hundred years.
-const LONGEST_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The longest window, retention or tolerance: a hundred years (as humantime counts them).
+const LONGEST_SPAN: Duration = Duration::from_secs(36_525 * 24 * 3600);
 
 /// Settings of the gRPC core. Each field is a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -303,11 +303,6 @@ impl CoreConfig {
                 "SWITCHBORD_OUTBOX_RETENTION",
                 "outbox-retention",
                 self.outbox_retention,
-            ),
-            (
-                "SWITCHBORD_WEBHOOK_DISABLE_AFTER",
-                "webhook-disable-after",
-                self.webhook_disable_after,
             ),
             (
                 "SWITCHBORD_TWENTY_WEBHOOK_TOLERANCE",

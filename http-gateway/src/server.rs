@@ -113,13 +113,14 @@ pub fn served_routes() -> Vec<ServedRoute> {
 fn router(config: &GatewayConfig, core: CoreClient) -> Router {
     routes(config)
         .into_router()
+        // Inside the request metrics, so that a timed-out request is counted with its 504.
+        .route_layer(from_fn_with_state(config.request_timeout, answer_within))
         .route_layer(from_fn(operations::track_requests))
         .with_state(core)
         .layer(from_fn_with_state(
             Arc::<[IpNet]>::from(config.trusted_proxies.as_slice()),
             assign_client_ip,
         ))
-        .layer(from_fn_with_state(config.request_timeout, answer_within))
         .layer(from_fn(render_unrouted))
         .layer(from_fn(assign_request_id))
         .layer(TraceLayer::new_for_http().make_span_with(span_without_query))

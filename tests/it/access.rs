@@ -720,4 +720,18 @@ async fn a_request_the_core_does_not_answer_in_time_gets_a_504_in_its_familys_sh
         "{}",
         reply.text
     );
+
+    // Counted, with its status, as every routed request is.
+    let metrics = app.send_anonymous(Method::GET, "/metrics", &[], "").await;
+    let timed_out: f64 = metrics
+        .text
+        .lines()
+        .filter(|line| {
+            line.starts_with("switchbord_http_requests_total{")
+                && line.contains("route=\"/compat/contact\"")
+                && line.contains("status=\"504\"")
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(timed_out >= 1.0, "{}", metrics.text);
 }

@@ -744,7 +744,7 @@ async fn rules_mutate_the_contact_and_listening_flows_are_triggered_once() {
 /// The flows enrol the contact the event was stored for, by id: looked up again by its number
 /// for each flow, a contact whose number changed while the job ran would not be found, and a
 /// second contact made under the old number. Here the first flow's trigger waits for a lock
-/// while the contact's number changes; the second flow's comes after.
+/// while the contact's number changes; the second flow's comes after, and carries the new number.
 #[tokio::test(flavor = "multi_thread")]
 async fn listening_flows_enrol_the_events_contact_even_if_its_number_changes_meanwhile() {
     use diesel_async::SimpleAsyncConnection;
@@ -785,13 +785,22 @@ async fn listening_flows_enrol_the_events_contact_even_if_its_number_changes_mea
             >= 1
     })
     .await;
-    let moved = app
-        .upsert_contact(
-            &json!({"phone_number": "+4915199999999", "external_reference_id": "crm-7"}),
-        )
+    // The change waits for the first trigger, which has read the contact's number.
+    let new_number = json!({"phone_number": "+4915199999999", "external_reference_id": "crm-7"});
+    let (moved, ()) = tokio::join!(app.upsert_contact(&new_number), async {
+        eventually("the number's change waits for the trigger", async || {
+            count(
+                &app,
+                "SELECT count(*) AS count FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+                >= 2
+        })
         .await;
+        blocker.batch_execute("COMMIT").await.expect("unlock");
+    });
     assert_eq!(moved["contact"]["id"], contact_id.as_str());
-    blocker.batch_execute("COMMIT").await.expect("unlock");
 
     eventually("both flows ran", async || {
         count(&app, "SELECT count(*) AS count FROM journey_runs").await == 2
@@ -813,6 +822,20 @@ async fn listening_flows_enrol_the_events_contact_even_if_its_number_changes_mea
         1,
         "no contact made under the old number"
     );
+    for number in [PHONE, "+4915199999999"] {
+        assert_eq!(
+            count(
+                &app,
+                &format!(
+                    "SELECT count(*) AS count FROM outbox_jobs \
+                     WHERE kind = 'journey.trigger' AND payload->>'phone_number' = '{number}'"
+                )
+            )
+            .await,
+            1,
+            "each trigger carries the number the contact had when it was accepted: {number}"
+        );
+    }
 }
 
 /// Nested one level too deep, a rule's value is refused by the core; nested past protobuf's own

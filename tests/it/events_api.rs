@@ -87,7 +87,7 @@ async fn internal_services_publish_catalogued_events_only() {
         ),
         (
             format!("message.{}", "x".repeat(3000)),
-            "must be 1 to 255 characters",
+            "must be 1 to 100 characters",
         ),
     ] {
         let refused = events

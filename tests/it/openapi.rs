@@ -322,6 +322,14 @@ async fn documented_shapes_match_real_answers() {
         keys(&created.body["contact"]),
         schema_properties(&document, "Contact")
     );
+    // Every field is answered, so every field is required.
+    let required: BTreeSet<String> = document["components"]["schemas"]["Contact"]["required"]
+        .as_array()
+        .expect("required fields")
+        .iter()
+        .filter_map(|field| field.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(keys(&created.body["contact"]), required);
     // A field answered `null` (no email, no locale here) is documented as nullable.
     let contact_schema = &document["components"]["schemas"]["Contact"]["properties"];
     for (field, value) in created.body["contact"].as_object().expect("an object") {

@@ -1652,3 +1652,20 @@ async fn the_depth_counts_jobs_still_to_run_or_dead_and_leaves_successes_out() {
     let waited = now - depth.oldest_due.expect("a pending job is due");
     assert!(waited >= chrono::Duration::seconds(4), "{waited}");
 }
+
+/// PostgreSQL's protocol counts a statement's parameters in 16 bits: 8,192 jobs of 8 parameters
+/// in one insert were refused (and reported as an unavailable database), so a recovery of that
+/// many deliveries, or a retry of that many Twenty syncs, could never succeed.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_past_a_statements_parameter_limit_are_all_queued() {
+    let setup = setup().await;
+    let jobs: Vec<NewJob> = (0..10_000)
+        .map(|n| NewJob::new(KIND, json!({"n": n}), None))
+        .collect();
+    let mut connection = setup.database.connect().await;
+    enqueue_many(&mut connection, &jobs).await.expect("enqueue");
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM outbox_jobs").await,
+        10_000
+    );
+}

@@ -26,6 +26,13 @@ pub async fn get_contact(
             "one of id, phone_number or external_reference_id is required".into(),
         )
     })?;
+    // What no contact can hold is the caller's error (PostgreSQL refuses a NUL with an error
+    // that names no field), found before a connection is taken.
+    if let Lookup::ExternalReferenceId(reference) = &lookup
+        && let Some(problem) = short_text_problem(reference.trim(), MAX_REFERENCE_LEN)
+    {
+        return Err(invalid("external_reference_id", problem));
+    }
     let mut connection = db::connection(&state.pool).await?;
     let found = match lookup {
         Lookup::Id(id) => {
@@ -39,13 +46,7 @@ pub async fn get_contact(
             store::find_by_phone(&connection, number.as_str()).await
         }
         Lookup::ExternalReferenceId(reference) => {
-            // What no contact can hold is the caller's error (PostgreSQL refuses a NUL with an
-            // error that names no field).
-            let reference = reference.trim();
-            if let Some(problem) = short_text_problem(reference, MAX_REFERENCE_LEN) {
-                return Err(invalid("external_reference_id", problem));
-            }
-            store::find_by_reference(&mut connection, reference).await
+            store::find_by_reference(&mut connection, reference.trim()).await
         }
     };
     found.map_err(|error| match DbError::from(error) {

@@ -19,10 +19,10 @@ use crate::contacts::{
     ContactError, ContactRow, ContactUpsert, FieldUpdate, PlannedUpsert, TagUpdate, UpsertOutcome,
     find_by_id, lock_by_id, plan_for, save_planned,
 };
-use crate::db::{self, prepared};
+use crate::db::{self, DbError, prepared};
 use crate::events::Audience;
 use crate::flows::{EventRouting, EventRuleRow, FlowRow, PropertySource, property_value_problem};
-use crate::journeys::{Route, TriggerInput, accept_trigger};
+use crate::journeys::{JourneyError, Route, TriggerInput, accept_trigger};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::request::{RequestContext, RequestId};
 use crate::schema::webhook_events;
@@ -294,7 +294,7 @@ impl JobHandler for CustomEventHandler {
                 };
                 // The trigger's job starts at once when the worker has room, as a request's does.
                 let reservation = context.reserve();
-                let mut outcome = accept_trigger(
+                let accepted = accept_trigger(
                     &context.pool,
                     &request,
                     &self.audience,
@@ -302,8 +302,13 @@ impl JobHandler for CustomEventHandler {
                     FLOW_TRIGGER_WINDOW,
                     reservation.as_ref(),
                 )
-                .await
-                .map_err(retry)?;
+                .await;
+                let mut outcome = match accepted {
+                    Ok(outcome) => outcome,
+                    // Deleted meanwhile: nobody to enrol.
+                    Err(JourneyError::Db(DbError::NotFound)) => return Ok(()),
+                    Err(error) => return Err(retry(error)),
+                };
                 context.after_commit(reservation, &mut outcome);
             }
             Ok(())

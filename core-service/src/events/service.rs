@@ -25,8 +25,8 @@ use crate::schema::event_types;
 use crate::validation::{free_form_problem, short_text_problem};
 
 const MAX_SOURCE_LEN: usize = 100;
-/// Longer than any type in the catalog can be.
-const MAX_TYPE_LEN: usize = 255;
+/// As long as a registered type may be (`RegisterEventType`); built-in ones are shorter.
+const MAX_TYPE_LEN: usize = 100;
 
 pub struct EventsGrpc {
     pool: DbPool,

@@ -85,8 +85,9 @@ impl TriggerInput {
         )
     }
 
-    /// The job payload: everything the journey engine needs.
-    pub fn payload(&self, trigger_event_id: Uuid, contact_id: Uuid) -> Json {
+    /// The job payload: everything the journey engine needs, for the contact `contact_id`
+    /// whose number is `phone_number`.
+    pub fn payload(&self, trigger_event_id: Uuid, contact_id: Uuid, phone_number: &str) -> Json {
         let (legacy_path, organization, flow) = match &self.route {
             Route::Compat { legacy_path } => (Some(legacy_path), None, None),
             Route::Rest { organization, flow } => (None, Some(organization), Some(flow)),
@@ -94,7 +95,7 @@ impl TriggerInput {
         json!({
             "trigger_event_id": trigger_event_id,
             "contact_id": contact_id,
-            "phone_number": self.phone_number.as_str(),
+            "phone_number": phone_number,
             "legacy_path": legacy_path,
             "organization": organization,
             "flow": flow,

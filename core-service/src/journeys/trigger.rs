@@ -20,7 +20,7 @@ use crate::db::{self, DbError, DbPool, prepared};
 use crate::events::Audience;
 use crate::outbox::{self, ClaimedJob, Committed, NewJob, Reservation};
 use crate::request::RequestContext;
-use crate::schema::journey_trigger_keys;
+use crate::schema::{contacts, journey_trigger_keys};
 
 /// What happened to a trigger.
 #[derive(Debug, Clone)]
@@ -165,20 +165,32 @@ async fn accept_once(
                     None => read_holder(connection, &key).await,
                 }
             };
+            // The contact, and its number as of this transaction: a known contact's number
+            // may have changed since the caller read it.
             let find_contact = async {
                 match input.contact_id {
-                    Some(known) => Ok(ContactPlan::Found(known)),
+                    Some(known) => {
+                        let number: String = contacts::table
+                            .find(known)
+                            .select(contacts::phone_number)
+                            .for_key_share()
+                            .first(&mut { connection })
+                            .await?;
+                        Ok((ContactPlan::Found(known), Some(number)))
+                    }
                     None => find_or_plan(connection, &input.phone_number)
                         .await
+                        .map(|plan| (plan, None))
                         .map_err(JourneyError::from),
                 }
             };
-            let (contact, holder) = futures::try_join!(find_contact, take_key)?;
+            let ((contact, number), holder) = futures::try_join!(find_contact, take_key)?;
+            let number = number.as_deref().unwrap_or(input.phone_number.as_str());
             let job = holder.taken.then(|| NewJob {
                 id: job_id,
                 ..NewJob::new(
                     TRIGGER_JOB,
-                    input.payload(trigger_event_id, contact.id()),
+                    input.payload(trigger_event_id, contact.id(), number),
                     Some(context.request_id.0),
                 )
             });

@@ -103,19 +103,22 @@ pub async fn enqueue(mut connection: &AsyncPgConnection, job: &NewJob) -> QueryR
     Ok(job.id)
 }
 
-/// Inserts several jobs in one statement (a fan-out's jobs cost one round trip, not one each);
-/// announce them as for [`enqueue`].
+/// Jobs per insert statement: PostgreSQL's protocol counts a statement's parameters in 16 bits
+/// (at most 65,535), and a job takes 8.
+const JOBS_PER_STATEMENT: usize = 4096;
+
+/// Inserts several jobs, in one statement for up to [`JOBS_PER_STATEMENT`] of them (a fan-out's
+/// jobs cost one round trip, not one each); announce them as for [`enqueue`].
 pub async fn enqueue_many(connection: &mut AsyncPgConnection, jobs: &[NewJob]) -> QueryResult<()> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
     let now = Utc::now();
-    let rows: Vec<InsertJob<'_>> = jobs.iter().map(|job| job.row(now)).collect();
-    diesel::insert_into(outbox_jobs::table)
-        .values(&rows)
-        .execute(connection)
-        .await
-        .map(drop)
+    for jobs in jobs.chunks(JOBS_PER_STATEMENT) {
+        let rows: Vec<InsertJob<'_>> = jobs.iter().map(|job| job.row(now)).collect();
+        diesel::insert_into(outbox_jobs::table)
+            .values(&rows)
+            .execute(connection)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Inserts `jobs` as claimed by `owner` until `lease_until` (see

@@ -116,12 +116,14 @@ pub async fn queue_sync(
     connection: &mut AsyncPgConnection,
     contact_id: Uuid,
 ) -> diesel::QueryResult<()> {
-    outbox::enqueue(
-        connection,
-        &NewJob::new(SYNC_JOB, json!({"contact_id": contact_id}), None),
-    )
-    .await
-    .map(drop)
+    outbox::enqueue(connection, &sync_job(contact_id))
+        .await
+        .map(drop)
+}
+
+/// The job that syncs `contact_id`.
+pub fn sync_job(contact_id: Uuid) -> NewJob {
+    NewJob::new(SYNC_JOB, json!({"contact_id": contact_id}), None)
 }
 
 /// Queues a `twenty.sync` job for every contact whose sync is pending, in one statement

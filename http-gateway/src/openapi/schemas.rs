@@ -164,17 +164,21 @@ pub struct Contact {
     pub id: String,
     #[schema(example = "+4915112345678")]
     pub phone_number: String,
-    /// `null` when the contact has none (likewise `name`, `email` and `locale`).
+    /// `null` when the contact has none (likewise `name`, `email` and `locale`); always sent.
+    #[schema(required = true)]
     pub external_reference_id: Option<String>,
+    #[schema(required = true)]
     pub name: Option<String>,
+    #[schema(required = true)]
     pub email: Option<String>,
+    #[schema(required = true)]
     pub locale: Option<String>,
     pub subscriber_status: SubscriberStatus,
     pub properties: Object,
     pub tags: Vec<String>,
-    #[schema(format = DateTime)]
+    #[schema(format = DateTime, required = true)]
     pub created_at: Option<String>,
-    #[schema(format = DateTime)]
+    #[schema(format = DateTime, required = true)]
     pub updated_at: Option<String>,
 }
 
