@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::FieldViolation;
+use crate::validation::within_storable_years;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
@@ -39,6 +40,7 @@ pub fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), FieldViolatio
         .parse()
         .ok()
         .and_then(DateTime::from_timestamp_micros)
+        .filter(within_storable_years)
         .ok_or_else(invalid)?;
     Ok((time, Uuid::parse_str(id).map_err(|_| invalid())?))
 }

@@ -1,5 +1,6 @@
 //! Input rules shared by every feature.
 
+use chrono::{DateTime, Datelike, Utc};
 use serde_json::{Map, Value as Json};
 use switchbord_api::json::object_nesting;
 pub use switchbord_api::json::{MAX_NESTING, NESTING_PROBLEM, nesting};
@@ -17,6 +18,21 @@ pub fn short_text_problem(text: &str, max: usize) -> Option<String> {
     } else {
         None
     }
+}
+
+/// A time from a request as PostgreSQL can store and compare it: years 1 to 9999 (chrono reaches
+/// far past PostgreSQL's 4713 BC, and a time before it fails the query with an error that names
+/// no field), and nanoseconds within a second.
+pub fn storable_time(seconds: i64, nanos: i32) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(nanos)
+        .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)?;
+    DateTime::from_timestamp(seconds, nanos).filter(within_storable_years)
+}
+
+/// Whether `time` lies in years 1 to 9999.
+pub fn within_storable_years(time: &DateTime<Utc>) -> bool {
+    (1..=9999).contains(&time.year())
 }
 
 /// `text` from outside (a receiver's answer, an error it caused) made storable: PostgreSQL text

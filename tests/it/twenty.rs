@@ -262,6 +262,16 @@ async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
     .await;
     assert_eq!(same_origin.status, 200, "{}", same_origin.text);
     assert_eq!(same_origin.body["api_key_hint"], "…enty");
+    // A short key gets no hint: four characters would be half of it.
+    let short_key = admin(
+        &app,
+        Method::PUT,
+        &path,
+        Some(json!({"base_url": fake.url(), "api_key": "k3y-1234"})),
+    )
+    .await;
+    assert_eq!(short_key.status, 200, "{}", short_key.text);
+    assert_eq!(short_key.body["api_key_hint"], "…");
 
     let read = call(&app, &app.keys.manager, Method::GET, &path, None).await;
     assert_eq!(read.status, 403);
@@ -278,6 +288,7 @@ async fn the_connection_is_admin_only_masks_its_secrets_and_can_be_tested() {
             "twenty.connection.set base_url,api_key,webhook_secret",
             "twenty.connection.set base_url,api_key",
             "twenty.connection.set base_url",
+            "twenty.connection.set base_url,api_key",
             "twenty.connection.delete",
         ]
     );

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use diesel::sql_query;
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
@@ -921,6 +921,14 @@ async fn the_ssrf_guard_refuses_private_addresses_at_save_and_at_connect() {
             .await
             .expect_err(url);
         assert_eq!(refused.code(), Code::InvalidArgument, "{url}: {refused:?}");
+        // The addresses a name resolves to are not told: they would map internal DNS.
+        if url == "https://localhost/hook" {
+            assert_eq!(
+                refused.message(),
+                "url: host localhost resolves to a non-public address",
+                "{refused:?}"
+            );
+        }
     }
 
     // A name that resolves to loopback when the delivery connects (as after DNS rebinding).
@@ -2517,4 +2525,88 @@ async fn bad_descriptions_names_and_filters_are_invalid_naming_the_field() {
         .await
         .expect_err("NUL in the audit filter");
     assert_eq!(field_of(audited), "action");
+}
+
+/// PostgreSQL stores no time before 4713 BC, where chrono reaches 262,000 BC: such a time, in a
+/// filter or in a forged page token, failed the query as an internal error.
+#[tokio::test(flavor = "multi_thread")]
+async fn times_and_page_tokens_outside_the_storable_years_are_named() {
+    let app = TestApp::spawn().await;
+    let mut webhooks = client(&app).await;
+    let far_past = prost_types::Timestamp {
+        seconds: -300_000_000_000,
+        nanos: 0,
+    };
+    let field_of = |status: tonic::Status| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        tonic_types::StatusExt::get_details_bad_request(&status)
+            .expect("details")
+            .field_violations[0]
+            .field
+            .clone()
+    };
+    let since = webhooks
+        .list_deliveries(ListDeliveriesRequest {
+            since: Some(far_past),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a time PostgreSQL cannot hold");
+    assert_eq!(field_of(since), "since");
+    let until = webhooks
+        .list_deliveries(ListDeliveriesRequest {
+            until: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("negative nanoseconds");
+    assert_eq!(field_of(until), "until");
+    let forged = URL_SAFE_NO_PAD.encode(format!("-300000000000000000:{}", uuid::Uuid::new_v4()));
+    let token = webhooks
+        .list_deliveries(ListDeliveriesRequest {
+            page_token: forged,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a forged page token");
+    assert_eq!(field_of(token), "page_token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoints_url_and_header_names_are_bounded() {
+    let app = TestApp::spawn().await;
+    let mut webhooks = client(&app).await;
+    let long_url = format!("https://example.com/{}", "a".repeat(2100));
+    let refused = webhooks
+        .create_endpoint(CreateEndpointRequest {
+            url: long_url,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a URL longer than 2048 characters");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(refused.message(), "url: must be at most 2048 characters");
+
+    let long_name = "x".repeat(300);
+    let refused = webhooks
+        .create_endpoint(CreateEndpointRequest {
+            url: "https://example.com/hook".to_owned(),
+            headers: [(long_name.clone(), "v".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a header name longer than 256 characters");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        !refused.message().contains(&long_name),
+        "the name is not quoted back: {}",
+        refused.message()
+    );
+    assert_eq!(
+        refused.message(),
+        "headers: a header name must be at most 256 characters"
+    );
 }

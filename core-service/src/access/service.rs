@@ -17,6 +17,7 @@ use crate::contacts::timestamp;
 use crate::db::{self, DbPool};
 use crate::error::ServiceError;
 use crate::request::RequestContext;
+use crate::validation::storable_time;
 
 pub struct AccessGrpc {
     pool: DbPool,
@@ -54,9 +55,8 @@ pub fn api_key_proto(row: ApiKeyRow) -> ApiKey {
 }
 
 pub fn datetime(field: &str, value: prost_types::Timestamp) -> Result<DateTime<Utc>, AccessError> {
-    let nanos = u32::try_from(value.nanos).unwrap_or(u32::MAX);
-    DateTime::from_timestamp(value.seconds, nanos)
-        .ok_or_else(|| AccessError::invalid(field, "is not a valid timestamp"))
+    storable_time(value.seconds, value.nanos)
+        .ok_or_else(|| AccessError::invalid(field, "must be a time in the years 1 to 9999"))
 }
 
 #[tonic::async_trait]

@@ -12,6 +12,8 @@ use crate::schema::twenty_connection;
 use crate::webhooks::{UrlPolicy, same_origin};
 
 const MIN_SECRET_LEN: usize = 8;
+/// Keys shorter than this get no hint (four characters would be half of the shortest).
+const MIN_KEY_LEN_FOR_HINT: usize = 16;
 const MAX_SECRET_LEN: usize = 4096;
 
 // No `Debug`: it would print the secrets.
@@ -27,9 +29,14 @@ pub struct Connection {
 
 impl From<&Connection> for v1::TwentyConnection {
     fn from(connection: &Connection) -> Self {
+        // The last four characters of a key long enough that four tell little of it.
         let tail: String = {
             let chars: Vec<char> = connection.api_key.chars().collect();
-            chars[chars.len().saturating_sub(4)..].iter().collect()
+            if chars.len() >= MIN_KEY_LEN_FOR_HINT {
+                chars[chars.len() - 4..].iter().collect()
+            } else {
+                String::new()
+            }
         };
         Self {
             base_url: connection.base_url.clone(),

@@ -32,11 +32,13 @@ use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{event_types, webhook_attempts, webhook_deliveries, webhook_endpoints};
 use crate::validation::free_form_problem;
-use crate::validation::{NUL_PROBLEM, short_text_problem};
+use crate::validation::{NUL_PROBLEM, short_text_problem, storable_time};
 
 /// How long a rotated-out secret keeps signing.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
 const MAX_HEADERS: usize = 20;
+/// The longest custom header name (real ones are a few dozen characters).
+const MAX_HEADER_NAME_LEN: usize = 256;
 const MAX_DESCRIPTION_LEN: usize = 1000;
 const MAX_REASON_LEN: usize = 500;
 const MAX_RATE_PER_SECOND: i32 = 10_000;
@@ -234,8 +236,8 @@ fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
 }
 
 fn proto_time(field: &str, value: prost_types::Timestamp) -> Result<DateTime<Utc>, Status> {
-    DateTime::from_timestamp(value.seconds, u32::try_from(value.nanos).unwrap_or(0))
-        .ok_or_else(|| invalid(field, "is not a valid timestamp"))
+    storable_time(value.seconds, value.nanos)
+        .ok_or_else(|| invalid(field, "must be a time in the years 1 to 9999"))
 }
 
 fn no_headers(headers: &Json) -> bool {
@@ -248,6 +250,13 @@ fn validate_headers(headers: HashMap<String, String>) -> Result<Json, Status> {
     }
     let mut clean = Map::new();
     for (name, value) in headers {
+        // Checked before the name is quoted back in an answer.
+        if name.len() > MAX_HEADER_NAME_LEN {
+            return Err(invalid(
+                "headers",
+                format!("a header name must be at most {MAX_HEADER_NAME_LEN} characters"),
+            ));
+        }
         let field = format!("headers.{name}");
         let lower = name.trim().to_ascii_lowercase();
         if HeaderName::try_from(lower.as_str()).is_err() {
