@@ -2610,3 +2610,71 @@ async fn an_endpoints_url_and_header_names_are_bounded() {
         "headers: a header name must be at most 256 characters"
     );
 }
+
+/// An endpoint moved to a new URL is judged by the new URL: a 410 from the old one, answered
+/// after the move, does not disable it, and the old URL's failing streak does not carry over.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_old_urls_failures_do_not_disable_an_endpoint_moved_to_a_new_one() {
+    let app = TestApp::spawn().await;
+    let old = Receiver::start().await;
+    let held = Arc::new(tokio::sync::Semaphore::new(0));
+    old.answer(Answer {
+        status: 410,
+        held: Some(held.clone()),
+        ..Answer::default()
+    });
+    let new = Receiver::start().await;
+    let (endpoint, _) = create(&app, &old.url(), &["contact.created"]).await;
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "UPDATE webhook_endpoints SET failing_since = now() - interval '4 days' WHERE id = '{}'",
+        endpoint.id
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("a failing streak at the old URL");
+
+    new_contact(&app, "+4915112345678").await;
+    old.wait_for(1).await;
+    client(&app)
+        .await
+        .update_endpoint(UpdateEndpointRequest {
+            id: endpoint.id.clone(),
+            url: Some(new.url()),
+            ..Default::default()
+        })
+        .await
+        .expect("move the endpoint");
+    assert_eq!(
+        count(
+            &app,
+            &format!(
+                "SELECT count(*) AS count FROM webhook_endpoints \
+                 WHERE id = '{}' AND failing_since IS NULL",
+                endpoint.id
+            )
+        )
+        .await,
+        1,
+        "the old URL's streak is not the new one's"
+    );
+
+    // The old receiver's 410, for the attempt sent before the move, is recorded...
+    held.add_permits(1);
+    eventually("the old attempt is recorded", async || {
+        count(&app, "SELECT count(*) AS count FROM webhook_attempts").await == 1
+    })
+    .await;
+    // ...and leaves the moved endpoint enabled.
+    let after = client(&app)
+        .await
+        .get_endpoint(GetEndpointRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    assert!(after.enabled, "{:?}", after.disabled_reason);
+}

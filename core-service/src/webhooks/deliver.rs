@@ -901,8 +901,9 @@ pub(super) async fn record_successes(
 }
 
 /// Disables `endpoint` with `reason` and emits `webhook.endpoint_disabled`, unless it is
-/// disabled already: many attempts in flight can fail at once (16 answers of 410), and an
-/// operator's disable keeps its own reason.
+/// disabled already (many attempts in flight can fail at once, 16 answers of 410, and an
+/// operator's disable keeps its own reason), or its URL changed since the attempt was sent:
+/// the old URL's 410 says nothing of the new one.
 async fn disable(
     connection: &mut AsyncPgConnection,
     endpoint: &EndpointRow,
@@ -912,7 +913,8 @@ async fn disable(
     let disabled = diesel::update(
         webhook_endpoints::table
             .find(endpoint.id)
-            .filter(webhook_endpoints::enabled),
+            .filter(webhook_endpoints::enabled)
+            .filter(webhook_endpoints::url.eq(&endpoint.url)),
     )
     .set((
         webhook_endpoints::enabled.eq(false),

@@ -207,6 +207,8 @@ struct EndpointChanges {
     headers: Option<Json>,
     /// `Some(None)` clears the limit.
     rate_limit_per_second: Option<Option<i32>>,
+    /// `Some(None)` when the URL changes: the old URL's failures are not the new one's.
+    failing_since: Option<Option<DateTime<Utc>>>,
     updated_at: DateTime<Utc>,
 }
 
@@ -218,6 +220,7 @@ impl EndpointChanges {
             event_types: None,
             headers: None,
             rate_limit_per_second: None,
+            failing_since: None,
             updated_at: now,
         }
     }
@@ -526,6 +529,9 @@ impl WebhookService for WebhooksGrpc {
                     "must be sent again (replace_headers) when the URL moves to another origin: \
                      the stored ones may be credentials for the old one",
                 ));
+            }
+            if url != row.url {
+                changes.failing_since = Some(None);
             }
             changes.url = Some(url);
             changed.push("url");
