@@ -20,6 +20,10 @@ pub fn short_text_problem(text: &str, max: usize) -> Option<String> {
     }
 }
 
+/// What [`storable_time`] refuses.
+pub const STORABLE_TIME: &str =
+    "must be a time in the years 1 to 9999, with nanoseconds from 0 to 999,999,999";
+
 /// A time from a request as PostgreSQL can store and compare it: years 1 to 9999 (chrono reaches
 /// far past PostgreSQL's 4713 BC, and a time before it fails the query with an error that names
 /// no field), and nanoseconds within a second.

@@ -69,8 +69,8 @@ pub async fn render_rejections(
     }
 }
 
-/// Middleware over the whole router: a request that takes longer than `limit` (a core that
-/// stalls) is answered 504 in its family's shape, and its call to the core dropped, rather than
+/// Middleware over every route (inside the request metrics): a request that takes longer than
+/// `limit` (a core that stalls) is answered 504 in its family's shape, and its call to the core dropped, rather than
 /// held for as long as the core takes.
 pub async fn answer_within(
     State(limit): State<Duration>,

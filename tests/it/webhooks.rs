@@ -2612,10 +2612,11 @@ async fn an_endpoints_url_and_header_names_are_bounded() {
 }
 
 /// An endpoint moved to a new URL is judged by the new URL: a 410 from the old one, answered
-/// after the move, does not disable it, and the old URL's failing streak does not carry over.
+/// after the move, neither disables it nor ends the delivery, which is retried at the new URL;
+/// and the old URL's failing streak does not carry over.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_old_urls_failures_do_not_disable_an_endpoint_moved_to_a_new_one() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder().webhook_schedule("0s,0s").spawn().await;
     let old = Receiver::start().await;
     let held = Arc::new(tokio::sync::Semaphore::new(0));
     old.answer(Answer {
@@ -2665,7 +2666,10 @@ async fn the_old_urls_failures_do_not_disable_an_endpoint_moved_to_a_new_one() {
         count(&app, "SELECT count(*) AS count FROM webhook_attempts").await == 1
     })
     .await;
-    // ...and leaves the moved endpoint enabled.
+    // ...the delivery is retried at the new URL...
+    let received = new.wait_for(1).await;
+    assert_eq!(received[0].json()["type"], "contact.created");
+    // ...and the moved endpoint stays enabled, with no failing streak.
     let after = client(&app)
         .await
         .get_endpoint(GetEndpointRequest {
@@ -2677,4 +2681,12 @@ async fn the_old_urls_failures_do_not_disable_an_endpoint_moved_to_a_new_one() {
         .endpoint
         .expect("endpoint");
     assert!(after.enabled, "{:?}", after.disabled_reason);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) AS count FROM webhook_endpoints WHERE failing_since IS NOT NULL"
+        )
+        .await,
+        0
+    );
 }

@@ -17,7 +17,7 @@ use crate::contacts::timestamp;
 use crate::db::{self, DbPool};
 use crate::error::ServiceError;
 use crate::request::RequestContext;
-use crate::validation::storable_time;
+use crate::validation::{STORABLE_TIME, storable_time};
 
 pub struct AccessGrpc {
     pool: DbPool,
@@ -56,7 +56,7 @@ pub fn api_key_proto(row: ApiKeyRow) -> ApiKey {
 
 pub fn datetime(field: &str, value: prost_types::Timestamp) -> Result<DateTime<Utc>, AccessError> {
     storable_time(value.seconds, value.nanos)
-        .ok_or_else(|| AccessError::invalid(field, "must be a time in the years 1 to 9999"))
+        .ok_or_else(|| AccessError::invalid(field, STORABLE_TIME))
 }
 
 #[tonic::async_trait]

@@ -245,9 +245,14 @@ impl JobHandler for CustomEventHandler {
             }
             let number = match rule {
                 None => {
-                    let contact = find_by_id(&mut connection, contact_id)
+                    let Some(contact) = find_by_id(&mut connection, contact_id)
                         .await
-                        .map_err(retry)?;
+                        .optional()
+                        .map_err(retry)?
+                    else {
+                        // Deleted meanwhile: nobody to enrol.
+                        return Ok(());
+                    };
                     stored_number(&contact)?
                 }
                 Some(rule) => {

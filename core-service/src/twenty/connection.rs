@@ -64,7 +64,7 @@ pub fn apply(
     now: DateTime<Utc>,
 ) -> Result<Connection, Vec<FieldViolation>> {
     let mut violations = Vec::new();
-    let base_url = match policy.check_url(&request.base_url) {
+    let base_url = match policy.check_new_url(&request.base_url) {
         Ok(url) if url.query().is_none() && url.fragment().is_none() => {
             url.as_str().trim_end_matches('/').to_owned()
         }

@@ -688,22 +688,25 @@ pub async fn record_attempt(
     let recorded = connection
         .transaction(async |connection| {
             // The endpoint is locked before the delivery, as in `record_successes`.
-            let Some(failing_since) = mark_failing(connection, endpoint.id, now).await? else {
+            let Some(failing) = mark_failing(connection, endpoint, now).await? else {
                 // Deleted meanwhile, with its deliveries.
                 return Ok(Next::Done);
             };
             let (status, disable_reason, next) = {
                 let window = chrono::Duration::from_std(policy.disable_after)
                     .unwrap_or(chrono::Duration::MAX);
-                let disable_reason = if result.status_code == Some(410) {
-                    Some("the receiver answered 410 Gone".to_owned())
-                } else if now - failing_since >= window {
-                    Some(format!(
+                // Moved to another URL since the attempt was sent: the old URL's answer says
+                // nothing of the new one, and the delivery is retried there as after any failure.
+                let disable_reason = match failing {
+                    Failing::Moved => None,
+                    Failing::Since(_) if result.status_code == Some(410) => {
+                        Some("the receiver answered 410 Gone".to_owned())
+                    }
+                    Failing::Since(since) if now - since >= window => Some(format!(
                         "every delivery failed since {}",
-                        failing_since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ))
-                } else {
-                    None
+                        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )),
+                    Failing::Since(_) => None,
                 };
                 match disable_reason {
                     Some(reason) => ("failed", Some(reason), Next::Disabled),
@@ -786,47 +789,61 @@ pub(super) fn attempt_row(
     }
 }
 
+/// What a failed attempt finds of its endpoint ([`mark_failing`]).
+enum Failing {
+    /// Failing since then (from now on, unless it was failing already).
+    Since(DateTime<Utc>),
+    /// Moved to another URL since the attempt was sent: the failure is not the endpoint's.
+    Moved,
+}
+
 /// Since when `endpoint` has been failing: from now on, unless it was failing already. Read
 /// from its row, not from the caller's copy, which may be older than another attempt's failure
 /// or success (the fan-out's endpoints are cached; see [`crate::config_watch`]). The row is
-/// written only when it starts failing, and is locked against deletion until the transaction
-/// ends. `None` when the endpoint is gone.
+/// written only when it starts failing, and only while it has the URL the attempt went to; it
+/// is locked against deletion until the transaction ends. `None` when the endpoint is gone.
 async fn mark_failing(
     connection: &mut AsyncPgConnection,
-    endpoint: Uuid,
+    endpoint: &EndpointRow,
     now: DateTime<Utc>,
-) -> QueryResult<Option<DateTime<Utc>>> {
-    use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
+) -> QueryResult<Option<Failing>> {
+    use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
 
     #[derive(QueryableByName)]
-    struct FailingSince {
-        #[diesel(sql_type = Timestamptz)]
-        failing_since: DateTime<Utc>,
+    struct Found {
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        failing_since: Option<DateTime<Utc>>,
+        #[diesel(sql_type = Text)]
+        url: String,
     }
 
-    // Exactly one of the two branches returns the locked row. Another failure may have
-    // started the window since it was read: COALESCE keeps the earlier start.
-    prepared(
+    // Another failure may have started the window since it was read: COALESCE keeps the
+    // earlier start.
+    let found = prepared(
         diesel::sql_query(
             "WITH locked AS (
-             SELECT id, failing_since FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE
+             SELECT id, failing_since, url FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE
          ), started AS (
              UPDATE webhook_endpoints AS e SET failing_since = COALESCE(e.failing_since, $2)
              FROM locked
-             WHERE e.id = locked.id AND locked.failing_since IS NULL
+             WHERE e.id = locked.id AND locked.failing_since IS NULL AND locked.url = $3
              RETURNING e.failing_since
          )
-         SELECT failing_since FROM started
-         UNION ALL
-         SELECT failing_since FROM locked WHERE failing_since IS NOT NULL",
+         SELECT COALESCE((SELECT failing_since FROM started), locked.failing_since) AS failing_since,
+                locked.url
+           FROM locked",
         )
-        .bind::<SqlUuid, _>(endpoint)
-        .bind::<Timestamptz, _>(now),
+        .bind::<SqlUuid, _>(endpoint.id)
+        .bind::<Timestamptz, _>(now)
+        .bind::<Text, _>(&endpoint.url),
     )
-    .get_result::<FailingSince>(connection)
+    .get_result::<Found>(connection)
     .await
-    .optional()
-    .map(|row| row.map(|row| row.failing_since))
+    .optional()?;
+    Ok(found.map(|found| match found.failing_since {
+        Some(since) if found.url == endpoint.url => Failing::Since(since),
+        _ => Failing::Moved,
+    }))
 }
 
 /// Stores successful attempts and marks their deliveries succeeded, and their endpoints no

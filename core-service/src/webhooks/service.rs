@@ -32,7 +32,7 @@ use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{event_types, webhook_attempts, webhook_deliveries, webhook_endpoints};
 use crate::validation::free_form_problem;
-use crate::validation::{NUL_PROBLEM, short_text_problem, storable_time};
+use crate::validation::{NUL_PROBLEM, STORABLE_TIME, short_text_problem, storable_time};
 
 /// How long a rotated-out secret keeps signing.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
@@ -164,7 +164,7 @@ impl WebhooksGrpc {
     async fn validated_url(&self, raw: &str) -> Result<String, Status> {
         let policy = self.sender.policy();
         let url = policy
-            .check_url(raw)
+            .check_new_url(raw)
             .map_err(|problem| invalid("url", problem))?;
         policy
             .check_resolves(&url)
@@ -239,8 +239,7 @@ fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
 }
 
 fn proto_time(field: &str, value: prost_types::Timestamp) -> Result<DateTime<Utc>, Status> {
-    storable_time(value.seconds, value.nanos)
-        .ok_or_else(|| invalid(field, "must be a time in the years 1 to 9999"))
+    storable_time(value.seconds, value.nanos).ok_or_else(|| invalid(field, STORABLE_TIME))
 }
 
 fn no_headers(headers: &Json) -> bool {

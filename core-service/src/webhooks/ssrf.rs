@@ -30,12 +30,20 @@ pub fn same_origin(stored: &str, new: &str) -> bool {
 }
 
 impl UrlPolicy {
-    /// Parses and checks an endpoint URL's form, and its address when the host is an IP.
-    pub fn check_url(&self, raw: &str) -> Result<Url, String> {
-        // Every delivery sends it, and every list answers it.
-        if raw.trim().len() > MAX_URL_LEN {
+    /// [`UrlPolicy::check_url`] for a URL being saved, which is also bounded in length as
+    /// stored (parsing percent-encodes what is not ASCII): every delivery sends it and every
+    /// list answers it. Not checked when sending, so that a URL saved before the bound still
+    /// delivers.
+    pub fn check_new_url(&self, raw: &str) -> Result<Url, String> {
+        let url = self.check_url(raw)?;
+        if url.as_str().len() > MAX_URL_LEN {
             return Err(format!("must be at most {MAX_URL_LEN} characters"));
         }
+        Ok(url)
+    }
+
+    /// Parses and checks an endpoint URL's form, and its address when the host is an IP.
+    pub fn check_url(&self, raw: &str) -> Result<Url, String> {
         let url = Url::parse(raw.trim()).map_err(|_| "must be an absolute URL".to_owned())?;
         match url.scheme() {
             "https" => {}
