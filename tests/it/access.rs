@@ -14,7 +14,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_prost::ProstCodec;
 
-use crate::helpers::{TestApp, WithKey};
+use crate::helpers::{TestApp, WithKey, until_statements_wait_for_a_lock};
 
 const CONTACT: &str = r#"{"phone_number": "+4915112345678"}"#;
 
@@ -593,18 +593,6 @@ async fn lock_table(app: &TestApp, table: &str, mode: &str) -> diesel_async::Asy
     blocker
 }
 
-/// Waits until at least `sessions` statements like `query` (an `ILIKE` pattern) wait for a lock.
-async fn until_waiting_for_a_lock(app: &TestApp, query: &str, sessions: i64) {
-    let sql = format!(
-        "SELECT count(*) AS count FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '{query}'"
-    );
-    crate::helpers::eventually("statements wait for the lock", async || {
-        crate::helpers::count(&app.database, &sql).await >= sessions
-    })
-    .await;
-}
-
 async fn upsert(app: &TestApp, phone: &str) -> crate::helpers::HttpReply {
     app.post_json("/compat/contact", &json!({"phone_number": phone}))
         .await
@@ -627,7 +615,7 @@ async fn a_call_that_finds_every_connection_busy_is_refused_after_the_pool_wait(
         ["+4915112345671", "+4915112345672", "+4915112345673"].map(|phone| upsert(&app, phone)),
     );
     let release_after_a_refusal = async {
-        until_waiting_for_a_lock(&app, "%contacts%", 2).await;
+        until_statements_wait_for_a_lock(&app.database, "%contacts%", 2).await;
         // The third call is refused while the lock is still held: it did not wait for it.
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         blocker.batch_execute("COMMIT").await.expect("unlock");
@@ -677,7 +665,7 @@ async fn made_up_keys_cannot_take_the_connections_of_callers_whose_keys_are_know
     }));
     let known_callers = async {
         // (A read, not the last-used times' writer, which may wait for the table too.)
-        until_waiting_for_a_lock(&app, "SELECT%api_keys%", 1).await;
+        until_statements_wait_for_a_lock(&app.database, "SELECT%api_keys%", 1).await;
         // (time for the other five to reach whatever they wait for)
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         // ...and a caller whose key is known is served all the same, as is the made-up key
@@ -708,7 +696,7 @@ async fn a_request_the_core_does_not_answer_in_time_gets_a_504_in_its_familys_sh
     assert_eq!(upsert(&app, "+4915112345670").await.status, 200);
     let mut blocker = lock_table(&app, "contacts", "EXCLUSIVE").await;
     let (reply, ()) = tokio::join!(upsert(&app, "+4915112345671"), async {
-        until_waiting_for_a_lock(&app, "%contacts%", 1).await;
+        until_statements_wait_for_a_lock(&app.database, "%contacts%", 1).await;
         // Held well past the timeout: the answer must not wait for it.
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         blocker.batch_execute("COMMIT").await.expect("unlock");

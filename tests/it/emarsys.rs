@@ -17,7 +17,10 @@ use switchbord_api::v1::{
     PropertyAssignment, PutEventRuleRequest, PutFlowRequest,
 };
 
-use crate::helpers::{HttpReply, TestApp, WithKey, eventually, until_waiting_for_locks};
+use crate::helpers::{
+    HttpReply, TestApp, WithKey, eventually, until_statements_wait_for_a_lock,
+    until_waiting_for_locks,
+};
 
 const PATH: &str = "/api/v0/webhooks/incoming/emarsys/custom_external_event";
 const SECRET: &str = "emarsys-shared-secret-123";
@@ -774,30 +777,13 @@ async fn listening_flows_enrol_the_events_contact_even_if_its_number_changes_mea
     let body = json!({"event_name": "order_placed", "phone_number": PHONE});
     let reply = post(&app, "", &body.to_string(), &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    eventually("the first flow's trigger waits for the lock", async || {
-        count(
-            &app,
-            "SELECT count(*) AS count FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock' \
-               AND query ILIKE '%journey_trigger_keys%'",
-        )
-        .await
-            >= 1
-    })
-    .await;
+    // The first flow's trigger waits for the lock.
+    until_statements_wait_for_a_lock(&app.database, "%journey_trigger_keys%", 1).await;
     // The change waits for the first trigger, which has read the contact's number.
     let new_number = json!({"phone_number": "+4915199999999", "external_reference_id": "crm-7"});
     let (moved, ()) = tokio::join!(app.upsert_contact(&new_number), async {
-        eventually("the number's change waits for the trigger", async || {
-            count(
-                &app,
-                "SELECT count(*) AS count FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await
-                >= 2
-        })
-        .await;
+        // The number's change waits for the trigger too.
+        until_statements_wait_for_a_lock(&app.database, "%", 2).await;
         blocker.batch_execute("COMMIT").await.expect("unlock");
     });
     assert_eq!(moved["contact"]["id"], contact_id.as_str());

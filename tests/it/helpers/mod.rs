@@ -11,5 +11,5 @@ pub use database::TestDatabase;
 pub use receiver::{Answer, Receiver};
 pub use wait::{
     audit_trail, config_listener, count, eventually, until_config_listened, until_dispatched,
-    until_job_succeeded, until_waiting_for_locks,
+    until_job_succeeded, until_statements_wait_for_a_lock, until_waiting_for_locks,
 };

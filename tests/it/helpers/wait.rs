@@ -90,6 +90,20 @@ pub async fn until_waiting_for_locks(database: &TestDatabase, sessions: i64) {
     .await;
 }
 
+/// Waits until at least `sessions` of this test's statements like `query` (an `ILIKE` pattern;
+/// `%` for any) wait for a lock. At least, not exactly: background writers (the API keys'
+/// last-used times, outbox workers) may be waiting too.
+pub async fn until_statements_wait_for_a_lock(database: &TestDatabase, query: &str, sessions: i64) {
+    let sql = format!(
+        "SELECT count(*) AS count FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE '{query}'"
+    );
+    eventually("statements wait for a lock", async || {
+        count(database, &sql).await >= sessions
+    })
+    .await;
+}
+
 /// Waits until the outbox job `id` has succeeded.
 pub async fn until_job_succeeded(database: &TestDatabase, id: &str) {
     let sql = format!(
