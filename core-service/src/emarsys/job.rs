@@ -17,12 +17,12 @@ use crate::config_watch::{Cached, ConfigWatch};
 use crate::contacts::phone::{self, PhoneNumber};
 use crate::contacts::{
     ContactError, ContactRow, ContactUpsert, FieldUpdate, PlannedUpsert, TagUpdate, UpsertOutcome,
-    find_by_id, lock_by_id, plan_for, save_planned,
+    lock_by_id, plan_for, save_planned,
 };
 use crate::db::{self, DbError, prepared};
 use crate::events::Audience;
 use crate::flows::{EventRouting, EventRuleRow, FlowRow, PropertySource, property_value_problem};
-use crate::journeys::{JourneyError, Route, TriggerInput, accept_trigger};
+use crate::journeys::{Enrolee, JourneyError, Route, TriggerInput, accept_trigger};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::request::{RequestContext, RequestId};
 use crate::schema::webhook_events;
@@ -66,7 +66,7 @@ impl From<diesel::result::Error> for RuleError {
     }
 }
 
-/// The contact's stored phone number, by which the upsert and the flows' triggers find it.
+/// The contact's stored phone number, by which the rule's upsert finds it.
 fn stored_number(contact: &ContactRow) -> Result<PhoneNumber, JobError> {
     phone::normalize(&contact.phone_number, None)
         .map_err(|error| JobError::Permanent(format!("stored phone number is invalid: {error}")))
@@ -110,8 +110,16 @@ enum RuleRead {
     /// The contact is gone.
     Gone,
     /// Applied by an earlier run of this job, or not a valid change: nothing to write.
-    NothingToWrite(PhoneNumber),
-    Planned(PhoneNumber, Box<PlannedUpsert>),
+    NothingToWrite,
+    Planned(Box<PlannedUpsert>),
+}
+
+/// What became of an event's rule.
+enum RuleApplied {
+    /// The contact is gone: nobody to change or enrol.
+    ContactGone,
+    /// Applied now (with the upsert's outcome) or by an earlier run, or skipped as invalid.
+    Done(Option<Box<UpsertOutcome>>),
 }
 
 /// Marks the event's rule applied, unless an earlier run of its job did: whether this is the
@@ -132,8 +140,7 @@ async fn first_to_apply(mut connection: &AsyncPgConnection, event_id: Uuid) -> Q
 
 impl CustomEventHandler {
     /// Applies `rule` to the contact, once per event, in two round trips: `BEGIN` with the
-    /// contact's lock and the event's mark, then the contact's writes with `COMMIT`. Answers the
-    /// contact's phone number and the upsert's outcome, or `None` when the contact is gone.
+    /// contact's lock and the event's mark, then the contact's writes with `COMMIT`.
     async fn apply_rule(
         &self,
         connection: &mut AsyncPgConnection,
@@ -142,7 +149,7 @@ impl CustomEventHandler {
         payload: &Json,
         event_id: Uuid,
         contact_id: Uuid,
-    ) -> Result<Option<(PhoneNumber, Option<UpsertOutcome>)>, JobError> {
+    ) -> Result<RuleApplied, JobError> {
         let applied = db::pipelined::read_then_write(
             connection,
             async |connection| {
@@ -160,10 +167,10 @@ impl CustomEventHandler {
                 };
                 let number = stored_number(&contact).map_err(RuleError::Job)?;
                 if !first {
-                    return Ok(RuleRead::NothingToWrite(number));
+                    return Ok(RuleRead::NothingToWrite);
                 }
-                match plan_for(contact, &rule_upsert(rule, payload, number.clone())) {
-                    Ok(planned) => Ok(RuleRead::Planned(number, Box::new(planned))),
+                match plan_for(contact, &rule_upsert(rule, payload, number)) {
+                    Ok(planned) => Ok(RuleRead::Planned(Box::new(planned))),
                     // No retry can make the rule's result valid (its properties over the size
                     // limit, say): the rule is skipped, and the flows are still triggered.
                     Err(ContactError::Invalid(violations)) => {
@@ -172,18 +179,18 @@ impl CustomEventHandler {
                             ?violations,
                             "the event rule's change is not a valid contact change; rule skipped"
                         );
-                        Ok(RuleRead::NothingToWrite(number))
+                        Ok(RuleRead::NothingToWrite)
                     }
                     Err(error) => Err(RuleError::Contact(error)),
                 }
             },
             async |connection, read| match read {
-                RuleRead::Gone => Ok(None),
-                RuleRead::NothingToWrite(number) => Ok(Some((number, None))),
-                RuleRead::Planned(number, planned) => {
+                RuleRead::Gone => Ok(RuleApplied::ContactGone),
+                RuleRead::NothingToWrite => Ok(RuleApplied::Done(None)),
+                RuleRead::Planned(planned) => {
                     save_planned(connection, request, &self.audience, *planned, None)
                         .await
-                        .map(|outcome| Some((number, Some(outcome))))
+                        .map(|outcome| RuleApplied::Done(Some(Box::new(outcome))))
                 }
             },
         )
@@ -237,46 +244,27 @@ impl JobHandler for CustomEventHandler {
                 .get(|| EventRouting::load(&mut connection))
                 .await
                 .map_err(retry)?;
-            let rule = routing.rule_for(event_name);
             let listening: Vec<&FlowRow> = routing.flows_listening_for(event_name).collect();
-            if rule.is_none() && listening.is_empty() {
-                // Nothing to change and nobody to enrol: the contact need not be read.
-                return Ok(());
-            }
-            let number = match rule {
-                None => {
-                    let Some(contact) = find_by_id(&mut connection, contact_id)
-                        .await
-                        .optional()
-                        .map_err(retry)?
-                    else {
-                        // Deleted meanwhile: nobody to enrol.
-                        return Ok(());
-                    };
-                    stored_number(&contact)?
-                }
-                Some(rule) => {
-                    let applied = self
-                        .apply_rule(
-                            &mut connection,
-                            &request,
-                            rule,
-                            &payload,
-                            event_id,
-                            contact_id,
-                        )
-                        .await?;
-                    let Some((number, outcome)) = applied else {
-                        // Deleted meanwhile: nobody to change or enrol.
-                        return Ok(());
-                    };
-                    if let Some(mut outcome) = outcome {
-                        context.after_commit(None, &mut outcome);
+            // Without a rule the contact is not read here: each flow's trigger reads its number.
+            if let Some(rule) = routing.rule_for(event_name) {
+                let applied = self
+                    .apply_rule(
+                        &mut connection,
+                        &request,
+                        rule,
+                        &payload,
+                        event_id,
+                        contact_id,
+                    )
+                    .await?;
+                match applied {
+                    RuleApplied::ContactGone => return Ok(()),
+                    RuleApplied::Done(Some(mut outcome)) => {
+                        context.after_commit(None, &mut *outcome);
                     }
-                    number
+                    RuleApplied::Done(None) => {}
                 }
-            };
-
+            }
             drop(connection);
             let data = json!({
                 "event_name": event_name,
@@ -290,12 +278,11 @@ impl JobHandler for CustomEventHandler {
                         organization: flow.org.clone(),
                         flow: flow.id.clone(),
                     },
-                    phone_number: number.clone(),
+                    enrolee: Enrolee::Known(contact_id),
                     flow_id: Some(flow.id.clone()),
                     trigger_id: None,
                     data: data.as_object().cloned().unwrap_or_default(),
                     idempotency_key: Some(format!("emarsys:{webhook_event_id}")),
-                    contact_id: Some(contact_id),
                 };
                 // The trigger's job starts at once when the worker has room, as a request's does.
                 let reservation = context.reserve();

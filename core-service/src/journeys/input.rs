@@ -30,19 +30,26 @@ pub enum Route {
     Rest { organization: String, flow: String },
 }
 
+/// Whom a trigger enrols.
+#[derive(Debug, Clone)]
+pub enum Enrolee {
+    /// The contact with this number, created when missing (a request's trigger).
+    Number(PhoneNumber),
+    /// A contact the caller knows already (an Emarsys event's job): enrolled by id with the
+    /// number it has when the trigger is accepted, not one read earlier; none when it is gone.
+    Known(Uuid),
+}
+
 /// A validated trigger.
 #[derive(Debug, Clone)]
 pub struct TriggerInput {
     pub route: Route,
-    pub phone_number: PhoneNumber,
+    pub enrolee: Enrolee,
     pub flow_id: Option<String>,
     /// The effective trigger id: the URL's when it has one, else the body's.
     pub trigger_id: Option<String>,
     pub data: Map<String, Json>,
     pub idempotency_key: Option<String>,
-    /// The contact to enrol when the caller knows it already (an Emarsys event's job): enrolled
-    /// by id, not looked up by `phone_number`, which may have changed since it was read.
-    pub contact_id: Option<Uuid>,
 }
 
 impl TriggerInput {
@@ -58,8 +65,9 @@ impl TriggerInput {
         }
     }
 
-    /// Route identity, then `trigger_id` or else `flow_id`, then the phone number; or, when the
-    /// caller sent an idempotency key, the route identity and that key.
+    /// Route identity, then `trigger_id` or else `flow_id`, then the phone number (or a known
+    /// contact's id); or, when the caller sent an idempotency key, the route identity and that
+    /// key.
     /// A key longer than `MAX_PLAIN_KEY_BYTES` is stored as its SHA-256.
     pub fn dedup_key(&self) -> String {
         let key = self.plain_dedup_key();
@@ -79,10 +87,15 @@ impl TriggerInput {
             (None, Some(flow)) => format!("flow:{flow}"),
             (None, None) => String::new(),
         };
-        format!(
-            "{route}{KEY_SEPARATOR}{discriminator}{KEY_SEPARATOR}{}",
-            self.phone_number
-        )
+        match &self.enrolee {
+            Enrolee::Number(number) => {
+                format!("{route}{KEY_SEPARATOR}{discriminator}{KEY_SEPARATOR}{number}")
+            }
+            // A number starts with `+`, so a contact's key never reads as a number's.
+            Enrolee::Known(contact) => {
+                format!("{route}{KEY_SEPARATOR}{discriminator}{KEY_SEPARATOR}contact:{contact}")
+            }
+        }
     }
 
     /// The job payload: everything the journey engine needs, for the contact `contact_id`
@@ -195,12 +208,11 @@ pub fn validate_trigger(
     match (violations.is_empty(), route, phone_number) {
         (true, Some(route), Some(phone_number)) => Ok(TriggerInput {
             route,
-            phone_number,
+            enrolee: Enrolee::Number(phone_number),
             flow_id,
             trigger_id: route_trigger_id.or(body_trigger_id),
             data,
             idempotency_key,
-            contact_id: None,
         }),
         _ => Err(violations),
     }
@@ -216,12 +228,13 @@ mod tests {
                 organization: organization.to_owned(),
                 flow: flow.to_owned(),
             },
-            phone_number: phone::normalize("+4915112345678", None).expect("a valid number"),
+            enrolee: Enrolee::Number(
+                phone::normalize("+4915112345678", None).expect("a valid number"),
+            ),
             flow_id: None,
             trigger_id: Some("t-1".to_owned()),
             data: Map::new(),
             idempotency_key: None,
-            contact_id: None,
         }
     }
 
@@ -240,5 +253,21 @@ mod tests {
             rest_trigger("acme", "welcome").dedup_key(),
             "rest:acme/welcome\u{1f}trigger:t-1\u{1f}+4915112345678"
         );
+    }
+
+    #[test]
+    fn a_known_contact_is_told_apart_by_its_id_not_by_a_number() {
+        let by_number = rest_trigger("acme", "welcome");
+        let known = |contact: Uuid| TriggerInput {
+            enrolee: Enrolee::Known(contact),
+            ..by_number.clone()
+        };
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(
+            known(first).dedup_key(),
+            format!("rest:acme/welcome\u{1f}trigger:t-1\u{1f}contact:{first}")
+        );
+        assert_ne!(known(first).dedup_key(), known(second).dedup_key());
+        assert_ne!(known(first).dedup_key(), by_number.dedup_key());
     }
 }

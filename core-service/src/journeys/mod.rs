@@ -9,7 +9,7 @@ mod service;
 mod trigger;
 
 pub use error::JourneyError;
-pub use input::{Route, TriggerInput, validate_trigger};
+pub use input::{Enrolee, Route, TriggerInput, validate_trigger};
 pub use run::{JourneyTriggerHandler, TRIGGER_JOB};
 pub use service::JourneysGrpc;
 pub use trigger::{TriggerOutcome, accept_trigger};

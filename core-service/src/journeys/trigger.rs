@@ -1,6 +1,7 @@
 //! Accepting a trigger: the contact (created when missing), the deduplication record, the job
 //! and the audit entry in one transaction.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,7 +11,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::error::JourneyError;
-use super::input::TriggerInput;
+use super::input::{Enrolee, TriggerInput};
 use super::run::TRIGGER_JOB;
 use crate::audit::{self, AuditRecord};
 use crate::contacts::{
@@ -166,31 +167,30 @@ async fn accept_once(
                 }
             };
             // The contact, and its number as of this transaction: a known contact's number
-            // may have changed since the caller read it.
+            // may have changed since the caller learnt of the contact.
             let find_contact = async {
-                match input.contact_id {
-                    Some(known) => {
+                match &input.enrolee {
+                    Enrolee::Known(known) => {
                         let number: String = contacts::table
                             .find(known)
                             .select(contacts::phone_number)
                             .for_key_share()
                             .first(&mut { connection })
                             .await?;
-                        Ok((ContactPlan::Found(known), Some(number)))
+                        Ok((ContactPlan::Found(*known), Cow::Owned(number)))
                     }
-                    None => find_or_plan(connection, &input.phone_number)
+                    Enrolee::Number(number) => find_or_plan(connection, number)
                         .await
-                        .map(|plan| (plan, None))
+                        .map(|plan| (plan, Cow::Borrowed(number.as_str())))
                         .map_err(JourneyError::from),
                 }
             };
             let ((contact, number), holder) = futures::try_join!(find_contact, take_key)?;
-            let number = number.as_deref().unwrap_or(input.phone_number.as_str());
             let job = holder.taken.then(|| NewJob {
                 id: job_id,
                 ..NewJob::new(
                     TRIGGER_JOB,
-                    input.payload(trigger_event_id, contact.id(), number),
+                    input.payload(trigger_event_id, contact.id(), &number),
                     Some(context.request_id.0),
                 )
             });
