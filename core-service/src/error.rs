@@ -38,6 +38,10 @@ pub enum ServiceError {
     Conflict(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What a change was checked against changed meanwhile: reading again and resending may
+    /// succeed.
+    #[error("{0}")]
+    Aborted(String),
     #[error("service unavailable")]
     Unavailable(#[source] DbError),
     #[error("internal error")]
@@ -86,6 +90,7 @@ impl From<ServiceError> for Status {
             ServiceError::Unauthenticated(message) => Status::unauthenticated(message),
             ServiceError::Conflict(message) => Status::already_exists(message),
             ServiceError::FailedPrecondition(message) => Status::failed_precondition(message),
+            ServiceError::Aborted(message) => Status::aborted(message),
             ServiceError::Unavailable(cause) => {
                 tracing::warn!(error = &cause as &dyn StdError, "database unavailable");
                 Status::unavailable("the service is temporarily unavailable; retry later")

@@ -1191,7 +1191,7 @@ struct StoredTarget {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn headers_replaced_while_the_url_moves_never_end_up_on_the_new_origin() {
+async fn of_two_updates_of_the_url_and_headers_at_once_the_second_is_refused_not_lost() {
     use diesel_async::SimpleAsyncConnection;
     let app = TestApp::spawn().await;
     let (old_origin, new_origin) = (Receiver::start().await, Receiver::start().await);
@@ -1209,7 +1209,9 @@ async fn headers_replaced_while_the_url_moves_never_end_up_on_the_new_origin() {
         .expect("endpoint");
     let mut holder = hold_endpoint(&app, &endpoint.id).await;
     // First in line: a move with the new origin's token. Second: new credentials for the
-    // old origin, sent by someone who read the endpoint before the move.
+    // old origin, sent by someone who read the endpoint before the move. Written as it was
+    // checked, the second would move the endpoint back (the first's move lost); written over
+    // the move, it would put the old origin's credentials on the new one.
     let mut updates = Vec::new();
     for (waiting, update) in [
         UpdateEndpointRequest {
@@ -1235,14 +1237,21 @@ async fn headers_replaced_while_the_url_moves_never_end_up_on_the_new_origin() {
     {
         let mut webhooks = client(&app).await;
         updates.push(tokio::spawn(async move {
-            webhooks.update_endpoint(update).await.expect("update")
+            webhooks.update_endpoint(update).await
         }));
         until_waiting_for_locks(&app.database, i64::try_from(waiting).unwrap() + 1).await;
     }
     holder.batch_execute("COMMIT").await.expect("release");
+    let mut applied = Vec::new();
     for update in updates {
-        update.await.expect("update");
+        match update.await.expect("update") {
+            Ok(reply) => applied.push(reply.into_inner().endpoint.expect("endpoint")),
+            Err(refused) => assert_eq!(refused.code(), Code::Aborted, "{refused:?}"),
+        }
     }
+    let [applied] = applied.as_slice() else {
+        panic!("one update applied, the other refused: {applied:?}");
+    };
 
     let mut connection = app.database.connect().await;
     let stored: StoredTarget = sql_query(format!(
@@ -1252,6 +1261,7 @@ async fn headers_replaced_while_the_url_moves_never_end_up_on_the_new_origin() {
     .get_result(&mut connection)
     .await
     .expect("endpoint");
+    assert_eq!(stored.url, applied.url);
     let consistent = (stored.url == new_origin.url() && stored.token == "for-the-new-origin")
         || (stored.url == old_origin.url() && stored.token == "rotated-for-the-old-origin");
     assert!(consistent, "{} with {}", stored.url, stored.token);

@@ -175,13 +175,14 @@ impl WebhooksGrpc {
 
     /// Runs `write` and its audit entry in one transaction. Every endpoint write goes through
     /// here: once it commits, this instance's fan-out reads the endpoints afresh.
-    async fn audited<T: Send>(
+    /// `write` may refuse the change with a [`ServiceError`] of its own, which rolls it back.
+    async fn audited<T: Send, E: From<diesel::result::Error> + Into<ServiceError> + Send>(
         &self,
         context: &RequestContext,
         action: &'static str,
         target: Uuid,
         changed: &[&str],
-        write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> outbox::BoxFuture<'c, QueryResult<T>>
+        write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> outbox::BoxFuture<'c, Result<T, E>>
         + Send,
     ) -> Result<T, Status> {
         let mut connection = self.connection().await?;
@@ -190,7 +191,7 @@ impl WebhooksGrpc {
             .changing(changed);
         let written = audit::audited(&mut connection, entry, write)
             .await
-            .map_err(db_status)?;
+            .map_err(|error| Status::from(error.into()))?;
         self.config.changed();
         Ok(written)
     }
@@ -224,6 +225,22 @@ impl EndpointChanges {
             updated_at: now,
         }
     }
+}
+
+/// The stored URL and headers of endpoint `id`, locked for update; `NOT_FOUND` when there is
+/// none.
+async fn locked_url_and_headers(
+    connection: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<(String, Json), ServiceError> {
+    webhook_endpoints::table
+        .find(id)
+        .select((webhook_endpoints::url, webhook_endpoints::headers))
+        .for_update()
+        .first(connection)
+        .await
+        .optional()?
+        .ok_or(ServiceError::NotFound("endpoint"))
 }
 
 fn db_status(error: impl Into<DbError>) -> Status {
@@ -555,11 +572,13 @@ impl WebhookService for WebhooksGrpc {
         drop(connection);
         // The URL and the headers are written as a pair, as checked above: written apart, an
         // update of the headers alone (credentials for the old origin) racing one that moves
-        // the URL could leave them on the new one.
-        if changes.url.is_some() || changes.headers.is_some() {
+        // the URL could leave them on the new one. The pair is written only over the one it
+        // was checked against, so that neither a concurrent move nor new credentials are lost.
+        let checked_pair = (changes.url.is_some() || changes.headers.is_some()).then(|| {
             changes.url.get_or_insert_with(|| row.url.clone());
             changes.headers.get_or_insert_with(|| row.headers.clone());
-        }
+            (row.url, row.headers)
+        });
         let id = row.id;
         let stored = self
             .audited(
@@ -569,11 +588,23 @@ impl WebhookService for WebhooksGrpc {
                 &changed,
                 move |connection| {
                     Box::pin(async move {
+                        if let Some(checked) = checked_pair {
+                            let stored = locked_url_and_headers(connection, id).await?;
+                            if stored != checked {
+                                return Err(ServiceError::Aborted(
+                                    "the endpoint's URL or headers changed while this update \
+                                     was checked; read the endpoint and send the update again"
+                                        .to_owned(),
+                                ));
+                            }
+                        }
                         diesel::update(webhook_endpoints::table.find(id))
                             .set(&changes)
                             .returning(EndpointRow::as_returning())
                             .get_result(connection)
                             .await
+                            .optional()?
+                            .ok_or(ServiceError::NotFound("endpoint"))
                     })
                 },
             )
@@ -1041,7 +1072,7 @@ impl WebhookService for WebhooksGrpc {
                             .load(connection)
                             .await?;
                         requeue(connection, &ids, now).await?;
-                        Ok(ids.len())
+                        QueryResult::Ok(ids.len())
                     })
                 },
             )
