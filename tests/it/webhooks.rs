@@ -236,6 +236,48 @@ async fn failures_follow_the_retry_schedule_and_honour_retry_after() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_that_echoes_the_request_cannot_put_custom_header_values_in_the_log() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    receiver.answer(Answer {
+        echo_headers: true,
+        ..Answer::default()
+    });
+    let endpoint = client(&app)
+        .await
+        .create_endpoint(CreateEndpointRequest {
+            url: receiver.url(),
+            event_types: vec!["contact.created".to_owned()],
+            headers: [
+                ("X-Api-Key".to_owned(), "key-for-the-receiver".to_owned()),
+                ("X-Env".to_owned(), "1".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    new_contact(&app, "+4915112345678").await;
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received[0].header("x-api-key"), "key-for-the-receiver");
+
+    let deliveries = deliveries_of(&app, &endpoint.id).await;
+    let attempts = eventually_attempts(&app, &deliveries[0].id, 1).await;
+    let echoed: serde_json::Value =
+        serde_json::from_str(&attempts[0].response_excerpt).expect("the echo, as JSON");
+    assert_eq!(echoed["headers"]["x-api-key"], "***", "{echoed}");
+    assert_eq!(echoed["headers"]["x-env"], "1", "short values are kept");
+    assert_eq!(
+        echoed["headers"]["user-agent"],
+        received[0].header("user-agent"),
+        "the rest of the echo is kept"
+    );
+}
+
 /// Waits until the delivery job recorded its `attempts`-th failure and went back to pending,
 /// so that moving the clock cannot race the reschedule.
 #[tokio::test(flavor = "multi_thread")]

@@ -5,6 +5,7 @@ mod deliver;
 mod fanout;
 mod health;
 mod model;
+mod redact;
 mod sender;
 mod service;
 mod ssrf;

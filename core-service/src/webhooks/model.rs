@@ -34,16 +34,12 @@ impl EndpointRow {
     }
 
     /// The custom headers as name/value pairs.
-    pub fn header_pairs(&self) -> Vec<(String, String)> {
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers
             .as_object()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .filter_map(|(name, value)| Some((name.clone(), value.as_str()?.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, value)| Some((name.as_str(), value.as_str()?)))
     }
 }
 

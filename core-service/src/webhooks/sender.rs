@@ -9,6 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::json;
 
 use super::model::EndpointRow;
+use super::redact::without_header_values;
 use super::signing::{body_signature, secret_key, standard_signature};
 use super::ssrf::{GuardedResolver, UrlPolicy};
 use crate::events::StoredEvent;
@@ -165,10 +166,16 @@ impl Sender {
             (300..=399, None) => Some(format!("redirect ({status}) not followed")),
             (_, None) => Some(format!("receiver answered {status}")),
         };
+        let cut = excerpt.len() == EXCERPT_BYTES;
+        let excerpt = String::from_utf8_lossy(&excerpt).into_owned();
         AttemptResult {
             status_code: Some(status.as_u16()),
             duration: started.elapsed(),
-            excerpt: storable_text(String::from_utf8_lossy(&excerpt).into_owned()),
+            excerpt: storable_text(without_header_values(
+                excerpt,
+                endpoint.header_pairs().map(|(_, value)| value),
+                cut,
+            )),
             error: error.map(storable_text),
             retry_after,
         }

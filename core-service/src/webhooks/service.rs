@@ -364,8 +364,7 @@ fn endpoint_proto(row: EndpointRow, stats: &health::HealthStats) -> Endpoint {
         disabled_reason: row.disabled_reason.clone().unwrap_or_default(),
         headers: row
             .header_pairs()
-            .into_iter()
-            .map(|(name, _)| (name, "***".to_owned()))
+            .map(|(name, _)| (name.to_owned(), "***".to_owned()))
             .collect(),
         rate_limit_per_second: row.rate_limit_per_second.unwrap_or(0),
         health: health.into(),

@@ -40,6 +40,8 @@ pub struct Answer {
     pub retry_after: Option<u64>,
     pub location: Option<String>,
     pub body: String,
+    /// Answers the request's headers as a JSON object instead of `body`, as httpbin does.
+    pub echo_headers: bool,
     /// Each request waits for a permit of this before it is answered.
     pub held: Option<Arc<Semaphore>>,
 }
@@ -52,6 +54,7 @@ impl Default for Answer {
             retry_after: None,
             location: None,
             body: "ok".to_owned(),
+            echo_headers: false,
             held: None,
         }
     }
@@ -70,7 +73,17 @@ pub struct Receiver {
 }
 
 async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let answer = shared.answer.lock().expect("answer lock").clone();
+    let mut answer = shared.answer.lock().expect("answer lock").clone();
+    if answer.echo_headers {
+        let echoed: serde_json::Map<String, serde_json::Value> = headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.to_string(), value.into())
+            })
+            .collect();
+        answer.body = serde_json::json!({ "headers": echoed }).to_string();
+    }
     shared
         .received
         .lock()
