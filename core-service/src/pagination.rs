@@ -11,6 +11,10 @@ use crate::validation::within_storable_years;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
+/// The most a page's items may take encoded, whatever its size in items: gRPC clients refuse
+/// answers over 4 MiB unless told otherwise (tonic, grpc-go, grpc-java and Python's grpcio
+/// alike), and items that carry payloads could reach it long before the page is full.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 /// The requested page size, defaulted and bounded.
 pub fn page_size(requested: i32) -> Result<i64, FieldViolation> {
@@ -45,6 +49,41 @@ pub fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), FieldViolatio
     Ok((time, Uuid::parse_str(id).map_err(|_| invalid())?))
 }
 
+/// As [`finish_page`], for rows whose messages may be large: converts them with `message` and
+/// ends the page early, at the first that would take it past [`MAX_PAGE_BYTES`] (a page holds
+/// at least one), answering the token that continues from there.
+pub fn finish_page_within_bytes<T, M: prost::Message>(
+    rows: Vec<T>,
+    page_size: i64,
+    key: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+    message: impl Fn(T) -> M,
+) -> (Vec<M>, String) {
+    let size = usize::try_from(page_size).unwrap_or(usize::MAX);
+    let has_more = rows.len() > size;
+    let mut page = Vec::with_capacity(rows.len().min(size));
+    let mut bytes = 0;
+    let mut last_key = None;
+    for row in rows.into_iter().take(size) {
+        let row_key = key(&row);
+        let item = message(row);
+        // The item's length prefix and tag, as a repeated field of the answer.
+        bytes += item.encoded_len() + 6;
+        // Past the bound with a row kept already (the first row makes a page whatever its size).
+        if bytes > MAX_PAGE_BYTES
+            && let Some((time, id)) = last_key
+        {
+            return (page, encode_cursor(time, id));
+        }
+        page.push(item);
+        last_key = Some(row_key);
+    }
+    let token = match last_key {
+        Some((time, id)) if has_more => encode_cursor(time, id),
+        _ => String::new(),
+    };
+    (page, token)
+}
+
 /// Cuts the extra row a query fetched to learn whether another page follows, and returns the
 /// token for that page.
 pub fn finish_page<T>(
@@ -61,5 +100,70 @@ pub fn finish_page<T>(
             encode_cursor(time, id)
         }
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_types::Value;
+    use prost_types::value::Kind;
+
+    use super::*;
+
+    /// Rows of `sizes` bytes each, newest first.
+    fn rows(sizes: &[usize]) -> Vec<(DateTime<Utc>, Uuid, usize)> {
+        let now = Utc::now();
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(age, &size)| {
+                let age = i64::try_from(age).expect("few rows");
+                (now - chrono::Duration::seconds(age), Uuid::now_v7(), size)
+            })
+            .collect()
+    }
+
+    fn page(rows: Vec<(DateTime<Utc>, Uuid, usize)>, page_size: i64) -> (Vec<Value>, String) {
+        finish_page_within_bytes(
+            rows,
+            page_size,
+            |&(time, id, _)| (time, id),
+            |(_, _, size)| Value {
+                kind: Some(Kind::StringValue("x".repeat(size))),
+            },
+        )
+    }
+
+    #[test]
+    fn a_page_of_large_items_ends_before_its_bytes_pass_the_bound() {
+        const MIB: usize = 1024 * 1024;
+        let all = rows(&[MIB, MIB, MIB, MIB, 10]);
+        let (items, token) = page(all.clone(), 5);
+        assert_eq!(items.len(), 2, "a third MiB would pass the bound");
+        let (time, id, _) = all[1];
+        assert_eq!(
+            token,
+            encode_cursor(time, id),
+            "the next page starts at the third"
+        );
+    }
+
+    #[test]
+    fn an_item_past_the_bound_alone_still_makes_a_page() {
+        let all = rows(&[MAX_PAGE_BYTES + 1, 10]);
+        let (items, token) = page(all.clone(), 5);
+        assert_eq!(items.len(), 1);
+        assert_eq!(token, encode_cursor(all[0].0, all[0].1));
+    }
+
+    #[test]
+    fn small_items_page_by_count_alone() {
+        let all = rows(&[10, 10, 10]);
+        let (items, token) = page(all.clone(), 2);
+        assert_eq!(items.len(), 2);
+        assert_eq!(token, encode_cursor(all[1].0, all[1].1));
+        let (items, token) = page(all, 3);
+        assert_eq!(items.len(), 3);
+        assert_eq!(token, "", "the last page");
     }
 }

@@ -444,3 +444,54 @@ async fn built_in_types_describe_their_data_and_emitted_events_carry_it() {
          WHERE NOT events.data -> 'contact' ? key";
     assert_eq!(crate::helpers::count(database, contact_missing).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_large_jobs_is_cut_short_rather_than_answered_past_what_clients_accept() {
+    let app = TestApp::spawn().await;
+    let mut connection = app.database.connect().await;
+    // Eight succeeded jobs of about 1 MiB each: a page of all eight would be refused by any
+    // client with the default 4 MiB limit (this test's client among them).
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             created_at, updated_at)
+         SELECT gen_random_uuid(), 'test.large', jsonb_build_object('data', repeat('x', 1048576)),
+                'succeeded', 1, 1, now(), now() - make_interval(secs => n), now()
+         FROM generate_series(1, 8) AS n",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("large jobs");
+    let mut outbox = OutboxServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.admin)),
+    );
+
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = outbox
+            .list_outbox_jobs(ListOutboxJobsRequest {
+                kind: "test.large".to_owned(),
+                page_size: 8,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("a page the client accepts")
+            .into_inner();
+        assert!(!page.jobs.is_empty(), "every page holds a job");
+        assert!(page.jobs.len() <= 3, "{} jobs of 1 MiB", page.jobs.len());
+        ids.extend(page.jobs.into_iter().map(|job| job.id));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert!(pages >= 3, "{pages} pages");
+    let listed = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((listed, ids.len()), (8, 8), "each job listed once");
+}
