@@ -1996,3 +1996,34 @@ async fn a_publish_nobody_listens_to_does_not_wait_for_a_busy_worker() {
         asked.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_of_more_failed_syncs_than_one_statement_can_queue_queues_them_all() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::spawn().await;
+    // More than one statement's 65,535 parameters hold at eight or so per job.
+    const FAILED: i64 = 10_000;
+    let mut connection = app.database.connect().await;
+    connection
+        .batch_execute(&format!(
+            "INSERT INTO contacts (id, phone_number)
+             SELECT gen_random_uuid(), '+49151' || lpad(n::text, 8, '0')
+             FROM generate_series(1, {FAILED}) AS n;
+             INSERT INTO twenty_contact_syncs (contact_id, status, attempts, last_error, updated_at)
+             SELECT id, 'failed', 5, 'Twenty was down', now() FROM contacts;"
+        ))
+        .await
+        .expect("failed syncs");
+
+    let retried = admin(&app, Method::POST, &format!("{BASE}/sync/retry"), None).await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    assert_eq!(retried.body["retried"], FAILED);
+    // Counted in any status: the workers may have run some already.
+    let queued = crate::helpers::count(
+        &app.database,
+        "SELECT count(DISTINCT payload ->> 'contact_id') AS count FROM outbox_jobs
+         WHERE kind = 'twenty.sync'",
+    )
+    .await;
+    assert_eq!(queued, FAILED);
+}
