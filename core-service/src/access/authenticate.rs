@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -59,7 +59,8 @@ pub struct Authenticator {
 /// remembered after.
 #[derive(Default)]
 struct KeyCache {
-    keys: HashMap<String, (ApiKeyRow, Instant)>,
+    /// Shared with the calls that read them: a cached key costs a call no copy.
+    keys: HashMap<String, (Arc<ApiKeyRow>, Instant)>,
     /// Apart from `keys`, so that made-up keys, which anyone can send, never push the keys of
     /// real callers out of the cache.
     unknown: HashMap<String, Instant>,
@@ -159,14 +160,14 @@ impl Authenticator {
         self.note_use(key.id);
         Ok(Caller {
             key_id: Some(key.id),
-            key_name: Some(key.name),
+            key_name: Some(key.name.clone()),
             role: Some(role),
             rpc: path.to_owned(),
             source_ip,
         })
     }
 
-    async fn verify(&self, token: &str) -> Result<ApiKeyRow, Status> {
+    async fn verify(&self, token: &str) -> Result<Arc<ApiKeyRow>, Status> {
         let prefix = self.hasher.lookup_prefix(token);
         let key = match self.cached(&prefix) {
             Some(key) => key,
@@ -186,7 +187,7 @@ impl Authenticator {
     }
 
     /// Reads the key with `prefix` (`None`: there is none) and caches what was read.
-    async fn fetch(&self, prefix: &str) -> Result<Option<ApiKeyRow>, Status> {
+    async fn fetch(&self, prefix: &str) -> Result<Option<Arc<ApiKeyRow>>, Status> {
         let unavailable = || Status::unavailable("the key store is unavailable; retry later");
         let _permit = match self.lookup_wait {
             // As the pool does with a wait of 0: take a free permit or none, never time out.
@@ -205,14 +206,15 @@ impl Authenticator {
             .map_err(|_| unavailable())?;
         let key = store::find_by_prefix(&mut connection, prefix)
             .await
-            .map_err(|_| unavailable())?;
+            .map_err(|_| unavailable())?
+            .map(Arc::new);
         self.remember(prefix, key.as_ref(), forgotten);
         Ok(key)
     }
 
     /// What was last read for `prefix`, if it was read within [`CACHE_TTL`]: `Some(None)` when
     /// no key had that prefix.
-    fn cached(&self, prefix: &str) -> Option<Option<ApiKeyRow>> {
+    fn cached(&self, prefix: &str) -> Option<Option<Arc<ApiKeyRow>>> {
         let cache = self.cache.lock().ok()?;
         if let Some((key, fetched)) = cache.keys.get(prefix)
             && fetched.elapsed() < CACHE_TTL
@@ -235,7 +237,7 @@ impl Authenticator {
     /// Caches `key` (`None`: no key has `prefix`), fetched when [`Authenticator::forgotten`]
     /// said `forgotten`, unless a key was forgotten since: the fetch may have read it before its
     /// revocation (or its creation) committed.
-    fn remember(&self, prefix: &str, key: Option<&ApiKeyRow>, forgotten: u64) {
+    fn remember(&self, prefix: &str, key: Option<&Arc<ApiKeyRow>>, forgotten: u64) {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.forgotten != forgotten {
                 return;
@@ -356,8 +358,8 @@ mod tests {
         )
     }
 
-    fn key(prefix: &str) -> ApiKeyRow {
-        ApiKeyRow {
+    fn key(prefix: &str) -> Arc<ApiKeyRow> {
+        Arc::new(ApiKeyRow {
             id: Uuid::new_v4(),
             name: "k".to_owned(),
             role: "user".to_owned(),
@@ -368,7 +370,7 @@ mod tests {
             expires_at: None,
             last_used_at: None,
             revoked_at: None,
-        }
+        })
     }
 
     #[test]
