@@ -9,57 +9,84 @@ use std::borrow::Cow;
 
 /// What a masked value reads as: the same as headers when endpoints are read.
 const MASK: &str = "***";
-/// Shorter values are left alone: masking `1` or `yes` would garble the excerpt, and they are
-/// not credentials.
-const MIN_MASKED_BYTES: usize = 4;
+/// Shorter values are left alone: masking `1`, `true` or `prod` would garble the excerpt (every
+/// `true` in it), and they are not credentials.
+const MIN_MASKED_BYTES: usize = 8;
 
-/// `excerpt` with each of the header `values` replaced by `***`, as sent and as escaped in
-/// JSON. When the excerpt was `cut` at its size limit, a value's start at its very end is
-/// masked too.
+/// `excerpt` with each of the header `values` replaced by `***`: as sent (without the spaces
+/// around it, which receivers drop), and as JSON encoders escape it. When the excerpt was `cut`
+/// short, a value's start at its very end is masked too.
 pub fn without_header_values<'v>(
     mut excerpt: String,
     values: impl IntoIterator<Item = &'v str>,
     cut: bool,
 ) -> String {
-    for value in values {
-        if value.len() < MIN_MASKED_BYTES {
-            continue;
+    let mut forms: Vec<Cow<'v, str>> = values
+        .into_iter()
+        .map(|value| value.trim_matches([' ', '\t']))
+        .filter(|value| value.len() >= MIN_MASKED_BYTES)
+        .flat_map(escaped_forms)
+        .collect();
+    if forms.is_empty() {
+        return excerpt;
+    }
+    // Longest first: a value inside a longer one, masked first, would leave the longer one's
+    // rest readable.
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    for form in &forms {
+        if excerpt.contains(&**form) {
+            excerpt = excerpt.replace(&**form, MASK);
         }
-        let escaped = json_escaped(value);
-        let forms = [Some(value), (escaped != value).then_some(&*escaped)];
-        for form in forms.into_iter().flatten() {
-            if excerpt.contains(form) {
-                excerpt = excerpt.replace(form, MASK);
-            }
-            if cut {
-                mask_cut_start(&mut excerpt, form);
-            }
-        }
+    }
+    if cut
+        && let Some(length) = forms
+            .iter()
+            .filter_map(|form| cut_start_len(&excerpt, form))
+            .max()
+    {
+        excerpt.truncate(excerpt.len() - length);
+        excerpt.push_str(MASK);
     }
     excerpt
 }
 
-/// `value` as it reads inside a JSON string.
-fn json_escaped(value: &str) -> Cow<'_, str> {
-    if !value.contains(['"', '\\', '\t']) {
-        return Cow::Borrowed(value);
-    }
-    let quoted = serde_json::to_string(value).unwrap_or_default();
-    Cow::Owned(quoted[1..quoted.len() - 1].to_owned())
+/// `value` as sent and as JSON encoders write it inside a string: escaped as serde_json and
+/// most encoders do (`"`, `\`, tab), with `/` as `\/` as PHP does, and with `<`, `>` and `&`
+/// as `\u003c`, `\u003e` and `\u0026` as Go does.
+fn escaped_forms(value: &str) -> [Cow<'_, str>; 4] {
+    let json = if value.contains(['"', '\\', '\t']) {
+        let quoted = serde_json::to_string(value).unwrap_or_default();
+        Cow::Owned(quoted[1..quoted.len() - 1].to_owned())
+    } else {
+        Cow::Borrowed(value)
+    };
+    let php = if json.contains('/') {
+        Cow::Owned(json.replace('/', "\\/"))
+    } else {
+        json.clone()
+    };
+    let go = if json.contains(['<', '>', '&']) {
+        Cow::Owned(
+            json.replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026"),
+        )
+    } else {
+        json.clone()
+    };
+    [Cow::Borrowed(value), json, php, go]
 }
 
-/// Masks the longest start of `value` (of [`MIN_MASKED_BYTES`] or more) that ends `excerpt`.
-fn mask_cut_start(excerpt: &mut String, value: &str) {
+/// The length of the longest start of `value` ([`MIN_MASKED_BYTES`] or more, short of all of
+/// it) that ends `excerpt`.
+fn cut_start_len(excerpt: &str, value: &str) -> Option<usize> {
     let longest = value.len().saturating_sub(1).min(excerpt.len());
-    for length in (MIN_MASKED_BYTES..=longest).rev() {
-        if let Some(start) = value.get(..length)
-            && excerpt.ends_with(start)
-        {
-            excerpt.truncate(excerpt.len() - length);
-            excerpt.push_str(MASK);
-            return;
-        }
-    }
+    (MIN_MASKED_BYTES..=longest).rev().find(|&length| {
+        value
+            .get(..length)
+            .is_some_and(|start| excerpt.ends_with(start))
+    })
 }
 
 #[cfg(test)]
@@ -70,11 +97,12 @@ mod tests {
 
     #[test]
     fn header_values_are_masked_as_sent_and_as_json_escaped() {
-        let values = ["Bearer s3cr3t-token", r#"key"with\quote"#, "1"];
-        let echoed = json!({"headers": {
+        let values = ["Bearer s3cr3t-token", r#"key"with\quote"#, "1", "true"];
+        let echoed = json!({"ok": true, "headers": {
             "Authorization": "Bearer s3cr3t-token",
             "X-Api-Key": r#"key"with\quote"#,
             "X-Env": "1",
+            "X-Debug": "true",
         }})
         .to_string();
         let masked = without_header_values(echoed, values, false);
@@ -86,12 +114,13 @@ mod tests {
             masked.contains(r#""X-Env":"1""#),
             "short values are left: {masked}"
         );
+        assert!(masked.contains(r#""ok":true"#), "{masked}");
     }
 
     #[test]
     fn a_value_cut_at_the_end_of_the_excerpt_is_masked() {
-        let values = ["abcdefghijkl"];
-        let cut = "...\"X-Token\": \"abcdefg".to_owned();
+        let values = ["abcdefghijklmnop"];
+        let cut = "...\"X-Token\": \"abcdefghij".to_owned();
         assert_eq!(
             without_header_values(cut.clone(), values, true),
             "...\"X-Token\": \"***"
@@ -101,11 +130,45 @@ mod tests {
             cut,
             "an excerpt that was not cut ends where the answer ended"
         );
-        let too_short = "...\"X-Token\": \"abc".to_owned();
+        let too_short = "...\"X-Token\": \"abcdefg".to_owned();
         assert_eq!(
             without_header_values(too_short.clone(), values, true),
             too_short
         );
+    }
+
+    #[test]
+    fn a_value_is_found_without_the_spaces_around_it_that_receivers_drop() {
+        let masked = without_header_values(
+            r#"{"x-token":"s3cr3t-token"}"#.to_owned(),
+            [" s3cr3t-token \t"],
+            false,
+        );
+        assert_eq!(masked, r#"{"x-token":"***"}"#);
+    }
+
+    #[test]
+    fn a_value_inside_a_longer_one_leaves_none_of_the_longer_readable() {
+        // Headers come sorted by name: the tenant's name before the key that starts with it.
+        let values = ["acme-corp", "acme-corp_sk_9f3c1b"];
+        let masked = without_header_values(
+            r#"{"tenant":"acme-corp","x-api-key":"acme-corp_sk_9f3c1b"}"#.to_owned(),
+            values,
+            false,
+        );
+        assert_eq!(masked, r#"{"tenant":"***","x-api-key":"***"}"#);
+    }
+
+    #[test]
+    fn values_are_found_as_php_and_go_escape_them() {
+        let value = "tok/en<&>more";
+        for echoed in [r#""tok\/en<&>more""#, r#""tok/en\u003c\u0026\u003emore""#] {
+            assert_eq!(
+                without_header_values(echoed.to_owned(), [value], false),
+                r#""***""#,
+                "{echoed}"
+            );
+        }
     }
 
     #[test]

@@ -157,6 +157,8 @@ impl Sender {
                 }
             }
         }
+        // Short of the whole answer: a value may have been cut at the excerpt's end.
+        let cut = excerpt.len() == EXCERPT_BYTES || read_error.is_some();
         // Success is a 2xx within the timeout: the status line decides. A body that stalls or
         // breaks after it only shortens the excerpt; counted a failure, it would send the event
         // again to a receiver that has taken it.
@@ -166,7 +168,6 @@ impl Sender {
             (300..=399, None) => Some(format!("redirect ({status}) not followed")),
             (_, None) => Some(format!("receiver answered {status}")),
         };
-        let cut = excerpt.len() == EXCERPT_BYTES;
         let excerpt = String::from_utf8_lossy(&excerpt).into_owned();
         AttemptResult {
             status_code: Some(status.as_u16()),
