@@ -15,6 +15,10 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// How long connecting to the core may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest outbox answer read from the core, where tonic's default is 4 MiB: a job carries
+/// its payload, which a gRPC caller may have sent up to 8 MiB of, and a page holds one job
+/// whatever its size (the core ends other pages at 3 MiB).
+const MAX_OUTBOX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// The core's services over one shared HTTP/2 channel. Cheap to clone, which axum does for
 /// every request; each handler then makes the one client it calls (a channel handle and a few
@@ -62,6 +66,7 @@ impl CoreClient {
 
     pub fn outbox(&self) -> OutboxServiceClient<Channel> {
         OutboxServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_OUTBOX_ANSWER_BYTES)
     }
 
     pub fn twenty(&self) -> TwentyServiceClient<Channel> {

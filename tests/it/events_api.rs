@@ -495,3 +495,41 @@ async fn a_page_of_large_jobs_is_cut_short_rather_than_answered_past_what_client
     ids.dedup();
     assert_eq!((listed, ids.len()), (8, 8), "each job listed once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_larger_than_a_default_grpc_answer_is_still_read_over_rest() {
+    let app = TestApp::spawn().await;
+    let mut connection = app.database.connect().await;
+    // A payload a gRPC caller can send (up to 8 MiB) but a default client cannot read back.
+    let id = uuid::Uuid::new_v4();
+    sql_query(format!(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             created_at, updated_at)
+         VALUES ('{id}', 'test.large', jsonb_build_object('data', repeat('x', 5 * 1048576)),
+                 'succeeded', 1, 1, now(), now(), now())"
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("a large job");
+
+    for path in [
+        format!("/api/v1/admin/outbox/jobs/{id}"),
+        "/api/v1/admin/outbox/jobs?kind=test.large".to_owned(),
+    ] {
+        let reply = app
+            .send(
+                reqwest::Method::GET,
+                &path,
+                &[("x-api-key", app.keys.admin.as_str())],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{path}: {}",
+            &reply.text[..reply.text.len().min(300)]
+        );
+        assert!(reply.text.len() > 5 * 1048576, "{path}: the whole payload");
+    }
+}
