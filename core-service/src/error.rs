@@ -67,25 +67,72 @@ impl From<diesel::result::Error> for ServiceError {
     }
 }
 
+/// The most violations one answer lists. An answer's status travels in HTTP/2 headers, which
+/// peers bound (16 KiB by default; past four times that, the connection is closed for every
+/// call on it): thousands of violations from one body, say of empty tags, must not reach that.
+const MAX_LISTED_VIOLATIONS: usize = 20;
+/// How many violations the status message spells out; the details list the rest.
+const MAX_SUMMARISED_VIOLATIONS: usize = 3;
+/// Field names can echo the caller's input (a property's key): longer ones are cut.
+const MAX_FIELD_BYTES: usize = 64;
+const MAX_DESCRIPTION_BYTES: usize = 200;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// `INVALID_ARGUMENT` naming each wrong field in a `BadRequest` detail: the first
+/// [`MAX_LISTED_VIOLATIONS`], the last of them saying how many more there are.
+fn invalid_argument(mut violations: Vec<FieldViolation>) -> Status {
+    let unlisted = violations.len().saturating_sub(MAX_LISTED_VIOLATIONS);
+    violations.truncate(MAX_LISTED_VIOLATIONS);
+    let mut violations: Vec<FieldViolation> = violations
+        .into_iter()
+        .map(|violation| FieldViolation {
+            field: bounded(violation.field, MAX_FIELD_BYTES),
+            description: bounded(violation.description, MAX_DESCRIPTION_BYTES),
+        })
+        .collect();
+    if unlisted > 0
+        && let Some(last) = violations.last_mut()
+    {
+        last.description
+            .push_str(&format!(" (and {unlisted} more not listed)"));
+    }
+    let mut message = violations
+        .iter()
+        .take(MAX_SUMMARISED_VIOLATIONS)
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let more = violations.len() + unlisted - violations.len().min(MAX_SUMMARISED_VIOLATIONS);
+    if more > 0 {
+        message.push_str(&format!("; and {more} more"));
+    }
+    let details = ErrorDetails::with_bad_request(
+        violations
+            .into_iter()
+            .map(|violation| {
+                tonic_types::FieldViolation::new(violation.field, violation.description)
+            })
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
         match error {
-            ServiceError::InvalidArgument(violations) => {
-                let message = violations
-                    .iter()
-                    .map(|violation| format!("{}: {}", violation.field, violation.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let details = ErrorDetails::with_bad_request(
-                    violations
-                        .into_iter()
-                        .map(|violation| {
-                            tonic_types::FieldViolation::new(violation.field, violation.description)
-                        })
-                        .collect::<Vec<_>>(),
-                );
-                Status::with_error_details(Code::InvalidArgument, message, details)
-            }
+            ServiceError::InvalidArgument(violations) => invalid_argument(violations),
             ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
             ServiceError::Unauthenticated(message) => Status::unauthenticated(message),
             ServiceError::Conflict(message) => Status::already_exists(message),
@@ -100,5 +147,40 @@ impl From<ServiceError> for Status {
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded("short".to_owned(), 8), "short");
+        assert_eq!(bounded("äöüäöü".to_owned(), 8), "äöüä…");
+        // Three bytes each: 8 bytes end inside the third.
+        assert_eq!(bounded("€€€€".to_owned(), 8), "€€…");
+    }
+
+    #[test]
+    fn many_violations_are_listed_up_to_the_bound_and_counted_beyond() {
+        let violations = (0..25)
+            .map(|index| FieldViolation::new(format!("tags[{index}]"), "must not be empty"))
+            .collect();
+        let status = invalid_argument(violations);
+        let listed = status
+            .get_details_bad_request()
+            .expect("a BadRequest detail")
+            .field_violations;
+        assert_eq!(listed.len(), MAX_LISTED_VIOLATIONS);
+        assert_eq!(
+            listed[19].description,
+            "must not be empty (and 5 more not listed)"
+        );
+        assert_eq!(
+            status.message(),
+            "tags[0]: must not be empty; tags[1]: must not be empty; tags[2]: must not be empty; \
+             and 22 more"
+        );
     }
 }

@@ -4,12 +4,14 @@
 use serde_json::{Map, Value as Json};
 use switchbord_api::json::{MAX_NESTING, NESTING_PROBLEM, object_nesting, struct_from_json};
 
-use crate::error::{ApiError, Violation};
+use crate::error::{ApiError, MAX_LISTED_VIOLATIONS, Violation};
 
-/// Collects type errors across the whole body so the caller sees all of them at once.
+/// Collects type errors across the whole body so the caller sees all of them at once (the
+/// first [`MAX_LISTED_VIOLATIONS`], and how many more).
 #[derive(Default)]
 pub struct Decoder {
     violations: Vec<Violation>,
+    unlisted: usize,
 }
 
 impl Decoder {
@@ -18,7 +20,19 @@ impl Decoder {
         if self.violations.is_empty() {
             Ok(value)
         } else {
-            Err(ApiError::invalid_fields(self.violations))
+            Err(ApiError::invalid_fields_and_more(
+                self.violations,
+                self.unlisted,
+            ))
+        }
+    }
+
+    /// Past the listed ones only counted: nothing is allocated for them.
+    fn add(&mut self, violation: impl FnOnce() -> Violation) {
+        if self.violations.len() < MAX_LISTED_VIOLATIONS {
+            self.violations.push(violation());
+        } else {
+            self.unlisted += 1;
         }
     }
 
@@ -38,7 +52,7 @@ impl Decoder {
     }
 
     fn wrong_type(&mut self, field: &str, expected: &str) {
-        self.violations.push(Violation {
+        self.add(|| Violation {
             field: field.to_owned(),
             description: format!("must be {expected}"),
         });
@@ -79,7 +93,7 @@ impl Decoder {
         match body.remove(field) {
             None | Some(Json::Null) => None,
             Some(Json::Object(object)) if object_nesting(&object) > MAX_NESTING => {
-                self.violations.push(Violation {
+                self.add(|| Violation {
                     field: field.to_owned(),
                     description: NESTING_PROBLEM.to_owned(),
                 });
@@ -105,7 +119,10 @@ impl Decoder {
                 for (index, item) in items.into_iter().enumerate() {
                     match item {
                         Json::String(text) => values.push(text),
-                        _ => self.wrong_type(&format!("{field}[{index}]"), "a string"),
+                        _ => self.add(|| Violation {
+                            field: format!("{field}[{index}]"),
+                            description: "must be a string".to_owned(),
+                        }),
                     }
                 }
                 Some(values)

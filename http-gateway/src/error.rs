@@ -33,6 +33,10 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// The most violations one answer lists, as the core does: a 1 MiB body of wrong items (half
+/// a million) must not be answered with each of them.
+pub const MAX_LISTED_VIOLATIONS: usize = 20;
+
 /// One wrong field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -81,8 +85,22 @@ impl ApiError {
         }])
     }
 
-    /// A 400 naming every field in `violations`.
+    /// A 400 naming every field in `violations`, up to [`MAX_LISTED_VIOLATIONS`].
     pub fn invalid_fields(violations: Vec<Violation>) -> Self {
+        Self::invalid_fields_and_more(violations, 0)
+    }
+
+    /// As [`ApiError::invalid_fields`], for a caller that found `unlisted` more violations
+    /// than it kept: the last one listed says how many are not.
+    pub fn invalid_fields_and_more(mut violations: Vec<Violation>, unlisted: usize) -> Self {
+        let unlisted = unlisted + violations.len().saturating_sub(MAX_LISTED_VIOLATIONS);
+        violations.truncate(MAX_LISTED_VIOLATIONS);
+        if unlisted > 0
+            && let Some(last) = violations.last_mut()
+        {
+            last.description
+                .push_str(&format!(" (and {unlisted} more not listed)"));
+        }
         let message = summary(&violations);
         Self {
             violations,

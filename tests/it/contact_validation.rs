@@ -134,6 +134,68 @@ async fn every_wrong_field_is_reported_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_wrong_values_get_a_400_listing_the_first_few() {
+    let app = TestApp::spawn().await;
+    // Empty tags, each wrong in the core: thousands of violations from a body of a few KiB,
+    // more than an HTTP/2 header block between the gateway and the core may carry.
+    let many_wrong_tags = json!({"phone_number": "+4915112345678", "tags": vec![""; 3000]});
+    // One wrong property whose key, echoed in the field's name, is 20,000 characters long.
+    let long_key = json!({
+        "phone_number": "+4915112345678",
+        "person_properties": {"k".repeat(20_000): 1},
+    });
+    // Numbers where tags are strings, each wrong in the gateway: half a million in 1 MiB.
+    let numeric_tags = json!({"phone_number": "+4915112345678", "tags": vec![0; 500_000]});
+    for body in [many_wrong_tags, long_key, numeric_tags] {
+        let reply = app.post_json("/compat/contact", &body).await;
+        assert_eq!(
+            reply.status,
+            400,
+            "{}",
+            &reply.text[..reply.text.len().min(300)]
+        );
+        let details = reply.body["error"]["details"].as_array().expect("details");
+        assert!(
+            (1..=20).contains(&details.len()),
+            "{} listed",
+            details.len()
+        );
+        assert!(
+            details.iter().all(|detail| detail["field"]
+                .as_str()
+                .is_some_and(|field| field.len() <= 80)),
+            "{details:?}"
+        );
+        assert!(reply.text.len() < 8 * 1024, "{} bytes", reply.text.len());
+    }
+    let reply = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": "+4915112345678", "tags": vec![""; 3000]}),
+        )
+        .await;
+    let last = reply.body["error"]["details"][19]["description"]
+        .as_str()
+        .unwrap_or_default();
+    // Each empty tag is one violation; the list's length may be another.
+    let unlisted: usize = last
+        .rsplit_once("(and ")
+        .and_then(|(_, rest)| rest.strip_suffix(" more not listed)"))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_default();
+    assert!((2980..=2981).contains(&unlisted), "{last}");
+
+    // The gateway's connection to the core carries on.
+    let fine = app
+        .post_json(
+            "/compat/contact",
+            &json!({"phone_number": "+4915112345678"}),
+        )
+        .await;
+    assert_eq!(fine.status, 200, "{}", fine.text);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn numeric_external_reference_is_accepted_as_text() {
     let app = TestApp::spawn().await;
 
