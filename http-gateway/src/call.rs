@@ -11,6 +11,14 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::request_id::RequestId;
 
+/// The longest credential header forwarded as sent: keys are about 60 bytes, and an Emarsys
+/// JWT a few hundred. Metadata travels in HTTP/2 headers, which the core bounds at 16 KiB; a
+/// longer header failed the call as 500.
+const MAX_CREDENTIAL_BYTES: usize = 4096;
+/// Forwarded instead of a longer credential: no key and no JWT, so the core refuses it as it
+/// refuses any wrong credential (401).
+const OVERSIZED_CREDENTIAL: &str = "oversized-credential";
+
 /// The client address, as decided by [`crate::client_ip`] and stored by the middleware.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
@@ -49,11 +57,17 @@ impl CallContext {
             ("x-api-key", &self.api_key),
             ("authorization", &self.authorization),
         ] {
-            if let Some(value) = value
-                && let Ok(value) = AsciiMetadataValue::try_from(value.as_bytes())
-            {
-                metadata.insert(name, value);
-            }
+            let Some(value) = value else {
+                continue;
+            };
+            let forwarded = if value.len() > MAX_CREDENTIAL_BYTES {
+                AsciiMetadataValue::from_static(OVERSIZED_CREDENTIAL)
+            } else if let Ok(value) = AsciiMetadataValue::try_from(value.as_bytes()) {
+                value
+            } else {
+                continue;
+            };
+            metadata.insert(name, forwarded);
         }
         request
     }

@@ -91,11 +91,14 @@ async fn the_key_is_accepted_in_any_header_case_and_as_bearer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_or_bad_keys_are_401_in_the_family_shape_with_www_authenticate() {
     let app = TestApp::spawn().await;
+    let huge = format!("sbk_000000000000_{}", "A".repeat(40_000));
     let bad_keys = [
         "sbk_000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         "sbk_zzzzzzzzzzzz_notakey",
         "not-a-key",
         "Bearer",
+        // Longer than an HTTP/2 header block between the gateway and the core may be.
+        &huge,
     ];
 
     let missing = app
@@ -122,7 +125,13 @@ async fn missing_or_bad_keys_are_401_in_the_family_shape_with_www_authenticate()
                 CONTACT,
             )
             .await;
-        assert_eq!(reply.status, 401, "{key}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            401,
+            "{}…: {}",
+            &key[..key.len().min(40)],
+            reply.text
+        );
     }
     let basic = app
         .send(
@@ -133,6 +142,15 @@ async fn missing_or_bad_keys_are_401_in_the_family_shape_with_www_authenticate()
         )
         .await;
     assert_eq!(basic.status, 401);
+    let huge_bearer = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("authorization", &format!("Bearer {huge}"))],
+            CONTACT,
+        )
+        .await;
+    assert_eq!(huge_bearer.status, 401, "{}", huge_bearer.text);
     // The user key works with one character changed nowhere.
     let mut tampered = app.keys.user.clone();
     let last = tampered.pop().expect("non-empty key");
