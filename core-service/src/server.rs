@@ -346,6 +346,7 @@ impl CoreServer {
                 self.job_pool.clone(),
                 self.clock.clone(),
                 self.outbox_retention,
+                crate::journeys::key_retention(self.state.trigger_dedup_window),
             )
             .run(),
         );

@@ -396,6 +396,53 @@ async fn succeeded_outbox_jobs_are_deleted_after_the_retention() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn trigger_keys_are_deleted_once_no_window_can_hold_them() {
+    use diesel_async::RunQueryDsl;
+    let clock = std::sync::Arc::new(switchbord_core::outbox::ManualClock::default());
+    let app = TestApp::builder()
+        .outbox_retention(std::time::Duration::from_secs(60))
+        .clock(clock.clone())
+        .spawn()
+        .await;
+    let trigger = app
+        .post_json(
+            "/compat/journey-trigger/welcome",
+            &json!({"phone_number": "+4915112340102"}),
+        )
+        .await;
+    assert_eq!(trigger.status, 200, "{}", trigger.text);
+    // A key taken 29 days after the first one: still within 30 days once the clock has moved.
+    let mut connection = app.database.connect().await;
+    diesel::sql_query(
+        "INSERT INTO journey_trigger_keys (dedup_key, trigger_id, outbox_job_id, accepted_at)
+         VALUES ('later', gen_random_uuid(), gen_random_uuid(), now() + interval '29 days')",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("a later key");
+    let keys = "SELECT count(*) FROM journey_trigger_keys";
+
+    // Kept past the 60 s window for 30 days, as an Emarsys event's flows need (the pruner looks
+    // every second at this retention).
+    clock.advance(std::time::Duration::from_secs(29 * 24 * 3600));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(crate::helpers::count(&app.database, keys).await, 2);
+    clock.advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    eventually("the first key is pruned", async || {
+        crate::helpers::count(&app.database, keys).await == 1
+    })
+    .await;
+    assert_eq!(
+        crate::helpers::count(
+            &app.database,
+            "SELECT count(*) FROM journey_trigger_keys WHERE dedup_key = 'later'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_deadlocked_transaction_is_a_retryable_failure_not_an_internal_error() {
     use diesel::sql_query;
     use diesel_async::RunQueryDsl;

@@ -22,7 +22,9 @@ use crate::contacts::{
 use crate::db::{self, DbError, prepared};
 use crate::events::Audience;
 use crate::flows::{EventRouting, EventRuleRow, FlowRow, PropertySource, property_value_problem};
-use crate::journeys::{Enrolee, JourneyError, Route, TriggerInput, accept_trigger};
+use crate::journeys::{
+    Enrolee, JourneyError, LEAST_KEY_RETENTION, Route, TriggerInput, accept_trigger,
+};
 use crate::outbox::{BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind};
 use crate::request::{RequestContext, RequestId};
 use crate::schema::webhook_events;
@@ -33,8 +35,8 @@ pub const CUSTOM_EVENT_JOB: JobKind = JobKind {
 };
 
 /// Flow triggers from events deduplicate on the (unique) webhook event id, so any window that
-/// outlasts the job's retries will do.
-const FLOW_TRIGGER_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// outlasts the job's retries (an operator's among them) will do; keys are kept this long.
+const FLOW_TRIGGER_WINDOW: Duration = LEAST_KEY_RETENTION;
 
 pub struct CustomEventHandler {
     audience: Audience,

@@ -3,6 +3,7 @@
 
 mod error;
 mod input;
+mod prune;
 mod record;
 mod run;
 mod service;
@@ -10,6 +11,7 @@ mod trigger;
 
 pub use error::JourneyError;
 pub use input::{Enrolee, Route, TriggerInput, validate_trigger};
+pub use prune::{LEAST_KEY_RETENTION, delete_keys_before, key_retention};
 pub use run::{JourneyTriggerHandler, TRIGGER_JOB};
 pub use service::JourneysGrpc;
 pub use trigger::{TriggerOutcome, accept_trigger};

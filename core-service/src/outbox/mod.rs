@@ -25,7 +25,7 @@ pub use announcer::Announcer;
 pub use backoff::{BackoffPolicy, retry_delay};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry};
-pub use pruner::{Pruner, prune_succeeded};
+pub use pruner::{Pruner, prune_succeeded, prune_trigger_keys};
 pub use starter::{Committed, Reservation, Starter, after_commit};
 pub use store::{
     ClaimedJob, Depth, JobRow, NewJob, OUTSTANDING_STATUSES, claim, claim_expired, depth,

@@ -2,6 +2,8 @@
 //! (the delivery log, events and audit keep what users see), and a table that only grows costs
 //! storage, autovacuum time and the depth gauge's count: 34 ms per sample at 200,000 rows.
 //! Pending, running and dead jobs are never deleted: they are work, or an operator's to act on.
+//! Journey triggers' deduplication keys go too, once no window can hold them
+//! ([`crate::journeys::key_retention`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use chrono::{DateTime, Utc};
 use super::clock::Clock;
 use super::store;
 use crate::db::{self, DbError, DbPool};
+use crate::journeys;
 
 /// Rows deleted per statement: short transactions that never hold many locks at once.
 const BATCH: i64 = 1_000;
@@ -19,14 +22,22 @@ pub struct Pruner {
     pool: DbPool,
     clock: Arc<dyn Clock>,
     retention: Duration,
+    key_retention: Duration,
 }
 
 impl Pruner {
-    pub fn new(pool: DbPool, clock: Arc<dyn Clock>, retention: Duration) -> Self {
+    /// Keeps succeeded jobs for `retention`, and trigger keys for `key_retention`.
+    pub fn new(
+        pool: DbPool,
+        clock: Arc<dyn Clock>,
+        retention: Duration,
+        key_retention: Duration,
+    ) -> Self {
         Self {
             pool,
             clock,
             retention,
+            key_retention,
         }
     }
 
@@ -42,9 +53,9 @@ impl Pruner {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let cutoff =
-                self.clock.now() - chrono::Duration::from_std(self.retention).unwrap_or_default();
-            match prune_succeeded(&self.pool, cutoff).await {
+            let now = self.clock.now();
+            let before = |age: Duration| now - chrono::Duration::from_std(age).unwrap_or_default();
+            match prune_succeeded(&self.pool, before(self.retention)).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "pruned succeeded outbox jobs"),
                 Err(error) => tracing::warn!(
@@ -52,16 +63,47 @@ impl Pruner {
                     "cannot prune succeeded outbox jobs; will try again"
                 ),
             }
+            match prune_trigger_keys(&self.pool, before(self.key_retention)).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "pruned expired trigger keys"),
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "cannot prune expired trigger keys; will try again"
+                ),
+            }
         }
     }
 }
 
+/// What the pruner deletes.
+#[derive(Clone, Copy)]
+enum Prunable {
+    SucceededJobs,
+    TriggerKeys,
+}
+
 /// Deletes the succeeded jobs created before `cutoff`, a batch at a time, and returns how many.
 pub async fn prune_succeeded(pool: &DbPool, cutoff: DateTime<Utc>) -> Result<usize, DbError> {
+    prune(pool, Prunable::SucceededJobs, cutoff).await
+}
+
+/// Deletes the trigger keys last taken before `cutoff`, a batch at a time, and returns how many.
+pub async fn prune_trigger_keys(pool: &DbPool, cutoff: DateTime<Utc>) -> Result<usize, DbError> {
+    prune(pool, Prunable::TriggerKeys, cutoff).await
+}
+
+async fn prune(pool: &DbPool, what: Prunable, cutoff: DateTime<Utc>) -> Result<usize, DbError> {
     let mut connection = db::connection(pool).await?;
     let mut deleted = 0;
     loop {
-        let batch = store::delete_succeeded(&mut connection, cutoff, BATCH).await?;
+        let batch = match what {
+            Prunable::SucceededJobs => {
+                store::delete_succeeded(&mut connection, cutoff, BATCH).await?
+            }
+            Prunable::TriggerKeys => {
+                journeys::delete_keys_before(&mut connection, cutoff, BATCH).await?
+            }
+        };
         deleted += batch;
         if i64::try_from(batch).unwrap_or(i64::MAX) < BATCH {
             return Ok(deleted);
@@ -77,7 +119,7 @@ mod tests {
     fn pruner(retention: Duration) -> Pruner {
         let url = "postgres://nobody@127.0.0.1:1/none";
         let pool = db::build_pool(url, 1, std::time::Duration::from_secs(5)).expect("pool");
-        Pruner::new(pool, Arc::new(SystemClock), retention)
+        Pruner::new(pool, Arc::new(SystemClock), retention, retention)
     }
 
     #[test]

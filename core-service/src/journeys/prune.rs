@@ -1,0 +1,40 @@
+//! Deleting deduplication keys once no window can still hold them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{BigInt, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::db::prepared;
+
+/// How long a key is kept at least: the longest window any trigger is checked against, which
+/// for an Emarsys event's flows is 30 days (a dead job retried by an operator weeks later must
+/// still find its flows triggered). Requests' triggers use the configured window, when longer.
+pub const LEAST_KEY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long keys are kept with requests' triggers deduplicated over `trigger_window`.
+pub fn key_retention(trigger_window: Duration) -> Duration {
+    trigger_window.max(LEAST_KEY_RETENTION)
+}
+
+/// Deletes at most `limit` keys last taken before `cutoff`, and returns how many. A key taken
+/// again meanwhile is left: the delete reads its new time before it deletes.
+pub async fn delete_keys_before(
+    connection: &mut AsyncPgConnection,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> diesel::QueryResult<usize> {
+    prepared(
+        diesel::sql_query(
+            "DELETE FROM journey_trigger_keys WHERE dedup_key IN (
+             SELECT dedup_key FROM journey_trigger_keys WHERE accepted_at < $1
+             LIMIT $2 FOR UPDATE SKIP LOCKED)
+             AND accepted_at < $1",
+        )
+        .bind::<Timestamptz, _>(cutoff)
+        .bind::<BigInt, _>(limit),
+    )
+    .execute(connection)
+    .await
+}

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS journey_trigger_keys_accepted_at_idx;
