@@ -116,7 +116,7 @@ pub fn normalize(
         format!("+{rest}")
     } else if digits.starts_with('0') {
         let region = default_region.ok_or(PhoneError::NationalWithoutRegion)?;
-        let parsed = phonenumber::parse(Some(region), digits).map_err(|_| PhoneError::TooShort)?;
+        let parsed = phonenumber::parse(Some(region), digits).map_err(parse_problem)?;
         // Display keeps the leading zeros that belong to the number (Italy's `06…`).
         format!("+{}{}", parsed.code().value(), parsed.national())
     } else {
@@ -125,16 +125,21 @@ pub fn normalize(
     check_possible(&international)
 }
 
+/// What a number libphonenumber cannot parse is wrong with, in the caller's terms.
+fn parse_problem(error: phonenumber::ParseError) -> PhoneError {
+    match error {
+        phonenumber::ParseError::InvalidCountryCode => PhoneError::UnknownCountryCode,
+        phonenumber::ParseError::TooLong => PhoneError::TooLong,
+        _ => PhoneError::TooShort,
+    }
+}
+
 fn check_possible(international: &str) -> Result<PhoneNumber, PhoneError> {
     let digit_count = international.len() - 1;
     if digit_count > MAX_E164_DIGITS {
         return Err(PhoneError::TooLong);
     }
-    let parsed = phonenumber::parse(None, international).map_err(|error| match error {
-        phonenumber::ParseError::InvalidCountryCode => PhoneError::UnknownCountryCode,
-        phonenumber::ParseError::TooLong => PhoneError::TooLong,
-        _ => PhoneError::TooShort,
-    })?;
+    let parsed = phonenumber::parse(None, international).map_err(parse_problem)?;
     let code = parsed.code().value();
     let regions = DATABASE
         .by_code(&code)
@@ -231,6 +236,15 @@ mod tests {
         let italian =
             normalize("06 1234 5678", Some(country::Id::IT)).map(PhoneNumber::into_string);
         assert_eq!(italian, Ok("+390612345678".to_owned()));
+        // A national number too long to parse is called too long, not too short.
+        assert_eq!(
+            normalize("0151123456789012345678", Some(country::Id::DE)),
+            Err(PhoneError::TooLong)
+        );
+        assert_eq!(
+            normalize("01", Some(country::Id::DE)),
+            Err(PhoneError::TooShort)
+        );
     }
 
     #[test]
