@@ -134,6 +134,39 @@ async fn every_wrong_field_is_reported_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_value_is_named_in_the_object_it_was_sent_in() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        (
+            json!({"phone_number": "+4915112345678", "custom_properties": {"email": "bad"}}),
+            "custom_properties.email",
+        ),
+        (
+            json!({"phone_number": "+4915112345678",
+                   "custom_properties": {" ": 1},
+                   "person_properties": {"locale": "de-DE"}}),
+            "custom_properties. ",
+        ),
+        // A key in both: the person_properties value is the one kept, and judged.
+        (
+            json!({"phone_number": "+4915112345678",
+                   "custom_properties": {"email": "jane@example.com"},
+                   "person_properties": {"email": "bad"}}),
+            "person_properties.email",
+        ),
+    ];
+    for (body, field) in cases {
+        let reply = app.post_json("/compat/contact", &body).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
+        assert_eq!(
+            reply.body["error"]["field"], field,
+            "{body}: {}",
+            reply.text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn thousands_of_wrong_values_get_a_400_listing_the_first_few() {
     let app = TestApp::spawn().await;
     // Empty tags, each wrong in the core: thousands of violations from a body of a few KiB,

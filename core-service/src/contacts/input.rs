@@ -7,6 +7,8 @@
 //! - `first_name`/`last_name` compose `name` unless the properties carry a `name` key;
 //! - `tags`, when sent, replaces the contact's tags.
 
+use std::collections::HashSet;
+
 use email_address::EmailAddress;
 use phonenumber::country;
 use serde_json::{Map, Value as Json};
@@ -175,12 +177,25 @@ pub fn validate_upsert(
         .custom_properties
         .map(json_from_struct)
         .unwrap_or_default();
-    properties.extend(
-        request
-            .person_properties
-            .map(json_from_struct)
-            .unwrap_or_default(),
-    );
+    let person_properties = request
+        .person_properties
+        .map(json_from_struct)
+        .unwrap_or_default();
+    // Which object a merged key came from, for naming it in a violation: kept only when both
+    // were sent (rare), since otherwise every key came from the one that was.
+    let person_keys: Option<HashSet<String>> = (!properties.is_empty()
+        && !person_properties.is_empty())
+    .then(|| person_properties.keys().cloned().collect());
+    let from_custom_only = !properties.is_empty() && person_properties.is_empty();
+    let field_of = |key: &str| {
+        let object = match &person_keys {
+            Some(person) if !person.contains(key) => "custom_properties",
+            None if from_custom_only => "custom_properties",
+            _ => "person_properties",
+        };
+        format!("{object}.{}", key.replace('\0', "\\0"))
+    };
+    properties.extend(person_properties);
 
     let first_name = bounded_text(
         &mut violations,
@@ -196,10 +211,15 @@ pub fn validate_upsert(
     );
     let composed_name = compose_name(first_name.as_deref(), last_name.as_deref());
     let name = match properties.remove(NAME_KEY) {
-        Some(value) => text_update(&mut violations, "person_properties.name", value, |name| {
-            (name.chars().count() > MAX_NAME_LEN)
-                .then(|| format!("must be at most {MAX_NAME_LEN} characters"))
-        }),
+        Some(value) => text_update(
+            &mut violations,
+            || field_of(NAME_KEY),
+            value,
+            |name| {
+                (name.chars().count() > MAX_NAME_LEN)
+                    .then(|| format!("must be at most {MAX_NAME_LEN} characters"))
+            },
+        ),
         None => match composed_name {
             Some(name) if name.chars().count() > MAX_NAME_LEN => {
                 violations.add(
@@ -217,17 +237,22 @@ pub fn validate_upsert(
     let email = properties
         .remove(EMAIL_KEY)
         .map_or(FieldUpdate::Keep, |value| {
-            text_update(&mut violations, "person_properties.email", value, |email| {
-                (email.len() > MAX_EMAIL_LEN || !EmailAddress::is_valid(email))
-                    .then(|| "must be an email address such as jane@example.com".to_owned())
-            })
+            text_update(
+                &mut violations,
+                || field_of(EMAIL_KEY),
+                value,
+                |email| {
+                    (email.len() > MAX_EMAIL_LEN || !EmailAddress::is_valid(email))
+                        .then(|| "must be an email address such as jane@example.com".to_owned())
+                },
+            )
         });
     let locale = properties
         .remove(LOCALE_KEY)
         .map_or(FieldUpdate::Keep, |value| {
             text_update(
                 &mut violations,
-                "person_properties.locale",
+                || field_of(LOCALE_KEY),
                 value,
                 |locale| {
                     (locale.len() > MAX_LOCALE_LEN
@@ -237,16 +262,19 @@ pub fn validate_upsert(
             )
         });
     for (key, value) in &properties {
-        let field = format!("person_properties.{}", key.replace('\0', "\\0"));
-        if key.trim().is_empty() || key.chars().count() > MAX_PROPERTY_KEY_LEN {
-            violations.add(
-                field,
-                format!("property names must be 1 to {MAX_PROPERTY_KEY_LEN} characters"),
-            );
+        let problem = if key.trim().is_empty() || key.chars().count() > MAX_PROPERTY_KEY_LEN {
+            Some(format!(
+                "property names must be 1 to {MAX_PROPERTY_KEY_LEN} characters"
+            ))
         } else if key.contains('\0') || contains_nul(value) {
-            violations.add(field, NUL_PROBLEM);
+            Some(NUL_PROBLEM.to_owned())
         } else if 1 + nesting(value) > MAX_NESTING {
-            violations.add(field, NESTING_PROBLEM);
+            Some(NESTING_PROBLEM.to_owned())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            violations.add(field_of(key), problem);
         }
     }
 
@@ -293,7 +321,7 @@ fn bounded_text(
 /// an empty string clears it, anything else is a violation.
 fn text_update(
     violations: &mut Violations,
-    field: &str,
+    field: impl FnOnce() -> String,
     value: Json,
     check: impl FnOnce(&str) -> Option<String>,
 ) -> FieldUpdate {
@@ -305,19 +333,19 @@ fn text_update(
                 return FieldUpdate::Clear;
             }
             if trimmed.contains('\0') {
-                violations.add(field, NUL_PROBLEM);
+                violations.add(field(), NUL_PROBLEM);
                 return FieldUpdate::Keep;
             }
             match check(trimmed) {
                 Some(problem) => {
-                    violations.add(field, problem);
+                    violations.add(field(), problem);
                     FieldUpdate::Keep
                 }
                 None => FieldUpdate::Set(trimmed.to_owned()),
             }
         }
         _ => {
-            violations.add(field, "must be a string or null");
+            violations.add(field(), "must be a string or null");
             FieldUpdate::Keep
         }
     }
