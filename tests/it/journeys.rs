@@ -560,6 +560,17 @@ async fn a_trigger_job_run_again_records_no_second_run_or_event() {
 /// `is_bad` names a contact that does not exist (a corrupt or hand-made job), whose run
 /// breaks the foreign key, and the statement with it.
 async fn insert_trigger_jobs(app: &TestApp, contact_id: &str, label: &str, is_bad: &str) {
+    insert_many_trigger_jobs(app, contact_id, label, is_bad, 16).await;
+}
+
+/// As [`insert_trigger_jobs`], `jobs` of them.
+async fn insert_many_trigger_jobs(
+    app: &TestApp,
+    contact_id: &str,
+    label: &str,
+    is_bad: &str,
+    jobs: usize,
+) {
     let mut connection = app.database.connect().await;
     sql_query(format!(
         "INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at)
@@ -570,7 +581,7 @@ async fn insert_trigger_jobs(app: &TestApp, contact_id: &str, label: &str, is_ba
                                    'phone_number', '{PHONE}', 'legacy_path', '{label}',
                                    'good', NOT ({is_bad})),
                 10, now(), now(), now()
-         FROM generate_series(1, 16) AS i"
+         FROM generate_series(1, {jobs}) AS i"
     ))
     .execute(&mut connection)
     .await
@@ -664,6 +675,38 @@ async fn a_trigger_job_waiting_for_its_run_to_be_written_leaves_room_to_start_th
     blocker.batch_execute("COMMIT").await.expect("unlock");
     eventually("both runs are written", async || {
         count(&app.database, "SELECT count(*) AS count FROM journey_runs").await == 2
+    })
+    .await;
+}
+
+/// While runs cannot be written, a backlog of trigger jobs is not claimed into memory: the
+/// recorder's line is bounded, and jobs beyond it wait with their worker's slots.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_of_trigger_jobs_is_claimed_only_as_far_as_the_recorder_can_take_it() {
+    let app = TestApp::spawn().await;
+    let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
+    let contact_id = contact["contact"]["id"].as_str().expect("contact id");
+    let mut blocker = app.database.connect().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE journey_runs IN EXCLUSIVE MODE")
+        .await
+        .expect("lock journey_runs");
+    insert_many_trigger_jobs(&app, contact_id, "backlog", "false", 1000).await;
+
+    let running = "SELECT count(*) AS count FROM outbox_jobs
+                    WHERE kind = 'journey.trigger' AND status = 'running'";
+    eventually("the workers fill the recorder's line", async || {
+        count(&app.database, running).await >= 256
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The line (256), and the worker's 32 slots held by jobs waiting for a place in it.
+    let claimed = count(&app.database, running).await;
+    assert!(claimed <= 256 + 32, "{claimed} jobs claimed");
+
+    blocker.batch_execute("COMMIT").await.expect("unlock");
+    eventually("every run is written", async || {
+        count(&app.database, "SELECT count(*) AS count FROM journey_runs").await == 1000
     })
     .await;
 }

@@ -9,7 +9,7 @@ use diesel::QueryResult;
 use diesel::sql_types::{Array, Bool, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value as Json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -19,6 +19,8 @@ use crate::events::{Audience, DISPATCH_JOB};
 
 /// Most runs one statement writes; more wait for the next.
 const MOST_PER_STATEMENT: usize = 64;
+/// Most runs in the recorder's line at once, counting those being written.
+const MOST_IN_LINE: usize = 4 * MOST_PER_STATEMENT;
 
 /// One trigger's run and its `journey.triggered` event, ready to write.
 pub struct RunDraft {
@@ -137,6 +139,25 @@ pub struct RunRecorder {
     audience: Audience,
     /// Started by the first run, on the pool of the worker that runs it.
     queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+    /// Places in line ([`MOST_IN_LINE`]), which bound the queue.
+    places: Semaphore,
+}
+
+/// A place in the recorder's line. Jobs take one while they still hold their worker's slot,
+/// and lend the slot only for the write: when the line is full, jobs wait with their slots, and
+/// a worker stops claiming trigger jobs that the recorder cannot take yet. (Lent while waiting,
+/// the slots let a worker claim a whole backlog into memory, past the jobs' leases.)
+pub struct Place<'r> {
+    recorder: &'r RunRecorder,
+    _permit: SemaphorePermit<'r>,
+}
+
+impl Place<'_> {
+    /// Records `run` (once however often it is asked) and answers what became of it, or why it
+    /// could not be written.
+    pub async fn record(self, run: RunDraft, pool: &DbPool) -> Result<RunOutcome, String> {
+        self.recorder.record(run, pool).await
+    }
 }
 
 impl RunRecorder {
@@ -144,12 +165,24 @@ impl RunRecorder {
         Self {
             audience,
             queue: OnceLock::new(),
+            places: Semaphore::new(MOST_IN_LINE),
         }
     }
 
-    /// Records `run` (once however often it is asked) and answers what became of it, or why it
-    /// could not be written.
-    pub async fn record(&self, run: RunDraft, pool: &DbPool) -> Result<RunOutcome, String> {
+    /// Waits for a place in line.
+    pub async fn place(&self) -> Result<Place<'_>, String> {
+        let permit = self
+            .places
+            .acquire()
+            .await
+            .map_err(|_| "the journey run recorder stopped".to_owned())?;
+        Ok(Place {
+            recorder: self,
+            _permit: permit,
+        })
+    }
+
+    async fn record(&self, run: RunDraft, pool: &DbPool) -> Result<RunOutcome, String> {
         let queue = self.queue.get_or_init(|| {
             let (queue, pending) = mpsc::unbounded_channel();
             tokio::spawn(write_batches(pool.clone(), self.audience.clone(), pending));

@@ -68,9 +68,11 @@ impl JobHandler for JourneyTriggerHandler {
             // The wait for the recorder's statement is bounded by the recorder, not by the
             // worker's slots: the slot is lent back meanwhile, so that requests keep starting
             // their jobs at once rather than queue them for a claim, which costs the database
-            // more than the run's share of the statement.
+            // more than the run's share of the statement. The place in line is taken first,
+            // with the slot: a full line holds the slots, and claims stop.
+            let place = self.recorder.place().await.map_err(JobError::retry)?;
             let recorded = context
-                .without_worker_slot(self.recorder.record(run, &context.pool))
+                .without_worker_slot(place.record(run, &context.pool))
                 .await;
             match recorded {
                 Ok(RunOutcome::New {
