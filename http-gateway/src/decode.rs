@@ -6,6 +6,12 @@ use switchbord_api::json::{MAX_NESTING, NESTING_PROBLEM, object_nesting, struct_
 
 use crate::error::{ApiError, MAX_LISTED_VIOLATIONS, Violation};
 
+/// The header a trigger's or an Emarsys event's idempotency key is sent in, and the field the
+/// journey service knows it by (and names it by in a violation; the Emarsys service names the
+/// header itself).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+pub const IDEMPOTENCY_KEY_FIELD: &str = "idempotency_key";
+
 /// Collects type errors across the whole body so the caller sees all of them at once (the
 /// first [`MAX_LISTED_VIOLATIONS`], and how many more).
 #[derive(Default)]
@@ -45,7 +51,7 @@ impl Decoder {
         match value.to_str() {
             Ok(key) => key.to_owned(),
             Err(_) => {
-                self.wrong_type("Idempotency-Key", "visible ASCII text");
+                self.wrong_type(IDEMPOTENCY_KEY_HEADER, "visible ASCII text");
                 String::new()
             }
         }

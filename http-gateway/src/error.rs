@@ -108,6 +108,23 @@ impl ApiError {
         }
     }
 
+    /// The core's violations of `field` named `as_sent` instead: a value the gateway read from
+    /// a header the core knows by its field's name (`idempotency_key`, sent as
+    /// `Idempotency-Key`).
+    pub fn naming(mut self, field: &str, as_sent: &str) -> Self {
+        let mut renamed = false;
+        for violation in &mut self.violations {
+            if violation.field == field {
+                as_sent.clone_into(&mut violation.field);
+                renamed = true;
+            }
+        }
+        if renamed {
+            self.message = summary(&self.violations);
+        }
+        self
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -324,6 +324,19 @@ async fn stored(app: &TestApp, id: &str) -> Stored {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_idempotency_key_is_named_by_its_header() {
+    let app = TestApp::spawn().await;
+    let body = json!({"event_name": "order_placed", "phone": PHONE}).to_string();
+    let reply = post(&app, "", &body, &[("Idempotency-Key", &"k".repeat(300))]).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(
+        reply.text.contains("\"Idempotency-Key\"") && !reply.text.contains("idempotency_key"),
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn flat_nested_and_contact_data_styles_store_the_same_shape() {
     let app = TestApp::spawn().await;
     let payload = json!({"order": {"id": 7, "total": 19.5}, "items": ["a", "b"]});

@@ -386,6 +386,28 @@ async fn bad_triggers_are_400_naming_the_field() {
         };
         assert_eq!(named, field, "{body}: {}", reply.text);
     }
+    // The key is sent as a header, and named as one.
+    let long_key = "k".repeat(256);
+    let reply = trigger(
+        &app,
+        "/compat/journey-trigger/welcome",
+        &json!({"phone_number": PHONE}),
+        &[("idempotency-key", &long_key)],
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(
+        reply.body["error"]["field"], "Idempotency-Key",
+        "{}",
+        reply.text
+    );
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.starts_with("Idempotency-Key: ")),
+        "{}",
+        reply.text
+    );
     assert_eq!(trigger_jobs(&app).await, 0);
 }
 

@@ -13,7 +13,7 @@ use switchbord_api::v1::{RestTriggerRoute, TriggerJourneyRequest, TriggerStatus}
 use crate::body::read_json_object;
 use crate::call::CallContext;
 use crate::core_client::CoreClient;
-use crate::decode::Decoder;
+use crate::decode::{Decoder, IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_HEADER};
 use crate::error::ApiError;
 use crate::family::Family;
 use crate::openapi::responses::{CompatErrors, LegacyErrors};
@@ -138,7 +138,10 @@ async fn trigger(
         Ok(core
             .journeys()
             .trigger_journey(context.grpc_request(request))
-            .await?
+            .await
+            .map_err(|status| {
+                ApiError::from(status).naming(IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_HEADER)
+            })?
             .into_inner())
     }
     .await;
