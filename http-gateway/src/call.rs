@@ -12,12 +12,15 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use crate::request_id::RequestId;
 
 /// The longest credential header forwarded as sent: keys are about 60 bytes, and an Emarsys
-/// JWT a few hundred. Metadata travels in HTTP/2 headers, which the core bounds at 16 KiB; a
-/// longer header failed the call as 500.
-const MAX_CREDENTIAL_BYTES: usize = 4096;
-/// Forwarded instead of a longer credential: no key and no JWT, so the core refuses it as it
-/// refuses any wrong credential (401).
-const OVERSIZED_CREDENTIAL: &str = "oversized-credential";
+/// JWT a few hundred (8 KiB leaves room for many claims). Metadata travels in HTTP/2 headers,
+/// which the core bounds at 16 KiB in all; a longer header failed the call as 500.
+const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
+/// Forwarded instead of a longer credential, in the header's own scheme: a credential that is
+/// no key and no JWT, which the core refuses as it refuses any wrong one (401). Without the
+/// scheme, an `Authorization` header would read as none, and a path open to anonymous callers
+/// would take it.
+const OVERSIZED_KEY: &str = "oversized-credential";
+const OVERSIZED_AUTHORIZATION: &str = "Bearer oversized-credential";
 
 /// The client address, as decided by [`crate::client_ip`] and stored by the middleware.
 #[derive(Debug, Clone, Copy)]
@@ -53,15 +56,19 @@ impl CallContext {
         {
             metadata.insert("x-switchbord-client-ip", value);
         }
-        for (name, value) in [
-            ("x-api-key", &self.api_key),
-            ("authorization", &self.authorization),
+        for (name, value, oversized) in [
+            ("x-api-key", &self.api_key, OVERSIZED_KEY),
+            (
+                "authorization",
+                &self.authorization,
+                OVERSIZED_AUTHORIZATION,
+            ),
         ] {
             let Some(value) = value else {
                 continue;
             };
             let forwarded = if value.len() > MAX_CREDENTIAL_BYTES {
-                AsciiMetadataValue::from_static(OVERSIZED_CREDENTIAL)
+                AsciiMetadataValue::from_static(oversized)
             } else if let Ok(value) = AsciiMetadataValue::try_from(value.as_bytes()) {
                 value
             } else {

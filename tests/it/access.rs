@@ -316,6 +316,16 @@ async fn legacy_opt_out_accepts_anonymous_ingestion_only() {
             CONTACT,
         )
         .await;
+    // Too long to forward as sent: still a key that is sent, and refused.
+    let huge_bearer = format!("Bearer sbk_000000000000_{}", "A".repeat(20_000));
+    let oversized = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("authorization", &huge_bearer)],
+            CONTACT,
+        )
+        .await;
     let read = call_code(
         app.channel().await,
         "/switchbord.v1.ContactService/GetContact",
@@ -332,6 +342,7 @@ async fn legacy_opt_out_accepts_anonymous_ingestion_only() {
     assert_eq!(compat.status, 200, "{}", compat.text);
     assert_eq!(legacy.status, 200, "{}", legacy.text);
     assert_eq!(wrong_key.status, 401, "a key that is sent is still checked");
+    assert_eq!(oversized.status, 401, "{}", oversized.text);
     assert_eq!(read, Code::Unauthenticated);
     assert_eq!(admin_rpc, Code::Unauthenticated);
 }
