@@ -18,8 +18,10 @@ pub fn key_retention(trigger_window: Duration) -> Duration {
     trigger_window.max(LEAST_KEY_RETENTION)
 }
 
-/// Deletes at most `limit` keys last taken before `cutoff`, and returns how many. A key taken
-/// again meanwhile is left: the delete reads its new time before it deletes.
+/// Deletes at most `limit` of the oldest keys last taken before `cutoff` (found through
+/// `journey_trigger_keys_accepted_at_idx`, so a batch never rereads what the last one deleted),
+/// and returns how many. A key taken again meanwhile is left: the delete reads its new time
+/// before it deletes.
 pub async fn delete_keys_before(
     connection: &mut AsyncPgConnection,
     cutoff: DateTime<Utc>,
@@ -29,7 +31,7 @@ pub async fn delete_keys_before(
         diesel::sql_query(
             "DELETE FROM journey_trigger_keys WHERE dedup_key IN (
              SELECT dedup_key FROM journey_trigger_keys WHERE accepted_at < $1
-             LIMIT $2 FOR UPDATE SKIP LOCKED)
+             ORDER BY accepted_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              AND accepted_at < $1",
         )
         .bind::<Timestamptz, _>(cutoff)
