@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value as Json, json};
 
 use crate::helpers::{
-    HttpReply, TestApp, count, eventually, until_dispatched, until_waiting_for_locks,
+    HttpReply, Receiver, TestApp, count, eventually, until_dispatched, until_waiting_for_locks,
 };
 
 const PHONE: &str = "+4915112345678";
@@ -702,12 +702,22 @@ async fn a_trigger_job_waiting_for_its_run_to_be_written_leaves_room_to_start_th
 }
 
 /// While runs cannot be written, a backlog of trigger jobs is not claimed into memory: the
-/// recorder's line is bounded, and jobs beyond it wait with their worker's slots.
+/// recorder's line is bounded, and jobs beyond it run later. Other kinds of jobs keep running.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_of_trigger_jobs_is_claimed_only_as_far_as_the_recorder_can_take_it() {
     let app = TestApp::spawn().await;
     let contact = app.upsert_contact(&json!({"phone_number": PHONE})).await;
     let contact_id = contact["contact"]["id"].as_str().expect("contact id");
+    let receiver = Receiver::start().await;
+    let endpoint = app
+        .send(
+            Method::POST,
+            "/api/v1/webhooks/endpoints",
+            &[("x-api-key", app.keys.admin.as_str())],
+            json!({"url": receiver.url(), "event_types": ["contact.created"]}).to_string(),
+        )
+        .await;
+    assert_eq!(endpoint.status, 200, "{}", endpoint.text);
     let mut blocker = app.database.connect().await;
     blocker
         .batch_execute("BEGIN; LOCK TABLE journey_runs IN EXCLUSIVE MODE")
@@ -725,6 +735,10 @@ async fn a_backlog_of_trigger_jobs_is_claimed_only_as_far_as_the_recorder_can_ta
     // The line (256), and the worker's 32 slots held by jobs waiting for a place in it.
     let claimed = count(&app.database, running).await;
     assert!(claimed <= 256 + 32, "{claimed} jobs claimed");
+    // Meanwhile a new contact's event is dispatched and delivered.
+    app.upsert_contact(&json!({"phone_number": "+4915112345679"}))
+        .await;
+    receiver.wait_for(1).await;
 
     blocker.batch_execute("COMMIT").await.expect("unlock");
     eventually("every run is written", async || {

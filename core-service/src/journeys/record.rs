@@ -2,14 +2,15 @@
 //! and `journey.triggered` events together, in one statement (a group commit): a trigger's job
 //! then costs a share of one round trip and one commit instead of a transaction of its own.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel::QueryResult;
 use diesel::sql_types::{Array, Bool, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value as Json;
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -131,6 +132,9 @@ struct Pending {
     /// The job's span, which the statement's span follows from: a slow or failed statement is
     /// then traced to the jobs it wrote for.
     job_span: tracing::Span,
+    /// Its place in line, given up once it is written, not when its job stops waiting (a job
+    /// cut off at its deadline leaves its run in the queue).
+    _place: OwnedSemaphorePermit,
 }
 
 /// Collects the runs of jobs that run at the same time and writes them together: while one
@@ -140,23 +144,22 @@ pub struct RunRecorder {
     /// Started by the first run, on the pool of the worker that runs it.
     queue: OnceLock<mpsc::UnboundedSender<Pending>>,
     /// Places in line ([`MOST_IN_LINE`]), which bound the queue.
-    places: Semaphore,
+    places: Arc<Semaphore>,
 }
 
 /// A place in the recorder's line. Jobs take one while they still hold their worker's slot,
-/// and lend the slot only for the write: when the line is full, jobs wait with their slots, and
-/// a worker stops claiming trigger jobs that the recorder cannot take yet. (Lent while waiting,
-/// the slots let a worker claim a whole backlog into memory, past the jobs' leases.)
+/// and lend the slot only for the write. (Lent while waiting, the slots let a worker claim a
+/// whole backlog into memory, past the jobs' leases.)
 pub struct Place<'r> {
     recorder: &'r RunRecorder,
-    _permit: SemaphorePermit<'r>,
+    permit: OwnedSemaphorePermit,
 }
 
 impl Place<'_> {
     /// Records `run` (once however often it is asked) and answers what became of it, or why it
     /// could not be written.
     pub async fn record(self, run: RunDraft, pool: &DbPool) -> Result<RunOutcome, String> {
-        self.recorder.record(run, pool).await
+        self.recorder.record(run, pool, self.permit).await
     }
 }
 
@@ -165,24 +168,29 @@ impl RunRecorder {
         Self {
             audience,
             queue: OnceLock::new(),
-            places: Semaphore::new(MOST_IN_LINE),
+            places: Arc::new(Semaphore::new(MOST_IN_LINE)),
         }
     }
 
-    /// Waits for a place in line.
-    pub async fn place(&self) -> Result<Place<'_>, String> {
-        let permit = self
-            .places
-            .acquire()
+    /// A place in line, if one frees up within `wait`: `None` when the recorder is that far
+    /// behind.
+    pub async fn place(&self, wait: Duration) -> Option<Place<'_>> {
+        let permit = tokio::time::timeout(wait, self.places.clone().acquire_owned())
             .await
-            .map_err(|_| "the journey run recorder stopped".to_owned())?;
-        Ok(Place {
+            .ok()?
+            .ok()?;
+        Some(Place {
             recorder: self,
-            _permit: permit,
+            permit,
         })
     }
 
-    async fn record(&self, run: RunDraft, pool: &DbPool) -> Result<RunOutcome, String> {
+    async fn record(
+        &self,
+        run: RunDraft,
+        pool: &DbPool,
+        place: OwnedSemaphorePermit,
+    ) -> Result<RunOutcome, String> {
         let queue = self.queue.get_or_init(|| {
             let (queue, pending) = mpsc::unbounded_channel();
             tokio::spawn(write_batches(pool.clone(), self.audience.clone(), pending));
@@ -196,6 +204,7 @@ impl RunRecorder {
                 run,
                 reply,
                 job_span,
+                _place: place,
             })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -311,6 +320,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_cut_off_while_its_run_waits_keeps_its_place_until_the_run_is_written() {
+        // A subscriber of its own, as the tracing test beside it has: a span first met on a
+        // thread without one is cached as disabled for that test too.
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        // A database that accepts connections and never answers: the run's write hangs.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "postgres://nobody@{}/none",
+            silent.local_addr().expect("address")
+        );
+        let pool = db::build_pool(&url, 1, std::time::Duration::from_secs(30)).expect("pool");
+        let recorder = RunRecorder::new(Audience::new(Vec::new()));
+        let place = recorder
+            .place(Duration::from_secs(1))
+            .await
+            .expect("a place in an empty line");
+
+        // The job's deadline: its future is dropped while the run is queued.
+        let cut_off =
+            tokio::time::timeout(Duration::from_millis(50), place.record(draft(), &pool)).await;
+        assert!(cut_off.is_err(), "the write cannot have finished");
+
+        assert_eq!(
+            recorder.places.available_permits(),
+            MOST_IN_LINE - 1,
+            "the queued run still holds its place"
+        );
+    }
+
+    #[tokio::test]
     async fn the_statement_is_traced_to_the_job_it_writes_for() {
         let follows = FollowsFrom::default();
         let _subscriber =
@@ -324,7 +365,11 @@ mod tests {
         .expect("pool");
         let recorder = RunRecorder::new(Audience::new(Vec::new()));
 
-        let recorded = recorder
+        let place = recorder
+            .place(std::time::Duration::from_secs(1))
+            .await
+            .expect("a place in an empty line");
+        let recorded = place
             .record(draft(), &pool)
             .instrument(tracing::info_span!("journey.trigger job"))
             .await;

@@ -1,6 +1,8 @@
 //! The `journey.trigger` job: records the journey run and emits `journey.triggered`, once per
 //! trigger however often the job runs.
 
+use std::time::Duration;
+
 use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
@@ -12,6 +14,11 @@ pub const TRIGGER_JOB: JobKind = JobKind {
     name: "journey.trigger",
     max_attempts: 10,
 };
+
+/// How long a job waits for a place in the recorder's line, holding its worker slot.
+const PLACE_WAIT: Duration = Duration::from_millis(100);
+/// When a job that found no place runs again.
+const LINE_FULL_DELAY: Duration = Duration::from_secs(1);
 
 pub struct JourneyTriggerHandler {
     recorder: RunRecorder,
@@ -69,8 +76,13 @@ impl JobHandler for JourneyTriggerHandler {
             // worker's slots: the slot is lent back meanwhile, so that requests keep starting
             // their jobs at once rather than queue them for a claim, which costs the database
             // more than the run's share of the statement. The place in line is taken first,
-            // with the slot: a full line holds the slots, and claims stop.
-            let place = self.recorder.place().await.map_err(JobError::retry)?;
+            // with the slot; when the line stays full (runs cannot be written), the job gives
+            // its slot to other kinds of jobs and runs later, its attempt not counted.
+            let Some(place) = self.recorder.place(PLACE_WAIT).await else {
+                return Err(JobError::Defer {
+                    after: LINE_FULL_DELAY,
+                });
+            };
             let recorded = context
                 .without_worker_slot(place.record(run, &context.pool))
                 .await;
