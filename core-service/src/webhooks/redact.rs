@@ -9,25 +9,33 @@ use std::borrow::Cow;
 
 /// What a masked value reads as: the same as headers when endpoints are read.
 const MASK: &str = "***";
-/// Shorter values are left alone: masking `1`, `true` or `prod` would garble the excerpt (every
-/// `true` in it), and they are not credentials.
+/// Values this long are masked wherever they appear.
 const MIN_MASKED_BYTES: usize = 8;
+/// Shorter values (a PIN) are masked only as a whole JSON string, `"123456"`: anywhere, masking
+/// `true` or `prod` would garble every `true` in the excerpt. Values shorter still (`1`, `on`)
+/// are not credentials.
+const MIN_MASKED_STRING_BYTES: usize = 4;
 
 /// `excerpt` with each of the header `values` replaced by `***`: as sent (without the spaces
-/// around it, which receivers drop), and as JSON encoders escape it. When the excerpt was `cut`
-/// short, a value's start at its very end is masked too.
+/// around it, which receivers drop), and as JSON encoders escape it; a value under
+/// [`MIN_MASKED_BYTES`] only as a whole JSON string. When the excerpt was `cut` short, a long
+/// value's start at its very end is masked too.
 pub fn without_header_values<'v>(
     mut excerpt: String,
     values: impl IntoIterator<Item = &'v str>,
     cut: bool,
 ) -> String {
-    let mut forms: Vec<Cow<'v, str>> = values
-        .into_iter()
-        .map(|value| value.trim_matches([' ', '\t']))
-        .filter(|value| value.len() >= MIN_MASKED_BYTES)
-        .flat_map(escaped_forms)
-        .collect();
-    if forms.is_empty() {
+    let mut forms: Vec<Cow<'v, str>> = Vec::new();
+    let mut strings: Vec<String> = Vec::new();
+    for value in values {
+        let value = value.trim_matches([' ', '\t']);
+        if value.len() >= MIN_MASKED_BYTES {
+            forms.extend(escaped_forms(value));
+        } else if value.len() >= MIN_MASKED_STRING_BYTES {
+            strings.extend(escaped_forms(value).map(|form| format!("\"{form}\"")));
+        }
+    }
+    if forms.is_empty() && strings.is_empty() {
         return excerpt;
     }
     // Longest first: a value inside a longer one, masked first, would leave the longer one's
@@ -37,6 +45,11 @@ pub fn without_header_values<'v>(
     for form in &forms {
         if excerpt.contains(&**form) {
             excerpt = excerpt.replace(&**form, MASK);
+        }
+    }
+    for string in &strings {
+        if excerpt.contains(string.as_str()) {
+            excerpt = excerpt.replace(string.as_str(), "\"***\"");
         }
     }
     if cut
@@ -169,6 +182,16 @@ mod tests {
                 "{echoed}"
             );
         }
+    }
+
+    #[test]
+    fn a_short_value_is_masked_only_as_a_whole_json_string() {
+        let masked = without_header_values(
+            r#"{"x-pin":"123456","note":"order 1234567"}"#.to_owned(),
+            ["123456"],
+            false,
+        );
+        assert_eq!(masked, r#"{"x-pin":"***","note":"order 1234567"}"#);
     }
 
     #[test]
