@@ -11,16 +11,17 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::request_id::RequestId;
 
-/// The longest credential header forwarded as sent: keys are about 60 bytes, and an Emarsys
-/// JWT a few hundred (8 KiB leaves room for many claims). Metadata travels in HTTP/2 headers,
-/// which the core bounds at 16 KiB in all; a longer header failed the call as 500.
+/// The most credential bytes forwarded as sent, both headers together: keys are about 60
+/// bytes, and an Emarsys JWT a few hundred (8 KiB leaves room for many claims). Metadata
+/// travels in HTTP/2 headers, which the core bounds at 16 KiB in all; more failed the call as
+/// 500.
 const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
-/// Forwarded instead of a longer credential, in the header's own scheme: a credential that is
-/// no key and no JWT, which the core refuses as it refuses any wrong one (401). Without the
-/// scheme, an `Authorization` header would read as none, and a path open to anonymous callers
-/// would take it.
-const OVERSIZED_KEY: &str = "oversized-credential";
-const OVERSIZED_AUTHORIZATION: &str = "Bearer oversized-credential";
+/// Forwarded instead of a credential that cannot go as sent (too long, or not visible ASCII,
+/// which metadata cannot carry), in the header's own scheme: a credential that is no key and no
+/// JWT, which the core refuses as it refuses any wrong one (401). Dropped, or without the
+/// scheme, it would read as none, and a path open to anonymous callers would take the call.
+const UNFORWARDABLE_KEY: &str = "unforwardable-credential";
+const UNFORWARDABLE_AUTHORIZATION: &str = "Bearer unforwardable-credential";
 
 /// The client address, as decided by [`crate::client_ip`] and stored by the middleware.
 #[derive(Debug, Clone, Copy)]
@@ -56,23 +57,27 @@ impl CallContext {
         {
             metadata.insert("x-switchbord-client-ip", value);
         }
-        for (name, value, oversized) in [
-            ("x-api-key", &self.api_key, OVERSIZED_KEY),
+        let mut budget = MAX_CREDENTIAL_BYTES;
+        for (name, value, stand_in) in [
+            ("x-api-key", &self.api_key, UNFORWARDABLE_KEY),
             (
                 "authorization",
                 &self.authorization,
-                OVERSIZED_AUTHORIZATION,
+                UNFORWARDABLE_AUTHORIZATION,
             ),
         ] {
             let Some(value) = value else {
                 continue;
             };
-            let forwarded = if value.len() > MAX_CREDENTIAL_BYTES {
-                AsciiMetadataValue::from_static(oversized)
-            } else if let Ok(value) = AsciiMetadataValue::try_from(value.as_bytes()) {
-                value
-            } else {
-                continue;
+            let as_sent = (value.len() <= budget)
+                .then(|| AsciiMetadataValue::try_from(value.as_bytes()).ok())
+                .flatten();
+            let forwarded = match as_sent {
+                Some(as_sent) => {
+                    budget -= value.len();
+                    as_sent
+                }
+                None => AsciiMetadataValue::from_static(stand_in),
             };
             metadata.insert(name, forwarded);
         }

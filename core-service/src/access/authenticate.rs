@@ -140,13 +140,19 @@ impl Authenticator {
             caller.key_name = Some("twenty-webhook".to_owned());
             return Ok(caller);
         }
-        let Some(token) = credential(headers) else {
-            if rule.legacy_ingestion && self.legacy_paths_open {
-                return Ok(Caller::anonymous(path, source_ip));
+        let token = match credential(headers) {
+            Presented::Token(token) => token,
+            // Sent, but no key can read so: a wrong key, not a missing one, even where
+            // anonymous callers are let in.
+            Presented::Unreadable => return Err(Status::unauthenticated("invalid API key")),
+            Presented::Nothing => {
+                if rule.legacy_ingestion && self.legacy_paths_open {
+                    return Ok(Caller::anonymous(path, source_ip));
+                }
+                return Err(Status::unauthenticated(
+                    "missing API key: send it as X-API-Key or Authorization: Bearer",
+                ));
             }
-            return Err(Status::unauthenticated(
-                "missing API key: send it as X-API-Key or Authorization: Bearer",
-            ));
         };
         let key = self.verify(token).await?;
         let role = key
@@ -318,23 +324,38 @@ impl Authenticator {
 }
 
 /// The key sent as `x-api-key` (any case) or `authorization: Bearer <key>`.
-fn credential(headers: &HeaderMap) -> Option<&str> {
-    if let Some(key) = headers
-        .get("x-api-key")
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|key| !key.is_empty())
-    {
-        return Some(key);
+/// What a call presents as its API key.
+enum Presented<'h> {
+    /// No key: no `X-API-Key` (or an empty one) and no `Authorization: Bearer`.
+    Nothing,
+    Token(&'h str),
+    /// A header that would carry a key but is not visible ASCII, as no key is.
+    Unreadable,
+}
+
+fn credential(headers: &HeaderMap) -> Presented<'_> {
+    if let Some(key) = headers.get("x-api-key") {
+        match key.to_str().map(str::trim) {
+            Ok("") => {}
+            Ok(key) => return Presented::Token(key),
+            Err(_) => return Presented::Unreadable,
+        }
     }
-    let authorization = headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
-    let (scheme, token) = authorization.split_once(char::is_whitespace)?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    let Some(authorization) = headers.get(http::header::AUTHORIZATION) else {
+        return Presented::Nothing;
+    };
+    let Ok(authorization) = authorization.to_str() else {
+        return Presented::Unreadable;
+    };
+    match authorization.trim().split_once(char::is_whitespace) {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Presented::Token(token.trim())
+        }
+        // Another scheme (Basic, sent by some proxies) is not a key of ours.
+        _ => Presented::Nothing,
+    }
 }
 
 #[cfg(test)]
