@@ -1,1 +1,1 @@
-DROP INDEX CONCURRENTLY IF EXISTS journey_trigger_keys_accepted_at_idx;
+DROP INDEX IF EXISTS journey_trigger_keys_accepted_at_idx;
