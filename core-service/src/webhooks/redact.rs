@@ -52,14 +52,27 @@ pub fn without_header_values<'v>(
             excerpt = excerpt.replace(string.as_str(), "\"***\"");
         }
     }
-    if cut
-        && let Some(length) = forms
+    if cut {
+        let long = forms
             .iter()
-            .filter_map(|form| cut_start_len(&excerpt, form))
-            .max()
-    {
-        excerpt.truncate(excerpt.len() - length);
-        excerpt.push_str(MASK);
+            .filter_map(|form| cut_start_len(&excerpt, form, MIN_MASKED_BYTES))
+            .max();
+        // A short value's string cut before its closing quote: its opening quote and a
+        // character or more.
+        let short = || {
+            strings
+                .iter()
+                .filter_map(|string| cut_start_len(&excerpt, string, 2))
+                .max()
+        };
+        if let Some(length) = long {
+            excerpt.truncate(excerpt.len() - length);
+            excerpt.push_str(MASK);
+        } else if let Some(length) = short() {
+            excerpt.truncate(excerpt.len() - length);
+            excerpt.push('"');
+            excerpt.push_str(MASK);
+        }
     }
     excerpt
 }
@@ -91,11 +104,11 @@ fn escaped_forms(value: &str) -> [Cow<'_, str>; 4] {
     [Cow::Borrowed(value), json, php, go]
 }
 
-/// The length of the longest start of `value` ([`MIN_MASKED_BYTES`] or more, short of all of
-/// it) that ends `excerpt`.
-fn cut_start_len(excerpt: &str, value: &str) -> Option<usize> {
+/// The length of the longest start of `value` (`shortest` bytes or more, short of all of it)
+/// that ends `excerpt`.
+fn cut_start_len(excerpt: &str, value: &str, shortest: usize) -> Option<usize> {
     let longest = value.len().saturating_sub(1).min(excerpt.len());
-    (MIN_MASKED_BYTES..=longest).rev().find(|&length| {
+    (shortest..=longest).rev().find(|&length| {
         value
             .get(..length)
             .is_some_and(|start| excerpt.ends_with(start))
@@ -192,6 +205,11 @@ mod tests {
             false,
         );
         assert_eq!(masked, r#"{"x-pin":"***","note":"order 1234567"}"#);
+        // Cut before its closing quote.
+        assert_eq!(
+            without_header_values(r#"{"x-pin":"1234"#.to_owned(), ["123456"], true),
+            r#"{"x-pin":"***"#
+        );
     }
 
     #[test]
