@@ -54,22 +54,20 @@ impl Pruner {
         loop {
             ticks.tick().await;
             let now = self.clock.now();
-            let before = |age: Duration| now - chrono::Duration::from_std(age).unwrap_or_default();
-            match prune_succeeded(&self.pool, before(self.retention)).await {
-                Ok(0) => {}
-                Ok(deleted) => tracing::info!(deleted, "pruned succeeded outbox jobs"),
-                Err(error) => tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    "cannot prune succeeded outbox jobs; will try again"
-                ),
-            }
-            match prune_trigger_keys(&self.pool, before(self.key_retention)).await {
-                Ok(0) => {}
-                Ok(deleted) => tracing::info!(deleted, "pruned expired trigger keys"),
-                Err(error) => tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    "cannot prune expired trigger keys; will try again"
-                ),
+            for (what, age) in [
+                (Prunable::SucceededJobs, self.retention),
+                (Prunable::TriggerKeys, self.key_retention),
+            ] {
+                let cutoff = now - chrono::Duration::from_std(age).unwrap_or_default();
+                match prune(&self.pool, what, cutoff).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, what = what.name(), "pruned"),
+                    Err(error) => tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        what = what.name(),
+                        "cannot prune; will try again"
+                    ),
+                }
             }
         }
     }
@@ -80,6 +78,15 @@ impl Pruner {
 enum Prunable {
     SucceededJobs,
     TriggerKeys,
+}
+
+impl Prunable {
+    fn name(self) -> &'static str {
+        match self {
+            Self::SucceededJobs => "succeeded outbox jobs",
+            Self::TriggerKeys => "expired trigger keys",
+        }
+    }
 }
 
 /// Deletes the succeeded jobs created before `cutoff`, a batch at a time, and returns how many.
