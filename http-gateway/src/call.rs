@@ -16,10 +16,11 @@ use crate::request_id::RequestId;
 /// travels in HTTP/2 headers, which the core bounds at 16 KiB in all; more failed the call as
 /// 500.
 const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
-/// Forwarded instead of a credential that cannot go as sent (too long, or not visible ASCII,
-/// which metadata cannot carry), in the header's own scheme: a credential that is no key and no
-/// JWT, which the core refuses as it refuses any wrong one (401). Dropped, or without the
-/// scheme, it would read as none, and a path open to anonymous callers would take the call.
+/// Forwarded instead of a credential past the budget (or one metadata cannot carry: a control
+/// byte, which a header cannot hold either), in the header's own scheme: a credential that is no
+/// key and no JWT, which the core refuses as it refuses any wrong one (401). Dropped, or without
+/// the scheme, it would read as none, and a path open to anonymous callers would take the call.
+/// (A value with bytes past ASCII is forwarded as sent; the core refuses it as unreadable.)
 const UNFORWARDABLE_KEY: &str = "unforwardable-credential";
 const UNFORWARDABLE_AUTHORIZATION: &str = "Bearer unforwardable-credential";
 

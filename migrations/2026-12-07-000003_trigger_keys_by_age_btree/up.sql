@@ -5,6 +5,8 @@
 -- CONCURRENTLY: a concurrent build waits for every older snapshot, among them an instance
 -- starting beside this one and waiting for the migration lock, and the two deadlock (leaving
 -- an invalid index that IF NOT EXISTS would then keep). Trigger inserts wait while the index
--- is built, about a second per few million keys.
+-- is built, about a second per few million keys; the old index is dropped only after, so that
+-- reads are blocked (by the drop's exclusive lock) only for the commit.
+CREATE INDEX journey_trigger_keys_accepted_at_btree ON journey_trigger_keys (accepted_at);
 DROP INDEX IF EXISTS journey_trigger_keys_accepted_at_idx;
-CREATE INDEX journey_trigger_keys_accepted_at_idx ON journey_trigger_keys (accepted_at);
+ALTER INDEX journey_trigger_keys_accepted_at_btree RENAME TO journey_trigger_keys_accepted_at_idx;

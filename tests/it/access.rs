@@ -362,6 +362,16 @@ async fn legacy_opt_out_accepts_anonymous_ingestion_only() {
     for (key, status) in unforwardable {
         assert_eq!(status, 401, "{key}");
     }
+    // Another scheme is not a key of ours, readable or not.
+    let digest = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("authorization", r#"Digest username="Jürgen""#)],
+            CONTACT,
+        )
+        .await;
+    assert_eq!(digest.status, 200, "{}", digest.text);
     assert_eq!(read, Code::Unauthenticated);
     assert_eq!(admin_rpc, Code::Unauthenticated);
 }

@@ -323,7 +323,6 @@ impl Authenticator {
     }
 }
 
-/// The key sent as `x-api-key` (any case) or `authorization: Bearer <key>`.
 /// What a call presents as its API key.
 enum Presented<'h> {
     /// No key: no `X-API-Key` (or an empty one) and no `Authorization: Bearer`.
@@ -333,6 +332,7 @@ enum Presented<'h> {
     Unreadable,
 }
 
+/// The key sent as `x-api-key` (any case), else as `authorization: Bearer <key>`.
 fn credential(headers: &HeaderMap) -> Presented<'_> {
     if let Some(key) = headers.get("x-api-key") {
         match key.to_str().map(str::trim) {
@@ -345,7 +345,15 @@ fn credential(headers: &HeaderMap) -> Presented<'_> {
         return Presented::Nothing;
     };
     let Ok(authorization) = authorization.to_str() else {
-        return Presented::Unreadable;
+        // Unreadable as a Bearer key; another scheme's (a Digest name with an umlaut) is
+        // not a key of ours, as below.
+        let bytes = authorization.as_bytes().trim_ascii_start();
+        let bearer = bytes.len() > 6 && bytes[..6].eq_ignore_ascii_case(b"bearer");
+        return if bearer {
+            Presented::Unreadable
+        } else {
+            Presented::Nothing
+        };
     };
     match authorization.trim().split_once(char::is_whitespace) {
         Some((scheme, token))
