@@ -164,6 +164,29 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// A test that ends (or fails) without stopping its server would leave it running after the
+    /// test binary exits, holding its ports: it is asked to stop as SIGTERM asks (so that it
+    /// stops its private PostgreSQL too), then killed.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, which has not been reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `switchbord keys …` and returns its JSON output.
 fn keys_command(data_dir: &Path, args: &[&str]) -> Json {
     let output = Command::new(BINARY)
