@@ -533,3 +533,35 @@ async fn a_job_larger_than_a_default_grpc_answer_is_still_read_over_rest() {
         assert!(reply.text.len() > 5 * 1048576, "{path}: the whole payload");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_delivery_job_is_retried_through_its_delivery_not_the_outbox() {
+    let app = TestApp::spawn().await;
+    let mut connection = app.database.connect().await;
+    let id = uuid::Uuid::new_v4();
+    sql_query(format!(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             created_at, updated_at)
+         VALUES ('{id}', 'webhook.deliver', '{{}}', 'dead', 8, 8, now(), now(), now())"
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("a dead delivery job");
+    let mut outbox = OutboxServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.admin)),
+    );
+
+    let refused = outbox
+        .retry_outbox_job(RetryOutboxJobRequest { id: id.to_string() })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("RetryDelivery"), "{refused:?}");
+    let dead = crate::helpers::count(
+        &app.database,
+        &format!("SELECT count(*) FROM outbox_jobs WHERE id = '{id}' AND status = 'dead'"),
+    )
+    .await;
+    assert_eq!(dead, 1, "left dead");
+}

@@ -23,8 +23,21 @@ use crate::error::{FieldViolation, ServiceError};
 use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{outbox_job_errors, outbox_jobs};
+use crate::validation::short_text_problem;
+use crate::webhooks::DELIVER_JOB;
 
 const STATUSES: [&str; 4] = ["pending", "running", "succeeded", "dead"];
+/// Longer than any job kind's name: a filter past it names none.
+const MAX_KIND_LEN: usize = 100;
+
+/// Kinds of job that are retried through their own feature, never here: a dead delivery job's
+/// delivery is retried with `RetryDelivery`, which queues a job of its own, and the old job
+/// retried beside it would send the delivery a second time.
+const RETRIED_ELSEWHERE: [(&str, &str); 1] = [(
+    DELIVER_JOB.name,
+    "a webhook delivery's job is retried with RetryDelivery \
+     (POST /api/v1/webhooks/deliveries/{id}/retry), not here",
+)];
 
 pub struct OutboxGrpc {
     pool: DbPool,
@@ -94,6 +107,9 @@ impl OutboxService for OutboxGrpc {
             query = query.filter(outbox_jobs::status.eq(request.status));
         }
         if !request.kind.is_empty() {
+            if let Some(problem) = short_text_problem(&request.kind, MAX_KIND_LEN) {
+                return Err(invalid(FieldViolation::new("kind", problem)));
+            }
             query = query.filter(outbox_jobs::kind.eq(request.kind));
         }
         if !request.page_token.is_empty() {
@@ -173,7 +189,8 @@ impl OutboxService for OutboxGrpc {
                 let row: Option<JobRow> = diesel::update(
                     outbox_jobs::table
                         .find(id)
-                        .filter(outbox_jobs::status.eq("dead")),
+                        .filter(outbox_jobs::status.eq("dead"))
+                        .filter(outbox_jobs::kind.ne_all(RETRIED_ELSEWHERE.map(|(kind, _)| kind))),
                 )
                 .set((
                     outbox_jobs::status.eq("pending"),
@@ -206,18 +223,21 @@ impl OutboxService for OutboxGrpc {
                 }))
             }
             None => {
-                let exists: i64 = outbox_jobs::table
+                let kind: Option<String> = outbox_jobs::table
                     .find(id)
-                    .count()
-                    .get_result(&mut connection)
+                    .select(outbox_jobs::kind)
+                    .first(&mut connection)
                     .await
+                    .optional()
                     .map_err(db_status)?;
-                Err(if exists == 0 {
-                    ServiceError::NotFound("outbox job").into()
-                } else {
-                    ServiceError::FailedPrecondition("only dead jobs can be retried".to_owned())
-                        .into()
-                })
+                let Some(kind) = kind else {
+                    return Err(ServiceError::NotFound("outbox job").into());
+                };
+                let problem = RETRIED_ELSEWHERE
+                    .iter()
+                    .find(|(elsewhere, _)| *elsewhere == kind)
+                    .map_or("only dead jobs can be retried", |(_, how)| how);
+                Err(ServiceError::FailedPrecondition(problem.to_owned()).into())
             }
         }
     }
