@@ -869,6 +869,54 @@ async fn a_rules_value_nested_too_deep_is_a_400_naming_it_however_deep() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn configuration_names_and_pointers_that_cannot_be_stored_are_400_naming_them() {
+    let app = TestApp::spawn().await;
+    let admin = [
+        ("x-api-key", app.keys.admin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let pointer = json!({"set_properties": [{"property": "p", "from_payload": "/a\u{0}"}]});
+    let cases = [
+        (Method::GET, "/api/v1/admin/flows/%00", None, "id"),
+        (Method::DELETE, "/api/v1/admin/flows/%00", None, "id"),
+        (
+            Method::GET,
+            "/api/v1/admin/event-rules/%00",
+            None,
+            "event_name",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/admin/event-rules/%00",
+            None,
+            "event_name",
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/outbox/jobs?kind=%00",
+            None,
+            "kind",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/admin/event-rules/order_placed",
+            Some(pointer),
+            "rule.set_properties[0].from_payload",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let body = body.map(|body| body.to_string()).unwrap_or_default();
+        let reply = app.send(method.clone(), path, &admin, body).await;
+        assert_eq!(reply.status, 400, "{method} {path}: {}", reply.text);
+        assert_eq!(
+            reply.body["details"][0]["field"], field,
+            "{method} {path}: {}",
+            reply.text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_rule_sets_no_null_it_cannot_keep_and_its_invalid_change_does_not_stop_the_flows() {
     let app = TestApp::spawn().await;
     let mut flows = FlowServiceClient::with_interceptor(

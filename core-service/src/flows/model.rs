@@ -64,6 +64,10 @@ impl EventRuleRow {
     }
 }
 
+/// A rule's payload pointer is stored in a JSONB column (which refuses NUL) and read on every
+/// event; real ones are a few levels deep.
+const MAX_POINTER_LEN: usize = 1024;
+
 fn check_id(violations: &mut Vec<FieldViolation>, field: &str, value: &str) -> String {
     let value = value.trim();
     let valid = !value.is_empty()
@@ -92,6 +96,29 @@ fn check_event_name(violations: &mut Vec<FieldViolation>, field: &str, value: &s
         ));
     }
     value.to_owned()
+}
+
+/// A flow's id as a lookup names it: what no stored id can be (a NUL, which PostgreSQL refuses
+/// to compare) is a wrong argument, not an error of the database.
+pub fn flow_id_to_find(raw: &str) -> Result<String, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let id = check_id(&mut violations, "id", raw);
+    if violations.is_empty() {
+        Ok(id)
+    } else {
+        Err(violations)
+    }
+}
+
+/// An event rule's event name as a lookup names it (see [`flow_id_to_find`]).
+pub fn rule_name_to_find(raw: &str) -> Result<String, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let name = check_event_name(&mut violations, "event_name", raw.trim());
+    if violations.is_empty() {
+        Ok(name)
+    } else {
+        Err(violations)
+    }
 }
 
 /// Validates a flow from the API.
@@ -241,14 +268,19 @@ pub fn rule_from_proto(
                 PropertySource::Value(value)
             }
             Some(property_assignment::Source::FromPayload(pointer))
-                if pointer.starts_with('/') || pointer.is_empty() =>
+                if (pointer.starts_with('/') || pointer.is_empty())
+                    && !pointer.contains('\0')
+                    && pointer.chars().count() <= MAX_POINTER_LEN =>
             {
                 PropertySource::FromPayload(pointer)
             }
             Some(property_assignment::Source::FromPayload(_)) => {
                 violations.push(FieldViolation::new(
                     format!("{field}.from_payload"),
-                    "must be a JSON pointer such as /order/total",
+                    format!(
+                        "must be a JSON pointer such as /order/total, of at most \
+                         {MAX_POINTER_LEN} characters"
+                    ),
                 ));
                 continue;
             }

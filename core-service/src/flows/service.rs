@@ -8,7 +8,8 @@ use switchbord_api::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::model::{
-    EventRuleRow, FlowRow, flow_from_proto, flow_to_proto, rule_from_proto, rule_to_proto,
+    EventRuleRow, FlowRow, flow_from_proto, flow_id_to_find, flow_to_proto, rule_from_proto,
+    rule_name_to_find, rule_to_proto,
 };
 use super::store;
 use crate::audit::{self, AuditRecord};
@@ -111,9 +112,10 @@ impl FlowService for FlowsGrpc {
         &self,
         request: Request<GetFlowRequest>,
     ) -> Result<Response<GetFlowResponse>, Status> {
+        let id = flow_id_to_find(&request.get_ref().id).map_err(invalid)?;
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
         let flow: Option<FlowRow> = flows::table
-            .find(request.get_ref().id.trim())
+            .find(id)
             .select(FlowRow::as_select())
             .first(&mut connection)
             .await
@@ -146,7 +148,7 @@ impl FlowService for FlowsGrpc {
         request: Request<DeleteFlowRequest>,
     ) -> Result<Response<DeleteFlowResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
-        let id = request.into_inner().id.trim().to_owned();
+        let id = flow_id_to_find(&request.into_inner().id).map_err(invalid)?;
         self.audited(&context, "flow.delete", "flow", id.clone(), |connection| {
             Box::pin(async move {
                 let deleted = diesel::delete(flows::table.find(id.clone()))
@@ -185,8 +187,9 @@ impl FlowService for FlowsGrpc {
         &self,
         request: Request<GetEventRuleRequest>,
     ) -> Result<Response<GetEventRuleResponse>, Status> {
+        let event_name = rule_name_to_find(&request.get_ref().event_name).map_err(invalid)?;
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let rule = store::rule_for(&mut connection, request.get_ref().event_name.trim())
+        let rule = store::rule_for(&mut connection, &event_name)
             .await
             .map_err(db_status)?
             .ok_or_else(|| not_found("event rule"))?;
@@ -216,7 +219,7 @@ impl FlowService for FlowsGrpc {
         request: Request<DeleteEventRuleRequest>,
     ) -> Result<Response<DeleteEventRuleResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
-        let event_name = request.into_inner().event_name.trim().to_owned();
+        let event_name = rule_name_to_find(&request.into_inner().event_name).map_err(invalid)?;
         self.audited(
             &context,
             "event_rule.delete",
