@@ -1060,6 +1060,11 @@ async fn only_admins_configure_webhooks_and_event_types_can_be_registered() {
 
     assert_eq!(as_manager.code(), Code::PermissionDenied);
     assert_eq!(twice.code(), Code::AlreadyExists);
+    assert_eq!(
+        crate::helpers::audit_trail(&app.database, "'event_type'").await,
+        ["event_type.register description,schema,example order.shipped"],
+        "the refused second registration is not audited"
+    );
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(subscribed.0.event_types, ["order.shipped"]);
     assert_eq!(unknown.code(), Code::InvalidArgument);

@@ -826,9 +826,11 @@ impl WebhookService for WebhooksGrpc {
         let entry = AuditRecord::new(&context, "event_type.register", "event_type")
             .target(&name)
             .changing(&["description", "schema", "example"]);
-        let inserted = audit::audited(&mut connection, entry, |connection| {
-            Box::pin(
-                diesel::insert_into(event_types::table)
+        // A name taken already refuses the write inside the transaction, so that no audit entry
+        // records a registration that did not happen.
+        audit::audited(&mut connection, entry, |connection| {
+            Box::pin(async move {
+                let inserted = diesel::insert_into(event_types::table)
                     .values((
                         event_types::name.eq(&name),
                         event_types::description.eq(&description),
@@ -837,14 +839,18 @@ impl WebhookService for WebhooksGrpc {
                         event_types::builtin.eq(false),
                     ))
                     .on_conflict_do_nothing()
-                    .execute(connection),
-            )
+                    .execute(connection)
+                    .await?;
+                if inserted == 0 {
+                    return Err(ServiceError::Conflict(format!(
+                        "event type {name} exists already"
+                    )));
+                }
+                Ok(())
+            })
         })
         .await
-        .map_err(db_status)?;
-        if inserted == 0 {
-            return Err(ServiceError::Conflict(format!("event type {name} exists already")).into());
-        }
+        .map_err(Status::from)?;
         Ok(Response::new(RegisterEventTypeResponse {}))
     }
 
