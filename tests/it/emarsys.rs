@@ -903,6 +903,12 @@ async fn configuration_names_and_pointers_that_cannot_be_stored_are_400_naming_t
             Some(pointer),
             "rule.set_properties[0].from_payload",
         ),
+        (
+            Method::PUT,
+            "/api/v1/admin/event-rules/order_placed",
+            Some(json!({"add_tags": ["vip"], "remove_tags": [""]})),
+            "rule.remove_tags[0]",
+        ),
     ];
     for (method, path, body, field) in cases {
         let body = body.map(|body| body.to_string()).unwrap_or_default();

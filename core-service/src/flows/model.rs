@@ -234,12 +234,18 @@ pub fn rule_from_proto(
 ) -> Result<EventRuleRow, Vec<FieldViolation>> {
     let mut violations = Vec::new();
     let event_name = check_event_name(&mut violations, "rule.event_name", &rule.event_name);
-    let mut tags = crate::contacts::Violations::default();
-    let add_tags = crate::contacts::validate_tags(&mut tags, rule.add_tags);
-    let remove_tags = crate::contacts::validate_tags(&mut tags, rule.remove_tags);
-    violations.extend(tags.0.into_iter().map(|violation| {
-        FieldViolation::new(format!("rule.{}", violation.field), violation.description)
-    }));
+    // Each list's problems named by its own field: the contacts' check names them `tags…`.
+    let mut tags_in = |list: Vec<String>, field: &str| {
+        let mut found = crate::contacts::Violations::default();
+        let clean = crate::contacts::validate_tags(&mut found, list);
+        violations.extend(found.0.into_iter().map(|violation| {
+            let position = violation.field.strip_prefix("tags").unwrap_or_default();
+            FieldViolation::new(format!("rule.{field}{position}"), violation.description)
+        }));
+        clean
+    };
+    let add_tags = tags_in(rule.add_tags, "add_tags");
+    let remove_tags = tags_in(rule.remove_tags, "remove_tags");
     let mut properties = Vec::new();
     for (index, assignment) in rule.set_properties.into_iter().enumerate() {
         let field = format!("rule.set_properties[{index}]");
