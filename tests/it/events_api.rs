@@ -499,18 +499,14 @@ async fn a_page_of_large_jobs_is_cut_short_rather_than_answered_past_what_client
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_larger_than_a_default_grpc_answer_is_still_read_over_rest() {
     let app = TestApp::spawn().await;
-    let mut connection = app.database.connect().await;
     // A payload a gRPC caller can send (up to 8 MiB) but a default client cannot read back.
-    let id = uuid::Uuid::new_v4();
-    sql_query(format!(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-             created_at, updated_at)
-         VALUES ('{id}', 'test.large', jsonb_build_object('data', repeat('x', 5 * 1048576)),
-                 'succeeded', 1, 1, now(), now(), now())"
-    ))
-    .execute(&mut connection)
-    .await
-    .expect("a large job");
+    let id = insert_job(
+        &app,
+        "test.large",
+        "jsonb_build_object('data', repeat('x', 5 * 1048576))",
+        "succeeded",
+    )
+    .await;
 
     for path in [
         format!("/api/v1/admin/outbox/jobs/{id}"),
@@ -537,16 +533,7 @@ async fn a_job_larger_than_a_default_grpc_answer_is_still_read_over_rest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_delivery_job_is_retried_through_its_delivery_not_the_outbox() {
     let app = TestApp::spawn().await;
-    let mut connection = app.database.connect().await;
-    let id = uuid::Uuid::new_v4();
-    sql_query(format!(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-             created_at, updated_at)
-         VALUES ('{id}', 'webhook.deliver', '{{}}', 'dead', 8, 8, now(), now(), now())"
-    ))
-    .execute(&mut connection)
-    .await
-    .expect("a dead delivery job");
+    let id = insert_job(&app, "webhook.deliver", "'{}'", "dead").await;
     let mut outbox = OutboxServiceClient::with_interceptor(
         app.channel().await,
         WithKey::new(Some(&app.keys.admin)),
@@ -564,4 +551,20 @@ async fn a_dead_delivery_job_is_retried_through_its_delivery_not_the_outbox() {
     )
     .await;
     assert_eq!(dead, 1, "left dead");
+}
+
+/// Inserts a job of `kind` whose payload is the SQL expression `payload`, in `status`, its
+/// attempts spent, and returns its id.
+async fn insert_job(app: &TestApp, kind: &str, payload: &str, status: &str) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             created_at, updated_at)
+         VALUES ('{id}', '{kind}', {payload}, '{status}', 8, 8, now(), now(), now())"
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("insert a job");
+    id
 }

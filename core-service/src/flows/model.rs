@@ -101,19 +101,20 @@ fn check_event_name(violations: &mut Vec<FieldViolation>, field: &str, value: &s
 /// A flow's id as a lookup names it: what no stored id can be (a NUL, which PostgreSQL refuses
 /// to compare) is a wrong argument, not an error of the database.
 pub fn flow_id_to_find(raw: &str) -> Result<String, Vec<FieldViolation>> {
-    let mut violations = Vec::new();
-    let id = check_id(&mut violations, "id", raw);
-    if violations.is_empty() {
-        Ok(id)
-    } else {
-        Err(violations)
-    }
+    to_find(|violations| check_id(violations, "id", raw))
 }
 
 /// An event rule's event name as a lookup names it (see [`flow_id_to_find`]).
 pub fn rule_name_to_find(raw: &str) -> Result<String, Vec<FieldViolation>> {
+    to_find(|violations| check_event_name(violations, "event_name", raw.trim()))
+}
+
+/// What `check` makes of a looked-up name, unless it found the name wrong.
+fn to_find(
+    check: impl FnOnce(&mut Vec<FieldViolation>) -> String,
+) -> Result<String, Vec<FieldViolation>> {
     let mut violations = Vec::new();
-    let name = check_event_name(&mut violations, "event_name", raw.trim());
+    let name = check(&mut violations);
     if violations.is_empty() {
         Ok(name)
     } else {
