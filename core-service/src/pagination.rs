@@ -1,5 +1,5 @@
-//! Keyset pagination shared by the list RPCs: pages ordered newest first by (time, id), with
-//! an opaque token naming where the previous page ended.
+//! Keyset pagination shared by the list RPCs: pages ordered newest first by (time, id), or by
+//! name for configuration, with an opaque token naming where the previous page ended.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,37 +32,79 @@ pub fn encode_cursor(time: DateTime<Utc>, id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}:{id}", time.timestamp_micros()))
 }
 
-pub fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), FieldViolation> {
-    let invalid = || FieldViolation::new("page_token", "is not a token from a previous page");
-    let text = URL_SAFE_NO_PAD
+fn not_a_token() -> FieldViolation {
+    FieldViolation::new("page_token", "is not a token from a previous page")
+}
+
+fn token_text(token: &str) -> Result<String, FieldViolation> {
+    URL_SAFE_NO_PAD
         .decode(token)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(invalid)?;
-    let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
+        .ok_or_else(not_a_token)
+}
+
+pub fn decode_cursor(token: &str) -> Result<(DateTime<Utc>, Uuid), FieldViolation> {
+    let text = token_text(token)?;
+    let (micros, id) = text.split_once(':').ok_or_else(not_a_token)?;
     let time = micros
         .parse()
         .ok()
         .and_then(DateTime::from_timestamp_micros)
         .filter(within_storable_years)
-        .ok_or_else(invalid)?;
-    Ok((time, Uuid::parse_str(id).map_err(|_| invalid())?))
+        .ok_or_else(not_a_token)?;
+    Ok((time, Uuid::parse_str(id).map_err(|_| not_a_token())?))
+}
+
+/// The token of a page of configuration ordered by name, continuing after `name`.
+pub fn encode_name_cursor(name: &str) -> String {
+    URL_SAFE_NO_PAD.encode(name)
+}
+
+/// The name a token of [`encode_name_cursor`] continues after. Any text is a position in the
+/// order, but one with a NUL cannot be compared by PostgreSQL.
+pub fn decode_name_cursor(token: &str) -> Result<String, FieldViolation> {
+    token_text(token).and_then(|name| {
+        if name.contains('\0') {
+            Err(not_a_token())
+        } else {
+            Ok(name)
+        }
+    })
+}
+
+/// Where a page ended, as the next page's token names it.
+pub trait PageKey {
+    fn token(&self) -> String;
+}
+
+impl PageKey for (DateTime<Utc>, Uuid) {
+    fn token(&self) -> String {
+        encode_cursor(self.0, self.1)
+    }
+}
+
+/// A configuration item's name (see [`encode_name_cursor`]).
+impl PageKey for String {
+    fn token(&self) -> String {
+        encode_name_cursor(self)
+    }
 }
 
 /// As [`finish_page`], for rows whose messages may be large: converts them with `message` and
 /// ends the page early, at the first that would take it past [`MAX_PAGE_BYTES`] (a page holds
 /// at least one), answering the token that continues from there.
-pub fn finish_page_within_bytes<T, M: prost::Message>(
+pub fn finish_page_within_bytes<T, K: PageKey, M: prost::Message>(
     rows: Vec<T>,
     page_size: i64,
-    key: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+    key: impl Fn(&T) -> K,
     message: impl Fn(T) -> M,
 ) -> (Vec<M>, String) {
     let size = usize::try_from(page_size).unwrap_or(usize::MAX);
     let has_more = rows.len() > size;
     let mut page = Vec::with_capacity(rows.len().min(size));
     let mut bytes = 0;
-    let mut last_key = None;
+    let mut last_key: Option<K> = None;
     for row in rows.into_iter().take(size) {
         let row_key = key(&row);
         let item = message(row);
@@ -70,15 +112,15 @@ pub fn finish_page_within_bytes<T, M: prost::Message>(
         bytes += item.encoded_len() + 6;
         // Past the bound with a row kept already (the first row makes a page whatever its size).
         if bytes > MAX_PAGE_BYTES
-            && let Some((time, id)) = last_key
+            && let Some(last_key) = last_key
         {
-            return (page, encode_cursor(time, id));
+            return (page, last_key.token());
         }
         page.push(item);
         last_key = Some(row_key);
     }
     let token = match last_key {
-        Some((time, id)) if has_more => encode_cursor(time, id),
+        Some(last_key) if has_more => last_key.token(),
         _ => String::new(),
     };
     (page, token)

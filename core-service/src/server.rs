@@ -393,18 +393,24 @@ impl CoreServer {
                 EmarsysServiceServer::new(EmarsysGrpc::new(self.state.clone(), dispatcher))
                     .max_decoding_message_size(MAX_FREE_FORM_REQUEST_BYTES),
             )
-            .add_service(FlowServiceServer::new(FlowsGrpc::new(
-                self.state.pool.clone(),
-                self.state.config.clone(),
-            )))
-            .add_service(WebhookServiceServer::new(WebhooksGrpc::new(
-                self.state.pool.clone(),
-                self.sender.clone(),
-                self.delivery_policy.clone(),
-                self.clock.clone(),
-                self.state.announcer.clone(),
-                self.state.config.clone(),
-            )))
+            .add_service(
+                FlowServiceServer::new(FlowsGrpc::new(
+                    self.state.pool.clone(),
+                    self.state.config.clone(),
+                ))
+                .max_decoding_message_size(MAX_FREE_FORM_REQUEST_BYTES),
+            )
+            .add_service(
+                WebhookServiceServer::new(WebhooksGrpc::new(
+                    self.state.pool.clone(),
+                    self.sender.clone(),
+                    self.delivery_policy.clone(),
+                    self.clock.clone(),
+                    self.state.announcer.clone(),
+                    self.state.config.clone(),
+                ))
+                .max_decoding_message_size(MAX_FREE_FORM_REQUEST_BYTES),
+            )
             .add_service(TwentyServiceServer::new(TwentyGrpc::new(
                 self.state.pool.clone(),
                 self.twenty.clone(),

@@ -20,6 +20,24 @@ pub fn short_text_problem(text: &str, max: usize) -> Option<String> {
     }
 }
 
+/// The length of `value` as JSON, counted without building the text.
+pub fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail, nor can JSON values fail to serialise.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
 /// What [`storable_time`] refuses.
 pub const STORABLE_TIME: &str =
     "must be a time in the years 1 to 9999, with nanoseconds from 0 to 999,999,999";

@@ -2,7 +2,8 @@
 //! `/api/v1/admin/`.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use serde_json::{Map, Value as Json, json};
 use switchbord_api::json::{
@@ -22,6 +23,7 @@ use crate::decode::Decoder;
 use crate::error::ApiError;
 use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors};
 use crate::openapi::schemas;
+use crate::page::PageQuery;
 use crate::path::Path;
 use crate::time::rfc3339;
 
@@ -151,20 +153,34 @@ fn decode_rule(event_name: String, mut body: Map<String, Json>) -> Result<EventR
     path = "/api/v1/admin/flows",
     tag = "flows",
     summary = "Lists flows",
+    params(
+        ("page_size" = Option<i32>, Query, description = "Page size (default 50, at most 500); a page of large items may hold fewer."),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page."),
+    ),
     responses(
         (status = 200, description = "OK.", body = schemas::FlowList),
         AdminErrors,
     )
 )]
-pub async fn list_flows(State(core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn list_flows(
+    State(core): State<CoreClient>,
+    context: CallContext,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
     let result = async {
-        let flows = core
+        let query = PageQuery::read(query)?;
+        let page = core
             .flows()
-            .list_flows(context.grpc_request(ListFlowsRequest {}))
+            .list_flows(context.grpc_request(ListFlowsRequest {
+                page_size: query.page_size,
+                page_token: query.page_token,
+            }))
             .await?
-            .into_inner()
-            .flows;
-        Ok(json!({"flows": flows.into_iter().map(flow_json).collect::<Vec<_>>()}))
+            .into_inner();
+        Ok(json!({
+            "flows": page.flows.into_iter().map(flow_json).collect::<Vec<_>>(),
+            "next_page_token": page.next_page_token,
+        }))
     }
     .await;
     context.admin_response(result)
@@ -268,20 +284,34 @@ pub async fn delete_flow(
     path = "/api/v1/admin/event-rules",
     tag = "event-rules",
     summary = "Lists event rules",
+    params(
+        ("page_size" = Option<i32>, Query, description = "Page size (default 50, at most 500); a page of large items may hold fewer."),
+        ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page."),
+    ),
     responses(
         (status = 200, description = "OK.", body = schemas::EventRuleList),
         AdminErrors,
     )
 )]
-pub async fn list_rules(State(core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn list_rules(
+    State(core): State<CoreClient>,
+    context: CallContext,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
     let result = async {
-        let rules = core
+        let query = PageQuery::read(query)?;
+        let page = core
             .flows()
-            .list_event_rules(context.grpc_request(ListEventRulesRequest {}))
+            .list_event_rules(context.grpc_request(ListEventRulesRequest {
+                page_size: query.page_size,
+                page_token: query.page_token,
+            }))
             .await?
-            .into_inner()
-            .rules;
-        Ok(json!({"rules": rules.into_iter().map(rule_json).collect::<Vec<_>>()}))
+            .into_inner();
+        Ok(json!({
+            "rules": page.rules.into_iter().map(rule_json).collect::<Vec<_>>(),
+            "next_page_token": page.next_page_token,
+        }))
     }
     .await;
     context.admin_response(result)

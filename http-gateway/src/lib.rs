@@ -21,6 +21,7 @@ mod flows;
 mod journeys;
 mod openapi;
 mod operations;
+mod page;
 mod path;
 mod rate_limit;
 mod request_id;

@@ -8,7 +8,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 use switchbord_api::v1::*;
 
@@ -19,6 +18,7 @@ use crate::decode::Decoder;
 use crate::error::ApiError;
 use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors, TwentyWebhookErrors};
 use crate::openapi::schemas;
+use crate::page::PageQuery;
 use crate::path::Path;
 use crate::time::rfc3339;
 
@@ -418,14 +418,6 @@ pub async fn contact_sync(
     context.admin_response(result)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PageQuery {
-    #[serde(default)]
-    page_size: i32,
-    #[serde(default)]
-    page_token: String,
-}
-
 #[utoipa::path(
     get,
     path = "/api/v1/integrations/twenty/sync/failed",
@@ -446,8 +438,7 @@ pub async fn failed_syncs(
     query: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
-        let Query(query) =
-            query.map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))?;
+        let query = PageQuery::read(query)?;
         let page = core
             .twenty()
             .list_failed_syncs(context.grpc_request(ListFailedSyncsRequest {

@@ -1387,3 +1387,206 @@ async fn a_redelivery_after_the_window_is_stored_again() {
     assert_eq!(after.status, 200, "{}", after.text);
     assert_ne!(after.body["webhookEventId"], first.body["webhookEventId"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_past_its_bounds_is_400_naming_the_list() {
+    let app = TestApp::spawn().await;
+    let admin = [
+        ("x-api-key", app.keys.admin.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let event_names: Vec<String> = (0..101).map(|i| format!("event_{i}")).collect();
+    let tags: Vec<String> = (0..101).map(|i| format!("tag-{i}")).collect();
+    let assignments: Vec<Json> = (0..101)
+        .map(|i| json!({"property": format!("p{i}"), "from_payload": "/x"}))
+        .collect();
+    // Each well under a contact's 64 KiB of properties, together over it.
+    let half = "x".repeat(40 * 1024);
+    let large_fixed = json!({"set_properties": [
+        {"property": "a", "value": half},
+        {"property": "b", "value": half},
+    ]});
+    // Under the gateway's 1 MiB as JSON, over 4 MiB as protobuf (the core's default bound).
+    let numbers = vec![1; 450_000];
+    let cases = [
+        (
+            "/api/v1/admin/flows/welcome",
+            json!({"org": "acme", "name": "Welcome", "event_names": event_names}),
+            "flow.event_names",
+        ),
+        (
+            "/api/v1/admin/event-rules/order_placed",
+            json!({"add_tags": tags}),
+            "rule.add_tags",
+        ),
+        (
+            "/api/v1/admin/event-rules/order_placed",
+            json!({"set_properties": assignments}),
+            "rule.set_properties",
+        ),
+        (
+            "/api/v1/admin/event-rules/order_placed",
+            large_fixed,
+            "rule.set_properties",
+        ),
+        (
+            "/api/v1/admin/event-rules/order_placed",
+            json!({"set_properties": [{"property": "n", "value": numbers}]}),
+            "rule.set_properties",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let reply = app.send(Method::PUT, path, &admin, body.to_string()).await;
+        assert_eq!(reply.status, 400, "{path} {field}: {}", reply.text);
+        assert_eq!(
+            reply.body["details"][0]["field"], field,
+            "{path}: {}",
+            reply.text
+        );
+    }
+
+    let big_example = json!({
+        "name": "order.shipped",
+        "description": "An order left the warehouse",
+        "example": {"numbers": numbers},
+    });
+    let reply = app
+        .send(
+            Method::POST,
+            "/api/v1/webhooks/event-types",
+            &admin,
+            big_example.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(
+        reply.body["details"][0]["field"], "example",
+        "{}",
+        reply.text
+    );
+
+    let long_description = json!({
+        "name": "order.shipped",
+        "description": "ü".repeat(600),
+    });
+    let reply = app
+        .send(
+            Method::POST,
+            "/api/v1/webhooks/event-types",
+            &admin,
+            long_description.to_string(),
+        )
+        .await;
+    assert_eq!(
+        reply.status, 200,
+        "600 characters are within 1,000 characters, whatever their bytes: {}",
+        reply.text
+    );
+}
+
+/// Every page of `path` (which lists `items` named by `name`) with `page_size`, in order.
+async fn all_pages(
+    app: &TestApp,
+    path: &str,
+    items: &str,
+    name: &str,
+    page_size: usize,
+) -> Vec<Vec<String>> {
+    let manager = [("x-api-key", app.keys.manager.as_str())];
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let reply = app
+            .send(
+                Method::GET,
+                &format!("{path}?page_size={page_size}&page_token={token}"),
+                &manager,
+                "",
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+        let names = reply.body[items]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|item| item[name].as_str().expect("named").to_owned())
+            .collect();
+        pages.push(names);
+        token = reply.body["next_page_token"]
+            .as_str()
+            .expect("a token")
+            .to_owned();
+        if token.is_empty() {
+            return pages;
+        }
+        assert!(pages.len() < 100, "pages end");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flows_and_rules_are_listed_in_pages_a_client_can_read() {
+    let app = TestApp::spawn().await;
+    let manager = [
+        ("x-api-key", app.keys.manager.as_str()),
+        ("content-type", "application/json"),
+    ];
+    for id in ["c", "a", "b"] {
+        let reply = app
+            .send(
+                Method::PUT,
+                &format!("/api/v1/admin/flows/{id}"),
+                &manager,
+                json!({"org": "acme", "name": id, "event_names": ["order_placed"]}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    assert_eq!(
+        all_pages(&app, "/api/v1/admin/flows", "flows", "id", 2).await,
+        [vec!["a", "b"], vec!["c"]]
+    );
+
+    // 70 rules of 63 KiB each: about 4.4 MiB in all, more than one gRPC answer may be.
+    let value = "v".repeat(63 * 1024);
+    let mut names: Vec<String> = (0..70).map(|i| format!("event_{i:02}")).collect();
+    for name in &names {
+        let reply = app
+            .send(
+                Method::PUT,
+                &format!("/api/v1/admin/event-rules/{name}"),
+                &manager,
+                json!({"set_properties": [{"property": "p", "value": value}]}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let pages = all_pages(
+        &app,
+        "/api/v1/admin/event-rules",
+        "rules",
+        "event_name",
+        500,
+    )
+    .await;
+    assert!(pages.len() >= 2, "cut by size, not count: {}", pages.len());
+    names.sort();
+    assert_eq!(pages.concat(), names, "each rule once, in order");
+
+    let cases = [
+        ("/api/v1/admin/flows?page_size=501", "page_size"),
+        ("/api/v1/admin/event-rules?page_size=-1", "page_size"),
+        // A NUL, base64-encoded: no position PostgreSQL can compare.
+        ("/api/v1/admin/flows?page_token=AA", "page_token"),
+        ("/api/v1/admin/event-rules?page_token=%25%25", "page_token"),
+        ("/api/v1/admin/flows?page_size=many", "query"),
+    ];
+    for (path, field) in cases {
+        let reply = app.send(Method::GET, path, &manager, "").await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text);
+        assert_eq!(
+            reply.body["details"][0]["field"], field,
+            "{path}: {}",
+            reply.text
+        );
+    }
+}

@@ -22,6 +22,6 @@ pub use model::{ContactRow, contact_json, timestamp};
 pub use service::ContactsService;
 pub use store::{find_by_id, find_by_phone, find_by_reference, lock_by_id};
 pub use upsert::{
-    MAX_ATTEMPTS, Operation, PlannedUpsert, UpsertOutcome, lost_race, plan_for, plan_upsert,
-    save_planned, update_by_id_on, upsert_contact, upsert_on,
+    MAX_ATTEMPTS, MAX_PROPERTIES_BYTES, Operation, PlannedUpsert, UpsertOutcome, lost_race,
+    plan_for, plan_upsert, save_planned, update_by_id_on, upsert_contact, upsert_on,
 };

@@ -18,6 +18,7 @@ use crate::error::FieldViolation;
 use crate::events::Audience;
 use crate::outbox::{ClaimedJob, Committed, Reservation};
 use crate::request::RequestContext;
+use crate::validation::json_len;
 
 /// Two upserts that create the same new contact at once race on the unique keys; the loser
 /// retries and then finds the winner's row. More than this many losses in a row is a bug.
@@ -249,25 +250,7 @@ fn plan(existing: Option<ContactRow>, upsert: &ContactUpsert) -> Result<Plan, Co
 
 /// A contact's properties, as JSON, at most this large: every answer carrying the contact must
 /// stay far below gRPC's 4 MiB message limit, however many upserts merged into it.
-const MAX_PROPERTIES_BYTES: usize = 64 * 1024;
-
-/// The length of `value` as JSON, counted without building the text.
-fn json_len(value: &Json) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    // Writing to a counter cannot fail, nor can a `Value` fail to serialise.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
-}
+pub const MAX_PROPERTIES_BYTES: usize = 64 * 1024;
 
 /// Writes `plan`: the row, its events and the audit entry, on `connection` (inside the caller's
 /// transaction). Every statement is sent at once and only they can fail, as

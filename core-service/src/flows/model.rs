@@ -9,13 +9,17 @@ use switchbord_api::json::{
 };
 use switchbord_api::v1::{self, property_assignment};
 
-use crate::contacts::timestamp;
+use crate::contacts::{MAX_PROPERTIES_BYTES, timestamp};
 use crate::error::FieldViolation;
 use crate::schema::{event_rules, flows};
-use crate::validation::{NUL_PROBLEM, contains_nul, short_text_problem};
+use crate::validation::{NUL_PROBLEM, contains_nul, json_len, short_text_problem};
 
 const MAX_ID_LEN: usize = 255;
 const MAX_PROPERTY_LEN: usize = 128;
+/// A flow's event names and a rule's assignments are read on every event and held in memory by
+/// every instance (see [`super::routing`]); real ones are a few.
+const MAX_EVENT_NAMES: usize = 100;
+const MAX_ASSIGNMENTS: usize = 100;
 /// Fields a rule may not set as free-form properties (they are first-class contact fields).
 const FIRST_CLASS: [&str; 3] = ["name", "email", "locale"];
 
@@ -130,6 +134,12 @@ pub fn flow_from_proto(flow: v1::Flow, now: DateTime<Utc>) -> Result<FlowRow, Ve
     let name = flow.name.trim().to_owned();
     if let Some(problem) = short_text_problem(&name, MAX_ID_LEN) {
         violations.push(FieldViolation::new("flow.name", problem));
+    }
+    if flow.event_names.len() > MAX_EVENT_NAMES {
+        violations.push(FieldViolation::new(
+            "flow.event_names",
+            format!("at most {MAX_EVENT_NAMES} event names are allowed"),
+        ));
     }
     let mut event_names: Vec<String> = flow
         .event_names
@@ -247,7 +257,15 @@ pub fn rule_from_proto(
     };
     let add_tags = tags_in(rule.add_tags, "add_tags");
     let remove_tags = tags_in(rule.remove_tags, "remove_tags");
+    if rule.set_properties.len() > MAX_ASSIGNMENTS {
+        violations.push(FieldViolation::new(
+            "rule.set_properties",
+            format!("at most {MAX_ASSIGNMENTS} assignments are allowed"),
+        ));
+    }
     let mut properties = Vec::new();
+    // What the fixed values add to a contact's properties, as JSON (each `"key":value,`).
+    let mut fixed_bytes = 0;
     for (index, assignment) in rule.set_properties.into_iter().enumerate() {
         let field = format!("rule.set_properties[{index}]");
         let property = assignment.property.trim().to_owned();
@@ -272,6 +290,7 @@ pub fn rule_from_proto(
                     violations.push(FieldViolation::new(format!("{field}.value"), problem));
                     continue;
                 }
+                fixed_bytes += property.len() + json_len(&value) + 4;
                 PropertySource::Value(value)
             }
             Some(property_assignment::Source::FromPayload(pointer))
@@ -297,6 +316,16 @@ pub fn rule_from_proto(
             }
         };
         properties.push(RuleProperty { property, source });
+    }
+    // Such a rule could never be applied: every event would skip it.
+    if fixed_bytes > MAX_PROPERTIES_BYTES {
+        violations.push(FieldViolation::new(
+            "rule.set_properties",
+            format!(
+                "has fixed values larger than a contact's properties may be ({} KiB as JSON)",
+                MAX_PROPERTIES_BYTES / 1024
+            ),
+        ));
     }
     if !violations.is_empty() {
         return Err(violations);

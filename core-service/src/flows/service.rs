@@ -17,6 +17,7 @@ use crate::config_watch::ConfigWatch;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::BoxFuture;
+use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{event_rules, flows};
 
@@ -64,6 +65,24 @@ fn invalid(violations: Vec<FieldViolation>) -> Status {
 
 fn not_found(what: &'static str) -> Status {
     ServiceError::NotFound(what).into()
+}
+
+/// A page of configuration asked for: its size, and the name it continues after.
+struct Page {
+    size: i64,
+    after: Option<String>,
+}
+
+impl Page {
+    fn of(page_size: i32, page_token: &str) -> Result<Self, Status> {
+        let size =
+            pagination::page_size(page_size).map_err(|violation| invalid(vec![violation]))?;
+        let after = (!page_token.is_empty())
+            .then(|| pagination::decode_name_cursor(page_token))
+            .transpose()
+            .map_err(|violation| invalid(vec![violation]))?;
+        Ok(Self { size, after })
+    }
 }
 
 /// A delete that found nothing fails inside the audited transaction, so that no audit entry
@@ -129,17 +148,28 @@ impl FlowService for FlowsGrpc {
 
     async fn list_flows(
         &self,
-        _request: Request<ListFlowsRequest>,
+        request: Request<ListFlowsRequest>,
     ) -> Result<Response<ListFlowsResponse>, Status> {
-        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let rows: Vec<FlowRow> = flows::table
+        let page = Page::of(request.get_ref().page_size, &request.get_ref().page_token)?;
+        let mut query = flows::table
             .select(FlowRow::as_select())
             .order(flows::id)
-            .load(&mut connection)
-            .await
-            .map_err(db_status)?;
+            .limit(page.size + 1)
+            .into_boxed();
+        if let Some(after) = page.after {
+            query = query.filter(flows::id.gt(after));
+        }
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let rows: Vec<FlowRow> = query.load(&mut connection).await.map_err(db_status)?;
+        let (flows, next_page_token) = pagination::finish_page_within_bytes(
+            rows,
+            page.size,
+            |flow| flow.id.clone(),
+            flow_to_proto,
+        );
         Ok(Response::new(ListFlowsResponse {
-            flows: rows.into_iter().map(flow_to_proto).collect(),
+            flows,
+            next_page_token,
         }))
     }
 
@@ -200,17 +230,28 @@ impl FlowService for FlowsGrpc {
 
     async fn list_event_rules(
         &self,
-        _request: Request<ListEventRulesRequest>,
+        request: Request<ListEventRulesRequest>,
     ) -> Result<Response<ListEventRulesResponse>, Status> {
-        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let rows: Vec<EventRuleRow> = event_rules::table
+        let page = Page::of(request.get_ref().page_size, &request.get_ref().page_token)?;
+        let mut query = event_rules::table
             .select(EventRuleRow::as_select())
             .order(event_rules::event_name)
-            .load(&mut connection)
-            .await
-            .map_err(db_status)?;
+            .limit(page.size + 1)
+            .into_boxed();
+        if let Some(after) = page.after {
+            query = query.filter(event_rules::event_name.gt(after));
+        }
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let rows: Vec<EventRuleRow> = query.load(&mut connection).await.map_err(db_status)?;
+        let (rules, next_page_token) = pagination::finish_page_within_bytes(
+            rows,
+            page.size,
+            |rule| rule.event_name.clone(),
+            rule_to_proto,
+        );
         Ok(Response::new(ListEventRulesResponse {
-            rules: rows.into_iter().map(rule_to_proto).collect(),
+            rules,
+            next_page_token,
         }))
     }
 

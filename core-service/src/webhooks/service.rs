@@ -31,8 +31,9 @@ use crate::outbox::{self, Announcer, Clock, NewJob};
 use crate::pagination;
 use crate::request::RequestContext;
 use crate::schema::{event_types, webhook_attempts, webhook_deliveries, webhook_endpoints};
-use crate::validation::free_form_problem;
-use crate::validation::{NUL_PROBLEM, STORABLE_TIME, short_text_problem, storable_time};
+use crate::validation::{
+    NUL_PROBLEM, STORABLE_TIME, free_form_problem, json_len, short_text_problem, storable_time,
+};
 
 /// How long a rotated-out secret keeps signing.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
@@ -246,6 +247,10 @@ async fn locked_url_and_headers(
 fn db_status(error: impl Into<DbError>) -> Status {
     ServiceError::from(error.into()).into()
 }
+
+/// An event type's schema and its example, each: the catalog answers every type at once, to
+/// every role, and must stay far below the 4 MiB a gRPC client reads by default.
+const MAX_CATALOG_JSON_BYTES: usize = 64 * 1024;
 
 fn invalid(field: &str, description: impl Into<String>) -> Status {
     ServiceError::InvalidArgument(vec![FieldViolation::new(field, description)]).into()
@@ -806,8 +811,8 @@ impl WebhookService for WebhooksGrpc {
             ));
         }
         let description = body.description.trim().to_owned();
-        if description.is_empty() || description.len() > 1000 || description.contains('\0') {
-            return Err(invalid("description", "must be 1 to 1000 characters"));
+        if let Some(problem) = short_text_problem(&description, MAX_DESCRIPTION_LEN) {
+            return Err(invalid("description", problem));
         }
         let schema = body.schema.map(json_from_struct).unwrap_or_else(|| {
             let mut object = Map::new();
@@ -819,6 +824,15 @@ impl WebhookService for WebhooksGrpc {
         for (field, object) in [("schema", &schema), ("example", &example)] {
             if let Some(problem) = free_form_problem(object) {
                 return Err(invalid(field, problem));
+            }
+            if json_len(object) > MAX_CATALOG_JSON_BYTES {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "must be at most {} KiB as JSON",
+                        MAX_CATALOG_JSON_BYTES / 1024
+                    ),
+                ));
             }
         }
         let (schema, example) = (Json::Object(schema), Json::Object(example));

@@ -482,6 +482,8 @@ pub struct Flow {
 #[derive(Serialize, ToSchema)]
 pub struct FlowList {
     pub flows: Vec<Flow>,
+    /// Token for the next page; empty on the last.
+    pub next_page_token: String,
 }
 
 /// Sets one contact property: exactly one of `value` and `from_payload`.
@@ -520,6 +522,8 @@ pub struct EventRule {
 #[derive(Serialize, ToSchema)]
 pub struct EventRuleList {
     pub rules: Vec<EventRule>,
+    /// Token for the next page; empty on the last.
+    pub next_page_token: String,
 }
 
 /// An empty object, the answer of deletes and registrations.

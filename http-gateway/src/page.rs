@@ -1,0 +1,25 @@
+//! The page a list route is asked for, `?page_size=…&page_token=…`, passed to the core as sent:
+//! the core bounds the size and reads the token.
+
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    #[serde(default)]
+    pub page_size: i32,
+    #[serde(default)]
+    pub page_token: String,
+}
+
+impl PageQuery {
+    /// The query of a request, or a 400 naming it when it cannot be read.
+    pub fn read(query: Result<Query<Self>, QueryRejection>) -> Result<Self, ApiError> {
+        query
+            .map(|Query(page)| page)
+            .map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))
+    }
+}
