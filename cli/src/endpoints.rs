@@ -10,7 +10,7 @@ use switchbord_api::v1::{
 use uuid::Uuid;
 
 use crate::core_connection::{Core, CoreArgs, refused};
-use crate::render::{self, cell, enum_cell, field, fields, table};
+use crate::render::{self, cell, enum_cell, field, fields, table, with_next_page};
 
 #[derive(Debug, clap::Args)]
 pub struct EndpointsArgs {
@@ -23,8 +23,15 @@ pub struct EndpointsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum EndpointsCommand {
-    /// List endpoints with their health.
-    List,
+    /// List endpoints with their health, oldest first.
+    List {
+        /// At most this many endpoints (the core's default is 50, its maximum 500).
+        #[arg(long)]
+        limit: Option<i32>,
+        /// Continue after the page that printed this token.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
     /// Show one endpoint with its health.
     Get {
         /// The endpoint's id.
@@ -73,15 +80,18 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
     let mut client = core.webhooks();
     let as_json = args.core.json;
     match args.command {
-        EndpointsCommand::List => {
+        EndpointsCommand::List { limit, page_token } => {
             let response = client
-                .list_endpoints(ListEndpointsRequest {})
+                .list_endpoints(ListEndpointsRequest {
+                    page_size: limit.unwrap_or_default(),
+                    page_token: page_token.unwrap_or_default(),
+                })
                 .await
                 .map_err(refused)?
                 .into_inner();
             render::print(&response, as_json, |value| {
                 let rows = value["endpoints"].as_array().cloned().unwrap_or_default();
-                table(
+                let text = table(
                     &rows,
                     &[
                         ("id", &field("id")),
@@ -92,7 +102,8 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
                         ("url", &field("url")),
                         ("event types", &field("event_types")),
                     ],
-                )
+                );
+                with_next_page(text, "endpoints", &response.next_page_token)
             })
         }
         EndpointsCommand::Get { id } => {

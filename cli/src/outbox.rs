@@ -9,7 +9,7 @@ use switchbord_api::v1::{
 use uuid::Uuid;
 
 use crate::core_connection::{Core, CoreArgs, refused};
-use crate::render::{self, cell, clipped, field, fields, table};
+use crate::render::{self, cell, clipped, field, fields, table, with_next_page};
 
 #[derive(Debug, clap::Args)]
 pub struct OutboxArgs {
@@ -75,7 +75,7 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
                 .into_inner();
             render::print(&response, as_json, |value| {
                 let rows = value["jobs"].as_array().cloned().unwrap_or_default();
-                let mut text = table(
+                let text = table(
                     &rows,
                     &[
                         ("id", &field("id")),
@@ -88,13 +88,7 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
                         ("last error", &clipped("last_error")),
                     ],
                 );
-                if !response.next_page_token.is_empty() {
-                    text.push_str(&format!(
-                        "\n\nMore jobs: --page-token {}",
-                        response.next_page_token
-                    ));
-                }
-                text
+                with_next_page(text, "jobs", &response.next_page_token)
             })
         }
         OutboxCommand::Get { id } => {

@@ -161,6 +161,14 @@ pub fn table(rows: &[Json], columns: &[Column<'_>]) -> String {
     .join("\n")
 }
 
+/// `text` followed by how to ask for the next page of `what`, when `next_page_token` names one.
+pub fn with_next_page(mut text: String, what: &str, next_page_token: &str) -> String {
+    if !next_page_token.is_empty() {
+        text.push_str(&format!("\n\nMore {what}: --page-token {next_page_token}"));
+    }
+    text
+}
+
 /// A column that shows one field of the row.
 pub fn field(name: &'static str) -> impl Fn(&Json) -> String {
     move |row| cell(&row[name])

@@ -1015,6 +1015,25 @@ async fn operator_commands_manage_endpoints_and_the_outbox_of_a_running_core() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.starts_with("ID") && table.contains(&id), "{table}");
 
+    // Oldest first, a page at a time: the second endpoint on the page after the first.
+    let second = operator_json(&running, &["endpoints", "create", "--url", &hook]);
+    let second = second["endpoint"]["id"].as_str().expect("id").to_owned();
+    let first_page = operator(&running, &["endpoints", "list", "--limit", "1"]);
+    let first_page = String::from_utf8_lossy(&first_page.stdout);
+    let token = first_page
+        .split_once("More endpoints: --page-token ")
+        .map(|(_, token)| token.trim().to_owned())
+        .unwrap_or_else(|| panic!("a next page is offered: {first_page}"));
+    assert!(first_page.contains(&id), "{first_page}");
+    let next_page = operator_json(&running, &["endpoints", "list", "--page-token", &token]);
+    assert_eq!(
+        next_page["endpoints"][0]["id"],
+        second.as_str(),
+        "{next_page}"
+    );
+    let deleted = operator(&running, &["endpoints", "delete", &second]);
+    assert!(deleted.status.success(), "{deleted:?}");
+
     let tested = operator(&running, &["endpoints", "test", &id]);
     let text = String::from_utf8_lossy(&tested.stdout);
     assert!(tested.status.success(), "{text}");

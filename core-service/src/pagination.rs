@@ -101,29 +101,58 @@ pub fn finish_page_within_bytes<T, K: PageKey, M: prost::Message>(
     message: impl Fn(T) -> M,
 ) -> (Vec<M>, String) {
     let size = usize::try_from(page_size).unwrap_or(usize::MAX);
-    let has_more = rows.len() > size;
-    let mut page = Vec::with_capacity(rows.len().min(size));
+    let more_follow = rows.len() > size;
+    let items = rows
+        .into_iter()
+        .take(size)
+        .map(|row| (key(&row), message(row)));
+    page_within_bytes(items, more_follow)
+}
+
+/// The page of `items` (messages with their keys, in order, already cut to the page's size)
+/// that ends before [`MAX_PAGE_BYTES`] (a page holds at least one), and the token that
+/// continues after it: after its last item when it was cut or `more_follow`, else none.
+/// Items past the cut are not taken from the iterator.
+pub fn page_within_bytes<K: PageKey, M: prost::Message>(
+    items: impl IntoIterator<Item = (K, M)>,
+    more_follow: bool,
+) -> (Vec<M>, String) {
+    let mut page = Vec::new();
     let mut bytes = 0;
     let mut last_key: Option<K> = None;
-    for row in rows.into_iter().take(size) {
-        let row_key = key(&row);
-        let item = message(row);
+    for (key, item) in items {
         // The item's length prefix and tag, as a repeated field of the answer.
         bytes += item.encoded_len() + 6;
-        // Past the bound with a row kept already (the first row makes a page whatever its size).
+        // Past the bound with an item kept already (the first makes a page whatever its size).
         if bytes > MAX_PAGE_BYTES
             && let Some(last_key) = last_key
         {
             return (page, last_key.token());
         }
         page.push(item);
-        last_key = Some(row_key);
+        last_key = Some(key);
     }
     let token = match last_key {
-        Some(last_key) if has_more => last_key.token(),
+        Some(last_key) if more_follow => last_key.token(),
         _ => String::new(),
     };
     (page, token)
+}
+
+/// A page of configuration asked for, by name: its size, and the name it continues after.
+pub struct NamePage {
+    pub size: i64,
+    pub after: Option<String>,
+}
+
+impl NamePage {
+    pub fn of(page_size: i32, page_token: &str) -> Result<Self, FieldViolation> {
+        let size = self::page_size(page_size)?;
+        let after = (!page_token.is_empty())
+            .then(|| decode_name_cursor(page_token))
+            .transpose()?;
+        Ok(Self { size, after })
+    }
 }
 
 /// Cuts the extra row a query fetched to learn whether another page follows, and returns the

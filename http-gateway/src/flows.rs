@@ -153,10 +153,7 @@ fn decode_rule(event_name: String, mut body: Map<String, Json>) -> Result<EventR
     path = "/api/v1/admin/flows",
     tag = "flows",
     summary = "Lists flows",
-    params(
-        ("page_size" = Option<i32>, Query, description = "Page size (default 50, at most 500); a page of large items may hold fewer."),
-        ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page."),
-    ),
+    params(PageQuery),
     responses(
         (status = 200, description = "OK.", body = schemas::FlowList),
         AdminErrors,
@@ -284,10 +281,7 @@ pub async fn delete_flow(
     path = "/api/v1/admin/event-rules",
     tag = "event-rules",
     summary = "Lists event rules",
-    params(
-        ("page_size" = Option<i32>, Query, description = "Page size (default 50, at most 500); a page of large items may hold fewer."),
-        ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page."),
-    ),
+    params(PageQuery),
     responses(
         (status = 200, description = "OK.", body = schemas::EventRuleList),
         AdminErrors,

@@ -4,14 +4,20 @@
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::error::ApiError;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size (default 50, at most 500); a page of large items may hold fewer.
     #[serde(default)]
+    #[param(required = false)]
     pub page_size: i32,
+    /// `next_page_token` of the previous page.
     #[serde(default)]
+    #[param(required = false)]
     pub page_token: String,
 }
 

@@ -423,10 +423,7 @@ pub async fn contact_sync(
     path = "/api/v1/integrations/twenty/sync/failed",
     tag = "twenty",
     summary = "Lists contacts whose sync failed",
-    params(
-        ("page_size" = Option<i32>, Query, description = "Page size; the core caps it."),
-        ("page_token" = Option<String>, Query, description = "`next_page_token` of the previous page."),
-    ),
+    params(PageQuery),
     responses(
         (status = 200, description = "OK.", body = schemas::ContactSyncPage),
         AdminErrors,

@@ -20,6 +20,7 @@ use crate::decode::Decoder;
 use crate::error::ApiError;
 use crate::openapi::responses::{AdminBodyTooLarge, AdminErrors};
 use crate::openapi::schemas;
+use crate::page::PageQuery;
 use crate::path::Path;
 use crate::time::rfc3339;
 
@@ -175,16 +176,32 @@ pub async fn create_endpoint(
     get,
     path = "/api/v1/webhooks/endpoints",
     tag = "webhooks",
-    summary = "Lists endpoints",
+    summary = "Lists endpoints, oldest first",
+    params(PageQuery),
     responses(
         (status = 200, description = "OK.", body = schemas::EndpointList),
         AdminErrors,
     )
 )]
-pub async fn list_endpoints(State(core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn list_endpoints(
+    State(core): State<CoreClient>,
+    context: CallContext,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
     let result = async {
-        let listed = core.webhooks().list_endpoints(context.grpc_request(ListEndpointsRequest {})).await?.into_inner();
-        Ok(json!({"endpoints": listed.endpoints.into_iter().map(endpoint_json).collect::<Vec<_>>()}))
+        let query = PageQuery::read(query)?;
+        let listed = core
+            .webhooks()
+            .list_endpoints(context.grpc_request(ListEndpointsRequest {
+                page_size: query.page_size,
+                page_token: query.page_token,
+            }))
+            .await?
+            .into_inner();
+        Ok(json!({
+            "endpoints": listed.endpoints.into_iter().map(endpoint_json).collect::<Vec<_>>(),
+            "next_page_token": listed.next_page_token,
+        }))
     }
     .await;
     context.admin_response(result)
@@ -512,17 +529,26 @@ pub async fn recover(
     get,
     path = "/api/v1/webhooks/event-types",
     tag = "webhooks",
-    summary = "Lists event types, built in and registered",
+    summary = "Lists event types, built in and registered, by name",
+    params(PageQuery),
     responses(
         (status = 200, description = "OK.", body = schemas::EventTypeList),
         AdminErrors,
     )
 )]
-pub async fn list_event_types(State(core): State<CoreClient>, context: CallContext) -> Response {
+pub async fn list_event_types(
+    State(core): State<CoreClient>,
+    context: CallContext,
+    query: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
     let result = async {
+        let query = PageQuery::read(query)?;
         let listed = core
             .events()
-            .list_event_types(context.grpc_request(ListEventTypesRequest {}))
+            .list_event_types(context.grpc_request(ListEventTypesRequest {
+                page_size: query.page_size,
+                page_token: query.page_token,
+            }))
             .await?
             .into_inner();
         let types: Vec<Json> = listed
@@ -538,7 +564,7 @@ pub async fn list_event_types(State(core): State<CoreClient>, context: CallConte
                 })
             })
             .collect();
-        Ok(json!({"event_types": types}))
+        Ok(json!({"event_types": types, "next_page_token": listed.next_page_token}))
     }
     .await;
     context.admin_response(result)

@@ -1484,45 +1484,6 @@ async fn configuration_past_its_bounds_is_400_naming_the_list() {
     );
 }
 
-/// Every page of `path` (which lists `items` named by `name`) with `page_size`, in order.
-async fn all_pages(
-    app: &TestApp,
-    path: &str,
-    items: &str,
-    name: &str,
-    page_size: usize,
-) -> Vec<Vec<String>> {
-    let manager = [("x-api-key", app.keys.manager.as_str())];
-    let mut pages = Vec::new();
-    let mut token = String::new();
-    loop {
-        let reply = app
-            .send(
-                Method::GET,
-                &format!("{path}?page_size={page_size}&page_token={token}"),
-                &manager,
-                "",
-            )
-            .await;
-        assert_eq!(reply.status, 200, "{path}: {}", reply.text);
-        let names = reply.body[items]
-            .as_array()
-            .expect("a list")
-            .iter()
-            .map(|item| item[name].as_str().expect("named").to_owned())
-            .collect();
-        pages.push(names);
-        token = reply.body["next_page_token"]
-            .as_str()
-            .expect("a token")
-            .to_owned();
-        if token.is_empty() {
-            return pages;
-        }
-        assert!(pages.len() < 100, "pages end");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn flows_and_rules_are_listed_in_pages_a_client_can_read() {
     let app = TestApp::spawn().await;
@@ -1542,7 +1503,7 @@ async fn flows_and_rules_are_listed_in_pages_a_client_can_read() {
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
     assert_eq!(
-        all_pages(&app, "/api/v1/admin/flows", "flows", "id", 2).await,
+        app.all_pages("/api/v1/admin/flows", "flows", "id", 2).await,
         [vec!["a", "b"], vec!["c"]]
     );
 
@@ -1560,14 +1521,9 @@ async fn flows_and_rules_are_listed_in_pages_a_client_can_read() {
             .await;
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
-    let pages = all_pages(
-        &app,
-        "/api/v1/admin/event-rules",
-        "rules",
-        "event_name",
-        500,
-    )
-    .await;
+    let pages = app
+        .all_pages("/api/v1/admin/event-rules", "rules", "event_name", 500)
+        .await;
     assert!(pages.len() >= 2, "cut by size, not count: {}", pages.len());
     names.sort();
     assert_eq!(pages.concat(), names, "each rule once, in order");

@@ -106,7 +106,7 @@ async fn internal_services_publish_catalogued_events_only() {
         );
     }
     let catalog = events
-        .list_event_types(ListEventTypesRequest {})
+        .list_event_types(ListEventTypesRequest::default())
         .await
         .expect("catalog")
         .into_inner();

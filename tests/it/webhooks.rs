@@ -823,7 +823,7 @@ async fn custom_headers_are_sent_and_masked_and_rotation_signs_with_both_secrets
         .into_inner();
     let endpoint = created.endpoint.expect("endpoint");
     let listed = webhooks
-        .list_endpoints(ListEndpointsRequest {})
+        .list_endpoints(ListEndpointsRequest::default())
         .await
         .expect("list")
         .into_inner();
@@ -1019,7 +1019,7 @@ async fn only_admins_configure_webhooks_and_event_types_can_be_registered() {
         app.channel().await,
         WithKey::new(Some(&app.keys.manager)),
     )
-    .list_endpoints(ListEndpointsRequest {})
+    .list_endpoints(ListEndpointsRequest::default())
     .await
     .expect_err("managers have no access to webhook settings");
     let mut webhooks = client(&app).await;
@@ -2746,4 +2746,83 @@ async fn the_old_urls_failures_do_not_disable_an_endpoint_moved_to_a_new_one() {
         .await,
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_and_event_types_are_listed_in_pages_a_client_can_read() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let mut webhooks = client(&app).await;
+    // The longest URL, description and header names (values are listed as `***`): about 11 KiB
+    // an endpoint, 400 of them more than one gRPC answer may be.
+    let url = format!("{}?{}", receiver.url(), "q".repeat(2048));
+    let url = &url[..2048];
+    let headers: std::collections::HashMap<String, String> = (0..20)
+        .map(|i| (format!("x-{i:02}-{}", "a".repeat(251)), "secret".to_owned()))
+        .collect();
+    let mut ids = Vec::new();
+    for _ in 0..400 {
+        let created = webhooks
+            .create_endpoint(CreateEndpointRequest {
+                url: url.to_owned(),
+                description: "𝄞".repeat(1000),
+                headers: headers.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        ids.push(created.endpoint.expect("endpoint").id);
+    }
+    let path = "/api/v1/webhooks/endpoints";
+    let pages = app.all_pages(path, "endpoints", "id", 500).await;
+    assert!(pages.len() >= 2, "cut by size, not count: {}", pages.len());
+    assert_eq!(pages.concat(), ids, "each once, oldest first");
+    let pages = app.all_pages(path, "endpoints", "id", 150).await;
+    assert_eq!(pages.len(), 3, "cut by count");
+    assert_eq!(pages.concat(), ids);
+
+    let example = json!({"v": "x".repeat(63 * 1024)});
+    let mut registered = Vec::new();
+    for i in 0..70 {
+        let name = format!("bulk.type_{i:02}");
+        webhooks
+            .register_event_type(RegisterEventTypeRequest {
+                name: name.clone(),
+                description: "One of many".to_owned(),
+                example: switchbord_api::json::struct_from_json(
+                    example.as_object().expect("object").clone(),
+                )
+                .into(),
+                ..Default::default()
+            })
+            .await
+            .expect("register");
+        registered.push(name);
+    }
+    let path = "/api/v1/webhooks/event-types";
+    let pages = app.all_pages(path, "event_types", "name", 500).await;
+    assert!(pages.len() >= 2, "cut by size, not count: {}", pages.len());
+    let listed = pages.concat();
+    let mut in_order = listed.clone();
+    in_order.sort();
+    in_order.dedup();
+    assert_eq!(listed, in_order, "each once, by name");
+    assert!(registered.iter().all(|name| listed.contains(name)));
+
+    for path in [
+        "/api/v1/webhooks/endpoints?page_token=AA",
+        "/api/v1/webhooks/event-types?page_token=AA",
+        "/api/v1/webhooks/endpoints?page_size=501",
+    ] {
+        let admin = [("x-api-key", app.keys.admin.as_str())];
+        let reply = app.send(reqwest::Method::GET, path, &admin, "").await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text);
+        let field = &reply.body["details"][0]["field"];
+        assert!(
+            field == "page_token" || field == "page_size",
+            "{path}: {}",
+            reply.text
+        );
+    }
 }

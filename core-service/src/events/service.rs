@@ -20,6 +20,7 @@ use crate::contacts::timestamp;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{self, Announcer, Starter};
+use crate::pagination::{self, NamePage};
 use crate::request::RequestContext;
 use crate::schema::event_types;
 use crate::validation::{free_form_problem, short_text_problem};
@@ -161,10 +162,11 @@ impl EventService for EventsGrpc {
 
     async fn list_event_types(
         &self,
-        _request: Request<ListEventTypesRequest>,
+        request: Request<ListEventTypesRequest>,
     ) -> Result<Response<ListEventTypesResponse>, Status> {
-        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let rows: Vec<(String, String, Json, Json, bool)> = event_types::table
+        let page = NamePage::of(request.get_ref().page_size, &request.get_ref().page_token)
+            .map_err(|violation| Status::from(ServiceError::InvalidArgument(vec![violation])))?;
+        let mut query = event_types::table
             .select((
                 event_types::name,
                 event_types::description,
@@ -173,24 +175,33 @@ impl EventService for EventsGrpc {
                 event_types::builtin,
             ))
             .order(event_types::name)
-            .load(&mut connection)
-            .await
-            .map_err(db_status)?;
+            .limit(page.size + 1)
+            .into_boxed();
+        if let Some(after) = page.after {
+            query = query.filter(event_types::name.gt(after));
+        }
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        let rows: Vec<(String, String, Json, Json, bool)> =
+            query.load(&mut connection).await.map_err(db_status)?;
         let as_struct = |value: Json| match value {
             Json::Object(object) => Some(struct_from_json(object)),
             _ => None,
         };
+        let (event_types, next_page_token) = pagination::finish_page_within_bytes(
+            rows,
+            page.size,
+            |(name, ..)| name.clone(),
+            |(name, description, schema, example, builtin)| EventType {
+                name,
+                description,
+                schema: as_struct(schema),
+                example: as_struct(example),
+                builtin,
+            },
+        );
         Ok(Response::new(ListEventTypesResponse {
-            event_types: rows
-                .into_iter()
-                .map(|(name, description, schema, example, builtin)| EventType {
-                    name,
-                    description,
-                    schema: as_struct(schema),
-                    example: as_struct(example),
-                    builtin,
-                })
-                .collect(),
+            event_types,
+            next_page_token,
         }))
     }
 }

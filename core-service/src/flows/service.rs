@@ -17,7 +17,7 @@ use crate::config_watch::ConfigWatch;
 use crate::db::{self, DbError, DbPool};
 use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::BoxFuture;
-use crate::pagination;
+use crate::pagination::{self, NamePage};
 use crate::request::RequestContext;
 use crate::schema::{event_rules, flows};
 
@@ -65,24 +65,6 @@ fn invalid(violations: Vec<FieldViolation>) -> Status {
 
 fn not_found(what: &'static str) -> Status {
     ServiceError::NotFound(what).into()
-}
-
-/// A page of configuration asked for: its size, and the name it continues after.
-struct Page {
-    size: i64,
-    after: Option<String>,
-}
-
-impl Page {
-    fn of(page_size: i32, page_token: &str) -> Result<Self, Status> {
-        let size =
-            pagination::page_size(page_size).map_err(|violation| invalid(vec![violation]))?;
-        let after = (!page_token.is_empty())
-            .then(|| pagination::decode_name_cursor(page_token))
-            .transpose()
-            .map_err(|violation| invalid(vec![violation]))?;
-        Ok(Self { size, after })
-    }
 }
 
 /// A delete that found nothing fails inside the audited transaction, so that no audit entry
@@ -150,7 +132,8 @@ impl FlowService for FlowsGrpc {
         &self,
         request: Request<ListFlowsRequest>,
     ) -> Result<Response<ListFlowsResponse>, Status> {
-        let page = Page::of(request.get_ref().page_size, &request.get_ref().page_token)?;
+        let page = NamePage::of(request.get_ref().page_size, &request.get_ref().page_token)
+            .map_err(|violation| invalid(vec![violation]))?;
         let mut query = flows::table
             .select(FlowRow::as_select())
             .order(flows::id)
@@ -232,7 +215,8 @@ impl FlowService for FlowsGrpc {
         &self,
         request: Request<ListEventRulesRequest>,
     ) -> Result<Response<ListEventRulesResponse>, Status> {
-        let page = Page::of(request.get_ref().page_size, &request.get_ref().page_token)?;
+        let page = NamePage::of(request.get_ref().page_size, &request.get_ref().page_token)
+            .map_err(|violation| invalid(vec![violation]))?;
         let mut query = event_rules::table
             .select(EventRuleRow::as_select())
             .order(event_rules::event_name)

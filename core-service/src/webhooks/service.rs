@@ -515,20 +515,43 @@ impl WebhookService for WebhooksGrpc {
 
     async fn list_endpoints(
         &self,
-        _request: Request<ListEndpointsRequest>,
+        request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
-        let mut connection = self.connection().await?;
-        let rows: Vec<EndpointRow> = webhook_endpoints::table
+        let body = request.into_inner();
+        let page_size = pagination::page_size(body.page_size)
+            .map_err(|v| Status::from(ServiceError::InvalidArgument(vec![v])))?;
+        let mut query = webhook_endpoints::table
             .select(EndpointRow::as_select())
-            .order(webhook_endpoints::created_at)
-            .load(&mut connection)
-            .await
-            .map_err(db_status)?;
-        let mut endpoints = Vec::with_capacity(rows.len());
-        for row in rows {
-            endpoints.push(self.describe(&mut connection, row).await?);
+            .order((webhook_endpoints::created_at, webhook_endpoints::id))
+            .limit(page_size + 1)
+            .into_boxed();
+        if !body.page_token.is_empty() {
+            let (time, id) = pagination::decode_cursor(&body.page_token)
+                .map_err(|v| Status::from(ServiceError::InvalidArgument(vec![v])))?;
+            query = query.filter(
+                webhook_endpoints::created_at
+                    .gt(time)
+                    .or(webhook_endpoints::created_at
+                        .eq(time)
+                        .and(webhook_endpoints::id.gt(id))),
+            );
         }
-        Ok(Response::new(ListEndpointsResponse { endpoints }))
+        let mut connection = self.connection().await?;
+        let mut rows: Vec<EndpointRow> = query.load(&mut connection).await.map_err(db_status)?;
+        let size = usize::try_from(page_size).unwrap_or(usize::MAX);
+        let more_follow = rows.len() > size;
+        rows.truncate(size);
+        // An endpoint's health is part of its message, so it is described before its bytes count.
+        let mut described = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key = (row.created_at, row.id);
+            described.push((key, self.describe(&mut connection, row).await?));
+        }
+        let (endpoints, next_page_token) = pagination::page_within_bytes(described, more_follow);
+        Ok(Response::new(ListEndpointsResponse {
+            endpoints,
+            next_page_token,
+        }))
     }
 
     async fn update_endpoint(

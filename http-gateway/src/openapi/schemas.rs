@@ -609,6 +609,8 @@ pub struct EndpointUpdate {
 #[derive(Serialize, ToSchema)]
 pub struct EndpointList {
     pub endpoints: Vec<Endpoint>,
+    /// Token for the next page; empty on the last.
+    pub next_page_token: String,
 }
 
 /// Optional body.
@@ -677,6 +679,8 @@ pub struct EventType {
 #[derive(Serialize, ToSchema)]
 pub struct EventTypeList {
     pub event_types: Vec<EventType>,
+    /// Token for the next page; empty on the last.
+    pub next_page_token: String,
 }
 
 #[derive(Serialize, ToSchema)]

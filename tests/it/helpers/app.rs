@@ -177,6 +177,40 @@ impl TestApp {
         }
     }
 
+    /// Every page of the list route `path` with `page_size`, as an admin: the `name` of each
+    /// of its `items`, page by page, following `next_page_token` to the last.
+    pub async fn all_pages(
+        &self,
+        path: &str,
+        items: &str,
+        name: &str,
+        page_size: usize,
+    ) -> Vec<Vec<String>> {
+        let admin = [("x-api-key", self.keys.admin.as_str())];
+        let mut pages = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = format!("{path}?page_size={page_size}&page_token={token}");
+            let reply = self.send(reqwest::Method::GET, &page, &admin, "").await;
+            assert_eq!(reply.status, 200, "{page}: {}", reply.text);
+            let names = reply.body[items]
+                .as_array()
+                .unwrap_or_else(|| panic!("{items} listed: {}", reply.text))
+                .iter()
+                .map(|item| item[name].as_str().expect("named").to_owned())
+                .collect();
+            pages.push(names);
+            token = reply.body["next_page_token"]
+                .as_str()
+                .expect("a token")
+                .to_owned();
+            if token.is_empty() {
+                return pages;
+            }
+            assert!(pages.len() < 1000, "{path}: pages end");
+        }
+    }
+
     pub async fn post_json(&self, path: &str, body: &Json) -> HttpReply {
         self.send(
             reqwest::Method::POST,
