@@ -91,10 +91,12 @@ impl PageKey for String {
     }
 }
 
-/// As [`finish_page`], for rows whose messages may be large: converts them with `message` and
-/// ends the page early, at the first that would take it past [`MAX_PAGE_BYTES`] (a page holds
-/// at least one), answering the token that continues from there.
-pub fn finish_page_within_bytes<T, K: PageKey, M: prost::Message>(
+/// The page of `rows` (fetched with one row more than `page_size`, to learn whether another
+/// page follows) converted by `message`, and the token that continues after it. A page also
+/// ends early, before the first row that would take it past [`MAX_PAGE_BYTES`] (a page holds
+/// at least one): rows that carry payloads could pass a client's limit long before the page is
+/// full.
+pub fn finish_page<T, K: PageKey, M: prost::Message>(
     rows: Vec<T>,
     page_size: i64,
     key: impl Fn(&T) -> K,
@@ -155,25 +157,6 @@ impl NamePage {
     }
 }
 
-/// Cuts the extra row a query fetched to learn whether another page follows, and returns the
-/// token for that page.
-pub fn finish_page<T>(
-    rows: &mut Vec<T>,
-    page_size: i64,
-    key: impl Fn(&T) -> (DateTime<Utc>, Uuid),
-) -> String {
-    let size = usize::try_from(page_size).unwrap_or(usize::MAX);
-    let has_more = rows.len() > size;
-    rows.truncate(size);
-    match rows.last() {
-        Some(last) if has_more => {
-            let (time, id) = key(last);
-            encode_cursor(time, id)
-        }
-        _ => String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use prost_types::Value;
@@ -195,7 +178,7 @@ mod tests {
     }
 
     fn page(rows: Vec<(DateTime<Utc>, Uuid, usize)>, page_size: i64) -> (Vec<Value>, String) {
-        finish_page_within_bytes(
+        finish_page(
             rows,
             page_size,
             |&(time, id, _)| (time, id),

@@ -111,11 +111,15 @@ pub async fn list(
         );
     }
     let mut connection = db::connection(pool).await?;
-    let mut rows: Vec<AuditRow> = query.load(&mut connection).await?;
-    let next_page_token =
-        pagination::finish_page(&mut rows, page_size, |row| (row.occurred_at, row.id));
+    let rows: Vec<AuditRow> = query.load(&mut connection).await?;
+    let (entries, next_page_token) = pagination::finish_page(
+        rows,
+        page_size,
+        |row| (row.occurred_at, row.id),
+        AuditEntry::from,
+    );
     Ok(ListAuditEntriesResponse {
-        entries: rows.into_iter().map(AuditEntry::from).collect(),
+        entries,
         next_page_token,
     })
 }

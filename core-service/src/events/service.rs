@@ -187,7 +187,7 @@ impl EventService for EventsGrpc {
             Json::Object(object) => Some(struct_from_json(object)),
             _ => None,
         };
-        let (event_types, next_page_token) = pagination::finish_page_within_bytes(
+        let (event_types, next_page_token) = pagination::finish_page(
             rows,
             page.size,
             |(name, ..)| name.clone(),

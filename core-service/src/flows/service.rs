@@ -144,12 +144,8 @@ impl FlowService for FlowsGrpc {
         }
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
         let rows: Vec<FlowRow> = query.load(&mut connection).await.map_err(db_status)?;
-        let (flows, next_page_token) = pagination::finish_page_within_bytes(
-            rows,
-            page.size,
-            |flow| flow.id.clone(),
-            flow_to_proto,
-        );
+        let (flows, next_page_token) =
+            pagination::finish_page(rows, page.size, |flow| flow.id.clone(), flow_to_proto);
         Ok(Response::new(ListFlowsResponse {
             flows,
             next_page_token,
@@ -227,7 +223,7 @@ impl FlowService for FlowsGrpc {
         }
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
         let rows: Vec<EventRuleRow> = query.load(&mut connection).await.map_err(db_status)?;
-        let (rules, next_page_token) = pagination::finish_page_within_bytes(
+        let (rules, next_page_token) = pagination::finish_page(
             rows,
             page.size,
             |rule| rule.event_name.clone(),

@@ -124,12 +124,8 @@ impl OutboxService for OutboxGrpc {
         let rows: Vec<JobRow> = query.load(&mut connection).await.map_err(db_status)?;
         // Payloads can be large (a trigger's data, an Emarsys event's): a page of them is cut
         // short rather than answered past what clients accept.
-        let (jobs, next_page_token) = pagination::finish_page_within_bytes(
-            rows,
-            page_size,
-            |row| (row.created_at, row.id),
-            job_proto,
-        );
+        let (jobs, next_page_token) =
+            pagination::finish_page(rows, page_size, |row| (row.created_at, row.id), job_proto);
         Ok(Response::new(ListOutboxJobsResponse {
             jobs,
             next_page_token,

@@ -21,7 +21,7 @@ use crate::config_watch::ConfigWatch;
 use crate::db::{self, DbPool};
 use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{self, Announcer, Clock, NewJob};
-use crate::pagination::{decode_cursor, encode_cursor, page_size};
+use crate::pagination::{decode_cursor, finish_page, page_size};
 use crate::request::RequestContext;
 
 pub struct TwentyGrpc {
@@ -393,17 +393,17 @@ impl TwentyService for TwentyGrpc {
             ),
         };
         let mut connection = self.db().await?;
-        let mut rows = records::failed_page(&mut connection, after, size + 1)
+        let rows = records::failed_page(&mut connection, after, size + 1)
             .await
             .map_err(ServiceError::from)?;
-        let more = rows.len() > usize::try_from(size).unwrap_or(usize::MAX);
-        rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => encode_cursor(last.updated_at, last.contact_id),
-            _ => String::new(),
-        };
+        let (syncs, next_page_token) = finish_page(
+            rows,
+            size,
+            |row| (row.updated_at, row.contact_id),
+            Into::into,
+        );
         Ok(Response::new(ListFailedSyncsResponse {
-            syncs: rows.into_iter().map(Into::into).collect(),
+            syncs,
             next_page_token,
         }))
     }

@@ -1014,11 +1014,15 @@ impl WebhookService for WebhooksGrpc {
             );
         }
         let mut connection = self.connection().await?;
-        let mut rows: Vec<DeliveryRow> = query.load(&mut connection).await.map_err(db_status)?;
-        let next_page_token =
-            pagination::finish_page(&mut rows, page_size, |row| (row.created_at, row.id));
+        let rows: Vec<DeliveryRow> = query.load(&mut connection).await.map_err(db_status)?;
+        let (deliveries, next_page_token) = pagination::finish_page(
+            rows,
+            page_size,
+            |row| (row.created_at, row.id),
+            delivery_proto,
+        );
         Ok(Response::new(ListDeliveriesResponse {
-            deliveries: rows.into_iter().map(delivery_proto).collect(),
+            deliveries,
             next_page_token,
         }))
     }
