@@ -11,3 +11,5 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switchbord_descriptor");
 
 pub mod json;
+
+pub mod violations;

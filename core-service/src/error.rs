@@ -2,6 +2,7 @@
 
 use std::error::Error as StdError;
 
+use switchbord_api::violations;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -67,10 +68,6 @@ impl From<diesel::result::Error> for ServiceError {
     }
 }
 
-/// The most violations one answer lists. An answer's status travels in HTTP/2 headers, which
-/// peers bound (16 KiB by default; past four times that, the connection is closed for every
-/// call on it): thousands of violations from one body, say of empty tags, must not reach that.
-const MAX_LISTED_VIOLATIONS: usize = 20;
 /// How many violations the status message spells out; the details list the rest.
 const MAX_SUMMARISED_VIOLATIONS: usize = 3;
 /// Field names can echo the caller's input (a property's key): longer ones are cut.
@@ -90,11 +87,10 @@ fn bounded(mut text: String, max: usize) -> String {
     text
 }
 
-/// `INVALID_ARGUMENT` naming each wrong field in a `BadRequest` detail: the first
-/// [`MAX_LISTED_VIOLATIONS`], the last of them saying how many more there are.
-fn invalid_argument(mut violations: Vec<FieldViolation>) -> Status {
-    let unlisted = violations.len().saturating_sub(MAX_LISTED_VIOLATIONS);
-    violations.truncate(MAX_LISTED_VIOLATIONS);
+/// `INVALID_ARGUMENT` naming each wrong field in a `BadRequest` detail, as many as
+/// [`violations::keep_listed`] keeps.
+fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
+    // Bounded before the count of those not listed is added, so that it is never cut off.
     let mut violations: Vec<FieldViolation> = violations
         .into_iter()
         .map(|violation| FieldViolation {
@@ -102,19 +98,15 @@ fn invalid_argument(mut violations: Vec<FieldViolation>) -> Status {
             description: bounded(violation.description, MAX_DESCRIPTION_BYTES),
         })
         .collect();
-    if unlisted > 0
-        && let Some(last) = violations.last_mut()
-    {
-        last.description
-            .push_str(&format!(" (and {unlisted} more not listed)"));
-    }
+    let found = violations.len();
+    violations::keep_listed(&mut violations, 0, |violation| &mut violation.description);
     let mut message = violations
         .iter()
         .take(MAX_SUMMARISED_VIOLATIONS)
         .map(|violation| format!("{}: {}", violation.field, violation.description))
         .collect::<Vec<_>>()
         .join("; ");
-    let more = violations.len() + unlisted - violations.len().min(MAX_SUMMARISED_VIOLATIONS);
+    let more = found - found.min(MAX_SUMMARISED_VIOLATIONS);
     if more > 0 {
         message.push_str(&format!("; and {more} more"));
     }
@@ -172,7 +164,7 @@ mod tests {
             .get_details_bad_request()
             .expect("a BadRequest detail")
             .field_violations;
-        assert_eq!(listed.len(), MAX_LISTED_VIOLATIONS);
+        assert_eq!(listed.len(), violations::MAX_LISTED);
         assert_eq!(
             listed[19].description,
             "must not be empty (and 5 more not listed)"

@@ -3,8 +3,9 @@
 
 use serde_json::{Map, Value as Json};
 use switchbord_api::json::{MAX_NESTING, NESTING_PROBLEM, object_nesting, struct_from_json};
+use switchbord_api::violations::MAX_LISTED;
 
-use crate::error::{ApiError, MAX_LISTED_VIOLATIONS, Violation};
+use crate::error::{ApiError, Violation};
 
 /// The header a trigger's or an Emarsys event's idempotency key is sent in, and the field the
 /// journey service knows it by (and names it by in a violation; the Emarsys service names the
@@ -13,7 +14,7 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 pub const IDEMPOTENCY_KEY_FIELD: &str = "idempotency_key";
 
 /// Collects type errors across the whole body so the caller sees all of them at once (the
-/// first [`MAX_LISTED_VIOLATIONS`], and how many more).
+/// first [`MAX_LISTED`], and how many more).
 #[derive(Default)]
 pub struct Decoder {
     violations: Vec<Violation>,
@@ -35,7 +36,7 @@ impl Decoder {
 
     /// Past the listed ones only counted: nothing is allocated for them.
     fn add(&mut self, violation: impl FnOnce() -> Violation) {
-        if self.violations.len() < MAX_LISTED_VIOLATIONS {
+        if self.violations.len() < MAX_LISTED {
             self.violations.push(violation());
         } else {
             self.unlisted += 1;

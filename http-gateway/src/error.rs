@@ -7,6 +7,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value as Json, json};
+use switchbord_api::violations;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -32,10 +33,6 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
-
-/// The most violations one answer lists, as the core does: a 1 MiB body of wrong items (half
-/// a million) must not be answered with each of them.
-pub const MAX_LISTED_VIOLATIONS: usize = 20;
 
 /// One wrong field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +82,7 @@ impl ApiError {
         }])
     }
 
-    /// A 400 naming every field in `violations`, up to [`MAX_LISTED_VIOLATIONS`].
+    /// A 400 naming every field in `violations`, as many as [`violations::keep_listed`] keeps.
     pub fn invalid_fields(violations: Vec<Violation>) -> Self {
         Self::invalid_fields_and_more(violations, 0)
     }
@@ -93,14 +90,9 @@ impl ApiError {
     /// As [`ApiError::invalid_fields`], for a caller that found `unlisted` more violations
     /// than it kept: the last one listed says how many are not.
     pub fn invalid_fields_and_more(mut violations: Vec<Violation>, unlisted: usize) -> Self {
-        let unlisted = unlisted + violations.len().saturating_sub(MAX_LISTED_VIOLATIONS);
-        violations.truncate(MAX_LISTED_VIOLATIONS);
-        if unlisted > 0
-            && let Some(last) = violations.last_mut()
-        {
-            last.description
-                .push_str(&format!(" (and {unlisted} more not listed)"));
-        }
+        violations::keep_listed(&mut violations, unlisted, |violation| {
+            &mut violation.description
+        });
         let message = summary(&violations);
         Self {
             violations,
