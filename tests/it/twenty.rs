@@ -2027,3 +2027,148 @@ async fn a_retry_of_more_failed_syncs_than_one_statement_can_queue_queues_them_a
     .await;
     assert_eq!(queued, FAILED);
 }
+
+/// Connects `app` to `fake` (for contacts made before Twenty was connected, which are not synced
+/// until they change).
+async fn connect(app: &TestApp, fake: &FakeTwenty) {
+    let reply = admin(
+        app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+#[tokio::test]
+async fn a_first_link_by_webhook_never_writes_the_contacts_blanks_over_twenty() {
+    let app = TestApp::spawn().await;
+    let fake = FakeTwenty::start(API_KEY).await;
+    let person = fake.insert_person(json!({
+        "name": {"firstName": "In", "lastName": "Twenty"},
+        "emails": {"primaryEmail": "in@example.com"},
+        "phones": {"primaryPhoneNumber": "15112340120", "primaryPhoneCallingCode": "+49"},
+    }));
+    let edited_in_twenty = Utc::now() - TimeDelta::minutes(1);
+    // A contact that knows only its phone number (a trigger's), newer than Twenty's edit.
+    app.upsert_contact(&json!({"phone_number": "+4915112340120"}))
+        .await;
+    settled(&app).await;
+    connect(&app, &fake).await;
+
+    let person_id = person["id"].as_str().unwrap();
+    let mut record = person_record(person_id, "In", "Twenty", "in@example.com", "15112340120");
+    record["updatedAt"] = json!(timestamp(edited_in_twenty));
+    let reply = send_webhook(&app, "person.updated", &record).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "stale",
+        "{}",
+        reply.text
+    );
+    settled(&app).await;
+
+    let people = fake.people();
+    assert_eq!(
+        people[0]["name"],
+        json!({"firstName": "In", "lastName": "Twenty"})
+    );
+    assert_eq!(people[0]["emails"]["primaryEmail"], "in@example.com");
+}
+
+#[tokio::test]
+async fn a_person_found_by_reference_does_not_overwrite_a_newer_local_change() {
+    let app = TestApp::spawn().await;
+    let fake = FakeTwenty::start(API_KEY).await;
+    let person = fake.insert_person(json!({
+        "name": {"firstName": "Old", "lastName": "Name"},
+        "phones": {"primaryPhoneNumber": "15112340131", "primaryPhoneCallingCode": "+49"},
+        "externalReferenceId": "crm-newer-here",
+    }));
+    let edited_in_twenty = Utc::now() - TimeDelta::minutes(1);
+    let local = app
+        .upsert_contact(&json!({
+            "phone_number": "+4915112340130",
+            "external_reference_id": "crm-newer-here",
+            "person_properties": {"name": "Local Newer"},
+        }))
+        .await;
+    settled(&app).await;
+    connect(&app, &fake).await;
+
+    let person_id = person["id"].as_str().unwrap();
+    let mut record = person_record(person_id, "Old", "Name", "", "15112340131");
+    record["externalReferenceId"] = json!("crm-newer-here");
+    record["updatedAt"] = json!(timestamp(edited_in_twenty));
+    let reply = send_webhook(&app, "person.updated", &record).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "stale",
+        "{}",
+        reply.text
+    );
+
+    let contact = contact_by_phone(&app, "+4915112340130").await;
+    assert_eq!(
+        contact["id"], local["contact"]["id"],
+        "kept its phone number"
+    );
+    assert_eq!(contact["name"], "Local Newer");
+    settled(&app).await;
+    let sync = sync_of(&app, contact["id"].as_str().unwrap()).await;
+    assert_eq!(sync["person_id"], person_id, "{sync}");
+    assert_eq!(
+        fake.people()[0]["name"],
+        json!({"firstName": "Local", "lastName": "Newer"}),
+        "the newer local change reached Twenty"
+    );
+}
+
+#[tokio::test]
+async fn a_long_error_message_from_twenty_is_kept_cut_short() {
+    let (app, fake) = connected().await;
+    fake.fail_next(Failure::BadRequest("no ".repeat(500_000)));
+    let backfill = admin(&app, Method::POST, &format!("{BASE}/backfill"), None).await;
+    assert_eq!(backfill.status, 200, "{}", backfill.text);
+    let mut state = Json::Null;
+    eventually("the backfill fails", async || {
+        state = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
+            .await
+            .body["backfill"]
+            .clone();
+        state["status"] == "failed"
+    })
+    .await;
+    let error = state["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("no no no"), "{error}");
+    assert!(
+        error.chars().count() < 1200,
+        "{} characters",
+        error.chars().count()
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_names_what_is_wrong_with_its_one_record_or_its_event_name() {
+    let (app, _fake) = connected().await;
+    let cases = [
+        (
+            json!({"eventName": "person.updated", "record": "x"}),
+            "record",
+        ),
+        (
+            json!({"eventName": "person.updated", "items": [{"record": {}}, {"record": 7}]}),
+            "items[1].record",
+        ),
+        (
+            json!({"eventName": "e".repeat(101), "record": {}}),
+            "eventName",
+        ),
+    ];
+    for (body, field) in cases {
+        let body = body.to_string();
+        let nonce = uuid::Uuid::new_v4().to_string();
+        let reply = post_signed(&app, &body, SECRET, Utc::now().timestamp_millis(), &nonce).await;
+        assert_eq!(reply.status, 400, "{field}: {}", reply.text);
+        assert_eq!(reply.body["details"][0]["field"], field, "{}", reply.text);
+    }
+}

@@ -2826,3 +2826,31 @@ async fn endpoints_and_event_types_are_listed_in_pages_a_client_can_read() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_another_run_recorded_first_leaves_the_delivery_its_job() {
+    let app = TestApp::spawn().await;
+    let (_endpoint, _receiver, answer) = held_delivery(&app, 500).await;
+    // Another run of the job recorded a failed attempt first: its lease had run out, so the
+    // retry it asked for was not kept.
+    let mut connection = app.database.connect().await;
+    sql_query("UPDATE webhook_deliveries SET attempts = 1")
+        .execute(&mut connection)
+        .await
+        .expect("another run's attempt");
+    answer.add_permits(1);
+
+    let running = "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver' \
+                   AND status = 'running'";
+    eventually("the run ends", async || count(&app, running).await == 0).await;
+    let waiting = "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver' \
+                   AND status = 'pending' AND run_after > now()";
+    assert_eq!(
+        count(&app, waiting).await,
+        1,
+        "the pending delivery keeps a job to retry it"
+    );
+    let pending =
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND attempts = 1";
+    assert_eq!(count(&app, pending).await, 1);
+}

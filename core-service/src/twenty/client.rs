@@ -16,6 +16,8 @@ use crate::webhooks::{GuardedResolver, UrlPolicy, error_chain, retry_after_delay
 const USER_AGENT: &str = concat!("Switchbord-Twenty-Sync/", env!("CARGO_PKG_VERSION"));
 /// How much of an unexpected answer is quoted in an error.
 const EXCERPT_CHARS: usize = 300;
+/// How much of Twenty's own error message is kept (its validation messages are a line each).
+const MAX_MESSAGE_CHARS: usize = 1000;
 /// The largest answer read. A page of people is tens of kilobytes; a server that sends more is
 /// not Twenty as we know it, and reading on would let it fill the memory of every sync job
 /// running at once.
@@ -345,9 +347,16 @@ fn is_twenty_not_found(text: &str) -> bool {
 }
 
 /// Twenty's own words from an error body (`{"messages": [...]}` or `{"message": ...}`), made
-/// storable.
+/// storable and cut at [`MAX_MESSAGE_CHARS`]: they are stored with the failed sync and sent in
+/// its `crm.twenty.sync_failed` event, and a server at the configured URL may answer anything.
 fn error_message(text: &str) -> String {
-    storable_text(own_words(text))
+    let words = own_words(text);
+    if words.chars().count() <= MAX_MESSAGE_CHARS {
+        return storable_text(words);
+    }
+    let mut cut: String = words.chars().take(MAX_MESSAGE_CHARS).collect();
+    cut.push('…');
+    storable_text(cut)
 }
 
 fn own_words(text: &str) -> String {

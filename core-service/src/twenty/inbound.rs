@@ -67,6 +67,8 @@ pub struct WebhookSecret {
 
 /// How often the log may say that calls are refused for want of a secret, in seconds.
 const WARN_EVERY_SECONDS: i64 = 60;
+/// The longest event name read (Twenty's are `person.updated` and the like).
+const MAX_EVENT_NAME_CHARS: usize = 100;
 
 impl WebhookSecret {
     pub fn new(config: ConfigWatch) -> Self {
@@ -209,19 +211,31 @@ fn parse(body: &[u8]) -> Result<Vec<PersonEvent>, FieldViolation> {
         .and_then(Json::as_str)
         .ok_or_else(|| FieldViolation::new("eventName", "is required"))?
         .to_owned();
-    let records: Vec<Json> = match (body.get("items"), body.get("record")) {
-        (Some(Json::Array(items)), _) => items
-            .iter()
-            .map(|item| item.get("record").cloned().unwrap_or(Json::Null))
-            .collect(),
-        (_, Some(record)) => vec![record.clone()],
+    // Twenty's are a few words (`person.updated`); the name is quoted in each record's result.
+    if name.chars().count() > MAX_EVENT_NAME_CHARS {
+        return Err(FieldViolation::new(
+            "eventName",
+            format!("must be at most {MAX_EVENT_NAME_CHARS} characters"),
+        ));
+    }
+    let (records, batched): (Vec<Json>, bool) = match (body.get("items"), body.get("record")) {
+        (Some(Json::Array(items)), _) => (
+            items
+                .iter()
+                .map(|item| item.get("record").cloned().unwrap_or(Json::Null))
+                .collect(),
+            true,
+        ),
+        (_, Some(record)) => (vec![record.clone()], false),
         _ => return Err(FieldViolation::new("record", "is required")),
     };
     if let Some(index) = records.iter().position(|record| !record.is_object()) {
-        return Err(FieldViolation::new(
-            format!("items[{index}].record"),
-            "must be an object",
-        ));
+        let field = if batched {
+            format!("items[{index}].record")
+        } else {
+            "record".to_owned()
+        };
+        return Err(FieldViolation::new(field, "must be an object"));
     }
     Ok(records
         .into_iter()
@@ -393,56 +407,45 @@ impl Apply<'_> {
             Ok(upsert) => upsert,
             Err(reason) => return Ok((result(person_id, None, Outcome::Skipped, &reason), false)),
         };
-        let existing = contacts::find_by_phone(connection, upsert.phone_number.as_str())
+        // The contact the upsert would address: the one with the phone number, else (changing
+        // its phone) the one with the person's external reference id.
+        let mut found = contacts::find_by_phone(connection, upsert.phone_number.as_str())
             .await
-            .optional()?;
-        // No contact has the phone number: the upsert would address the contact with the
-        // person's external reference id, changing its phone. One linked to another person is
-        // not this person's to take (two people sharing a reference would take it in turns).
-        if existing.is_none()
+            .optional()?
+            .map(|contact| (contact, "phone number"));
+        if found.is_none()
             && let Some(reference) = upsert.external_reference_id.as_deref()
-            && let Some(by_reference) = contacts::find_by_reference(connection, reference)
+        {
+            found = contacts::find_by_reference(connection, reference)
                 .await
                 .optional()?
-            && let Some(other) = records::find(connection, by_reference.id)
-                .await?
-                .and_then(|link| link.person_id)
-        {
-            return Ok((
-                result(
-                    person_id,
-                    Some(by_reference.id),
-                    Outcome::Skipped,
-                    &format!(
-                        "the contact with this external reference id is linked to person {other}"
-                    ),
-                ),
-                false,
-            ));
+                .map(|contact| (contact, "external reference id"));
         }
-        if let Some(existing) = &existing {
-            let link = records::find(connection, existing.id).await?;
+        if let Some((contact, found_by)) = &found {
+            let link = records::find(connection, contact.id).await?;
+            // One linked to another person is not this person's to take (two people sharing a
+            // reference would take it in turns).
             if let Some(other) = link.as_ref().and_then(|link| link.person_id.as_deref()) {
                 return Ok((
                     result(
                         person_id,
-                        Some(existing.id),
+                        Some(contact.id),
                         Outcome::Skipped,
-                        &format!("the contact with this phone number is linked to person {other}"),
+                        &format!("the contact with this {found_by} is linked to person {other}"),
                     ),
                     false,
                 ));
             }
-            if self.local_change_wins(existing, link.as_ref(), version) {
+            if self.local_change_wins(contact, link.as_ref(), version) {
                 // Link now; the contact's newer values go to Twenty with the next sync.
-                self.link(connection, existing.id, person_id, record, version)
+                self.first_link_keeping_twentys(connection, contact, person_id, record, version)
                     .await?;
-                records::mark_pending(connection, existing.id, self.now).await?;
-                queue_sync(connection, existing.id).await?;
+                records::mark_pending(connection, contact.id, self.now).await?;
+                queue_sync(connection, contact.id).await?;
                 return Ok((
                     result(
                         person_id,
-                        Some(existing.id),
+                        Some(contact.id),
                         Outcome::Stale,
                         "linked; the contact has a newer local change, which will be written to Twenty",
                     ),
@@ -521,6 +524,35 @@ impl Apply<'_> {
             contact_id,
             person_id,
             &holds,
+            Some(version),
+            self.now,
+        )
+        .await?;
+        Ok(())
+    }
+    /// Links a contact whose newer local change wins to the person, recording as Twenty's the
+    /// contact's own blanks: its next sync writes its newer values but never a blank over what
+    /// the CRM holds of the person (a contact a trigger created knows only its phone), as a
+    /// first link by phone from this side does.
+    async fn first_link_keeping_twentys(
+        &self,
+        connection: &mut AsyncPgConnection,
+        contact: &ContactRow,
+        person_id: &str,
+        record: &Json,
+        version: DateTime<Utc>,
+    ) -> Result<(), ServiceError> {
+        let mut known = self.mapping.twenty_holds(record);
+        for (field, value) in self.mapping.outbound_values(contact) {
+            if value.is_null() {
+                known.insert(field, Json::Null);
+            }
+        }
+        records::record_synced(
+            connection,
+            contact.id,
+            person_id,
+            &values_json(known),
             Some(version),
             self.now,
         )

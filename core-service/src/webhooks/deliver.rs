@@ -763,10 +763,31 @@ pub async fn record_attempt(
                 attempt,
                 "attempt not recorded: the delivery moved on meanwhile"
             );
-            Ok(Next::Done)
+            still_waiting(connection, policy, delivery.id).await
         }
         other => other,
     }
+}
+
+/// What the job of a delivery whose attempt another run recorded first does next. That run's
+/// lease had run out (its job's outcome is not kept): a delivery it left pending is retried by
+/// this job, on the schedule of the attempts it has had, or it would wait with no job forever.
+async fn still_waiting(
+    connection: &mut AsyncPgConnection,
+    policy: &DeliveryPolicy,
+    delivery_id: Uuid,
+) -> QueryResult<Next> {
+    let pending_attempts: Option<i32> = webhook_deliveries::table
+        .find(delivery_id)
+        .filter(webhook_deliveries::status.eq("pending"))
+        .select(webhook_deliveries::attempts)
+        .first(connection)
+        .await
+        .optional()?;
+    let delay = pending_attempts
+        .and_then(|attempts| usize::try_from(attempts).ok())
+        .and_then(|attempts| policy.schedule.get(attempts));
+    Ok(delay.map_or(Next::Done, |delay| Next::RetryAfter(*delay)))
 }
 
 /// The record of an attempt of `delivery` made at `now`.
