@@ -14,9 +14,9 @@ use serde_json::json;
 use switchbord_core::db::{self, DbPool};
 use switchbord_core::outbox::{
     Announcer, BoxFuture, ClaimedJob, Clock, JobContext, JobError, JobHandler, JobKind,
-    ManualClock, NewJob, Registry, Reservation as RequestReservation, Starter as RequestStarter,
-    SystemClock, Worker, WorkerConfig, claim, claim_expired, depth, enqueue, enqueue_many,
-    finish_succeeded, postpone, prune_succeeded,
+    ManualClock, NewJob, Registry, Reservation as RequestReservation, RetryDelay,
+    Starter as RequestStarter, SystemClock, Worker, WorkerConfig, claim, claim_expired, depth,
+    enqueue, enqueue_many, finish_succeeded, postpone, prune_succeeded,
 };
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -685,7 +685,7 @@ impl JobHandler for Lender {
             context.without_worker_slot(self.0.notified()).await;
             Err(JobError::Retry {
                 message: "the receiver said later".to_owned(),
-                after: Some(Duration::from_secs(300)),
+                after: RetryDelay::AtLeast(Duration::from_secs(300)),
             })
         })
     }

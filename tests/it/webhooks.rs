@@ -2854,3 +2854,34 @@ async fn a_failure_another_run_recorded_first_leaves_the_delivery_its_job() {
         "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND attempts = 1";
     assert_eq!(count(&app, pending).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_is_retried_on_its_schedule_not_on_its_jobs_backoff() {
+    let clock = Arc::new(ManualClock::default());
+    let app = TestApp::builder()
+        .clock(clock.clone())
+        .webhook_schedule("0s,1s,1s,1s,1s,1s")
+        .spawn()
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.status(500);
+    create(&app, &receiver.url(), &["contact.created"]).await;
+    new_contact(&app, "+4915112345678").await;
+    receiver.wait_for(1).await;
+    rescheduled(&app, 1).await;
+    for attempt in 2..=4 {
+        clock.advance(Duration::from_secs(10));
+        receiver.wait_for(attempt).await;
+        rescheduled(&app, i64::try_from(attempt).expect("few")).await;
+    }
+    // The core's clock is 30 s ahead of the database's. The worker's backoff after the job's
+    // fourth run would be 8 s (at least 6.4 with its jitter).
+    let due = "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.deliver' \
+               AND status = 'pending' \
+               AND run_after <= now() + interval '30 seconds' + interval '1200 milliseconds'";
+    assert_eq!(
+        count(&app, due).await,
+        1,
+        "due a second after the fourth failure, as the schedule says"
+    );
+}

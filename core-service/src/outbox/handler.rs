@@ -9,6 +9,7 @@ use std::time::Duration;
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 
+use super::backoff::RetryDelay;
 use super::clock::Clock;
 use super::starter::{self, Committed, Reservation, Starter};
 use super::store::{self, ClaimedJob, NewJob};
@@ -126,12 +127,9 @@ impl JobContext {
 /// Why a job did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    /// Try again later (after at least `after`, when given), until the kind's attempts run out.
+    /// Try again later (when, `after` says), until the kind's attempts run out.
     #[error("{message}")]
-    Retry {
-        message: String,
-        after: Option<Duration>,
-    },
+    Retry { message: String, after: RetryDelay },
     /// Retrying cannot help: dead-letter the job now.
     #[error("{0}")]
     Permanent(String),
@@ -145,7 +143,7 @@ impl JobError {
     pub fn retry(message: impl Into<String>) -> Self {
         Self::Retry {
             message: message.into(),
-            after: None,
+            after: RetryDelay::Backoff,
         }
     }
 }

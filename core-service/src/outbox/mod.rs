@@ -22,7 +22,7 @@ mod worker;
 pub mod admin;
 
 pub use announcer::Announcer;
-pub use backoff::{BackoffPolicy, retry_delay};
+pub use backoff::{BackoffPolicy, RetryDelay, retry_delay};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{BoxFuture, JobContext, JobError, JobHandler, JobKind, Registry};
 pub use pruner::{Pruner, prune_succeeded, prune_trigger_keys};

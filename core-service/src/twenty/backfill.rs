@@ -19,7 +19,7 @@ use crate::db;
 use crate::error::ServiceError;
 use crate::events::Audience;
 use crate::outbox::{
-    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
+    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob, RetryDelay,
 };
 use crate::request::{RequestContext, RequestId};
 use crate::schema::twenty_backfill as backfill;
@@ -273,7 +273,7 @@ impl JobHandler for BackfillHandler {
                 Err(error) if error.is_transient() && job.attempts < job.max_attempts => {
                     return Err(JobError::Retry {
                         message: error.to_string(),
-                        after: error.retry_after(),
+                        after: RetryDelay::at_least(error.retry_after()),
                     });
                 }
                 Err(error) => {

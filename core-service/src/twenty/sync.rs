@@ -20,7 +20,7 @@ use crate::db::{self, DbPool};
 use crate::events::types::{CONTACT_CREATED, CONTACT_UPDATED, TWENTY_SYNC_FAILED};
 use crate::events::{EventConsumer, EventDraft, StoredEvent, record};
 use crate::outbox::{
-    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
+    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob, RetryDelay,
 };
 
 pub const SYNC_JOB: JobKind = JobKind {
@@ -328,7 +328,7 @@ impl SyncHandler {
                     .map_err(retry)?;
                 Err(JobError::Retry {
                     message,
-                    after: error.retry_after(),
+                    after: RetryDelay::at_least(error.retry_after()),
                 })
             }
             Err(PushError::Twenty(error)) => {

@@ -31,7 +31,7 @@ use crate::db::{self, prepared};
 use crate::events::types::WEBHOOK_ENDPOINT_DISABLED;
 use crate::events::{EventDraft, StoredEvent, record};
 use crate::outbox::{
-    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
+    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob, RetryDelay,
 };
 use crate::schema::{events, webhook_attempts, webhook_deliveries, webhook_endpoints};
 
@@ -437,7 +437,7 @@ impl Deliverer {
             }
             Next::RetryAfter(after) => Err(JobError::Retry {
                 message: result.error.unwrap_or_else(|| "delivery failed".to_owned()),
-                after: Some(after),
+                after: RetryDelay::Exactly(after),
             }),
         }
     }
