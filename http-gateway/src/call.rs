@@ -11,10 +11,10 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::request_id::RequestId;
 
-/// The most credential bytes forwarded as sent, both headers together: keys are about 60
-/// bytes, and an Emarsys JWT a few hundred (8 KiB leaves room for many claims). Metadata
-/// travels in HTTP/2 headers, which the core bounds at 16 KiB in all; more failed the call as
-/// 500.
+/// The most credential bytes forwarded as sent, all credentials together (both headers and an
+/// Emarsys secret from the query): keys are about 60 bytes, and an Emarsys JWT a few hundred
+/// (8 KiB leaves room for many claims). Metadata travels in HTTP/2 headers, which the core
+/// bounds at 16 KiB in all; more failed the call as 500.
 const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 /// Forwarded instead of a credential past the budget (or one metadata cannot carry: a control
 /// byte, which a header cannot hold either), in the header's own scheme: a credential that is no
@@ -23,6 +23,14 @@ const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 /// (A value with bytes past ASCII is forwarded as sent; the core refuses it as unreadable.)
 const UNFORWARDABLE_KEY: &str = "unforwardable-credential";
 const UNFORWARDABLE_AUTHORIZATION: &str = "Bearer unforwardable-credential";
+
+/// Whether an `Authorization` value names the Bearer scheme, as the core reads it: any other
+/// scheme (Basic, Negotiate) is no credential of ours, and one too large to forward is dropped
+/// rather than stood in for, so that it still counts as none.
+fn names_bearer(authorization: &[u8]) -> bool {
+    let value = authorization.trim_ascii_start();
+    value.len() > 6 && value[..6].eq_ignore_ascii_case(b"bearer")
+}
 
 /// The client address, as decided by [`crate::client_ip`] and stored by the middleware.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +56,16 @@ impl CallContext {
 
     /// Wraps `message` in a gRPC request with the request id, client address and credential.
     pub fn grpc_request<T>(&self, message: T) -> tonic::Request<T> {
+        self.grpc_request_with_secret(message, None)
+    }
+
+    /// As [`CallContext::grpc_request`], also carrying `secret` (an Emarsys secret sent in the
+    /// query) as `x-emarsys-secret`, within the same budget as the credential headers.
+    pub fn grpc_request_with_secret<T>(
+        &self,
+        message: T,
+        secret: Option<&[u8]>,
+    ) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         let metadata = request.metadata_mut();
         if let Ok(value) = MetadataValue::try_from(self.request_id.to_string()) {
@@ -58,27 +76,33 @@ impl CallContext {
         {
             metadata.insert("x-switchbord-client-ip", value);
         }
+        let authorization = self.authorization.as_ref().map(HeaderValue::as_bytes);
+        let authorization_stand_in = authorization
+            .is_some_and(names_bearer)
+            .then_some(UNFORWARDABLE_AUTHORIZATION);
         let mut budget = MAX_CREDENTIAL_BYTES;
         for (name, value, stand_in) in [
-            ("x-api-key", &self.api_key, UNFORWARDABLE_KEY),
             (
-                "authorization",
-                &self.authorization,
-                UNFORWARDABLE_AUTHORIZATION,
+                "x-api-key",
+                self.api_key.as_ref().map(HeaderValue::as_bytes),
+                Some(UNFORWARDABLE_KEY),
             ),
+            ("authorization", authorization, authorization_stand_in),
+            ("x-emarsys-secret", secret, Some(UNFORWARDABLE_KEY)),
         ] {
             let Some(value) = value else {
                 continue;
             };
             let as_sent = (value.len() <= budget)
-                .then(|| AsciiMetadataValue::try_from(value.as_bytes()).ok())
+                .then(|| AsciiMetadataValue::try_from(value).ok())
                 .flatten();
-            let forwarded = match as_sent {
-                Some(as_sent) => {
+            let forwarded = match (as_sent, stand_in) {
+                (Some(as_sent), _) => {
                     budget -= value.len();
                     as_sent
                 }
-                None => AsciiMetadataValue::from_static(stand_in),
+                (None, Some(stand_in)) => AsciiMetadataValue::from_static(stand_in),
+                (None, None) => continue,
             };
             metadata.insert(name, forwarded);
         }

@@ -14,7 +14,6 @@ use serde_json::{Map, Value as Json, json};
 use switchbord_api::v1::{
     CheckEmarsysCredentialsRequest, EmarsysContact, IngestEmarsysEventRequest,
 };
-use tonic::metadata::AsciiMetadataValue;
 
 use crate::body::read_json_bytes;
 use crate::call::CallContext;
@@ -122,13 +121,7 @@ pub async fn ingest(
 
 /// `message` as a call to the core, with the query's secret as metadata.
 fn with_secret<T>(context: &CallContext, secret: Option<&str>, message: T) -> tonic::Request<T> {
-    let mut grpc = context.grpc_request(message);
-    if let Some(secret) = secret
-        && let Ok(value) = AsciiMetadataValue::try_from(secret.as_bytes())
-    {
-        grpc.metadata_mut().insert("x-emarsys-secret", value);
-    }
-    grpc
+    context.grpc_request_with_secret(message, secret.map(str::as_bytes))
 }
 
 /// A nested contact object, with the prefix its fields are named by in errors.

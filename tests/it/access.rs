@@ -372,6 +372,17 @@ async fn legacy_opt_out_accepts_anonymous_ingestion_only() {
         )
         .await;
     assert_eq!(digest.status, 200, "{}", digest.text);
+    // Nor is one too large to forward (a SPNEGO token from a corporate proxy).
+    let negotiate = format!("Negotiate {}", "Y".repeat(9 * 1024));
+    let negotiate = app
+        .send(
+            Method::POST,
+            "/compat/contact",
+            &[("authorization", negotiate.as_str())],
+            CONTACT,
+        )
+        .await;
+    assert_eq!(negotiate.status, 200, "{}", negotiate.text);
     assert_eq!(read, Code::Unauthenticated);
     assert_eq!(admin_rpc, Code::Unauthenticated);
 }

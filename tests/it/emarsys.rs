@@ -164,11 +164,20 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
     )
     .await;
     let garbage = post(&app, "", body, &[("authorization", "Bearer not.a.jwt")]).await;
+    // Too long to forward with the call, alone or beside a key: refused as any wrong secret.
+    let huge = format!("?secret={}", "a".repeat(17_000));
+    let huge_secret = post(&app, &huge, body, &[]).await;
+    let beside_a_key = format!("?secret={}", "a".repeat(9 * 1024));
+    let bearer = format!("Bearer {}", "b".repeat(8 * 1024 - 10));
+    let beside_a_key = post(&app, &beside_a_key, body, &[("authorization", &bearer)]).await;
     assert_eq!(
         count(&app, "SELECT count(*) AS count FROM webhook_events").await,
         0,
         "rejected calls store nothing"
     );
+    for reply in [&huge_secret, &beside_a_key] {
+        assert_eq!(reply.status, 401, "{}", reply.text);
+    }
 
     let right = post(&app, &format!("?secret={SECRET}"), body, &[]).await;
     // Named twice (a URL template that appends it again): read by the first.
