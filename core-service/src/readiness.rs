@@ -1,9 +1,14 @@
-//! gRPC health checking with a real answer: the overall status (service `""`) is checked live
-//! against the database on every call, so load balancers and the gateway's `/readyz` see a
-//! core that cannot reach PostgreSQL, or runs on an unmigrated schema, as not serving.
-//! Per-service statuses stay those the server reports at start.
+//! gRPC health checking with a real answer: the overall status (service `""`) is checked
+//! against the database, so load balancers and the gateway's `/readyz` see a core that cannot
+//! reach PostgreSQL, or runs on an unmigrated schema, as not serving. Per-service statuses stay
+//! those the server reports at start.
+//!
+//! Anyone may ask (health is open, `/readyz` takes no key), so one check runs at a time, and a
+//! call answers with the first check that started after it arrived: calls arriving during a
+//! check share the next one. A flood of checks holds one pooled connection, not the pool that
+//! keyed callers need, and no answer predates its call.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel_async::RunQueryDsl;
@@ -22,6 +27,9 @@ pub struct ReadinessHealth {
     services: HealthService,
     pool: DbPool,
     migrations: Vec<String>,
+    /// The last check's answer and when it started; held while a check runs, so that the calls
+    /// arriving meanwhile wait for it instead of checking too.
+    last: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
 }
 
 impl ReadinessHealth {
@@ -30,7 +38,27 @@ impl ReadinessHealth {
             services,
             pool,
             migrations: db::embedded_versions(),
+            last: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Why the core cannot serve, or `None` when it can, as found by a check that started
+    /// after this call arrived: the last one, if another call started it meanwhile.
+    async fn fresh_not_ready_reason(&self) -> Option<String> {
+        let arrived = Instant::now();
+        let mut last = self.last.lock().await;
+        if let Some((started, reason)) = last.as_ref()
+            && *started >= arrived
+        {
+            return reason.clone();
+        }
+        let started = Instant::now();
+        let reason = self.not_ready_reason().await;
+        if let Some(reason) = &reason {
+            tracing::warn!(reason, "readiness check failed");
+        }
+        *last = Some((started, reason.clone()));
+        reason
     }
 
     /// Why the core cannot serve, or `None` when it can.
@@ -82,12 +110,9 @@ impl Health for ReadinessHealth {
         if !request.get_ref().service.is_empty() {
             return self.services.check(request).await;
         }
-        let status = match self.not_ready_reason().await {
+        let status = match self.fresh_not_ready_reason().await {
             None => ServingStatus::Serving,
-            Some(reason) => {
-                tracing::warn!(reason, "readiness check failed");
-                ServingStatus::NotServing
-            }
+            Some(_) => ServingStatus::NotServing,
         };
         Ok(Response::new(HealthCheckResponse {
             status: status.into(),

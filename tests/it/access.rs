@@ -792,3 +792,34 @@ async fn a_request_the_core_does_not_answer_in_time_gets_a_504_in_its_familys_sh
         .sum();
     assert!(timed_out >= 1.0, "{}", metrics.text);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_checks_from_anyone_cannot_take_the_connections_of_keyed_callers() {
+    let app = TestApp::builder()
+        .db_pool(4, std::time::Duration::from_millis(500))
+        .spawn()
+        .await;
+    assert_eq!(upsert(&app, "+4915112345670").await.status, 200);
+
+    // While the migrations table cannot be read, eight readiness checks wait for it...
+    let mut blocker = lock_table(&app, "__diesel_schema_migrations", "ACCESS EXCLUSIVE").await;
+    let flood = futures::future::join_all(
+        (0..8).map(|_| app.send_anonymous(Method::GET, "/readyz", &[], "")),
+    );
+    let keyed_caller = async {
+        until_statements_wait_for_a_lock(&app.database, "%__diesel_schema_migrations%", 1).await;
+        // (time for the other seven to reach whatever they wait for)
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // ...and a caller whose key is known is served all the same.
+        let served = upsert(&app, "+4915112345679").await;
+        use diesel_async::SimpleAsyncConnection;
+        blocker.batch_execute("COMMIT").await.expect("unlock");
+        served
+    };
+    let (flood, served) = tokio::join!(flood, keyed_caller);
+    assert_eq!(served.status, 200, "{}", served.text);
+    for reply in flood {
+        // Not ready by the check that could not finish, or ready by the one after the unlock.
+        assert!([200, 503].contains(&reply.status), "{reply:?}");
+    }
+}
