@@ -283,6 +283,18 @@ async fn runs_with_no_configuration_stops_cleanly_and_keeps_data_across_restarts
         .await;
     assert_eq!(status, 200);
     let listed = keys_command(data.path(), &["list"]);
+    // On the database, without a core to name the field in a status, the error still does.
+    let refused = Command::new(BINARY)
+        .env_remove("DATABASE_URL")
+        .env_remove("SWITCHBORD_KEY_PEPPER")
+        .env("SWITCHBORD_DATA_DIR", data.path())
+        .args(["keys", "create", "--name", " ", "--role", "user"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchbord keys");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("name: must be 1 to"), "{stderr}");
     let names: Vec<&str> = listed
         .as_array()
         .expect("list")

@@ -298,6 +298,15 @@ async fn creating_keys_validates_and_shows_the_secret_only_once() {
         })
         .await
         .expect_err("expiry in the past");
+    // A name that would forge a line of `switchbord keys list` in an operator's terminal.
+    let forging = access
+        .create_api_key(CreateApiKeyRequest {
+            name: "ops\n0193a3b0-0000-7000-8000-000000000001  sbk_0000  admin  active".to_owned(),
+            role: Role::User.into(),
+            expires_at: None,
+        })
+        .await
+        .expect_err("a line break in the name");
 
     let key = created.api_key.expect("key");
     assert!(created.secret.starts_with(&format!("{}_", key.prefix)));
@@ -310,6 +319,8 @@ async fn creating_keys_validates_and_shows_the_secret_only_once() {
     );
     assert_eq!(no_role.code(), Code::InvalidArgument);
     assert_eq!(past.code(), Code::InvalidArgument);
+    assert_eq!(forging.code(), Code::InvalidArgument);
+    assert!(forging.message().starts_with("name: "), "{forging:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

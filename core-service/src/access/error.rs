@@ -5,7 +5,8 @@ use crate::error::{FieldViolation, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    #[error("invalid input")]
+    /// Shown whole where no status carries the fields (`switchbord keys` on the database).
+    #[error("invalid input: {}", listed(.0))]
     Invalid(Vec<FieldViolation>),
     #[error("api key not found")]
     KeyNotFound,
@@ -17,6 +18,14 @@ impl From<diesel::result::Error> for AccessError {
     fn from(error: diesel::result::Error) -> Self {
         Self::Db(DbError::from(error))
     }
+}
+
+fn listed(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl AccessError {

@@ -72,6 +72,14 @@ pub async fn create_key(
     if let Some(problem) = short_text_problem(&name, MAX_NAME_LEN) {
         return Err(AccessError::invalid("name", problem));
     }
+    // Names are printed in operators' terminals (`switchbord keys list`): a line break or an
+    // escape sequence could forge a line of the listing there.
+    if name.chars().any(char::is_control) {
+        return Err(AccessError::invalid(
+            "name",
+            "must not contain control characters",
+        ));
+    }
     if new.expires_at.is_some_and(|expiry| expiry <= Utc::now()) {
         return Err(AccessError::invalid("expires_at", "must be in the future"));
     }
