@@ -889,6 +889,21 @@ async fn a_validation_error_fails_the_record_until_the_cause_is_fixed_and_it_is_
         )
         .await
     };
+    // An id of spaces is a wrong id, not a request to retry every failed sync.
+    let blank = call(
+        &app,
+        &app.keys.manager,
+        Method::POST,
+        &format!("{BASE}/sync/retry"),
+        Some(json!({"contact_id": "   "})),
+    )
+    .await;
+    assert_eq!(blank.status, 400, "{}", blank.text);
+    assert_eq!(
+        blank.body["details"][0]["field"], "contact_id",
+        "{}",
+        blank.text
+    );
     let retried = retry().await;
     assert_eq!(retried.status, 200, "{}", retried.text);
     assert_eq!(retried.body["retried"], 1);

@@ -2885,3 +2885,37 @@ async fn a_delivery_is_retried_on_its_schedule_not_on_its_jobs_backoff() {
         "due a second after the fourth failure, as the schedule says"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_410_sent_before_an_operators_enable_does_not_disable_the_endpoint_again() {
+    let app = TestApp::spawn().await;
+    let (endpoint, _receiver, answer) = held_delivery(&app, 410).await;
+    let mut webhooks = client(&app).await;
+    // Disabled (as by an earlier 410) and enabled again while this attempt was under way.
+    webhooks
+        .disable_endpoint(DisableEndpointRequest {
+            id: endpoint.id.clone(),
+            reason: "the receiver answered 410 Gone".to_owned(),
+        })
+        .await
+        .expect("disable");
+    webhooks
+        .enable_endpoint(EnableEndpointRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("enable");
+    answer.add_permits(1);
+
+    until_deliveries_end_or_fail(&app).await;
+    let stored = webhooks
+        .get_endpoint(GetEndpointRequest { id: endpoint.id })
+        .await
+        .expect("get")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    assert!(stored.enabled, "{stored:?}");
+    let announced = "SELECT count(*) FROM events WHERE type = 'webhook.endpoint_disabled'";
+    assert_eq!(count(&app, announced).await, 0);
+}

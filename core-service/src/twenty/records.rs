@@ -422,36 +422,22 @@ pub async fn failed_page(
     query.load(connection).await
 }
 
-/// Sets failed (or, when `contact_id` names one, failed or unlinked) syncs back to pending and
-/// returns their contacts.
+/// Sets the contact's sync back to pending when it failed or was unlinked; answers whether it
+/// did. (Every failed one at once: [`super::sync::requeue_failed_syncs`].)
 pub async fn requeue(
     connection: &mut AsyncPgConnection,
-    contact_id: Option<Uuid>,
+    contact_id: Uuid,
     now: DateTime<Utc>,
-) -> QueryResult<Vec<Uuid>> {
-    let update = diesel::update(syncs::table).set((
-        syncs::status.eq(SyncStatus::Pending.as_str()),
-        syncs::attempts.eq(0),
-        syncs::updated_at.eq(now),
-    ));
-    match contact_id {
-        Some(id) => {
-            update
-                .filter(syncs::contact_id.eq(id))
-                .filter(
-                    syncs::status
-                        .eq_any([SyncStatus::Failed.as_str(), SyncStatus::Unlinked.as_str()]),
-                )
-                .returning(syncs::contact_id)
-                .get_results(connection)
-                .await
-        }
-        None => {
-            update
-                .filter(syncs::status.eq(SyncStatus::Failed.as_str()))
-                .returning(syncs::contact_id)
-                .get_results(connection)
-                .await
-        }
-    }
+) -> QueryResult<bool> {
+    let requeued = diesel::update(syncs::table)
+        .filter(syncs::contact_id.eq(contact_id))
+        .filter(syncs::status.eq_any([SyncStatus::Failed.as_str(), SyncStatus::Unlinked.as_str()]))
+        .set((
+            syncs::status.eq(SyncStatus::Pending.as_str()),
+            syncs::attempts.eq(0),
+            syncs::updated_at.eq(now),
+        ))
+        .execute(connection)
+        .await?;
+    Ok(requeued > 0)
 }

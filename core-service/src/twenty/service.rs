@@ -14,13 +14,13 @@ use super::mapping::{
     ContactField, Direction, Mapping, MappingEntry, TwentyField, default_entries,
 };
 use super::records::{self, SyncStatus};
-use super::sync::{queue_pending_syncs, sync_job};
+use super::sync::{queue_pending_syncs, requeue_failed_syncs, sync_job};
 use super::{connection, mapping_store};
 use crate::audit::{self, AuditRecord};
 use crate::config_watch::ConfigWatch;
 use crate::db::{self, DbPool};
 use crate::error::{FieldViolation, ServiceError};
-use crate::outbox::{self, Announcer, Clock, NewJob};
+use crate::outbox::{self, Announcer, Clock};
 use crate::pagination::{decode_cursor, finish_page, page_size};
 use crate::request::RequestContext;
 
@@ -413,9 +413,10 @@ impl TwentyService for TwentyGrpc {
         request: Request<RetryFailedSyncsRequest>,
     ) -> Result<Response<RetryFailedSyncsResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
-        let contact_id = match request.get_ref().contact_id.trim() {
+        // Only an absent id means every failed sync; one of spaces is a wrong id.
+        let contact_id = match request.get_ref().contact_id.as_str() {
             "" => None,
-            id => Some(parse_contact_id(id)?),
+            id => Some(parse_contact_id(id.trim())?),
         };
         let now = self.clock.now();
         let mut connection = self.db().await?;
@@ -426,17 +427,16 @@ impl TwentyService for TwentyGrpc {
         };
         let retried = audit::audited(&mut connection, entry, |connection| {
             Box::pin(async move {
-                let contacts = records::requeue(connection, contact_id, now).await?;
-                if contact_id.is_some() && contacts.is_empty() {
+                let Some(contact_id) = contact_id else {
+                    return Ok(requeue_failed_syncs(connection, now).await?);
+                };
+                if !records::requeue(connection, contact_id, now).await? {
                     return Err(ServiceError::FailedPrecondition(
                         "the contact's sync has not failed".to_owned(),
                     ));
                 }
-                // In statements of thousands: one per contact took minutes after a long outage,
-                // past the gateway's deadline, and the whole retry rolled back every time.
-                let jobs: Vec<NewJob> = contacts.iter().map(|&contact| sync_job(contact)).collect();
-                outbox::enqueue_many(connection, &jobs).await?;
-                Ok::<_, ServiceError>(contacts.len())
+                outbox::enqueue(connection, &sync_job(contact_id)).await?;
+                Ok::<_, ServiceError>(1)
             })
         })
         .await?;

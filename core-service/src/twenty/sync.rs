@@ -146,6 +146,32 @@ pub async fn queue_pending_syncs(connection: &mut AsyncPgConnection) -> diesel::
     .await
 }
 
+/// Sets every failed sync back to pending and queues its job, in one statement however many
+/// there are (a million after a long outage, which as a list of ids and jobs would have taken
+/// hundreds of megabytes), and answers how many.
+pub async fn requeue_failed_syncs(
+    connection: &mut AsyncPgConnection,
+    now: chrono::DateTime<chrono::Utc>,
+) -> diesel::QueryResult<usize> {
+    use diesel::sql_types::{Int4, Text, Timestamptz};
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(
+        "WITH requeued AS (
+             UPDATE twenty_contact_syncs SET status = 'pending', attempts = 0, updated_at = $3
+              WHERE status = 'failed'
+          RETURNING contact_id
+         )
+         INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at)
+         SELECT gen_random_uuid(), $1, jsonb_build_object('contact_id', contact_id), $2, $3, $3, $3
+           FROM requeued",
+    )
+    .bind::<Text, _>(SYNC_JOB.name)
+    .bind::<Int4, _>(SYNC_JOB.max_attempts)
+    .bind::<Timestamptz, _>(now)
+    .execute(connection)
+    .await
+}
+
 /// Runs `twenty.sync` jobs.
 pub struct SyncHandler {
     client: TwentyClient,

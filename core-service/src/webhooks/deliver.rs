@@ -948,11 +948,14 @@ async fn disable(
     reason: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
+    // Only the endpoint as the attempt found it: an operator's enable (or any change) since
+    // then answers the failures before it, which must not disable it again.
     let disabled = diesel::update(
         webhook_endpoints::table
             .find(endpoint.id)
             .filter(webhook_endpoints::enabled)
-            .filter(webhook_endpoints::url.eq(&endpoint.url)),
+            .filter(webhook_endpoints::url.eq(&endpoint.url))
+            .filter(webhook_endpoints::updated_at.le(endpoint.updated_at)),
     )
     .set((
         webhook_endpoints::enabled.eq(false),
