@@ -15,6 +15,7 @@ use tonic::Code;
 use tower::{Layer, Service};
 
 use crate::access::rules::{Access, access_for};
+use crate::request::RequestId;
 
 /// The methods of the public services (health, reflection) that the server implements.
 const PUBLIC_METHODS: &[&str] = &[
@@ -55,18 +56,15 @@ where
         self.inner.poll_ready(context)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let (service, method) = labels_for(request.uri().path());
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| uuid::Uuid::parse_str(value).ok());
+        let request_id = RequestId::from_headers(request.headers());
+        request.extensions_mut().insert(request_id);
         let span = tracing::info_span!(
             "grpc",
             service,
             method,
-            request_id = request_id.map(tracing::field::display)
+            request_id = %request_id.0
         );
         let started = Instant::now();
         let call = span.in_scope(|| self.inner.call(request));
@@ -135,5 +133,49 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// The request id the observed service finds in its request for `sent`.
+    async fn id_seen_for(sent: Option<&str>) -> Option<RequestId> {
+        let seen = Arc::new(Mutex::new(None));
+        let record = seen.clone();
+        let inner = tower::service_fn(move |request: http::Request<()>| {
+            *record.lock().expect("lock") = request.extensions().get::<RequestId>().copied();
+            async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
+        });
+        let mut observed = CallObserverLayer.layer(inner);
+        let mut request = http::Request::new(());
+        *request.uri_mut() = "/switchbord.v1.WebhookService/CreateEndpoint"
+            .parse()
+            .expect("path");
+        if let Some(sent) = sent {
+            request
+                .headers_mut()
+                .insert("x-request-id", sent.parse().expect("header"));
+        }
+        observed.call(request).await.expect("answered");
+        *seen.lock().expect("lock")
+    }
+
+    #[tokio::test]
+    async fn the_request_id_is_decided_once_for_the_log_and_the_call() {
+        let id = "7b0c1f4e-8a43-4c2e-9d55-0f6a3c2b1e90";
+        let padded = id_seen_for(Some(&format!(" {id} "))).await;
+        assert_eq!(
+            padded.map(|seen| seen.0.to_string()),
+            Some(id.to_owned()),
+            "the id sent, trimmed, as the audit entry reads it"
+        );
+        assert!(
+            id_seen_for(None).await.is_some(),
+            "one made for a call without"
+        );
     }
 }
