@@ -25,7 +25,7 @@ pub struct EndpointsArgs {
 pub enum EndpointsCommand {
     /// List endpoints with their health, oldest first.
     List {
-        /// At most this many endpoints (the core's default is 50, its maximum 500).
+        /// At most this many endpoints (the core's default and maximum: 500).
         #[arg(long)]
         limit: Option<i32>,
         /// Continue after the page that printed this token.

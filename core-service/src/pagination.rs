@@ -18,8 +18,20 @@ pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 /// The requested page size, defaulted and bounded.
 pub fn page_size(requested: i32) -> Result<i64, FieldViolation> {
+    page_size_or(requested, DEFAULT_PAGE_SIZE)
+}
+
+/// The requested page size of a configuration list (flows, rules, event types, endpoints),
+/// bounded, and the largest when not asked: these lists answered everything before they were
+/// paged, and a caller that does not page gets what it got then, up to [`MAX_PAGE_SIZE`] items
+/// and [`MAX_PAGE_BYTES`].
+pub fn configuration_page_size(requested: i32) -> Result<i64, FieldViolation> {
+    page_size_or(requested, MAX_PAGE_SIZE)
+}
+
+fn page_size_or(requested: i32, default: i64) -> Result<i64, FieldViolation> {
     match i64::from(requested) {
-        0 => Ok(DEFAULT_PAGE_SIZE),
+        0 => Ok(default),
         size if (1..=MAX_PAGE_SIZE).contains(&size) => Ok(size),
         _ => Err(FieldViolation::new(
             "page_size",
@@ -149,7 +161,7 @@ pub struct NamePage {
 
 impl NamePage {
     pub fn of(page_size: i32, page_token: &str) -> Result<Self, FieldViolation> {
-        let size = self::page_size(page_size)?;
+        let size = configuration_page_size(page_size)?;
         let after = (!page_token.is_empty())
             .then(|| decode_name_cursor(page_token))
             .transpose()?;

@@ -42,6 +42,14 @@ impl ReadinessHealth {
         }
     }
 
+    /// Why the core cannot serve, or `None` when it can, within [`CHECK_TIMEOUT`] of the call's
+    /// arrival, waiting for another call's check included (the gateway waits 3 s in all).
+    async fn not_ready_reason_in_time(&self) -> Option<String> {
+        tokio::time::timeout(CHECK_TIMEOUT, self.fresh_not_ready_reason())
+            .await
+            .unwrap_or_else(|_| Some(did_not_answer()))
+    }
+
     /// Why the core cannot serve, or `None` when it can, as found by a check that started
     /// after this call arrived: the last one, if another call started it meanwhile.
     async fn fresh_not_ready_reason(&self) -> Option<String> {
@@ -87,12 +95,16 @@ impl ReadinessHealth {
         match checked {
             Ok(Ok(())) => None,
             Ok(Err(reason)) => Some(reason),
-            Err(_) => Some(format!(
-                "the database did not answer within {} s",
-                CHECK_TIMEOUT.as_secs()
-            )),
+            Err(_) => Some(did_not_answer()),
         }
     }
+}
+
+fn did_not_answer() -> String {
+    format!(
+        "the database did not answer within {} s",
+        CHECK_TIMEOUT.as_secs()
+    )
 }
 
 #[derive(diesel::QueryableByName)]
@@ -110,7 +122,7 @@ impl Health for ReadinessHealth {
         if !request.get_ref().service.is_empty() {
             return self.services.check(request).await;
         }
-        let status = match self.fresh_not_ready_reason().await {
+        let status = match self.not_ready_reason_in_time().await {
             None => ServingStatus::Serving,
             Some(_) => ServingStatus::NotServing,
         };

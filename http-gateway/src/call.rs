@@ -25,8 +25,8 @@ const UNFORWARDABLE_KEY: &str = "unforwardable-credential";
 const UNFORWARDABLE_AUTHORIZATION: &str = "Bearer unforwardable-credential";
 
 /// Whether an `Authorization` value names the Bearer scheme, as the core reads it: any other
-/// scheme (Basic, Negotiate) is no credential of ours, and one too large to forward is dropped
-/// rather than stood in for, so that it still counts as none.
+/// scheme (Basic, Negotiate) is no credential of ours and is not forwarded (nor counted against
+/// the budget), as the core would count it as none.
 fn names_bearer(authorization: &[u8]) -> bool {
     let value = authorization.trim_ascii_start();
     value.len() > 6 && value[..6].eq_ignore_ascii_case(b"bearer")
@@ -76,19 +76,23 @@ impl CallContext {
         {
             metadata.insert("x-switchbord-client-ip", value);
         }
-        let authorization = self.authorization.as_ref().map(HeaderValue::as_bytes);
-        let authorization_stand_in = authorization
-            .is_some_and(names_bearer)
-            .then_some(UNFORWARDABLE_AUTHORIZATION);
+        let bearer = self
+            .authorization
+            .as_ref()
+            .map(HeaderValue::as_bytes)
+            .filter(|authorization| names_bearer(authorization));
+        // A secret metadata cannot carry is left out, as before it shared the budget: the core
+        // then checks the call's Bearer JWT, if any.
+        let secret = secret.filter(|secret| AsciiMetadataValue::try_from(*secret).is_ok());
         let mut budget = MAX_CREDENTIAL_BYTES;
         for (name, value, stand_in) in [
             (
                 "x-api-key",
                 self.api_key.as_ref().map(HeaderValue::as_bytes),
-                Some(UNFORWARDABLE_KEY),
+                UNFORWARDABLE_KEY,
             ),
-            ("authorization", authorization, authorization_stand_in),
-            ("x-emarsys-secret", secret, Some(UNFORWARDABLE_KEY)),
+            ("authorization", bearer, UNFORWARDABLE_AUTHORIZATION),
+            ("x-emarsys-secret", secret, UNFORWARDABLE_KEY),
         ] {
             let Some(value) = value else {
                 continue;
@@ -96,13 +100,12 @@ impl CallContext {
             let as_sent = (value.len() <= budget)
                 .then(|| AsciiMetadataValue::try_from(value).ok())
                 .flatten();
-            let forwarded = match (as_sent, stand_in) {
-                (Some(as_sent), _) => {
+            let forwarded = match as_sent {
+                Some(as_sent) => {
                     budget -= value.len();
                     as_sent
                 }
-                (None, Some(stand_in)) => AsciiMetadataValue::from_static(stand_in),
-                (None, None) => continue,
+                None => AsciiMetadataValue::from_static(stand_in),
             };
             metadata.insert(name, forwarded);
         }

@@ -11,7 +11,8 @@ use crate::error::ApiError;
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// Page size (default 50, at most 500); a page of large items may hold fewer.
+    /// Page size, at most 500 (the default: 500 for configuration lists, else 50); a page of
+    /// large items may hold fewer.
     #[serde(default)]
     #[param(required = false)]
     pub page_size: i32,

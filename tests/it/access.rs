@@ -307,6 +307,14 @@ async fn creating_keys_validates_and_shows_the_secret_only_once() {
         })
         .await
         .expect_err("a line break in the name");
+    let reversed = access
+        .create_api_key(CreateApiKeyRequest {
+            name: "ops\u{202E}nimda".to_owned(),
+            role: Role::User.into(),
+            expires_at: None,
+        })
+        .await
+        .expect_err("a right-to-left override in the name");
 
     let key = created.api_key.expect("key");
     assert!(created.secret.starts_with(&format!("{}_", key.prefix)));
@@ -320,6 +328,7 @@ async fn creating_keys_validates_and_shows_the_secret_only_once() {
     assert_eq!(no_role.code(), Code::InvalidArgument);
     assert_eq!(past.code(), Code::InvalidArgument);
     assert_eq!(forging.code(), Code::InvalidArgument);
+    assert_eq!(reversed.code(), Code::InvalidArgument);
     assert!(forging.message().starts_with("name: "), "{forging:?}");
 }
 

@@ -207,6 +207,15 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
         &[("authorization", &format!("Bearer {with_audience}"))],
     )
     .await;
+    // A large header of another scheme (a proxy's) is no credential and takes no budget.
+    let negotiate = format!("Negotiate {}", "N".repeat(8 * 1024 - 20));
+    let beside_negotiate = post(
+        &app,
+        &format!("?secret={SECRET}"),
+        r#"{"event_name": "order_exchanged"}"#,
+        &[("authorization", &negotiate)],
+    )
+    .await;
 
     for (name, reply) in [
         ("missing", &missing),
@@ -228,9 +237,10 @@ async fn the_secret_or_a_jwt_signed_with_it_is_required_once_configured() {
         "{}",
         with_audience_reply.text
     );
+    assert_eq!(beside_negotiate.status, 200, "{}", beside_negotiate.text);
     assert_eq!(
         count(&app, "SELECT count(*) AS count FROM webhook_events").await,
-        4
+        5
     );
 }
 

@@ -2781,6 +2781,11 @@ async fn endpoints_and_event_types_are_listed_in_pages_a_client_can_read() {
     let pages = app.all_pages(path, "endpoints", "id", 150).await;
     assert_eq!(pages.len(), 3, "cut by count");
     assert_eq!(pages.concat(), ids);
+    // A caller that does not page gets as many as fit, as before these lists were paged.
+    let admin = [("x-api-key", app.keys.admin.as_str())];
+    let unpaged = app.send(reqwest::Method::GET, path, &admin, "").await;
+    let listed = unpaged.body["endpoints"].as_array().map_or(0, Vec::len);
+    assert!(listed > 200, "{listed} endpoints in one answer");
 
     let example = json!({"v": "x".repeat(63 * 1024)});
     let mut registered = Vec::new();
@@ -2918,4 +2923,11 @@ async fn a_410_sent_before_an_operators_enable_does_not_disable_the_endpoint_aga
     assert!(stored.enabled, "{stored:?}");
     let announced = "SELECT count(*) FROM events WHERE type = 'webhook.endpoint_disabled'";
     assert_eq!(count(&app, announced).await, 0);
+    let retried =
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND attempts = 1";
+    assert_eq!(
+        count(&app, retried).await,
+        1,
+        "retried on the schedule, as after any failure of an enabled endpoint"
+    );
 }

@@ -60,6 +60,17 @@ pub struct NewKey {
     pub custom_secret: Option<String>,
 }
 
+/// Control characters, line and paragraph separators, and the marks that reorder text.
+fn forges_a_terminal_line(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+        )
+        || ('\u{202A}'..='\u{202E}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
 /// Creates a key and its audit entry in one transaction; returns the row and the secret.
 pub async fn create_key(
     connection: &mut AsyncPgConnection,
@@ -72,9 +83,9 @@ pub async fn create_key(
     if let Some(problem) = short_text_problem(&name, MAX_NAME_LEN) {
         return Err(AccessError::invalid("name", problem));
     }
-    // Names are printed in operators' terminals (`switchbord keys list`): a line break or an
-    // escape sequence could forge a line of the listing there.
-    if name.chars().any(char::is_control) {
+    // Names are printed in operators' terminals (`switchbord keys list`): a line break, an
+    // escape sequence or a reversal of the text's direction could forge a line there.
+    if name.chars().any(forges_a_terminal_line) {
         return Err(AccessError::invalid(
             "name",
             "must not contain control characters",

@@ -695,10 +695,10 @@ pub async fn record_attempt(
             let (status, disable_reason, next) = {
                 let window = chrono::Duration::from_std(policy.disable_after)
                     .unwrap_or(chrono::Duration::MAX);
-                // Moved to another URL since the attempt was sent: the old URL's answer says
-                // nothing of the new one, and the delivery is retried there as after any failure.
+                // Changed since the attempt was sent (moved, enabled again): its answer says
+                // nothing of the endpoint now, and the delivery is retried as after any failure.
                 let disable_reason = match failing {
-                    Failing::Moved => None,
+                    Failing::Changed => None,
                     Failing::Since(_) if result.status_code == Some(410) => {
                         Some("the receiver answered 410 Gone".to_owned())
                     }
@@ -763,23 +763,30 @@ pub async fn record_attempt(
                 attempt,
                 "attempt not recorded: the delivery moved on meanwhile"
             );
-            still_waiting(connection, policy, delivery.id).await
+            if retries {
+                still_waiting(connection, policy, delivery).await
+            } else {
+                Ok(Next::Done)
+            }
         }
         other => other,
     }
 }
 
 /// What the job of a delivery whose attempt another run recorded first does next. That run's
-/// lease had run out (its job's outcome is not kept): a delivery it left pending is retried by
-/// this job, on the schedule of the attempts it has had, or it would wait with no job forever.
+/// lease had run out (its job's outcome is not kept): a delivery it left pending, with more
+/// attempts than this run found, is retried by this job on the schedule of those attempts, or
+/// it would wait with no job forever. One with fewer was retried by an operator, whose retry
+/// has a job of its own.
 async fn still_waiting(
     connection: &mut AsyncPgConnection,
     policy: &DeliveryPolicy,
-    delivery_id: Uuid,
+    delivery: &DeliveryRow,
 ) -> QueryResult<Next> {
     let pending_attempts: Option<i32> = webhook_deliveries::table
-        .find(delivery_id)
+        .find(delivery.id)
         .filter(webhook_deliveries::status.eq("pending"))
+        .filter(webhook_deliveries::attempts.gt(delivery.attempts))
         .select(webhook_deliveries::attempts)
         .first(connection)
         .await
@@ -787,7 +794,9 @@ async fn still_waiting(
     let delay = pending_attempts
         .and_then(|attempts| usize::try_from(attempts).ok())
         .and_then(|attempts| policy.schedule.get(attempts));
-    Ok(delay.map_or(Next::Done, |delay| Next::RetryAfter(*delay)))
+    Ok(delay.map_or(Next::Done, |delay| {
+        Next::RetryAfter(delay.mul_f64(rand::rng().random_range(1.0..1.1)))
+    }))
 }
 
 /// The record of an attempt of `delivery` made at `now`.
@@ -814,15 +823,17 @@ pub(super) fn attempt_row(
 enum Failing {
     /// Failing since then (from now on, unless it was failing already).
     Since(DateTime<Utc>),
-    /// Moved to another URL since the attempt was sent: the failure is not the endpoint's.
-    Moved,
+    /// Changed since the attempt was sent (moved to another URL, enabled again by an operator
+    /// after a disable, edited): the failure says nothing of the endpoint as it is now.
+    Changed,
 }
 
 /// Since when `endpoint` has been failing: from now on, unless it was failing already. Read
 /// from its row, not from the caller's copy, which may be older than another attempt's failure
 /// or success (the fan-out's endpoints are cached; see [`crate::config_watch`]). The row is
-/// written only when it starts failing, and only while it has the URL the attempt went to; it
-/// is locked against deletion until the transaction ends. `None` when the endpoint is gone.
+/// written only when it starts failing, and only while it is as the attempt found it (its URL
+/// and its last change, `updated_at`, compared for equality: instances' clocks differ); it is
+/// locked against deletion until the transaction ends. `None` when the endpoint is gone.
 async fn mark_failing(
     connection: &mut AsyncPgConnection,
     endpoint: &EndpointRow,
@@ -836,6 +847,8 @@ async fn mark_failing(
         failing_since: Option<DateTime<Utc>>,
         #[diesel(sql_type = Text)]
         url: String,
+        #[diesel(sql_type = Timestamptz)]
+        updated_at: DateTime<Utc>,
     }
 
     // Another failure may have started the window since it was read: COALESCE keeps the
@@ -843,27 +856,31 @@ async fn mark_failing(
     let found = prepared(
         diesel::sql_query(
             "WITH locked AS (
-             SELECT id, failing_since, url FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE
+             SELECT id, failing_since, url, updated_at FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE
          ), started AS (
              UPDATE webhook_endpoints AS e SET failing_since = COALESCE(e.failing_since, $2)
              FROM locked
              WHERE e.id = locked.id AND locked.failing_since IS NULL AND locked.url = $3
+               AND locked.updated_at = $4
              RETURNING e.failing_since
          )
          SELECT COALESCE((SELECT failing_since FROM started), locked.failing_since) AS failing_since,
-                locked.url
+                locked.url, locked.updated_at
            FROM locked",
         )
         .bind::<SqlUuid, _>(endpoint.id)
         .bind::<Timestamptz, _>(now)
-        .bind::<Text, _>(&endpoint.url),
+        .bind::<Text, _>(&endpoint.url)
+        .bind::<Timestamptz, _>(endpoint.updated_at),
     )
     .get_result::<Found>(connection)
     .await
     .optional()?;
     Ok(found.map(|found| match found.failing_since {
-        Some(since) if found.url == endpoint.url => Failing::Since(since),
-        _ => Failing::Moved,
+        Some(since) if found.url == endpoint.url && found.updated_at == endpoint.updated_at => {
+            Failing::Since(since)
+        }
+        _ => Failing::Changed,
     }))
 }
 
@@ -948,14 +965,14 @@ async fn disable(
     reason: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
-    // Only the endpoint as the attempt found it: an operator's enable (or any change) since
-    // then answers the failures before it, which must not disable it again.
+    // Only the endpoint as the attempt found it (as `mark_failing` checked it, again here in
+    // case it changed since): an operator's enable since then answers the failures before it.
     let disabled = diesel::update(
         webhook_endpoints::table
             .find(endpoint.id)
             .filter(webhook_endpoints::enabled)
             .filter(webhook_endpoints::url.eq(&endpoint.url))
-            .filter(webhook_endpoints::updated_at.le(endpoint.updated_at)),
+            .filter(webhook_endpoints::updated_at.eq(endpoint.updated_at)),
     )
     .set((
         webhook_endpoints::enabled.eq(false),

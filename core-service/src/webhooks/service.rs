@@ -248,8 +248,9 @@ fn db_status(error: impl Into<DbError>) -> Status {
     ServiceError::from(error.into()).into()
 }
 
-/// An event type's schema and its example, each: the catalog answers every type at once, to
-/// every role, and must stay far below the 4 MiB a gRPC client reads by default.
+/// An event type's schema and its example, each: the catalog is read by every role, and a page
+/// of it, which holds at least one type, must stay far below the 4 MiB a gRPC client reads by
+/// default (a page ends at 3 MiB).
 const MAX_CATALOG_JSON_BYTES: usize = 64 * 1024;
 
 fn invalid(field: &str, description: impl Into<String>) -> Status {
@@ -518,7 +519,7 @@ impl WebhookService for WebhooksGrpc {
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
         let body = request.into_inner();
-        let page_size = pagination::page_size(body.page_size)
+        let page_size = pagination::configuration_page_size(body.page_size)
             .map_err(|v| Status::from(ServiceError::InvalidArgument(vec![v])))?;
         let mut query = webhook_endpoints::table
             .select(EndpointRow::as_select())
