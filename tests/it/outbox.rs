@@ -132,6 +132,44 @@ impl JobHandler for BackgroundStarter {
     }
 }
 
+/// As [`BackgroundStarter`], the started job finished by a task that its first background task
+/// spawns a moment later (as a dispatch's webhook attempts are).
+struct NestedBackgroundStarter;
+
+impl JobHandler for NestedBackgroundStarter {
+    fn kind(&self) -> JobKind {
+        STARTER
+    }
+
+    fn run<'a>(
+        &'a self,
+        _job: &'a ClaimedJob,
+        context: &'a JobContext,
+    ) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let mut connection = db::connection(&context.pool).await.expect("connection");
+            let jobs = [NewJob::new(KIND, json!({"n": 0}), None)];
+            let mut started = context
+                .enqueue_started(&mut connection, &jobs)
+                .await
+                .expect("enqueue a started job");
+            let job = started.pop().expect("one job");
+            let outer = context.clone();
+            context.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let inner = outer.clone();
+                outer.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    inner
+                        .finish_started(&job, Ok(()), std::time::Instant::now())
+                        .await;
+                });
+            });
+            Ok(())
+        })
+    }
+}
+
 impl JobHandler for Starter {
     fn kind(&self) -> JobKind {
         STARTER
@@ -1134,6 +1172,32 @@ async fn shutdown_waits_for_started_jobs_running_in_the_background() {
     let id = started_job_ids(&setup).await[0];
     assert_eq!(job_state(&setup, id).await.status, "running");
 
+    worker.stop().await;
+
+    let state = job_state(&setup, id).await;
+    assert_eq!(
+        (state.status.as_str(), state.attempts),
+        ("succeeded", 1),
+        "{state:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_waits_for_background_tasks_that_background_tasks_start() {
+    let setup = setup().await;
+    let mut registry = Registry::default();
+    registry
+        .register(NestedBackgroundStarter)
+        .register(Recorder(Behaviour::Succeed));
+    let worker = RunningWorker::start_with(&setup, registry, Arc::new(SystemClock), fast());
+    let starter = enqueue_starter(&setup).await;
+    eventually("the starting job finished", || async {
+        job_state(&setup, starter).await.status == "succeeded"
+    })
+    .await;
+    let id = started_job_ids(&setup).await[0];
+
+    // Before the first background task has started the second.
     worker.stop().await;
 
     let state = job_state(&setup, id).await;

@@ -375,12 +375,18 @@ impl Worker {
         inner.stopped.notify_waiters();
         listener.abort();
         broadcaster.abort();
-        // Claimed jobs first: they may still start background ones.
+        // Claimed jobs first: they may still start background ones, which may start more (a
+        // dispatch's webhook attempts): each set is waited for until one comes back empty.
         let mut background = JoinSet::new();
         let drained = tokio::time::timeout(inner.config.shutdown_grace, async {
             while running.join_next().await.is_some() {}
-            background = inner.context.lease.take_background();
-            while background.join_next().await.is_some() {}
+            loop {
+                background = inner.context.lease.take_background();
+                if background.is_empty() {
+                    break;
+                }
+                while background.join_next().await.is_some() {}
+            }
         })
         .await;
         if drained.is_err() {
