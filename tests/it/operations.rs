@@ -420,18 +420,38 @@ async fn trigger_keys_are_deleted_once_no_window_can_hold_them() {
     .execute(&mut connection)
     .await
     .expect("a later key");
+    // Emarsys events' redelivery keys, with the same retention.
+    diesel::sql_query(
+        "INSERT INTO webhook_event_keys (dedup_key, webhook_event_id, outbox_job_id, accepted_at)
+         VALUES ('emarsys-first', gen_random_uuid(), gen_random_uuid(), now()),
+                ('emarsys-later', gen_random_uuid(), gen_random_uuid(), now() + interval '29 days')",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("Emarsys keys");
     let keys = "SELECT count(*) FROM journey_trigger_keys";
+    let emarsys_keys = "SELECT count(*) FROM webhook_event_keys";
 
     // Kept past the 60 s window for 30 days, as an Emarsys event's flows need (the pruner looks
     // every second at this retention).
     clock.advance(std::time::Duration::from_secs(29 * 24 * 3600));
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(crate::helpers::count(&app.database, keys).await, 2);
+    assert_eq!(crate::helpers::count(&app.database, emarsys_keys).await, 2);
     clock.advance(std::time::Duration::from_secs(2 * 24 * 3600));
-    eventually("the first key is pruned", async || {
+    eventually("the first keys are pruned", async || {
         crate::helpers::count(&app.database, keys).await == 1
+            && crate::helpers::count(&app.database, emarsys_keys).await == 1
     })
     .await;
+    assert_eq!(
+        crate::helpers::count(
+            &app.database,
+            "SELECT count(*) FROM webhook_event_keys WHERE dedup_key = 'emarsys-later'"
+        )
+        .await,
+        1
+    );
     assert_eq!(
         crate::helpers::count(
             &app.database,

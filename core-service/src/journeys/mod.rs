@@ -11,7 +11,7 @@ mod trigger;
 
 pub use error::JourneyError;
 pub use input::{Enrolee, Route, TriggerInput, validate_trigger};
-pub use prune::{LEAST_KEY_RETENTION, delete_keys_before, key_retention};
+pub use prune::{DedupKeys, LEAST_KEY_RETENTION, delete_keys_before, key_retention};
 pub use run::{JourneyTriggerHandler, TRIGGER_JOB};
 pub use service::JourneysGrpc;
 pub use trigger::{TriggerOutcome, accept_trigger};

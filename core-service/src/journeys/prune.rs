@@ -1,4 +1,6 @@
-//! Deleting deduplication keys once no window can still hold them.
+//! Deleting deduplication keys once no window can still hold them: journey triggers' and, with
+//! the same retention, Emarsys events' redelivery keys (taken over once older than the
+//! window, so deleting them changes no answer).
 
 use std::time::Duration;
 
@@ -18,24 +20,47 @@ pub fn key_retention(trigger_window: Duration) -> Duration {
     trigger_window.max(LEAST_KEY_RETENTION)
 }
 
-/// Deletes at most `limit` of the oldest keys last taken before `cutoff` (found through
-/// `journey_trigger_keys_accepted_at_idx`, so a batch never rereads what the last one deleted),
-/// and returns how many. A key taken again meanwhile is left: the delete reads its new time
-/// before it deletes.
+/// A table of deduplication keys.
+#[derive(Debug, Clone, Copy)]
+pub enum DedupKeys {
+    JourneyTriggers,
+    EmarsysEvents,
+}
+
+impl DedupKeys {
+    /// Deletes at most `$2` of the oldest keys last taken before `$1`, found through the
+    /// table's index on `accepted_at`.
+    fn delete_statement(self) -> &'static str {
+        match self {
+            Self::JourneyTriggers => {
+                "DELETE FROM journey_trigger_keys WHERE dedup_key IN (
+                 SELECT dedup_key FROM journey_trigger_keys WHERE accepted_at < $1
+                 ORDER BY accepted_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 AND accepted_at < $1"
+            }
+            Self::EmarsysEvents => {
+                "DELETE FROM webhook_event_keys WHERE dedup_key IN (
+                 SELECT dedup_key FROM webhook_event_keys WHERE accepted_at < $1
+                 ORDER BY accepted_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 AND accepted_at < $1"
+            }
+        }
+    }
+}
+
+/// Deletes at most `limit` of the oldest `keys` last taken before `cutoff` (found through the
+/// index on `accepted_at`, so a batch never rereads what the last one deleted), and returns how
+/// many. A key taken again meanwhile is left: the delete reads its new time before it deletes.
 pub async fn delete_keys_before(
     connection: &mut AsyncPgConnection,
+    keys: DedupKeys,
     cutoff: DateTime<Utc>,
     limit: i64,
 ) -> diesel::QueryResult<usize> {
     prepared(
-        diesel::sql_query(
-            "DELETE FROM journey_trigger_keys WHERE dedup_key IN (
-             SELECT dedup_key FROM journey_trigger_keys WHERE accepted_at < $1
-             ORDER BY accepted_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-             AND accepted_at < $1",
-        )
-        .bind::<Timestamptz, _>(cutoff)
-        .bind::<BigInt, _>(limit),
+        diesel::sql_query(keys.delete_statement())
+            .bind::<Timestamptz, _>(cutoff)
+            .bind::<BigInt, _>(limit),
     )
     .execute(connection)
     .await

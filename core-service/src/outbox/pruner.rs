@@ -3,7 +3,7 @@
 //! storage, autovacuum time and the depth gauge's count: 34 ms per sample at 200,000 rows.
 //! Pending, running and dead jobs are never deleted: they are work, or an operator's to act on.
 //! Journey triggers' deduplication keys go too, once no window can hold them
-//! ([`crate::journeys::key_retention`]).
+//! ([`crate::journeys::key_retention`]), and Emarsys events' redelivery keys with them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use super::clock::Clock;
 use super::store;
 use crate::db::{self, DbError, DbPool};
-use crate::journeys;
+use crate::journeys::{self, DedupKeys};
 
 /// Rows deleted per statement: short transactions that never hold many locks at once.
 const BATCH: i64 = 1_000;
@@ -26,7 +26,7 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    /// Keeps succeeded jobs for `retention`, and trigger keys for `key_retention`.
+    /// Keeps succeeded jobs for `retention`, and deduplication keys for `key_retention`.
     pub fn new(
         pool: DbPool,
         clock: Arc<dyn Clock>,
@@ -56,7 +56,11 @@ impl Pruner {
             let now = self.clock.now();
             for (what, age) in [
                 (Prunable::SucceededJobs, self.retention),
-                (Prunable::TriggerKeys, self.key_retention),
+                (
+                    Prunable::Keys(DedupKeys::JourneyTriggers),
+                    self.key_retention,
+                ),
+                (Prunable::Keys(DedupKeys::EmarsysEvents), self.key_retention),
             ] {
                 let cutoff = now - chrono::Duration::from_std(age).unwrap_or_default();
                 match prune(&self.pool, what, cutoff).await {
@@ -77,14 +81,15 @@ impl Pruner {
 #[derive(Clone, Copy)]
 enum Prunable {
     SucceededJobs,
-    TriggerKeys,
+    Keys(DedupKeys),
 }
 
 impl Prunable {
     fn name(self) -> &'static str {
         match self {
             Self::SucceededJobs => "succeeded outbox jobs",
-            Self::TriggerKeys => "expired trigger keys",
+            Self::Keys(DedupKeys::JourneyTriggers) => "expired trigger keys",
+            Self::Keys(DedupKeys::EmarsysEvents) => "expired Emarsys event keys",
         }
     }
 }
@@ -96,7 +101,7 @@ pub async fn prune_succeeded(pool: &DbPool, cutoff: DateTime<Utc>) -> Result<usi
 
 /// Deletes the trigger keys last taken before `cutoff`, a batch at a time, and returns how many.
 pub async fn prune_trigger_keys(pool: &DbPool, cutoff: DateTime<Utc>) -> Result<usize, DbError> {
-    prune(pool, Prunable::TriggerKeys, cutoff).await
+    prune(pool, Prunable::Keys(DedupKeys::JourneyTriggers), cutoff).await
 }
 
 async fn prune(pool: &DbPool, what: Prunable, cutoff: DateTime<Utc>) -> Result<usize, DbError> {
@@ -107,8 +112,8 @@ async fn prune(pool: &DbPool, what: Prunable, cutoff: DateTime<Utc>) -> Result<u
             Prunable::SucceededJobs => {
                 store::delete_succeeded(&mut connection, cutoff, BATCH).await?
             }
-            Prunable::TriggerKeys => {
-                journeys::delete_keys_before(&mut connection, cutoff, BATCH).await?
+            Prunable::Keys(keys) => {
+                journeys::delete_keys_before(&mut connection, keys, cutoff, BATCH).await?
             }
         };
         deleted += batch;
