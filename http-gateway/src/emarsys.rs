@@ -46,7 +46,12 @@ fn contact_fields(
         single.insert(field(name), value);
         decoder.identifier(&mut single, &field(name))
     };
-    let phone_number = named(decoder, "phone_number").or_else(|| named(decoder, "phone"));
+    // A blank `phone_number` (a template's empty placeholder) does not hide `phone`, as for a
+    // contact upsert.
+    let phone_number = match named(decoder, "phone_number") {
+        Some(number) if !number.trim().is_empty() => Some(number),
+        _ => named(decoder, "phone"),
+    };
     EmarsysContact {
         phone_number: phone_number.unwrap_or_default(),
         external_reference_id: named(decoder, "external_reference_id").unwrap_or_default(),
@@ -158,10 +163,12 @@ async fn decode(body: Body, headers: &HeaderMap) -> Result<IngestEmarsysEventReq
         }
     };
     let nested_object = nested_contact(&mut body)?;
-    let delivery_id = decoder
-        .identifier(&mut body, "event_id")
-        .or_else(|| decoder.identifier(&mut body, "request_id"))
-        .unwrap_or_default();
+    let delivery_id = match decoder.identifier(&mut body, "event_id") {
+        Some(id) if !id.trim().is_empty() => id,
+        _ => decoder
+            .identifier(&mut body, "request_id")
+            .unwrap_or_default(),
+    };
     let flat = contact_fields(&mut decoder, &mut body, "");
     let nested =
         nested_object.map(|(prefix, mut object)| contact_fields(&mut decoder, &mut object, prefix));

@@ -427,6 +427,33 @@ async fn nested_fields_win_over_flat_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_blank_phone_number_or_event_id_does_not_hide_the_other_spelling() {
+    let app = TestApp::spawn().await;
+    let body = json!({
+        "event_name": "order_placed",
+        "phone_number": "",
+        "phone": PHONE,
+        "event_id": " ",
+        "request_id": "delivery-7",
+    })
+    .to_string();
+    let first = post(&app, "", &body, &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let event = stored(&app, first.body["webhookEventId"].as_str().expect("id")).await;
+    assert_eq!(event.normalized["contact"]["phone_number"], PHONE);
+    assert!(event.contact_id.is_some(), "the contact is synced");
+
+    // The same request_id, another body: a redelivery of the first.
+    let again = json!({"event_name": "order_placed", "event_id": "", "request_id": "delivery-7"});
+    let again = post(&app, "", &again.to_string(), &[]).await;
+    assert_eq!(
+        again.body["webhookEventId"], first.body["webhookEventId"],
+        "{}",
+        again.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_contact_is_synced_only_with_a_phone_number_or_a_known_reference() {
     let app = TestApp::spawn().await;
 
