@@ -1,6 +1,7 @@
 //! The worker pool of one instance: claims due jobs, runs them with bounded concurrency, and
 //! records each outcome.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -100,8 +101,8 @@ pub(super) struct Lease {
     /// Wakes the claim loop: jobs queued here or by another instance, or a job of this
     /// worker's due soon.
     pub(super) announcer: Announcer,
-    /// The earliest time a job this worker set aside comes due (see [`Lease::wake_after`]).
-    next_due: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When the jobs this worker set aside come due (see [`Lease::wake_after`]).
+    next_due: std::sync::Mutex<DueTimes>,
     /// One slot per job running at once, whether claimed or started (see [`Starter`]); a
     /// running job may lend its slot back while it waits (see [`LentSlot`]).
     pub(super) permits: Arc<Semaphore>,
@@ -138,33 +139,23 @@ impl Lease {
     pub(super) fn wake_after(&self, delay: Duration) {
         // A little late rather than early: the due time was taken from the clock before.
         let at = tokio::time::Instant::now() + delay + Duration::from_millis(5);
-        let mut next_due = self
+        let earliest = self
             .next_due
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if next_due.is_none_or(|due| at < due) {
-            *next_due = Some(at);
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .add(at);
+        if earliest {
             self.announcer.wake_local();
         }
     }
 
     /// When the claim loop should look again at the latest: after `poll`, or when the earliest
-    /// set-aside job comes due. A due time that has passed is forgotten: the look about to be
-    /// made covers it.
+    /// set-aside job still ahead comes due.
     fn next_look(&self, poll: Duration) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        let mut next_due = self
-            .next_due
+        self.next_due
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match *next_due {
-            Some(due) if due <= now => {
-                *next_due = None;
-                now + poll
-            }
-            Some(due) => due.min(now + poll),
-            None => now + poll,
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .next_look(tokio::time::Instant::now(), poll)
     }
 
     /// Hands one of the worker's slots back for as long as the returned [`LentSlot`] lives.
@@ -182,6 +173,32 @@ impl Lease {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         )
+    }
+}
+
+/// The times at which jobs a worker set aside come due: each is looked for when it comes, not
+/// only the earliest (a job deferred 5 s behind one deferred 1 s would otherwise wait for the
+/// poll).
+#[derive(Debug, Default)]
+struct DueTimes(BTreeSet<tokio::time::Instant>);
+
+impl DueTimes {
+    /// Adds `at`, and answers whether it is now the earliest (the claim loop must be told).
+    fn add(&mut self, at: tokio::time::Instant) -> bool {
+        let earliest = self.0.first().is_none_or(|first| at < *first);
+        self.0.insert(at);
+        earliest
+    }
+
+    /// When to look next at `now`: at the earliest due time still ahead, or after `poll`. The
+    /// times passed are forgotten: the look about to be made covers them.
+    fn next_look(&mut self, now: tokio::time::Instant, poll: Duration) -> tokio::time::Instant {
+        while self.0.first().is_some_and(|due| *due <= now) {
+            self.0.pop_first();
+        }
+        self.0
+            .first()
+            .map_or(now + poll, |due| (*due).min(now + poll))
     }
 }
 
@@ -334,19 +351,31 @@ impl Worker {
                     let backlog = jobs.len() == free;
                     inner.backlog.store(backlog, Ordering::Relaxed);
                     inner.claimed.notify_waiters();
+                    let mut stop = false;
                     for job in jobs {
                         // Requests may have taken room meanwhile (see `Starter`); they hold
-                        // it for a short transaction and job, and a job claimed must run.
+                        // it for a short transaction and job, and a job claimed must run, unless
+                        // the worker stops first: then the release below hands it back without
+                        // counting the attempt.
                         let permit = match held.take() {
                             Some(permit) => permit,
-                            None => match permits.clone().acquire_owned().await {
-                                Ok(permit) => permit,
-                                Err(_) => break,
+                            None => tokio::select! {
+                                () = &mut shutdown => {
+                                    stop = true;
+                                    break;
+                                }
+                                permit = permits.clone().acquire_owned() => match permit {
+                                    Ok(permit) => permit,
+                                    Err(_) => break,
+                                },
                             },
                         };
                         running.spawn(execute(inner.clone(), job, permit));
                     }
                     held = None;
+                    if stop {
+                        break;
+                    }
                     if backlog && permits.available_permits() > 0 {
                         continue;
                     }
@@ -715,7 +744,25 @@ async fn record_batches(
 mod tests {
     use std::time::Duration;
 
-    use super::time_left;
+    use super::{DueTimes, time_left};
+
+    #[test]
+    fn every_set_aside_job_is_looked_for_when_it_comes_due() {
+        let now = tokio::time::Instant::now();
+        let (second, poll) = (Duration::from_secs(1), Duration::from_secs(3600));
+        let mut due = DueTimes::default();
+        assert!(due.add(now + second));
+        assert!(!due.add(now + 3 * second), "not the earliest");
+        assert_eq!(due.next_look(now, poll), now + second);
+        let later = now + Duration::from_millis(1100);
+        assert_eq!(
+            due.next_look(later, poll),
+            now + 3 * second,
+            "the later one is not forgotten once the first has come"
+        );
+        let last = now + Duration::from_millis(3100);
+        assert_eq!(due.next_look(last, poll), last + poll);
+    }
 
     #[test]
     fn a_job_runs_until_nine_tenths_of_its_lease_from_its_claim_and_not_on_the_last_tenth() {
