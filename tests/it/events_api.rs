@@ -568,3 +568,50 @@ async fn insert_job(app: &TestApp, kind: &str, payload: &str, status: &str) -> u
     .expect("insert a job");
     id
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_of_small_jobs_hold_what_they_are_asked_for_each_job_once() {
+    let app = TestApp::spawn().await;
+    let mut connection = app.database.connect().await;
+    // Sixty jobs, two created at the same instant (the id then orders them).
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             created_at, updated_at)
+         SELECT gen_random_uuid(), 'test.small', jsonb_build_object('n', n), 'succeeded', 1, 1,
+                now(), now() - make_interval(secs => n / 2), now()
+         FROM generate_series(1, 60) AS n",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("small jobs");
+    let mut outbox = OutboxServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.admin)),
+    );
+    let mut sizes = Vec::new();
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = outbox
+            .list_outbox_jobs(ListOutboxJobsRequest {
+                kind: "test.small".to_owned(),
+                page_size: 25,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("a page")
+            .into_inner();
+        sizes.push(page.jobs.len());
+        ids.extend(page.jobs.into_iter().map(|job| job.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(sizes, [25, 25, 10]);
+    let listed = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!((listed, ids.len()), (60, 60), "each job once");
+}

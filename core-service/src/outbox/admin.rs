@@ -27,6 +27,8 @@ use crate::validation::short_text_problem;
 use crate::webhooks::DELIVER_JOB;
 
 const STATUSES: [&str; 4] = ["pending", "running", "succeeded", "dead"];
+/// Rows read first for a page of jobs, before their sizes say how many more to read.
+const FIRST_CHUNK: usize = 4;
 /// Longer than any job kind's name: a filter past it names none.
 const MAX_KIND_LEN: usize = 100;
 
@@ -92,40 +94,76 @@ impl OutboxService for OutboxGrpc {
     ) -> Result<Response<ListOutboxJobsResponse>, Status> {
         let request = request.into_inner();
         let page_size = pagination::page_size(request.page_size).map_err(invalid)?;
-        let mut query = outbox_jobs::table
-            .select(JobRow::as_select())
-            .order((outbox_jobs::created_at.desc(), outbox_jobs::id.desc()))
-            .limit(page_size + 1)
-            .into_boxed();
-        if !request.status.is_empty() {
-            if !STATUSES.contains(&request.status.as_str()) {
-                return Err(invalid(FieldViolation::new(
-                    "status",
-                    "must be pending, running, succeeded or dead",
-                )));
-            }
-            query = query.filter(outbox_jobs::status.eq(request.status));
+        if !request.status.is_empty() && !STATUSES.contains(&request.status.as_str()) {
+            return Err(invalid(FieldViolation::new(
+                "status",
+                "must be pending, running, succeeded or dead",
+            )));
         }
-        if !request.kind.is_empty() {
-            if let Some(problem) = short_text_problem(&request.kind, MAX_KIND_LEN) {
-                return Err(invalid(FieldViolation::new("kind", problem)));
-            }
-            query = query.filter(outbox_jobs::kind.eq(request.kind));
+        if !request.kind.is_empty()
+            && let Some(problem) = short_text_problem(&request.kind, MAX_KIND_LEN)
+        {
+            return Err(invalid(FieldViolation::new("kind", problem)));
         }
-        if !request.page_token.is_empty() {
-            let (time, id) = pagination::decode_cursor(&request.page_token).map_err(invalid)?;
-            query = query.filter(
-                outbox_jobs::created_at
-                    .lt(time)
-                    .or(outbox_jobs::created_at.eq(time).and(outbox_jobs::id.lt(id))),
-            );
-        }
+        let mut after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(pagination::decode_cursor(&request.page_token).map_err(invalid)?)
+        };
+        let wanted = usize::try_from(page_size).unwrap_or(usize::MAX);
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        let rows: Vec<JobRow> = query.load(&mut connection).await.map_err(db_status)?;
-        // Payloads can be large (a trigger's data, an Emarsys event's): a page of them is cut
-        // short rather than answered past what clients accept.
-        let (jobs, next_page_token) =
-            pagination::finish_page(rows, page_size, |row| (row.created_at, row.id), job_proto);
+        // Payloads can be large (a trigger's data, an Emarsys event's, up to 8 MiB each): rows
+        // are read a few at a time, as many more as the bytes read so far say will fit, and no
+        // more once the page is full, rather than the whole page's worth of payloads at once
+        // (hundreds of megabytes) only for most to be cut. The page is then cut exactly.
+        let mut items = Vec::new();
+        let mut bytes = 0;
+        let mut more_follow = false;
+        let mut chunk = FIRST_CHUNK;
+        while items.len() < wanted && bytes <= pagination::MAX_PAGE_BYTES {
+            let asked = chunk.min(wanted + 1 - items.len());
+            let mut query = outbox_jobs::table
+                .select(JobRow::as_select())
+                .order((outbox_jobs::created_at.desc(), outbox_jobs::id.desc()))
+                .limit(i64::try_from(asked).unwrap_or(i64::MAX))
+                .into_boxed();
+            if !request.status.is_empty() {
+                query = query.filter(outbox_jobs::status.eq(&request.status));
+            }
+            if !request.kind.is_empty() {
+                query = query.filter(outbox_jobs::kind.eq(&request.kind));
+            }
+            if let Some((time, id)) = after {
+                query = query.filter(
+                    outbox_jobs::created_at
+                        .lt(time)
+                        .or(outbox_jobs::created_at.eq(time).and(outbox_jobs::id.lt(id))),
+                );
+            }
+            let rows: Vec<JobRow> = query.load(&mut connection).await.map_err(db_status)?;
+            let ended = rows.len() < asked;
+            for row in rows {
+                let key = (row.created_at, row.id);
+                after = Some(key);
+                if items.len() == wanted {
+                    // The row past the page: there is a next one.
+                    more_follow = true;
+                    break;
+                }
+                let job = job_proto(row);
+                bytes += prost::Message::encoded_len(&job);
+                items.push((key, job));
+            }
+            if ended {
+                break;
+            }
+            // As many rows as the bytes left would hold, at the size of the rows read so far.
+            let average = bytes / items.len().max(1);
+            chunk = (pagination::MAX_PAGE_BYTES.saturating_sub(bytes) / average.max(1)).max(1) + 1;
+        }
+        // Stopped for bytes before the page was full, the last row read is past the bound, and
+        // the cut ends the page before it.
+        let (jobs, next_page_token) = pagination::page_within_bytes(items, more_follow);
         Ok(Response::new(ListOutboxJobsResponse {
             jobs,
             next_page_token,
