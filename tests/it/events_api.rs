@@ -588,30 +588,33 @@ async fn pages_of_small_jobs_hold_what_they_are_asked_for_each_job_once() {
         app.channel().await,
         WithKey::new(Some(&app.keys.admin)),
     );
-    let mut sizes = Vec::new();
-    let mut ids = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = outbox
-            .list_outbox_jobs(ListOutboxJobsRequest {
-                kind: "test.small".to_owned(),
-                page_size: 25,
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .expect("a page")
-            .into_inner();
-        sizes.push(page.jobs.len());
-        ids.extend(page.jobs.into_iter().map(|job| job.id));
-        if page.next_page_token.is_empty() {
-            break;
+    // 25: past the first chunk of four; 4: a page that the first chunk fills exactly.
+    for (page_size, expected) in [(25, vec![25, 25, 10]), (4, vec![4; 15])] {
+        let mut sizes = Vec::new();
+        let mut ids = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = outbox
+                .list_outbox_jobs(ListOutboxJobsRequest {
+                    kind: "test.small".to_owned(),
+                    page_size,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("a page")
+                .into_inner();
+            sizes.push(page.jobs.len());
+            ids.extend(page.jobs.into_iter().map(|job| job.id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
         }
-        page_token = page.next_page_token;
+        assert_eq!(sizes, expected, "pages of {page_size}");
+        let listed = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!((listed, ids.len()), (60, 60), "each job once");
     }
-    assert_eq!(sizes, [25, 25, 10]);
-    let listed = ids.len();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!((listed, ids.len()), (60, 60), "each job once");
 }

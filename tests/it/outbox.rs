@@ -133,8 +133,8 @@ impl JobHandler for BackgroundStarter {
 }
 
 /// As [`BackgroundStarter`], the started job finished by a task that its first background task
-/// spawns a moment later (as a dispatch's webhook attempts are).
-struct NestedBackgroundStarter;
+/// spawns once told to (as a dispatch's webhook attempts are spawned while it runs).
+struct NestedBackgroundStarter(Arc<Notify>);
 
 impl JobHandler for NestedBackgroundStarter {
     fn kind(&self) -> JobKind {
@@ -154,9 +154,9 @@ impl JobHandler for NestedBackgroundStarter {
                 .await
                 .expect("enqueue a started job");
             let job = started.pop().expect("one job");
-            let outer = context.clone();
+            let (outer, go) = (context.clone(), self.0.clone());
             context.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                go.notified().await;
                 let inner = outer.clone();
                 outer.spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1185,9 +1185,10 @@ async fn shutdown_waits_for_started_jobs_running_in_the_background() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_waits_for_background_tasks_that_background_tasks_start() {
     let setup = setup().await;
+    let go = Arc::new(Notify::new());
     let mut registry = Registry::default();
     registry
-        .register(NestedBackgroundStarter)
+        .register(NestedBackgroundStarter(go.clone()))
         .register(Recorder(Behaviour::Succeed));
     let worker = RunningWorker::start_with(&setup, registry, Arc::new(SystemClock), fast());
     let starter = enqueue_starter(&setup).await;
@@ -1197,8 +1198,11 @@ async fn shutdown_waits_for_background_tasks_that_background_tasks_start() {
     .await;
     let id = started_job_ids(&setup).await[0];
 
-    // Before the first background task has started the second.
-    worker.stop().await;
+    // The first background task starts the second only once shutdown has begun waiting for it.
+    let stopped = tokio::spawn(worker.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    go.notify_one();
+    stopped.await.expect("the worker stops");
 
     let state = job_state(&setup, id).await;
     assert_eq!(

@@ -27,8 +27,10 @@ use crate::validation::short_text_problem;
 use crate::webhooks::DELIVER_JOB;
 
 const STATUSES: [&str; 4] = ["pending", "running", "succeeded", "dead"];
-/// Rows read first for a page of jobs, before their sizes say how many more to read.
+/// Rows read first for a page of jobs, before their sizes say how many more to read, and the
+/// most read at once (16 payloads of the largest, 8 MiB, are 128 MiB).
 const FIRST_CHUNK: usize = 4;
+const MAX_CHUNK: usize = 16;
 /// Longer than any job kind's name: a filter past it names none.
 const MAX_KIND_LEN: usize = 100;
 
@@ -121,7 +123,9 @@ impl OutboxService for OutboxGrpc {
         let mut more_follow = false;
         let mut chunk = FIRST_CHUNK;
         while items.len() < wanted && bytes <= pagination::MAX_PAGE_BYTES {
-            let asked = chunk.min(wanted + 1 - items.len());
+            // The rest of the page and the row after it, which tells whether another follows.
+            let rest = wanted - items.len();
+            let asked = if chunk >= rest { rest + 1 } else { chunk };
             let mut query = outbox_jobs::table
                 .select(JobRow::as_select())
                 .order((outbox_jobs::created_at.desc(), outbox_jobs::id.desc()))
@@ -157,9 +161,12 @@ impl OutboxService for OutboxGrpc {
             if ended {
                 break;
             }
-            // As many rows as the bytes left would hold, at the size of the rows read so far.
+            // As many rows as the bytes left would hold at the size of the rows read so far, at
+            // most twice the last chunk and never past MAX_CHUNK: small rows first do not make
+            // a chunk that would load hundreds of large ones at once.
             let average = bytes / items.len().max(1);
-            chunk = (pagination::MAX_PAGE_BYTES.saturating_sub(bytes) / average.max(1)).max(1) + 1;
+            let would_fit = pagination::MAX_PAGE_BYTES.saturating_sub(bytes) / average.max(1);
+            chunk = (would_fit + 1).clamp(1, (2 * chunk).min(MAX_CHUNK));
         }
         // Stopped for bytes before the page was full, the last row read is past the bound, and
         // the cut ends the page before it.

@@ -178,25 +178,49 @@ impl Lease {
 
 /// The times at which jobs a worker set aside come due: each is looked for when it comes, not
 /// only the earliest (a job deferred 5 s behind one deferred 1 s would otherwise wait for the
-/// poll).
-#[derive(Debug, Default)]
-struct DueTimes(BTreeSet<tokio::time::Instant>);
+/// poll). Times are kept to the end of their [`DUE_STEP`], so that thousands of deferrals a
+/// second are a hundred times and a hundred looks at most.
+#[derive(Debug)]
+struct DueTimes {
+    origin: tokio::time::Instant,
+    times: BTreeSet<tokio::time::Instant>,
+}
+
+/// How finely due times are told apart: a look a little late rather than early.
+const DUE_STEP: Duration = Duration::from_millis(10);
+
+impl Default for DueTimes {
+    fn default() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            times: BTreeSet::new(),
+        }
+    }
+}
 
 impl DueTimes {
-    /// Adds `at`, and answers whether it is now the earliest (the claim loop must be told).
+    /// Adds `at` (rounded up to its step), and answers whether it is now the earliest (the
+    /// claim loop must be told).
     fn add(&mut self, at: tokio::time::Instant) -> bool {
-        let earliest = self.0.first().is_none_or(|first| at < *first);
-        self.0.insert(at);
+        let step = DUE_STEP.as_nanos();
+        let steps = at
+            .saturating_duration_since(self.origin)
+            .as_nanos()
+            .div_ceil(step);
+        let nanos = u64::try_from(steps * step).unwrap_or(u64::MAX);
+        let at = self.origin + Duration::from_nanos(nanos);
+        let earliest = self.times.first().is_none_or(|first| at < *first);
+        self.times.insert(at);
         earliest
     }
 
     /// When to look next at `now`: at the earliest due time still ahead, or after `poll`. The
     /// times passed are forgotten: the look about to be made covers them.
     fn next_look(&mut self, now: tokio::time::Instant, poll: Duration) -> tokio::time::Instant {
-        while self.0.first().is_some_and(|due| *due <= now) {
-            self.0.pop_first();
+        while self.times.first().is_some_and(|due| *due <= now) {
+            self.times.pop_first();
         }
-        self.0
+        self.times
             .first()
             .map_or(now + poll, |due| (*due).min(now + poll))
     }
@@ -421,9 +445,14 @@ impl Worker {
         if drained.is_err() {
             running.abort_all();
             while running.join_next().await.is_some() {}
-            for mut tasks in [background, inner.context.lease.take_background()] {
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
+            // Tasks still running may spawn more until they are aborted: until none is left.
+            loop {
+                background.abort_all();
+                while background.join_next().await.is_some() {}
+                background = inner.context.lease.take_background();
+                if background.is_empty() {
+                    break;
+                }
             }
         }
         // Successes still waiting to be written go in before the release, which would
@@ -748,9 +777,9 @@ mod tests {
 
     #[test]
     fn every_set_aside_job_is_looked_for_when_it_comes_due() {
-        let now = tokio::time::Instant::now();
-        let (second, poll) = (Duration::from_secs(1), Duration::from_secs(3600));
         let mut due = DueTimes::default();
+        let now = due.origin;
+        let (second, poll) = (Duration::from_secs(1), Duration::from_secs(3600));
         assert!(due.add(now + second));
         assert!(!due.add(now + 3 * second), "not the earliest");
         assert_eq!(due.next_look(now, poll), now + second);
@@ -762,6 +791,22 @@ mod tests {
         );
         let last = now + Duration::from_millis(3100);
         assert_eq!(due.next_look(last, poll), last + poll);
+    }
+
+    #[test]
+    fn due_times_within_a_step_are_one_look_never_early() {
+        let mut due = DueTimes::default();
+        let now = due.origin;
+        for millis in 1001..=1009 {
+            due.add(now + Duration::from_millis(millis));
+        }
+        assert_eq!(due.times.len(), 1);
+        let poll = Duration::from_secs(3600);
+        assert_eq!(
+            due.next_look(now, poll),
+            now + Duration::from_millis(1010),
+            "at the end of the step, after every time in it"
+        );
     }
 
     #[test]
