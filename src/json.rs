@@ -80,10 +80,71 @@ pub fn json_from_value(value: Value) -> Json {
     }
 }
 
+/// Where in `object` the first number JSON cannot hold is (NaN or an infinity, which gRPC
+/// callers can send), as `key`, `key.inner` or `key[2]`: converted it would be `null`, which in
+/// a contact's properties removes the key, so callers refuse it first and name it.
+pub fn non_finite_path(object: &Struct) -> Option<String> {
+    object
+        .fields
+        .iter()
+        .find_map(|(key, value)| non_finite_in(value).map(|inner| format!("{key}{inner}")))
+}
+
+/// The path below `value` of its first non-finite number (empty for `value` itself).
+fn non_finite_in(value: &Value) -> Option<String> {
+    match &value.kind {
+        Some(Kind::NumberValue(number)) if !number.is_finite() => Some(String::new()),
+        Some(Kind::StructValue(object)) => non_finite_path(object).map(|path| format!(".{path}")),
+        Some(Kind::ListValue(list)) => {
+            list.values.iter().enumerate().find_map(|(index, item)| {
+                non_finite_in(item).map(|path| format!("[{index}]{path}"))
+            })
+        }
+        _ => None,
+    }
+}
+
 fn json_number(number: f64) -> Json {
     const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
     if number.fract() == 0.0 && number.abs() <= MAX_EXACT_INTEGER {
         return Json::Number(Number::from(number as i64));
     }
     Number::from_f64(number).map_or(Json::Null, Json::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_json_cannot_hold_is_found_by_its_path() {
+        let number = |value: f64| Value {
+            kind: Some(Kind::NumberValue(value)),
+        };
+        let list = Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: vec![number(1.0), number(f64::NAN)],
+            })),
+        };
+        let inner = Struct {
+            fields: [("b".to_owned(), list)].into(),
+        };
+        let outer = Struct {
+            fields: [
+                (
+                    "a".to_owned(),
+                    Value {
+                        kind: Some(Kind::StructValue(inner)),
+                    },
+                ),
+                ("fine".to_owned(), number(2.5)),
+            ]
+            .into(),
+        };
+        assert_eq!(non_finite_path(&outer).as_deref(), Some("a.b[1]"));
+        let fine = Struct {
+            fields: [("n".to_owned(), number(1e308))].into(),
+        };
+        assert_eq!(non_finite_path(&fine), None);
+    }
 }

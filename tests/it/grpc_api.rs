@@ -244,3 +244,47 @@ async fn a_repeated_upsert_of_float_properties_changes_nothing() {
     let stored = switchbord_api::json::json_from_struct(stored.expect("properties"));
     assert_eq!(stored["numbers"], serde_json::json!(numbers));
 }
+
+/// gRPC callers can send NaN and infinities, which JSON cannot hold: converted to `null`, they
+/// removed the property (or cleared a field) instead of being refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_number_json_cannot_hold_is_refused_not_stored_as_a_removal() {
+    use prost_types::value::Kind;
+    let app = TestApp::spawn().await;
+    let mut client = app.contacts_client().await;
+    let properties = |plan: Kind| prost_types::Struct {
+        fields: [("plan".to_owned(), prost_types::Value { kind: Some(plan) })].into(),
+    };
+    let upsert = |plan: Kind| UpsertContactRequest {
+        phone_number: "+4915112345602".to_owned(),
+        person_properties: Some(properties(plan)),
+        ..Default::default()
+    };
+    client
+        .upsert_contact(upsert(Kind::StringValue("gold".to_owned())))
+        .await
+        .expect("seeded");
+    for number in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let refused = client
+            .upsert_contact(upsert(Kind::NumberValue(number)))
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().starts_with("person_properties.plan:"),
+            "{refused:?}"
+        );
+    }
+    let kept = client
+        .get_contact(GetContactRequest {
+            lookup: Some(Lookup::PhoneNumber("+4915112345602".to_owned())),
+        })
+        .await
+        .expect("contact")
+        .into_inner()
+        .contact
+        .expect("contact")
+        .properties
+        .expect("properties");
+    assert_eq!(switchbord_api::json::json_from_struct(kept)["plan"], "gold");
+}

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use email_address::EmailAddress;
 use phonenumber::country;
 use serde_json::{Map, Value as Json};
-use switchbord_api::json::json_from_struct;
+use switchbord_api::json::{json_from_struct, non_finite_path};
 use switchbord_api::v1::UpsertContactRequest;
 
 use super::phone::{self, PhoneNumber};
@@ -173,6 +173,17 @@ pub fn validate_upsert(
         _ => SubscriberStatus::Subscribed,
     };
 
+    for (field, object) in [
+        ("custom_properties", &request.custom_properties),
+        ("person_properties", &request.person_properties),
+    ] {
+        if let Some(path) = object.as_ref().and_then(non_finite_path) {
+            violations.add(
+                format!("{field}.{path}"),
+                "must be a finite number (JSON has no NaN or infinity)",
+            );
+        }
+    }
     let mut properties = request
         .custom_properties
         .map(json_from_struct)
