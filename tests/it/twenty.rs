@@ -2187,3 +2187,35 @@ async fn a_webhook_names_what_is_wrong_with_its_one_record_or_its_event_name() {
         assert_eq!(reply.body["details"][0]["field"], field, "{}", reply.text);
     }
 }
+
+#[tokio::test]
+async fn later_changes_of_a_contact_linked_by_phone_never_write_its_blanks() {
+    let (app, fake) = connected().await;
+    fake.insert_person(json!({
+        "name": {"firstName": "Kept", "lastName": "Name"},
+        "phones": {"primaryPhoneNumber": "15112340099", "primaryPhoneCallingCode": "+49"},
+    }));
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340099"}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+    // Two changes after the first link: the second compares with what the first one's write
+    // left known.
+    for email in ["first@example.com", "second@example.com"] {
+        app.upsert_contact(&json!({
+            "phone_number": "+4915112340099",
+            "person_properties": {"email": email},
+        }))
+        .await;
+        eventually("the email reaches Twenty", async || {
+            fake.people()[0]["emails"]["primaryEmail"] == email
+        })
+        .await;
+    }
+    settled(&app).await;
+    assert_eq!(
+        fake.people()[0]["name"],
+        json!({"firstName": "Kept", "lastName": "Name"})
+    );
+}

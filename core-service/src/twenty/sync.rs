@@ -329,7 +329,7 @@ impl SyncHandler {
         match pushed {
             Ok(Pushed::Person(person)) => {
                 let person_id = person_id(&person).unwrap_or_default();
-                let holds = values_json(mapping.twenty_holds(&person));
+                let holds = values_json(known_after_write(&mapping, &contact, &person));
                 store(&mut db, person_id, &holds, updated_at(&person)).await
             }
             Ok(Pushed::Unchanged { person_id, values }) => {
@@ -547,6 +547,21 @@ fn changed(desired: &Values, known: &Values) -> Values {
         .filter(|(field, value)| known.get(*field) != Some(*value))
         .map(|(field, value)| (field.clone(), value.clone()))
         .collect()
+}
+
+/// What a sync records as known of `person` after writing `contact` to it: what Twenty holds,
+/// except where the contact is blank, which is recorded blank. A blank the write did not send
+/// (Twenty holds a name the contact never had) recorded as Twenty's value would make the next
+/// sync send it as a change, and erase what the CRM knows; a blank the write did send is blank
+/// in Twenty too.
+fn known_after_write(mapping: &Mapping, contact: &ContactRow, person: &Json) -> Values {
+    let mut known = mapping.twenty_holds(person);
+    for (field, value) in mapping.outbound_values(contact) {
+        if value.is_null() {
+            known.insert(field, Json::Null);
+        }
+    }
+    known
 }
 
 pub fn values_json(values: Values) -> Json {
