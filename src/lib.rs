@@ -12,4 +12,5 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("swit
 
 pub mod json;
 
+pub mod auth;
 pub mod violations;

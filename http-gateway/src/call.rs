@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
+use switchbord_api::auth::names_bearer;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 use crate::request_id::RequestId;
@@ -23,14 +24,6 @@ const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 /// (A value with bytes past ASCII is forwarded as sent; the core refuses it as unreadable.)
 const UNFORWARDABLE_KEY: &str = "unforwardable-credential";
 const UNFORWARDABLE_AUTHORIZATION: &str = "Bearer unforwardable-credential";
-
-/// Whether an `Authorization` value names the Bearer scheme, as the core reads it: any other
-/// scheme (Basic, Negotiate) is no credential of ours and is not forwarded (nor counted against
-/// the budget), as the core would count it as none.
-fn names_bearer(authorization: &[u8]) -> bool {
-    let value = authorization.trim_ascii_start();
-    value.len() > 6 && value[..6].eq_ignore_ascii_case(b"bearer")
-}
 
 /// The client address, as decided by [`crate::client_ip`] and stored by the middleware.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +73,7 @@ impl CallContext {
             .authorization
             .as_ref()
             .map(HeaderValue::as_bytes)
+            // Another scheme is no credential of ours: not forwarded, nor counted.
             .filter(|authorization| names_bearer(authorization));
         // A secret metadata cannot carry is left out, as before it shared the budget: the core
         // then checks the call's Bearer JWT, if any.

@@ -98,6 +98,17 @@ const STARTER: JobKind = JobKind {
 /// itself: `Some(result)` is finished with that result, `None` is left as if the process died.
 struct Starter(Vec<Option<Result<(), &'static str>>>);
 
+/// One `test.record` job inserted as already claimed, for a handler to finish itself.
+async fn start_one(context: &JobContext) -> ClaimedJob {
+    let mut connection = db::connection(&context.pool).await.expect("connection");
+    let jobs = [NewJob::new(KIND, json!({"n": 0}), None)];
+    let mut started = context
+        .enqueue_started(&mut connection, &jobs)
+        .await
+        .expect("enqueue a started job");
+    started.pop().expect("one job")
+}
+
 /// Inserts one `test.record` job as already claimed and finishes it in the background, after
 /// its own job has ended.
 struct BackgroundStarter(Duration);
@@ -113,13 +124,7 @@ impl JobHandler for BackgroundStarter {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let mut connection = db::connection(&context.pool).await.expect("connection");
-            let jobs = [NewJob::new(KIND, json!({"n": 0}), None)];
-            let mut started = context
-                .enqueue_started(&mut connection, &jobs)
-                .await
-                .expect("enqueue a started job");
-            let job = started.pop().expect("one job");
+            let job = start_one(context).await;
             let (delay, background) = (self.0, context.clone());
             context.spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -147,13 +152,7 @@ impl JobHandler for NestedBackgroundStarter {
         context: &'a JobContext,
     ) -> BoxFuture<'a, Result<(), JobError>> {
         Box::pin(async move {
-            let mut connection = db::connection(&context.pool).await.expect("connection");
-            let jobs = [NewJob::new(KIND, json!({"n": 0}), None)];
-            let mut started = context
-                .enqueue_started(&mut connection, &jobs)
-                .await
-                .expect("enqueue a started job");
-            let job = started.pop().expect("one job");
+            let job = start_one(context).await;
             let (outer, go) = (context.clone(), self.0.clone());
             context.spawn(async move {
                 go.notified().await;

@@ -347,9 +347,7 @@ fn credential(headers: &HeaderMap) -> Presented<'_> {
     let Ok(authorization) = authorization.to_str() else {
         // Unreadable as a Bearer key; another scheme's (a Digest name with an umlaut) is
         // not a key of ours, as below.
-        let bytes = authorization.as_bytes().trim_ascii_start();
-        let bearer = bytes.len() > 6 && bytes[..6].eq_ignore_ascii_case(b"bearer");
-        return if bearer {
+        return if switchbord_api::auth::names_bearer(authorization.as_bytes()) {
             Presented::Unreadable
         } else {
             Presented::Nothing

@@ -542,17 +542,11 @@ impl Apply<'_> {
         record: &Json,
         version: DateTime<Utc>,
     ) -> Result<(), ServiceError> {
-        let mut known = self.mapping.twenty_holds(record);
-        for (field, value) in self.mapping.outbound_values(contact) {
-            if value.is_null() {
-                known.insert(field, Json::Null);
-            }
-        }
         records::record_synced(
             connection,
             contact.id,
             person_id,
-            &values_json(known),
+            &values_json(self.mapping.known_of(record, contact)),
             Some(version),
             self.now,
         )

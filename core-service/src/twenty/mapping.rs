@@ -312,6 +312,21 @@ impl Mapping {
             .collect()
     }
 
+    /// What a sync records as known of `person` once linked to `contact` or written from it:
+    /// what Twenty holds, except where the contact is blank, which is recorded blank. Recorded
+    /// as Twenty's value, a blank the contact never sent (Twenty holds a name the contact never
+    /// had) would be sent as a change by the next sync, erasing what the CRM knows; a blank a
+    /// write did send is blank in Twenty too.
+    pub fn known_of(&self, person: &Json, contact: &ContactRow) -> Values {
+        let mut known = self.twenty_holds(person);
+        for (field, value) in self.outbound_values(contact) {
+            if value.is_null() {
+                known.insert(field, Json::Null);
+            }
+        }
+        known
+    }
+
     /// A Twenty request body setting `values` (keys are Twenty field names of this mapping).
     pub fn request_body(&self, values: &Values) -> Json {
         let mut body = Map::new();

@@ -126,24 +126,26 @@ pub fn sync_job(contact_id: Uuid) -> NewJob {
     NewJob::new(SYNC_JOB, json!({"contact_id": contact_id}), None)
 }
 
+/// The statement that inserts a `twenty.sync` job for each `contact_id` of `$from` (a table,
+/// or a CTE `$with` defines), binding the kind, its attempts and the time ($1 to $3).
+macro_rules! sync_jobs_for {
+    ($with:literal, $from:literal) => {
+        concat!(
+            $with,
+            "INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at)
+             SELECT gen_random_uuid(), $1, jsonb_build_object('contact_id', contact_id), $2, $3, $3, $3
+               FROM ",
+            $from
+        )
+    };
+}
+
 /// Queues a `twenty.sync` job for every contact whose sync is pending, in one statement
 /// however many there are (a list of rows would run out of bind parameters past some
 /// thousands), and answers how many.
 pub async fn queue_pending_syncs(connection: &mut AsyncPgConnection) -> diesel::QueryResult<usize> {
-    use diesel::sql_types::{Int4, Text, Timestamptz};
-    use diesel_async::RunQueryDsl;
-    let now = chrono::Utc::now();
-    diesel::sql_query(
-        "INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at)
-         SELECT gen_random_uuid(), $1, jsonb_build_object('contact_id', contact_id), $2, $3, $3, $3
-           FROM twenty_contact_syncs
-          WHERE status = 'pending'",
-    )
-    .bind::<Text, _>(SYNC_JOB.name)
-    .bind::<Int4, _>(SYNC_JOB.max_attempts)
-    .bind::<Timestamptz, _>(now)
-    .execute(connection)
-    .await
+    let statement = sync_jobs_for!("", "twenty_contact_syncs WHERE status = 'pending'");
+    queue_sync_jobs(connection, statement, chrono::Utc::now()).await
 }
 
 /// Sets every failed sync back to pending and queues its job, in one statement however many
@@ -153,23 +155,30 @@ pub async fn requeue_failed_syncs(
     connection: &mut AsyncPgConnection,
     now: chrono::DateTime<chrono::Utc>,
 ) -> diesel::QueryResult<usize> {
-    use diesel::sql_types::{Int4, Text, Timestamptz};
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query(
+    let statement = sync_jobs_for!(
         "WITH requeued AS (
              UPDATE twenty_contact_syncs SET status = 'pending', attempts = 0, updated_at = $3
               WHERE status = 'failed'
           RETURNING contact_id
-         )
-         INSERT INTO outbox_jobs (id, kind, payload, max_attempts, run_after, created_at, updated_at)
-         SELECT gen_random_uuid(), $1, jsonb_build_object('contact_id', contact_id), $2, $3, $3, $3
-           FROM requeued",
-    )
-    .bind::<Text, _>(SYNC_JOB.name)
-    .bind::<Int4, _>(SYNC_JOB.max_attempts)
-    .bind::<Timestamptz, _>(now)
-    .execute(connection)
-    .await
+         ) ",
+        "requeued"
+    );
+    queue_sync_jobs(connection, statement, now).await
+}
+
+async fn queue_sync_jobs(
+    connection: &mut AsyncPgConnection,
+    statement: &'static str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> diesel::QueryResult<usize> {
+    use diesel::sql_types::{Int4, Text, Timestamptz};
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(statement)
+        .bind::<Text, _>(SYNC_JOB.name)
+        .bind::<Int4, _>(SYNC_JOB.max_attempts)
+        .bind::<Timestamptz, _>(now)
+        .execute(connection)
+        .await
 }
 
 /// Runs `twenty.sync` jobs.
@@ -329,7 +338,7 @@ impl SyncHandler {
         match pushed {
             Ok(Pushed::Person(person)) => {
                 let person_id = person_id(&person).unwrap_or_default();
-                let holds = values_json(known_after_write(&mapping, &contact, &person));
+                let holds = values_json(mapping.known_of(&person, &contact));
                 store(&mut db, person_id, &holds, updated_at(&person)).await
             }
             Ok(Pushed::Unchanged { person_id, values }) => {
@@ -547,21 +556,6 @@ fn changed(desired: &Values, known: &Values) -> Values {
         .filter(|(field, value)| known.get(*field) != Some(*value))
         .map(|(field, value)| (field.clone(), value.clone()))
         .collect()
-}
-
-/// What a sync records as known of `person` after writing `contact` to it: what Twenty holds,
-/// except where the contact is blank, which is recorded blank. A blank the write did not send
-/// (Twenty holds a name the contact never had) recorded as Twenty's value would make the next
-/// sync send it as a change, and erase what the CRM knows; a blank the write did send is blank
-/// in Twenty too.
-fn known_after_write(mapping: &Mapping, contact: &ContactRow, person: &Json) -> Values {
-    let mut known = mapping.twenty_holds(person);
-    for (field, value) in mapping.outbound_values(contact) {
-        if value.is_null() {
-            known.insert(field, Json::Null);
-        }
-    }
-    known
 }
 
 pub fn values_json(values: Values) -> Json {
