@@ -1622,6 +1622,46 @@ async fn an_endpoint_that_answers_none_of_its_requests_is_parked_before_any_is_s
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_over_an_endpoints_rate_limit_wait_for_turns_of_their_own() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    client(&app)
+        .await
+        .create_endpoint(CreateEndpointRequest {
+            url: receiver.url(),
+            event_types: vec!["message.delivered".to_owned()],
+            rate_limit_per_second: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("create endpoint");
+    let started = std::time::Instant::now();
+    publish_messages(&app, 12).await;
+
+    // The 2 the quota's burst allows go at once; each of the other 10 is given its own turn,
+    // 500 ms after the one before, instead of all coming back together after 500 ms to find
+    // room for one and be put back again.
+    eventually("the waiting deliveries are given turns", async || {
+        let spread_ms = count(
+            &app,
+            "SELECT COALESCE(EXTRACT(EPOCH FROM max(run_after) - min(run_after)) * 1000, 0)::int8
+                    AS count
+               FROM outbox_jobs WHERE kind = 'webhook.deliver' AND status = 'pending'",
+        )
+        .await;
+        spread_ms >= 3000
+    })
+    .await;
+    receiver.wait_for(12).await;
+    // And the limit holds: 10 beyond the burst at 2 per second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(4500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Deliveries set aside for a park period: not due for more than 500 ms, where a delivery that
 /// only waits for a busy endpoint's slot comes back after 200 ms.
 async fn parked_deliveries(app: &TestApp) -> i64 {

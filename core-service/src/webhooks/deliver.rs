@@ -127,7 +127,7 @@ pub struct Deliverer {
     in_flight: Mutex<HashMap<Uuid, Slots>>,
     /// Endpoints whose last attempt was slow, and since when.
     slow: Mutex<HashMap<Uuid, Instant>>,
-    rate_limits: Mutex<HashMap<Uuid, (i32, Arc<DefaultDirectRateLimiter>)>>,
+    rate_limits: Mutex<HashMap<Uuid, RateLimit>>,
     /// When each slow endpoint's waiting jobs were last parked.
     parked: Mutex<HashMap<Uuid, Instant>>,
     successes: SuccessLog,
@@ -272,29 +272,24 @@ impl Deliverer {
         }
     }
 
-    /// `Some(wait)` when the endpoint's rate limit says not yet.
-    fn rate_limited(&self, endpoint: &EndpointRow) -> Option<Duration> {
-        let rate = endpoint.rate_limit_per_second.filter(|rate| *rate > 0)?;
-        let per_second = NonZeroU32::new(u32::try_from(rate).ok()?)?;
+    /// `Some(wait)` when the endpoint's rate limit says not yet: the delivery's turn comes
+    /// after `wait` (see [`RateLimit`]).
+    fn rate_limited(&self, endpoint: &EndpointRow, arrival: Arrival) -> Option<Duration> {
+        let per_second = endpoint
+            .rate_limit_per_second
+            .and_then(|rate| u32::try_from(rate).ok())
+            .and_then(NonZeroU32::new)?;
         let mut limits = self
             .rate_limits
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = limits.entry(endpoint.id).or_insert_with(|| {
-            (
-                rate,
-                Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
-            )
-        });
-        if entry.0 != rate {
-            *entry = (
-                rate,
-                Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
-            );
+        let limit = limits
+            .entry(endpoint.id)
+            .or_insert_with(|| RateLimit::new(per_second));
+        if limit.per_second != per_second {
+            *limit = RateLimit::new(per_second);
         }
-        entry.1.check().err().map(|_| {
-            Duration::from_millis(1000 / u64::from(per_second.get())).max(Duration::from_millis(10))
-        })
+        limit.admit(Instant::now(), arrival)
     }
 
     /// How the first attempt of a new delivery to `endpoint` can be made: at once, in a free
@@ -312,7 +307,7 @@ impl Deliverer {
         let Ok(slot) = self.try_slot(endpoint.id) else {
             return Admission::WhenFree;
         };
-        match self.rate_limited(endpoint) {
+        match self.rate_limited(endpoint, Arrival::New) {
             None => Admission::Now(slot),
             Some(wait) => Admission::After(wait),
         }
@@ -344,7 +339,7 @@ impl Deliverer {
 
     /// `slot`, unless `endpoint`'s rate limit says not yet: then the job waits in the queue.
     fn unless_rate_limited(&self, slot: Slot, endpoint: &EndpointRow) -> Result<Slot, JobError> {
-        match self.rate_limited(endpoint) {
+        match self.rate_limited(endpoint, Arrival::Queued) {
             None => Ok(slot),
             Some(wait) => Err(JobError::Defer { after: wait }),
         }
@@ -579,6 +574,55 @@ async fn park(
         .map_err(retry)?;
     }
     Ok(length)
+}
+
+/// An endpoint's rate limit on this instance, and the line of the deliveries it has turned away.
+/// Each of those is given a turn of its own, one interval after the one before, and waits for
+/// it in the queue: told only "not yet", they would all come back together after one interval,
+/// find room for one, and the rest would be claimed and put back again, over and over, for as
+/// long as the backlog lasts (a thousand waiting deliveries at 10 per second: 50,000 claims).
+struct RateLimit {
+    per_second: NonZeroU32,
+    limiter: DefaultDirectRateLimiter,
+    /// The first turn not yet given out; in the past while nobody waits.
+    next_turn: Instant,
+}
+
+/// Where a delivery comes from when it asks its endpoint's rate limit (see [`RateLimit::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Arrival {
+    /// A new delivery, from the fan-out.
+    New,
+    /// A queued job: one whose turn has come, or a retry.
+    Queued,
+}
+
+impl RateLimit {
+    fn new(per_second: NonZeroU32) -> Self {
+        Self {
+            per_second,
+            limiter: RateLimiter::direct(Quota::per_second(per_second)),
+            next_turn: Instant::now(),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs(1) / self.per_second.get()
+    }
+
+    /// `None` when the delivery may go now; otherwise how long until its turn. A new delivery
+    /// joins the line while there is one, so that it does not take the room a waiting one's
+    /// turn counts on; a queued one (its turn come) takes the room there is.
+    fn admit(&mut self, now: Instant, arrival: Arrival) -> Option<Duration> {
+        let line_waiting = self.next_turn > now;
+        if !(arrival == Arrival::New && line_waiting) && self.limiter.check().is_ok() {
+            return None;
+        }
+        let interval = self.interval();
+        let turn = self.next_turn.max(now + interval);
+        self.next_turn = turn + interval;
+        Some(turn - now)
+    }
 }
 
 /// An endpoint's slots: any attempt takes one of `any`; an attempt to a slow endpoint also one
@@ -1001,4 +1045,41 @@ async fn disable(
     )
     .await
     .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(per_second: u32) -> RateLimit {
+        RateLimit::new(NonZeroU32::new(per_second).expect("a rate"))
+    }
+
+    #[test]
+    fn deliveries_over_the_rate_are_given_turns_one_interval_apart() {
+        let mut limit = limit(2);
+        let now = Instant::now();
+        // The burst the quota allows, then one turn each, 500 ms apart.
+        assert_eq!(limit.admit(now, Arrival::New), None);
+        assert_eq!(limit.admit(now, Arrival::New), None);
+        let turns: Vec<_> = (0..3).map(|_| limit.admit(now, Arrival::Queued)).collect();
+        assert_eq!(
+            turns,
+            [500, 1000, 1500].map(|ms| Some(Duration::from_millis(ms)))
+        );
+    }
+
+    #[test]
+    fn a_new_delivery_joins_the_line_rather_than_take_a_waiting_ones_room() {
+        let mut limit = limit(1000);
+        let now = Instant::now();
+        // Turned away once: a line forms, though room for the next frees within a millisecond.
+        limit.next_turn = now + Duration::from_secs(1);
+        assert_eq!(limit.admit(now, Arrival::New), Some(Duration::from_secs(1)));
+        // A queued delivery whose turn has come takes the room there is.
+        assert_eq!(limit.admit(now, Arrival::Queued), None);
+        // Once the line has gone, new deliveries take room again.
+        let later = now + Duration::from_secs(2);
+        assert_eq!(limit.admit(later, Arrival::New), None);
+    }
 }
