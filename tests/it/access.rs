@@ -14,7 +14,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_prost::ProstCodec;
 
-use crate::helpers::{TestApp, WithKey, until_statements_wait_for_a_lock};
+use crate::helpers::{TestApp, WithKey, lock_table, until_statements_wait_for_a_lock};
 
 const CONTACT: &str = r#"{"phone_number": "+4915112345678"}"#;
 
@@ -671,17 +671,6 @@ async fn a_core_with_another_pepper_than_its_databases_keys_refuses_to_start() {
     assert!(same.is_ok(), "{:?}", same.err());
 }
 
-/// Holds `LOCK TABLE {table}` in a transaction of its own until dropped or committed.
-async fn lock_table(app: &TestApp, table: &str, mode: &str) -> diesel_async::AsyncPgConnection {
-    use diesel_async::SimpleAsyncConnection;
-    let mut blocker = app.database.connect().await;
-    blocker
-        .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN {mode} MODE"))
-        .await
-        .expect("lock the table");
-    blocker
-}
-
 async fn upsert(app: &TestApp, phone: &str) -> crate::helpers::HttpReply {
     app.post_json("/compat/contact", &json!({"phone_number": phone}))
         .await
@@ -699,7 +688,7 @@ async fn a_call_that_finds_every_connection_busy_is_refused_after_the_pool_wait(
     assert_eq!(upsert(&app, "+4915112345670").await.status, 200);
 
     // Two upserts hold both connections, waiting for the contacts table; a third has none.
-    let mut blocker = lock_table(&app, "contacts", "EXCLUSIVE").await;
+    let mut blocker = lock_table(&app.database, "contacts", "EXCLUSIVE").await;
     let calls = futures::future::join_all(
         ["+4915112345671", "+4915112345672", "+4915112345673"].map(|phone| upsert(&app, phone)),
     );
@@ -747,7 +736,7 @@ async fn made_up_keys_cannot_take_the_connections_of_callers_whose_keys_are_know
     assert_eq!(with_key(&made_up(0)).await.status, 401);
 
     // While the key store cannot be read, six callers with made-up keys wait for it...
-    let mut blocker = lock_table(&app, "api_keys", "ACCESS EXCLUSIVE").await;
+    let mut blocker = lock_table(&app.database, "api_keys", "ACCESS EXCLUSIVE").await;
     let flood = futures::future::join_all((1..=6).map(|n| {
         let key = made_up(n);
         async move { with_key(&key).await }
@@ -783,7 +772,7 @@ async fn a_request_the_core_does_not_answer_in_time_gets_a_504_in_its_familys_sh
         .spawn()
         .await;
     assert_eq!(upsert(&app, "+4915112345670").await.status, 200);
-    let mut blocker = lock_table(&app, "contacts", "EXCLUSIVE").await;
+    let mut blocker = lock_table(&app.database, "contacts", "EXCLUSIVE").await;
     let (reply, ()) = tokio::join!(upsert(&app, "+4915112345671"), async {
         until_statements_wait_for_a_lock(&app.database, "%contacts%", 1).await;
         // Held well past the timeout: the answer must not wait for it.
@@ -822,7 +811,12 @@ async fn readiness_checks_from_anyone_cannot_take_the_connections_of_keyed_calle
     assert_eq!(upsert(&app, "+4915112345670").await.status, 200);
 
     // While the migrations table cannot be read, eight readiness checks wait for it...
-    let mut blocker = lock_table(&app, "__diesel_schema_migrations", "ACCESS EXCLUSIVE").await;
+    let mut blocker = lock_table(
+        &app.database,
+        "__diesel_schema_migrations",
+        "ACCESS EXCLUSIVE",
+    )
+    .await;
     let flood = futures::future::join_all(
         (0..8).map(|_| app.send_anonymous(Method::GET, "/readyz", &[], "")),
     );

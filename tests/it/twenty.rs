@@ -12,7 +12,8 @@ use switchbord_api::v1::{GetContactRequest, get_contact_request};
 
 use crate::helpers::fake_twenty::{Failure, FakeTwenty, twenty_signature_headers};
 use crate::helpers::{
-    HttpReply, TestApp, count, eventually, until_config_listened, until_dispatched,
+    HttpReply, TestApp, count, eventually, lock_table, until_config_listened, until_dispatched,
+    until_statements_wait_for_a_lock,
 };
 
 const API_KEY: &str = "twenty-api-key-0123456789abcdef";
@@ -2217,5 +2218,58 @@ async fn later_changes_of_a_contact_linked_by_phone_never_write_its_blanks() {
     assert_eq!(
         fake.people()[0]["name"],
         json!({"firstName": "Kept", "lastName": "Name"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_webhooks_for_a_new_person_at_once_the_newer_version_stays() {
+    use diesel_async::SimpleAsyncConnection;
+    let (app, _fake) = connected().await;
+    let person_id = "7b0c2b9e-0000-4000-8000-0000000000d1";
+    let mut newer = person_record(person_id, "New", "Name", "new@example.com", "15112340141");
+    newer["updatedAt"] = json!(timestamp(Utc::now()));
+    let mut older = newer.clone();
+    older["name"] = json!({"firstName": "Old", "lastName": "Name"});
+    older["updatedAt"] = json!(timestamp(Utc::now() - TimeDelta::minutes(1)));
+
+    // The newer one creates the contact and then waits to link it; the older one, arriving
+    // meanwhile, must not have found the person unlinked and apply its values after it.
+    let mut blocker = lock_table(&app.database, "twenty_contact_syncs", "SHARE").await;
+    let older_arrives_meanwhile = async {
+        until_statements_wait_for_a_lock(&app.database, "%twenty_contact_syncs%", 1).await;
+        let release = async {
+            eventually("the older webhook waits too", async || {
+                count(
+                    &app.database,
+                    "SELECT count(*) AS count FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'
+                        AND query NOT ILIKE '%twenty_contact_syncs%'",
+                )
+                .await
+                    >= 1
+            })
+            .await;
+            blocker.batch_execute("COMMIT").await.expect("unlock");
+        };
+        tokio::join!(send_webhook(&app, "person.created", &older), release).0
+    };
+    let (first, second) = tokio::join!(
+        send_webhook(&app, "person.updated", &newer),
+        older_arrives_meanwhile
+    );
+
+    assert_eq!(
+        first.body["results"][0]["outcome"], "applied",
+        "{}",
+        first.text
+    );
+    assert_eq!(
+        second.body["results"][0]["outcome"], "stale",
+        "{}",
+        second.text
+    );
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340141").await["name"],
+        "New Name"
     );
 }

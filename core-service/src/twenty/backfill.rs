@@ -310,6 +310,12 @@ impl JobHandler for BackfillHandler {
                 if !unchanged {
                     return Ok(());
                 }
+                // Against a webhook applying one of these people at the same time.
+                records::lock_people(
+                    connection,
+                    page.people.iter().filter_map(super::sync::person_id),
+                )
+                .await?;
                 let mut tally = PageTally::default();
                 for person in &page.people {
                     import(connection, &apply, person, &mut tally).await?;

@@ -183,6 +183,11 @@ pub async fn receive(
                     "this webhook call was already received (replayed)".to_owned(),
                 ));
             }
+            records::lock_people(
+                connection,
+                events.iter().filter_map(|event| person_id(&event.record)),
+            )
+            .await?;
             let mut results = Vec::with_capacity(events.len());
             for event in &events {
                 let apply = Apply {

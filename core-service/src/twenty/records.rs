@@ -96,7 +96,35 @@ pub async fn find(
         .optional()
 }
 
-/// The link of `person_id`, locked so that concurrent webhooks about one person serialise.
+/// Holds the people `person_ids` until the transaction ends, so that the webhooks (and backfill
+/// pages) applying one person serialise even before the person has a link whose row
+/// [`lock_by_person`] could lock: two at once for a new person both found no link, and the one
+/// committed last won, older or not. Advisory locks, on a hash of each id (a collision only
+/// serialises two people), taken in one statement in the hashes' order, so that two calls naming
+/// the same people in different orders cannot deadlock.
+pub async fn lock_people<'a>(
+    connection: &mut AsyncPgConnection,
+    person_ids: impl IntoIterator<Item = &'a str>,
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Text};
+    let person_ids: Vec<&str> = person_ids.into_iter().collect();
+    if person_ids.is_empty() {
+        return Ok(());
+    }
+    crate::db::prepared(
+        diesel::sql_query(
+            "SELECT pg_advisory_xact_lock(key) FROM (
+             SELECT DISTINCT hashtextextended('twenty person ' || id, 0) AS key
+               FROM unnest($1) AS id ORDER BY key) AS keys",
+        )
+        .bind::<Array<Text>, _>(person_ids),
+    )
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
+/// The link of `person_id`, locked (see also [`lock_people`]).
 pub async fn lock_by_person(
     connection: &mut AsyncPgConnection,
     person_id: &str,

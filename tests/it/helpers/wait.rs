@@ -128,3 +128,18 @@ pub async fn until_dispatched(database: &TestDatabase, events: i64) {
     })
     .await;
 }
+
+/// Holds `LOCK TABLE {table}` in a transaction of its own until dropped or committed.
+pub async fn lock_table(
+    database: &TestDatabase,
+    table: &str,
+    mode: &str,
+) -> diesel_async::AsyncPgConnection {
+    use diesel_async::SimpleAsyncConnection;
+    let mut blocker = database.connect().await;
+    blocker
+        .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN {mode} MODE"))
+        .await
+        .expect("lock the table");
+    blocker
+}
