@@ -327,11 +327,7 @@ impl Deliverer {
         let Some(slot) = self.wait_for_slot(endpoint.id, BUSY_WAIT).await else {
             self.mark_slow(endpoint.id);
             // Boxed, as the rare paths of `attempt` are.
-            let parked = Box::pin(async {
-                let mut connection = db::connection(&context.pool).await.map_err(retry)?;
-                park(self, &mut connection, endpoint.id, context).await
-            })
-            .await?;
+            let parked = Box::pin(park(self, None, endpoint.id, context)).await?;
             return Err(JobError::Defer { after: parked });
         };
         self.unless_rate_limited(slot, endpoint)
@@ -517,7 +513,8 @@ impl JobHandler for DeliverHandler {
                     // claim and defer them over and over (thousands per second behind a
                     // hanging receiver), starving healthy endpoints; instead they all wait out
                     // one park period.
-                    let parked = park(deliverer, &mut connection, endpoint.id, context).await?;
+                    let parked =
+                        park(deliverer, Some(&mut connection), endpoint.id, context).await?;
                     return Err(JobError::Defer { after: parked });
                 }
             };
@@ -551,28 +548,40 @@ impl JobHandler for DeliverHandler {
 }
 
 /// Sets aside every waiting delivery of `endpoint` for one park period (at most once per half
-/// period, however many of its jobs come by meanwhile), and returns the period.
+/// period, however many of its jobs come by meanwhile), and returns the period. On the caller's
+/// connection when it holds one; otherwise on one taken from the pool only when parking: the
+/// hundreds of deliveries that wait for a hanging endpoint's slot as it turns slow each come
+/// by, and taking a connection each would have them queue with the healthy work for the pool.
 async fn park(
     deliverer: &Deliverer,
-    connection: &mut AsyncPgConnection,
+    held: Option<&mut AsyncPgConnection>,
     endpoint: Uuid,
     context: &JobContext,
 ) -> Result<Duration, JobError> {
     let length = deliverer
         .park_length(endpoint)
         .unwrap_or(deliverer.policy.slow_park);
-    if deliverer.should_park(endpoint) {
-        let until = context.clock.now() + chrono::Duration::from_std(length).unwrap_or_default();
-        outbox::postpone(
-            connection,
-            DELIVER_JOB,
-            "endpoint_id",
-            &endpoint.to_string(),
-            until,
-        )
-        .await
-        .map_err(retry)?;
+    if !deliverer.should_park(endpoint) {
+        return Ok(length);
     }
+    let until = context.clock.now() + chrono::Duration::from_std(length).unwrap_or_default();
+    let mut pooled;
+    let connection = match held {
+        Some(connection) => connection,
+        None => {
+            pooled = db::connection(&context.pool).await.map_err(retry)?;
+            &mut *pooled
+        }
+    };
+    outbox::postpone(
+        connection,
+        DELIVER_JOB,
+        "endpoint_id",
+        &endpoint.to_string(),
+        until,
+    )
+    .await
+    .map_err(retry)?;
     Ok(length)
 }
 
