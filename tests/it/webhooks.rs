@@ -730,6 +730,67 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failed_delivery_waiting_for_its_retry_needs_attention_in_the_api_and_the_gauges() {
+    let app = TestApp::builder().webhook_schedule("0s,60s").spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &["message.delivered"]).await;
+    // Beside it, one never sent to (ready) and one disabled before any delivery (setup).
+    create(&app, &receiver.url(), &["contact.created"]).await;
+    let (idle, _) = create(&app, &receiver.url(), &["contact.updated"]).await;
+    client(&app)
+        .await
+        .disable_endpoint(DisableEndpointRequest {
+            id: idle.id,
+            reason: String::new(),
+        })
+        .await
+        .expect("disable");
+    receiver.status(500);
+    publish_messages(&app, 1).await;
+    receiver.wait_for(1).await;
+    receiver.status(200);
+    publish_messages(&app, 1).await;
+    receiver.wait_for(2).await;
+
+    // The last attempt succeeded and nothing failed for good, but the first delivery waits a
+    // minute for its retry.
+    let mut webhooks = client(&app).await;
+    eventually("the success is recorded", async || {
+        webhooks
+            .get_endpoint(GetEndpointRequest {
+                id: endpoint.id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .endpoint
+            .expect("endpoint")
+            .last_success_at
+            .is_some()
+    })
+    .await;
+    let described = webhooks
+        .get_endpoint(GetEndpointRequest {
+            id: endpoint.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .endpoint
+        .expect("endpoint");
+    assert_eq!(described.health(), EndpointHealth::Attention);
+    assert_eq!(described.success_rate, 0.5);
+    let mut connection = app.database.connect().await;
+    let gauges = switchbord_core::webhooks::health_counts(&mut connection, chrono::Utc::now())
+        .await
+        .expect("sample the gauges");
+    assert_eq!(
+        gauges,
+        [("setup", 1), ("ready", 1), ("live", 0), ("attention", 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn recover_resends_only_failed_deliveries_since_the_time() {
     let app = TestApp::builder().webhook_schedule("0s").spawn().await;
     let receiver = Receiver::start().await;

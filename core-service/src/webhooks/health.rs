@@ -16,10 +16,28 @@ use uuid::Uuid;
 use super::model::EndpointRow;
 use crate::db::prepared;
 
+/// What an endpoint's health state is decided by; each read without counting its history
+/// (see [`signals_of_every_endpoint`]).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct HealthSignals {
+    /// Any attempt ever.
+    #[diesel(sql_type = Bool)]
+    pub attempted: bool,
+    #[diesel(sql_type = Nullable<Bool>)]
+    pub last_succeeded: Option<bool>,
+    /// A delivery that failed waits in the queue to be tried again.
+    #[diesel(sql_type = Bool)]
+    pub retry_waiting: bool,
+    /// A delivery failed for good in the last 24 hours.
+    #[diesel(sql_type = Bool)]
+    pub failed_recently: bool,
+}
+
+/// The signals and the figures the API shows beside them.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct HealthStats {
-    #[diesel(sql_type = BigInt)]
-    pub total: i64,
+    #[diesel(embed)]
+    pub signals: HealthSignals,
     #[diesel(sql_type = BigInt)]
     pub recent: i64,
     #[diesel(sql_type = BigInt)]
@@ -28,28 +46,28 @@ pub struct HealthStats {
     pub last_success_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     pub last_failure_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Bool>)]
-    pub last_succeeded: Option<bool>,
-    #[diesel(sql_type = BigInt)]
-    pub pending_retries: i64,
-    #[diesel(sql_type = BigInt)]
-    pub recent_failed_deliveries: i64,
 }
 
-impl HealthStats {
-    pub fn health(&self, endpoint: &EndpointRow) -> EndpointHealth {
-        match (self.total, endpoint.enabled) {
-            (0, false) => EndpointHealth::Setup,
-            (0, true) if self.pending_retries == 0 => EndpointHealth::Ready,
-            _ if !endpoint.enabled
-                || self.pending_retries > 0
-                || self.recent_failed_deliveries > 0
+impl HealthSignals {
+    pub fn health(&self, enabled: bool) -> EndpointHealth {
+        match (self.attempted, enabled) {
+            (false, false) => EndpointHealth::Setup,
+            (false, true) if !self.retry_waiting => EndpointHealth::Ready,
+            _ if !enabled
+                || self.retry_waiting
+                || self.failed_recently
                 || self.last_succeeded == Some(false) =>
             {
                 EndpointHealth::Attention
             }
             _ => EndpointHealth::Live,
         }
+    }
+}
+
+impl HealthStats {
+    pub fn health(&self, endpoint: &EndpointRow) -> EndpointHealth {
+        self.signals.health(endpoint.enabled)
     }
 
     pub fn success_rate(&self) -> f64 {
@@ -60,47 +78,94 @@ impl HealthStats {
     }
 }
 
-/// The endpoint's figures. A delivery failed in the last 24 hours is found through its failed
-/// attempts of that day (its last attempt is its failure), on the attempts' index by endpoint
-/// that the day's counts read anyway: an index on the deliveries' status would stop their
-/// success updates from being HOT.
+/// The columns of [`HealthSignals`] for the endpoint `e` at `$1`, as subqueries. Each reads a
+/// bounded number of rows, not the endpoint's history (which is kept, and grows with its
+/// traffic, while the gauges sample it every 15 s): one attempt for `attempted` and
+/// `last_succeeded`; the endpoint's queued deliveries (on the pending jobs' index by endpoint)
+/// for `retry_waiting`; the day's failures (on the failed attempts' index) for
+/// `failed_recently`.
+macro_rules! signals_sql {
+    () => {
+        "EXISTS (SELECT 1 FROM webhook_attempts WHERE endpoint_id = e.id) AS attempted,
+         (SELECT succeeded FROM webhook_attempts WHERE endpoint_id = e.id
+           ORDER BY attempted_at DESC, id DESC LIMIT 1) AS last_succeeded,
+         EXISTS (SELECT 1 FROM outbox_jobs j JOIN webhook_deliveries d
+                   ON d.id = (j.payload ->> 'delivery_id')::uuid
+                  WHERE j.status = 'pending' AND j.kind = 'webhook.deliver'
+                    AND j.payload ->> 'endpoint_id' = e.id::text
+                    AND d.status = 'pending' AND d.attempts > 0) AS retry_waiting,
+         EXISTS (SELECT 1 FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
+                  WHERE a.endpoint_id = e.id AND NOT a.succeeded
+                    AND a.attempted_at > $1 - interval '24 hours' AND d.status = 'failed')
+           AS failed_recently"
+    };
+}
+
+/// The endpoint's figures. The day's counts behind its success rate read the day's attempts;
+/// the API shows them for one endpoint, or a page, when asked, where the gauges need only the
+/// signals.
 pub async fn stats(
     connection: &mut AsyncPgConnection,
     endpoint: Uuid,
     now: DateTime<Utc>,
 ) -> QueryResult<HealthStats> {
-    prepared(diesel::sql_query(
-        "SELECT
-             (SELECT count(*) FROM webhook_attempts WHERE endpoint_id = $1) AS total,
-             (SELECT count(*) FROM webhook_attempts WHERE endpoint_id = $1 AND attempted_at > $2 - interval '24 hours') AS recent,
-             (SELECT count(*) FROM webhook_attempts WHERE endpoint_id = $1 AND succeeded AND attempted_at > $2 - interval '24 hours') AS recent_successes,
-             (SELECT max(attempted_at) FROM webhook_attempts WHERE endpoint_id = $1 AND succeeded) AS last_success_at,
-             (SELECT max(attempted_at) FROM webhook_attempts WHERE endpoint_id = $1 AND NOT succeeded) AS last_failure_at,
-             (SELECT succeeded FROM webhook_attempts WHERE endpoint_id = $1 ORDER BY attempted_at DESC, id DESC LIMIT 1) AS last_succeeded,
-             (SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 'pending' AND attempts > 0) AS pending_retries,
-             (SELECT count(DISTINCT a.delivery_id) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
-               WHERE a.endpoint_id = $1 AND a.attempted_at > $2 - interval '24 hours' AND NOT a.succeeded AND d.status = 'failed') AS recent_failed_deliveries",
+    prepared(
+        diesel::sql_query(concat!(
+            "SELECT ",
+            signals_sql!(),
+            ",
+             (SELECT count(*) FROM webhook_attempts
+               WHERE endpoint_id = e.id AND attempted_at > $1 - interval '24 hours') AS recent,
+             (SELECT count(*) FROM webhook_attempts
+               WHERE endpoint_id = e.id AND succeeded
+                 AND attempted_at > $1 - interval '24 hours') AS recent_successes,
+             (SELECT max(attempted_at) FROM webhook_attempts
+               WHERE endpoint_id = e.id AND succeeded) AS last_success_at,
+             (SELECT max(attempted_at) FROM webhook_attempts
+               WHERE endpoint_id = e.id AND NOT succeeded) AS last_failure_at
+             FROM (SELECT $2::uuid AS id) AS e"
+        ))
+        .bind::<Timestamptz, _>(now)
+        .bind::<diesel::sql_types::Uuid, _>(endpoint),
     )
-    .bind::<diesel::sql_types::Uuid, _>(endpoint)
-    .bind::<Timestamptz, _>(now))
     .get_result(connection)
     .await
 }
 
+/// Every endpoint's `enabled` and signals, in one statement.
+async fn signals_of_every_endpoint(
+    connection: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<EndpointSignals>> {
+    prepared(
+        diesel::sql_query(concat!(
+            "SELECT e.enabled, ",
+            signals_sql!(),
+            " FROM webhook_endpoints AS e"
+        ))
+        .bind::<Timestamptz, _>(now),
+    )
+    .load(connection)
+    .await
+}
+
+#[derive(QueryableByName)]
+struct EndpointSignals {
+    #[diesel(sql_type = Bool)]
+    enabled: bool,
+    #[diesel(embed)]
+    signals: HealthSignals,
+}
+
 /// Endpoints per health state (every state present, zero when none), for the metrics gauges.
-/// Computed with `HealthStats::health`, the same rule the API reports.
+/// Decided by [`HealthSignals::health`], the same rule the API reports.
 pub async fn health_counts(
     connection: &mut AsyncPgConnection,
     now: DateTime<Utc>,
 ) -> QueryResult<Vec<(&'static str, i64)>> {
-    use crate::schema::webhook_endpoints;
-    let endpoints: Vec<EndpointRow> = webhook_endpoints::table
-        .select(EndpointRow::as_select())
-        .load(connection)
-        .await?;
     let mut counts = vec![("setup", 0), ("ready", 0), ("live", 0), ("attention", 0)];
-    for endpoint in &endpoints {
-        let state = match stats(connection, endpoint.id, now).await?.health(endpoint) {
+    for endpoint in signals_of_every_endpoint(connection, now).await? {
+        let state = match endpoint.signals.health(endpoint.enabled) {
             EndpointHealth::Setup => "setup",
             EndpointHealth::Ready => "ready",
             EndpointHealth::Live => "live",

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS webhook_attempts_failed_idx;
