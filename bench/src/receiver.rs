@@ -17,9 +17,14 @@ struct Shared {
     hang: bool,
 }
 
+/// Stops serving when dropped, closing its idle connections as a receiver that goes away does.
+/// Left serving, every run's receiver kept the server's idle connections to it open (32 per
+/// receiver, the server's idle limit per host) for the run's remaining minutes, and the
+/// server's peak RSS grew by about a MiB with each run.
 pub struct Receiver {
     addr: std::net::SocketAddr,
     shared: Arc<Shared>,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn receive(State(shared): State<Arc<Shared>>, body: Bytes) -> &'static str {
@@ -55,10 +60,19 @@ impl Receiver {
         let app = Router::new().fallback(receive).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
         });
-        Ok(Self { addr, shared })
+        Ok(Self {
+            addr,
+            shared,
+            _stop: stop,
+        })
     }
 
     pub fn url(&self) -> String {
