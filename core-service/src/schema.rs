@@ -255,6 +255,7 @@ diesel::table! {
         remote_updated_at -> Nullable<Timestamptz>,
         updated_at -> Timestamptz,
         syncing_until -> Nullable<Timestamptz>,
+        deleted_person_id -> Nullable<Text>,
     }
 }
 

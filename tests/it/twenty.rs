@@ -1283,6 +1283,57 @@ async fn a_delete_older_than_a_restore_already_applied_is_stale() {
 }
 
 #[tokio::test]
+async fn an_update_older_than_the_persons_delete_arriving_after_it_is_stale() {
+    let (app, fake) = connected().await;
+    let person_id = "7b0c2b9e-0000-4000-8000-0000000000d3";
+    let created = person_record(person_id, "Gone", "Soon", "gone@example.com", "15112340151");
+    send_webhook(&app, "person.created", &created).await;
+    let contact = contact_by_phone(&app, "+4915112340151").await;
+    let contact_id = contact["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+
+    // Edited, then deleted; the edit's webhook arrives last.
+    let edited_at = Utc::now() + TimeDelta::seconds(2);
+    let mut edited = created.clone();
+    edited["name"] = json!({"firstName": "Late", "lastName": "Edit"});
+    edited["updatedAt"] = json!(timestamp(edited_at));
+    let mut deleted = created.clone();
+    deleted["deletedAt"] = json!(timestamp(edited_at + TimeDelta::seconds(2)));
+    let reply = send_webhook(&app, "person.deleted", &deleted).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "unlinked",
+        "{}",
+        reply.text
+    );
+    let reply = send_webhook(&app, "person.updated", &edited).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "stale",
+        "{}",
+        reply.text
+    );
+    let sync = sync_of(&app, &contact_id).await;
+    assert_eq!(sync["status"], "unlinked", "{sync}");
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340151").await["name"],
+        "Gone Soon"
+    );
+
+    // A restore newer than the delete links the person again.
+    let mut restored = created.clone();
+    restored["updatedAt"] = json!(timestamp(edited_at + TimeDelta::seconds(4)));
+    let reply = send_webhook(&app, "person.restored", &restored).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "applied",
+        "{}",
+        reply.text
+    );
+    let sync = wait_for_status(&app, &contact_id, "synced").await;
+    assert_eq!(sync["person_id"], person_id);
+    // Nothing was created in Twenty on the way.
+    assert!(fake.people().is_empty(), "{:?}", fake.people());
+}
+
+#[tokio::test]
 async fn backfill_links_and_creates_contacts_across_pages() {
     let (app, fake) = connected().await;
     // An existing contact that one Twenty person matches by phone.

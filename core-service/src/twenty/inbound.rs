@@ -291,6 +291,8 @@ impl Apply<'_> {
                     records::unlink(
                         connection,
                         link.contact_id,
+                        &person_id,
+                        self.deleted_version(&event.record),
                         "the person was deleted in Twenty",
                         self.now,
                     )
@@ -308,6 +310,20 @@ impl Apply<'_> {
                 Some(link) => {
                     self.linked(connection, &person_id, &event.record, link)
                         .await
+                }
+                // An update that arrives after the person's delete, though older, would link
+                // the contact to a person that no longer exists, and its next change would
+                // create the person again.
+                None if records::deleted_version(connection, &person_id)
+                    .await?
+                    .is_some_and(|deleted| self.version(&event.record) <= deleted) =>
+                {
+                    Ok(result(
+                        &person_id,
+                        None,
+                        Outcome::Stale,
+                        "the person was deleted in Twenty after this version",
+                    ))
                 }
                 None => Ok(self
                     .unlinked(connection, &person_id, &event.record)

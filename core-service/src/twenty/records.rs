@@ -257,6 +257,7 @@ pub async fn record_synced(
             syncs::last_error.eq(None::<String>),
             syncs::synced_at.eq(now),
             syncs::synced_values.eq(excluded(syncs::synced_values)),
+            syncs::deleted_person_id.eq(None::<String>),
             // Never move the known Twenty version backwards.
             syncs::remote_updated_at.eq(diesel::dsl::sql::<
                 diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
@@ -398,16 +399,28 @@ async fn record_failure_from(
     .map(|updated| updated == 1)
 }
 
-/// The person is gone from Twenty: drop the link, keep the contact.
+/// The person is gone from Twenty: drop the link, keep the contact. The person and the delete's
+/// `version` are kept (see [`deleted_version`]).
 pub async fn unlink(
     connection: &mut AsyncPgConnection,
     contact_id: Uuid,
+    person_id: &str,
+    version: DateTime<Utc>,
     reason: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Nullable, Timestamptz};
     diesel::update(syncs::table.find(contact_id))
         .set((
             syncs::person_id.eq(None::<String>),
+            syncs::deleted_person_id.eq(person_id),
+            // Never moved backwards, as in `record_synced`.
+            syncs::remote_updated_at.eq(sql::<Nullable<Timestamptz>>(
+                "GREATEST(remote_updated_at, ",
+            )
+            .bind::<Timestamptz, _>(version)
+            .sql(")")),
             syncs::status.eq(SyncStatus::Unlinked.as_str()),
             syncs::last_error.eq(reason),
             syncs::synced_values.eq(Json::Object(Default::default())),
@@ -416,6 +429,19 @@ pub async fn unlink(
         .execute(connection)
         .await
         .map(drop)
+}
+
+/// The version of `person_id`'s delete, when Twenty deleted it while it was linked: an update
+/// of the person no newer than that is stale, however late it arrives.
+pub async fn deleted_version(
+    connection: &mut AsyncPgConnection,
+    person_id: &str,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    syncs::table
+        .filter(syncs::deleted_person_id.eq(person_id))
+        .select(diesel::dsl::max(syncs::remote_updated_at))
+        .first(connection)
+        .await
 }
 
 /// Contacts per status.

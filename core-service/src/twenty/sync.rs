@@ -349,9 +349,20 @@ impl SyncHandler {
                 store(&mut db, person_id, &values, updated_at(&person)).await
             }
             Err(PushError::Gone) => {
-                records::unlink(&mut db, contact_id, "the person was deleted in Twenty", now)
-                    .await
-                    .map_err(retry)
+                // Its delete's time is not known; that it was gone by now is.
+                let person = record
+                    .as_ref()
+                    .and_then(|record| record.person_id.as_deref());
+                records::unlink(
+                    &mut db,
+                    contact_id,
+                    person.unwrap_or_default(),
+                    now,
+                    "the person was deleted in Twenty",
+                    now,
+                )
+                .await
+                .map_err(retry)
             }
             Err(PushError::Db(error)) => Err(JobError::retry(error)),
             Err(PushError::Twenty(error))
