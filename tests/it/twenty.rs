@@ -1450,6 +1450,52 @@ async fn backfill_links_an_unlinked_contact_by_phone() {
 }
 
 #[tokio::test]
+async fn a_backfill_page_read_before_a_persons_delete_does_not_link_it_again() {
+    let (app, fake) = connected().await;
+    // As a page read just before the delete would list it: Twenty's copy, still there.
+    let person = fake.insert_person(json!({
+        "name": {"firstName": "Read", "lastName": "Before"},
+        "phones": {"primaryPhoneNumber": "15112340161", "primaryPhoneCallingCode": "+49"},
+    }));
+    let person_id = person["id"].as_str().unwrap();
+    let mut linked = person.clone();
+    linked["phones"]["primaryPhoneCountryCode"] = json!("DE");
+    let reply = send_webhook(&app, "person.created", &linked).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "applied",
+        "{}",
+        reply.text
+    );
+    let contact_id = reply.body["results"][0]["contact_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut deleted = linked.clone();
+    deleted["deletedAt"] = json!(timestamp(Utc::now() + TimeDelta::seconds(2)));
+    let reply = send_webhook(&app, "person.deleted", &deleted).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "unlinked",
+        "{}",
+        reply.text
+    );
+
+    let started = admin(&app, Method::POST, &format!("{BASE}/backfill"), None).await;
+    assert_eq!(started.status, 200, "{}", started.text);
+    eventually("the backfill completes", async || {
+        admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
+            .await
+            .body["backfill"]["status"]
+            == "completed"
+    })
+    .await;
+    let sync = sync_of(&app, &contact_id).await;
+    assert_eq!(sync["status"], "unlinked", "{sync}");
+    let health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None).await;
+    assert_eq!(health.body["backfill"]["skipped"], 1, "{}", health.text);
+    assert_eq!(fake.people().len(), 1, "{person_id}");
+}
+
+#[tokio::test]
 async fn a_tag_written_by_an_emarsys_event_rule_reaches_twenty() {
     let (app, fake) = connected().await;
     let manager = [

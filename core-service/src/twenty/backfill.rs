@@ -382,9 +382,13 @@ async fn import(
         tally.skipped += 1;
         return Ok(());
     };
+    // Linked already, or deleted (while linked) after the version the page read: the page is
+    // read from Twenty before its transaction, and a person deleted meanwhile is not to be
+    // linked again.
     if records::lock_by_person(connection, person_id)
         .await?
         .is_some()
+        || apply.deleted_since(connection, person_id, person).await?
     {
         tally.skipped += 1;
         return Ok(());

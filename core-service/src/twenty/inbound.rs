@@ -314,9 +314,9 @@ impl Apply<'_> {
                 // An update that arrives after the person's delete, though older, would link
                 // the contact to a person that no longer exists, and its next change would
                 // create the person again.
-                None if records::deleted_version(connection, &person_id)
-                    .await?
-                    .is_some_and(|deleted| self.version(&event.record) <= deleted) =>
+                None if self
+                    .deleted_since(connection, &person_id, &event.record)
+                    .await? =>
                 {
                     Ok(result(
                         &person_id,
@@ -337,6 +337,18 @@ impl Apply<'_> {
                 &format!("{other} is not a person event"),
             )),
         }
+    }
+
+    /// Whether Twenty deleted the person, while linked, after the version `record` carries.
+    pub async fn deleted_since(
+        &self,
+        connection: &mut AsyncPgConnection,
+        person_id: &str,
+        record: &Json,
+    ) -> QueryResult<bool> {
+        Ok(records::deleted_version(connection, person_id)
+            .await?
+            .is_some_and(|deleted| self.version(record) <= deleted))
     }
 
     /// The person version the event carries.

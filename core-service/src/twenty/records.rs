@@ -96,12 +96,19 @@ pub async fn find(
         .optional()
 }
 
+/// How many advisory locks the people of Twenty webhooks are spread over (see [`lock_people`]),
+/// the keys from `PERSON_LOCK_BASE` on (apart from the migration and bootstrap locks).
+const PERSON_LOCK_BUCKETS: i64 = 64;
+const PERSON_LOCK_BASE: i64 = 0x5357_4254_5457_0000; // "SWBTTW" and the bucket
+
 /// Holds the people `person_ids` until the transaction ends, so that the webhooks (and backfill
 /// pages) applying one person serialise even before the person has a link whose row
 /// [`lock_by_person`] could lock: two at once for a new person both found no link, and the one
-/// committed last won, older or not. Advisory locks, on a hash of each id (a collision only
-/// serialises two people), taken in one statement in the hashes' order, so that two calls naming
-/// the same people in different orders cannot deadlock.
+/// committed last won, older or not. Advisory locks, one per bucket of a hash of the ids (a
+/// shared bucket only serialises two people), taken in one statement in the buckets' order, so
+/// that two calls naming the same people in different orders cannot deadlock. At most
+/// [`PERSON_LOCK_BUCKETS`] per call: one lock per person of a batch of thousands would use up
+/// the server's shared lock table (64 per connection by default) and fail other transactions.
 pub async fn lock_people<'a>(
     connection: &mut AsyncPgConnection,
     person_ids: impl IntoIterator<Item = &'a str>,
@@ -114,10 +121,12 @@ pub async fn lock_people<'a>(
     crate::db::prepared(
         diesel::sql_query(
             "SELECT pg_advisory_xact_lock(key) FROM (
-             SELECT DISTINCT hashtextextended('twenty person ' || id, 0) AS key
+             SELECT DISTINCT $3 + abs(hashtextextended(id, 0) % $2) AS key
                FROM unnest($1) AS id ORDER BY key) AS keys",
         )
-        .bind::<Array<Text>, _>(person_ids),
+        .bind::<Array<Text>, _>(person_ids)
+        .bind::<diesel::sql_types::BigInt, _>(PERSON_LOCK_BUCKETS)
+        .bind::<diesel::sql_types::BigInt, _>(PERSON_LOCK_BASE),
     )
     .execute(connection)
     .await
@@ -295,6 +304,8 @@ pub async fn record_synced_if_unchanged(
         syncs::last_error.eq(None::<String>),
         syncs::synced_at.eq(now),
         syncs::synced_values.eq(values),
+        // Linked again: a deleted person it remembered no longer names its versions.
+        syncs::deleted_person_id.eq(None::<String>),
         syncs::remote_updated_at.eq(diesel::dsl::sql::<
             diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
         >("GREATEST(twenty_contact_syncs.remote_updated_at, ")
@@ -328,6 +339,7 @@ pub async fn link_if_unlinked(
     .set((
         syncs::person_id.eq(person_id),
         syncs::synced_values.eq(values),
+        syncs::deleted_person_id.eq(None::<String>),
         syncs::remote_updated_at.eq(remote_updated_at),
         syncs::updated_at.eq(now),
     ))
