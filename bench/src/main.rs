@@ -77,7 +77,7 @@ struct Report {
 /// The runs with several endpoints, without and with one more that hangs: four of each, in
 /// mirrored order (ABBA BAAB), so that a drift over the runs (the machine's speed, the tables
 /// growing) weighs on both sides alike rather than always on the later one. Each side is then
-/// read by its median: about one run in four, with or without the hanging endpoint, stalls for
+/// read by its median: about one run in three or four, with or without the hanging endpoint, stalls for
 /// a few hundred milliseconds (p99 near 200 ms, a third of its rate gone; the server's sampled
 /// gauges off or on, alike), and the mean of two runs, as this compared before, moved by 20 %
 /// either way with it: more than the effect measured.

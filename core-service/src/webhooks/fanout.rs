@@ -18,7 +18,7 @@ use futures::future::join_all;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::deliver::{Admission, DELIVER_JOB, Deliverer, Slot, deliver_job, retry};
+use super::deliver::{Admission, Arrival, DELIVER_JOB, Deliverer, Slot, deliver_job, retry};
 use super::model::{DeliveryRow, EndpointRow};
 use crate::config_watch::{Cached, ConfigWatch};
 use crate::db::{self, prepared};
@@ -106,7 +106,10 @@ impl EventConsumer for WebhookFanout {
                         Admission::After(wait) => {
                             soonest_wait =
                                 Some(soonest_wait.map_or(wait, |soonest| soonest.min(wait)));
-                            let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                            // From now, not from `now` read before the waits above: a rate
+                            // limit's turn is counted from the moment it was given.
+                            let due =
+                                Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                             (index, job.due_at(due), Admission::After(wait))
                         }
                         admitted => (index, job, admitted),
@@ -180,7 +183,11 @@ async fn attempt_now(
             let result = async {
                 let slot = match slot {
                     Some(slot) => slot,
-                    None => deliverer.admit_when_free(&endpoint, context).await?,
+                    None => {
+                        deliverer
+                            .admit_when_free(&endpoint, Arrival::New, context)
+                            .await?
+                    }
                 };
                 deliverer
                     .attempt(slot, &delivery, &endpoint, event, context)
