@@ -65,6 +65,18 @@ async fn create(app: &TestApp, url: &str, event_types: &[&str]) -> (Endpoint, St
     (created.endpoint.expect("endpoint"), created.secret)
 }
 
+/// The endpoint as `GetEndpoint` describes it now.
+async fn described(app: &TestApp, id: &str) -> Endpoint {
+    client(app)
+        .await
+        .get_endpoint(GetEndpointRequest { id: id.to_owned() })
+        .await
+        .expect("get endpoint")
+        .into_inner()
+        .endpoint
+        .expect("endpoint")
+}
+
 async fn new_contact(app: &TestApp, phone: &str) {
     app.upsert_contact(&json!({"phone_number": phone})).await;
 }
@@ -433,29 +445,11 @@ async fn a_410_disables_the_endpoint_with_its_reason() {
 
     new_contact(&app, "+4915112345678").await;
     receiver.wait_for(1).await;
-    let mut webhooks = client(&app).await;
     eventually("the endpoint is disabled", async || {
-        !webhooks
-            .get_endpoint(GetEndpointRequest {
-                id: endpoint.id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .endpoint
-            .expect("endpoint")
-            .enabled
+        !described(&app, &endpoint.id).await.enabled
     })
     .await;
-    let disabled = webhooks
-        .get_endpoint(GetEndpointRequest {
-            id: endpoint.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .endpoint
-        .expect("endpoint");
+    let disabled = described(&app, &endpoint.id).await;
 
     assert!(
         disabled.disabled_reason.contains("410"),
@@ -595,27 +589,11 @@ async fn an_endpoint_failing_for_the_whole_window_is_disabled() {
     .expect("backdate the failures");
 
     new_contact(&app, "+4915112345678").await;
-    let mut webhooks = client(&app).await;
     eventually("the endpoint is disabled", async || {
-        !webhooks
-            .get_endpoint(GetEndpointRequest {
-                id: endpoint.id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .endpoint
-            .expect("endpoint")
-            .enabled
+        !described(&app, &endpoint.id).await.enabled
     })
     .await;
-    let disabled = webhooks
-        .get_endpoint(GetEndpointRequest { id: endpoint.id })
-        .await
-        .expect("get")
-        .into_inner()
-        .endpoint
-        .expect("endpoint");
+    let disabled = described(&app, &endpoint.id).await;
     assert!(
         disabled
             .disabled_reason
@@ -631,19 +609,9 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
     let receiver = Receiver::start().await;
     let mut webhooks = client(&app).await;
     let (endpoint, _) = create(&app, &receiver.url(), &["webhook.test"]).await;
-    let health = async |webhooks: &mut WebhookServiceClient<Authed>| {
-        webhooks
-            .get_endpoint(GetEndpointRequest {
-                id: endpoint.id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .endpoint
-            .expect("endpoint")
-    };
+    let health = async || described(&app, &endpoint.id).await;
 
-    assert_eq!(health(&mut webhooks).await.health(), EndpointHealth::Ready);
+    assert_eq!(health().await.health(), EndpointHealth::Ready);
     webhooks
         .disable_endpoint(DisableEndpointRequest {
             id: endpoint.id.clone(),
@@ -651,7 +619,7 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
         })
         .await
         .expect("disable");
-    assert_eq!(health(&mut webhooks).await.health(), EndpointHealth::Setup);
+    assert_eq!(health().await.health(), EndpointHealth::Setup);
     webhooks
         .enable_endpoint(EnableEndpointRequest {
             id: endpoint.id.clone(),
@@ -667,7 +635,7 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
         .into_inner()
         .attempt
         .expect("attempt");
-    let live = health(&mut webhooks).await;
+    let live = health().await;
     receiver.answer(Answer {
         status: 500,
         body: "broken".to_owned(),
@@ -682,7 +650,7 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
         .into_inner()
         .attempt
         .expect("attempt");
-    let attention = health(&mut webhooks).await;
+    let attention = health().await;
     // A success afterwards leaves the failed delivery to recover: still Attention, until it is
     // sent again.
     receiver.answer(Answer::default());
@@ -692,7 +660,7 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
         })
         .await
         .expect("test");
-    let to_recover = health(&mut webhooks).await;
+    let to_recover = health().await;
     let failed_delivery = webhooks
         .list_deliveries(ListDeliveriesRequest {
             endpoint_id: endpoint.id.clone(),
@@ -711,7 +679,7 @@ async fn health_moves_from_setup_and_ready_to_live_and_attention() {
         .await
         .expect("retry");
     eventually("the retried delivery succeeds", async || {
-        health(&mut webhooks).await.health() == EndpointHealth::Live
+        health().await.health() == EndpointHealth::Live
     })
     .await;
 
@@ -754,30 +722,14 @@ async fn a_failed_delivery_waiting_for_its_retry_needs_attention_in_the_api_and_
 
     // The last attempt succeeded and nothing failed for good, but the first delivery waits a
     // minute for its retry.
-    let mut webhooks = client(&app).await;
     eventually("the success is recorded", async || {
-        webhooks
-            .get_endpoint(GetEndpointRequest {
-                id: endpoint.id.clone(),
-            })
+        described(&app, &endpoint.id)
             .await
-            .expect("get")
-            .into_inner()
-            .endpoint
-            .expect("endpoint")
             .last_success_at
             .is_some()
     })
     .await;
-    let described = webhooks
-        .get_endpoint(GetEndpointRequest {
-            id: endpoint.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .endpoint
-        .expect("endpoint");
+    let described = described(&app, &endpoint.id).await;
     assert_eq!(described.health(), EndpointHealth::Attention);
     assert_eq!(described.success_rate, 0.5);
     let mut connection = app.database.connect().await;
@@ -1276,16 +1228,7 @@ async fn two_updates_of_different_fields_at_once_both_keep_their_change() {
         update.await.expect("update");
     }
 
-    let stored = client(&app)
-        .await
-        .get_endpoint(GetEndpointRequest {
-            id: endpoint.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .endpoint
-        .expect("endpoint");
+    let stored = described(&app, &endpoint.id).await;
     assert_eq!(stored.url, moved_to.url());
     assert_eq!(stored.event_types, ["webhook.test"]);
 }
@@ -2077,13 +2020,7 @@ async fn a_410_after_an_operators_disable_keeps_the_operators_reason() {
         count(&app, "SELECT count(*) FROM webhook_attempts").await,
         1
     );
-    let stored = webhooks
-        .get_endpoint(GetEndpointRequest { id: endpoint.id })
-        .await
-        .expect("get")
-        .into_inner()
-        .endpoint
-        .expect("endpoint");
+    let stored = described(&app, &endpoint.id).await;
     assert_eq!(stored.disabled_reason, "maintenance");
     let announced = "SELECT count(*) FROM events WHERE type = 'webhook.endpoint_disabled'";
     assert_eq!(
@@ -2556,15 +2493,7 @@ async fn custom_headers_follow_a_new_url_to_another_origin_only_when_sent_again(
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     let details = tonic_types::StatusExt::get_details_bad_request(&refused).expect("details");
     assert_eq!(details.field_violations[0].field, "headers");
-    let kept = webhooks
-        .get_endpoint(GetEndpointRequest {
-            id: endpoint.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .endpoint
-        .expect("endpoint");
+    let kept = described(&app, &endpoint.id).await;
     assert_eq!(kept.url, old_host.url(), "nothing changed");
 
     // Another path on the same origin keeps them; another origin takes them sent again.
@@ -2834,16 +2763,7 @@ async fn the_old_urls_failures_do_not_disable_an_endpoint_moved_to_a_new_one() {
     let received = new.wait_for(1).await;
     assert_eq!(received[0].json()["type"], "contact.created");
     // ...and the moved endpoint stays enabled, with no failing streak.
-    let after = client(&app)
-        .await
-        .get_endpoint(GetEndpointRequest {
-            id: endpoint.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .endpoint
-        .expect("endpoint");
+    let after = described(&app, &endpoint.id).await;
     assert!(after.enabled, "{:?}", after.disabled_reason);
     assert_eq!(
         count(
@@ -3020,13 +2940,7 @@ async fn a_410_sent_before_an_operators_enable_does_not_disable_the_endpoint_aga
     answer.add_permits(1);
 
     until_deliveries_end_or_fail(&app).await;
-    let stored = webhooks
-        .get_endpoint(GetEndpointRequest { id: endpoint.id })
-        .await
-        .expect("get")
-        .into_inner()
-        .endpoint
-        .expect("endpoint");
+    let stored = described(&app, &endpoint.id).await;
     assert!(stored.enabled, "{stored:?}");
     let announced = "SELECT count(*) FROM events WHERE type = 'webhook.endpoint_disabled'";
     assert_eq!(count(&app, announced).await, 0);
