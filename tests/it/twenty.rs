@@ -1449,6 +1449,58 @@ async fn backfill_links_an_unlinked_contact_by_phone() {
     assert_eq!(health.body["backfill"]["created"], 0);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_while_a_sync_finds_the_person_gone_keeps_the_link() {
+    let (app, fake) = connected().await;
+    let person = fake.insert_person(json!({
+        "name": {"firstName": "Back", "lastName": "Again"},
+        "phones": {"primaryPhoneNumber": "15112340171", "primaryPhoneCallingCode": "+49"},
+    }));
+    let person_id = person["id"].as_str().unwrap().to_owned();
+    let mut record = person.clone();
+    record["phones"]["primaryPhoneCountryCode"] = json!("DE");
+    let reply = send_webhook(&app, "person.created", &record).await;
+    let contact_id = reply.body["results"][0]["contact_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+
+    // A local change's sync finds the person deleted; before its 404 arrives, the person is
+    // restored in Twenty and the restore's webhook is applied.
+    fake.slow_down(std::time::Duration::from_millis(1500));
+    fake.fail_next(Failure::DeletedFirst);
+    let arrived = fake.arrivals();
+    app.upsert_contact(
+        &json!({"phone_number": "+4915112340171", "person_properties": {"name": "Local Change"}}),
+    )
+    .await;
+    eventually("the sync's request is in flight", async || {
+        fake.arrivals() > arrived
+    })
+    .await;
+    let mut restored = record.clone();
+    restored["updatedAt"] = json!(timestamp(Utc::now() + TimeDelta::seconds(1)));
+    let reply = send_webhook(&app, "person.restored", &restored).await;
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "applied",
+        "{}",
+        reply.text
+    );
+
+    // The sync's 404 does not undo the restore's link.
+    eventually("the sync's 404 arrives", async || {
+        fake.requests()
+            .iter()
+            .any(|request| request.method == Method::PATCH)
+    })
+    .await;
+    settled(&app).await;
+    let sync = sync_of(&app, &contact_id).await;
+    assert_eq!(sync["status"], "synced", "{sync}");
+    assert_eq!(sync["person_id"], person_id.as_str(), "{sync}");
+}
+
 #[tokio::test]
 async fn a_backfill_page_read_before_a_persons_delete_does_not_link_it_again() {
     let (app, fake) = connected().await;

@@ -293,6 +293,8 @@ impl Apply<'_> {
                         link.contact_id,
                         &person_id,
                         self.deleted_version(&event.record),
+                        // Locked (`lock_by_person`): as read.
+                        None,
                         "the person was deleted in Twenty",
                         self.now,
                     )

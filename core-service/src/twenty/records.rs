@@ -412,35 +412,43 @@ async fn record_failure_from(
 }
 
 /// The person is gone from Twenty: drop the link, keep the contact. The person and the delete's
-/// `version` are kept (see [`deleted_version`]).
+/// `version` are kept (see [`deleted_version`]). Only while the contact is linked to that person
+/// and, given `read_at`, its record is as read then (its `updated_at`): a sync that found the
+/// person gone must not undo a webhook that linked it again meanwhile (a restore). Returns
+/// whether it unlinked.
 pub async fn unlink(
     connection: &mut AsyncPgConnection,
     contact_id: Uuid,
     person_id: &str,
     version: DateTime<Utc>,
+    read_at: Option<DateTime<Utc>>,
     reason: &str,
     now: DateTime<Utc>,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     use diesel::dsl::sql;
     use diesel::sql_types::{Nullable, Timestamptz};
-    diesel::update(syncs::table.find(contact_id))
-        .set((
-            syncs::person_id.eq(None::<String>),
-            syncs::deleted_person_id.eq(person_id),
-            // Never moved backwards, as in `record_synced`.
-            syncs::remote_updated_at.eq(sql::<Nullable<Timestamptz>>(
-                "GREATEST(remote_updated_at, ",
-            )
+    let mut unlink = diesel::update(
+        syncs::table
+            .find(contact_id)
+            .filter(syncs::person_id.eq(person_id)),
+    )
+    .set((
+        syncs::person_id.eq(None::<String>),
+        syncs::deleted_person_id.eq(person_id),
+        // Never moved backwards, as in `record_synced`.
+        syncs::remote_updated_at.eq(sql::<Nullable<Timestamptz>>("GREATEST(remote_updated_at, ")
             .bind::<Timestamptz, _>(version)
             .sql(")")),
-            syncs::status.eq(SyncStatus::Unlinked.as_str()),
-            syncs::last_error.eq(reason),
-            syncs::synced_values.eq(Json::Object(Default::default())),
-            syncs::updated_at.eq(now),
-        ))
-        .execute(connection)
-        .await
-        .map(drop)
+        syncs::status.eq(SyncStatus::Unlinked.as_str()),
+        syncs::last_error.eq(reason),
+        syncs::synced_values.eq(Json::Object(Default::default())),
+        syncs::updated_at.eq(now),
+    ))
+    .into_boxed();
+    if let Some(read_at) = read_at {
+        unlink = unlink.filter(syncs::updated_at.eq(read_at));
+    }
+    unlink.execute(connection).await.map(|updated| updated == 1)
 }
 
 /// The version of `person_id`'s delete, when Twenty deleted it while it was linked: an update

@@ -349,20 +349,33 @@ impl SyncHandler {
                 store(&mut db, person_id, &values, updated_at(&person)).await
             }
             Err(PushError::Gone) => {
-                // Its delete's time is not known; that it was gone by now is.
-                let person = record
+                // Only a linked person can be gone.
+                let Some(person) = record
                     .as_ref()
-                    .and_then(|record| record.person_id.as_deref());
-                records::unlink(
+                    .and_then(|record| record.person_id.as_deref())
+                else {
+                    return Ok(());
+                };
+                // Its delete's time is not known; that it was gone by now is.
+                let unlinked = records::unlink(
                     &mut db,
                     contact_id,
-                    person.unwrap_or_default(),
+                    person,
                     now,
+                    read_at,
                     "the person was deleted in Twenty",
                     now,
                 )
                 .await
-                .map_err(retry)
+                .map_err(retry)?;
+                match unlinked {
+                    true => Ok(()),
+                    // A webhook changed the link meanwhile (a restore linked it again): compare
+                    // again with what it stored.
+                    false => Err(JobError::Defer {
+                        after: std::time::Duration::ZERO,
+                    }),
+                }
             }
             Err(PushError::Db(error)) => Err(JobError::retry(error)),
             Err(PushError::Twenty(error))
