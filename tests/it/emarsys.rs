@@ -561,6 +561,105 @@ fn acme_flow(id: &str, enabled: bool, events: &[&str]) -> Flow {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn flows_and_rules_beyond_their_bounds_are_refused_and_existing_ones_still_change() {
+    let app = TestApp::spawn().await;
+    // Up to the bounds (500 flows, 200 rules), written directly: every instance holds them all.
+    let mut connection = app.database.connect().await;
+    diesel::sql_query(
+        "INSERT INTO flows (id, org, name, enabled, event_names, created_at, updated_at)
+         SELECT 'flow-' || n, 'acme', 'flow ' || n, false, '{}', now(), now()
+           FROM generate_series(1, 500) AS n",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("flows");
+    diesel::sql_query(
+        "INSERT INTO event_rules (event_name, add_tags, remove_tags, set_properties, created_at,
+                                  updated_at)
+         SELECT 'event_' || n, '{}', '{}', '{}', now(), now() FROM generate_series(1, 200) AS n",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("rules");
+    let mut flows = FlowServiceClient::with_interceptor(
+        app.channel().await,
+        WithKey::new(Some(&app.keys.manager)),
+    );
+    let rule = |event_name: &str| EventRule {
+        event_name: event_name.to_owned(),
+        add_tags: vec!["vip".to_owned()],
+        ..Default::default()
+    };
+
+    let refused = flows
+        .put_flow(PutFlowRequest {
+            flow: Some(acme_flow("one-more", true, &["order_placed"])),
+        })
+        .await
+        .expect_err("a 501st flow");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("at most 500 flows"),
+        "{refused:?}"
+    );
+    let refused = flows
+        .put_event_rule(PutEventRuleRequest {
+            rule: Some(rule("one_more")),
+        })
+        .await
+        .expect_err("a 201st rule");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("at most 200 event rules"),
+        "{refused:?}"
+    );
+
+    flows
+        .put_flow(PutFlowRequest {
+            flow: Some(acme_flow("flow-7", true, &["order_placed"])),
+        })
+        .await
+        .expect("an existing flow changes");
+    flows
+        .put_event_rule(PutEventRuleRequest {
+            rule: Some(rule("event_7")),
+        })
+        .await
+        .expect("an existing rule changes");
+    // Over REST, the refusal is a 400 naming the precondition.
+    let reply = app
+        .send(
+            Method::PUT,
+            "/api/v1/admin/flows/one-more",
+            &[
+                ("x-api-key", app.keys.manager.as_str()),
+                ("content-type", "application/json"),
+            ],
+            json!({"org": "acme", "name": "One more", "enabled": true, "event_names": ["order_placed"]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    // The admin API's error shape: the gRPC code (9, FAILED_PRECONDITION) and its message.
+    assert_eq!(reply.body["code"], 9, "{}", reply.text);
+    assert!(
+        reply.body["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("at most 500 flows")),
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rules_and_flows_changed_through_the_api_or_elsewhere_apply_to_the_next_events() {
     let app = TestApp::spawn().await;
     crate::helpers::until_config_listened(&app.database).await;

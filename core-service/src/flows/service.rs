@@ -63,6 +63,14 @@ fn invalid(violations: Vec<FieldViolation>) -> Status {
     ServiceError::InvalidArgument(violations).into()
 }
 
+/// A new flow or rule beyond its bound: one has to go before another comes.
+fn too_many(bound: i64, what: &str) -> Status {
+    ServiceError::FailedPrecondition(format!(
+        "at most {bound} {what} can be configured; delete one first"
+    ))
+    .into()
+}
+
 fn not_found(what: &'static str) -> Status {
     ServiceError::NotFound(what).into()
 }
@@ -95,6 +103,14 @@ impl FlowService for FlowsGrpc {
         let context = RequestContext::from_request(&request)?;
         let flow = request.into_inner().flow.unwrap_or_default();
         let row = flow_from_proto(flow, Utc::now()).map_err(invalid)?;
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        if store::flow_would_exceed(&mut connection, &row.id)
+            .await
+            .map_err(db_status)?
+        {
+            return Err(too_many(store::MAX_FLOWS, "flows"));
+        }
+        drop(connection);
         let stored = self
             .audited(
                 &context,
@@ -178,6 +194,14 @@ impl FlowService for FlowsGrpc {
         let context = RequestContext::from_request(&request)?;
         let rule = request.into_inner().rule.unwrap_or_default();
         let row = rule_from_proto(rule, Utc::now()).map_err(invalid)?;
+        let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
+        if store::rule_would_exceed(&mut connection, &row.event_name)
+            .await
+            .map_err(db_status)?
+        {
+            return Err(too_many(store::MAX_EVENT_RULES, "event rules"));
+        }
+        drop(connection);
         let stored = self
             .audited(
                 &context,
