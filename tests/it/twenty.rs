@@ -1468,7 +1468,8 @@ async fn a_restore_while_a_sync_finds_the_person_gone_keeps_the_link() {
 
     // A local change's sync finds the person deleted; before its 404 arrives, the person is
     // restored in Twenty and the restore's webhook is applied.
-    fake.slow_down(std::time::Duration::from_millis(1500));
+    // Its request is answered after 3 s: time for the restore's webhook even on a busy machine.
+    fake.slow_down(std::time::Duration::from_secs(3));
     fake.fail_next(Failure::DeletedFirst);
     let arrived = fake.arrivals();
     app.upsert_contact(

@@ -97,8 +97,11 @@ pub async fn find(
 }
 
 /// How many advisory locks the people of Twenty webhooks are spread over (see [`lock_people`]),
-/// the keys from `PERSON_LOCK_BASE` on (apart from the migration and bootstrap locks).
-const PERSON_LOCK_BUCKETS: i64 = 64;
+/// the keys from `PERSON_LOCK_BASE` on (apart from the migration and bootstrap locks). Enough
+/// that a backfill page (60 people by default) rarely holds up a webhook for someone else, few
+/// enough that a batch of thousands takes a sixth of the server's lock table at most (64 per
+/// connection by default, shared).
+const PERSON_LOCK_BUCKETS: i64 = 1024;
 const PERSON_LOCK_BASE: i64 = 0x5357_4254_5457_0000; // "SWBTTW" and the bucket
 
 /// Holds the people `person_ids` until the transaction ends, so that the webhooks (and backfill
@@ -107,8 +110,8 @@ const PERSON_LOCK_BASE: i64 = 0x5357_4254_5457_0000; // "SWBTTW" and the bucket
 /// committed last won, older or not. Advisory locks, one per bucket of a hash of the ids (a
 /// shared bucket only serialises two people), taken in one statement in the buckets' order, so
 /// that two calls naming the same people in different orders cannot deadlock. At most
-/// [`PERSON_LOCK_BUCKETS`] per call: one lock per person of a batch of thousands would use up
-/// the server's shared lock table (64 per connection by default) and fail other transactions.
+/// [`PERSON_LOCK_BUCKETS`] per call: one lock per person of a batch of many thousands could use
+/// up the server's shared lock table and fail other transactions.
 pub async fn lock_people<'a>(
     connection: &mut AsyncPgConnection,
     person_ids: impl IntoIterator<Item = &'a str>,

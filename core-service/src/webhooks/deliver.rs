@@ -256,27 +256,32 @@ impl Deliverer {
     }
 
     /// Whether this call should park `endpoint`'s waiting jobs: at most once per half park
-    /// period, however many of its jobs are deferred meanwhile.
-    fn should_park(&self, endpoint: Uuid) -> bool {
+    /// period, however many of its jobs are deferred meanwhile. `Some(mark)` when it should,
+    /// the mark it left (see [`Deliverer::forget_park`]).
+    fn should_park(&self, endpoint: Uuid) -> Option<Instant> {
         let now = Instant::now();
         let mut parked = self
             .parked
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match parked.get(&endpoint) {
-            Some(last) if now.duration_since(*last) < self.policy.slow_park / 2 => false,
+            Some(last) if now.duration_since(*last) < self.policy.slow_park / 2 => None,
             _ => {
                 parked.insert(endpoint, now);
-                true
+                Some(now)
             }
         }
     }
 
-    fn forget_park(&self, endpoint: Uuid) {
-        self.parked
+    /// Takes back the `mark` of a park that failed, unless another has parked since.
+    fn forget_park(&self, endpoint: Uuid, mark: Instant) {
+        let mut parked = self
+            .parked
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&endpoint);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if parked.get(&endpoint) == Some(&mark) {
+            parked.remove(&endpoint);
+        }
     }
 
     /// `Some(wait)` when the endpoint's rate limit says not yet: the delivery's turn comes
@@ -576,9 +581,9 @@ async fn park(
     let length = deliverer
         .park_length(endpoint)
         .unwrap_or(deliverer.policy.slow_park);
-    if !deliverer.should_park(endpoint) {
+    let Some(mark) = deliverer.should_park(endpoint) else {
         return Ok(length);
-    }
+    };
     let until = context.clock.now() + chrono::Duration::from_std(length).unwrap_or_default();
     let parked = async {
         let mut pooled;
@@ -602,7 +607,7 @@ async fn park(
     .await;
     if parked.is_err() {
         // Not parked after all: the next of its jobs to come by tries again.
-        deliverer.forget_park(endpoint);
+        deliverer.forget_park(endpoint, mark);
     }
     parked.map(|_| length)
 }
