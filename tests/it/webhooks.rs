@@ -579,6 +579,17 @@ async fn an_endpoint_failing_for_the_whole_window_is_disabled() {
     let receiver = Receiver::start().await;
     receiver.status(503);
     let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
+    // A failure a moment ago, in a streak that began 6 days ago.
+    new_contact(&app, "+4915112345670").await;
+    eventually("the first failure is recorded", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM webhook_attempts WHERE NOT succeeded",
+        )
+        .await
+            >= 1
+    })
+    .await;
     let mut connection = app.database.connect().await;
     sql_query(format!(
         "UPDATE webhook_endpoints SET failing_since = now() - interval '6 days' WHERE id = '{}'",
@@ -601,6 +612,47 @@ async fn an_endpoint_failing_for_the_whole_window_is_disabled() {
         "{}",
         disabled.disabled_reason
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_failure_after_days_of_quiet_starts_a_new_streak_rather_than_disable() {
+    let app = TestApp::builder().webhook_schedule("0s").spawn().await;
+    let receiver = Receiver::start().await;
+    receiver.status(503);
+    let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
+    // It failed 6 days ago, and nothing was sent to it since.
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "UPDATE webhook_endpoints SET failing_since = now() - interval '6 days' WHERE id = '{}'",
+        endpoint.id
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("backdate the failures");
+
+    new_contact(&app, "+4915112345679").await;
+    eventually("the failure is recorded", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM webhook_attempts WHERE NOT succeeded",
+        )
+        .await
+            >= 1
+    })
+    .await;
+    until_deliveries_end_or_fail(&app).await;
+    let described = described(&app, &endpoint.id).await;
+    assert!(described.enabled, "{described:?}");
+    let restarted = count(
+        &app,
+        &format!(
+            "SELECT count(*) FROM webhook_endpoints
+              WHERE id = '{}' AND failing_since > now() - interval '1 minute'",
+            endpoint.id
+        ),
+    )
+    .await;
+    assert_eq!(restarted, 1, "the streak starts again with this failure");
 }
 
 #[tokio::test(flavor = "multi_thread")]

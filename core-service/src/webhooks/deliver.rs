@@ -4,7 +4,8 @@
 //! (by default immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), with up to 10 %
 //! jitter and never sooner than a `Retry-After` the receiver sent with 429 or 503; after the
 //! last attempt the delivery is failed. A 410 Gone disables the endpoint at once; so does a
-//! failure when every delivery has failed for the whole failure window (5 days by default).
+//! failure when every delivery has failed for the whole failure window (5 days by default),
+//! a streak that a day and some of quiet ends (see [`DeliveryPolicy::streak_gap`]).
 //! Both emit `webhook.endpoint_disabled`. A delivery whose endpoint is disabled is skipped and
 //! can be recovered later.
 
@@ -24,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
-use super::sender::{AttemptResult, Sender};
+use super::sender::{AttemptResult, MAX_RETRY_AFTER, Sender};
 use super::success_log::SuccessLog;
 use crate::config_watch::ConfigWatch;
 use crate::db::{self, prepared};
@@ -74,6 +75,23 @@ pub struct DeliveryPolicy {
     /// Delivered attempts whose success may wait in memory to be written (see [`SuccessLog`]);
     /// beyond it, new deliveries wait for the database rather than pile up.
     pub success_backlog: usize,
+}
+
+impl DeliveryPolicy {
+    /// How long after its last failure an endpoint's failing streak ends: longer than any wait
+    /// between two attempts of one delivery (the schedule's longest step, or the longest
+    /// `Retry-After` honoured, with jitter), so that a delivery still being retried keeps the
+    /// streak going, while a first failure after days of quiet starts a new one.
+    pub fn streak_gap(&self) -> Duration {
+        let longest = self
+            .schedule
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or_default()
+            .max(MAX_RETRY_AFTER);
+        longest.mul_f64(1.1) + Duration::from_secs(3600)
+    }
 }
 
 impl Default for DeliveryPolicy {
@@ -769,7 +787,11 @@ pub async fn record_attempt(
     let recorded = connection
         .transaction(async |connection| {
             // The endpoint is locked before the delivery, as in `record_successes`.
-            let Some(failing) = mark_failing(connection, endpoint, now).await? else {
+            let streak_ended = chrono::Duration::from_std(policy.streak_gap())
+                .ok()
+                .and_then(|gap| now.checked_sub_signed(gap))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let Some(failing) = mark_failing(connection, endpoint, now, streak_ended).await? else {
                 // Deleted meanwhile, with its deliveries.
                 return Ok(Next::Done);
             };
@@ -909,7 +931,8 @@ enum Failing {
     Changed,
 }
 
-/// Since when `endpoint` has been failing: from now on, unless it was failing already. Read
+/// Since when `endpoint` has been failing: from now on, unless it was failing already, with a
+/// failure after `streak_ended` (see [`DeliveryPolicy::streak_gap`]). Read
 /// from its row, not from the caller's copy, which may be older than another attempt's failure
 /// or success (the fan-out's endpoints are cached; see [`crate::config_watch`]). The row is
 /// written only when it starts failing, and only while it is as the attempt found it (its URL
@@ -919,6 +942,7 @@ async fn mark_failing(
     connection: &mut AsyncPgConnection,
     endpoint: &EndpointRow,
     now: DateTime<Utc>,
+    streak_ended: DateTime<Utc>,
 ) -> QueryResult<Option<Failing>> {
     use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
 
@@ -933,16 +957,23 @@ async fn mark_failing(
     }
 
     // Another failure may have started the window since it was read: COALESCE keeps the
-    // earlier start.
+    // earlier start. A window with no failure since `streak_ended` (no traffic, the last
+    // delivery's schedule ran out) starts again: the endpoint may have been mended meanwhile,
+    // and its first failure after days of quiet is not days of failing.
     let found = prepared(
         diesel::sql_query(
             "WITH locked AS (
              SELECT id, failing_since, url, updated_at FROM webhook_endpoints WHERE id = $1 FOR KEY SHARE
          ), started AS (
-             UPDATE webhook_endpoints AS e SET failing_since = COALESCE(e.failing_since, $2)
+             UPDATE webhook_endpoints AS e
+                SET failing_since = CASE WHEN locked.failing_since IS NULL
+                                         THEN COALESCE(e.failing_since, $2) ELSE $2 END
              FROM locked
-             WHERE e.id = locked.id AND locked.failing_since IS NULL AND locked.url = $3
-               AND locked.updated_at = $4
+             WHERE e.id = locked.id AND locked.url = $3 AND locked.updated_at = $4
+               AND (locked.failing_since IS NULL
+                    OR NOT EXISTS (SELECT 1 FROM webhook_attempts AS a
+                                    WHERE a.endpoint_id = locked.id AND NOT a.succeeded
+                                      AND a.attempted_at > $5))
              RETURNING e.failing_since
          )
          SELECT COALESCE((SELECT failing_since FROM started), locked.failing_since) AS failing_since,
@@ -952,7 +983,8 @@ async fn mark_failing(
         .bind::<SqlUuid, _>(endpoint.id)
         .bind::<Timestamptz, _>(now)
         .bind::<Text, _>(&endpoint.url)
-        .bind::<Timestamptz, _>(endpoint.updated_at),
+        .bind::<Timestamptz, _>(endpoint.updated_at)
+        .bind::<Timestamptz, _>(streak_ended),
     )
     .get_result::<Found>(connection)
     .await
@@ -1090,6 +1122,21 @@ mod tests {
 
     fn limit(per_second: u32) -> RateLimit {
         RateLimit::new(NonZeroU32::new(per_second).expect("a rate"))
+    }
+
+    #[test]
+    fn a_streak_outlasts_the_longest_wait_between_two_attempts() {
+        let hours = |h: f64| Duration::from_secs_f64(h * 3600.0);
+        // The longest `Retry-After` honoured (24 h) beats the default schedule's 10 h.
+        assert_eq!(
+            DeliveryPolicy::default().streak_gap(),
+            hours(24.0 * 1.1 + 1.0)
+        );
+        let slow = DeliveryPolicy {
+            schedule: vec![Duration::ZERO, hours(48.0)],
+            ..DeliveryPolicy::default()
+        };
+        assert_eq!(slow.streak_gap(), hours(48.0 * 1.1 + 1.0));
     }
 
     #[test]
