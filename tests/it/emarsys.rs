@@ -1054,6 +1054,16 @@ async fn configuration_names_and_pointers_that_cannot_be_stored_are_400_naming_t
             Some(json!({"add_tags": ["vip"], "remove_tags": [""]})),
             "rule.remove_tags[0]",
         ),
+        // One property, two assignments (its spelling trimmed): which would win is a guess.
+        (
+            Method::PUT,
+            "/api/v1/admin/event-rules/order_placed",
+            Some(json!({"set_properties": [
+                {"property": "tier", "value": "gold"},
+                {"property": " tier ", "from_payload": "/tier"},
+            ]})),
+            "rule.set_properties[1].property",
+        ),
     ];
     for (method, path, body, field) in cases {
         let body = body.map(|body| body.to_string()).unwrap_or_default();

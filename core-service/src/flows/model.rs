@@ -264,6 +264,9 @@ pub fn rule_from_proto(
         ));
     }
     let mut properties = Vec::new();
+    // One assignment per property: of two, which would win is a guess, and the bound on fixed
+    // values below would count both.
+    let mut assigned = std::collections::HashSet::new();
     // What the fixed values add to a contact's properties, as JSON (each `"key":value,`).
     let mut fixed_bytes = 0;
     for (index, assignment) in rule.set_properties.into_iter().enumerate() {
@@ -281,6 +284,11 @@ pub fn rule_from_proto(
             violations.push(FieldViolation::new(
                 format!("{field}.property"),
                 "is a first-class contact field; rules set free-form properties only",
+            ));
+        } else if !assigned.insert(property.clone()) {
+            violations.push(FieldViolation::new(
+                format!("{field}.property"),
+                "is assigned by an earlier entry already; a property takes one assignment",
             ));
         }
         let source = match assignment.source {
