@@ -77,6 +77,18 @@ async fn described(app: &TestApp, id: &str) -> Endpoint {
         .expect("endpoint")
 }
 
+/// Backdates `endpoint`'s failing streak to have begun `days` ago, as the failure window reads it.
+async fn failing_since_days_ago(app: &TestApp, endpoint: &str, days: u32) {
+    let mut connection = app.database.connect().await;
+    sql_query(format!(
+        "UPDATE webhook_endpoints SET failing_since = now() - interval '{days} days' \
+         WHERE id = '{endpoint}'"
+    ))
+    .execute(&mut connection)
+    .await
+    .expect("backdate the failing streak");
+}
+
 async fn new_contact(app: &TestApp, phone: &str) {
     app.upsert_contact(&json!({"phone_number": phone})).await;
 }
@@ -590,14 +602,7 @@ async fn an_endpoint_failing_for_the_whole_window_is_disabled() {
             >= 1
     })
     .await;
-    let mut connection = app.database.connect().await;
-    sql_query(format!(
-        "UPDATE webhook_endpoints SET failing_since = now() - interval '6 days' WHERE id = '{}'",
-        endpoint.id
-    ))
-    .execute(&mut connection)
-    .await
-    .expect("backdate the failures");
+    failing_since_days_ago(&app, &endpoint.id, 6).await;
 
     new_contact(&app, "+4915112345678").await;
     eventually("the endpoint is disabled", async || {
@@ -621,14 +626,7 @@ async fn a_first_failure_after_days_of_quiet_starts_a_new_streak_rather_than_dis
     receiver.status(503);
     let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
     // It failed 6 days ago, and nothing was sent to it since.
-    let mut connection = app.database.connect().await;
-    sql_query(format!(
-        "UPDATE webhook_endpoints SET failing_since = now() - interval '6 days' WHERE id = '{}'",
-        endpoint.id
-    ))
-    .execute(&mut connection)
-    .await
-    .expect("backdate the failures");
+    failing_since_days_ago(&app, &endpoint.id, 6).await;
 
     new_contact(&app, "+4915112345679").await;
     eventually("the failure is recorded", async || {
@@ -2765,14 +2763,7 @@ async fn the_old_urls_failures_do_not_disable_an_endpoint_moved_to_a_new_one() {
     });
     let new = Receiver::start().await;
     let (endpoint, _) = create(&app, &old.url(), &["contact.created"]).await;
-    let mut connection = app.database.connect().await;
-    sql_query(format!(
-        "UPDATE webhook_endpoints SET failing_since = now() - interval '4 days' WHERE id = '{}'",
-        endpoint.id
-    ))
-    .execute(&mut connection)
-    .await
-    .expect("a failing streak at the old URL");
+    failing_since_days_ago(&app, &endpoint.id, 4).await;
 
     new_contact(&app, "+4915112345678").await;
     old.wait_for(1).await;

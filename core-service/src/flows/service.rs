@@ -11,7 +11,7 @@ use super::model::{
     EventRuleRow, FlowRow, flow_from_proto, flow_id_to_find, flow_to_proto, rule_from_proto,
     rule_name_to_find, rule_to_proto,
 };
-use super::store;
+use super::store::{self, Bounded};
 use crate::audit::{self, AuditRecord};
 use crate::config_watch::ConfigWatch;
 use crate::db::{self, DbError, DbPool};
@@ -64,9 +64,11 @@ fn invalid(violations: Vec<FieldViolation>) -> Status {
 }
 
 /// A new flow or rule beyond its bound: one has to go before another comes.
-fn too_many(bound: i64, what: &str) -> Status {
+fn too_many(bounded: Bounded) -> Status {
     ServiceError::FailedPrecondition(format!(
-        "at most {bound} {what} can be configured; delete one first"
+        "at most {} {} can be configured; delete one first",
+        bounded.bound(),
+        bounded.name()
     ))
     .into()
 }
@@ -104,11 +106,11 @@ impl FlowService for FlowsGrpc {
         let flow = request.into_inner().flow.unwrap_or_default();
         let row = flow_from_proto(flow, Utc::now()).map_err(invalid)?;
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        if store::flow_would_exceed(&mut connection, &row.id)
+        if store::one_more_would_exceed(&mut connection, Bounded::Flows, &row.id)
             .await
             .map_err(db_status)?
         {
-            return Err(too_many(store::MAX_FLOWS, "flows"));
+            return Err(too_many(Bounded::Flows));
         }
         drop(connection);
         let stored = self
@@ -195,11 +197,11 @@ impl FlowService for FlowsGrpc {
         let rule = request.into_inner().rule.unwrap_or_default();
         let row = rule_from_proto(rule, Utc::now()).map_err(invalid)?;
         let mut connection = db::connection(&self.pool).await.map_err(db_status)?;
-        if store::rule_would_exceed(&mut connection, &row.event_name)
+        if store::one_more_would_exceed(&mut connection, Bounded::EventRules, &row.event_name)
             .await
             .map_err(db_status)?
         {
-            return Err(too_many(store::MAX_EVENT_RULES, "event rules"));
+            return Err(too_many(Bounded::EventRules));
         }
         drop(connection);
         let stored = self

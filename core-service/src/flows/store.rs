@@ -4,6 +4,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::model::{EventRuleRow, FlowRow, flow_changes, rule_changes};
+use crate::db::prepared;
 use crate::schema::{event_rules, flows};
 
 pub async fn rule_for(
@@ -23,39 +24,68 @@ pub async fn rule_for(
 /// bounded, as each one's size is (64 KiB of a rule's fixed values, 100 event names of a flow).
 /// At the bounds the memory held is about 25 MiB at most (500 flows of 100 event names of 255
 /// characters; 200 rules of 64 KiB).
-pub const MAX_FLOWS: i64 = 500;
-pub const MAX_EVENT_RULES: i64 = 200;
-
-/// Whether one more flow (`flow_id`, when new) would go beyond [`MAX_FLOWS`]. Checked before the
-/// write, not under a lock: a few created at the same moment may pass it together, which the
-/// bound (memory, not a contract) allows.
-pub async fn flow_would_exceed(
-    connection: &mut AsyncPgConnection,
-    flow_id: &str,
-) -> QueryResult<bool> {
-    let exists = diesel::select(diesel::dsl::exists(flows::table.find(flow_id)))
-        .get_result::<bool>(connection)
-        .await?;
-    if exists {
-        return Ok(false);
-    }
-    let count: i64 = flows::table.count().get_result(connection).await?;
-    Ok(count >= MAX_FLOWS)
+#[derive(Debug, Clone, Copy)]
+pub enum Bounded {
+    /// At most 500.
+    Flows,
+    /// At most 200.
+    EventRules,
 }
 
-/// As [`flow_would_exceed`], for a rule and [`MAX_EVENT_RULES`].
-pub async fn rule_would_exceed(
-    connection: &mut AsyncPgConnection,
-    event_name: &str,
-) -> QueryResult<bool> {
-    let exists = diesel::select(diesel::dsl::exists(event_rules::table.find(event_name)))
-        .get_result::<bool>(connection)
-        .await?;
-    if exists {
-        return Ok(false);
+impl Bounded {
+    pub fn bound(self) -> i64 {
+        match self {
+            Self::Flows => 500,
+            Self::EventRules => 200,
+        }
     }
-    let count: i64 = event_rules::table.count().get_result(connection).await?;
-    Ok(count >= MAX_EVENT_RULES)
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flows => "flows",
+            Self::EventRules => "event rules",
+        }
+    }
+
+    /// Whether one more, keyed `$1` and new, would pass the bound `$2`.
+    fn would_exceed_sql(self) -> &'static str {
+        match self {
+            Self::Flows => {
+                "SELECT NOT EXISTS (SELECT 1 FROM flows WHERE id = $1)
+                        AND (SELECT count(*) FROM flows) >= $2 AS exceeds"
+            }
+            Self::EventRules => {
+                "SELECT NOT EXISTS (SELECT 1 FROM event_rules WHERE event_name = $1)
+                        AND (SELECT count(*) FROM event_rules) >= $2 AS exceeds"
+            }
+        }
+    }
+}
+
+/// Whether writing the flow or rule `key` would add one beyond its bound (replacing one never
+/// does). Checked before the write, not under a lock: a few created at the same moment may pass
+/// it together, which the bound (memory, not a contract) allows.
+pub async fn one_more_would_exceed(
+    connection: &mut AsyncPgConnection,
+    bounded: Bounded,
+    key: &str,
+) -> QueryResult<bool> {
+    use diesel::sql_types::{BigInt, Bool, Text};
+
+    #[derive(QueryableByName)]
+    struct Exceeds {
+        #[diesel(sql_type = Bool)]
+        exceeds: bool,
+    }
+
+    prepared(
+        diesel::sql_query(bounded.would_exceed_sql())
+            .bind::<Text, _>(key)
+            .bind::<BigInt, _>(bounded.bound()),
+    )
+    .get_result::<Exceeds>(connection)
+    .await
+    .map(|found| found.exceeds)
 }
 
 /// Creates or replaces a flow, keeping its creation time. Answers the stored flow and the fields
