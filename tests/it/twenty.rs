@@ -2423,3 +2423,117 @@ async fn of_two_webhooks_for_a_new_person_at_once_the_newer_version_stays() {
         "New Name"
     );
 }
+
+#[tokio::test]
+async fn a_record_a_contact_cannot_take_is_skipped_and_the_rest_of_the_call_and_the_backfill_apply()
+{
+    let (app, fake) = connected().await;
+    // Twenty's notes go into a property, and a contact's properties hold at most 64 KiB.
+    let mapped = admin(
+        &app,
+        Method::PATCH,
+        &format!("{BASE}/mapping"),
+        Some(json!({"entries": [
+            {"contact_field": "properties.notes", "twenty_field": "notes", "direction": "from_twenty"},
+        ]})),
+    )
+    .await;
+    assert_eq!(mapped.status, 200, "{}", mapped.text);
+    let long_notes = json!("n".repeat(70 * 1024));
+    let mut oversized = person_record(
+        "7b0c2b9e-0000-4000-8000-0000000000c1",
+        "Long",
+        "Notes",
+        "long@example.com",
+        "15112340201",
+    );
+    oversized["notes"] = long_notes.clone();
+    let fitting = person_record(
+        "7b0c2b9e-0000-4000-8000-0000000000c2",
+        "Short",
+        "Notes",
+        "short@example.com",
+        "15112340202",
+    );
+    let body = json!({
+        "eventName": "person.created",
+        "items": [{"record": oversized}, {"record": fitting}],
+    })
+    .to_string();
+    let reply = post_signed(&app, &body, SECRET, Utc::now().timestamp_millis(), "big-1").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let results = &reply.body["results"];
+    assert_eq!(results[0]["outcome"], "skipped", "{results}");
+    assert!(
+        results[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("person_properties"),
+        "{results}"
+    );
+    assert_eq!(results[1]["outcome"], "applied", "{results}");
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340202").await["name"],
+        "Short Notes"
+    );
+    let mut client = app.contacts_client().await;
+    let missing = client
+        .get_contact(GetContactRequest {
+            lookup: Some(get_contact_request::Lookup::PhoneNumber(
+                "+4915112340201".to_owned(),
+            )),
+        })
+        .await
+        .expect_err("the skipped record made no contact");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // A linked person whose notes grow past the bound: skipped, its contact unchanged.
+    let mut grown = fitting.clone();
+    grown["notes"] = long_notes.clone();
+    grown["name"]["lastName"] = json!("Grown");
+    grown["updatedAt"] = json!(timestamp(Utc::now() + TimeDelta::seconds(2)));
+    let reply = send_webhook(&app, "person.updated", &grown).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.body["results"][0]["outcome"], "skipped",
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340202").await["name"],
+        "Short Notes"
+    );
+
+    // A backfill goes past such a person rather than fail its page on every run.
+    fake.insert_person(json!({
+        "name": {"firstName": "Backfilled", "lastName": "Long"},
+        "notes": long_notes,
+        "phones": {"primaryPhoneNumber": "15112340203", "primaryPhoneCallingCode": "+49", "primaryPhoneCountryCode": "DE"},
+    }));
+    fake.insert_person(json!({
+        "name": {"firstName": "Backfilled", "lastName": "Short"},
+        "phones": {"primaryPhoneNumber": "15112340204", "primaryPhoneCallingCode": "+49", "primaryPhoneCountryCode": "DE"},
+    }));
+    let started = admin(
+        &app,
+        Method::POST,
+        &format!("{BASE}/backfill"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(started.status, 200, "{}", started.text);
+    let mut health = Json::Null;
+    eventually("the backfill completes", async || {
+        health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
+            .await
+            .body;
+        health["backfill"]["status"] == "completed"
+    })
+    .await;
+    assert_eq!(health["backfill"]["created"], 1, "{health}");
+    assert_eq!(health["backfill"]["skipped"], 1, "{health}");
+    assert_eq!(
+        contact_by_phone(&app, "+4915112340204").await["name"],
+        "Backfilled Short"
+    );
+}

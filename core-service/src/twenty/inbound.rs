@@ -414,6 +414,16 @@ impl Apply<'_> {
         };
         match update_by_id_on(connection, self.context, self.audience, contact_id, &upsert).await {
             Ok(_) => {}
+            // Refused before anything is written (its savepoint rolled back): the call's other
+            // records still apply, as they do past a record whose values are not valid.
+            Err(ContactError::Invalid(violations)) => {
+                return Ok(result(
+                    person_id,
+                    Some(contact_id),
+                    Outcome::Skipped,
+                    &not_valid(&violations),
+                ));
+            }
             Err(ContactError::Db(db::DbError::UniqueViolation { .. })) => {
                 return Ok(result(
                     person_id,
@@ -492,6 +502,19 @@ impl Apply<'_> {
             .await
         {
             Ok(outcome) => (outcome.contact, outcome.operation == Operation::Created),
+            // As in `linked`: this record is skipped, not the call or the backfill's page.
+            Err(ContactError::Invalid(violations)) => {
+                let contact_id = found.as_ref().map(|(contact, _)| contact.id);
+                return Ok((
+                    result(
+                        person_id,
+                        contact_id,
+                        Outcome::Skipped,
+                        &not_valid(&violations),
+                    ),
+                    false,
+                ));
+            }
             Err(ContactError::IdentityConflict { .. }) => {
                 return Ok((
                     result(
@@ -531,16 +554,8 @@ impl Apply<'_> {
             .mapping
             .contact_request(record, current_phone)
             .ok_or_else(|| "the person has no phone number, which a contact needs".to_owned())?;
-        let mut upsert = validate_upsert(request, self.default_region).map_err(|violations| {
-            let problems: Vec<String> = violations
-                .iter()
-                .map(|violation| format!("{}: {}", violation.field, violation.description))
-                .collect();
-            format!(
-                "Twenty's values are not valid for a contact: {}",
-                problems.join("; ")
-            )
-        })?;
+        let mut upsert = validate_upsert(request, self.default_region)
+            .map_err(|violations| not_valid(&violations))?;
         upsert.subscriber_status = None;
         Ok(upsert)
     }
@@ -588,6 +603,19 @@ impl Apply<'_> {
         .await?;
         Ok(())
     }
+}
+
+/// Why a record whose values a contact cannot take (not valid, or past a contact's limits once
+/// merged with what it holds) is skipped.
+fn not_valid(violations: &[FieldViolation]) -> String {
+    let problems: Vec<String> = violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect();
+    format!(
+        "Twenty's values are not valid for a contact: {}",
+        problems.join("; ")
+    )
 }
 
 pub(super) fn result(
