@@ -246,7 +246,7 @@ fn signed_headers(
         ("webhook-id", message_id.to_owned()),
         ("webhook-timestamp", timestamp.to_string()),
         ("webhook-signature", signatures.join(" ")),
-        ("x-signature-256", body_signature(&key, body)),
+        ("x-signature-256", body_signature(&endpoint.secret, body)),
     ];
     for (name, value) in fixed {
         let value =

@@ -4,7 +4,9 @@
 //! A secret is `whsec_` followed by the base64 of at least 24 random bytes; the decoded bytes
 //! are the HMAC-SHA256 key. `webhook-signature` is `v1,<base64 HMAC of "{id}.{timestamp}.{body}">`,
 //! one space-separated entry per valid secret (two during a rotation). `X-Signature-256` is
-//! `sha256=<hex HMAC of the raw body>` with the current key.
+//! `sha256=<hex HMAC of the raw body>` keyed with the current secret's text as shown, `whsec_`
+//! and all: GitHub-style receivers (and their libraries) take the secret as a string and key
+//! with its bytes, and could not be given 32 decoded random bytes.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -56,9 +58,9 @@ pub fn standard_signature(key: &[u8], message_id: &str, timestamp: i64, body: &[
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// `sha256=<hex>` of the raw body.
-pub fn body_signature(key: &[u8], body: &[u8]) -> String {
-    let mut mac = mac(key);
+/// `sha256=<hex>` of the raw body, keyed with the text of `secret`.
+pub fn body_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = mac(secret.as_bytes());
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -87,5 +89,17 @@ mod tests {
             br#"{"test": 2432232314}"#,
         );
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn the_github_style_signature_is_keyed_with_the_secret_as_shown() {
+        // Python: hmac.new(b"whsec_MfKQ…", body, hashlib.sha256).hexdigest()
+        assert_eq!(
+            body_signature(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                br#"{"test": 2432232314}"#
+            ),
+            "sha256=80ec8a89ce3cd22133a1066caecb4d04fea7467657c8514d717ec42c38a5c94c"
+        );
     }
 }
