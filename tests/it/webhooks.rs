@@ -1393,6 +1393,22 @@ async fn the_rest_mapping_covers_configuration_and_the_delivery_log() {
     );
     assert_eq!(created.body["endpoint"]["health"], "ready");
     assert_eq!(created.body["endpoint"]["headers"]["x-token"], "***");
+    // The endpoint as read, sent back: the mask is not stored over the credential.
+    let masked_back = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/webhooks/endpoints/{id}"),
+            &admin,
+            json!({"description": "CRM", "headers": created.body["endpoint"]["headers"]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(masked_back.status, 400, "{}", masked_back.text);
+    assert_eq!(
+        masked_back.body["details"][0]["field"], "headers.x-token",
+        "{}",
+        masked_back.text
+    );
 
     let patched = app
         .send(

@@ -269,6 +269,9 @@ fn no_headers(headers: &Json) -> bool {
     headers.as_object().is_none_or(Map::is_empty)
 }
 
+/// What answers show for each custom header's value, which may be a credential.
+const MASKED_HEADER_VALUE: &str = "***";
+
 fn validate_headers(headers: HashMap<String, String>) -> Result<Json, Status> {
     if headers.len() > MAX_HEADERS {
         return Err(invalid("headers", format!("at most {MAX_HEADERS} headers")));
@@ -295,6 +298,15 @@ fn validate_headers(headers: HashMap<String, String>) -> Result<Json, Status> {
         }
         if value.len() > 4096 || HeaderValue::try_from(value.as_str()).is_err() {
             return Err(invalid(&field, "is not a valid header value"));
+        }
+        // An endpoint read, edited and sent back would otherwise replace its credentials with
+        // the mask, and every delivery would carry it.
+        if value.trim() == MASKED_HEADER_VALUE {
+            return Err(invalid(
+                &field,
+                "is the mask shown in place of a stored value; send the value itself, or leave \
+                 headers out to keep the stored ones",
+            ));
         }
         clean.insert(lower, Json::String(value));
     }
@@ -370,7 +382,7 @@ fn endpoint_proto(row: EndpointRow, stats: &health::HealthStats) -> Endpoint {
         disabled_reason: row.disabled_reason.clone().unwrap_or_default(),
         headers: row
             .header_pairs()
-            .map(|(name, _)| (name.to_owned(), "***".to_owned()))
+            .map(|(name, _)| (name.to_owned(), MASKED_HEADER_VALUE.to_owned()))
             .collect(),
         rate_limit_per_second: row.rate_limit_per_second.unwrap_or(0),
         health: health.into(),
