@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS outbox_jobs_retry_endpoint_idx;
