@@ -476,6 +476,53 @@ async fn a_410_disables_the_endpoint_with_its_reason() {
         endpoint.id, receiver.addr
     );
     assert_eq!(count(&app, &announced).await, 1);
+    // A configuration change, audited as the service's own.
+    let audited = format!(
+        "SELECT count(*) FROM audit_entries WHERE action = 'webhook_endpoint.disable'
+            AND target_id = '{}' AND actor_key_id IS NULL AND rpc = 'webhook.deliver'
+            AND changed_fields = ARRAY['enabled', 'disabled_reason']",
+        endpoint.id
+    );
+    assert_eq!(count(&app, &audited).await, 1);
+}
+
+#[tokio::test]
+async fn writes_to_an_unknown_endpoint_are_not_found_and_leave_no_audit_entry() {
+    let app = TestApp::spawn().await;
+    let mut webhooks = client(&app).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let refusals = [
+        webhooks
+            .enable_endpoint(EnableEndpointRequest { id: id.clone() })
+            .await
+            .map(drop),
+        webhooks
+            .disable_endpoint(DisableEndpointRequest {
+                id: id.clone(),
+                reason: String::new(),
+            })
+            .await
+            .map(drop),
+        webhooks
+            .delete_endpoint(DeleteEndpointRequest { id: id.clone() })
+            .await
+            .map(drop),
+        webhooks
+            .recover_deliveries(RecoverDeliveriesRequest {
+                endpoint_id: id.clone(),
+                since: Some(prost_types::Timestamp::default()),
+            })
+            .await
+            .map(drop),
+    ];
+    for (index, refusal) in refusals.into_iter().enumerate() {
+        let status = refusal.expect_err("no such endpoint");
+        assert_eq!(status.code(), Code::NotFound, "{index}: {status:?}");
+    }
+    assert_eq!(
+        crate::helpers::audit_trail(&app.database, "'webhook_endpoint'").await,
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

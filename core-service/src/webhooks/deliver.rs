@@ -27,6 +27,8 @@ use uuid::Uuid;
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
 use super::sender::{AttemptResult, MAX_RETRY_AFTER, Sender};
 use super::success_log::SuccessLog;
+use crate::access::Caller;
+use crate::audit::{self, AuditRecord};
 use crate::config_watch::ConfigWatch;
 use crate::db::{self, prepared};
 use crate::events::types::WEBHOOK_ENDPOINT_DISABLED;
@@ -34,6 +36,7 @@ use crate::events::{EventDraft, StoredEvent, record};
 use crate::outbox::{
     self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob, RetryDelay,
 };
+use crate::request::RequestId;
 use crate::schema::{events, webhook_attempts, webhook_deliveries, webhook_endpoints};
 
 pub const DELIVER_JOB: JobKind = JobKind {
@@ -1097,6 +1100,17 @@ async fn disable(
     if disabled == 0 {
         return Ok(());
     }
+    // A configuration change like an operator's disable, made by the service itself.
+    let actor = Caller::system(DELIVER_JOB.name);
+    let entry = AuditRecord::by(
+        RequestId(Uuid::new_v4()),
+        &actor,
+        "webhook_endpoint.disable",
+        "webhook_endpoint",
+    )
+    .target(endpoint.id)
+    .changing(&["enabled", "disabled_reason"]);
+    audit::record(connection, entry).await?;
     tracing::warn!(endpoint_id = %endpoint.id, reason, "webhook endpoint disabled");
     // The origin, not the URL: the event goes to other receivers, and a URL's path or query
     // may carry the endpoint's token (as Slack's do).

@@ -106,13 +106,6 @@ impl WebhooksGrpc {
             .ok_or_else(|| ServiceError::NotFound("endpoint").into())
     }
 
-    /// The endpoint a write answered, described; `NOT_FOUND` when the write found none.
-    async fn describe_stored(&self, stored: Option<EndpointRow>) -> Result<Endpoint, Status> {
-        let row = stored.ok_or_else(|| Status::from(ServiceError::NotFound("endpoint")))?;
-        let mut connection = self.connection().await?;
-        self.describe(&mut connection, row).await
-    }
-
     async fn describe(
         &self,
         connection: &mut AsyncPgConnection,
@@ -662,33 +655,35 @@ impl WebhookService for WebhooksGrpc {
     ) -> Result<Response<DeleteEndpointResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let deleted = self
-            .audited(
-                &context,
-                "webhook_endpoint.delete",
-                id,
-                &[],
-                move |connection| {
-                    Box::pin(async move {
-                        // Its deliveries and attempts go with it (cascade); so do the jobs
-                        // still waiting to deliver to it.
-                        outbox::discard_pending(
-                            connection,
-                            DELIVER_JOB,
-                            "endpoint_id",
-                            &id.to_string(),
-                        )
+        self.audited(
+            &context,
+            "webhook_endpoint.delete",
+            id,
+            &[],
+            move |connection| {
+                Box::pin(async move {
+                    // Its deliveries and attempts go with it (cascade); so do the jobs
+                    // still waiting to deliver to it.
+                    outbox::discard_pending(
+                        connection,
+                        DELIVER_JOB,
+                        "endpoint_id",
+                        &id.to_string(),
+                    )
+                    .await?;
+                    let deleted = diesel::delete(webhook_endpoints::table.find(id))
+                        .execute(connection)
                         .await?;
-                        diesel::delete(webhook_endpoints::table.find(id))
-                            .execute(connection)
-                            .await
-                    })
-                },
-            )
-            .await?;
-        if deleted == 0 {
-            return Err(ServiceError::NotFound("endpoint").into());
-        }
+                    // Inside the transaction, so that no audit entry records a deletion
+                    // that did not happen.
+                    if deleted == 0 {
+                        return Err(ServiceError::NotFound("endpoint"));
+                    }
+                    Ok(())
+                })
+            },
+        )
+        .await?;
         Ok(Response::new(DeleteEndpointResponse {}))
     }
 
@@ -698,7 +693,7 @@ impl WebhookService for WebhooksGrpc {
     ) -> Result<Response<EnableEndpointResponse>, Status> {
         let context = RequestContext::from_request(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let stored: Option<EndpointRow> = self
+        let stored: EndpointRow = self
             .audited(
                 &context,
                 "webhook_endpoint.enable",
@@ -716,13 +711,16 @@ impl WebhookService for WebhooksGrpc {
                             .returning(EndpointRow::as_returning())
                             .get_result(connection)
                             .await
-                            .optional()
+                            .optional()?
+                            // Inside the transaction: no audit entry for an unknown endpoint.
+                            .ok_or(ServiceError::NotFound("endpoint"))
                     })
                 },
             )
             .await?;
+        let mut connection = self.connection().await?;
         Ok(Response::new(EnableEndpointResponse {
-            endpoint: Some(self.describe_stored(stored).await?),
+            endpoint: Some(self.describe(&mut connection, stored).await?),
         }))
     }
 
@@ -740,7 +738,7 @@ impl WebhookService for WebhooksGrpc {
                 None => reason.to_owned(),
             },
         };
-        let stored: Option<EndpointRow> = self
+        let stored: EndpointRow = self
             .audited(
                 &context,
                 "webhook_endpoint.disable",
@@ -757,13 +755,16 @@ impl WebhookService for WebhooksGrpc {
                             .returning(EndpointRow::as_returning())
                             .get_result(connection)
                             .await
-                            .optional()
+                            .optional()?
+                            // Inside the transaction: no audit entry for an unknown endpoint.
+                            .ok_or(ServiceError::NotFound("endpoint"))
                     })
                 },
             )
             .await?;
+        let mut connection = self.connection().await?;
         Ok(Response::new(DisableEndpointResponse {
-            endpoint: Some(self.describe_stored(stored).await?),
+            endpoint: Some(self.describe(&mut connection, stored).await?),
         }))
     }
 
@@ -1122,6 +1123,16 @@ impl WebhookService for WebhooksGrpc {
                 &[],
                 move |connection| {
                     Box::pin(async move {
+                        // Locked against a delete until the requeue commits; none, and no
+                        // audit entry, for an unknown endpoint.
+                        webhook_endpoints::table
+                            .find(endpoint)
+                            .select(webhook_endpoints::id)
+                            .for_share()
+                            .first::<Uuid>(connection)
+                            .await
+                            .optional()?
+                            .ok_or(ServiceError::NotFound("endpoint"))?;
                         let ids: Vec<Uuid> = webhook_deliveries::table
                             .filter(webhook_deliveries::endpoint_id.eq(endpoint))
                             .filter(webhook_deliveries::status.eq_any(["failed", "skipped"]))
@@ -1131,7 +1142,7 @@ impl WebhookService for WebhooksGrpc {
                             .load(connection)
                             .await?;
                         requeue(connection, &ids, now).await?;
-                        QueryResult::Ok(ids.len())
+                        Ok::<_, ServiceError>(ids.len())
                     })
                 },
             )
