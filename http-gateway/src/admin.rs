@@ -1,7 +1,6 @@
 //! Operator routes under `/api/v1/admin/`: REST mappings of `OutboxService`.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -13,7 +12,6 @@ use switchbord_api::v1::{
 
 use crate::call::CallContext;
 use crate::core_client::CoreClient;
-use crate::error::ApiError;
 use crate::openapi::responses::AdminErrors;
 use crate::openapi::schemas;
 use crate::path::Path;
@@ -68,11 +66,10 @@ fn job_json(job: OutboxJob) -> Json {
 pub async fn list_jobs(
     State(core): State<CoreClient>,
     context: CallContext,
-    filter: Result<Query<JobFilter>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let Query(filter) =
-            filter.map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))?;
+        let filter: JobFilter = crate::query::read(query.as_deref())?;
         let page = core
             .outbox()
             .list_outbox_jobs(context.grpc_request(ListOutboxJobsRequest {

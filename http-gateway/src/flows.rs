@@ -2,8 +2,7 @@
 //! `/api/v1/admin/`.
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde_json::{Map, Value as Json, json};
 use switchbord_api::json::{
@@ -162,10 +161,10 @@ fn decode_rule(event_name: String, mut body: Map<String, Json>) -> Result<EventR
 pub async fn list_flows(
     State(core): State<CoreClient>,
     context: CallContext,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let query = PageQuery::read(query)?;
+        let query = PageQuery::read(query.as_deref())?;
         let page = core
             .flows()
             .list_flows(context.grpc_request(ListFlowsRequest {
@@ -290,10 +289,10 @@ pub async fn delete_flow(
 pub async fn list_rules(
     State(core): State<CoreClient>,
     context: CallContext,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let query = PageQuery::read(query)?;
+        let query = PageQuery::read(query.as_deref())?;
         let page = core
             .flows()
             .list_event_rules(context.grpc_request(ListEventRulesRequest {

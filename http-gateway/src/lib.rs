@@ -23,6 +23,7 @@ mod openapi;
 mod operations;
 mod page;
 mod path;
+mod query;
 mod rate_limit;
 mod request_id;
 mod routes;

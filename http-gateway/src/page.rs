@@ -1,8 +1,6 @@
 //! The page a list route is asked for, `?page_size=…&page_token=…`, passed to the core as sent:
 //! the core bounds the size and reads the token.
 
-use axum::extract::Query;
-use axum::extract::rejection::QueryRejection;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -23,10 +21,9 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    /// The query of a request, or a 400 naming it when it cannot be read.
-    pub fn read(query: Result<Query<Self>, QueryRejection>) -> Result<Self, ApiError> {
-        query
-            .map(|Query(page)| page)
-            .map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))
+    /// The page a request's query string asks for, or a 400 naming the parameter that cannot
+    /// be read.
+    pub fn read(query: Option<&str>) -> Result<Self, ApiError> {
+        crate::query::read(query)
     }
 }

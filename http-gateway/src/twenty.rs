@@ -4,8 +4,7 @@
 //! covers the raw body). Errors use the `{"code","message","details"}` body.
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Map, Value as Json, json};
@@ -432,10 +431,10 @@ pub async fn contact_sync(
 pub async fn failed_syncs(
     State(core): State<CoreClient>,
     context: CallContext,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let query = PageQuery::read(query)?;
+        let query = PageQuery::read(query.as_deref())?;
         let page = core
             .twenty()
             .list_failed_syncs(context.grpc_request(ListFailedSyncsRequest {

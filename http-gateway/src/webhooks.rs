@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use chrono::DateTime;
 use serde::Deserialize;
@@ -186,10 +185,10 @@ pub async fn create_endpoint(
 pub async fn list_endpoints(
     State(core): State<CoreClient>,
     context: CallContext,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let query = PageQuery::read(query)?;
+        let query = PageQuery::read(query.as_deref())?;
         let listed = core
             .webhooks()
             .list_endpoints(context.grpc_request(ListEndpointsRequest {
@@ -539,10 +538,10 @@ pub async fn recover(
 pub async fn list_event_types(
     State(core): State<CoreClient>,
     context: CallContext,
-    query: Result<Query<PageQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let query = PageQuery::read(query)?;
+        let query = PageQuery::read(query.as_deref())?;
         let listed = core
             .events()
             .list_event_types(context.grpc_request(ListEventTypesRequest {
@@ -643,11 +642,10 @@ pub struct DeliveryFilter {
 pub async fn list_deliveries(
     State(core): State<CoreClient>,
     context: CallContext,
-    filter: Result<Query<DeliveryFilter>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let Query(filter) =
-            filter.map_err(|rejection| ApiError::invalid_field("query", rejection.body_text()))?;
+        let filter: DeliveryFilter = crate::query::read(query.as_deref())?;
         let request = ListDeliveriesRequest {
             endpoint_id: filter.endpoint_id,
             event_type: filter.event_type,

@@ -1689,7 +1689,7 @@ async fn flows_and_rules_are_listed_in_pages_a_client_can_read() {
         // A NUL, base64-encoded: no position PostgreSQL can compare.
         ("/api/v1/admin/flows?page_token=AA", "page_token"),
         ("/api/v1/admin/event-rules?page_token=%25%25", "page_token"),
-        ("/api/v1/admin/flows?page_size=many", "query"),
+        ("/api/v1/admin/flows?page_size=many", "page_size"),
     ];
     for (path, field) in cases {
         let reply = app.send(Method::GET, path, &manager, "").await;

@@ -2946,17 +2946,23 @@ async fn endpoints_and_event_types_are_listed_in_pages_a_client_can_read() {
     assert_eq!(listed, in_order, "each once, by name");
     assert!(registered.iter().all(|name| listed.contains(name)));
 
-    for path in [
-        "/api/v1/webhooks/endpoints?page_token=AA",
-        "/api/v1/webhooks/event-types?page_token=AA",
-        "/api/v1/webhooks/endpoints?page_size=501",
+    for (path, field) in [
+        ("/api/v1/webhooks/endpoints?page_token=AA", "page_token"),
+        ("/api/v1/webhooks/event-types?page_token=AA", "page_token"),
+        ("/api/v1/webhooks/endpoints?page_size=501", "page_size"),
+        // Parameters that cannot be read as their type are named too, not "query".
+        ("/api/v1/webhooks/endpoints?page_size=ten", "page_size"),
+        (
+            "/api/v1/webhooks/deliveries?status=failed&page_size=99999999999",
+            "page_size",
+        ),
+        ("/api/v1/admin/outbox/jobs?page_size=1.5", "page_size"),
     ] {
         let admin = [("x-api-key", app.keys.admin.as_str())];
         let reply = app.send(reqwest::Method::GET, path, &admin, "").await;
         assert_eq!(reply.status, 400, "{path}: {}", reply.text);
-        let field = &reply.body["details"][0]["field"];
-        assert!(
-            field == "page_token" || field == "page_size",
+        assert_eq!(
+            reply.body["details"][0]["field"], field,
             "{path}: {}",
             reply.text
         );
