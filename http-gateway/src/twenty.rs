@@ -184,7 +184,7 @@ pub async fn set_connection(
     tag = "twenty",
     summary = "Shows the Twenty connection",
     responses(
-        (status = 200, description = "The connection, or `null` when none is set.", body = schemas::TwentyConnection),
+        (status = 200, description = "The connection; 404 when none is set.", body = schemas::TwentyConnection),
         AdminErrors,
     )
 )]

@@ -728,7 +728,7 @@ pub struct AttemptList {
 // ---------------------------------------------------------------------------------------------
 // Twenty CRM (SPEC §5).
 
-/// The connection; `null` when none is set.
+/// The Twenty connection (reading it when none is set is a 404).
 #[derive(Serialize, ToSchema)]
 pub struct TwentyConnection {
     #[schema(example = "https://crm.example.com")]
