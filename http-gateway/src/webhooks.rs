@@ -684,6 +684,7 @@ pub async fn list_deliveries(
     summary = "Lists a delivery's attempts",
     params(
         ("id" = String, Path, description = "Id of the delivery."),
+        PageQuery,
     ),
     responses(
         (status = 200, description = "OK.", body = schemas::AttemptList),
@@ -694,16 +695,23 @@ pub async fn list_attempts(
     State(core): State<CoreClient>,
     context: CallContext,
     Path(delivery_id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let attempts = core
+        let query = PageQuery::read(query.as_deref())?;
+        let page = core
             .webhooks()
-            .list_delivery_attempts(
-                context.grpc_request(ListDeliveryAttemptsRequest { delivery_id }),
-            )
+            .list_delivery_attempts(context.grpc_request(ListDeliveryAttemptsRequest {
+                delivery_id,
+                page_size: query.page_size,
+                page_token: query.page_token,
+            }))
             .await?
             .into_inner();
-        Ok(json!({"attempts": attempts.attempts.into_iter().map(attempt_json).collect::<Vec<_>>()}))
+        Ok(json!({
+            "attempts": page.attempts.into_iter().map(attempt_json).collect::<Vec<_>>(),
+            "next_page_token": page.next_page_token,
+        }))
     }
     .await;
     context.admin_response(result)

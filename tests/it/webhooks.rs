@@ -372,6 +372,7 @@ async fn eventually_attempts(app: &TestApp, delivery: &str, count: usize) -> Vec
         let attempts = webhooks
             .list_delivery_attempts(ListDeliveryAttemptsRequest {
                 delivery_id: delivery.to_owned(),
+                ..Default::default()
             })
             .await
             .expect("attempts")
@@ -3061,4 +3062,68 @@ async fn a_410_sent_before_an_operators_enable_does_not_disable_the_endpoint_aga
         1,
         "retried on the schedule, as after any failure of an enabled endpoint"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_with_more_attempts_than_one_answer_can_carry_is_listed_in_pages() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &["contact.created"]).await;
+    new_contact(&app, "+4915112345678").await;
+    receiver.wait_for(1).await;
+    let delivery = deliveries_of(&app, &endpoint.id).await.remove(0);
+    eventually_attempts(&app, &delivery.id, 1).await;
+    // A delivery recovered again and again: 999 more attempts, each with a 4 KiB excerpt, past
+    // the 4 MiB a gRPC answer may carry.
+    let mut connection = app.database.connect().await;
+    sql_query(
+        "INSERT INTO webhook_attempts (id, delivery_id, endpoint_id, attempt, attempted_at,
+             status_code, duration_ms, response_excerpt, error, succeeded)
+         SELECT gen_random_uuid(), d.id, d.endpoint_id, g % 9 + 1,
+             now() + g * interval '1 second', 500, 3, repeat('x', 4096), 'HTTP 500', false
+         FROM webhook_deliveries d, generate_series(1, 999) AS g",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("attempts");
+
+    let path = format!("/api/v1/webhooks/deliveries/{}/attempts", delivery.id);
+    let admin = [("x-api-key", app.keys.admin.as_str())];
+    let unpaged = app.send(reqwest::Method::GET, &path, &admin, "").await;
+    assert_eq!(unpaged.status, 200, "{}", unpaged.text);
+    let first_page = unpaged.body["attempts"].as_array().expect("attempts").len();
+    assert!((1..1000).contains(&first_page), "{first_page}");
+    assert!(
+        !unpaged.body["next_page_token"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let listed = app
+        .all_pages(&path, "attempts", "attempted_at", 500)
+        .await
+        .concat();
+    let times: Vec<_> = listed
+        .iter()
+        .map(|time| chrono::DateTime::parse_from_rfc3339(time).expect("a time"))
+        .collect();
+    assert_eq!(times.len(), 1000);
+    assert!(
+        times.windows(2).all(|pair| pair[0] < pair[1]),
+        "each once, oldest first"
+    );
+
+    let page = client(&app)
+        .await
+        .list_delivery_attempts(ListDeliveryAttemptsRequest {
+            delivery_id: delivery.id.clone(),
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("a page")
+        .into_inner();
+    assert_eq!(page.attempts.len(), 2);
+    assert!(page.attempts[0].succeeded, "the real attempt first");
+    assert!(!page.next_page_token.is_empty());
 }

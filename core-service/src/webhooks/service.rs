@@ -1045,17 +1045,40 @@ impl WebhookService for WebhooksGrpc {
         &self,
         request: Request<ListDeliveryAttemptsRequest>,
     ) -> Result<Response<ListDeliveryAttemptsResponse>, Status> {
-        let id = parse_id("delivery_id", &request.get_ref().delivery_id)?;
-        let mut connection = self.connection().await?;
-        let rows: Vec<AttemptRow> = webhook_attempts::table
+        let body = request.into_inner();
+        let id = parse_id("delivery_id", &body.delivery_id)?;
+        // Everything, up to the page's bounds, for a caller that does not page (as before the
+        // list was paged): a delivery's attempts are few unless it is retried again and again.
+        let page_size = pagination::configuration_page_size(body.page_size)
+            .map_err(|v| Status::from(ServiceError::InvalidArgument(vec![v])))?;
+        let mut query = webhook_attempts::table
             .filter(webhook_attempts::delivery_id.eq(id))
             .select(AttemptRow::as_select())
             .order((webhook_attempts::attempted_at, webhook_attempts::id))
-            .load(&mut connection)
-            .await
-            .map_err(db_status)?;
+            .limit(page_size + 1)
+            .into_boxed();
+        if !body.page_token.is_empty() {
+            let (time, after) = pagination::decode_cursor(&body.page_token)
+                .map_err(|v| Status::from(ServiceError::InvalidArgument(vec![v])))?;
+            query = query.filter(
+                webhook_attempts::attempted_at
+                    .gt(time)
+                    .or(webhook_attempts::attempted_at
+                        .eq(time)
+                        .and(webhook_attempts::id.gt(after))),
+            );
+        }
+        let mut connection = self.connection().await?;
+        let rows: Vec<AttemptRow> = query.load(&mut connection).await.map_err(db_status)?;
+        let (attempts, next_page_token) = pagination::finish_page(
+            rows,
+            page_size,
+            |row| (row.attempted_at, row.id),
+            attempt_proto,
+        );
         Ok(Response::new(ListDeliveryAttemptsResponse {
-            attempts: rows.into_iter().map(attempt_proto).collect(),
+            attempts,
+            next_page_token,
         }))
     }
 

@@ -722,7 +722,10 @@ pub struct DeliveryPage {
 
 #[derive(Serialize, ToSchema)]
 pub struct AttemptList {
+    /// Oldest first.
     pub attempts: Vec<DeliveryAttempt>,
+    /// Token for the next page; empty on the last.
+    pub next_page_token: String,
 }
 
 // ---------------------------------------------------------------------------------------------
