@@ -16,6 +16,7 @@ mod datadir;
 mod ephemeral;
 mod exit;
 mod install;
+mod owner;
 mod process;
 
 use std::ffi::OsStr;
@@ -76,6 +77,11 @@ pub enum PgClusterError {
         blocked: PathBuf,
         user: String,
     },
+    /// Another live process (a running service) owns the cluster in this data directory.
+    #[error(
+        "the PostgreSQL cluster in {data_dir} is in use by another process (a running `switchbord serve`?); stop that one first, or give this one its own SWITCHBORD_DATA_DIR or a DATABASE_URL"
+    )]
+    InUse { data_dir: PathBuf },
     /// A file-system step (create, chown, run a program, ...) failed.
     #[error("cannot {action} {path}")]
     Io {
@@ -116,6 +122,8 @@ pub struct PgCluster {
     run_as: Option<RunAs>,
     kind: Kind,
     running: bool,
+    /// A persistent cluster's owner lock, held until it is stopped (see [`owner`]).
+    owner: Option<owner::OwnerLock>,
 }
 
 enum Kind {
@@ -138,7 +146,7 @@ impl PgCluster {
     /// directory holds no cluster yet (no `PG_VERSION`).
     ///
     /// A server still running on the directory (left by a run that was killed, or started by
-    /// hand) is stopped and started again rather than reused: its port, durability settings and
+    /// hand), that no live process owns, is stopped and started again rather than reused: its port, durability settings and
     /// owner may not be the ones asked for, and this cluster's [`PgCluster::stop`] must be able
     /// to stop what it started. A stale `postmaster.pid` from a crash needs nothing from us: the
     /// server sees that its pid is gone and replaces it.
@@ -150,6 +158,7 @@ impl PgCluster {
         let bin_dir = find_bin_dir()?;
         let run_as = RunAs::for_current_user()?;
         datadir::prepare(&data_dir, run_as.as_ref())?;
+        let owner_lock = owner::take(&data_dir)?;
         if !data_dir.join("PG_VERSION").exists() {
             initdb(&bin_dir, &data_dir, run_as.as_ref(), options.fsync)?;
         }
@@ -199,6 +208,7 @@ impl PgCluster {
                         port,
                         run_as,
                         kind: Kind::Persistent,
+                        owner: Some(owner_lock),
                         running: true,
                     });
                 }
@@ -248,6 +258,7 @@ impl PgCluster {
                 run_as,
                 kind: Kind::Attached,
                 running: true,
+                owner: None,
             }),
             None => Self::start(options),
         }
@@ -297,6 +308,7 @@ impl PgCluster {
                         run_as,
                         kind: Kind::Ephemeral(handle),
                         running: true,
+                        owner: None,
                     });
                 }
                 Err((error, lock)) => {
@@ -361,6 +373,8 @@ impl PgCluster {
             Kind::Attached => {}
         }
         self.running = false;
+        // Stopped: another process may start it now.
+        self.owner = None;
         Ok(())
     }
 

@@ -163,24 +163,60 @@ fn persistent_cluster_is_reused_across_restarts() {
 }
 
 #[test]
-fn a_server_left_running_is_taken_over() {
+fn a_server_left_running_by_a_killed_process_is_taken_over() {
+    let parent = reachable_tempdir();
+    let data_dir = parent.path().join("pgdata");
+    let mut child = spawn_child("persistent-kill", Some(&data_dir));
+    let report = child_report(&mut child);
+    let old_port: u16 = field(&report, "PERSISTENT")[0].parse().expect("port");
+    // A crashed service: killed, its server keeps running and nobody stops it.
+    child.kill().expect("kill the child");
+    child.wait().expect("child exit");
+    assert!(is_ready(old_port));
+
+    let mut second = PgCluster::start(ClusterOptions {
+        data_dir,
+        port: None,
+        fsync: false,
+    })
+    .unwrap_or_else(|error| panic!("{error}"));
+    assert!(is_ready(second.port()));
+    if second.port() != old_port {
+        assert!(!is_ready(old_port), "the old server was stopped");
+    }
+    second.stop().expect("stop");
+}
+
+#[test]
+fn a_cluster_a_live_process_owns_is_not_taken_over() {
     let parent = reachable_tempdir();
     let options = ClusterOptions {
         data_dir: parent.path().join("pgdata"),
         port: None,
         fsync: false,
     };
-    let first = PgCluster::start(options.clone()).unwrap_or_else(|error| panic!("{error}"));
-    let old_port = first.port();
-    // A crashed service: the server keeps running and nobody stops it.
-    std::mem::forget(first);
+    let mut first = PgCluster::start(options.clone()).unwrap_or_else(|error| panic!("{error}"));
+    let Err(error) = PgCluster::start(options.clone()) else {
+        panic!("started a cluster the first one owns");
+    };
+    assert!(
+        matches!(error, PgClusterError::InUse { .. }),
+        "expected InUse, got {error:?}"
+    );
+    assert!(error.to_string().contains("SWITCHBORD_DATA_DIR"), "{error}");
+    assert!(is_ready(first.port()), "the owner's server is untouched");
 
-    let mut second = PgCluster::start(options).unwrap_or_else(|error| panic!("{error}"));
-    assert!(is_ready(second.port()));
-    if second.port() != old_port {
-        assert!(!is_ready(old_port), "the old server was stopped");
-    }
-    second.stop().expect("stop");
+    // A one-off command uses it as it is, and leaves it running.
+    let attached =
+        PgCluster::attach_or_start(options.clone()).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(attached.port(), first.port());
+    drop(attached);
+    assert!(is_ready(first.port()));
+
+    first.stop().expect("stop");
+    drop(first);
+    let mut again = PgCluster::start(options).unwrap_or_else(|error| panic!("free again: {error}"));
+    again.stop().expect("stop");
 }
 
 #[test]
@@ -282,6 +318,21 @@ fn child_process() {
             println!("END");
             // Statics are not dropped and no destructors run: only the exit hook can stop them.
             std::process::exit(0);
+        }
+        "persistent-kill" => {
+            let dir = std::env::var_os(CHILD_DATA_DIR).expect("data dir for the persistent one");
+            let persistent = PgCluster::start(ClusterOptions {
+                data_dir: PathBuf::from(dir),
+                port: None,
+                fsync: false,
+            })
+            .unwrap_or_else(|error| panic!("child persistent start: {error}"));
+            println!("REPORT PERSISTENT {}", persistent.port());
+            println!("END");
+            std::mem::forget(persistent);
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
         "kill" => {
             println!("END");
