@@ -116,8 +116,8 @@ pub struct CoreConfig {
     #[arg(long, env = "SWITCHBORD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub webhook_timeout: Duration,
 
-    /// How far a Twenty webhook's signed timestamp may be from now; replays of a nonce are
-    /// refused within it.
+    /// How far a Twenty webhook's signed timestamp may be from now; a call whose signed
+    /// timestamp and body were already received within twice that is refused as a replay.
     #[arg(long, env = "SWITCHBORD_TWENTY_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub twenty_webhook_tolerance: Duration,
 
