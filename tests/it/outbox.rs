@@ -550,6 +550,53 @@ async fn a_job_whose_worker_died_runs_again_after_its_lease_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_expired_job_claimed_runs_even_when_claiming_pending_ones_then_fails() {
+    let setup = setup().await;
+    let expired = Uuid::new_v4();
+    let mut connection = setup.database.connect().await;
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+                                  lease_owner, lease_expires_at, created_at, updated_at)
+         VALUES ($1, 'test.record', '{}', 'running', 1, 3, now(), 'crashed-worker',
+                 now() + interval '60 seconds', now(), now())",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(expired)
+    .execute(&mut connection)
+    .await
+    .expect("insert a claimed job");
+    let pending = enqueue_one(&setup).await;
+    // The claim of pending jobs fails (as a connection lost between the two statements would),
+    // after the expired job's claim committed.
+    for statement in [
+        "CREATE FUNCTION refuse_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'claims of pending jobs refused'; END $$",
+        "CREATE TRIGGER refuse_claims BEFORE UPDATE ON outbox_jobs FOR EACH ROW
+         WHEN (OLD.status = 'pending' AND NEW.status = 'running')
+         EXECUTE FUNCTION refuse_claims()",
+    ] {
+        sql_query(statement)
+            .execute(&mut connection)
+            .await
+            .expect(statement);
+    }
+    let clock = Arc::new(ManualClock::default());
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, clock.clone(), fast());
+    clock.advance(Duration::from_secs(61));
+    eventually("the expired job ran", || async {
+        job_state(&setup, expired).await.status == "succeeded"
+    })
+    .await;
+    worker.stop().await;
+
+    assert_eq!(
+        job_state(&setup, expired).await.attempts,
+        2,
+        "one more attempt, not a second lease"
+    );
+    assert_eq!(job_state(&setup, pending).await.status, "pending");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_handler_panics_fails_its_attempt_and_is_dead_lettered_after_the_last() {
     let setup = setup().await;
     let worker = RunningWorker::start(&setup, Behaviour::Panic, Arc::new(SystemClock), fast());

@@ -496,7 +496,15 @@ async fn claim(
     }
     let left = limit - i64::try_from(jobs.len()).unwrap_or(limit);
     if left > 0 {
-        jobs.extend(store::claim(&mut connection, &lease.owner, now, until, left).await?);
+        match store::claim(&mut connection, &lease.owner, now, until, left).await {
+            Ok(pending) => jobs.extend(pending),
+            // The expired jobs are ours already (committed, an attempt counted): dropped here,
+            // they would wait out a second lease and be charged another attempt.
+            Err(error) if !jobs.is_empty() => {
+                tracing::warn!(error = %error, "claiming pending outbox jobs failed; running the expired ones claimed");
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
     for job in &mut jobs {
         job.claimed_at = claimed_at;
