@@ -1336,6 +1336,39 @@ async fn a_job_a_request_starts_runs_at_once_after_its_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn shutdown_waits_for_a_request_that_took_room_before_it_to_run_its_job() {
+    let setup = setup().await;
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
+    let reservation = worker.starter.reserve().expect("an idle worker has room");
+    let stopping = tokio::spawn(worker.stop());
+    // The request is still in its transaction: stopped and released now, the worker would
+    // leave the job it commits next running under a lease nobody holds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the worker stopped while a request held room"
+    );
+    let mut connection = setup.database.connect().await;
+    let job = connection
+        .transaction(async |connection| {
+            reservation
+                .enqueue(connection, &NewJob::new(KIND, json!({"n": 1}), None))
+                .await
+        })
+        .await
+        .expect("enqueue a started job");
+    reservation.run(job.clone());
+    stopping.await.expect("the worker stops");
+
+    let state = job_state(&setup, job.id).await;
+    assert_eq!(
+        (state.status.as_str(), state.attempts),
+        ("succeeded", 1),
+        "{state:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn requests_start_jobs_only_while_the_worker_has_room_and_runs() {
     let setup = setup().await;
     // No poll: a claim loop woken while the slot is held would wait in line for it, and hold

@@ -428,12 +428,18 @@ impl Worker {
         inner.stopped.notify_waiters();
         listener.abort();
         broadcaster.abort();
+        drop(held);
+        let slots = u32::try_from(inner.config.concurrency.max(1)).unwrap_or(u32::MAX);
         // Claimed jobs first: they may still start background ones, which may start more (a
         // dispatch's webhook attempts): each set is waited for until one comes back empty.
         let mut background = JoinSet::new();
         let drained = tokio::time::timeout(inner.config.shutdown_grace, async {
             while running.join_next().await.is_some() {}
             loop {
+                // A request that took room before the stop may still commit its job and run
+                // it after the sets above came back empty (released below, it would wait out
+                // its lease elsewhere): every slot back means no such job is left to come.
+                drop(permits.acquire_many(slots).await);
                 background = inner.context.lease.take_background();
                 if background.is_empty() {
                     break;
