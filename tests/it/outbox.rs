@@ -1369,6 +1369,51 @@ async fn shutdown_waits_for_a_request_that_took_room_before_it_to_run_its_job() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_started_job_whose_request_ended_before_running_it_goes_back_to_the_queue() {
+    let setup = setup().await;
+    let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
+    let reservation = worker.starter.reserve().expect("an idle worker has room");
+    let mut connection = setup.database.connect().await;
+    let job = connection
+        .transaction(async |connection| {
+            reservation
+                .enqueue(connection, &NewJob::new(KIND, json!({"n": 1}), None))
+                .await
+        })
+        .await
+        .expect("enqueue a started job");
+    // Committed, then the request was cancelled (its caller's deadline) before it ran the job.
+    drop(reservation);
+    eventually("the job ran from the queue", || async {
+        job_state(&setup, job.id).await.status == "succeeded"
+    })
+    .await;
+    assert_eq!(
+        job_state(&setup, job.id).await.attempts,
+        1,
+        "the hand-back does not count an attempt"
+    );
+
+    // A reservation whose transaction rolled back leaves nothing behind.
+    let reservation = worker.starter.reserve().expect("room");
+    let rolled_back = connection
+        .transaction(async |connection| {
+            reservation
+                .enqueue(connection, &NewJob::new(KIND, json!({"n": 2}), None))
+                .await?;
+            Err::<(), _>(diesel::result::Error::RollbackTransaction)
+        })
+        .await;
+    assert!(rolled_back.is_err());
+    drop(reservation);
+    worker.stop().await;
+    assert_eq!(
+        count(&setup, "SELECT count(*) AS count FROM outbox_jobs").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn requests_start_jobs_only_while_the_worker_has_room_and_runs() {
     let setup = setup().await;
     // No poll: a claim loop woken while the slot is held would wait in line for it, and hold

@@ -6,17 +6,20 @@
 //! A started job is as durable as a queued one: if this process dies before recording its
 //! outcome, its lease expires and any worker claims it again.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use tokio::sync::OwnedSemaphorePermit;
+use uuid::Uuid;
 
 use super::announcer::Announcer;
 use super::store::{self, ClaimedJob, NewJob};
 use super::worker::{Inner, execute};
+use crate::db;
 
 /// Reserves room in the worker for jobs that requests start. Cheap to clone.
 #[derive(Clone)]
@@ -28,8 +31,19 @@ pub struct Starter {
 /// (the transaction failed) gives the room back.
 pub struct Reservation {
     inner: Arc<Inner>,
-    permit: OwnedSemaphorePermit,
+    /// Taken by [`Reservation::run`], for the job's run.
+    permit: Option<OwnedSemaphorePermit>,
+    /// The job [`Reservation::enqueue`] inserted claimed, with its claim's expiry, until
+    /// [`Reservation::run`] takes it. Dropped with the reservation, it may have committed all
+    /// the same: the request was cancelled (its caller's deadline) while its COMMIT was on the
+    /// way. It would then wait out its lease, an attempt charged; it is handed back instead
+    /// (see [`hand_back`]).
+    enqueued: Mutex<Option<(Uuid, DateTime<Utc>)>>,
 }
+
+/// How long a hand-back waits for a COMMIT already sent to land: before, the job's row is not
+/// visible to it, and nothing would be handed back.
+const COMMIT_LANDING: Duration = Duration::from_millis(500);
 
 impl Starter {
     pub(super) fn new(inner: Arc<Inner>) -> Self {
@@ -51,10 +65,7 @@ impl Starter {
             .clone()
             .try_acquire_owned()
             .ok()?;
-        Some(Reservation {
-            inner: self.inner.clone(),
-            permit,
-        })
+        Some(Reservation::new(self.inner.clone(), permit))
     }
 
     /// Room for one job, as [`Starter::reserve`] gives, or else as soon as the worker has some,
@@ -107,15 +118,20 @@ impl Starter {
             if self.inner.stopping.load(Ordering::Relaxed) {
                 return None;
             }
-            return Some(Reservation {
-                inner: self.inner.clone(),
-                permit,
-            });
+            return Some(Reservation::new(self.inner.clone(), permit));
         }
     }
 }
 
 impl Reservation {
+    fn new(inner: Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            inner,
+            permit: Some(permit),
+            enqueued: Mutex::new(None),
+        }
+    }
+
     /// Inserts `job` claimed by this worker. Call it in the transaction of the rows that cause
     /// the job, and pass what it returns to [`Reservation::run`] once that has committed.
     ///
@@ -138,16 +154,73 @@ impl Reservation {
             until,
         )
         .await?;
+        *self.enqueued.lock().unwrap_or_else(PoisonError::into_inner) = Some((job.id, until));
         Ok(ClaimedJob::started(job, until, claimed_at))
     }
 
     /// Runs `job` (from [`Reservation::enqueue`], committed) through its handler in the
     /// background, and records its outcome as the worker records the jobs it claims.
-    pub fn run(self, job: ClaimedJob) {
-        let Self { inner, permit } = self;
-        let task = execute(inner.clone(), job, permit);
-        inner.context.lease.spawn(task);
+    pub fn run(mut self, job: ClaimedJob) {
+        self.enqueued
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(permit) = self.permit.take() {
+            let task = execute(self.inner.clone(), job, permit);
+            self.inner.context.lease.spawn(task);
+        }
     }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let enqueued = self
+            .enqueued
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((id, claimed_until)) = enqueued {
+            hand_back(self.inner.clone(), id, claimed_until);
+        }
+    }
+}
+
+/// Hands back to the queue, due now and its attempt not counted, a job inserted claimed under
+/// a reservation that was dropped without running it, once a COMMIT on the way has had time to
+/// land. Nothing matches when its transaction rolled back (the common case: the request
+/// failed). Shutdown waits for it as for the worker's other background tasks.
+fn hand_back(inner: Arc<Inner>, id: Uuid, claimed_until: DateTime<Utc>) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    let context = inner.context.clone();
+    inner.context.lease.spawn(async move {
+        tokio::time::sleep(COMMIT_LANDING).await;
+        let now = context.clock.now();
+        let handed_back = match db::connection(&context.pool).await {
+            Ok(mut connection) => {
+                store::finish_deferred(
+                    &mut connection,
+                    &[(id, claimed_until, now)],
+                    &context.lease.owner,
+                    now,
+                )
+                .await
+                .map_err(db::DbError::from)
+            }
+            Err(error) => Err(error),
+        };
+        match handed_back {
+            Ok(0) => {}
+            Ok(_) => {
+                tracing::info!(job_id = %id, "a started job its request left behind was handed back to the queue");
+                context.lease.announcer.jobs_queued();
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %id, %error, "cannot hand back a started job its request left behind; its lease will expire");
+            }
+        }
+    });
 }
 
 /// What a committed transaction leaves to the outbox: jobs due now that it queued for a claim,

@@ -612,13 +612,13 @@ pub async fn finish_succeeded(
 
 /// Hands `jobs` back to the queue, each due at its time, not counting the attempt: those of them
 /// that `owner` still holds under the claim they ran on (as for [`finish_succeeded`]), in one
-/// statement. Each is `(id, claim's expiry, due)`.
+/// statement. Each is `(id, claim's expiry, due)`. Answers how many were handed back.
 pub async fn finish_deferred(
     connection: &mut AsyncPgConnection,
     jobs: &[(Uuid, DateTime<Utc>, DateTime<Utc>)],
     owner: &str,
     now: DateTime<Utc>,
-) -> QueryResult<()> {
+) -> QueryResult<usize> {
     use diesel::sql_types::{Array, Uuid as SqlUuid};
     let ids: Vec<Uuid> = jobs.iter().map(|job| job.0).collect();
     let claims: Vec<DateTime<Utc>> = jobs.iter().map(|job| job.1).collect();
@@ -642,7 +642,6 @@ pub async fn finish_deferred(
     )
     .execute(connection)
     .await
-    .map(drop)
 }
 
 /// Hands every job `owner` still holds back to the queue, not counting the interrupted attempt.
