@@ -1,7 +1,9 @@
 //! gRPC health checking with a real answer: the overall status (service `""`) is checked
 //! against the database, so load balancers and the gateway's `/readyz` see a core that cannot
-//! reach PostgreSQL, or runs on an unmigrated schema, as not serving. Per-service statuses stay
-//! those the server reports at start.
+//! reach PostgreSQL, or runs on an unmigrated schema, as not serving. `Check` checks at once;
+//! `Watch`, which gRPC clients' own health checking uses, streams the status that
+//! [`ReadinessHealth::report_overall`] keeps current by checking every [`WATCH_INTERVAL`].
+//! Per-service statuses stay those the server reports at start.
 //!
 //! Anyone may ask (health is open, `/readyz` takes no key), so one check runs at a time, and a
 //! call answers with the first check that started after it arrived: calls arriving during a
@@ -16,12 +18,15 @@ use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-use tonic_health::server::HealthService;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::db::{self, DbPool};
 
 /// Longest a readiness check waits for the database.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the overall status that `Watch` streams is checked again.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct ReadinessHealth {
     services: HealthService,
@@ -39,6 +44,22 @@ impl ReadinessHealth {
             pool,
             migrations: db::embedded_versions(),
             last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Keeps the overall status in `reporter` (the one `Watch` streams) current: checked now
+    /// and every `interval`, until the task is aborted. A check shares a call's, as calls share
+    /// one another's.
+    pub async fn report_overall(&self, reporter: HealthReporter, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let status = match self.not_ready_reason_in_time().await {
+                None => tonic_health::ServingStatus::Serving,
+                Some(_) => tonic_health::ServingStatus::NotServing,
+            };
+            reporter.set_service_status("", status).await;
         }
     }
 

@@ -37,7 +37,7 @@ use crate::gauges::GaugeSampler;
 use crate::journeys::{JourneyTriggerHandler, JourneysGrpc};
 use crate::outbox::admin::OutboxGrpc;
 use crate::outbox::{Announcer, Clock, Pruner, Registry, SystemClock, Worker, WorkerConfig};
-use crate::readiness::ReadinessHealth;
+use crate::readiness::{self, ReadinessHealth};
 use crate::state::AppState;
 use crate::twenty::{
     BackfillHandler, InboundSettings, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer,
@@ -315,10 +315,19 @@ impl CoreServer {
         health_reporter
             .set_serving::<TwentyServiceServer<TwentyGrpc>>()
             .await;
-        let health_service = HealthServer::new(ReadinessHealth::new(
-            HealthService::from_health_reporter(health_reporter),
+        let health = Arc::new(ReadinessHealth::new(
+            HealthService::from_health_reporter(health_reporter.clone()),
             self.state.pool.clone(),
         ));
+        let overall_reporter = tokio::spawn({
+            let health = health.clone();
+            async move {
+                health
+                    .report_overall(health_reporter, readiness::WATCH_INTERVAL)
+                    .await;
+            }
+        });
+        let health_service = HealthServer::from_arc(health);
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(switchbord_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -426,6 +435,7 @@ impl CoreServer {
             .serve_with_incoming_shutdown(incoming(self.listener), shutdown)
             .await;
         flusher.abort();
+        overall_reporter.abort();
         config_listener.abort();
         sampler.abort();
         pruner.abort();

@@ -82,6 +82,42 @@ async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
     .await;
 }
 
+/// gRPC clients' own health checking watches the overall status rather than asking for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watched_overall_health_follows_the_database() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let app = TestApp::spawn().await;
+    let mut statuses = HealthClient::new(app.channel().await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut next_status = async || {
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(20), statuses.message())
+            .await
+            .expect("a status within 20 s")
+            .expect("the stream goes on")
+            .expect("a status");
+        ServingStatus::try_from(reply.status).expect("a known status")
+    };
+    let mut status = next_status().await;
+    // The status at start may predate the first check.
+    if status != ServingStatus::Serving {
+        status = next_status().await;
+    }
+    assert_eq!(status, ServingStatus::Serving);
+
+    app.database.set_reachable(false).await;
+    assert_eq!(next_status().await, ServingStatus::NotServing);
+    app.database.set_reachable(true).await;
+    assert_eq!(next_status().await, ServingStatus::Serving);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pooled_connections_the_database_ended_are_replaced_not_used() {
     let app = TestApp::spawn().await;
