@@ -468,6 +468,40 @@ async fn syncs_left_pending_while_disconnected_run_when_twenty_is_connected_agai
 }
 
 #[tokio::test]
+async fn a_linked_contact_changed_while_disconnected_is_synced_when_twenty_is_connected_again() {
+    let (app, fake) = connected().await;
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340096", "person_properties": {"name": "Away While", "email": "before@example.com"}}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &contact_id, "synced").await;
+    let person_id = sync_of(&app, &contact_id).await["person_id"].clone();
+
+    let deleted = admin(&app, Method::DELETE, &format!("{BASE}/connection"), None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    app.upsert_contact(&json!({"phone_number": "+4915112340096", "person_properties": {"email": "after@example.com"}}))
+        .await;
+    settled(&app).await;
+
+    let reconnected = admin(
+        &app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    assert_eq!(reconnected.status, 200, "{}", reconnected.text);
+    eventually("the change made meanwhile reaches Twenty", async || {
+        fake.writes().iter().any(|write| {
+            write.path == format!("/rest/people/{}", person_id.as_str().unwrap_or_default())
+                && write.body == json!({"emails": {"primaryEmail": "after@example.com"}})
+        })
+    })
+    .await;
+    wait_for_status(&app, &contact_id, "synced").await;
+}
+
+#[tokio::test]
 async fn a_contact_that_changes_while_first_linked_by_phone_never_writes_its_blanks() {
     let (app, fake) = connected().await;
     let person = fake.insert_person(json!({

@@ -180,6 +180,25 @@ pub async fn mark_pending(
         .map(|written| written == 1)
 }
 
+/// Marks pending every linked contact changed since its last sync: for a new connection, after
+/// a time without one, when the changes made meanwhile reached no sync (without a connection,
+/// contact events queue none). Answers how many.
+pub async fn mark_changed_since_synced(
+    connection: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE twenty_contact_syncs AS sync SET status = 'pending', updated_at = $1
+           FROM contacts AS contact
+          WHERE contact.id = sync.contact_id AND sync.status = 'synced'
+            AND sync.person_id IS NOT NULL
+            AND contact.updated_at > COALESCE(sync.synced_at, sync.updated_at)",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(now)
+    .execute(connection)
+    .await
+}
+
 /// How long a sync job holds its contact: past its calls to Twenty (15 s each, at most three),
 /// and no longer than a job that died holding it keeps the next one waiting.
 const SYNC_HOLD: chrono::Duration = chrono::Duration::seconds(60);

@@ -156,7 +156,11 @@ impl TwentyService for TwentyGrpc {
                     .map_err(ServiceError::InvalidArgument)?;
                 connection::save(connection, &row).await?;
                 // Syncs whose job ran while there was no connection ended there and left their
-                // contacts pending, with no job to come: a new connection takes them up.
+                // contacts pending, with no job to come, and linked contacts changed meanwhile
+                // queued none: a new connection takes them all up.
+                if connecting {
+                    records::mark_changed_since_synced(connection, now).await?;
+                }
                 let requeued = connecting && queue_pending_syncs(connection).await? > 0;
                 Ok::<_, ServiceError>((row, requeued))
             })
