@@ -23,9 +23,12 @@ use crate::outbox::{
     self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob, RetryDelay,
 };
 
+/// Sixteen attempts: with the outbox's default backoff (1 s doubling to an hour), a sync rides
+/// out about four hours of Twenty being down or limiting it before it fails; eight gave up
+/// after two minutes, a deploy or a burst of imports against its rate limit.
 pub const SYNC_JOB: JobKind = JobKind {
     name: "twenty.sync",
-    max_attempts: 8,
+    max_attempts: 16,
 };
 
 const EVENT_SOURCE: &str = "twenty";
@@ -617,4 +620,23 @@ pub fn time_field(person: &Json, field: &str) -> Option<DateTime<Utc>> {
 
 fn retry(error: impl ToString) -> JobError {
     JobError::retry(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::outbox::{BackoffPolicy, retry_delay};
+
+    #[test]
+    fn a_sync_rides_out_hours_of_twenty_being_unavailable() {
+        let waited: Duration = (1..SYNC_JOB.max_attempts)
+            .map(|failures| retry_delay(BackoffPolicy::default(), failures, RetryDelay::Backoff))
+            .sum();
+        assert!(
+            waited >= Duration::from_secs(2 * 3600),
+            "{waited:?} between the first attempt and the last"
+        );
+    }
 }
