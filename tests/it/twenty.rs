@@ -502,6 +502,41 @@ async fn a_linked_contact_changed_while_disconnected_is_synced_when_twenty_is_co
 }
 
 #[tokio::test]
+async fn a_connection_moved_to_another_twenty_forgets_the_old_ones_people() {
+    let (app, old_twenty) = connected().await;
+    let created = app
+        .upsert_contact(&json!({"phone_number": "+4915112340097", "person_properties": {"name": "Moved Along"}}))
+        .await;
+    let contact_id = created["contact"]["id"].as_str().unwrap().to_owned();
+    let old_person = wait_for_status(&app, &contact_id, "synced").await["person_id"].clone();
+    assert!(old_person.as_str().is_some_and(|id| !id.is_empty()));
+
+    let new_twenty = FakeTwenty::start(API_KEY).await;
+    let moved = admin(
+        &app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": new_twenty.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    assert_eq!(sync_of(&app, &contact_id).await, Json::Null, "no link kept");
+
+    // Its next change creates the person in the new Twenty, rather than patch the old one's
+    // id there (a 404 that would unlink it).
+    app.upsert_contact(&json!({"phone_number": "+4915112340097", "person_properties": {"email": "moved@example.com"}}))
+        .await;
+    let synced = wait_for_status(&app, &contact_id, "synced").await;
+    assert_ne!(synced["person_id"], old_person);
+    assert_eq!(new_twenty.people().len(), 1);
+    assert_eq!(
+        new_twenty.people()[0]["emails"]["primaryEmail"],
+        "moved@example.com"
+    );
+    assert_eq!(old_twenty.people().len(), 1, "the old Twenty is left alone");
+}
+
+#[tokio::test]
 async fn a_contact_that_changes_while_first_linked_by_phone_never_writes_its_blanks() {
     let (app, fake) = connected().await;
     let person = fake.insert_person(json!({

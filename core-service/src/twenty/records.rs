@@ -180,6 +180,12 @@ pub async fn mark_pending(
         .map(|written| written == 1)
 }
 
+/// Forgets every contact's link and sync state (a connection moved to another Twenty): each
+/// contact is then as one never synced. Answers how many were forgotten.
+pub async fn forget_links(connection: &mut AsyncPgConnection) -> QueryResult<usize> {
+    diesel::delete(syncs::table).execute(connection).await
+}
+
 /// Marks pending every linked contact changed since its last sync: for a new connection, after
 /// a time without one, when the changes made meanwhile reached no sync (without a connection,
 /// contact events queue none). Answers how many.

@@ -23,6 +23,7 @@ use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{self, Announcer, Clock};
 use crate::pagination::{decode_cursor, finish_page, page_size};
 use crate::request::RequestContext;
+use crate::webhooks::same_origin;
 
 pub struct TwentyGrpc {
     pool: DbPool,
@@ -152,9 +153,22 @@ impl TwentyService for TwentyGrpc {
             Box::pin(async move {
                 let current = connection::load(connection).await?;
                 let connecting = current.is_none();
+                let previous_url = current.as_ref().map(|current| current.base_url.clone());
                 let row = connection::apply(current, &request, policy, now)
                     .map_err(ServiceError::InvalidArgument)?;
                 connection::save(connection, &row).await?;
+                // Another origin is taken for another Twenty: the people linked are the old
+                // one's, whose ids would only answer 404 there (and unlink every contact
+                // that changed) or keep its webhooks and backfill from linking. Contacts are
+                // then linked again by phone number as they change, or by a backfill, in the
+                // same Twenty under a new address as in a new one.
+                if previous_url.is_some_and(|url| !same_origin(&url, &row.base_url)) {
+                    let forgotten = records::forget_links(connection).await?;
+                    tracing::info!(
+                        forgotten,
+                        "Twenty moved to another origin; its links are forgotten"
+                    );
+                }
                 // Syncs whose job ran while there was no connection ended there and left their
                 // contacts pending, with no job to come, and linked contacts changed meanwhile
                 // queued none: a new connection takes them all up.
