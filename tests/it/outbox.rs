@@ -1102,6 +1102,48 @@ async fn shutdown_releases_jobs_that_did_not_finish_in_the_grace_period() {
     assert_eq!(state.attempts, 0, "the interrupted attempt does not count");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_released_at_shutdown_are_announced_to_the_other_instances() {
+    let setup = setup().await;
+    let never = Arc::new(Notify::new());
+    let stopping = RunningWorker::start(
+        &setup,
+        Behaviour::Block(never),
+        Arc::new(SystemClock),
+        WorkerConfig {
+            shutdown_grace: Duration::from_millis(100),
+            ..fast()
+        },
+    );
+    let id = enqueue_one(&setup).await;
+    eventually("the job is running", || async {
+        job_state(&setup, id).await.status == "running"
+    })
+    .await;
+    // Another instance that only polls once an hour: a notification is all that can wake it.
+    let other = RunningWorker::start(
+        &setup,
+        Behaviour::Succeed,
+        Arc::new(SystemClock),
+        WorkerConfig {
+            poll_interval: Duration::from_secs(3600),
+            ..fast()
+        },
+    );
+    eventually("both instances are listening", || async {
+        listening_workers(&setup).await == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    stopping.stop().await;
+    eventually("the other instance ran the released job", || async {
+        job_state(&setup, id).await.status == "succeeded"
+    })
+    .await;
+    other.stop().await;
+}
+
 async fn started_job_ids(setup: &Setup) -> Vec<Uuid> {
     #[derive(diesel::QueryableByName)]
     struct Id {

@@ -92,7 +92,9 @@ impl Announcer {
         }
     }
 
-    async fn notify(&self, pool: &DbPool) -> Result<(), DbError> {
+    /// Wakes the other instances now, not through [`Announcer::broadcast`]: for the jobs a
+    /// stopping worker hands back.
+    pub(super) async fn notify(&self, pool: &DbPool) -> Result<(), DbError> {
         let mut connection = db::connection(pool).await?;
         prepared(
             diesel::sql_query("SELECT pg_notify($1, $2)")

@@ -470,7 +470,15 @@ impl Worker {
         match db::connection(&inner.context.pool).await {
             Ok(mut connection) => match store::release(&mut connection, owner, now).await {
                 Ok(0) => {}
-                Ok(released) => tracing::info!(released, "released unfinished outbox jobs"),
+                Ok(released) => {
+                    tracing::info!(released, "released unfinished outbox jobs");
+                    // Due now, and the broadcaster is gone: other instances would find them
+                    // only at their next poll.
+                    drop(connection);
+                    if let Err(error) = announcer.notify(&inner.context.pool).await {
+                        tracing::warn!(%error, "cannot announce the released outbox jobs; other instances find them at their next poll");
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot release outbox jobs; their leases will expire")
                 }
