@@ -534,6 +534,30 @@ async fn a_connection_moved_to_another_twenty_forgets_the_old_ones_people() {
         "moved@example.com"
     );
     assert_eq!(old_twenty.people().len(), 1, "the old Twenty is left alone");
+
+    // Deleted, then connected to yet another Twenty: its links are forgotten too, not synced
+    // as changed meanwhile to ids the other one does not know.
+    let deleted = admin(&app, Method::DELETE, &format!("{BASE}/connection"), None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    app.upsert_contact(&json!({"phone_number": "+4915112340097", "person_properties": {"email": "third@example.com"}}))
+        .await;
+    settled(&app).await;
+    let third_twenty = FakeTwenty::start(API_KEY).await;
+    let connected = admin(
+        &app,
+        Method::PUT,
+        &format!("{BASE}/connection"),
+        Some(json!({"base_url": third_twenty.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
+    )
+    .await;
+    assert_eq!(connected.status, 200, "{}", connected.text);
+    assert_eq!(sync_of(&app, &contact_id).await, Json::Null, "no link kept");
+    settled(&app).await;
+    assert!(
+        third_twenty.writes().is_empty(),
+        "{:?}",
+        third_twenty.writes()
+    );
 }
 
 #[tokio::test]

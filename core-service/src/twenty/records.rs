@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::contacts::timestamp;
 use crate::schema::twenty_contact_syncs as syncs;
+use crate::webhooks::same_origin;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncStatus {
@@ -180,9 +181,45 @@ pub async fn mark_pending(
         .map(|written| written == 1)
 }
 
-/// Forgets every contact's link and sync state (a connection moved to another Twenty): each
-/// contact is then as one never synced. Answers how many were forgotten.
+/// Records that links are now made with the Twenty at `base_url`, and answers whether the ones
+/// kept were made with another (another origin), which a caller then forgets
+/// ([`forget_links`]). Survives a deleted connection, so that a connection to another Twenty
+/// made after a delete is recognised too.
+pub async fn links_now_with(
+    connection: &mut AsyncPgConnection,
+    base_url: &str,
+) -> QueryResult<bool> {
+    use diesel::sql_types::{Nullable, Text};
+
+    #[derive(QueryableByName)]
+    struct Previous {
+        #[diesel(sql_type = Nullable<Text>)]
+        base_url: Option<String>,
+    }
+
+    let previous: Previous = diesel::sql_query(
+        "WITH previous AS (SELECT base_url FROM twenty_links_origin FOR UPDATE),
+              recorded AS (
+                  INSERT INTO twenty_links_origin (id, base_url, recorded_at) VALUES (true, $1, now())
+                  ON CONFLICT (id) DO UPDATE SET base_url = $1, recorded_at = now()
+              )
+         SELECT (SELECT base_url FROM previous) AS base_url",
+    )
+    .bind::<Text, _>(base_url)
+    .get_result(connection)
+    .await?;
+    Ok(previous
+        .base_url
+        .is_some_and(|previous| !same_origin(&previous, base_url)))
+}
+
+/// Forgets every contact's link and sync state, and the backfill (a connection moved to another
+/// Twenty): each contact is then as one never synced, and a backfill starts from the new
+/// Twenty's first page. Answers how many links were forgotten.
 pub async fn forget_links(connection: &mut AsyncPgConnection) -> QueryResult<usize> {
+    diesel::sql_query("DELETE FROM twenty_backfill")
+        .execute(connection)
+        .await?;
     diesel::delete(syncs::table).execute(connection).await
 }
 

@@ -23,7 +23,6 @@ use crate::error::{FieldViolation, ServiceError};
 use crate::outbox::{self, Announcer, Clock};
 use crate::pagination::{decode_cursor, finish_page, page_size};
 use crate::request::RequestContext;
-use crate::webhooks::same_origin;
 
 pub struct TwentyGrpc {
     pool: DbPool,
@@ -153,26 +152,25 @@ impl TwentyService for TwentyGrpc {
             Box::pin(async move {
                 let current = connection::load(connection).await?;
                 let connecting = current.is_none();
-                let previous_url = current.as_ref().map(|current| current.base_url.clone());
                 let row = connection::apply(current, &request, policy, now)
                     .map_err(ServiceError::InvalidArgument)?;
                 connection::save(connection, &row).await?;
-                // Another origin is taken for another Twenty: the people linked are the old
-                // one's, whose ids would only answer 404 there (and unlink every contact
-                // that changed) or keep its webhooks and backfill from linking. Contacts are
-                // then linked again by phone number as they change, or by a backfill, in the
-                // same Twenty under a new address as in a new one.
-                if previous_url.is_some_and(|url| !same_origin(&url, &row.base_url)) {
+                // Another origin than the links were made with (now, or before a delete) is
+                // taken for another Twenty: the people linked are the old one's, whose ids
+                // would only answer 404 there (and unlink every contact that changed) or keep
+                // its webhooks and backfill from linking. Contacts are then linked again by
+                // phone number as they change, or by a backfill, in the same Twenty under a new
+                // address as in a new one.
+                if records::links_now_with(connection, &row.base_url).await? {
                     let forgotten = records::forget_links(connection).await?;
                     tracing::info!(
                         forgotten,
                         "Twenty moved to another origin; its links are forgotten"
                     );
-                }
-                // Syncs whose job ran while there was no connection ended there and left their
-                // contacts pending, with no job to come, and linked contacts changed meanwhile
-                // queued none: a new connection takes them all up.
-                if connecting {
+                } else if connecting {
+                    // Syncs whose job ran while there was no connection ended there and left
+                    // their contacts pending, with no job to come, and linked contacts changed
+                    // meanwhile queued none: a new connection takes them all up.
                     records::mark_changed_since_synced(connection, now).await?;
                 }
                 let requeued = connecting && queue_pending_syncs(connection).await? > 0;

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS twenty_links_origin;
