@@ -146,6 +146,10 @@ impl Reservation {
         let now = context.clock.now();
         let claimed_at = Instant::now();
         let until = context.lease.until(now);
+        // Before the insert is sent, not after its reply: a pipelined transaction sends COMMIT
+        // behind it, and a request cancelled in that round trip has committed the job all the
+        // same. A hand-back of a job whose transaction rolled back matches nothing.
+        *self.enqueued.lock().unwrap_or_else(PoisonError::into_inner) = Some((job.id, until));
         store::enqueue_started(
             connection,
             std::slice::from_ref(job),
@@ -154,7 +158,6 @@ impl Reservation {
             until,
         )
         .await?;
-        *self.enqueued.lock().unwrap_or_else(PoisonError::into_inner) = Some((job.id, until));
         Ok(ClaimedJob::started(job, until, claimed_at))
     }
 
