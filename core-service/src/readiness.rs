@@ -53,13 +53,18 @@ impl ReadinessHealth {
     pub async fn report_overall(&self, reporter: HealthReporter, interval: Duration) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = None;
         loop {
             ticks.tick().await;
             let status = match self.not_ready_reason_in_time().await {
                 None => tonic_health::ServingStatus::Serving,
                 Some(_) => tonic_health::ServingStatus::NotServing,
             };
-            reporter.set_service_status("", status).await;
+            // Watchers are sent changes only (every set is sent, the same status too).
+            if reported != Some(status) {
+                reporter.set_service_status("", status).await;
+                reported = Some(status);
+            }
         }
     }
 
