@@ -27,12 +27,17 @@ pub fn take(data_dir: &Path) -> Result<OwnerLock, PgClusterError> {
         path: path.clone(),
         source,
     };
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
+    // Read-only when it exists: a lock needs no more, and a file left by a run as another user
+    // (root, which runs the server as `postgres`) is readable where it is not writable.
+    let file = match File::open(&path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path),
+        opened => opened,
+    }
+    .map_err(io)?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let error = std::io::Error::last_os_error();
