@@ -48,14 +48,7 @@ async fn connected() -> (TestApp, FakeTwenty) {
 
 async fn connected_app(app: TestApp) -> (TestApp, FakeTwenty) {
     let fake = FakeTwenty::start(API_KEY).await;
-    let reply = admin(
-        &app,
-        Method::PUT,
-        &format!("{BASE}/connection"),
-        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
-    )
-    .await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
+    connect(&app, &fake).await;
     (app, fake)
 }
 
@@ -456,14 +449,7 @@ async fn syncs_left_pending_while_disconnected_run_when_twenty_is_connected_agai
     // pending with no job to come.
     execute(&app, "UPDATE twenty_contact_syncs SET status = 'pending'").await;
 
-    let reconnected = admin(
-        &app,
-        Method::PUT,
-        &format!("{BASE}/connection"),
-        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
-    )
-    .await;
-    assert_eq!(reconnected.status, 200, "{}", reconnected.text);
+    connect(&app, &fake).await;
     wait_for_status(&app, &contact_id, "synced").await;
 }
 
@@ -483,14 +469,7 @@ async fn a_linked_contact_changed_while_disconnected_is_synced_when_twenty_is_co
         .await;
     settled(&app).await;
 
-    let reconnected = admin(
-        &app,
-        Method::PUT,
-        &format!("{BASE}/connection"),
-        Some(json!({"base_url": fake.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
-    )
-    .await;
-    assert_eq!(reconnected.status, 200, "{}", reconnected.text);
+    connect(&app, &fake).await;
     eventually("the change made meanwhile reaches Twenty", async || {
         fake.writes().iter().any(|write| {
             write.path == format!("/rest/people/{}", person_id.as_str().unwrap_or_default())
@@ -512,14 +491,7 @@ async fn a_connection_moved_to_another_twenty_forgets_the_old_ones_people() {
     assert!(old_person.as_str().is_some_and(|id| !id.is_empty()));
 
     let new_twenty = FakeTwenty::start(API_KEY).await;
-    let moved = admin(
-        &app,
-        Method::PUT,
-        &format!("{BASE}/connection"),
-        Some(json!({"base_url": new_twenty.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
-    )
-    .await;
-    assert_eq!(moved.status, 200, "{}", moved.text);
+    connect(&app, &new_twenty).await;
     assert_eq!(sync_of(&app, &contact_id).await, Json::Null, "no link kept");
 
     // Its next change creates the person in the new Twenty, rather than patch the old one's
@@ -543,14 +515,7 @@ async fn a_connection_moved_to_another_twenty_forgets_the_old_ones_people() {
         .await;
     settled(&app).await;
     let third_twenty = FakeTwenty::start(API_KEY).await;
-    let connected = admin(
-        &app,
-        Method::PUT,
-        &format!("{BASE}/connection"),
-        Some(json!({"base_url": third_twenty.url(), "api_key": API_KEY, "webhook_secret": SECRET})),
-    )
-    .await;
-    assert_eq!(connected.status, 200, "{}", connected.text);
+    connect(&app, &third_twenty).await;
     assert_eq!(sync_of(&app, &contact_id).await, Json::Null, "no link kept");
     settled(&app).await;
     assert!(
