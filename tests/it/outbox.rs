@@ -362,6 +362,26 @@ async fn until_listening(setup: &Setup) {
     .await;
 }
 
+/// A `test.record` job of 3 attempts claimed by a worker that died: `attempts` made, its lease
+/// expiring `lease_left` seconds from now (negative: expired).
+async fn crashed_workers_job(setup: &Setup, attempts: i32, lease_left: i64) -> Uuid {
+    let id = Uuid::new_v4();
+    let mut connection = setup.database.connect().await;
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+                                  lease_owner, lease_expires_at, created_at, updated_at)
+         VALUES ($1, 'test.record', '{}', 'running', $2, 3, now(), 'crashed-worker',
+                 now() + $3 * interval '1 second', now(), now())",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<Int4, _>(attempts)
+    .bind::<diesel::sql_types::BigInt, _>(lease_left)
+    .execute(&mut connection)
+    .await
+    .expect("insert a claimed job");
+    id
+}
+
 async fn enqueue_one(setup: &Setup) -> Uuid {
     let connection = setup.database.connect().await;
     enqueue(&connection, &NewJob::new(KIND, json!({"n": 1}), None))
@@ -521,18 +541,7 @@ async fn two_instances_never_run_the_same_job_twice() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_worker_died_runs_again_after_its_lease_expires() {
     let setup = setup().await;
-    let id = Uuid::new_v4();
-    let mut connection = setup.database.connect().await;
-    sql_query(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-                                  lease_owner, lease_expires_at, created_at, updated_at)
-         VALUES ($1, 'test.record', '{}', 'running', 1, 3, now(), 'crashed-worker',
-                 now() + interval '60 seconds', now(), now())",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(id)
-    .execute(&mut connection)
-    .await
-    .expect("insert a claimed job");
+    let id = crashed_workers_job(&setup, 1, 60).await;
     let clock = Arc::new(ManualClock::default());
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, clock.clone(), fast());
 
@@ -552,21 +561,11 @@ async fn a_job_whose_worker_died_runs_again_after_its_lease_expires() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_job_claimed_runs_even_when_claiming_pending_ones_then_fails() {
     let setup = setup().await;
-    let expired = Uuid::new_v4();
-    let mut connection = setup.database.connect().await;
-    sql_query(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-                                  lease_owner, lease_expires_at, created_at, updated_at)
-         VALUES ($1, 'test.record', '{}', 'running', 1, 3, now(), 'crashed-worker',
-                 now() + interval '60 seconds', now(), now())",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(expired)
-    .execute(&mut connection)
-    .await
-    .expect("insert a claimed job");
+    let expired = crashed_workers_job(&setup, 1, 60).await;
     let pending = enqueue_one(&setup).await;
     // The claim of pending jobs fails (as a connection lost between the two statements would),
     // after the expired job's claim committed.
+    let mut connection = setup.database.connect().await;
     for statement in [
         "CREATE FUNCTION refuse_claims() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN RAISE EXCEPTION 'claims of pending jobs refused'; END $$",
@@ -626,19 +625,8 @@ async fn a_job_whose_handler_panics_fails_its_attempt_and_is_dead_lettered_after
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_last_attempt_lost_its_outcome_runs_once_more() {
     let setup = setup().await;
-    let id = Uuid::new_v4();
-    let mut connection = setup.database.connect().await;
     // Its last attempt succeeded, but its success was never written before the lease expired.
-    sql_query(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-                                  lease_owner, lease_expires_at, created_at, updated_at)
-         VALUES ($1, 'test.record', '{}', 'running', 3, 3, now(), 'crashed-worker',
-                 now() - interval '1 second', now(), now())",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(id)
-    .execute(&mut connection)
-    .await
-    .expect("insert a claimed job");
+    let id = crashed_workers_job(&setup, 3, -1).await;
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
 
     eventually("the job ran once more and succeeded", || async {
@@ -655,20 +643,9 @@ async fn a_job_whose_last_attempt_lost_its_outcome_runs_once_more() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_last_attempt_and_its_extra_run_both_outran_their_lease_is_dead() {
     let setup = setup().await;
-    let id = Uuid::new_v4();
-    let mut connection = setup.database.connect().await;
     // Its third and last attempt stopped the process that ran it, and so did the one more run
     // it is given (in case only its outcome was lost).
-    sql_query(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-                                  lease_owner, lease_expires_at, created_at, updated_at)
-         VALUES ($1, 'test.record', '{}', 'running', 4, 3, now(), 'crashed-worker',
-                 now() - interval '1 second', now(), now())",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(id)
-    .execute(&mut connection)
-    .await
-    .expect("insert a claimed job");
+    let id = crashed_workers_job(&setup, 4, -1).await;
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
 
     eventually("the job is dead", || async {
@@ -949,18 +926,7 @@ async fn an_instance_without_the_jobs_handler_hands_it_back_without_spending_an_
     let id = enqueue_mortal(&setup).await;
     // A job whose last attempt's lease expired twice is dead-lettered only where its handler
     // can end its work (`dead_lettered`).
-    let expired_twice = Uuid::new_v4();
-    let mut connection = setup.database.connect().await;
-    sql_query(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-                                  lease_owner, lease_expires_at, created_at, updated_at)
-         VALUES ($1, 'test.record', '{}', 'running', 4, 3, now(), 'crashed-worker',
-                 now() - interval '1 second', now(), now())",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(expired_twice)
-    .execute(&mut connection)
-    .await
-    .expect("insert a claimed job");
+    let expired_twice = crashed_workers_job(&setup, 4, -1).await;
     eventually("the jobs were claimed and handed back", || async {
         let mut handed_back = true;
         for job in [id, expired_twice] {
@@ -982,7 +948,7 @@ async fn an_instance_without_the_jobs_handler_hands_it_back_without_spending_an_
     // other with its handler's help.
     let knowing = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
     sql_query("UPDATE outbox_jobs SET run_after = now()")
-        .execute(&mut connection)
+        .execute(&mut setup.database.connect().await)
         .await
         .expect("make them due");
     eventually("the jobs ended", || async {
