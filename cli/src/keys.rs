@@ -122,14 +122,27 @@ async fn through_core(
                 .into_inner();
             Outcome::Created(response.api_key.unwrap_or_default(), response.secret)
         }
-        KeysCommand::List { include_revoked } => Outcome::Keys(
-            client
-                .list_api_keys(ListApiKeysRequest { include_revoked })
-                .await
-                .map_err(refused)?
-                .into_inner()
-                .api_keys,
-        ),
+        KeysCommand::List { include_revoked } => {
+            // Every page: the command lists every key, as it does on the database.
+            let mut keys = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_api_keys(ListApiKeysRequest {
+                        include_revoked,
+                        page_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                keys.extend(page.api_keys);
+                if page.next_page_token.is_empty() {
+                    break Outcome::Keys(keys);
+                }
+                page_token = page.next_page_token;
+            }
+        }
         KeysCommand::Revoke { id } => Outcome::Revoked(
             client
                 .revoke_api_key(RevokeApiKeyRequest { id: id.to_string() })

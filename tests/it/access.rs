@@ -259,6 +259,65 @@ async fn expired_and_revoked_keys_stop_working() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn keys_are_listed_in_pages_newest_first() {
+    use switchbord_api::v1::ListApiKeysRequest;
+
+    let app = TestApp::spawn().await;
+    let mut access = app.access_client_with(Some(&app.keys.admin)).await;
+    for index in 0..3 {
+        access
+            .create_api_key(CreateApiKeyRequest {
+                name: format!("paged-{index}"),
+                role: Role::User.into(),
+                expires_at: None,
+            })
+            .await
+            .expect("create");
+    }
+    let everything = access
+        .list_api_keys(ListApiKeysRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(everything.next_page_token.is_empty(), "one page by default");
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = access
+            .list_api_keys(ListApiKeysRequest {
+                page_size: 2,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("a page")
+            .into_inner();
+        assert!(page.api_keys.len() <= 2);
+        paged.extend(page.api_keys.into_iter().map(|key| key.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let all: Vec<String> = everything.api_keys.into_iter().map(|key| key.id).collect();
+    assert!(all.len() >= 3, "{all:?}");
+    assert_eq!(
+        paged, all,
+        "the pages hold every key once, in the same order"
+    );
+
+    let bad = access
+        .list_api_keys(ListApiKeysRequest {
+            page_token: "%%".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not a token");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("page_token"), "{}", bad.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn creating_keys_validates_and_shows_the_secret_only_once() {
     let app = TestApp::spawn().await;
     let mut access = app.access_client_with(Some(&app.keys.admin)).await;
@@ -275,6 +334,7 @@ async fn creating_keys_validates_and_shows_the_secret_only_once() {
     let listed = access
         .list_api_keys(switchbord_api::v1::ListApiKeysRequest {
             include_revoked: true,
+            ..Default::default()
         })
         .await
         .expect("list")

@@ -15,7 +15,8 @@ use super::role::Role;
 use super::store::{self, ApiKeyRow, NewKey};
 use crate::contacts::timestamp;
 use crate::db::{self, DbPool};
-use crate::error::ServiceError;
+use crate::error::{FieldViolation, ServiceError};
+use crate::pagination;
 use crate::request::RequestContext;
 use crate::validation::{STORABLE_TIME, storable_time};
 
@@ -107,13 +108,28 @@ impl AccessService for AccessGrpc {
         &self,
         request: Request<ListApiKeysRequest>,
     ) -> Result<Response<ListApiKeysResponse>, Status> {
-        let include_revoked = request.into_inner().include_revoked;
+        let body = request.into_inner();
+        let invalid = |violation: FieldViolation| status(AccessError::Invalid(vec![violation]));
+        // Every key, up to the page's bounds, for a caller that does not page (as before).
+        let page_size = pagination::configuration_page_size(body.page_size).map_err(invalid)?;
+        let after = match body.page_token.as_str() {
+            "" => None,
+            token => Some(pagination::decode_cursor(token).map_err(invalid)?),
+        };
         let mut connection = db::connection(&self.pool).await.map_err(status)?;
-        let rows = store::list_keys(&mut connection, include_revoked)
-            .await
-            .map_err(|error| status(AccessError::from(error)))?;
+        let rows =
+            store::list_keys_page(&mut connection, body.include_revoked, page_size + 1, after)
+                .await
+                .map_err(|error| status(AccessError::from(error)))?;
+        let (api_keys, next_page_token) = pagination::finish_page(
+            rows,
+            page_size,
+            |row| (row.created_at, row.id),
+            api_key_proto,
+        );
         Ok(Response::new(ListApiKeysResponse {
-            api_keys: rows.into_iter().map(api_key_proto).collect(),
+            api_keys,
+            next_page_token,
         }))
     }
 

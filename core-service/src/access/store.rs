@@ -137,15 +137,31 @@ pub async fn list_keys(
     connection: &mut AsyncPgConnection,
     include_revoked: bool,
 ) -> QueryResult<Vec<ApiKeyRow>> {
-    let query = api_keys::table
+    list_keys_page(connection, include_revoked, i64::MAX, None).await
+}
+
+/// Up to `limit` keys, newest first, after the key `after` names (its creation time and id).
+pub async fn list_keys_page(
+    connection: &mut AsyncPgConnection,
+    include_revoked: bool,
+    limit: i64,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> QueryResult<Vec<ApiKeyRow>> {
+    let mut query = api_keys::table
         .select(ApiKeyRow::as_select())
-        .order(api_keys::created_at.desc())
+        .order((api_keys::created_at.desc(), api_keys::id.desc()))
+        .limit(limit)
         .into_boxed();
-    let query = if include_revoked {
-        query
-    } else {
-        query.filter(api_keys::revoked_at.is_null())
-    };
+    if !include_revoked {
+        query = query.filter(api_keys::revoked_at.is_null());
+    }
+    if let Some((time, id)) = after {
+        query = query.filter(
+            api_keys::created_at
+                .lt(time)
+                .or(api_keys::created_at.eq(time).and(api_keys::id.lt(id))),
+        );
+    }
     query.load(connection).await
 }
 
