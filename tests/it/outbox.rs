@@ -382,6 +382,19 @@ async fn crashed_workers_job(setup: &Setup, attempts: i32, lease_left: i64) -> U
     id
 }
 
+/// A `test.record` job a request inserted under `reservation` and committed, not yet run.
+async fn commit_started(setup: &Setup, reservation: &RequestReservation) -> ClaimedJob {
+    let mut connection = setup.database.connect().await;
+    connection
+        .transaction(async |connection| {
+            reservation
+                .enqueue(connection, &NewJob::new(KIND, json!({"n": 1}), None))
+                .await
+        })
+        .await
+        .expect("enqueue a started job")
+}
+
 async fn enqueue_one(setup: &Setup) -> Uuid {
     let connection = setup.database.connect().await;
     enqueue(&connection, &NewJob::new(KIND, json!({"n": 1}), None))
@@ -1311,15 +1324,7 @@ async fn a_job_a_request_starts_runs_at_once_after_its_commit() {
     };
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), config);
     let reservation = worker.starter.reserve().expect("an idle worker has room");
-    let mut connection = setup.database.connect().await;
-    let job = connection
-        .transaction(async |connection| {
-            reservation
-                .enqueue(connection, &NewJob::new(KIND, json!({"n": 1}), None))
-                .await
-        })
-        .await
-        .expect("enqueue a started job");
+    let job = commit_started(&setup, &reservation).await;
 
     // Committed as claimed by this worker: the queue leaves it alone.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1356,15 +1361,7 @@ async fn shutdown_waits_for_a_request_that_took_room_before_it_to_run_its_job() 
         !stopping.is_finished(),
         "the worker stopped while a request held room"
     );
-    let mut connection = setup.database.connect().await;
-    let job = connection
-        .transaction(async |connection| {
-            reservation
-                .enqueue(connection, &NewJob::new(KIND, json!({"n": 1}), None))
-                .await
-        })
-        .await
-        .expect("enqueue a started job");
+    let job = commit_started(&setup, &reservation).await;
     reservation.run(job.clone());
     stopping.await.expect("the worker stops");
 
@@ -1381,15 +1378,7 @@ async fn a_started_job_whose_request_ended_before_running_it_goes_back_to_the_qu
     let setup = setup().await;
     let worker = RunningWorker::start(&setup, Behaviour::Succeed, Arc::new(SystemClock), fast());
     let reservation = worker.starter.reserve().expect("an idle worker has room");
-    let mut connection = setup.database.connect().await;
-    let job = connection
-        .transaction(async |connection| {
-            reservation
-                .enqueue(connection, &NewJob::new(KIND, json!({"n": 1}), None))
-                .await
-        })
-        .await
-        .expect("enqueue a started job");
+    let job = commit_started(&setup, &reservation).await;
     // Committed, then the request was cancelled (its caller's deadline) before it ran the job.
     drop(reservation);
     eventually("the job ran from the queue", || async {
@@ -1404,7 +1393,10 @@ async fn a_started_job_whose_request_ended_before_running_it_goes_back_to_the_qu
 
     // A reservation whose transaction rolled back leaves nothing behind.
     let reservation = worker.starter.reserve().expect("room");
-    let rolled_back = connection
+    let rolled_back = setup
+        .database
+        .connect()
+        .await
         .transaction(async |connection| {
             reservation
                 .enqueue(connection, &NewJob::new(KIND, json!({"n": 2}), None))

@@ -90,6 +90,20 @@ async fn settled(app: &TestApp) {
     .await;
 }
 
+/// Waits until the backfill has completed; answers its state as `…/sync/health` shows it.
+async fn until_backfill_completes(app: &TestApp) -> Json {
+    let mut backfill = Json::Null;
+    eventually("the backfill completes", async || {
+        backfill = admin(app, Method::GET, &format!("{BASE}/sync/health"), None)
+            .await
+            .body["backfill"]
+            .clone();
+        backfill["status"] == "completed"
+    })
+    .await;
+    backfill
+}
+
 fn timestamp(time: chrono::DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -1430,15 +1444,7 @@ async fn backfill_links_and_creates_contacts_across_pages() {
         Some("twenty.backfill.start")
     );
 
-    let mut health = Json::Null;
-    eventually("the backfill completes", async || {
-        health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
-            .await
-            .body;
-        health["backfill"]["status"] == "completed"
-    })
-    .await;
-    let backfill = &health["backfill"];
+    let backfill = &until_backfill_completes(&app).await;
     // Six people: the one synced out earlier (already linked), three new ones, one with the
     // known contact's phone (that contact is linked to another person), one without a phone.
     assert_eq!(backfill["pages"], 3, "{backfill}");
@@ -1493,13 +1499,7 @@ async fn backfill_links_an_unlinked_contact_by_phone() {
     }));
     let started = admin(&app, Method::POST, &format!("{BASE}/backfill"), None).await;
     assert_eq!(started.status, 200, "{}", started.text);
-    eventually("the backfill completes", async || {
-        admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
-            .await
-            .body["backfill"]["status"]
-            == "completed"
-    })
-    .await;
+    until_backfill_completes(&app).await;
     let sync = sync_of(&app, &existing_id).await;
     assert_eq!(sync["person_id"], person["id"]);
     let health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None).await;
@@ -1592,13 +1592,7 @@ async fn a_backfill_page_read_before_a_persons_delete_does_not_link_it_again() {
 
     let started = admin(&app, Method::POST, &format!("{BASE}/backfill"), None).await;
     assert_eq!(started.status, 200, "{}", started.text);
-    eventually("the backfill completes", async || {
-        admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
-            .await
-            .body["backfill"]["status"]
-            == "completed"
-    })
-    .await;
+    until_backfill_completes(&app).await;
     let sync = sync_of(&app, &contact_id).await;
     assert_eq!(sync["status"], "unlinked", "{sync}");
     let health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None).await;
@@ -1676,11 +1670,7 @@ async fn a_failed_backfill_resumes_from_the_last_imported_page() {
 
     let resumed = admin(&app, Method::POST, &backfill, None).await;
     assert_eq!(resumed.body["status"], "running", "{}", resumed.text);
-    eventually("the backfill completes", async || {
-        state = admin(&app, Method::GET, &health, None).await.body["backfill"].clone();
-        state["status"] == "completed"
-    })
-    .await;
+    state = until_backfill_completes(&app).await;
     assert_eq!(state["pages"], 3, "{state}");
     assert_eq!(state["people_seen"], 5, "{state}");
     assert_eq!(state["created"], 5, "{state}");
@@ -1787,11 +1777,7 @@ async fn a_backfill_page_that_fails_on_every_run_fails_the_backfill() {
     // Once the cause is gone, starting it again completes it.
     execute(&app, "ALTER TABLE contacts DROP CONSTRAINT no_new_contacts").await;
     admin(&app, Method::POST, &backfill, None).await;
-    eventually("the backfill completes", async || {
-        state = admin(&app, Method::GET, &health, None).await.body["backfill"].clone();
-        state["status"] == "completed"
-    })
-    .await;
+    state = until_backfill_completes(&app).await;
     assert_eq!(state["created"], 1, "{state}");
 }
 
@@ -1884,13 +1870,7 @@ async fn a_backfill_page_job_queued_before_jobs_named_their_page_reads_at_the_ru
     )
     .await;
 
-    let health = format!("{BASE}/sync/health");
-    let mut state = Json::Null;
-    eventually("the backfill completes", async || {
-        state = admin(&app, Method::GET, &health, None).await.body["backfill"].clone();
-        state["status"] == "completed"
-    })
-    .await;
+    let state = until_backfill_completes(&app).await;
     assert_eq!(state["pages"], 2, "{state}");
     assert_eq!(
         state["created"], 2,
@@ -2092,13 +2072,7 @@ async fn twenty_jobs_run_without_waiting_for_the_poll() {
     )
     .await;
     assert_eq!(started.status, 200, "{}", started.text);
-    eventually("the backfill completes", async || {
-        admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
-            .await
-            .body["backfill"]["status"]
-            == "completed"
-    })
-    .await;
+    until_backfill_completes(&app).await;
     settled(&app).await;
 
     // A sync Twenty refuses for good: its `crm.twenty.sync_failed` event, announced by the job.
@@ -2580,16 +2554,9 @@ async fn a_record_a_contact_cannot_take_is_skipped_and_the_rest_of_the_call_and_
     )
     .await;
     assert_eq!(started.status, 200, "{}", started.text);
-    let mut health = Json::Null;
-    eventually("the backfill completes", async || {
-        health = admin(&app, Method::GET, &format!("{BASE}/sync/health"), None)
-            .await
-            .body;
-        health["backfill"]["status"] == "completed"
-    })
-    .await;
-    assert_eq!(health["backfill"]["created"], 1, "{health}");
-    assert_eq!(health["backfill"]["skipped"], 1, "{health}");
+    let backfill = until_backfill_completes(&app).await;
+    assert_eq!(backfill["created"], 1, "{backfill}");
+    assert_eq!(backfill["skipped"], 1, "{backfill}");
     assert_eq!(
         contact_by_phone(&app, "+4915112340204").await["name"],
         "Backfilled Short"

@@ -217,7 +217,7 @@ pub async fn links_now_with(
 /// Twenty): each contact is then as one never synced, and a backfill starts from the new
 /// Twenty's first page. Answers how many links were forgotten.
 pub async fn forget_links(connection: &mut AsyncPgConnection) -> QueryResult<usize> {
-    diesel::sql_query("DELETE FROM twenty_backfill")
+    diesel::delete(crate::schema::twenty_backfill::table)
         .execute(connection)
         .await?;
     diesel::delete(syncs::table).execute(connection).await
