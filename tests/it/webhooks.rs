@@ -818,11 +818,9 @@ async fn a_failed_delivery_waiting_for_its_retry_needs_attention_in_the_api_and_
 
     // The last attempt succeeded and nothing failed for good, but the first delivery waits a
     // minute for its retry.
-    eventually("the success is recorded", async || {
-        described(&app, &endpoint.id)
-            .await
-            .last_success_at
-            .is_some()
+    eventually("both attempts are recorded", async || {
+        let described = described(&app, &endpoint.id).await;
+        described.last_success_at.is_some() && described.last_failure_at.is_some()
     })
     .await;
     let described = described(&app, &endpoint.id).await;
