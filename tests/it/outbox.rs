@@ -1228,7 +1228,7 @@ async fn shutdown_waits_for_started_jobs_running_in_the_background() {
     let setup = setup().await;
     let mut registry = Registry::default();
     registry
-        .register(BackgroundStarter(Duration::from_secs(2)))
+        .register(BackgroundStarter(Duration::from_secs(5)))
         .register(Recorder(Behaviour::Succeed));
     let worker = RunningWorker::start_with(&setup, registry, Arc::new(SystemClock), fast());
     let starter = enqueue_starter(&setup).await;

@@ -1901,7 +1901,8 @@ async fn a_backfill_page_refused_after_its_run_moved_on_leaves_the_run_alone() {
         "name": {"firstName": "Moved", "lastName": "On"},
         "phones": {"primaryPhoneNumber": "15112340080", "primaryPhoneCallingCode": "+49"},
     }));
-    fake.slow_down(std::time::Duration::from_secs(1));
+    // Long enough for the update below to land while the read waits, on a loaded machine.
+    fake.slow_down(std::time::Duration::from_secs(3));
     fake.fail_next(Failure::BadRequest("Invalid cursor".to_owned()));
     admin(&app, Method::POST, &format!("{BASE}/backfill"), None).await;
     // The first page's job is reading; meanwhile a duplicate of it imports the page.
