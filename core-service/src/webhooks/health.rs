@@ -81,18 +81,27 @@ impl HealthStats {
 /// The columns of [`HealthSignals`] for the endpoint `e` at `$1`, as subqueries. Each reads a
 /// bounded number of rows, not the endpoint's history (which is kept, and grows with its
 /// traffic, while the gauges sample it every 15 s): one attempt for `attempted` and
-/// `last_succeeded`; the endpoint's deliveries waiting for a retry (on their own index by
-/// endpoint, not through its whole waiting backlog, and written in the failed attempt's own
-/// transaction, so the health never lags the attempt log) for `retry_waiting`; the day's
-/// failures (on the failed attempts' index) for `failed_recently`.
+/// `last_succeeded`; the endpoint's queued retries, the jobs a failed attempt left its error
+/// on (on their own index by endpoint, not through its whole waiting backlog), for
+/// `retry_waiting`; the day's failures (on the failed attempts' index) for
+/// `failed_recently`.
+///
+/// The job gets its error just after the attempt's own transaction, so for that moment the
+/// attempt log shows a failure whose retry the health does not yet. An index of the waiting
+/// deliveries themselves would close it, but its condition (status, attempts) names columns
+/// every success changes, which would stop those updates being HOT on the hottest path of
+/// delivery (as 000005 of 2026-12-06 found for another such index).
 macro_rules! signals_sql {
     () => {
         "EXISTS (SELECT 1 FROM webhook_attempts WHERE endpoint_id = e.id) AS attempted,
          (SELECT succeeded FROM webhook_attempts WHERE endpoint_id = e.id
            ORDER BY attempted_at DESC, id DESC LIMIT 1) AS last_succeeded,
-         EXISTS (SELECT 1 FROM webhook_deliveries d
-                  WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.attempts > 0)
-           AS retry_waiting,
+         EXISTS (SELECT 1 FROM outbox_jobs j JOIN webhook_deliveries d
+                   ON d.id = (j.payload ->> 'delivery_id')::uuid
+                  WHERE j.status = 'pending' AND j.kind = 'webhook.deliver'
+                    AND j.last_error IS NOT NULL
+                    AND j.payload ->> 'endpoint_id' = e.id::text
+                    AND d.status = 'pending' AND d.attempts > 0) AS retry_waiting,
          EXISTS (SELECT 1 FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id
                   WHERE a.endpoint_id = e.id AND NOT a.succeeded
                     AND a.attempted_at > $1 - interval '24 hours' AND d.status = 'failed')
