@@ -326,10 +326,11 @@ pub async fn drain_outbox(server: &Server) -> anyhow::Result<Duration> {
 }
 
 /// Puts the database in the same state before each outbound run: the dead rows the last run's
-/// deleted endpoints left (their deliveries and attempts go with them) are vacuumed, and the
-/// pages it dirtied are written out. Left to autovacuum and the checkpointer, that work landed
-/// in whichever run came next, and moved its delivery rate by as much as the hanging endpoint
-/// the runs compare. A caller's `DATABASE_URL` without the right to checkpoint only vacuums.
+/// deleted hanging endpoint left (its deliveries and attempts go with it) are vacuumed, the
+/// statistics follow the delivery log's growth, and the pages it dirtied are written out. Left
+/// to autovacuum and the checkpointer, that work landed in whichever run came next, and moved
+/// its delivery rate by as much as the hanging endpoint the runs compare. A caller's
+/// `DATABASE_URL` without the right to checkpoint only vacuums.
 pub async fn settle(database_url: &str) -> anyhow::Result<()> {
     // In scope here only: its `load` would shadow the atomics' below.
     use diesel_async::RunQueryDsl;
@@ -366,6 +367,36 @@ async fn delete_endpoint(server: &Server, id: &str) {
         .await;
 }
 
+/// The event type a finished run's endpoints are moved to: registered here, never published.
+const RETIRED: &str = "bench.retired";
+
+/// Unsubscribes a finished run's healthy endpoint from the events later runs publish, keeping
+/// its deliveries and attempts as a server keeps its delivery log. Deleted, they took the log
+/// with them, and every run began on nearly empty delivery tables: statements planned then
+/// (the attempts' foreign key check on their delivery, planned once per connection) read
+/// the whole table for each row once the run had filled it, and the success writer, alone,
+/// held every delivery up for a few hundred milliseconds at a time.
+async fn retire_endpoint(server: &Server, id: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    // Registering it again is refused, and harmless.
+    let _ = client
+        .post(format!("{}/api/v1/webhooks/event-types", server.http))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&json!({"name": RETIRED, "description": "Endpoints of finished benchmark runs."}))
+        .send()
+        .await?;
+    let response = client
+        .patch(format!("{}/api/v1/webhooks/endpoints/{id}", server.http))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&json!({"event_types": [RETIRED]}))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("retiring endpoint {id}: {}", response.text().await?);
+    }
+    Ok(())
+}
+
 /// Publishes `events` `message.delivered` events from `publishers` clients to `endpoints`
 /// endpoints on a receiver that answers 200 at once (plus, optionally, one that hangs), and
 /// measures acceptance, delivery rate and publish → receive latency.
@@ -382,9 +413,11 @@ pub async fn outbound(
     for _ in 0..endpoints {
         ids.push(create_endpoint(server, &receiver.url()).await?);
     }
-    if hanging {
-        ids.push(create_endpoint(server, &hanger.url()).await?);
-    }
+    let hanging_id = if hanging {
+        Some(create_endpoint(server, &hanger.url()).await?)
+    } else {
+        None
+    };
     let mut clients = Vec::with_capacity(publishers);
     for _ in 0..publishers {
         clients.push(EventServiceClient::new(
@@ -432,7 +465,11 @@ pub async fn outbound(
     let latency = receiver.latencies();
     let after = DeliveryCounters::read(server).await?;
     for id in &ids {
-        delete_endpoint(server, id).await;
+        retire_endpoint(server, id).await?;
+    }
+    // Its deliveries are still waiting for their retries, which would land in later runs.
+    if let Some(id) = hanging_id {
+        delete_endpoint(server, &id).await;
     }
     Ok(Outbound {
         endpoints,
