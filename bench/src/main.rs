@@ -138,29 +138,70 @@ fn hanging_effects(outbound: &[OutboundRow]) -> Vec<HangingEffect> {
         .collect()
 }
 
-async fn fresh_database(
-    base: Option<String>,
-) -> anyhow::Result<(String, Option<pg_cluster::PgCluster>)> {
-    let (admin_url, cluster) = match base {
-        Some(url) => (url, None),
-        None => {
-            let cluster =
-                tokio::task::spawn_blocking(pg_cluster::PgCluster::start_ephemeral).await??;
-            (cluster.url("postgres"), Some(cluster))
+/// The run's own database: in a private cluster, which goes with it, or created in the
+/// server `DATABASE_URL` names, where [`BenchDatabase::remove`] drops it again.
+struct BenchDatabase {
+    url: String,
+    admin_url: String,
+    name: String,
+    /// Dropped last, after the server that used it.
+    cluster: Option<pg_cluster::PgCluster>,
+}
+
+impl BenchDatabase {
+    async fn create(base: Option<String>) -> anyhow::Result<Self> {
+        let (admin_url, cluster) = match base {
+            Some(url) => (url, None),
+            None => {
+                let cluster =
+                    tokio::task::spawn_blocking(pg_cluster::PgCluster::start_ephemeral).await??;
+                (cluster.url("postgres"), Some(cluster))
+            }
+        };
+        let name = format!("switchbord_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = AsyncPgConnection::establish(&admin_url)
+            .await
+            .context("connect to PostgreSQL")?;
+        sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base)
+            .to_owned();
+        Ok(Self {
+            url: format!("{base}/{name}"),
+            admin_url,
+            name,
+            cluster,
+        })
+    }
+
+    /// Drops the database from a caller's server, which would otherwise keep one for every
+    /// run; `FORCE` ends the connections a server stopped a moment ago may still hold. A
+    /// private cluster is removed whole when dropped.
+    async fn remove(self) {
+        if self.cluster.is_some() {
+            return;
         }
-    };
-    let name = format!("switchbord_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&admin_url)
-        .await
-        .context("connect to PostgreSQL")?;
-    sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(base, _)| base)
-        .to_owned();
-    Ok((format!("{base}/{name}"), cluster))
+        let dropped = async {
+            let mut admin = AsyncPgConnection::establish(&self.admin_url).await?;
+            sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(error) = dropped {
+            eprintln!(
+                "the bench database {} was left behind: {error:#}",
+                self.name
+            );
+        }
+    }
 }
 
 fn print_row(row: &Row) {
@@ -191,12 +232,22 @@ async fn main() -> anyhow::Result<()> {
         args.duration = Duration::from_millis(700);
         args.events = 200;
     }
-    // The server child, the private cluster and the data directory are owned by `run` and
-    // cleaned up when it is dropped, so a run stopped by a signal leaves none of them behind.
-    tokio::select! {
-        result = run(args) => result,
-        signal = stop_signal() => anyhow::bail!("stopped by {signal}"),
-    }
+    // Watched from the start, the cluster's start included.
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let database = tokio::select! {
+        database = BenchDatabase::create(args.database_url.clone()) => database?,
+        signal = &mut stop => anyhow::bail!("stopped by {signal}"),
+    };
+    // The server child and the data directory are owned by `run` and cleaned up when it is
+    // dropped, and the database after it, so a run stopped by a signal leaves none of them
+    // behind.
+    let result = tokio::select! {
+        result = run(args, &database.url) => result,
+        signal = &mut stop => Err(anyhow::anyhow!("stopped by {signal}")),
+    };
+    database.remove().await;
+    result
 }
 
 /// The first SIGINT or SIGTERM (never, when they cannot be watched).
@@ -214,14 +265,13 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let (database_url, _cluster) = fresh_database(args.database_url.clone()).await?;
+async fn run(args: Args, database_url: &str) -> anyhow::Result<()> {
     let data_dir = tempfile::Builder::new()
         .prefix("switchbord-bench-")
         .tempdir()?;
-    switchbord_core::db::run_migrations(&database_url).await?;
-    scenarios::seed(&database_url).await?;
-    let server = Server::start(args.server.as_deref(), &database_url, data_dir.path()).await?;
+    switchbord_core::db::run_migrations(database_url).await?;
+    scenarios::seed(database_url).await?;
+    let server = Server::start(args.server.as_deref(), database_url, data_dir.path()).await?;
     // The seed's own dispatch jobs would otherwise run during the first measured steps.
     scenarios::drain_outbox(&server).await?;
 
@@ -254,7 +304,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let cpu_before = server.cpu_seconds();
             let figures = match scenario {
                 "ceiling (SQL only)" => {
-                    scenarios::ceiling(&database_url, concurrency, args.duration).await?
+                    scenarios::ceiling(database_url, concurrency, args.duration).await?
                 }
                 "grpc upsert" => {
                     scenarios::grpc_upsert(&server, concurrency, args.duration).await?
@@ -320,7 +370,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 server.reset_peak();
                 let cpu_before = server.cpu_seconds();
                 scenarios::drain_outbox(&server).await?;
-                scenarios::settle(&database_url).await?;
+                scenarios::settle(database_url).await?;
                 let figures =
                     scenarios::outbound(&server, endpoints, clients, args.events, hanging).await?;
                 let row = OutboundRow {

@@ -18,8 +18,17 @@ fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
-#[test]
-fn a_run_stopped_by_sigterm_stops_its_server_and_removes_its_files() {
+/// What a run stopped by SIGTERM while it waits for its server left.
+struct Stopped {
+    succeeded: bool,
+    server_running: bool,
+    /// The bench's temporary directory's entries.
+    left: Vec<std::ffi::OsString>,
+}
+
+/// Starts the bench (on `database_url`, or its own cluster) with a server that never becomes
+/// ready, stops it with SIGTERM once the server runs, and reports what is left.
+fn stop_a_run(database_url: Option<&str>) -> Stopped {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let temp = scratch.path().join("tmp");
     std::fs::create_dir(&temp).expect("the bench's temporary directory");
@@ -38,15 +47,18 @@ fn a_run_stopped_by_sigterm_stops_its_server_and_removes_its_files() {
     .expect("fake server");
     std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_switchbord-bench"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchbord-bench"));
+    command
         .arg("--quick")
         .env("SWITCHBORD_BENCH_SERVER", &server)
         .env("FAKE_SERVER_PID_FILE", &pid_file)
         .env("TMPDIR", &temp)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the bench");
+        .stdout(Stdio::null());
+    match database_url {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    let mut bench = command.spawn().expect("start the bench");
     let started = wait_until(Duration::from_secs(120), || pid_file.exists());
     if !started {
         let _ = bench.kill();
@@ -72,20 +84,58 @@ fn a_run_stopped_by_sigterm_stops_its_server_and_removes_its_files() {
         panic!("the bench did not exit after SIGTERM");
     }
 
+    Stopped {
+        succeeded: status.expect("exited").success(),
+        server_running: Path::new(&format!("/proc/{server_pid}")).exists(),
+        left: std::fs::read_dir(&temp)
+            .expect("read the temporary directory")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect(),
+    }
+}
+
+#[test]
+fn a_run_stopped_by_sigterm_stops_its_server_and_removes_its_files() {
+    let stopped = stop_a_run(None);
+
+    assert!(!stopped.succeeded, "a stopped run is a failed run");
+    assert!(!stopped.server_running, "the server was stopped and reaped");
     assert!(
-        !status.expect("exited").success(),
-        "a stopped run is a failed run"
+        stopped.left.is_empty(),
+        "the private cluster and the data directory are removed: {:?}",
+        stopped.left
     );
-    assert!(
-        !Path::new(&format!("/proc/{server_pid}")).exists(),
-        "the server was stopped and reaped"
-    );
-    let left: Vec<_> = std::fs::read_dir(&temp)
-        .expect("read the temporary directory")
-        .map(|entry| entry.expect("entry").file_name())
-        .collect();
-    assert!(
-        left.is_empty(),
-        "the private cluster and the data directory are removed: {left:?}"
-    );
+}
+
+#[test]
+fn a_run_on_a_callers_database_server_drops_the_database_it_made() {
+    use diesel::QueryableByName;
+    use diesel::sql_types::Text;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    #[derive(QueryableByName)]
+    struct Database {
+        #[diesel(sql_type = Text)]
+        datname: String,
+    }
+
+    let cluster = pg_cluster::PgCluster::start_ephemeral().expect("a cluster of the caller's");
+    let stopped = stop_a_run(Some(&cluster.url("postgres")));
+
+    assert!(!stopped.succeeded, "a stopped run is a failed run");
+    assert!(!stopped.server_running, "the server was stopped and reaped");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let left: Vec<String> = runtime.block_on(async {
+        let mut connection = AsyncPgConnection::establish(&cluster.url("postgres"))
+            .await
+            .expect("connect");
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'switchbord_bench%'")
+            .load::<Database>(&mut connection)
+            .await
+            .expect("list databases")
+            .into_iter()
+            .map(|database| database.datname)
+            .collect()
+    });
+    assert!(left.is_empty(), "the bench's database is dropped: {left:?}");
 }
