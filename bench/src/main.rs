@@ -184,7 +184,7 @@ impl BenchDatabase {
         if self.cluster.is_some() {
             return;
         }
-        let dropped = async {
+        let dropping = async {
             let mut admin = AsyncPgConnection::establish(&self.admin_url).await?;
             sql_query(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -193,8 +193,11 @@ impl BenchDatabase {
             .execute(&mut admin)
             .await?;
             anyhow::Ok(())
-        }
-        .await;
+        };
+        // A stopped run must end even when the caller's server does not answer.
+        let dropped = tokio::time::timeout(Duration::from_secs(30), dropping)
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in 30 s")));
         if let Err(error) = dropped {
             eprintln!(
                 "the bench database {} was left behind: {error:#}",

@@ -376,6 +376,10 @@ const RETIRED: &str = "bench.retired";
 /// (the attempts' foreign key check on their delivery, planned once per connection) read
 /// the whole table for each row once the run had filled it, and the success writer, alone,
 /// held every delivery up for a few hundred milliseconds at a time.
+///
+/// An endpoint that does not end the run live (a failed attempt waiting for its retry, to a
+/// receiver now gone) is deleted instead, which discards its waiting jobs: kept, they would
+/// hold the next run's drain for the retry schedule's minutes.
 async fn retire_endpoint(server: &Server, id: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     // Registering it again is refused, and harmless.
@@ -393,6 +397,16 @@ async fn retire_endpoint(server: &Server, id: &str) -> anyhow::Result<()> {
         .await?;
     if !response.status().is_success() {
         bail!("retiring endpoint {id}: {}", response.text().await?);
+    }
+    let endpoint: serde_json::Value = client
+        .get(format!("{}/api/v1/webhooks/endpoints/{id}", server.http))
+        .header("x-api-key", ADMIN_KEY)
+        .send()
+        .await?
+        .json()
+        .await?;
+    if endpoint["health"] != "live" {
+        delete_endpoint(server, id).await;
     }
     Ok(())
 }

@@ -27,8 +27,9 @@ struct Stopped {
 }
 
 /// Starts the bench (on `database_url`, or its own cluster) with a server that never becomes
-/// ready, stops it with SIGTERM once the server runs, and reports what is left.
-fn stop_a_run(database_url: Option<&str>) -> Stopped {
+/// ready, calls `while_running` once the server runs, stops the bench with SIGTERM, and
+/// reports what is left.
+fn stop_a_run(database_url: Option<&str>, while_running: impl FnOnce()) -> Stopped {
     let scratch = tempfile::tempdir().expect("scratch directory");
     let temp = scratch.path().join("tmp");
     std::fs::create_dir(&temp).expect("the bench's temporary directory");
@@ -70,6 +71,7 @@ fn stop_a_run(database_url: Option<&str>) -> Stopped {
         .parse()
         .expect("a pid");
 
+    while_running();
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(bench.id() as i32, libc::SIGTERM);
@@ -96,7 +98,7 @@ fn stop_a_run(database_url: Option<&str>) -> Stopped {
 
 #[test]
 fn a_run_stopped_by_sigterm_stops_its_server_and_removes_its_files() {
-    let stopped = stop_a_run(None);
+    let stopped = stop_a_run(None, || {});
 
     assert!(!stopped.succeeded, "a stopped run is a failed run");
     assert!(!stopped.server_running, "the server was stopped and reaped");
@@ -120,22 +122,34 @@ fn a_run_on_a_callers_database_server_drops_the_database_it_made() {
     }
 
     let cluster = pg_cluster::PgCluster::start_ephemeral().expect("a cluster of the caller's");
-    let stopped = stop_a_run(Some(&cluster.url("postgres")));
-
-    assert!(!stopped.succeeded, "a stopped run is a failed run");
-    assert!(!stopped.server_running, "the server was stopped and reaped");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let left: Vec<String> = runtime.block_on(async {
-        let mut connection = AsyncPgConnection::establish(&cluster.url("postgres"))
-            .await
-            .expect("connect");
-        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'switchbord_bench%'")
+    let bench_databases = || -> Vec<String> {
+        runtime.block_on(async {
+            let mut connection = AsyncPgConnection::establish(&cluster.url("postgres"))
+                .await
+                .expect("connect");
+            diesel::sql_query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'switchbord_bench%'",
+            )
             .load::<Database>(&mut connection)
             .await
             .expect("list databases")
             .into_iter()
             .map(|database| database.datname)
             .collect()
-    });
+        })
+    };
+    let mut made = Vec::new();
+    let stopped = stop_a_run(Some(&cluster.url("postgres")), || made = bench_databases());
+
+    assert_eq!(made.len(), 1, "the run made its database there: {made:?}");
+    assert!(!stopped.succeeded, "a stopped run is a failed run");
+    assert!(!stopped.server_running, "the server was stopped and reaped");
+    assert!(
+        stopped.left.is_empty(),
+        "the data directory is removed: {:?}",
+        stopped.left
+    );
+    let left = bench_databases();
     assert!(left.is_empty(), "the bench's database is dropped: {left:?}");
 }
