@@ -1695,7 +1695,7 @@ async fn slow_receivers_do_not_hold_the_workers_other_jobs_need() {
     // timeout each if a delivery kept its worker during the request.
     let app = TestApp::builder()
         .outbox_workers(2)
-        .webhook_timeout(Duration::from_secs(6))
+        .webhook_timeout(Duration::from_secs(10))
         .webhook_schedule("0s,0s,0s")
         .spawn()
         .await;
@@ -1705,7 +1705,7 @@ async fn slow_receivers_do_not_hold_the_workers_other_jobs_need() {
     create(&app, &healthy.url(), &["contact.created"]).await;
     publish_messages(&app, 2).await;
     // The first attempts run beside the fan-out; their retries are queued jobs, whose requests
-    // now hang for 6 s.
+    // now hang for 10 s.
     hanging.wait_for(4).await;
     let retries_began = std::time::Instant::now();
 
