@@ -298,13 +298,7 @@ pub async fn drain_outbox(server: &Server) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let client = reqwest::Client::new();
     loop {
-        let stats: serde_json::Value = client
-            .get(format!("{}/api/v1/admin/outbox/stats", server.http))
-            .header("x-api-key", ADMIN_KEY)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let stats = admin_get(&client, server, "/api/v1/admin/outbox/stats").await?;
         let busy: i64 = stats["counts"]
             .as_array()
             .map(|counts| {
@@ -370,6 +364,32 @@ async fn delete_endpoint(server: &Server, id: &str) {
 /// The event type a finished run's endpoints are moved to: registered here, never published.
 const RETIRED: &str = "bench.retired";
 
+/// Registers [`RETIRED`]; after the first run the server refuses it as known, harmlessly.
+async fn register_retired(client: &reqwest::Client, server: &Server) -> anyhow::Result<()> {
+    client
+        .post(format!("{}/api/v1/webhooks/event-types", server.http))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&json!({"name": RETIRED, "description": "Endpoints of finished benchmark runs."}))
+        .send()
+        .await?;
+    Ok(())
+}
+
+/// The JSON the admin API answers a GET of `path` with.
+async fn admin_get(
+    client: &reqwest::Client,
+    server: &Server,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(client
+        .get(format!("{}{path}", server.http))
+        .header("x-api-key", ADMIN_KEY)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 /// Unsubscribes a finished run's healthy endpoint from the events later runs publish, keeping
 /// its deliveries and attempts as a server keeps its delivery log. Deleted, they took the log
 /// with them, and every run began on nearly empty delivery tables: statements planned then
@@ -380,15 +400,11 @@ const RETIRED: &str = "bench.retired";
 /// An endpoint that does not end the run live (a failed attempt waiting for its retry, to a
 /// receiver now gone) is deleted instead, which discards its waiting jobs: kept, they would
 /// hold the next run's drain for the retry schedule's minutes.
-async fn retire_endpoint(server: &Server, id: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    // Registering it again is refused, and harmless.
-    let _ = client
-        .post(format!("{}/api/v1/webhooks/event-types", server.http))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&json!({"name": RETIRED, "description": "Endpoints of finished benchmark runs."}))
-        .send()
-        .await?;
+async fn retire_endpoint(
+    client: &reqwest::Client,
+    server: &Server,
+    id: &str,
+) -> anyhow::Result<()> {
     let response = client
         .patch(format!("{}/api/v1/webhooks/endpoints/{id}", server.http))
         .header("x-api-key", ADMIN_KEY)
@@ -398,13 +414,7 @@ async fn retire_endpoint(server: &Server, id: &str) -> anyhow::Result<()> {
     if !response.status().is_success() {
         bail!("retiring endpoint {id}: {}", response.text().await?);
     }
-    let endpoint: serde_json::Value = client
-        .get(format!("{}/api/v1/webhooks/endpoints/{id}", server.http))
-        .header("x-api-key", ADMIN_KEY)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let endpoint = admin_get(client, server, &format!("/api/v1/webhooks/endpoints/{id}")).await?;
     if endpoint["health"] != "live" {
         delete_endpoint(server, id).await;
     }
@@ -478,8 +488,10 @@ pub async fn outbound(
         .map_or(started.elapsed(), |last| last.duration_since(started));
     let latency = receiver.latencies();
     let after = DeliveryCounters::read(server).await?;
+    let admin = reqwest::Client::new();
+    register_retired(&admin, server).await?;
     for id in &ids {
-        retire_endpoint(server, id).await?;
+        retire_endpoint(&admin, server, id).await?;
     }
     // Its deliveries are still waiting for their retries, which would land in later runs.
     if let Some(id) = hanging_id {
