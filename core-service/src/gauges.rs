@@ -1,5 +1,6 @@
 //! The gauges on `/metrics` that describe stored state rather than events: outbox depth,
-//! the oldest due job, endpoints per health state and contacts per Twenty sync status.
+//! the oldest due job, endpoints per health state, parked deliveries and contacts per Twenty
+//! sync status.
 //! They are sampled from the database on an interval, so a scrape never costs a query.
 
 use std::collections::HashSet;
@@ -89,6 +90,8 @@ impl GaugeSampler {
         for (health, count) in webhooks::health_counts(&mut connection, now).await? {
             metrics::gauge!(telemetry::WEBHOOK_ENDPOINTS, "health" => health).set(count as f64);
         }
+        let parked = webhooks::parked_count(&mut connection).await?;
+        metrics::gauge!(telemetry::WEBHOOK_DELIVERIES_PARKED).set(parked as f64);
 
         let syncs = twenty::sync_status_counts(&mut connection).await?;
         for status in SyncStatus::ALL {

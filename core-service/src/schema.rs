@@ -205,6 +205,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        parked -> Bool,
     }
 }
 

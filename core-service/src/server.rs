@@ -43,7 +43,8 @@ use crate::twenty::{
     BackfillHandler, InboundSettings, SyncHandler, TwentyClient, TwentyGrpc, TwentySyncConsumer,
 };
 use crate::webhooks::{
-    DeliverHandler, Deliverer, DeliveryPolicy, Sender, UrlPolicy, WebhookFanout, WebhooksGrpc,
+    DeliverHandler, Deliverer, DeliveryPolicy, ResumeHandler, Sender, UrlPolicy, WebhookFanout,
+    WebhooksGrpc,
 };
 
 /// How often gathered API key last-used times are written.
@@ -114,7 +115,8 @@ pub fn job_registry(
         .register(DispatchHandler::new(audience.clone()))
         .register(JourneyTriggerHandler::new(audience.clone()))
         .register(CustomEventHandler::new(audience.clone(), config))
-        .register(DeliverHandler::new(deliverer))
+        .register(DeliverHandler::new(deliverer.clone()))
+        .register(ResumeHandler::new(deliverer))
         .register(SyncHandler::new(twenty.clone()))
         .register(BackfillHandler::new(
             twenty,
@@ -360,6 +362,11 @@ impl CoreServer {
             .run(),
         );
 
+        let parked_sweep = tokio::spawn(crate::webhooks::sweep_forever(
+            self.job_pool.clone(),
+            self.state.announcer.clone(),
+        ));
+
         tracing::info!(addr = %self.local_addr(), "gRPC core listening");
         let served = Server::builder()
             .layer(CallObserverLayer)
@@ -439,6 +446,7 @@ impl CoreServer {
         config_listener.abort();
         sampler.abort();
         pruner.abort();
+        parked_sweep.abort();
         self.authenticator.flush_last_used().await;
         if worker.await.is_err() {
             tracing::warn!("the outbox worker stopped abnormally");

@@ -1747,6 +1747,187 @@ async fn an_endpoint_that_answers_none_of_its_requests_is_parked_before_any_is_s
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn deliveries_to_a_parked_endpoint_get_no_job_until_it_answers_again() {
+    let app = TestApp::builder()
+        .webhook_timeout(Duration::from_secs(2))
+        .webhook_slow_after(Duration::from_millis(200))
+        .spawn()
+        .await;
+    let receiver = hanging_receiver(Duration::from_secs(60)).await;
+    create(&app, &receiver.url(), &["message.delivered"]).await;
+    let mut published = publish_until_one_is_parked(&app).await;
+    publish_messages(&app, 10).await;
+    published += 10;
+
+    // Stored, with no job each: the endpoint's resume job stands for all of them (a resume job
+    // lets two of them at a time probe the endpoint, and those get jobs).
+    let parked = parked_flagged(&app).await;
+    assert!(parked >= 5, "{parked} deliveries parked");
+    let parked_with_jobs = count(
+        &app,
+        "SELECT count(*) FROM webhook_deliveries d WHERE d.parked AND EXISTS (
+             SELECT 1 FROM outbox_jobs j
+             WHERE j.kind = 'webhook.deliver' AND j.payload ->> 'delivery_id' = d.id::text)",
+    )
+    .await;
+    assert_eq!(parked_with_jobs, 0);
+    let resume_jobs = count(
+        &app,
+        "SELECT count(*) FROM outbox_jobs
+         WHERE kind = 'webhook.resume' AND status IN ('pending', 'running')",
+    )
+    .await;
+    assert!((1..=2).contains(&resume_jobs), "{resume_jobs} resume jobs");
+
+    // It answers again: a probe's fast answer clears the mark, and the next resume job gives
+    // every parked delivery its job.
+    receiver.answer(Answer::default());
+    eventually("every delivery succeeded", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'",
+        )
+        .await
+            == published
+    })
+    .await;
+    assert_eq!(parked_flagged(&app).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_parked_deliveries_of_an_endpoint_disabled_while_slow_are_skipped_at_once() {
+    let app = TestApp::builder()
+        .webhook_timeout(Duration::from_secs(30))
+        .webhook_slow_after(Duration::from_millis(200))
+        .spawn()
+        .await;
+    let receiver = hanging_receiver(Duration::from_secs(60)).await;
+    let (endpoint, _) = create(&app, &receiver.url(), &["message.delivered"]).await;
+    publish_until_one_is_parked(&app).await;
+    publish_messages(&app, 20).await;
+
+    client(&app)
+        .await
+        .disable_endpoint(DisableEndpointRequest {
+            id: endpoint.id,
+            reason: "maintenance".to_owned(),
+        })
+        .await
+        .expect("disable");
+
+    // Sent nothing, it stays slow; its parked deliveries still get their jobs at the next
+    // resume, not two per park period, and those skip them. Of the 20 published parked, only
+    // those a resume job let probe it before it was disabled may be in flight.
+    eventually("the parked deliveries are skipped", async || {
+        parked_flagged(&app).await == 0
+            && count(
+                &app,
+                "SELECT count(*) FROM webhook_deliveries WHERE status = 'skipped'",
+            )
+            .await
+                >= 16
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sweep_gives_parked_deliveries_that_no_resume_job_covers_one() {
+    let app = TestApp::spawn().await;
+    let first = Receiver::start().await;
+    create(&app, &first.url(), &["message.delivered"]).await;
+    publish_messages(&app, 1).await;
+    first.wait_for(1).await;
+    // A delivery of that event to a second endpoint, parked, its resume job lost (as when a
+    // fan-out counted on one that had just started).
+    let second = Receiver::start().await;
+    let (endpoint, _) = create(&app, &second.url(), &["message.delivered"]).await;
+    let mut connection = app.database.connect().await;
+    sql_query(
+        "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status, attempts,
+             created_at, updated_at, parked)
+         SELECT gen_random_uuid(), $1::uuid, id, type, 'pending', 0, now(), now(), true
+         FROM events WHERE type = 'message.delivered'",
+    )
+    .bind::<Text, _>(&endpoint.id)
+    .execute(&mut connection)
+    .await
+    .expect("parked delivery");
+    let pool = switchbord_core::db::build_pool(app.database.url(), 2, Duration::from_secs(5))
+        .expect("pool");
+
+    let queued = switchbord_core::webhooks::sweep(&pool)
+        .await
+        .expect("sweep");
+    assert_eq!(queued, 1);
+    second.wait_for(1).await;
+    eventually("the delivery succeeded", async || {
+        count(
+            &app,
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'succeeded'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    let queued_again = switchbord_core::webhooks::sweep(&pool)
+        .await
+        .expect("sweep");
+    assert_eq!(queued_again, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_an_endpoint_drops_the_resume_job_of_its_parked_deliveries() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = create(&app, &receiver.url(), &["message.delivered"]).await;
+    let mut connection = app.database.connect().await;
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             created_at, updated_at)
+         VALUES (gen_random_uuid(), 'webhook.resume', jsonb_build_object('endpoint_id', $1),
+             'pending', 0, 25, now() + interval '1 hour', now(), now())",
+    )
+    .bind::<Text, _>(&endpoint.id)
+    .execute(&mut connection)
+    .await
+    .expect("resume job");
+
+    client(&app)
+        .await
+        .delete_endpoint(DeleteEndpointRequest { id: endpoint.id })
+        .await
+        .expect("delete");
+
+    // Left, it would wait out its park for nothing, and hold up whoever waits for the queue to
+    // drain.
+    let resume_jobs = count(
+        &app,
+        "SELECT count(*) FROM outbox_jobs WHERE kind = 'webhook.resume'",
+    )
+    .await;
+    assert_eq!(resume_jobs, 0);
+}
+
+/// Publishes one event at a time until the first hanging request has marked the endpoint slow
+/// and a new delivery is parked (with its 16 slots taken, the wait for one would mark it too).
+/// Returns how many it published.
+async fn publish_until_one_is_parked(app: &TestApp) -> i64 {
+    let mut published = 0;
+    while parked_flagged(app).await == 0 {
+        assert!(published < 40, "no delivery was parked");
+        publish_messages(app, 1).await;
+        published += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    published
+}
+
+/// Deliveries stored parked, with no job of their own (see `webhooks/resume.rs`).
+async fn parked_flagged(app: &TestApp) -> i64 {
+    count(app, "SELECT count(*) FROM webhook_deliveries WHERE parked").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn deliveries_over_an_endpoints_rate_limit_wait_for_turns_of_their_own() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start().await;
@@ -1788,14 +1969,16 @@ async fn deliveries_over_an_endpoints_rate_limit_wait_for_turns_of_their_own() {
     );
 }
 
-/// Deliveries set aside for a park period: not due for more than 500 ms, where a delivery that
-/// only waits for a busy endpoint's slot comes back after 200 ms.
+/// Deliveries set aside for a park period: their jobs not due for more than 500 ms, where a
+/// delivery that only waits for a busy endpoint's slot comes back after 200 ms, or stored
+/// parked with no job.
 async fn parked_deliveries(app: &TestApp) -> i64 {
     count(
         app,
-        "SELECT count(*) FROM outbox_jobs
-         WHERE kind = 'webhook.deliver' AND status = 'pending'
-           AND run_after > now() + interval '500 milliseconds'",
+        "SELECT (SELECT count(*) FROM outbox_jobs
+                  WHERE kind = 'webhook.deliver' AND status = 'pending'
+                    AND run_after > now() + interval '500 milliseconds')
+              + (SELECT count(*) FROM webhook_deliveries WHERE parked) AS count",
     )
     .await
 }

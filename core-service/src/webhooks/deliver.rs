@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
+use super::resume::Resumes;
 use super::sender::{AttemptResult, MAX_RETRY_AFTER, Sender};
 use super::success_log::SuccessLog;
 use crate::access::Caller;
@@ -151,6 +152,8 @@ pub struct Deliverer {
     rate_limits: Mutex<HashMap<Uuid, RateLimit>>,
     /// When each slow endpoint's waiting jobs were last parked.
     parked: Mutex<HashMap<Uuid, Instant>>,
+    /// The resume jobs of parked endpoints' new deliveries (see [`super::resume`]).
+    resumes: Resumes,
     successes: SuccessLog,
     /// Told when an attempt disabled its endpoint.
     config: ConfigWatch,
@@ -167,7 +170,17 @@ impl Deliverer {
             slow: Mutex::default(),
             rate_limits: Mutex::default(),
             parked: Mutex::default(),
+            resumes: Resumes::default(),
         }
+    }
+
+    pub(super) fn resumes(&self) -> &Resumes {
+        &self.resumes
+    }
+
+    /// How many deliveries probe a slow endpoint at once: as many as its slow slots.
+    pub(super) fn probes(&self) -> i64 {
+        i64::try_from(self.policy.slow_endpoint_concurrency.max(1)).unwrap_or(1)
     }
 
     /// Returns once the successes waiting to be written are fewer than the policy's backlog.
@@ -247,7 +260,7 @@ impl Deliverer {
 
     /// How long `endpoint`'s waiting deliveries are set aside now: as long as it has been slow,
     /// within the policy's bounds. `None` when it is not slow.
-    fn park_length(&self, endpoint: Uuid) -> Option<Duration> {
+    pub(super) fn park_length(&self, endpoint: Uuid) -> Option<Duration> {
         let since = *self.slow.lock().ok()?.get(&endpoint)?;
         Some(
             since
@@ -328,14 +341,15 @@ impl Deliverer {
     /// How the first attempt of a new delivery to `endpoint` can be made: at once, in a free
     /// slot, when it is not marked slow and its rate limit allows one more; after a moment's
     /// wait, when every slot is busy (its slots free as soon as its receiver answers);
-    /// otherwise after the park period of a slow endpoint or the rate limit's wait, in the
-    /// queue, so that it is not claimed only to be deferred.
+    /// parked with the slow endpoint's other deliveries until its park period ends (see
+    /// [`super::resume`]); otherwise after the rate limit's wait, in the queue, so that it is
+    /// not claimed only to be deferred.
     pub(super) fn admit_now(&self, endpoint: &EndpointRow) -> Admission {
         if !endpoint.enabled {
             return Admission::After(Duration::ZERO);
         }
         if let Some(park) = self.park_length(endpoint.id) {
-            return Admission::After(park);
+            return Admission::Parked(park);
         }
         let Ok(slot) = self.try_slot(endpoint.id) else {
             return Admission::WhenFree;
@@ -705,6 +719,8 @@ pub(super) enum Admission {
     WhenFree,
     /// By the queue, after this long.
     After(Duration),
+    /// Parked, with no job of its own, for this long at least: its endpoint is slow.
+    Parked(Duration),
 }
 
 /// No slot was free; `slow` when the endpoint is marked slow.

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::deliver::{DELIVER_JOB, DeliveryPolicy, Next, deliver_job, record_attempt};
 use super::health;
 use super::model::{AttemptRow, DeliveryRow, EndpointRow};
+use super::resume::RESUME_JOB;
 use super::sender::Sender;
 use super::signing::{generate_secret, secret_key};
 use super::ssrf::same_origin;
@@ -663,14 +664,11 @@ impl WebhookService for WebhooksGrpc {
             move |connection| {
                 Box::pin(async move {
                     // Its deliveries and attempts go with it (cascade); so do the jobs
-                    // still waiting to deliver to it.
-                    outbox::discard_pending(
-                        connection,
-                        DELIVER_JOB,
-                        "endpoint_id",
-                        &id.to_string(),
-                    )
-                    .await?;
+                    // still waiting to deliver to it, and to resume its parked deliveries.
+                    for kind in [DELIVER_JOB, RESUME_JOB] {
+                        outbox::discard_pending(connection, kind, "endpoint_id", &id.to_string())
+                            .await?;
+                    }
                     let deleted = diesel::delete(webhook_endpoints::table.find(id))
                         .execute(connection)
                         .await?;

@@ -34,6 +34,8 @@ pub const WEBHOOK_DELIVERIES: &str = "switchbord_webhook_deliveries_total";
 pub const WEBHOOK_ATTEMPT_DURATION: &str = "switchbord_webhook_attempt_duration_seconds";
 /// Webhook endpoints per `health` state (setup, ready, live, attention), sampled.
 pub const WEBHOOK_ENDPOINTS: &str = "switchbord_webhook_endpoints";
+/// Webhook deliveries stored parked behind a slow endpoint, with no outbox job, sampled.
+pub const WEBHOOK_DELIVERIES_PARKED: &str = "switchbord_webhook_deliveries_parked";
 /// Contacts per Twenty sync `status` (pending, synced, failed, unlinked), sampled.
 pub const TWENTY_SYNCS: &str = "switchbord_twenty_contact_syncs";
 /// 1 when the last database sample succeeded, 0 when it failed.
@@ -130,6 +132,11 @@ fn describe_all() {
         WEBHOOK_ENDPOINTS,
         Unit::Count,
         "Webhook endpoints per health state."
+    );
+    describe_gauge!(
+        WEBHOOK_DELIVERIES_PARKED,
+        Unit::Count,
+        "Webhook deliveries parked behind a slow endpoint, waiting for its resume job."
     );
     describe_gauge!(
         TWENTY_SYNCS,
