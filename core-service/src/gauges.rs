@@ -1,6 +1,6 @@
 //! The gauges on `/metrics` that describe stored state rather than events: outbox depth,
-//! the oldest due job, endpoints per health state, parked deliveries and contacts per Twenty
-//! sync status.
+//! the oldest due job, endpoints per health state, the oldest parked delivery and contacts per
+//! Twenty sync status.
 //! They are sampled from the database on an interval, so a scrape never costs a query.
 
 use std::collections::HashSet;
@@ -90,8 +90,11 @@ impl GaugeSampler {
         for (health, count) in webhooks::health_counts(&mut connection, now).await? {
             metrics::gauge!(telemetry::WEBHOOK_ENDPOINTS, "health" => health).set(count as f64);
         }
-        let parked = webhooks::parked_count(&mut connection).await?;
-        metrics::gauge!(telemetry::WEBHOOK_DELIVERIES_PARKED).set(parked as f64);
+        let oldest_parked = webhooks::oldest_parked(&mut connection).await?;
+        let parked_age = oldest_parked.map_or(0.0, |oldest| {
+            (now - oldest).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        metrics::gauge!(telemetry::WEBHOOK_PARKED_OLDEST).set(parked_age);
 
         let syncs = twenty::sync_status_counts(&mut connection).await?;
         for status in SyncStatus::ALL {

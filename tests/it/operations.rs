@@ -354,7 +354,7 @@ async fn outbox_webhook_and_sync_metrics_follow_the_work() {
                 .is_some()
             })
             && sample(&page, "switchbord_outbox_oldest_pending_seconds", &[]).is_some()
-            && sample(&page, "switchbord_webhook_deliveries_parked", &[]).is_some()
+            && sample(&page, "switchbord_webhook_parked_oldest_seconds", &[]).is_some()
             && sample(&page, "switchbord_metrics_sample_up", &[]).is_some()
     })
     .await;

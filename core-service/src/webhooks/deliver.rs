@@ -584,8 +584,9 @@ impl JobHandler for DeliverHandler {
     }
 
     /// A job that ran out of runs (its backstop, not the delivery's schedule: repeated
-    /// database errors) would leave its delivery pending with no job, where neither a retry
-    /// nor a recovery can reach it. It fails, and can be retried from the delivery log.
+    /// database errors) would leave its delivery pending with no job and not parked (see
+    /// [`super::resume`]), where neither a retry nor a recovery can reach it. It fails, and can
+    /// be retried from the delivery log.
     fn dead_lettered<'a>(
         &'a self,
         job: &'a ClaimedJob,

@@ -17,7 +17,7 @@ pub mod signing;
 pub use deliver::{DELIVER_JOB, DeliverHandler, Deliverer, DeliveryPolicy};
 pub use fanout::WebhookFanout;
 pub use health::health_counts;
-pub use resume::{RESUME_JOB, ResumeHandler, SWEEP_INTERVAL, parked_count, sweep, sweep_forever};
+pub use resume::{RESUME_JOB, ResumeHandler, SWEEP_INTERVAL, oldest_parked, sweep, sweep_forever};
 pub use sender::{Sender, USER_AGENT};
 pub(crate) use sender::{error_chain, retry_after_delay};
 pub use service::WebhooksGrpc;

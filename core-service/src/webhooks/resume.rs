@@ -20,25 +20,34 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Int8, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Int8, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::deliver::{Deliverer, deliver_job, retry};
+use super::deliver::{Deliverer, deliver_job};
 use crate::db::{self, DbError, DbPool, prepared};
 use crate::outbox::{
-    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob,
+    self, BoxFuture, ClaimedJob, JobContext, JobError, JobHandler, JobKind, NewJob, RetryDelay,
 };
-use crate::schema::{webhook_deliveries, webhook_endpoints};
+use crate::schema::webhook_endpoints;
 
 pub const RESUME_JOB: JobKind = JobKind {
     name: "webhook.resume",
-    // Only database errors fail it; the sweep replaces one that gives up.
+    // It fails only when the database does (or its run is cut off); the sweep replaces one
+    // that gives up.
     max_attempts: 25,
 };
+
+/// How soon a resume job that failed runs again: not on the outbox's backoff, which grows to
+/// an hour, while the parked deliveries wait and the sweep counts the job as covering them.
+const RESUME_RETRY: Duration = Duration::from_secs(5);
+
+/// A waiting resume job due later than this is not counted by the sweep as covering its
+/// endpoint (the longest park is 30 s; a failed one is retried after [`RESUME_RETRY`]).
+const SWEEP_HORIZON: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// A fan-out counts on a known resume job only while it is due at least this much later: its
 /// parked delivery must have committed before the job looks for parked deliveries.
@@ -49,6 +58,13 @@ const RESUME_BATCH: i64 = 1_000;
 
 /// How often the sweep looks for parked deliveries that no resume job covers.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+fn retry(error: impl std::fmt::Display) -> JobError {
+    JobError::Retry {
+        message: error.to_string(),
+        after: RetryDelay::Exactly(RESUME_RETRY),
+    }
+}
 
 fn resume_job(endpoint: Uuid) -> NewJob {
     NewJob::new(RESUME_JOB, json!({ "endpoint_id": endpoint }), None)
@@ -64,6 +80,14 @@ pub(super) struct Resumes {
 struct Known {
     job: Uuid,
     due: Instant,
+}
+
+impl Known {
+    /// Long past due, it has run (here or on another instance) or given up: it no longer
+    /// stands for the endpoint's chain.
+    fn stale(&self, now: Instant) -> bool {
+        self.due + RESUME_MARGIN < now
+    }
 }
 
 impl Resumes {
@@ -109,20 +133,25 @@ impl Resumes {
     /// knows, or none is known. Another known one covers the endpoint, and a second chain of
     /// resume jobs would only double the work.
     fn may_follow(&self, endpoint: Uuid, job: Uuid) -> bool {
+        let now = Instant::now();
         self.lock()
             .get(&endpoint)
-            .is_none_or(|resume| resume.job == job)
+            .is_none_or(|resume| resume.job == job || resume.stale(now))
     }
 
     /// Knows `next` as `endpoint`'s resume job, due after `park`, if `job` still may follow.
     fn followed(&self, endpoint: Uuid, job: Uuid, next: Uuid, park: Duration) {
+        let now = Instant::now();
         let mut known = self.lock();
-        if known.get(&endpoint).is_none_or(|resume| resume.job == job) {
+        if known
+            .get(&endpoint)
+            .is_none_or(|resume| resume.job == job || resume.stale(now))
+        {
             known.insert(
                 endpoint,
                 Known {
                     job: next,
-                    due: Instant::now() + park,
+                    due: now + park,
                 },
             );
         }
@@ -207,13 +236,26 @@ async fn enabled(context: &JobContext, endpoint: Uuid) -> Result<bool, JobError>
     Ok(enabled.unwrap_or(false))
 }
 
-/// How many deliveries are parked, over every endpoint.
-pub async fn parked_count(connection: &mut AsyncPgConnection) -> QueryResult<i64> {
-    webhook_deliveries::table
-        .filter(webhook_deliveries::parked)
-        .count()
-        .get_result(connection)
-        .await
+/// When the oldest parked delivery was made, over every endpoint; `None` when none is. One
+/// probe of the parked deliveries' index per endpoint, however many are parked.
+pub async fn oldest_parked(
+    connection: &mut AsyncPgConnection,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    #[derive(QueryableByName)]
+    struct Oldest {
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        oldest: Option<DateTime<Utc>>,
+    }
+    let row: Oldest = prepared(diesel::sql_query(
+        "SELECT min(p.created_at) AS oldest FROM webhook_endpoints e
+         CROSS JOIN LATERAL (
+             SELECT d.created_at FROM webhook_deliveries d
+             WHERE d.endpoint_id = e.id AND d.parked
+             ORDER BY d.created_at LIMIT 1) AS p",
+    ))
+    .get_result(connection)
+    .await?;
+    Ok(row.oldest)
 }
 
 /// Gives up to `limit` of `endpoint`'s oldest parked deliveries their jobs, due now, and queues
@@ -289,16 +331,21 @@ pub async fn sweep(pool: &DbPool) -> Result<usize, DbError> {
         endpoint_id: Uuid,
     }
     let mut connection = db::connection(pool).await?;
+    // One probe of the parked deliveries' index per endpoint, however many are parked; the
+    // literal `parked` is what lets the planner use that partial index in a prepared plan.
     let uncovered: Vec<Uncovered> = prepared(
         diesel::sql_query(
-            "SELECT DISTINCT d.endpoint_id FROM webhook_deliveries d
-             WHERE d.parked = $1 AND NOT EXISTS (
+            "SELECT e.id AS endpoint_id FROM webhook_endpoints e
+             WHERE EXISTS (
+                 SELECT 1 FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.parked)
+               AND NOT EXISTS (
                  SELECT 1 FROM outbox_jobs j
-                 WHERE j.kind = $2 AND j.status IN ('pending', 'running')
-                   AND j.payload ->> 'endpoint_id' = d.endpoint_id::text)",
+                 WHERE j.kind = $1 AND j.status IN ('pending', 'running')
+                   AND j.payload ->> 'endpoint_id' = e.id::text
+                   AND (j.status = 'running' OR j.run_after <= $2))",
         )
-        .bind::<Bool, _>(true)
-        .bind::<Text, _>(RESUME_JOB.name),
+        .bind::<Text, _>(RESUME_JOB.name)
+        .bind::<Timestamptz, _>(Utc::now() + SWEEP_HORIZON),
     )
     .load(&mut connection)
     .await?;
@@ -324,5 +371,73 @@ pub async fn sweep_forever(pool: DbPool, announcer: outbox::Announcer) {
             }
             Err(error) => tracing::warn!(%error, "sweep of parked deliveries failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARK: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_known_resume_job_due_later_covers_new_parked_deliveries() {
+        let resumes = Resumes::default();
+        let endpoint = Uuid::now_v7();
+        let first = resumes.cover(endpoint, PARK).expect("the first is stored");
+        assert!(resumes.cover(endpoint, PARK).is_none());
+        // Not stored after all: the next parked delivery brings one again.
+        resumes.forget(endpoint, first.id);
+        assert!(resumes.cover(endpoint, PARK).is_some());
+    }
+
+    #[test]
+    fn a_resume_job_due_within_the_margin_is_not_counted_on() {
+        let resumes = Resumes::default();
+        let endpoint = Uuid::now_v7();
+        resumes.cover(endpoint, RESUME_MARGIN / 2);
+        assert!(resumes.cover(endpoint, PARK).is_some());
+    }
+
+    #[test]
+    fn forgetting_another_job_keeps_the_known_one() {
+        let resumes = Resumes::default();
+        let endpoint = Uuid::now_v7();
+        resumes.cover(endpoint, PARK);
+        resumes.forget(endpoint, Uuid::now_v7());
+        assert!(resumes.cover(endpoint, PARK).is_none());
+    }
+
+    #[test]
+    fn only_the_known_chain_or_a_stale_one_is_followed() {
+        let resumes = Resumes::default();
+        let endpoint = Uuid::now_v7();
+        let other = Uuid::now_v7();
+        assert!(resumes.may_follow(endpoint, other), "none known");
+        let known = resumes.cover(endpoint, PARK).expect("stored").id;
+        assert!(resumes.may_follow(endpoint, known));
+        assert!(!resumes.may_follow(endpoint, other));
+        resumes.followed(endpoint, other, Uuid::now_v7(), PARK);
+        assert!(
+            resumes.may_follow(endpoint, known),
+            "another's successor was taken"
+        );
+
+        // Long past due, it ran elsewhere or gave up: whoever runs next takes the chain over.
+        let past = Instant::now()
+            .checked_sub(RESUME_MARGIN * 3)
+            .expect("the clock is past the margin");
+        resumes.lock().insert(
+            endpoint,
+            Known {
+                job: known,
+                due: past,
+            },
+        );
+        assert!(resumes.may_follow(endpoint, other));
+        let next = Uuid::now_v7();
+        resumes.followed(endpoint, other, next, PARK);
+        assert!(resumes.may_follow(endpoint, next));
+        assert!(!resumes.may_follow(endpoint, known));
     }
 }

@@ -34,8 +34,9 @@ pub const WEBHOOK_DELIVERIES: &str = "switchbord_webhook_deliveries_total";
 pub const WEBHOOK_ATTEMPT_DURATION: &str = "switchbord_webhook_attempt_duration_seconds";
 /// Webhook endpoints per `health` state (setup, ready, live, attention), sampled.
 pub const WEBHOOK_ENDPOINTS: &str = "switchbord_webhook_endpoints";
-/// Webhook deliveries stored parked behind a slow endpoint, with no outbox job, sampled.
-pub const WEBHOOK_DELIVERIES_PARKED: &str = "switchbord_webhook_deliveries_parked";
+/// Age of the oldest webhook delivery parked behind a slow endpoint (with no outbox job until
+/// the endpoint's resume job runs), 0 when none is; sampled.
+pub const WEBHOOK_PARKED_OLDEST: &str = "switchbord_webhook_parked_oldest_seconds";
 /// Contacts per Twenty sync `status` (pending, synced, failed, unlinked), sampled.
 pub const TWENTY_SYNCS: &str = "switchbord_twenty_contact_syncs";
 /// 1 when the last database sample succeeded, 0 when it failed.
@@ -134,9 +135,9 @@ fn describe_all() {
         "Webhook endpoints per health state."
     );
     describe_gauge!(
-        WEBHOOK_DELIVERIES_PARKED,
-        Unit::Count,
-        "Webhook deliveries parked behind a slow endpoint, waiting for its resume job."
+        WEBHOOK_PARKED_OLDEST,
+        Unit::Seconds,
+        "Age of the oldest webhook delivery parked behind a slow endpoint."
     );
     describe_gauge!(
         TWENTY_SYNCS,
