@@ -44,8 +44,14 @@ pub async fn audit_trail(database: &TestDatabase, target_types: &str) -> Vec<Str
 }
 
 /// Waits (up to 20 s) until `check` holds, reading fresh state each time.
-pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+pub async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    eventually_within(Duration::from_secs(20), what, check).await;
+}
+
+/// Waits up to `limit` until `check` holds: for what the server does on timers of its own
+/// that add up to more than a few seconds.
+pub async fn eventually_within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
