@@ -14,7 +14,8 @@
 //! instance knows of its endpoints' resume jobs ([`Resumes`]) only spares the fan-out a row
 //! per event; where that knowledge falls short (a resume job that had just started when a
 //! fan-out counted on it, one run by another instance, a fan-out that failed), the sweep
-//! ([`sweep`]) gives every endpoint with parked deliveries and no resume job one.
+//! ([`sweep`]) gives every endpoint with parked deliveries and no resume job running or due
+//! within a minute one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
