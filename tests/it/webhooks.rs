@@ -1840,25 +1840,9 @@ async fn the_parked_deliveries_of_an_endpoint_disabled_while_slow_are_skipped_at
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sweep_gives_parked_deliveries_that_no_resume_job_covers_one() {
     let app = TestApp::spawn().await;
-    let first = Receiver::start().await;
-    create(&app, &first.url(), &["message.delivered"]).await;
-    publish_messages(&app, 1).await;
-    first.wait_for(1).await;
-    // A delivery of that event to a second endpoint, parked, its resume job lost (as when a
-    // fan-out counted on one that had just started).
-    let second = Receiver::start().await;
-    let (endpoint, _) = create(&app, &second.url(), &["message.delivered"]).await;
+    // Its resume job lost, as when a fan-out counted on one that had just started.
+    let (second, endpoint) = one_parked_delivery(&app).await;
     let mut connection = app.database.connect().await;
-    sql_query(
-        "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status, attempts,
-             created_at, updated_at, parked)
-         SELECT gen_random_uuid(), $1::uuid, id, type, 'pending', 0, now(), now(), true
-         FROM events WHERE type = 'message.delivered'",
-    )
-    .bind::<Text, _>(&endpoint.id)
-    .execute(&mut connection)
-    .await
-    .expect("parked delivery");
     let pool = switchbord_core::db::build_pool(app.database.url(), 2, Duration::from_secs(5))
         .expect("pool");
 
@@ -1869,16 +1853,7 @@ async fn the_sweep_gives_parked_deliveries_that_no_resume_job_covers_one() {
     };
     // A resume job due within the minute covers them; one due later does not (as a resume job
     // on a long backoff would not).
-    sql_query(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-             created_at, updated_at)
-         VALUES (gen_random_uuid(), 'webhook.resume', jsonb_build_object('endpoint_id', $1),
-             'pending', 0, 25, now() + interval '30 seconds', now(), now())",
-    )
-    .bind::<Text, _>(&endpoint.id)
-    .execute(&mut connection)
-    .await
-    .expect("resume job");
+    resume_job_due_in(&app, &endpoint.id, "30 seconds").await;
     assert_eq!(sweep().await, 0);
     sql_query("UPDATE outbox_jobs SET run_after = now() + interval '1 hour' WHERE kind = 'webhook.resume'")
         .execute(&mut connection)
@@ -1904,23 +1879,8 @@ async fn rolling_the_parked_deliveries_back_gives_each_its_delivery_job() {
     use diesel_async::SimpleAsyncConnection;
 
     let app = TestApp::spawn().await;
-    let first = Receiver::start().await;
-    create(&app, &first.url(), &["message.delivered"]).await;
-    publish_messages(&app, 1).await;
-    first.wait_for(1).await;
-    let second = Receiver::start().await;
-    let (endpoint, _) = create(&app, &second.url(), &["message.delivered"]).await;
+    let (second, _) = one_parked_delivery(&app).await;
     let mut connection = app.database.connect().await;
-    sql_query(
-        "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status, attempts,
-             created_at, updated_at, parked)
-         SELECT gen_random_uuid(), $1::uuid, id, type, 'pending', 0, now(), now(), true
-         FROM events WHERE type = 'message.delivered'",
-    )
-    .bind::<Text, _>(&endpoint.id)
-    .execute(&mut connection)
-    .await
-    .expect("parked delivery");
 
     connection
         .batch_execute(include_str!(
@@ -1938,17 +1898,7 @@ async fn deleting_an_endpoint_drops_the_resume_job_of_its_parked_deliveries() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start().await;
     let (endpoint, _) = create(&app, &receiver.url(), &["message.delivered"]).await;
-    let mut connection = app.database.connect().await;
-    sql_query(
-        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
-             created_at, updated_at)
-         VALUES (gen_random_uuid(), 'webhook.resume', jsonb_build_object('endpoint_id', $1),
-             'pending', 0, 25, now() + interval '1 hour', now(), now())",
-    )
-    .bind::<Text, _>(&endpoint.id)
-    .execute(&mut connection)
-    .await
-    .expect("resume job");
+    resume_job_due_in(&app, &endpoint.id, "1 hour").await;
 
     client(&app)
         .await
@@ -1964,6 +1914,45 @@ async fn deleting_an_endpoint_drops_the_resume_job_of_its_parked_deliveries() {
     )
     .await;
     assert_eq!(resume_jobs, 0);
+}
+
+/// One event delivered to a first endpoint, and its delivery to a second endpoint stored
+/// parked, with no resume job: the second's receiver and endpoint.
+async fn one_parked_delivery(app: &TestApp) -> (Receiver, Endpoint) {
+    let first = Receiver::start().await;
+    create(app, &first.url(), &["message.delivered"]).await;
+    publish_messages(app, 1).await;
+    first.wait_for(1).await;
+    let second = Receiver::start().await;
+    let (endpoint, _) = create(app, &second.url(), &["message.delivered"]).await;
+    let mut connection = app.database.connect().await;
+    sql_query(
+        "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status, attempts,
+             created_at, updated_at, parked)
+         SELECT gen_random_uuid(), $1::uuid, id, type, 'pending', 0, now(), now(), true
+         FROM events WHERE type = 'message.delivered'",
+    )
+    .bind::<Text, _>(&endpoint.id)
+    .execute(&mut connection)
+    .await
+    .expect("parked delivery");
+    (second, endpoint)
+}
+
+/// Stores a pending resume job for `endpoint`, due after `delay` (an SQL interval).
+async fn resume_job_due_in(app: &TestApp, endpoint: &str, delay: &str) {
+    let mut connection = app.database.connect().await;
+    sql_query(
+        "INSERT INTO outbox_jobs (id, kind, payload, status, attempts, max_attempts, run_after,
+             created_at, updated_at)
+         VALUES (gen_random_uuid(), 'webhook.resume', jsonb_build_object('endpoint_id', $1),
+             'pending', 0, 25, now() + $2::interval, now(), now())",
+    )
+    .bind::<Text, _>(endpoint)
+    .bind::<Text, _>(delay)
+    .execute(&mut connection)
+    .await
+    .expect("resume job");
 }
 
 /// Publishes one event at a time until the first hanging request has marked the endpoint slow

@@ -134,20 +134,14 @@ impl Resumes {
     /// knows, or none is known. Another known one covers the endpoint, and a second chain of
     /// resume jobs would only double the work.
     fn may_follow(&self, endpoint: Uuid, job: Uuid) -> bool {
-        let now = Instant::now();
-        self.lock()
-            .get(&endpoint)
-            .is_none_or(|resume| resume.job == job || resume.stale(now))
+        follows(&self.lock(), endpoint, job, Instant::now())
     }
 
     /// Knows `next` as `endpoint`'s resume job, due after `park`, if `job` still may follow.
     fn followed(&self, endpoint: Uuid, job: Uuid, next: Uuid, park: Duration) {
         let now = Instant::now();
         let mut known = self.lock();
-        if known
-            .get(&endpoint)
-            .is_none_or(|resume| resume.job == job || resume.stale(now))
-        {
+        if follows(&known, endpoint, job, now) {
             known.insert(
                 endpoint,
                 Known {
@@ -157,6 +151,13 @@ impl Resumes {
             );
         }
     }
+}
+
+/// Whether `job` stands for `endpoint`'s chain in `known` at `now` (see [`Resumes::may_follow`]).
+fn follows(known: &HashMap<Uuid, Known>, endpoint: Uuid, job: Uuid, now: Instant) -> bool {
+    known
+        .get(&endpoint)
+        .is_none_or(|resume| resume.job == job || resume.stale(now))
 }
 
 /// Runs `webhook.resume` jobs (see the module's documentation).
